@@ -1,0 +1,32 @@
+/*
+ * C interface to the libphonenumber shim (daemon/phone.cc).
+ */
+#ifndef PHONE_H
+#define PHONE_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Longest E.164 string: '+' and 15 digits, plus the terminating NUL. */
+#define PHONE_E164_SIZE	17
+/* Longest input accepted before parsing, in bytes. */
+#define PHONE_INPUT_MAX	64
+
+/*
+ * Normalise the len bytes at in to E.164 in out (PHONE_E164_SIZE bytes).
+ * region is an ISO 3166 code for numbers written without '+', or NULL.
+ * Returns 0, or -1 if the text is not a possible phone number.
+ */
+int	phone_normalise(const char *in, size_t len, const char *region,
+	    char *out);
+/* Return 1 if region is a region libphonenumber knows, else 0. */
+int	phone_region_known(const char *region);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,212 @@
+/*
+ * phoneclaimd: one user per SMS/voice MFA phone number for Auth0.
+ *
+ * Shared structures and each module's exported functions, one section per
+ * source file.  Requests flow one way: http -> api -> claims -> store.
+ */
+#ifndef PHONECLAIMD_H
+#define PHONECLAIMD_H
+
+#include <sys/types.h>
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <event2/event.h>
+#include <event2/http.h>
+
+#define PHONECLAIMD_CONF	"/etc/phoneclaimd/phoneclaimd.conf"
+
+/* Sizes of the things a claim is made of. */
+#define NUMKEY_LEN	32	/* HMAC-SHA256 of the E.164 number */
+#define USER_ID_MAX	512	/* bytes of UTF-8 */
+#define LAST4_LEN	4
+#define ENROL_ID_MAX	128
+#define LOG_ID_MAX	128
+
+/* Exit statuses (DESIGN section 7). */
+#define EXIT_OK		0
+#define EXIT_RUNTIME	1
+#define EXIT_CONFIG	2
+
+/* conf.c */
+enum conf_mode {
+	CONF_MODE_ENFORCE = 0,
+	CONF_MODE_MONITOR
+};
+
+struct conf {
+	char		*path;
+	char		*listen;
+	char		*state_dir;
+	char		*status_socket;
+	char		*api_token_file;
+	char		*log_stream_token_file;
+	char		*hash_key_file;
+	int		 mode;
+	long long	 pending_ttl;
+	long long	 max_users_per_number;
+	char		*exempt_numbers_file;
+	char		*default_region;
+	long long	 max_body_size;
+	long long	 dedup_retention;
+	int		 log_level;
+	long long	 request_timeout;
+	long long	 max_connections;
+};
+
+struct conf	*conf_load(const char *, char **);
+void		 conf_free(struct conf *);
+int		 conf_read_secret(const char *, char **, size_t *, char **);
+int		 conf_check_private(const char *, char **);
+const char	*conf_key_name(size_t);
+const char	*conf_mode_name(int);
+
+/* hash.c */
+#define HASH_DIGEST_LEN	32
+
+int		 hash_init(const char *, char **);
+void		 hash_free(void);
+void		 hash_number(const char *, unsigned char *);
+void		 hash_digest(const void *, size_t, unsigned char *);
+int		 hash_digest_equal(const unsigned char *, const unsigned char *);
+
+/* json.c */
+#define JSON_MAX_DEPTH	32
+
+struct yajl_val_s;
+struct yajl_val_s *json_parse(const char *, size_t, char **);
+void		 json_free(struct yajl_val_s *);
+
+/* store.c */
+#define STORE_OK	 0
+#define STORE_ERROR	-1	/* the environment failed: answer 503 */
+#define STORE_RETRY	-2	/* deadlock: abort and run the transaction again */
+#define STORE_NOTFOUND	-3
+
+#define STORE_SCHEMA_VERSION	1
+
+enum claim_state {
+	CLAIM_PENDING = 1,
+	CLAIM_ACTIVE = 2
+};
+
+enum claim_source {
+	CLAIM_SRC_ENROLLMENT = 1,
+	CLAIM_SRC_CHALLENGE,
+	CLAIM_SRC_ADMIN,
+	CLAIM_SRC_IMPORT,
+	CLAIM_SRC_LOGSTREAM
+};
+
+struct claim {
+	unsigned char	 numkey[NUMKEY_LEN];
+	char		 user_id[USER_ID_MAX + 1];
+	int		 state;
+	int		 source;
+	int64_t		 since;		/* seconds since the epoch */
+	int64_t		 expires;	/* pending: when it lapses; else 0 */
+	char		 last4[LAST4_LEN + 1];
+	char		 enrol_id[ENROL_ID_MAX + 1];
+};
+
+struct conflict {
+	unsigned char	 numkey[NUMKEY_LEN];
+	char		 user_id[USER_ID_MAX + 1];	/* who conflicted */
+	char		 last4[LAST4_LEN + 1];
+	int64_t		 since;
+	char		 log_id[LOG_ID_MAX + 1];	/* "" if none */
+	char		**holders;	/* users holding the number then */
+	size_t		 nholders;
+};
+
+struct store_counts {
+	uint64_t	 claims;
+	uint64_t	 conflicts;
+};
+
+struct store;
+struct store_txn;
+
+struct store	*store_open(const char *, char **);
+void		 store_close(struct store *);
+void		 store_set_fail_cb(struct store *, void (*)(void *), void *);
+int		 store_failed(struct store *);
+int		 store_txn_begin(struct store *, struct store_txn **);
+int		 store_txn_commit(struct store_txn *);
+void		 store_txn_abort(struct store_txn *);
+int		 store_flush(struct store *);
+int		 store_checkpoint(struct store *);
+int		 store_claims_by_number(struct store_txn *,
+		     const unsigned char *, struct claim **, size_t *);
+int		 store_claims_by_user(struct store_txn *, const char *,
+		     struct claim **, size_t *);
+int		 store_claim_put(struct store_txn *, const struct claim *);
+int		 store_claim_del(struct store_txn *, const unsigned char *,
+		     const char *);
+int		 store_claims_expired(struct store_txn *, int64_t, size_t,
+		     struct claim **, size_t *);
+int		 store_conflict_put(struct store_txn *, const struct conflict *);
+int		 store_conflicts(struct store_txn *, struct conflict **,
+		     size_t *);
+void		 store_conflicts_free(struct conflict *, size_t);
+int		 store_meta_get(struct store_txn *, const char *, char **);
+int		 store_meta_put(struct store_txn *, const char *, const char *);
+int		 store_count(struct store *, struct store_counts *);
+
+/* claims.c */
+enum claims_action {
+	CLAIMS_ENROLL = 1,
+	CLAIMS_CHALLENGE
+};
+
+enum claims_result {
+	CLAIMS_RESERVED = 1,
+	CLAIMS_OWNED,
+	CLAIMS_TAKEN,
+	CLAIMS_EXEMPT,
+	CLAIMS_LEARNED,
+	CLAIMS_CONFLICT
+};
+
+struct claims_answer {
+	int		 result;	/* enum claims_result */
+	int		 enforced;	/* 0 for a 'taken' in monitor mode */
+	int64_t		 expires_in;	/* seconds, for CLAIMS_RESERVED */
+};
+
+void		 claims_init(struct store *, const struct conf *);
+void		 claims_free(void);
+int		 claims_exempt_load(const char *, const char *, char **);
+int		 claims_is_exempt(const unsigned char *);
+int		 claims_request(const char *, const char *, int, int64_t,
+		     struct claims_answer *);
+int		 claims_expire(int64_t, size_t, size_t *);
+const char	*claims_result_name(int);
+int		 claims_run(int (*)(struct store_txn *, void *), void *);
+
+/* http.c */
+struct http;
+
+struct http	*http_init(struct event_base *, const struct conf *,
+		     struct store *, char **);
+void		 http_free(struct http *);
+void		 http_set_tokens(struct http *, const char *, size_t,
+		     const char *, size_t);
+void		 http_reply(struct http *, struct evhttp_request *, int,
+		     const char *);
+void		 http_error(struct http *, struct evhttp_request *, int,
+		     const char *);
+int		 http_store_ok(struct http *);
+const struct conf *http_conf(struct http *);
+int		 http_authorised(struct http *, struct evhttp_request *, int);
+const char	*http_bound_address(struct http *);
+
+#define HTTP_TOKEN_API		0
+#define HTTP_TOKEN_LOG_STREAM	1
+
+/* api.c */
+void		 api_claims_cb(struct evhttp_request *, void *);
+void		 api_healthz_cb(struct evhttp_request *, void *);
+
+#endif
