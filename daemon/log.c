@@ -2,6 +2,8 @@
  * Logging for the daemon: stderr in the foreground, syslog otherwise.
  * Callers never pass a raw phone number or a token.
  */
+#include "config.h"
+
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>

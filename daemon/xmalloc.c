@@ -2,6 +2,8 @@
  * Allocation functions that never return NULL: running out of memory is
  * fatal for the daemon.
  */
+#include "config.h"
+
 #include <errno.h>
 #include <stdarg.h>
 #include <stdint.h>

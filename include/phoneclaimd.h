@@ -177,7 +177,7 @@ struct claims_answer {
 
 void		 claims_init(struct store *, const struct conf *);
 void		 claims_free(void);
-int		 claims_exempt_load(const char *, const char *, char **);
+int		 claims_exempt_load(const char *, const char *, int, char **);
 int		 claims_is_exempt(const unsigned char *);
 int		 claims_request(const char *, const char *, int, int64_t,
 		     struct claims_answer *);
@@ -191,6 +191,7 @@ struct http;
 struct http	*http_init(struct event_base *, const struct conf *,
 		     struct store *, char **);
 void		 http_free(struct http *);
+void		 http_stop_accepting(struct http *);
 void		 http_set_tokens(struct http *, const char *, size_t,
 		     const char *, size_t);
 void		 http_reply(struct http *, struct evhttp_request *, int,

@@ -1,0 +1,449 @@
+/*
+ * The claim rules of DESIGN section 4: reserve, learn, expire, conflicts
+ * and the exempt list.  No Berkeley DB here: every change goes through the
+ * store's claim functions inside one transaction, retried on deadlock.
+ */
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "phone.h"
+#include "phoneclaimd.h"
+#include "xmalloc.h"
+
+#define CLAIMS_RETRIES	8
+#define EXEMPT_LINE_MAX	256
+
+struct claims_op {
+	const unsigned char	*numkey;
+	const char		*user_id;
+	const char		*last4;
+	int			 action;
+	int64_t			 now;
+	struct claims_answer	*answer;
+};
+
+struct claims_expire_op {
+	int64_t	 now;
+	size_t	 max;
+	size_t	 released;
+};
+
+static int	claims_live(const struct claim *, int64_t);
+static int	claims_enroll(struct store_txn *, void *);
+static int	claims_challenge(struct store_txn *, void *);
+static int	claims_release_pending(struct store_txn *, const char *,
+		    const unsigned char *);
+static int	claims_scan(struct store_txn *, struct claims_op *,
+		    struct claim **, size_t *, struct claim **, size_t *);
+static int	claims_put_new(struct store_txn *, struct claims_op *, int,
+		    int);
+static int	claims_conflict(struct store_txn *, struct claims_op *,
+		    struct claim *, size_t);
+static int	claims_expire_txn(struct store_txn *, void *);
+static int	claims_key_cmp(const void *, const void *);
+
+static struct store		*claims_store;
+static const struct conf	*claims_conf;
+static unsigned char		*claims_exempt;	/* sorted keys */
+static size_t			 claims_nexempt;
+
+/* Start the claim logic on a store with a configuration. */
+void
+claims_init(struct store *store, const struct conf *conf)
+{
+	claims_store = store;
+	claims_conf = conf;
+}
+
+/* Forget the store and the exempt list. */
+void
+claims_free(void)
+{
+	free(claims_exempt);
+	claims_exempt = NULL;
+	claims_nexempt = 0;
+	claims_store = NULL;
+	claims_conf = NULL;
+}
+
+/* Return the word for a result, as the API spells it. */
+const char *
+claims_result_name(int result)
+{
+	switch (result) {
+	case CLAIMS_RESERVED:
+		return ("reserved");
+	case CLAIMS_OWNED:
+		return ("owned");
+	case CLAIMS_TAKEN:
+		return ("taken");
+	case CLAIMS_EXEMPT:
+		return ("exempt");
+	case CLAIMS_LEARNED:
+		return ("learned");
+	case CLAIMS_CONFLICT:
+		return ("conflict");
+	}
+	return ("unknown");
+}
+
+/* Order two number keys. */
+static int
+claims_key_cmp(const void *a, const void *b)
+{
+	return (memcmp(a, b, NUMKEY_LEN));
+}
+
+/*
+ * Load the exempt list: one number per line, '#' comments.  The new list
+ * replaces the old one only if the whole file is good.  With check_only the
+ * file is only checked (no hash key is needed).
+ */
+int
+claims_exempt_load(const char *path, const char *region, int check_only,
+    char **cause)
+{
+	FILE		*f;
+	char		 line[EXEMPT_LINE_MAX], e164[PHONE_E164_SIZE], *p;
+	unsigned char	*keys = NULL;
+	size_t		 n = 0, len;
+	int		 lineno = 0;
+
+	if (path == NULL) {
+		free(claims_exempt);
+		claims_exempt = NULL;
+		claims_nexempt = 0;
+		return (0);
+	}
+	if ((f = fopen(path, "r")) == NULL) {
+		xasprintf(cause, "%s: %s", path, strerror(errno));
+		return (-1);
+	}
+	while (fgets(line, sizeof line, f) != NULL) {
+		lineno++;
+		if ((p = strchr(line, '#')) != NULL)
+			*p = '\0';
+		len = strcspn(line, "\r\n");
+		line[len] = '\0';
+		p = line + strspn(line, " \t");
+		if (*p == '\0')
+			continue;
+		if (phone_normalise(p, strlen(p), region, e164) != 0) {
+			xasprintf(cause, "%s:%d: invalid phone number", path,
+			    lineno);
+			fclose(f);
+			free(keys);
+			return (-1);
+		}
+		if (check_only)
+			continue;
+		keys = xreallocarray(keys, n + 1, NUMKEY_LEN);
+		hash_number(e164, keys + n * NUMKEY_LEN);
+		n++;
+	}
+	fclose(f);
+	if (check_only)
+		return (0);
+	if (n > 0)
+		qsort(keys, n, NUMKEY_LEN, claims_key_cmp);
+	free(claims_exempt);
+	claims_exempt = keys;
+	claims_nexempt = n;
+	return (0);
+}
+
+/* Return 1 if a number key is on the exempt list. */
+int
+claims_is_exempt(const unsigned char *numkey)
+{
+	if (claims_nexempt == 0)
+		return (0);
+	return (bsearch(numkey, claims_exempt, claims_nexempt, NUMKEY_LEN,
+	    claims_key_cmp) != NULL);
+}
+
+/*
+ * Run fn in a transaction, again on deadlock up to a bound.  fn returns
+ * STORE_OK to commit; anything else aborts.
+ */
+int
+claims_run(int (*fn)(struct store_txn *, void *), void *arg)
+{
+	struct store_txn	*txn;
+	int			 try, rv;
+
+	for (try = 0; try < CLAIMS_RETRIES; try++) {
+		if ((rv = store_txn_begin(claims_store, &txn)) != STORE_OK)
+			return (rv);
+		rv = fn(txn, arg);
+		if (rv == STORE_OK)
+			return (store_txn_commit(txn));
+		store_txn_abort(txn);
+		if (rv != STORE_RETRY)
+			return (rv);
+	}
+	log_warnx("transaction deadlocked %d times: giving up",
+	    CLAIMS_RETRIES);
+	return (STORE_RETRY);
+}
+
+/* Return 1 if a claim holds its number at time now. */
+static int
+claims_live(const struct claim *c, int64_t now)
+{
+	return (c->state == CLAIM_ACTIVE || c->expires > now);
+}
+
+/*
+ * Read the claims on the number: the caller's own claim (if live) goes to
+ * *mine, the other live ones to *others.  Lapsed reservations are deleted
+ * on the way, since they count as free.
+ */
+static int
+claims_scan(struct store_txn *txn, struct claims_op *op,
+    struct claim **mine, size_t *nothers, struct claim **all, size_t *nall)
+{
+	struct claim	*c;
+	size_t		 i, n;
+	int		 rv;
+
+	*mine = NULL;
+	*nothers = 0;
+	rv = store_claims_by_number(txn, op->numkey, all, nall);
+	if (rv != STORE_OK)
+		return (rv);
+	for (i = 0, n = 0; i < *nall; i++) {
+		c = &(*all)[i];
+		if (!claims_live(c, op->now)) {
+			rv = store_claim_del(txn, c->numkey, c->user_id);
+			if (rv != STORE_OK)
+				return (rv);
+			continue;
+		}
+		if (n != i)
+			(*all)[n] = *c;
+		n++;
+	}
+	*nall = n;
+	for (i = 0; i < n; i++) {
+		if (strcmp((*all)[i].user_id, op->user_id) == 0)
+			*mine = &(*all)[i];
+		else
+			(*nothers)++;
+	}
+	return (STORE_OK);
+}
+
+/* Store a new claim of the caller on the number. */
+static int
+claims_put_new(struct store_txn *txn, struct claims_op *op, int state,
+    int source)
+{
+	struct claim	c;
+
+	memset(&c, 0, sizeof c);
+	memcpy(c.numkey, op->numkey, NUMKEY_LEN);
+	snprintf(c.user_id, sizeof c.user_id, "%s", op->user_id);
+	c.state = state;
+	c.source = source;
+	c.since = op->now;
+	if (state == CLAIM_PENDING)
+		c.expires = op->now + claims_conf->pending_ttl;
+	snprintf(c.last4, sizeof c.last4, "%s", op->last4);
+	return (store_claim_put(txn, &c));
+}
+
+/* Release the user's pending reservations on numbers other than keep. */
+static int
+claims_release_pending(struct store_txn *txn, const char *user_id,
+    const unsigned char *keep)
+{
+	struct claim	*list;
+	size_t		 n, i;
+	int		 rv;
+
+	if ((rv = store_claims_by_user(txn, user_id, &list, &n)) != STORE_OK)
+		return (rv);
+	for (i = 0; i < n && rv == STORE_OK; i++) {
+		if (list[i].state != CLAIM_PENDING ||
+		    memcmp(list[i].numkey, keep, NUMKEY_LEN) == 0)
+			continue;
+		rv = store_claim_del(txn, list[i].numkey, user_id);
+		if (rv == STORE_NOTFOUND)
+			rv = STORE_OK;
+	}
+	free(list);
+	return (rv);
+}
+
+/* Enrolment: reserve, renew, or refuse (DESIGN section 4). */
+static int
+claims_enroll(struct store_txn *txn, void *arg)
+{
+	struct claims_op	*op = arg;
+	struct claims_answer	*a = op->answer;
+	struct claim		*all = NULL, *mine;
+	size_t			 nall, nothers;
+	int			 rv;
+
+	rv = claims_scan(txn, op, &mine, &nothers, &all, &nall);
+	if (rv != STORE_OK)
+		goto out;
+	if (mine != NULL) {
+		a->result = CLAIMS_OWNED;
+		if (mine->state == CLAIM_PENDING) {
+			mine->expires = op->now + claims_conf->pending_ttl;
+			rv = store_claim_put(txn, mine);
+		}
+		goto out;
+	}
+	if (nothers >= (size_t)claims_conf->max_users_per_number) {
+		a->result = CLAIMS_TAKEN;
+		a->enforced = claims_conf->mode == CONF_MODE_ENFORCE;
+		goto out;
+	}
+	rv = claims_release_pending(txn, op->user_id, op->numkey);
+	if (rv == STORE_OK)
+		rv = claims_put_new(txn, op, CLAIM_PENDING,
+		    CLAIM_SRC_ENROLLMENT);
+	a->result = CLAIMS_RESERVED;
+	a->expires_in = claims_conf->pending_ttl;
+out:
+	free(all);
+	return (rv);
+}
+
+/* Record that the caller uses a number that others hold. */
+static int
+claims_conflict(struct store_txn *txn, struct claims_op *op,
+    struct claim *all, size_t nall)
+{
+	struct conflict	 cf;
+	size_t		 i;
+	int		 rv;
+
+	memset(&cf, 0, sizeof cf);
+	memcpy(cf.numkey, op->numkey, NUMKEY_LEN);
+	snprintf(cf.user_id, sizeof cf.user_id, "%s", op->user_id);
+	snprintf(cf.last4, sizeof cf.last4, "%s", op->last4);
+	cf.since = op->now;
+	cf.holders = xcalloc(nall, sizeof *cf.holders);
+	for (i = 0; i < nall; i++)
+		cf.holders[i] = all[i].user_id;
+	cf.nholders = nall;
+	rv = store_conflict_put(txn, &cf);
+	free(cf.holders);
+	return (rv);
+}
+
+/* Login challenge: learn the number or note a conflict; never refuse. */
+static int
+claims_challenge(struct store_txn *txn, void *arg)
+{
+	struct claims_op	*op = arg;
+	struct claims_answer	*a = op->answer;
+	struct claim		*all = NULL, *mine;
+	size_t			 nall, nothers;
+	int			 rv;
+
+	rv = claims_scan(txn, op, &mine, &nothers, &all, &nall);
+	if (rv != STORE_OK)
+		goto out;
+	if (mine != NULL) {
+		a->result = CLAIMS_OWNED;
+		if (mine->state == CLAIM_PENDING) {
+			mine->state = CLAIM_ACTIVE;
+			mine->expires = 0;
+			rv = store_claim_put(txn, mine);
+		}
+	} else if (nothers < (size_t)claims_conf->max_users_per_number) {
+		a->result = CLAIMS_LEARNED;
+		rv = claims_put_new(txn, op, CLAIM_ACTIVE, CLAIM_SRC_CHALLENGE);
+	} else {
+		a->result = CLAIMS_CONFLICT;
+		rv = claims_conflict(txn, op, all, nall);
+		if (rv == STORE_OK)
+			log_warnx("conflict: user %s uses a number ending %s "
+			    "that %zu other user(s) hold", op->user_id,
+			    op->last4, nothers);
+	}
+out:
+	free(all);
+	return (rv);
+}
+
+/*
+ * Apply a claim request for the E.164 number e164 by user_id at time now.
+ * Returns STORE_OK with the answer filled in, or a store error.
+ */
+int
+claims_request(const char *e164, const char *user_id, int action,
+    int64_t now, struct claims_answer *answer)
+{
+	unsigned char		numkey[NUMKEY_LEN];
+	struct claims_op	op;
+	size_t			len = strlen(e164);
+
+	memset(answer, 0, sizeof *answer);
+	answer->enforced = 1;
+	hash_number(e164, numkey);
+	if (claims_is_exempt(numkey)) {
+		answer->result = CLAIMS_EXEMPT;
+		return (STORE_OK);
+	}
+	op.numkey = numkey;
+	op.user_id = user_id;
+	op.last4 = len > LAST4_LEN ? e164 + len - LAST4_LEN : e164 + 1;
+	op.action = action;
+	op.now = now;
+	op.answer = answer;
+	if (action == CLAIMS_CHALLENGE)
+		return (claims_run(claims_challenge, &op));
+	return (claims_run(claims_enroll, &op));
+}
+
+/* Delete up to op->max lapsed reservations. */
+static int
+claims_expire_txn(struct store_txn *txn, void *arg)
+{
+	struct claims_expire_op	*op = arg;
+	struct claim		*list;
+	size_t			 n, i;
+	int			 rv;
+
+	op->released = 0;
+	rv = store_claims_expired(txn, op->now, op->max, &list, &n);
+	if (rv != STORE_OK)
+		return (rv);
+	for (i = 0; i < n; i++) {
+		rv = store_claim_del(txn, list[i].numkey, list[i].user_id);
+		if (rv == STORE_NOTFOUND)
+			rv = STORE_OK;
+		if (rv != STORE_OK)
+			break;
+		op->released++;
+	}
+	free(list);
+	return (rv);
+}
+
+/*
+ * Release reservations that lapsed by now, at most max in one transaction;
+ * *released says how many went.
+ */
+int
+claims_expire(int64_t now, size_t max, size_t *released)
+{
+	struct claims_expire_op	op = { now, max, 0 };
+	int			rv;
+
+	rv = claims_run(claims_expire_txn, &op);
+	*released = rv == STORE_OK ? op.released : 0;
+	return (rv);
+}

@@ -1,0 +1,483 @@
+/*
+ * Configuration: a table of keys drives a "key = value" line parser.  Every
+ * error names the file and line.  Secret files must be private.
+ */
+#include "config.h"
+
+#include <sys/stat.h>
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "phone.h"
+#include "phoneclaimd.h"
+#include "xmalloc.h"
+
+#define CONF_LINE_MAX	4096
+#define SECRET_MAX	4096
+
+enum conf_type {
+	CONF_STRING,
+	CONF_PATH,
+	CONF_SECRET_PATH,
+	CONF_NUMBER,
+	CONF_MODE,
+	CONF_LEVEL,
+	CONF_REGION,
+	CONF_ADDRESS
+};
+
+struct conf_key {
+	const char	*name;
+	enum conf_type	 type;
+	size_t		 offset;
+	long long	 min;
+	long long	 max;
+	const char	*dflt;		/* NULL: no default */
+	int		 required;
+};
+
+static const struct conf_key conf_keys[] = {
+	{ "listen", CONF_ADDRESS, offsetof(struct conf, listen), 0, 0,
+	  "127.0.0.1:8080", 0 },
+	{ "state_dir", CONF_PATH, offsetof(struct conf, state_dir), 0, 0,
+	  "/var/lib/phoneclaimd", 0 },
+	{ "status_socket", CONF_PATH, offsetof(struct conf, status_socket),
+	  0, 0, "/run/phoneclaimd/status.sock", 0 },
+	{ "api_token_file", CONF_SECRET_PATH,
+	  offsetof(struct conf, api_token_file), 0, 0, NULL, 1 },
+	{ "log_stream_token_file", CONF_SECRET_PATH,
+	  offsetof(struct conf, log_stream_token_file), 0, 0, NULL, 1 },
+	{ "hash_key_file", CONF_PATH, offsetof(struct conf, hash_key_file),
+	  0, 0, NULL, 0 },
+	{ "mode", CONF_MODE, offsetof(struct conf, mode), 0, 0, "enforce",
+	  0 },
+	{ "pending_ttl", CONF_NUMBER, offsetof(struct conf, pending_ttl), 1,
+	  86400, "600", 0 },
+	{ "max_users_per_number", CONF_NUMBER,
+	  offsetof(struct conf, max_users_per_number), 1, 1000, "1", 0 },
+	{ "exempt_numbers_file", CONF_PATH,
+	  offsetof(struct conf, exempt_numbers_file), 0, 0, NULL, 0 },
+	{ "default_region", CONF_REGION,
+	  offsetof(struct conf, default_region), 0, 0, NULL, 0 },
+	{ "max_body_size", CONF_NUMBER, offsetof(struct conf, max_body_size),
+	  1024, 1073741824, "8388608", 0 },
+	{ "dedup_retention", CONF_NUMBER,
+	  offsetof(struct conf, dedup_retention), 3600, 31536000, "2592000",
+	  0 },
+	{ "log_level", CONF_LEVEL, offsetof(struct conf, log_level), 0, 0,
+	  "info", 0 },
+	{ "request_timeout", CONF_NUMBER,
+	  offsetof(struct conf, request_timeout), 1, 3600, "10", 0 },
+	{ "max_connections", CONF_NUMBER,
+	  offsetof(struct conf, max_connections), 1, 65536, "1024", 0 },
+};
+#define CONF_NKEYS (sizeof conf_keys / sizeof conf_keys[0])
+
+static const char *conf_level_names[] = { "error", "warning", "info",
+    "debug" };
+static const char *conf_mode_names[] = { "enforce", "monitor" };
+
+static const struct conf_key *conf_find(const char *);
+static int	conf_set(struct conf *, const struct conf_key *,
+		    const char *, char **);
+static int	conf_set_number(const struct conf_key *, const char *,
+		    long long *, char **);
+static int	conf_set_address(const char *, char **);
+static int	conf_lookup_name(const char **, size_t, const char *);
+static int	conf_parse_line(struct conf *, char *, int, int *, char **);
+static int	conf_finish(struct conf *, const char *, const int *,
+		    char **);
+
+/* Return the name of key i, or NULL past the end: for docs and tests. */
+const char *
+conf_key_name(size_t i)
+{
+	if (i >= CONF_NKEYS)
+		return (NULL);
+	return (conf_keys[i].name);
+}
+
+/* Return the name of a mode. */
+const char *
+conf_mode_name(int mode)
+{
+	if (mode < 0 || mode > CONF_MODE_MONITOR)
+		return ("unknown");
+	return (conf_mode_names[mode]);
+}
+
+/* Find a key by name. */
+static const struct conf_key *
+conf_find(const char *name)
+{
+	size_t	i;
+
+	for (i = 0; i < CONF_NKEYS; i++) {
+		if (strcmp(conf_keys[i].name, name) == 0)
+			return (&conf_keys[i]);
+	}
+	return (NULL);
+}
+
+/* Return the index of name in a list, or -1. */
+static int
+conf_lookup_name(const char **names, size_t n, const char *name)
+{
+	size_t	i;
+
+	for (i = 0; i < n; i++) {
+		if (strcmp(names[i], name) == 0)
+			return ((int)i);
+	}
+	return (-1);
+}
+
+/* Parse a decimal number within the key's range. */
+static int
+conf_set_number(const struct conf_key *k, const char *value, long long *out,
+    char **cause)
+{
+	char		*end;
+	long long	 n;
+
+	errno = 0;
+	n = strtoll(value, &end, 10);
+	if (*value == '\0' || *end != '\0' || errno == ERANGE ||
+	    !isdigit((unsigned char)*value)) {
+		xasprintf(cause, "%s: not a number: %s", k->name, value);
+		return (-1);
+	}
+	if (n < k->min || n > k->max) {
+		xasprintf(cause, "%s: %lld is out of range (%lld to %lld)",
+		    k->name, n, k->min, k->max);
+		return (-1);
+	}
+	*out = n;
+	return (0);
+}
+
+/* Check that an address is host:port or [v6]:port with a valid port. */
+static int
+conf_set_address(const char *value, char **cause)
+{
+	const char	*colon, *end;
+	char		*e;
+	long		 port;
+
+	if (*value == '[') {
+		if ((end = strchr(value, ']')) == NULL || end[1] != ':' ||
+		    end == value + 1)
+			goto bad;
+		colon = end + 1;
+	} else {
+		colon = strrchr(value, ':');
+		if (colon == NULL || colon == value ||
+		    memchr(value, ':', colon - value) != NULL)
+			goto bad;
+	}
+	errno = 0;
+	port = strtol(colon + 1, &e, 10);
+	if (colon[1] == '\0' || *e != '\0' || port < 0 || port > 65535)
+		goto bad;
+	return (0);
+bad:
+	xasprintf(cause, "listen: expected host:port or [address]:port: %s",
+	    value);
+	return (-1);
+}
+
+/* Store value for key k in c. */
+static int
+conf_set(struct conf *c, const struct conf_key *k, const char *value,
+    char **cause)
+{
+	char	**sp = (char **)((char *)c + k->offset);
+	int	 *ip = (int *)((char *)c + k->offset);
+	int	  i;
+
+	switch (k->type) {
+	case CONF_NUMBER:
+		return (conf_set_number(k, value,
+		    (long long *)((char *)c + k->offset), cause));
+	case CONF_MODE:
+		i = conf_lookup_name(conf_mode_names, 2, value);
+		if (i == -1) {
+			xasprintf(cause, "mode: expected enforce or monitor: "
+			    "%s", value);
+			return (-1);
+		}
+		*ip = i;
+		return (0);
+	case CONF_LEVEL:
+		i = conf_lookup_name(conf_level_names, 4, value);
+		if (i == -1) {
+			xasprintf(cause, "log_level: expected debug, info, "
+			    "warning or error: %s", value);
+			return (-1);
+		}
+		*ip = i;
+		return (0);
+	case CONF_REGION:
+		if (strlen(value) != 2 || !isupper((unsigned char)value[0]) ||
+		    !isupper((unsigned char)value[1]) ||
+		    !phone_region_known(value)) {
+			xasprintf(cause, "default_region: not a known ISO 3166 "
+			    "region in capitals (like US or GB): %s",
+			    value);
+			return (-1);
+		}
+		break;
+	case CONF_ADDRESS:
+		if (conf_set_address(value, cause) != 0)
+			return (-1);
+		break;
+	case CONF_PATH:
+	case CONF_SECRET_PATH:
+		if (*value != '/') {
+			xasprintf(cause, "%s: must be an absolute path: %s",
+			    k->name, value);
+			return (-1);
+		}
+		break;
+	case CONF_STRING:
+		break;
+	}
+	free(*sp);
+	*sp = xstrdup(value);
+	return (0);
+}
+
+/*
+ * Parse one line: strip the comment and blanks, split at '=', set the key.
+ * seen[] records the line of each key for later messages.
+ */
+static int
+conf_parse_line(struct conf *c, char *line, int lineno, int *seen,
+    char **cause)
+{
+	const struct conf_key	*k;
+	char			*eq, *key, *value, *end;
+
+	if ((end = strchr(line, '#')) != NULL)
+		*end = '\0';
+	end = line + strlen(line);
+	while (end > line && isspace((unsigned char)end[-1]))
+		*--end = '\0';
+	key = line + strspn(line, " \t");
+	if (*key == '\0')
+		return (0);
+	if ((eq = strchr(key, '=')) == NULL) {
+		xasprintf(cause, "expected key = value");
+		return (-1);
+	}
+	value = eq + 1 + strspn(eq + 1, " \t");
+	while (eq > key && isspace((unsigned char)eq[-1]))
+		eq--;
+	*eq = '\0';
+	if ((k = conf_find(key)) == NULL) {
+		xasprintf(cause, "unknown key: %s", key);
+		return (-1);
+	}
+	if (seen[k - conf_keys] != 0) {
+		xasprintf(cause, "%s: already set on line %d", key,
+		    seen[k - conf_keys]);
+		return (-1);
+	}
+	if (*value == '\0') {
+		xasprintf(cause, "%s: missing value", key);
+		return (-1);
+	}
+	if (conf_set(c, k, value, cause) != 0)
+		return (-1);
+	seen[k - conf_keys] = lineno;
+	return (0);
+}
+
+/* Check required keys and the secret files, and fill derived defaults. */
+static int
+conf_finish(struct conf *c, const char *path, const int *seen, char **cause)
+{
+	size_t	 i;
+	char	*why, **sp;
+
+	for (i = 0; i < CONF_NKEYS; i++) {
+		if (conf_keys[i].required && seen[i] == 0) {
+			xasprintf(cause, "%s: missing required key %s", path,
+			    conf_keys[i].name);
+			return (-1);
+		}
+		if (conf_keys[i].type != CONF_SECRET_PATH || seen[i] == 0)
+			continue;
+		sp = (char **)((char *)c + conf_keys[i].offset);
+		if (conf_check_private(*sp, &why) != 0) {
+			xasprintf(cause, "%s:%d: %s: %s", path, seen[i],
+			    conf_keys[i].name, why);
+			free(why);
+			return (-1);
+		}
+	}
+	if (c->hash_key_file == NULL)
+		xasprintf(&c->hash_key_file, "%s/hash.key", c->state_dir);
+	return (0);
+}
+
+/* Load the configuration file at path; NULL with *cause on error. */
+struct conf *
+conf_load(const char *path, char **cause)
+{
+	struct conf	*c;
+	FILE		*f;
+	char		 line[CONF_LINE_MAX], *why;
+	int		 seen[CONF_NKEYS] = { 0 }, lineno = 0;
+	size_t		 i;
+
+	c = xcalloc(1, sizeof *c);
+	c->path = xstrdup(path);
+	for (i = 0; i < CONF_NKEYS; i++) {
+		if (conf_keys[i].dflt != NULL &&
+		    conf_set(c, &conf_keys[i], conf_keys[i].dflt, &why) != 0)
+			fatalx("default of %s: %s", conf_keys[i].name, why);
+	}
+	if ((f = fopen(path, "r")) == NULL) {
+		xasprintf(cause, "%s: %s", path, strerror(errno));
+		conf_free(c);
+		return (NULL);
+	}
+	while (fgets(line, sizeof line, f) != NULL) {
+		lineno++;
+		if (strchr(line, '\n') == NULL && !feof(f)) {
+			xasprintf(cause, "%s:%d: line too long", path, lineno);
+			goto fail;
+		}
+		if (conf_parse_line(c, line, lineno, seen, &why) != 0) {
+			xasprintf(cause, "%s:%d: %s", path, lineno, why);
+			free(why);
+			goto fail;
+		}
+	}
+	fclose(f);
+	if (conf_finish(c, path, seen, cause) != 0) {
+		conf_free(c);
+		return (NULL);
+	}
+	return (c);
+fail:
+	fclose(f);
+	conf_free(c);
+	return (NULL);
+}
+
+/* Free a configuration. */
+void
+conf_free(struct conf *c)
+{
+	size_t	i;
+
+	if (c == NULL)
+		return;
+	for (i = 0; i < CONF_NKEYS; i++) {
+		switch (conf_keys[i].type) {
+		case CONF_STRING:
+		case CONF_PATH:
+		case CONF_SECRET_PATH:
+		case CONF_REGION:
+		case CONF_ADDRESS:
+			free(*(char **)((char *)c + conf_keys[i].offset));
+			break;
+		default:
+			break;
+		}
+	}
+	free(c->path);
+	free(c);
+}
+
+/* Refuse a secret file that group or others may use, or that is no file. */
+int
+conf_check_private(const char *path, char **cause)
+{
+	struct stat	sb;
+
+	if (stat(path, &sb) != 0) {
+		xasprintf(cause, "%s: %s", path, strerror(errno));
+		return (-1);
+	}
+	if (!S_ISREG(sb.st_mode)) {
+		xasprintf(cause, "%s: not a regular file", path);
+		return (-1);
+	}
+	if ((sb.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
+		xasprintf(cause, "%s: secret file must not be accessible by "
+		    "group or others (mode %04o); chmod 600 it",
+		    path, (unsigned)(sb.st_mode & 07777));
+		return (-1);
+	}
+	return (0);
+}
+
+/*
+ * Read a secret (a token) from a private file.  One trailing newline (LF or
+ * CRLF) is dropped; an empty secret or one with control characters is
+ * refused.  The secret itself never appears in a message.
+ */
+int
+conf_read_secret(const char *path, char **out, size_t *outlen, char **cause)
+{
+	char	 buf[SECRET_MAX + 1];
+	ssize_t	 n;
+	size_t	 len = 0, i;
+	int	 fd;
+
+	if (conf_check_private(path, cause) != 0)
+		return (-1);
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1) {
+		xasprintf(cause, "%s: %s", path, strerror(errno));
+		return (-1);
+	}
+	while (len < sizeof buf &&
+	    (n = read(fd, buf + len, sizeof buf - len)) != 0) {
+		if (n == -1) {
+			if (errno == EINTR)
+				continue;
+			xasprintf(cause, "%s: %s", path, strerror(errno));
+			close(fd);
+			return (-1);
+		}
+		len += (size_t)n;
+	}
+	close(fd);
+	if (len > SECRET_MAX) {
+		xasprintf(cause, "%s: longer than %d bytes", path, SECRET_MAX);
+		return (-1);
+	}
+	if (len > 0 && buf[len - 1] == '\n')
+		len--;
+	if (len > 0 && buf[len - 1] == '\r')
+		len--;
+	for (i = 0; i < len; i++) {
+		if ((unsigned char)buf[i] < 0x20 || buf[i] == 0x7f) {
+			xasprintf(cause, "%s: contains a control character",
+			    path);
+			return (-1);
+		}
+	}
+	if (len == 0) {
+		xasprintf(cause, "%s: empty", path);
+		return (-1);
+	}
+	*out = xmalloc(len + 1);
+	memcpy(*out, buf, len);
+	(*out)[len] = '\0';
+	*outlen = len;
+	explicit_bzero(buf, sizeof buf);
+	return (0);
+}

@@ -1,0 +1,562 @@
+/*
+ * The HTTP server: evhttp with bounds, routing, bearer authentication and
+ * replies sent only after the store's log is on disk.
+ *
+ * Durability without one fsync per request: handlers commit with
+ * DB_TXN_WRITE_NOSYNC and queue their answer with http_reply().  The first
+ * queued answer activates flush_ev.  libevent runs callbacks activated
+ * during a loop iteration after those already active, so flush_ev runs once
+ * after every request that was ready in this iteration has been handled; it
+ * flushes the log once and only then sends all the queued answers.
+ *
+ * evhttp 2.1 has only inactivity timeouts and no connection limit, so we
+ * create each connection's bufferevent ourselves (evhttp_set_bevcb) and
+ * keep a reference to it: a once-a-second timer cuts off a connection whose
+ * request has not arrived complete within request_timeout of its first
+ * byte (slow clients), reaps connections that evhttp has freed, and turns
+ * the listener off while max_connections are open.
+ */
+#include "config.h"
+
+#include <sys/types.h>
+#include <sys/queue.h>
+#include <sys/socket.h>
+
+#include <netinet/in.h>
+#include <arpa/inet.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
+
+#include "log.h"
+#include "phoneclaimd.h"
+#include "xmalloc.h"
+
+#define HTTP_MAX_HEADERS_SIZE	16384
+#define HTTP_ALL_METHODS	(EVHTTP_REQ_GET | EVHTTP_REQ_POST | \
+    EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | \
+    EVHTTP_REQ_OPTIONS | EVHTTP_REQ_TRACE | EVHTTP_REQ_CONNECT | \
+    EVHTTP_REQ_PATCH)
+
+struct http_conn {
+	struct bufferevent	*bev;
+	struct http		*http;
+	time_t			 deadline;	/* 0: idle, no request */
+	TAILQ_ENTRY(http_conn)	 entry;
+};
+TAILQ_HEAD(http_conns, http_conn);
+
+struct http_pending {
+	struct evhttp_request	*req;
+	int			 code;
+	char			*body;
+	TAILQ_ENTRY(http_pending) entry;
+};
+TAILQ_HEAD(http_pendings, http_pending);
+
+struct http_route {
+	const char	*path;
+	int		 methods;
+	const char	*allow;
+	void		(*cb)(struct evhttp_request *, void *);
+};
+
+struct http {
+	struct event_base		*base;
+	const struct conf		*conf;
+	struct store			*store;
+	struct evhttp			*evh;
+	struct evhttp_bound_socket	*bound;
+	struct evconnlistener		*listener;
+	int				 listener_off;
+	int				 stopping;
+	char				 address[128];
+	struct event			*tick_ev;
+	struct event			*flush_ev;
+	struct http_conns		 conns;
+	size_t				 nconns;
+	struct http_pendings		 pending;
+	unsigned char			 token[2][HASH_DIGEST_LEN];
+	int				 have_token[2];
+};
+
+static struct http	*http_instance;
+
+static const struct http_route http_routes[] = {
+	{ "/v1/claims", EVHTTP_REQ_POST, "POST", api_claims_cb },
+	{ "/healthz", EVHTTP_REQ_GET | EVHTTP_REQ_HEAD, "GET, HEAD",
+	  api_healthz_cb },
+};
+
+static time_t	 http_now(void);
+static int	 http_bind(struct http *, char **);
+static struct bufferevent *http_bev_cb(struct event_base *, void *);
+static void	 http_input_cb(struct evbuffer *,
+		     const struct evbuffer_cb_info *, void *);
+static void	 http_tick_cb(evutil_socket_t, short, void *);
+static void	 http_reap(struct http *);
+static void	 http_conn_free(struct http *, struct http_conn *);
+static void	 http_listener_update(struct http *);
+static void	 http_listener_error_cb(struct evconnlistener *, void *);
+static void	 http_request_started(struct http *, struct evhttp_request *);
+static void	 http_route_cb(struct evhttp_request *, void *);
+static void	 http_flush_cb(evutil_socket_t, short, void *);
+static void	 http_send(struct evhttp_request *, int, const char *);
+
+/* Seconds on the monotonic clock. */
+static time_t
+http_now(void)
+{
+	struct timespec	ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (ts.tv_sec);
+}
+
+/* Bind the listen address (host:port or [v6]:port); port 0 picks one. */
+static int
+http_bind(struct http *h, char **cause)
+{
+	struct sockaddr_storage	 ss;
+	socklen_t		 sslen = sizeof ss;
+	char			 host[128], *colon, addr[INET6_ADDRSTRLEN];
+	unsigned short		 port;
+	evutil_socket_t		 fd;
+
+	if ((size_t)snprintf(host, sizeof host, "%s", h->conf->listen) >=
+	    sizeof host) {
+		xasprintf(cause, "listen address too long");
+		return (-1);
+	}
+	colon = strrchr(host, ':');
+	*colon = '\0';
+	port = (unsigned short)strtoul(colon + 1, NULL, 10);
+	if (host[0] == '[') {
+		host[strlen(host) - 1] = '\0';
+		memmove(host, host + 1, strlen(host));
+	}
+	h->bound = evhttp_bind_socket_with_handle(h->evh, host, port);
+	if (h->bound == NULL) {
+		xasprintf(cause, "cannot listen on %s: %s", h->conf->listen,
+		    strerror(errno));
+		return (-1);
+	}
+	h->listener = evhttp_bound_socket_get_listener(h->bound);
+	evconnlistener_set_error_cb(h->listener, http_listener_error_cb);
+	fd = evhttp_bound_socket_get_fd(h->bound);
+	if (getsockname(fd, (struct sockaddr *)&ss, &sslen) != 0) {
+		xasprintf(cause, "getsockname: %s", strerror(errno));
+		return (-1);
+	}
+	if (ss.ss_family == AF_INET6) {
+		struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+
+		inet_ntop(AF_INET6, &s6->sin6_addr, addr, sizeof addr);
+		snprintf(h->address, sizeof h->address, "[%s]:%u", addr,
+		    ntohs(s6->sin6_port));
+	} else {
+		struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+
+		inet_ntop(AF_INET, &s4->sin_addr, addr, sizeof addr);
+		snprintf(h->address, sizeof h->address, "%s:%u", addr,
+		    ntohs(s4->sin_port));
+	}
+	return (0);
+}
+
+/* Create the HTTP server and start listening. */
+struct http *
+http_init(struct event_base *base, const struct conf *conf,
+    struct store *store, char **cause)
+{
+	struct http	*h;
+	struct timeval	 tv = { 1, 0 };
+
+	h = xcalloc(1, sizeof *h);
+	h->base = base;
+	h->conf = conf;
+	h->store = store;
+	TAILQ_INIT(&h->conns);
+	TAILQ_INIT(&h->pending);
+	if ((h->evh = evhttp_new(base)) == NULL)
+		fatalx("evhttp_new");
+	evhttp_set_max_headers_size(h->evh, HTTP_MAX_HEADERS_SIZE);
+	evhttp_set_max_body_size(h->evh, conf->max_body_size);
+	evhttp_set_timeout(h->evh, (int)conf->request_timeout);
+	evhttp_set_allowed_methods(h->evh, HTTP_ALL_METHODS);
+	evhttp_set_default_content_type(h->evh, "application/json");
+	evhttp_set_bevcb(h->evh, http_bev_cb, h);
+	evhttp_set_gencb(h->evh, http_route_cb, h);
+	if (http_bind(h, cause) != 0) {
+		http_free(h);
+		return (NULL);
+	}
+	h->tick_ev = event_new(base, -1, EV_PERSIST, http_tick_cb, h);
+	h->flush_ev = event_new(base, -1, 0, http_flush_cb, h);
+	if (h->tick_ev == NULL || h->flush_ev == NULL)
+		fatalx("event_new");
+	evtimer_add(h->tick_ev, &tv);
+	http_instance = h;
+	return (h);
+}
+
+/* Stop listening, answer what is queued, and free the server. */
+void
+http_free(struct http *h)
+{
+	struct http_conn	*c;
+
+	if (h == NULL)
+		return;
+	if (h->flush_ev != NULL) {
+		if (!TAILQ_EMPTY(&h->pending))
+			http_flush_cb(-1, 0, h);
+		event_free(h->flush_ev);
+	}
+	if (h->tick_ev != NULL)
+		event_free(h->tick_ev);
+	if (h->evh != NULL)
+		evhttp_free(h->evh);
+	while ((c = TAILQ_FIRST(&h->conns)) != NULL)
+		http_conn_free(h, c);
+	explicit_bzero(h->token, sizeof h->token);
+	if (http_instance == h)
+		http_instance = NULL;
+	free(h);
+}
+
+/* Stop taking new connections, for a graceful stop. */
+void
+http_stop_accepting(struct http *h)
+{
+	evconnlistener_disable(h->listener);
+	h->listener_off = 1;
+	h->stopping = 1;
+}
+
+/* Return the address the server listens on, as host:port. */
+const char *
+http_bound_address(struct http *h)
+{
+	return (h->address);
+}
+
+/* Return the configuration the server runs with. */
+const struct conf *
+http_conf(struct http *h)
+{
+	return (h->conf);
+}
+
+/* Return 1 while the store accepts commits. */
+int
+http_store_ok(struct http *h)
+{
+	return (!store_failed(h->store));
+}
+
+/* Replace the tokens; only their digests are kept. */
+void
+http_set_tokens(struct http *h, const char *api, size_t apilen,
+    const char *stream, size_t streamlen)
+{
+	hash_digest(api, apilen, h->token[HTTP_TOKEN_API]);
+	hash_digest(stream, streamlen, h->token[HTTP_TOKEN_LOG_STREAM]);
+	h->have_token[HTTP_TOKEN_API] = 1;
+	h->have_token[HTTP_TOKEN_LOG_STREAM] = 1;
+}
+
+/*
+ * Check the Authorization header in constant time.  The API token comes as
+ * "Bearer <token>"; the log stream's header value is compared whole, as
+ * Auth0 sends it verbatim.
+ */
+int
+http_authorised(struct http *h, struct evhttp_request *req, int which)
+{
+	const char	*v;
+	unsigned char	 digest[HASH_DIGEST_LEN];
+
+	if (!h->have_token[which])
+		return (0);
+	v = evhttp_find_header(evhttp_request_get_input_headers(req),
+	    "Authorization");
+	if (v == NULL)
+		return (0);
+	if (which == HTTP_TOKEN_API) {
+		if (strncmp(v, "Bearer ", 7) != 0)
+			return (0);
+		v += 7;
+	}
+	hash_digest(v, strlen(v), digest);
+	return (hash_digest_equal(digest, h->token[which]));
+}
+
+/* A new connection: make its bufferevent and start tracking it. */
+static struct bufferevent *
+http_bev_cb(struct event_base *base, void *arg)
+{
+	struct http		*h = arg;
+	struct http_conn	*c;
+
+	/*
+	 * Without BEV_OPT_CLOSE_ON_FREE evhttp closes the socket itself when
+	 * it frees the connection, so our extra reference never keeps a
+	 * socket open.
+	 */
+	if (h->nconns + 1 >= (size_t)h->conf->max_connections) {
+		/*
+		 * Reap before adding: evhttp sets the new bufferevent's
+		 * callbacks only after we return, so it would look freed.
+		 */
+		http_reap(h);
+	}
+	c = xcalloc(1, sizeof *c);
+	if ((c->bev = bufferevent_socket_new(base, -1, 0)) == NULL)
+		fatalx("bufferevent_socket_new");
+	bufferevent_incref(c->bev);
+	c->http = h;
+	c->deadline = http_now() + h->conf->request_timeout;
+	evbuffer_add_cb(bufferevent_get_input(c->bev), http_input_cb, c);
+	TAILQ_INSERT_TAIL(&h->conns, c, entry);
+	h->nconns++;
+	http_listener_update(h);
+	return (c->bev);
+}
+
+/* Bytes arrived: an idle connection starts its request clock. */
+static void
+http_input_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info,
+    void *arg)
+{
+	struct http_conn	*c = arg;
+
+	(void)buf;
+	if (info->n_added > 0 && c->deadline == 0)
+		c->deadline = http_now() + c->http->conf->request_timeout;
+}
+
+/* A complete request arrived on a connection: stop its clock. */
+static void
+http_request_started(struct http *h, struct evhttp_request *req)
+{
+	struct evhttp_connection	*evcon;
+	struct bufferevent		*bev;
+	struct http_conn		*c;
+
+	if ((evcon = evhttp_request_get_connection(req)) == NULL)
+		return;
+	bev = evhttp_connection_get_bufferevent(evcon);
+	TAILQ_FOREACH(c, &h->conns, entry) {
+		if (c->bev != bev)
+			continue;
+		/* Pipelined bytes already buffered start the next clock. */
+		if (evbuffer_get_length(bufferevent_get_input(bev)) > 0)
+			c->deadline = http_now() + h->conf->request_timeout;
+		else
+			c->deadline = 0;
+		return;
+	}
+}
+
+/* Drop our reference to a connection's bufferevent. */
+static void
+http_conn_free(struct http *h, struct http_conn *c)
+{
+	TAILQ_REMOVE(&h->conns, c, entry);
+	h->nconns--;
+	evbuffer_remove_cb(bufferevent_get_input(c->bev), http_input_cb, c);
+	bufferevent_decref(c->bev);
+	free(c);
+}
+
+/* Forget connections that evhttp has freed (it clears their callbacks). */
+static void
+http_reap(struct http *h)
+{
+	struct http_conn	*c, *next;
+	bufferevent_data_cb	 readcb;
+
+	for (c = TAILQ_FIRST(&h->conns); c != NULL; c = next) {
+		next = TAILQ_NEXT(c, entry);
+		bufferevent_getcb(c->bev, &readcb, NULL, NULL, NULL);
+		if (readcb == NULL)
+			http_conn_free(h, c);
+	}
+}
+
+/* Listen only while fewer than max_connections are open. */
+static void
+http_listener_update(struct http *h)
+{
+	int	full = h->nconns >= (size_t)h->conf->max_connections;
+
+	if (full && !h->listener_off) {
+		evconnlistener_disable(h->listener);
+		h->listener_off = 1;
+		log_warnx("%zu connections open: not accepting more",
+		    h->nconns);
+	} else if (!full && h->listener_off && !h->stopping) {
+		evconnlistener_enable(h->listener);
+		h->listener_off = 0;
+		log_info("accepting connections again");
+	}
+}
+
+/*
+ * accept() failed with something other than EAGAIN/EINTR (EMFILE, ENFILE,
+ * ENOBUFS): pause the listener until the next tick instead of spinning.
+ * The callback's argument belongs to evhttp, hence http_instance.
+ */
+static void
+http_listener_error_cb(struct evconnlistener *l, void *arg)
+{
+	(void)arg;
+	log_warn("accept");
+	evconnlistener_disable(l);
+	if (http_instance != NULL)
+		http_instance->listener_off = 1;
+}
+
+/* Once a second: cut off slow requests, reap, and mind the listener. */
+static void
+http_tick_cb(evutil_socket_t fd, short events, void *arg)
+{
+	struct http		*h = arg;
+	struct http_conn	*c;
+	time_t			 now = http_now();
+
+	(void)fd;
+	(void)events;
+	http_reap(h);
+	TAILQ_FOREACH(c, &h->conns, entry) {
+		if (c->deadline == 0 || now < c->deadline)
+			continue;
+		log_debug("request not complete within %llds: closing",
+		    h->conf->request_timeout);
+		c->deadline = 0;
+		/* evhttp treats this like a read error and frees it. */
+		bufferevent_trigger_event(c->bev,
+		    BEV_EVENT_READING | BEV_EVENT_ERROR, 0);
+	}
+	http_reap(h);
+	http_listener_update(h);
+}
+
+/* Dispatch a request to its route: 404 or 405 when there is none. */
+static void
+http_route_cb(struct evhttp_request *req, void *arg)
+{
+	struct http			*h = arg;
+	const struct evhttp_uri		*uri;
+	const char			*path;
+	size_t				 i;
+
+	http_request_started(h, req);
+	uri = evhttp_request_get_evhttp_uri(req);
+	path = uri != NULL ? evhttp_uri_get_path(uri) : NULL;
+	if (path == NULL) {
+		http_error(h, req, 404, "not_found");
+		return;
+	}
+	for (i = 0; i < sizeof http_routes / sizeof http_routes[0]; i++) {
+		if (strcmp(path, http_routes[i].path) != 0)
+			continue;
+		if ((evhttp_request_get_command(req) &
+		    http_routes[i].methods) == 0) {
+			evhttp_add_header(evhttp_request_get_output_headers(req),
+			    "Allow", http_routes[i].allow);
+			http_error(h, req, 405, "method_not_allowed");
+			return;
+		}
+		http_routes[i].cb(req, h);
+		return;
+	}
+	http_error(h, req, 404, "not_found");
+}
+
+/* Send an answer with a JSON body now. */
+static void
+http_send(struct evhttp_request *req, int code, const char *body)
+{
+	struct evbuffer	*buf;
+
+	if ((buf = evbuffer_new()) == NULL)
+		fatalx("evbuffer_new");
+	evbuffer_add(buf, body, strlen(body));
+	evbuffer_add(buf, "\n", 1);
+	evhttp_add_header(evhttp_request_get_output_headers(req),
+	    "Content-Type", "application/json");
+	evhttp_add_header(evhttp_request_get_output_headers(req),
+	    "Cache-Control", "no-store");
+	evhttp_send_reply(req, code, NULL, buf);
+	evbuffer_free(buf);
+}
+
+/*
+ * Queue an answer that depends on a commit: it is sent by http_flush_cb
+ * once the log is on disk (or replaced by 503 if the flush fails).
+ */
+void
+http_reply(struct http *h, struct evhttp_request *req, int code,
+    const char *body)
+{
+	struct http_pending	*p;
+
+	p = xcalloc(1, sizeof *p);
+	p->req = req;
+	p->code = code;
+	p->body = xstrdup(body);
+	TAILQ_INSERT_TAIL(&h->pending, p, entry);
+	/* Activating an event that is already active does nothing. */
+	event_active(h->flush_ev, EV_TIMEOUT, 0);
+}
+
+/* Send an error that changed nothing: {"error": code}, right away. */
+void
+http_error(struct http *h, struct evhttp_request *req, int code,
+    const char *error)
+{
+	char	body[96];
+
+	(void)h;
+	if (code == 401)
+		evhttp_add_header(evhttp_request_get_output_headers(req),
+		    "WWW-Authenticate", "Bearer");
+	snprintf(body, sizeof body, "{\"error\":\"%s\"}", error);
+	http_send(req, code, body);
+}
+
+/* Flush the log once for the whole batch, then send its answers. */
+static void
+http_flush_cb(evutil_socket_t fd, short events, void *arg)
+{
+	struct http		*h = arg;
+	struct http_pending	*p;
+	int			 ok;
+
+	(void)fd;
+	(void)events;
+	ok = store_flush(h->store) == STORE_OK;
+	if (!ok)
+		log_warnx("log flush failed: answering 503");
+	while ((p = TAILQ_FIRST(&h->pending)) != NULL) {
+		TAILQ_REMOVE(&h->pending, p, entry);
+		if (ok)
+			http_send(p->req, p->code, p->body);
+		else
+			http_send(p->req, 503, "{\"error\":\"unavailable\"}");
+		free(p->body);
+		free(p);
+	}
+}

@@ -1,0 +1,130 @@
+/*
+ * JSON parsing with bounds.  yajl's tree parser has no nesting limit, so a
+ * first pass with the event parser checks the depth before the tree is
+ * built.  Strings are validated as UTF-8 by yajl.
+ */
+#include "config.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <yajl/yajl_parse.h>
+#include <yajl/yajl_tree.h>
+
+#include "log.h"
+#include "phoneclaimd.h"
+#include "xmalloc.h"
+
+struct json_depth {
+	int	depth;
+	int	bad;
+};
+
+static int	json_string_cb(void *, const unsigned char *, size_t);
+static int	json_open_cb(void *);
+static int	json_close_cb(void *);
+static int	json_check_depth(const char *, size_t);
+
+/*
+ * Refuse strings and keys with a NUL byte ("\u0000"): the tree keeps strings
+ * NUL-terminated, so "a\u0000b" would silently become "a".
+ */
+static int
+json_string_cb(void *arg, const unsigned char *s, size_t len)
+{
+	struct json_depth	*d = arg;
+
+	if (memchr(s, '\0', len) != NULL) {
+		d->bad = 1;
+		return (0);
+	}
+	return (1);
+}
+
+/* Enter a map or an array; stop the parse when it is too deep. */
+static int
+json_open_cb(void *arg)
+{
+	struct json_depth	*d = arg;
+
+	if (++d->depth > JSON_MAX_DEPTH) {
+		d->bad = 1;
+		return (0);
+	}
+	return (1);
+}
+
+/* Leave a map or an array. */
+static int
+json_close_cb(void *arg)
+{
+	struct json_depth	*d = arg;
+
+	d->depth--;
+	return (1);
+}
+
+/*
+ * Return 0 if buf is JSON nested at most JSON_MAX_DEPTH deep without NUL
+ * bytes in its strings, else -1.
+ */
+static int
+json_check_depth(const char *buf, size_t len)
+{
+	static const yajl_callbacks	 cb = {
+		.yajl_string = json_string_cb,
+		.yajl_map_key = json_string_cb,
+		.yajl_start_map = json_open_cb,
+		.yajl_end_map = json_close_cb,
+		.yajl_start_array = json_open_cb,
+		.yajl_end_array = json_close_cb,
+	};
+	struct json_depth		 d = { 0, 0 };
+	yajl_handle			 h;
+	int				 ok;
+
+	if ((h = yajl_alloc(&cb, NULL, &d)) == NULL)
+		fatalx("yajl_alloc");
+	ok = yajl_parse(h, (const unsigned char *)buf, len) == yajl_status_ok &&
+	    yajl_complete_parse(h) == yajl_status_ok;
+	yajl_free(h);
+	return (ok && !d.bad ? 0 : -1);
+}
+
+/*
+ * Parse len bytes of JSON into a tree; NULL with *cause on error.  The caller frees the tree with json_free.
+ */
+struct yajl_val_s *
+json_parse(const char *buf, size_t len, char **cause)
+{
+	yajl_val	 v;
+	char		*copy;
+
+	if (memchr(buf, '\0', len) != NULL) {
+		*cause = xstrdup("NUL byte in JSON text");
+		return (NULL);
+	}
+	if (json_check_depth(buf, len) != 0) {
+		*cause = xstrdup("invalid JSON, too deeply nested, or a NUL "
+		    "in a string");
+		return (NULL);
+	}
+	copy = xmalloc(len + 1);
+	memcpy(copy, buf, len);
+	copy[len] = '\0';
+	/* yajl's message quotes the input, which may hold a number. */
+	v = yajl_tree_parse(copy, NULL, 0);
+	free(copy);
+	if (v == NULL)
+		*cause = xstrdup("invalid JSON");
+	return (v);
+}
+
+/* Free a tree from json_parse. */
+void
+json_free(struct yajl_val_s *v)
+{
+	if (v != NULL)
+		yajl_tree_free(v);
+}

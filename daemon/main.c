@@ -1,0 +1,340 @@
+/*
+ * phoneclaimd: options, configuration, module start and stop, the event
+ * loop and its signals.  Everything else lives in the modules.
+ */
+#include "config.h"
+
+#include <sys/types.h>
+#include <sys/stat.h>
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "log.h"
+#include "phoneclaimd.h"
+#include "xmalloc.h"
+
+#define EXPIRE_INTERVAL		5	/* seconds between expiry runs */
+#define EXPIRE_BATCH		1000	/* reservations per transaction */
+#define EXPIRE_BATCHES		20	/* transactions per run at most */
+#define CHECKPOINT_INTERVAL	60
+#define STOP_GRACE_MS		250	/* to finish answers in flight */
+
+struct main_state {
+	struct event_base	*base;
+	struct conf		*conf;
+	struct store		*store;
+	struct http		*http;
+	int			 exit_status;
+};
+
+static void	main_usage(void) __attribute__((noreturn));
+static void	main_signal_cb(evutil_socket_t, short, void *);
+static void	main_expire_cb(evutil_socket_t, short, void *);
+static void	main_checkpoint_cb(evutil_socket_t, short, void *);
+static void	main_store_failed_cb(evutil_socket_t, short, void *);
+static void	main_store_failed(void *);
+static int	main_load_tokens(struct main_state *, char **);
+static int	main_reload(struct main_state *);
+static int	main_check(struct conf *);
+static void	main_start(struct main_state *);
+static void	main_run(struct main_state *);
+
+static struct event	*main_fail_ev;
+
+/* Print usage and exit 2. */
+static void
+main_usage(void)
+{
+	fprintf(stderr, "usage: phoneclaimd [-fnvV] [-c file]\n"
+	    "  -f       stay in the foreground and log to stderr\n"
+	    "  -n       check the configuration and exit\n"
+	    "  -v       more verbose logging (debug)\n"
+	    "  -c file  configuration file (default %s)\n"
+	    "  -V       print the version and exit\n", PHONECLAIMD_CONF);
+	exit(EXIT_CONFIG);
+}
+
+/* Read both token files and hand their digests to the HTTP server. */
+static int
+main_load_tokens(struct main_state *m, char **cause)
+{
+	char	*api, *stream;
+	size_t	 apilen, streamlen;
+
+	if (conf_read_secret(m->conf->api_token_file, &api, &apilen,
+	    cause) != 0)
+		return (-1);
+	if (conf_read_secret(m->conf->log_stream_token_file, &stream,
+	    &streamlen, cause) != 0) {
+		explicit_bzero(api, apilen);
+		free(api);
+		return (-1);
+	}
+	http_set_tokens(m->http, api, apilen, stream, streamlen);
+	explicit_bzero(api, apilen);
+	explicit_bzero(stream, streamlen);
+	free(api);
+	free(stream);
+	return (0);
+}
+
+/* SIGHUP: reload the tokens and the exempt list, keeping the old on error. */
+static int
+main_reload(struct main_state *m)
+{
+	char	*cause;
+	int	 rv = 0;
+
+	if (main_load_tokens(m, &cause) != 0) {
+		log_warnx("reload: %s; keeping the old tokens", cause);
+		free(cause);
+		rv = -1;
+	}
+	if (claims_exempt_load(m->conf->exempt_numbers_file,
+	    m->conf->default_region, 0, &cause) != 0) {
+		log_warnx("reload: %s; keeping the old exempt list", cause);
+		free(cause);
+		rv = -1;
+	}
+	if (rv == 0)
+		log_info("reloaded the tokens and the exempt list");
+	return (rv);
+}
+
+/* All signals arrive here through the event loop. */
+static void
+main_signal_cb(evutil_socket_t sig, short events, void *arg)
+{
+	struct main_state	*m = arg;
+	struct timeval		 tv = { 0, STOP_GRACE_MS * 1000 };
+
+	(void)events;
+	switch (sig) {
+	case SIGTERM:
+	case SIGINT:
+		log_info("received %s: stopping", strsignal(sig));
+		http_stop_accepting(m->http);
+		event_base_loopexit(m->base, &tv);
+		break;
+	case SIGHUP:
+		main_reload(m);
+		break;
+	}
+}
+
+/* Release reservations that have lapsed, a bounded number per run. */
+static void
+main_expire_cb(evutil_socket_t fd, short events, void *arg)
+{
+	struct main_state	*m = arg;
+	size_t			 released, total = 0;
+	int			 i;
+
+	(void)fd;
+	(void)events;
+	for (i = 0; i < EXPIRE_BATCHES; i++) {
+		if (claims_expire((int64_t)time(NULL), EXPIRE_BATCH,
+		    &released) != STORE_OK)
+			break;
+		total += released;
+		if (released < EXPIRE_BATCH)
+			break;
+	}
+	if (total > 0) {
+		store_flush(m->store);
+		log_debug("released %zu lapsed reservation(s)", total);
+	}
+}
+
+/* Checkpoint the store so that recovery after a crash stays short. */
+static void
+main_checkpoint_cb(evutil_socket_t fd, short events, void *arg)
+{
+	struct main_state	*m = arg;
+
+	(void)fd;
+	(void)events;
+	store_checkpoint(m->store);
+}
+
+/* Called by the store when the environment fails: stop from the loop. */
+static void
+main_store_failed(void *arg)
+{
+	(void)arg;
+	if (main_fail_ev != NULL)
+		event_active(main_fail_ev, EV_TIMEOUT, 0);
+}
+
+/* The store failed: exit non-zero so that the supervisor restarts us. */
+static void
+main_store_failed_cb(evutil_socket_t fd, short events, void *arg)
+{
+	struct main_state	*m = arg;
+
+	(void)fd;
+	(void)events;
+	log_warnx("the store failed: exiting so that recovery runs on "
+	    "restart");
+	m->exit_status = EXIT_RUNTIME;
+	event_base_loopbreak(m->base);
+}
+
+/* -n: check the configuration, the secret files and the exempt list. */
+static int
+main_check(struct conf *conf)
+{
+	char	*cause, *secret;
+	size_t	 len;
+
+	if (conf_read_secret(conf->api_token_file, &secret, &len,
+	    &cause) != 0)
+		goto fail;
+	explicit_bzero(secret, len);
+	free(secret);
+	if (conf_read_secret(conf->log_stream_token_file, &secret, &len,
+	    &cause) != 0)
+		goto fail;
+	explicit_bzero(secret, len);
+	free(secret);
+	if (claims_exempt_load(conf->exempt_numbers_file,
+	    conf->default_region, 1, &cause) != 0)
+		goto fail;
+	printf("%s: configuration OK\n", conf->path);
+	return (EXIT_OK);
+fail:
+	fprintf(stderr, "phoneclaimd: %s\n", cause);
+	free(cause);
+	return (EXIT_CONFIG);
+}
+
+/* Open the store, load the secrets and start listening; fatal on error. */
+static void
+main_start(struct main_state *m)
+{
+	char	*cause;
+
+	if ((m->store = store_open(m->conf->state_dir, &cause)) == NULL)
+		fatalx("%s", cause);
+	store_set_fail_cb(m->store, main_store_failed, m);
+	if (hash_init(m->conf->hash_key_file, &cause) != 0)
+		fatalx("hash key: %s", cause);
+	claims_init(m->store, m->conf);
+	if (claims_exempt_load(m->conf->exempt_numbers_file,
+	    m->conf->default_region, 0, &cause) != 0)
+		fatalx("%s", cause);
+	if ((m->http = http_init(m->base, m->conf, m->store, &cause)) == NULL)
+		fatalx("%s", cause);
+	if (main_load_tokens(m, &cause) != 0)
+		fatalx("%s", cause);
+}
+
+/* Run the loop with its signals and timers until told to stop. */
+static void
+main_run(struct main_state *m)
+{
+	static const int	 sigs[] = { SIGTERM, SIGINT, SIGHUP };
+	struct event		*ev[3], *expire_ev, *ckp_ev;
+	struct timeval		 tv_expire = { EXPIRE_INTERVAL, 0 };
+	struct timeval		 tv_ckp = { CHECKPOINT_INTERVAL, 0 };
+	size_t			 i;
+
+	for (i = 0; i < 3; i++) {
+		ev[i] = evsignal_new(m->base, sigs[i], main_signal_cb, m);
+		if (ev[i] == NULL || evsignal_add(ev[i], NULL) != 0)
+			fatalx("cannot handle signal %d", sigs[i]);
+	}
+	expire_ev = event_new(m->base, -1, EV_PERSIST, main_expire_cb, m);
+	ckp_ev = event_new(m->base, -1, EV_PERSIST, main_checkpoint_cb, m);
+	main_fail_ev = event_new(m->base, -1, 0, main_store_failed_cb, m);
+	if (expire_ev == NULL || ckp_ev == NULL || main_fail_ev == NULL)
+		fatalx("event_new");
+	evtimer_add(expire_ev, &tv_expire);
+	evtimer_add(ckp_ev, &tv_ckp);
+	log_info("phoneclaimd %s in %s mode, state in %s", PACKAGE_VERSION,
+	    conf_mode_name(m->conf->mode), m->conf->state_dir);
+	log_info("listening on %s", http_bound_address(m->http));
+	event_base_dispatch(m->base);
+	for (i = 0; i < 3; i++)
+		event_free(ev[i]);
+	event_free(expire_ev);
+	event_free(ckp_ev);
+	event_free(main_fail_ev);
+	main_fail_ev = NULL;
+}
+
+/* Start, run, and stop the daemon. */
+int
+main(int argc, char **argv)
+{
+	struct main_state	 m;
+	const char		*path = PHONECLAIMD_CONF;
+	char			*cause;
+	int			 ch, foreground = 0, check = 0, verbose = 0;
+
+	memset(&m, 0, sizeof m);
+	while ((ch = getopt(argc, argv, "c:fnvV")) != -1) {
+		switch (ch) {
+		case 'c':
+			path = optarg;
+			break;
+		case 'f':
+			foreground = 1;
+			break;
+		case 'n':
+			check = 1;
+			break;
+		case 'v':
+			verbose++;
+			break;
+		case 'V':
+			printf("phoneclaimd %s\n", PACKAGE_VERSION);
+			return (EXIT_OK);
+		default:
+			main_usage();
+		}
+	}
+	if (optind != argc)
+		main_usage();
+	if ((m.conf = conf_load(path, &cause)) == NULL) {
+		fprintf(stderr, "phoneclaimd: %s\n", cause);
+		free(cause);
+		return (EXIT_CONFIG);
+	}
+	if (check) {
+		m.exit_status = main_check(m.conf);
+		conf_free(m.conf);
+		return (m.exit_status);
+	}
+	m.conf->log_level += verbose;
+	if (m.conf->log_level > LOG_LEVEL_DEBUG)
+		m.conf->log_level = LOG_LEVEL_DEBUG;
+	umask(077);
+	if (!foreground && daemon(0, 0) != 0) {
+		fprintf(stderr, "phoneclaimd: daemon: %s\n", strerror(errno));
+		return (EXIT_RUNTIME);
+	}
+	log_init(foreground, m.conf->log_level);
+	signal(SIGPIPE, SIG_IGN);
+	if ((m.base = event_base_new()) == NULL)
+		fatalx("event_base_new");
+	main_start(&m);
+	main_run(&m);
+	log_info("stopping");
+	http_free(m.http);
+	claims_free();
+	store_close(m.store);
+	hash_free();
+	event_base_free(m.base);
+	libevent_global_shutdown();
+	conf_free(m.conf);
+	return (m.exit_status);
+}

@@ -1,0 +1,338 @@
+/*
+ * Unit tests for claims.c: the enrolment and challenge tables of DESIGN
+ * section 4, on a real Berkeley DB store in a temporary directory.
+ */
+#include "config.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "phoneclaimd.h"
+#include "unit.h"
+#include "xmalloc.h"
+
+#define NOW	1700000000
+#define TTL	600
+
+struct fixture {
+	char		*dir;
+	struct store	*store;
+	struct conf	 conf;
+};
+
+static struct fixture	*fx;
+
+static int
+setup(void **state)
+{
+	char	*cause = NULL, *key;
+
+	fx = xcalloc(1, sizeof *fx);
+	fx->dir = unit_tmpdir();
+	xasprintf(&key, "%s/hash.key", fx->dir);
+	if (hash_init(key, &cause) != 0)
+		fail_msg("%s", cause);
+	free(key);
+	if ((fx->store = store_open(fx->dir, &cause)) == NULL)
+		fail_msg("%s", cause);
+	fx->conf.mode = CONF_MODE_ENFORCE;
+	fx->conf.pending_ttl = TTL;
+	fx->conf.max_users_per_number = 1;
+	claims_init(fx->store, &fx->conf);
+	*state = fx;
+	return (0);
+}
+
+static int
+teardown(void **state)
+{
+	(void)state;
+	claims_free();
+	store_close(fx->store);
+	hash_free();
+	unit_rmtree(fx->dir);
+	free(fx->dir);
+	free(fx);
+	return (0);
+}
+
+/* Make a request and return its result. */
+static int
+req(const char *number, const char *user, int action, int64_t now,
+    struct claims_answer *out)
+{
+	struct claims_answer	a;
+
+	assert_int_equal(claims_request(number, user, action, now, &a),
+	    STORE_OK);
+	if (out != NULL)
+		*out = a;
+	return (a.result);
+}
+
+/* Return the claims held on a number. */
+static size_t
+holders(const char *number, struct claim **list)
+{
+	unsigned char		 key[NUMKEY_LEN];
+	struct store_txn	*txn;
+	size_t			 n;
+
+	hash_number(number, key);
+	assert_int_equal(store_txn_begin(fx->store, &txn), STORE_OK);
+	assert_int_equal(store_claims_by_number(txn, key, list, &n),
+	    STORE_OK);
+	store_txn_abort(txn);
+	return (n);
+}
+
+static void
+test_reserve_free_number(void **state)
+{
+	struct claims_answer	 a;
+	struct claim		*l;
+
+	(void)state;
+	assert_int_equal(req("+12015550100", "auth0|a", CLAIMS_ENROLL, NOW,
+	    &a), CLAIMS_RESERVED);
+	assert_int_equal(a.expires_in, TTL);
+	assert_int_equal(holders("+12015550100", &l), 1);
+	assert_string_equal(l[0].user_id, "auth0|a");
+	assert_int_equal(l[0].state, CLAIM_PENDING);
+	assert_int_equal(l[0].source, CLAIM_SRC_ENROLLMENT);
+	assert_int_equal(l[0].expires, NOW + TTL);
+	assert_string_equal(l[0].last4, "0100");
+	free(l);
+}
+
+static void
+test_owned_pushes_expiry(void **state)
+{
+	struct claim	*l;
+
+	(void)state;
+	req("+12015550100", "auth0|a", CLAIMS_ENROLL, NOW, NULL);
+	assert_int_equal(req("+12015550100", "auth0|a", CLAIMS_ENROLL,
+	    NOW + 100, NULL), CLAIMS_OWNED);
+	assert_int_equal(holders("+12015550100", &l), 1);
+	assert_int_equal(l[0].expires, NOW + 100 + TTL);
+	free(l);
+}
+
+static void
+test_taken_and_monitor(void **state)
+{
+	struct claims_answer	 a;
+	struct claim		*l;
+
+	(void)state;
+	req("+12015550100", "auth0|a", CLAIMS_ENROLL, NOW, NULL);
+	assert_int_equal(req("+12015550100", "auth0|b", CLAIMS_ENROLL, NOW,
+	    &a), CLAIMS_TAKEN);
+	assert_true(a.enforced);
+	fx->conf.mode = CONF_MODE_MONITOR;
+	assert_int_equal(req("+12015550100", "auth0|b", CLAIMS_ENROLL, NOW,
+	    &a), CLAIMS_TAKEN);
+	assert_false(a.enforced);
+	assert_int_equal(holders("+12015550100", &l), 1);
+	assert_string_equal(l[0].user_id, "auth0|a");
+	free(l);
+}
+
+static void
+test_max_users_per_number(void **state)
+{
+	struct claim	*l;
+
+	(void)state;
+	fx->conf.max_users_per_number = 2;
+	assert_int_equal(req("+12015550100", "u1", CLAIMS_ENROLL, NOW, NULL),
+	    CLAIMS_RESERVED);
+	assert_int_equal(req("+12015550100", "u2", CLAIMS_ENROLL, NOW, NULL),
+	    CLAIMS_RESERVED);
+	assert_int_equal(req("+12015550100", "u3", CLAIMS_ENROLL, NOW, NULL),
+	    CLAIMS_TAKEN);
+	assert_int_equal(req("+12015550100", "u2", CLAIMS_ENROLL, NOW, NULL),
+	    CLAIMS_OWNED);
+	assert_int_equal(holders("+12015550100", &l), 2);
+	free(l);
+}
+
+static void
+test_one_pending_per_user(void **state)
+{
+	struct claim	*l;
+
+	(void)state;
+	req("+12015550100", "auth0|a", CLAIMS_ENROLL, NOW, NULL);
+	assert_int_equal(req("+12015550101", "auth0|a", CLAIMS_ENROLL, NOW,
+	    NULL), CLAIMS_RESERVED);
+	assert_int_equal(holders("+12015550100", &l), 0);
+	free(l);
+	assert_int_equal(req("+12015550100", "auth0|b", CLAIMS_ENROLL, NOW,
+	    NULL), CLAIMS_RESERVED);
+}
+
+static void
+test_active_survives_new_reservation(void **state)
+{
+	(void)state;
+	req("+12015550100", "auth0|a", CLAIMS_ENROLL, NOW, NULL);
+	assert_int_equal(req("+12015550100", "auth0|a", CLAIMS_CHALLENGE,
+	    NOW, NULL), CLAIMS_OWNED);
+	req("+12015550101", "auth0|a", CLAIMS_ENROLL, NOW, NULL);
+	assert_int_equal(req("+12015550100", "auth0|b", CLAIMS_ENROLL, NOW,
+	    NULL), CLAIMS_TAKEN);
+}
+
+static void
+test_expired_counts_as_free(void **state)
+{
+	struct claim	*l;
+
+	(void)state;
+	req("+12015550100", "auth0|a", CLAIMS_ENROLL, NOW, NULL);
+	assert_int_equal(req("+12015550100", "auth0|b", CLAIMS_ENROLL,
+	    NOW + TTL - 1, NULL), CLAIMS_TAKEN);
+	assert_int_equal(req("+12015550100", "auth0|b", CLAIMS_ENROLL,
+	    NOW + TTL, NULL), CLAIMS_RESERVED);
+	assert_int_equal(holders("+12015550100", &l), 1);
+	assert_string_equal(l[0].user_id, "auth0|b");
+	free(l);
+}
+
+static void
+test_challenge_learns_and_conflicts(void **state)
+{
+	struct store_txn	*txn;
+	struct conflict		*cf;
+	struct claim		*l;
+	size_t			 n;
+
+	(void)state;
+	assert_int_equal(req("+12015550100", "auth0|a", CLAIMS_CHALLENGE,
+	    NOW, NULL), CLAIMS_LEARNED);
+	assert_int_equal(holders("+12015550100", &l), 1);
+	assert_int_equal(l[0].state, CLAIM_ACTIVE);
+	assert_int_equal(l[0].source, CLAIM_SRC_CHALLENGE);
+	free(l);
+	assert_int_equal(req("+12015550100", "auth0|b", CLAIMS_CHALLENGE,
+	    NOW + 5, NULL), CLAIMS_CONFLICT);
+	assert_int_equal(holders("+12015550100", &l), 1);
+	free(l);
+	assert_int_equal(store_txn_begin(fx->store, &txn), STORE_OK);
+	assert_int_equal(store_conflicts(txn, &cf, &n), STORE_OK);
+	store_txn_abort(txn);
+	assert_int_equal(n, 1);
+	assert_string_equal(cf[0].user_id, "auth0|b");
+	assert_string_equal(cf[0].last4, "0100");
+	assert_int_equal(cf[0].since, NOW + 5);
+	assert_int_equal(cf[0].nholders, 1);
+	assert_string_equal(cf[0].holders[0], "auth0|a");
+	store_conflicts_free(cf, n);
+}
+
+static void
+test_challenge_activates_pending(void **state)
+{
+	struct claim	*l;
+
+	(void)state;
+	req("+12015550100", "auth0|a", CLAIMS_ENROLL, NOW, NULL);
+	assert_int_equal(req("+12015550100", "auth0|a", CLAIMS_CHALLENGE,
+	    NOW, NULL), CLAIMS_OWNED);
+	assert_int_equal(holders("+12015550100", &l), 1);
+	assert_int_equal(l[0].state, CLAIM_ACTIVE);
+	assert_int_equal(l[0].expires, 0);
+	free(l);
+	/* An active claim does not lapse. */
+	assert_int_equal(req("+12015550100", "auth0|b", CLAIMS_ENROLL,
+	    NOW + 10 * TTL, NULL), CLAIMS_TAKEN);
+}
+
+static void
+test_exempt(void **state)
+{
+	char		*path, *cause = NULL;
+	struct claim	*l;
+
+	(void)state;
+	path = unit_write(fx->dir, "exempt", "# test numbers\n\n"
+	    "+1 (201) 555-0199\n  +447700900123 # uk\n", 0644);
+	assert_int_equal(claims_exempt_load(path, NULL, 0, &cause), 0);
+	assert_int_equal(req("+12015550199", "a", CLAIMS_ENROLL, NOW, NULL),
+	    CLAIMS_EXEMPT);
+	assert_int_equal(req("+12015550199", "b", CLAIMS_ENROLL, NOW, NULL),
+	    CLAIMS_EXEMPT);
+	assert_int_equal(req("+447700900123", "b", CLAIMS_CHALLENGE, NOW,
+	    NULL), CLAIMS_EXEMPT);
+	assert_int_equal(holders("+12015550199", &l), 0);
+	free(l);
+	free(path);
+	path = unit_write(fx->dir, "bad", "+12015550199\nnot a number\n",
+	    0644);
+	assert_int_equal(claims_exempt_load(path, NULL, 0, &cause), -1);
+	assert_non_null(strstr(cause, "bad:2: invalid phone number"));
+	free(cause);
+	/* The old list stays after a failed load. */
+	assert_int_equal(req("+12015550199", "c", CLAIMS_ENROLL, NOW, NULL),
+	    CLAIMS_EXEMPT);
+	free(path);
+}
+
+static void
+test_expire_timer(void **state)
+{
+	struct claim	*l;
+	size_t		 released;
+	char		 num[16];
+	int		 i;
+
+	(void)state;
+	for (i = 0; i < 30; i++) {
+		snprintf(num, sizeof num, "+120155501%02d", i);
+		req(num, i % 3 == 0 ? "active" : num, i % 3 == 0 ?
+		    CLAIMS_CHALLENGE : CLAIMS_ENROLL, NOW, NULL);
+	}
+	assert_int_equal(claims_expire(NOW + TTL - 1, 100, &released),
+	    STORE_OK);
+	assert_int_equal(released, 0);
+	assert_int_equal(claims_expire(NOW + TTL, 7, &released), STORE_OK);
+	assert_int_equal(released, 7);
+	assert_int_equal(claims_expire(NOW + TTL, 100, &released), STORE_OK);
+	assert_int_equal(released, 13);
+	assert_int_equal(holders("+12015550100", &l), 1);
+	assert_int_equal(l[0].state, CLAIM_ACTIVE);
+	free(l);
+	assert_int_equal(holders("+12015550101", &l), 0);
+	free(l);
+}
+
+int
+main(void)
+{
+#define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
+	const struct CMUnitTest	tests[] = {
+		T(test_reserve_free_number),
+		T(test_owned_pushes_expiry),
+		T(test_taken_and_monitor),
+		T(test_max_users_per_number),
+		T(test_one_pending_per_user),
+		T(test_active_survives_new_reservation),
+		T(test_expired_counts_as_free),
+		T(test_challenge_learns_and_conflicts),
+		T(test_challenge_activates_pending),
+		T(test_exempt),
+		T(test_expire_timer),
+	};
+#undef T
+
+	return (cmocka_run_group_tests(tests, NULL, NULL));
+}

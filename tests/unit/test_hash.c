@@ -1,0 +1,120 @@
+/*
+ * Unit tests for hash.c: the key file, number keys and token digests.
+ */
+#include "config.h"
+
+#include <sys/stat.h>
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+
+#include "phoneclaimd.h"
+#include "unit.h"
+#include "xmalloc.h"
+
+static void
+test_key_created_private(void **state)
+{
+	char		*dir = unit_tmpdir(), *path, *cause = NULL;
+	struct stat	 sb;
+
+	(void)state;
+	xasprintf(&path, "%s/hash.key", dir);
+	assert_int_equal(hash_init(path, &cause), 0);
+	assert_int_equal(stat(path, &sb), 0);
+	assert_int_equal(sb.st_size, 32);
+	assert_int_equal(sb.st_mode & 0777, 0600);
+	hash_free();
+	unit_rmtree(dir);
+	free(path);
+	free(dir);
+}
+
+static void
+test_key_reused_and_hmac(void **state)
+{
+	char		*dir = unit_tmpdir(), *path, *cause = NULL;
+	unsigned char	 key[32], a[32], b[32], want[32];
+	unsigned int	 len = 32;
+	FILE		*f;
+
+	(void)state;
+	memset(key, 0x42, sizeof key);
+	xasprintf(&path, "%s/hash.key", dir);
+	f = fopen(path, "w");
+	fwrite(key, 1, sizeof key, f);
+	fclose(f);
+	chmod(path, 0600);
+	assert_int_equal(hash_init(path, &cause), 0);
+	hash_number("+447700900123", a);
+	hash_number("+447700900123", b);
+	assert_memory_equal(a, b, 32);
+	HMAC(EVP_sha256(), key, 32, (const unsigned char *)"+447700900123",
+	    13, want, &len);
+	assert_memory_equal(a, want, 32);
+	hash_number("+447700900124", b);
+	assert_memory_not_equal(a, b, 32);
+	hash_free();
+	unit_rmtree(dir);
+	free(path);
+	free(dir);
+}
+
+static void
+test_key_refused(void **state)
+{
+	char	*dir = unit_tmpdir(), *path, *cause = NULL;
+
+	(void)state;
+	path = unit_write(dir, "short.key", "0123456789", 0600);
+	assert_int_equal(hash_init(path, &cause), -1);
+	assert_non_null(strstr(cause, "exactly 32 bytes"));
+	free(cause);
+	free(path);
+	path = unit_write(dir, "open.key", "0123456789abcdef0123456789abcdef",
+	    0644);
+	assert_int_equal(hash_init(path, &cause), -1);
+	assert_non_null(strstr(cause, "group or others"));
+	free(cause);
+	free(path);
+	unit_rmtree(dir);
+	free(dir);
+}
+
+static void
+test_digests(void **state)
+{
+	unsigned char	a[32], b[32], c[32];
+
+	(void)state;
+	hash_digest("token", 5, a);
+	hash_digest("token", 5, b);
+	hash_digest("tokeN", 5, c);
+	assert_true(hash_digest_equal(a, b));
+	assert_false(hash_digest_equal(a, c));
+	hash_digest("token\n", 6, c);
+	assert_false(hash_digest_equal(a, c));
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest	tests[] = {
+		cmocka_unit_test(test_key_created_private),
+		cmocka_unit_test(test_key_reused_and_hmac),
+		cmocka_unit_test(test_key_refused),
+		cmocka_unit_test(test_digests),
+	};
+
+	return (cmocka_run_group_tests(tests, NULL, NULL));
+}

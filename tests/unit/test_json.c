@@ -1,0 +1,112 @@
+/*
+ * Unit tests for json.c: depth bound, NUL bytes in strings, bad input.
+ */
+#include "config.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <yajl/yajl_tree.h>
+
+#include "phoneclaimd.h"
+#include "xmalloc.h"
+
+/* Parse text and return 1 on success. */
+static int
+parses(const char *text, size_t len)
+{
+	yajl_val	 v;
+	char		*cause = NULL;
+
+	v = json_parse(text, len, &cause);
+	if (v == NULL) {
+		assert_non_null(cause);
+		free(cause);
+		return (0);
+	}
+	json_free(v);
+	return (1);
+}
+
+/* Build n nested arrays. */
+static char *
+nested(int n)
+{
+	char	*s = xmalloc(2 * n + 1);
+
+	memset(s, '[', n);
+	memset(s + n, ']', n);
+	s[2 * n] = '\0';
+	return (s);
+}
+
+static void
+test_valid(void **state)
+{
+	const char	*t = "{\"phone_number\":\"+1 201 555 0123\","
+			    "\"user_id\":\"auth0|abc\",\"n\":[1,2.5,null]}";
+	yajl_val	 v;
+	char		*cause;
+	const char	*path[] = { "user_id", NULL };
+
+	(void)state;
+	v = json_parse(t, strlen(t), &cause);
+	assert_non_null(v);
+	assert_string_equal(YAJL_GET_STRING(yajl_tree_get(v, path,
+	    yajl_t_string)), "auth0|abc");
+	json_free(v);
+}
+
+static void
+test_depth_bound(void **state)
+{
+	char	*s;
+
+	(void)state;
+	s = nested(JSON_MAX_DEPTH);
+	assert_true(parses(s, strlen(s)));
+	free(s);
+	s = nested(JSON_MAX_DEPTH + 1);
+	assert_false(parses(s, strlen(s)));
+	free(s);
+	s = nested(100000);
+	assert_false(parses(s, strlen(s)));
+	free(s);
+}
+
+static void
+test_invalid(void **state)
+{
+	static const char	*bad[] = { "", "{", "{\"a\":}", "[1,]",
+				    "{\"a\":1} x", "nul", "\"\\ud800\"x",
+				    "{\"a\":\"\\u0000\"}", "{\"\\u0000\":1}",
+				    "{\"a\":\"\xff\"}", "'single'" };
+	size_t			 i;
+
+	(void)state;
+	for (i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		if (parses(bad[i], strlen(bad[i])))
+			fail_msg("accepted bad JSON #%zu", i);
+	}
+	/* A NUL byte in the text itself, outside any string. */
+	assert_false(parses("{}\0", 3));
+	assert_true(parses("{\"a\":\"\\u0001\"}", 14));
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest	tests[] = {
+		cmocka_unit_test(test_valid),
+		cmocka_unit_test(test_depth_bound),
+		cmocka_unit_test(test_invalid),
+	};
+
+	return (cmocka_run_group_tests(tests, NULL, NULL));
+}
