@@ -51,7 +51,7 @@
 struct http_conn {
 	struct bufferevent	*bev;
 	struct http		*http;
-	time_t			 deadline;	/* 0: idle, no request */
+	int64_t			 deadline;	/* ms; 0: idle, no request */
 	TAILQ_ENTRY(http_conn)	 entry;
 };
 TAILQ_HEAD(http_conns, http_conn);
@@ -98,11 +98,12 @@ static const struct http_route http_routes[] = {
 	  api_healthz_cb },
 };
 
-static time_t	 http_now(void);
+static int64_t	 http_now(void);
 static int	 http_bind(struct http *, char **);
 static struct bufferevent *http_bev_cb(struct event_base *, void *);
 static void	 http_input_cb(struct evbuffer *,
 		     const struct evbuffer_cb_info *, void *);
+static int64_t	 http_deadline(struct http *);
 static void	 http_tick_cb(evutil_socket_t, short, void *);
 static void	 http_reap(struct http *);
 static void	 http_conn_free(struct http *, struct http_conn *);
@@ -113,14 +114,21 @@ static void	 http_route_cb(struct evhttp_request *, void *);
 static void	 http_flush_cb(evutil_socket_t, short, void *);
 static void	 http_send(struct evhttp_request *, int, const char *);
 
-/* Seconds on the monotonic clock. */
-static time_t
+/* Milliseconds on the monotonic clock. */
+static int64_t
 http_now(void)
 {
 	struct timespec	ts;
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (ts.tv_sec);
+	return ((int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+}
+
+/* The deadline of a request that starts now. */
+static int64_t
+http_deadline(struct http *h)
+{
+	return (http_now() + h->conf->request_timeout * 1000);
 }
 
 /* Bind the listen address (host:port or [v6]:port); port 0 picks one. */
@@ -326,7 +334,7 @@ http_bev_cb(struct event_base *base, void *arg)
 		fatalx("bufferevent_socket_new");
 	bufferevent_incref(c->bev);
 	c->http = h;
-	c->deadline = http_now() + h->conf->request_timeout;
+	c->deadline = http_deadline(h);
 	evbuffer_add_cb(bufferevent_get_input(c->bev), http_input_cb, c);
 	TAILQ_INSERT_TAIL(&h->conns, c, entry);
 	h->nconns++;
@@ -343,7 +351,7 @@ http_input_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info,
 
 	(void)buf;
 	if (info->n_added > 0 && c->deadline == 0)
-		c->deadline = http_now() + c->http->conf->request_timeout;
+		c->deadline = http_deadline(c->http);
 }
 
 /* A complete request arrived on a connection: stop its clock. */
@@ -362,7 +370,7 @@ http_request_started(struct http *h, struct evhttp_request *req)
 			continue;
 		/* Pipelined bytes already buffered start the next clock. */
 		if (evbuffer_get_length(bufferevent_get_input(bev)) > 0)
-			c->deadline = http_now() + h->conf->request_timeout;
+			c->deadline = http_deadline(h);
 		else
 			c->deadline = 0;
 		return;
@@ -434,7 +442,7 @@ http_tick_cb(evutil_socket_t fd, short events, void *arg)
 {
 	struct http		*h = arg;
 	struct http_conn	*c;
-	time_t			 now = http_now();
+	int64_t			 now = http_now();
 
 	(void)fd;
 	(void)events;

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,9 +46,13 @@ static int	main_load_tokens(struct main_state *, char **);
 static int	main_reload(struct main_state *);
 static int	main_check(struct conf *);
 static void	main_start(struct main_state *);
+static void	main_die(int, char *) __attribute__((noreturn));
+static void	main_detach(void);
+static void	main_ready(void);
 static void	main_run(struct main_state *);
 
 static struct event	*main_fail_ev;
+static int		 main_ready_fd = -1;	/* to the waiting parent */
 
 /* Print usage and exit 2. */
 static void
@@ -216,25 +221,114 @@ fail:
 	return (EXIT_CONFIG);
 }
 
-/* Open the store, load the secrets and start listening; fatal on error. */
+/*
+ * Start-up failed: log why and exit with status.  When detached, the
+ * parent is still waiting: tell it, so that it prints the reason on the
+ * terminal and exits with the same status.
+ */
+static void
+main_die(int status, char *cause)
+{
+	char	msg[1024];
+	int	n;
+
+	log_warnx("%s", cause);
+	if (main_ready_fd != -1) {
+		n = snprintf(msg, sizeof msg, "%d %s", status, cause);
+		if (n > 0 && write(main_ready_fd, msg, strlen(msg)) < 0)
+			log_warn("start-up pipe");
+	}
+	free(cause);
+	exit(status);
+}
+
+/*
+ * Go to the background: the parent waits until the child says it is ready
+ * (or why it failed) and exits with the child's start-up status, so that
+ * errors still reach the terminal and the exit status.
+ */
+static void
+main_detach(void)
+{
+	char	msg[1024];
+	ssize_t	n;
+	int	fds[2], status;
+	pid_t	pid;
+
+	if (pipe2(fds, O_CLOEXEC) != 0 || (pid = fork()) == -1) {
+		fprintf(stderr, "phoneclaimd: cannot detach: %s\n",
+		    strerror(errno));
+		exit(EXIT_RUNTIME);
+	}
+	if (pid != 0) {
+		close(fds[1]);
+		while ((n = read(fds[0], msg, sizeof msg - 1)) == -1 &&
+		    errno == EINTR)
+			;
+		if (n <= 0) {
+			fprintf(stderr, "phoneclaimd: exited during start-up; "
+			    "see the system log\n");
+			_exit(EXIT_RUNTIME);
+		}
+		msg[n] = '\0';
+		status = atoi(msg);
+		if (status != 0 && strchr(msg, ' ') != NULL)
+			fprintf(stderr, "phoneclaimd: %s\n",
+			    strchr(msg, ' ') + 1);
+		_exit(status);
+	}
+	close(fds[0]);
+	main_ready_fd = fds[1];
+	if (setsid() == -1)
+		fatal("setsid");
+}
+
+/* Start-up is complete: release the waiting parent and close stdio. */
+static void
+main_ready(void)
+{
+	int	fd;
+
+	if (main_ready_fd == -1)
+		return;
+	if (write(main_ready_fd, "0", 1) != 1)
+		log_warn("start-up pipe");
+	close(main_ready_fd);
+	main_ready_fd = -1;
+	if ((fd = open("/dev/null", O_RDWR)) != -1) {
+		dup2(fd, STDIN_FILENO);
+		dup2(fd, STDOUT_FILENO);
+		dup2(fd, STDERR_FILENO);
+		if (fd > STDERR_FILENO)
+			close(fd);
+	}
+	if (chdir("/") != 0)
+		log_warn("chdir /");
+}
+
+/*
+ * Open the store, load the secrets and start listening.  A bad secret
+ * file or exempt list is a configuration error (2); the rest is a
+ * runtime failure (1).
+ */
 static void
 main_start(struct main_state *m)
 {
 	char	*cause;
 
 	if ((m->store = store_open(m->conf->state_dir, &cause)) == NULL)
-		fatalx("%s", cause);
+		main_die(EXIT_RUNTIME, cause);
 	store_set_fail_cb(m->store, main_store_failed, m);
 	if (hash_init(m->conf->hash_key_file, &cause) != 0)
-		fatalx("hash key: %s", cause);
+		main_die(EXIT_CONFIG, cause);
 	claims_init(m->store, m->conf);
 	if (claims_exempt_load(m->conf->exempt_numbers_file,
 	    m->conf->default_region, 0, &cause) != 0)
-		fatalx("%s", cause);
+		main_die(EXIT_CONFIG, cause);
 	if ((m->http = http_init(m->base, m->conf, m->store, &cause)) == NULL)
-		fatalx("%s", cause);
+		main_die(EXIT_RUNTIME, cause);
 	if (main_load_tokens(m, &cause) != 0)
-		fatalx("%s", cause);
+		main_die(EXIT_CONFIG, cause);
 }
 
 /* Run the loop with its signals and timers until told to stop. */
@@ -262,6 +356,7 @@ main_run(struct main_state *m)
 	log_info("phoneclaimd %s in %s mode, state in %s", PACKAGE_VERSION,
 	    conf_mode_name(m->conf->mode), m->conf->state_dir);
 	log_info("listening on %s", http_bound_address(m->http));
+	main_ready();
 	event_base_dispatch(m->base);
 	for (i = 0; i < 3; i++)
 		event_free(ev[i]);
@@ -318,10 +413,8 @@ main(int argc, char **argv)
 	if (m.conf->log_level > LOG_LEVEL_DEBUG)
 		m.conf->log_level = LOG_LEVEL_DEBUG;
 	umask(077);
-	if (!foreground && daemon(0, 0) != 0) {
-		fprintf(stderr, "phoneclaimd: daemon: %s\n", strerror(errno));
-		return (EXIT_RUNTIME);
-	}
+	if (!foreground)
+		main_detach();
 	log_init(foreground, m.conf->log_level);
 	signal(SIGPIPE, SIG_IGN);
 	if ((m.base = event_base_new()) == NULL)

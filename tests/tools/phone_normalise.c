@@ -4,6 +4,7 @@
  *
  * usage: phone_normalise [region] < numbers
  */
+#include "config.h"
 
 #include <stdio.h>
 #include <stdlib.h>

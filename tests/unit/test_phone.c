@@ -4,6 +4,7 @@
  * Expected results were checked against libphonenumber 8.12.57 and
  * python3-phonenumbers 8.12.57, the versions Debian 12 ships.
  */
+#include "config.h"
 
 #include <stdarg.h>
 #include <stddef.h>

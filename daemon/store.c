@@ -1,0 +1,1260 @@
+/*
+ * The store: every Berkeley DB call of phoneclaimd.
+ *
+ * One transactional environment in the state directory, one btree file per
+ * database:
+ *
+ *   claims.db         numkey[32] user_id  ->  claim record
+ *   claims_user.db    user_id  ->  claims.db key         (secondary, dupsort)
+ *   claims_expiry.db  expires[8]  ->  claims.db key      (secondary, dupsort,
+ *                     pending claims only)
+ *   conflicts.db      numkey[32] user_id  ->  conflict record
+ *   seen.db           log id  ->  date                   (later issue)
+ *   watermarks.db     user id  ->  date                  (later issue)
+ *   meta.db           name  ->  value                    (no NULs stored)
+ *
+ * The number key comes first so that every claim on a number is adjacent and
+ * one DB_SET_RANGE finds them all.  The user id follows as raw bytes with no
+ * separator or NUL: it may contain any byte but NUL, and its length is the
+ * key's length minus 32.  Both secondaries are maintained by BDB itself
+ * (DB->associate): the user index takes the key's tail, the expiry index the
+ * expiry field of pending records, so they can never disagree with claims.db.
+ *
+ * Records are packed by hand, never struct images.  Integers are big-endian
+ * so the files are portable between machines and so that the 8-byte expiry
+ * sorts in time order under BDB's default byte comparison (times are
+ * non-negative; a negative expiry would sort last).  The first byte is a
+ * record format so that a later release can read old records without a dump
+ * and reload.  Fixed fields have fixed offsets, strings a 2-byte length;
+ * a claim record is 25 bytes plus the enrolment id, since disk per claim
+ * matters at scale.
+ *
+ *   claim, format 1:     format(1) state(1) source(1) since(8) expires(8)
+ *                        last4(4, NUL padded) enrol_len(2) enrol_id
+ *   conflict, format 1:  format(1) since(8) last4(4) log_id_len(2) log_id
+ *                        nholders(2) { holder_len(2) holder }...
+ *
+ * Commits write the log without fsync (DB_TXN_WRITE_NOSYNC); store_flush
+ * makes a whole batch durable with one log_flush before its replies go out.
+ */
+#include "config.h"
+
+#include <sys/types.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+
+#include <db.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "phoneclaimd.h"
+#include "xmalloc.h"
+
+#define STORE_CACHE_SIZE	(64 * 1024 * 1024)
+#define STORE_LOG_BUFSIZE	(1024 * 1024)
+#define STORE_DIR_MODE		0700
+#define STORE_FILE_MODE		0600
+
+#define STORE_META_SCHEMA	"schema_version"
+
+/* Claim record, format 1. */
+#define CLAIM_FORMAT		1
+#define CLAIM_OFF_STATE		1
+#define CLAIM_OFF_SOURCE	2
+#define CLAIM_OFF_SINCE		3
+#define CLAIM_OFF_EXPIRES	11
+#define CLAIM_OFF_LAST4		19
+#define CLAIM_OFF_ENROL_LEN	23
+#define CLAIM_OFF_ENROL		25
+#define CLAIM_REC_MAX		(CLAIM_OFF_ENROL + ENROL_ID_MAX)
+#define CLAIM_KEY_MAX		(NUMKEY_LEN + USER_ID_MAX)
+
+/* Conflict record, format 1: the fixed part before the holders. */
+#define CONFLICT_FORMAT		1
+#define CONFLICT_OFF_SINCE	1
+#define CONFLICT_OFF_LAST4	9
+#define CONFLICT_OFF_LOG_LEN	13
+#define CONFLICT_OFF_LOG	15
+
+/* A record that does not decode: reported like an errno. */
+#define STORE_CORRUPT		EBADMSG
+
+enum store_db {
+	STORE_DB_CLAIMS,
+	STORE_DB_CLAIMS_USER,
+	STORE_DB_CLAIMS_EXPIRY,
+	STORE_DB_CONFLICTS,
+	STORE_DB_SEEN,
+	STORE_DB_WATERMARKS,
+	STORE_DB_META,
+	STORE_DB_COUNT
+};
+
+/* Opened in this order, closed in reverse: secondaries before claims.db. */
+static const struct {
+	const char	*file;
+	int		 dupsort;
+} store_dbs[STORE_DB_COUNT] = {
+	{ "claims.db", 0 },
+	{ "claims_user.db", 1 },
+	{ "claims_expiry.db", 1 },
+	{ "conflicts.db", 0 },
+	{ "seen.db", 0 },
+	{ "watermarks.db", 0 },
+	{ "meta.db", 0 }
+};
+
+struct store {
+	char		*dir;
+	int		 lock_fd;	/* flock on <dir>/phoneclaimd.lock */
+	DB_ENV		*env;
+	DB		*db[STORE_DB_COUNT];
+	int		 env_open;
+	int		 failed;
+	void		(*fail_cb)(void *);
+	void		*fail_arg;
+};
+
+struct store_txn {
+	struct store	*st;
+	DB_TXN		*tid;
+};
+
+/* A growing array of claims read by a cursor. */
+struct store_claims {
+	struct claim	*v;
+	size_t		 n;
+	size_t		 size;
+};
+
+static int	store_mkdir(const char *, char **);
+static int	store_lock(struct store *, char **);
+static int	store_open_env(struct store *, char **);
+static int	store_open_dbs(struct store *, char **);
+static int	store_open_db(struct store *, DB_TXN *, enum store_db);
+static int	store_check_schema(struct store *, char **);
+static int	store_schema_ok(struct store *, const char *, char **);
+static void	store_close_handles(struct store *);
+static void	store_errcall_cb(const DB_ENV *, const char *, const char *);
+static void	store_event_cb(DB_ENV *, u_int32_t, void *);
+static int	store_user_key_cb(DB *, const DBT *, const DBT *, DBT *);
+static int	store_expiry_key_cb(DB *, const DBT *, const DBT *, DBT *);
+static void	store_fail(struct store *, const char *);
+static int	store_result(struct store *, int, const char *);
+static int	store_cursor_done(struct store *, DBC *, int, const char *);
+static void	store_dbt(DBT *, const void *, size_t);
+static void	store_put_u16(unsigned char *, size_t);
+static size_t	store_get_u16(const unsigned char *);
+static void	store_put_i64(unsigned char *, int64_t);
+static int64_t	store_get_i64(const unsigned char *);
+static int	store_claim_key(const unsigned char *, const char *,
+		    unsigned char *, size_t *);
+static int	store_claim_pack(const struct claim *, unsigned char *,
+		    size_t *, unsigned char *, size_t *);
+static int	store_claim_unpack(const DBT *, const DBT *, struct claim *);
+static int	store_claims_add(struct store_claims *, const DBT *,
+		    const DBT *);
+static int	store_claims_finish(struct store *, DBC *, int,
+		    struct store_claims *, struct claim **, size_t *,
+		    const char *);
+static unsigned char *store_conflict_pack(const struct conflict *,
+		    unsigned char *, size_t *, size_t *);
+static int	store_conflict_unpack(const DBT *, const DBT *,
+		    struct conflict *);
+static int	store_conflict_holders(const unsigned char *,
+		    const unsigned char *, struct conflict *);
+static void	store_conflict_clear(struct conflict *);
+static int	store_count_db(DB *, DB_TXN *, uint64_t *);
+
+/* Open (creating if needed) the store in dir; NULL and *cause on failure. */
+struct store *
+store_open(const char *dir, char **cause)
+{
+	struct store	*st;
+
+	*cause = NULL;
+	if (store_mkdir(dir, cause) != 0)
+		return (NULL);
+	st = xcalloc(1, sizeof *st);
+	st->dir = xstrdup(dir);
+	st->lock_fd = -1;
+	if (store_lock(st, cause) != 0 ||
+	    store_open_env(st, cause) != 0 ||
+	    store_open_dbs(st, cause) != 0 ||
+	    store_check_schema(st, cause) != 0) {
+		store_close_handles(st);
+		if (st->lock_fd != -1)
+			close(st->lock_fd);
+		free(st->dir);
+		free(st);
+		return (NULL);
+	}
+	log_debug("store: opened %s", dir);
+	return (st);
+}
+
+/*
+ * Take an exclusive lock on the state directory.  Recovery at open rebuilds
+ * the shared regions, which would corrupt an environment that another
+ * process (a second daemon on the same state_dir) is using.
+ */
+static int
+store_lock(struct store *st, char **cause)
+{
+	char	*path;
+
+	xasprintf(&path, "%s/phoneclaimd.lock", st->dir);
+	st->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, STORE_FILE_MODE);
+	if (st->lock_fd == -1) {
+		xasprintf(cause, "%s: %s", path, strerror(errno));
+		free(path);
+		return (-1);
+	}
+	if (flock(st->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+		if (errno == EWOULDBLOCK)
+			xasprintf(cause, "%s is in use by another process "
+			    "(is phoneclaimd already running?)", st->dir);
+		else
+			xasprintf(cause, "%s: %s", path, strerror(errno));
+		free(path);
+		return (-1);
+	}
+	free(path);
+	return (0);
+}
+
+/* Create the state directory if it is missing. */
+static int
+store_mkdir(const char *dir, char **cause)
+{
+	struct stat	sb;
+
+	if (mkdir(dir, STORE_DIR_MODE) == 0)
+		return (0);
+	if (errno != EEXIST) {
+		xasprintf(cause, "cannot create %s: %s", dir, strerror(errno));
+		return (-1);
+	}
+	if (stat(dir, &sb) != 0) {
+		xasprintf(cause, "%s: %s", dir, strerror(errno));
+		return (-1);
+	}
+	if (!S_ISDIR(sb.st_mode)) {
+		xasprintf(cause, "%s: not a directory", dir);
+		return (-1);
+	}
+	return (0);
+}
+
+/* Configure and open the environment, running recovery. */
+static int
+store_open_env(struct store *st, char **cause)
+{
+	DB_ENV		*env;
+	u_int32_t	 flags;
+	int		 ret;
+
+	if ((ret = db_env_create(&env, 0)) != 0) {
+		xasprintf(cause, "cannot create a Berkeley DB environment: %s",
+		    db_strerror(ret));
+		return (-1);
+	}
+	st->env = env;
+	env->app_private = st;
+	env->set_errcall(env, store_errcall_cb);
+	flags = DB_CREATE | DB_INIT_TXN | DB_INIT_LOCK | DB_INIT_LOG |
+	    DB_INIT_MPOOL | DB_RECOVER;
+	if ((ret = env->set_event_notify(env, store_event_cb)) != 0 ||
+	    (ret = env->set_cachesize(env, 0, STORE_CACHE_SIZE, 1)) != 0 ||
+	    (ret = env->set_lg_bsize(env, STORE_LOG_BUFSIZE)) != 0 ||
+	    (ret = env->set_lk_detect(env, DB_LOCK_DEFAULT)) != 0 ||
+	    (ret = env->open(env, st->dir, flags, STORE_FILE_MODE)) != 0) {
+		xasprintf(cause, "cannot open Berkeley DB environment in %s: "
+		    "%s", st->dir, db_strerror(ret));
+		return (-1);
+	}
+	st->env_open = 1;
+	return (0);
+}
+
+/* Open every database and associate the secondaries, in one transaction. */
+static int
+store_open_dbs(struct store *st, char **cause)
+{
+	DB		*claims;
+	DB_TXN		*tid;
+	const char	*what = "databases";
+	int		 i, ret;
+
+	if ((ret = st->env->txn_begin(st->env, NULL, &tid, 0)) != 0) {
+		xasprintf(cause, "cannot begin a transaction in %s: %s",
+		    st->dir, db_strerror(ret));
+		return (-1);
+	}
+	for (i = 0; i < STORE_DB_COUNT; i++) {
+		what = store_dbs[i].file;
+		if ((ret = store_open_db(st, tid, i)) != 0)
+			goto fail;
+	}
+	claims = st->db[STORE_DB_CLAIMS];
+	what = store_dbs[STORE_DB_CLAIMS_USER].file;
+	ret = claims->associate(claims, tid, st->db[STORE_DB_CLAIMS_USER],
+	    store_user_key_cb, DB_CREATE);
+	if (ret != 0)
+		goto fail;
+	what = store_dbs[STORE_DB_CLAIMS_EXPIRY].file;
+	ret = claims->associate(claims, tid, st->db[STORE_DB_CLAIMS_EXPIRY],
+	    store_expiry_key_cb, DB_CREATE);
+	if (ret != 0)
+		goto fail;
+	what = "databases";
+	if ((ret = tid->commit(tid, 0)) != 0)
+		goto failed;
+	return (0);
+
+fail:
+	tid->abort(tid);
+failed:
+	xasprintf(cause, "cannot open %s in %s: %s", what, st->dir,
+	    db_strerror(ret));
+	return (-1);
+}
+
+/* Create and open one database of the table. */
+static int
+store_open_db(struct store *st, DB_TXN *tid, enum store_db which)
+{
+	DB	*db;
+	int	 ret;
+
+	if ((ret = db_create(&db, st->env, 0)) != 0)
+		return (ret);
+	st->db[which] = db;
+	if (store_dbs[which].dupsort &&
+	    (ret = db->set_flags(db, DB_DUPSORT)) != 0)
+		return (ret);
+	return (db->open(db, tid, store_dbs[which].file, NULL, DB_BTREE,
+	    DB_CREATE, STORE_FILE_MODE));
+}
+
+/* Write the schema version into a new store; refuse a newer one. */
+static int
+store_check_schema(struct store *st, char **cause)
+{
+	struct store_txn	*txn;
+	char			*value = NULL, version[32];
+	int			 r;
+
+	if (store_txn_begin(st, &txn) != STORE_OK)
+		goto fail;
+	r = store_meta_get(txn, STORE_META_SCHEMA, &value);
+	if (r == STORE_NOTFOUND) {
+		snprintf(version, sizeof version, "%d", STORE_SCHEMA_VERSION);
+		r = store_meta_put(txn, STORE_META_SCHEMA, version);
+		if (r == STORE_OK)
+			log_info("store: created in %s, schema version %s",
+			    st->dir, version);
+	} else if (r == STORE_OK && store_schema_ok(st, value, cause) != 0) {
+		free(value);
+		store_txn_abort(txn);
+		return (-1);
+	}
+	free(value);
+	if (r != STORE_OK) {
+		store_txn_abort(txn);
+		goto fail;
+	}
+	if (store_txn_commit(txn) != STORE_OK || store_flush(st) != STORE_OK)
+		goto fail;
+	return (0);
+
+fail:
+	xasprintf(cause, "cannot read or write the metadata in %s", st->dir);
+	return (-1);
+}
+
+/* Check a stored schema version against ours. */
+static int
+store_schema_ok(struct store *st, const char *value, char **cause)
+{
+	char		*end;
+	long long	 v;
+
+	errno = 0;
+	v = strtoll(value, &end, 10);
+	if (*value == '\0' || *end != '\0' || errno != 0 || v < 1) {
+		xasprintf(cause, "%s: unreadable %s in meta.db", st->dir,
+		    STORE_META_SCHEMA);
+		return (-1);
+	}
+	if (v > STORE_SCHEMA_VERSION) {
+		xasprintf(cause, "%s: store schema version %lld is newer than "
+		    "this phoneclaimd supports (%d)", st->dir, v,
+		    STORE_SCHEMA_VERSION);
+		return (-1);
+	}
+	return (0);
+}
+
+/* Close the store: databases, a final checkpoint, the environment. */
+void
+store_close(struct store *st)
+{
+	if (st == NULL)
+		return;
+	store_close_handles(st);
+	if (st->lock_fd != -1)
+		close(st->lock_fd);
+	free(st->dir);
+	free(st);
+}
+
+/*
+ * Close the databases in reverse order, then checkpoint so that the next
+ * start's recovery has almost nothing to replay, then close the environment.
+ * Only close is allowed to touch BDB after a failure.
+ */
+static void
+store_close_handles(struct store *st)
+{
+	int	i, ret;
+
+	for (i = STORE_DB_COUNT - 1; i >= 0; i--) {
+		if (st->db[i] == NULL)
+			continue;
+		ret = st->db[i]->close(st->db[i], 0);
+		if (ret != 0 && !st->failed)
+			log_warnx("store: closing %s: %s", store_dbs[i].file,
+			    db_strerror(ret));
+		st->db[i] = NULL;
+	}
+	if (st->env == NULL)
+		return;
+	if (st->env_open && !st->failed) {
+		ret = st->env->txn_checkpoint(st->env, 0, 0, DB_FORCE);
+		if (ret != 0)
+			log_warnx("store: final checkpoint: %s",
+			    db_strerror(ret));
+	}
+	if ((ret = st->env->close(st->env, 0)) != 0 && !st->failed)
+		log_warnx("store: closing the environment: %s",
+		    db_strerror(ret));
+	st->env = NULL;
+}
+
+/* Register the function called once when the environment fails. */
+void
+store_set_fail_cb(struct store *st, void (*cb)(void *), void *arg)
+{
+	st->fail_cb = cb;
+	st->fail_arg = arg;
+}
+
+/* Return 1 once the environment has failed and needs recovery. */
+int
+store_failed(struct store *st)
+{
+	return (st->failed);
+}
+
+/*
+ * Pass Berkeley DB's error messages to the log (they hold no numbers).  After
+ * a failure every call repeats the panic message: the failure is logged once.
+ */
+static void
+store_errcall_cb(const DB_ENV *env, const char *prefix, const char *msg)
+{
+	const struct store	*st = env->app_private;
+
+	(void)prefix;
+	if (st != NULL && st->failed)
+		return;
+	log_warnx("store: Berkeley DB: %s", msg);
+}
+
+/* Catch a panic of the environment. */
+static void
+store_event_cb(DB_ENV *env, u_int32_t event, void *info)
+{
+	struct store	*st = env->app_private;
+
+	(void)info;
+	if (event == DB_EVENT_PANIC && st != NULL)
+		store_fail(st, "panic");
+	else if (event == DB_EVENT_WRITE_FAILED)
+		log_warnx("store: a write to stable storage failed");
+}
+
+/* Secondary key of claims_user.db: the user id after the number key. */
+static int
+store_user_key_cb(DB *sdb, const DBT *pkey, const DBT *pdata, DBT *skey)
+{
+	(void)sdb;
+	(void)pdata;
+	if (pkey->size <= NUMKEY_LEN)
+		return (STORE_CORRUPT);
+	skey->data = (unsigned char *)pkey->data + NUMKEY_LEN;
+	skey->size = pkey->size - NUMKEY_LEN;
+	return (0);
+}
+
+/* Secondary key of claims_expiry.db: the expiry, for pending claims only. */
+static int
+store_expiry_key_cb(DB *sdb, const DBT *pkey, const DBT *pdata, DBT *skey)
+{
+	const unsigned char	*rec = pdata->data;
+
+	(void)sdb;
+	(void)pkey;
+	if (pdata->size < CLAIM_OFF_ENROL || rec[0] != CLAIM_FORMAT)
+		return (STORE_CORRUPT);
+	if (rec[CLAIM_OFF_STATE] != CLAIM_PENDING)
+		return (DB_DONOTINDEX);
+	skey->data = (unsigned char *)pdata->data + CLAIM_OFF_EXPIRES;
+	skey->size = 8;
+	return (0);
+}
+
+/* Mark the store failed: log and call the callback, once. */
+static void
+store_fail(struct store *st, const char *what)
+{
+	if (st->failed)
+		return;
+	st->failed = 1;
+	log_warnx("store: %s: the Berkeley DB environment has failed; "
+	    "a restart will run recovery", what);
+	if (st->fail_cb != NULL)
+		st->fail_cb(st->fail_arg);
+}
+
+/* Turn a Berkeley DB return value into a STORE_* code. */
+static int
+store_result(struct store *st, int ret, const char *what)
+{
+	switch (ret) {
+	case 0:
+		return (STORE_OK);
+	case DB_NOTFOUND:
+	case DB_KEYEMPTY:
+		return (STORE_NOTFOUND);
+	case DB_LOCK_DEADLOCK:
+	case DB_LOCK_NOTGRANTED:
+		log_debug("store: %s: %s", what, db_strerror(ret));
+		return (STORE_RETRY);
+	case DB_RUNRECOVERY:
+		store_fail(st, what);
+		return (STORE_ERROR);
+	default:
+		log_warnx("store: %s: %s", what, db_strerror(ret));
+		return (STORE_ERROR);
+	}
+}
+
+/* Close a cursor after a scan that ended with ret; NOTFOUND is the end. */
+static int
+store_cursor_done(struct store *st, DBC *dbc, int ret, const char *what)
+{
+	int	cret, r;
+
+	if (ret == DB_NOTFOUND)
+		ret = 0;
+	cret = dbc->close(dbc);
+	if (ret == 0)
+		ret = cret;
+	r = store_result(st, ret, what);
+	return (r == STORE_NOTFOUND ? STORE_ERROR : r);
+}
+
+/* Begin a transaction. */
+int
+store_txn_begin(struct store *st, struct store_txn **txnp)
+{
+	DB_TXN	*tid;
+	int	 r;
+
+	*txnp = NULL;
+	if (st->failed)
+		return (STORE_ERROR);
+	r = store_result(st, st->env->txn_begin(st->env, NULL, &tid, 0),
+	    "begin transaction");
+	if (r != STORE_OK)
+		return (r == STORE_NOTFOUND ? STORE_ERROR : r);
+	*txnp = xmalloc(sizeof **txnp);
+	(*txnp)->st = st;
+	(*txnp)->tid = tid;
+	return (STORE_OK);
+}
+
+/*
+ * Commit: the log is written but not synced, store_flush does that for the
+ * whole batch.  The handle is gone afterwards whatever the result, so a
+ * failed commit is STORE_ERROR, never STORE_RETRY.
+ */
+int
+store_txn_commit(struct store_txn *txn)
+{
+	struct store	*st = txn->st;
+	DB_TXN		*tid = txn->tid;
+	int		 r;
+
+	free(txn);
+	if (st->failed) {
+		(void)tid->abort(tid);
+		return (STORE_ERROR);
+	}
+	r = store_result(st, tid->commit(tid, DB_TXN_WRITE_NOSYNC),
+	    "commit");
+	return (r == STORE_OK ? STORE_OK : STORE_ERROR);
+}
+
+/* Abort a transaction; releasing the handle is allowed after a failure. */
+void
+store_txn_abort(struct store_txn *txn)
+{
+	struct store	*st = txn->st;
+	DB_TXN		*tid = txn->tid;
+	int		 ret;
+
+	free(txn);
+	ret = tid->abort(tid);
+	if (!st->failed)
+		(void)store_result(st, ret, "abort");
+}
+
+/* Make every commit so far durable: write and sync the log. */
+int
+store_flush(struct store *st)
+{
+	int	r;
+
+	if (st->failed)
+		return (STORE_ERROR);
+	r = store_result(st, st->env->log_flush(st->env, NULL), "log flush");
+	return (r == STORE_OK ? STORE_OK : STORE_ERROR);
+}
+
+/* Checkpoint, then remove the log files no longer needed for recovery. */
+int
+store_checkpoint(struct store *st)
+{
+	int	ret, r;
+
+	if (st->failed)
+		return (STORE_ERROR);
+	ret = st->env->txn_checkpoint(st->env, 0, 0, 0);
+	if (ret == 0)
+		ret = st->env->log_archive(st->env, NULL, DB_ARCH_REMOVE);
+	r = store_result(st, ret, "checkpoint");
+	return (r == STORE_NOTFOUND ? STORE_ERROR : r);
+}
+
+/* Fill a DBT that points at len bytes of p. */
+static void
+store_dbt(DBT *dbt, const void *p, size_t len)
+{
+	memset(dbt, 0, sizeof *dbt);
+	dbt->data = (void *)p;
+	dbt->size = (u_int32_t)len;
+}
+
+/* Write a 16-bit big-endian length. */
+static void
+store_put_u16(unsigned char *p, size_t v)
+{
+	p[0] = (v >> 8) & 0xff;
+	p[1] = v & 0xff;
+}
+
+/* Read a 16-bit big-endian length. */
+static size_t
+store_get_u16(const unsigned char *p)
+{
+	return (((size_t)p[0] << 8) | p[1]);
+}
+
+/* Write a 64-bit big-endian two's complement integer. */
+static void
+store_put_i64(unsigned char *p, int64_t v)
+{
+	uint64_t	u = (uint64_t)v;
+	int		i;
+
+	for (i = 7; i >= 0; i--) {
+		p[i] = u & 0xff;
+		u >>= 8;
+	}
+}
+
+/* Read a 64-bit big-endian two's complement integer. */
+static int64_t
+store_get_i64(const unsigned char *p)
+{
+	uint64_t	u = 0;
+	int		i;
+
+	for (i = 0; i < 8; i++)
+		u = (u << 8) | p[i];
+	if (u <= INT64_MAX)
+		return ((int64_t)u);
+	return (-(int64_t)(UINT64_MAX - u) - 1);
+}
+
+/* Build a claims.db key; -1 if the user id is empty or too long. */
+static int
+store_claim_key(const unsigned char *numkey, const char *user_id,
+    unsigned char *key, size_t *len)
+{
+	size_t	ulen;
+
+	ulen = strnlen(user_id, USER_ID_MAX + 1);
+	if (ulen == 0 || ulen > USER_ID_MAX)
+		return (-1);
+	memcpy(key, numkey, NUMKEY_LEN);
+	memcpy(key + NUMKEY_LEN, user_id, ulen);
+	*len = NUMKEY_LEN + ulen;
+	return (0);
+}
+
+/* Pack a claim's key and record; -1 if a field is out of range. */
+static int
+store_claim_pack(const struct claim *c, unsigned char *key, size_t *klen,
+    unsigned char *rec, size_t *rlen)
+{
+	size_t	elen, l4;
+
+	if (store_claim_key(c->numkey, c->user_id, key, klen) != 0)
+		return (-1);
+	if (c->state != CLAIM_PENDING && c->state != CLAIM_ACTIVE)
+		return (-1);
+	if (c->source < 0 || c->source > UCHAR_MAX)
+		return (-1);
+	if ((elen = strnlen(c->enrol_id, sizeof c->enrol_id)) > ENROL_ID_MAX)
+		return (-1);
+	if ((l4 = strnlen(c->last4, sizeof c->last4)) > LAST4_LEN)
+		return (-1);
+	rec[0] = CLAIM_FORMAT;
+	rec[CLAIM_OFF_STATE] = (unsigned char)c->state;
+	rec[CLAIM_OFF_SOURCE] = (unsigned char)c->source;
+	store_put_i64(rec + CLAIM_OFF_SINCE, c->since);
+	store_put_i64(rec + CLAIM_OFF_EXPIRES, c->expires);
+	memset(rec + CLAIM_OFF_LAST4, 0, LAST4_LEN);
+	memcpy(rec + CLAIM_OFF_LAST4, c->last4, l4);
+	store_put_u16(rec + CLAIM_OFF_ENROL_LEN, elen);
+	memcpy(rec + CLAIM_OFF_ENROL, c->enrol_id, elen);
+	*rlen = CLAIM_OFF_ENROL + elen;
+	return (0);
+}
+
+/* Unpack a claims.db key and record; -1 (logged) if corrupt. */
+static int
+store_claim_unpack(const DBT *key, const DBT *data, struct claim *c)
+{
+	const unsigned char	*k = key->data, *rec = data->data;
+	size_t			 ulen, elen;
+
+	if (key->size <= NUMKEY_LEN || key->size > CLAIM_KEY_MAX)
+		goto bad;
+	if (data->size < CLAIM_OFF_ENROL || rec[0] != CLAIM_FORMAT)
+		goto bad;
+	elen = store_get_u16(rec + CLAIM_OFF_ENROL_LEN);
+	if (elen > ENROL_ID_MAX || data->size != CLAIM_OFF_ENROL + elen)
+		goto bad;
+	ulen = key->size - NUMKEY_LEN;
+	memset(c, 0, sizeof *c);
+	memcpy(c->numkey, k, NUMKEY_LEN);
+	memcpy(c->user_id, k + NUMKEY_LEN, ulen);
+	c->state = rec[CLAIM_OFF_STATE];
+	c->source = rec[CLAIM_OFF_SOURCE];
+	c->since = store_get_i64(rec + CLAIM_OFF_SINCE);
+	c->expires = store_get_i64(rec + CLAIM_OFF_EXPIRES);
+	memcpy(c->last4, rec + CLAIM_OFF_LAST4, LAST4_LEN);
+	memcpy(c->enrol_id, rec + CLAIM_OFF_ENROL, elen);
+	return (0);
+
+bad:
+	log_warnx("store: undecodable record in claims.db (format %u, "
+	    "%u bytes)", data->size > 0 ? rec[0] : 0, data->size);
+	return (-1);
+}
+
+/* Append one claim to a growing array. */
+static int
+store_claims_add(struct store_claims *sc, const DBT *key, const DBT *data)
+{
+	if (sc->n == sc->size) {
+		sc->size = sc->size == 0 ? 4 : sc->size * 2;
+		sc->v = xreallocarray(sc->v, sc->size, sizeof *sc->v);
+	}
+	if (store_claim_unpack(key, data, &sc->v[sc->n]) != 0)
+		return (STORE_CORRUPT);
+	sc->n++;
+	return (0);
+}
+
+/* End a claims scan: close the cursor, hand over or free the array. */
+static int
+store_claims_finish(struct store *st, DBC *dbc, int ret,
+    struct store_claims *sc, struct claim **arrp, size_t *np,
+    const char *what)
+{
+	int	r;
+
+	if ((r = store_cursor_done(st, dbc, ret, what)) != STORE_OK ||
+	    sc->n == 0) {
+		free(sc->v);
+		return (r);
+	}
+	*arrp = sc->v;
+	*np = sc->n;
+	return (STORE_OK);
+}
+
+/* Read every claim on a number, taking write locks (check-and-reserve). */
+int
+store_claims_by_number(struct store_txn *txn, const unsigned char *numkey,
+    struct claim **arrp, size_t *np)
+{
+	struct store		*st = txn->st;
+	DB			*db = st->db[STORE_DB_CLAIMS];
+	struct store_claims	 sc = { NULL, 0, 0 };
+	DBC			*dbc;
+	DBT			 key, data;
+	u_int32_t		 op;
+	int			 ret;
+
+	*arrp = NULL;
+	*np = 0;
+	if (st->failed)
+		return (STORE_ERROR);
+	if ((ret = db->cursor(db, txn->tid, &dbc, 0)) != 0)
+		return (store_result(st, ret, "open claims cursor"));
+	store_dbt(&key, numkey, NUMKEY_LEN);
+	memset(&data, 0, sizeof data);
+	for (op = DB_SET_RANGE;; op = DB_NEXT) {
+		if ((ret = dbc->get(dbc, &key, &data, op | DB_RMW)) != 0)
+			break;
+		if (key.size < NUMKEY_LEN ||
+		    memcmp(key.data, numkey, NUMKEY_LEN) != 0)
+			break;
+		if ((ret = store_claims_add(&sc, &key, &data)) != 0)
+			break;
+	}
+	return (store_claims_finish(st, dbc, ret, &sc, arrp, np,
+	    "read claims by number"));
+}
+
+/* Read every claim of a user, through claims_user.db. */
+int
+store_claims_by_user(struct store_txn *txn, const char *user_id,
+    struct claim **arrp, size_t *np)
+{
+	struct store		*st = txn->st;
+	DB			*db = st->db[STORE_DB_CLAIMS_USER];
+	struct store_claims	 sc = { NULL, 0, 0 };
+	DBC			*dbc;
+	DBT			 skey, pkey, data;
+	size_t			 ulen;
+	u_int32_t		 op;
+	int			 ret;
+
+	*arrp = NULL;
+	*np = 0;
+	if (st->failed)
+		return (STORE_ERROR);
+	ulen = strnlen(user_id, USER_ID_MAX + 1);
+	if (ulen == 0 || ulen > USER_ID_MAX)
+		return (STORE_OK);
+	if ((ret = db->cursor(db, txn->tid, &dbc, 0)) != 0)
+		return (store_result(st, ret, "open user index cursor"));
+	store_dbt(&skey, user_id, ulen);
+	memset(&pkey, 0, sizeof pkey);
+	memset(&data, 0, sizeof data);
+	for (op = DB_SET;; op = DB_NEXT_DUP) {
+		ret = dbc->pget(dbc, &skey, &pkey, &data, op | DB_RMW);
+		if (ret != 0)
+			break;
+		if ((ret = store_claims_add(&sc, &pkey, &data)) != 0)
+			break;
+	}
+	return (store_claims_finish(st, dbc, ret, &sc, arrp, np,
+	    "read claims by user"));
+}
+
+/* Write a claim, replacing any claim of the same user on the number. */
+int
+store_claim_put(struct store_txn *txn, const struct claim *c)
+{
+	struct store	*st = txn->st;
+	DB		*db = st->db[STORE_DB_CLAIMS];
+	unsigned char	 kbuf[CLAIM_KEY_MAX], rbuf[CLAIM_REC_MAX];
+	size_t		 klen, rlen;
+	DBT		 key, data;
+	int		 r;
+
+	if (st->failed)
+		return (STORE_ERROR);
+	if (store_claim_pack(c, kbuf, &klen, rbuf, &rlen) != 0) {
+		log_warnx("store: refusing to write an invalid claim");
+		return (STORE_ERROR);
+	}
+	store_dbt(&key, kbuf, klen);
+	store_dbt(&data, rbuf, rlen);
+	r = store_result(st, db->put(db, txn->tid, &key, &data, 0),
+	    "write claim");
+	return (r == STORE_NOTFOUND ? STORE_ERROR : r);
+}
+
+/* Delete a user's claim on a number; STORE_NOTFOUND if there is none. */
+int
+store_claim_del(struct store_txn *txn, const unsigned char *numkey,
+    const char *user_id)
+{
+	struct store	*st = txn->st;
+	DB		*db = st->db[STORE_DB_CLAIMS];
+	unsigned char	 kbuf[CLAIM_KEY_MAX];
+	size_t		 klen;
+	DBT		 key;
+
+	if (st->failed)
+		return (STORE_ERROR);
+	if (store_claim_key(numkey, user_id, kbuf, &klen) != 0)
+		return (STORE_NOTFOUND);
+	store_dbt(&key, kbuf, klen);
+	return (store_result(st, db->del(db, txn->tid, &key, 0),
+	    "delete claim"));
+}
+
+/* Read up to max pending claims that expire at or before now, oldest first. */
+int
+store_claims_expired(struct store_txn *txn, int64_t now, size_t max,
+    struct claim **arrp, size_t *np)
+{
+	struct store		*st = txn->st;
+	DB			*db = st->db[STORE_DB_CLAIMS_EXPIRY];
+	struct store_claims	 sc = { NULL, 0, 0 };
+	DBC			*dbc;
+	DBT			 skey, pkey, data;
+	u_int32_t		 op;
+	int			 ret = 0;
+
+	*arrp = NULL;
+	*np = 0;
+	if (st->failed)
+		return (STORE_ERROR);
+	if ((ret = db->cursor(db, txn->tid, &dbc, 0)) != 0)
+		return (store_result(st, ret, "open expiry index cursor"));
+	memset(&skey, 0, sizeof skey);
+	memset(&pkey, 0, sizeof pkey);
+	memset(&data, 0, sizeof data);
+	for (op = DB_FIRST; sc.n < max; op = DB_NEXT) {
+		ret = dbc->pget(dbc, &skey, &pkey, &data, op | DB_RMW);
+		if (ret != 0)
+			break;
+		if (skey.size != 8) {
+			ret = STORE_CORRUPT;
+			break;
+		}
+		if (store_get_i64(skey.data) > now)
+			break;
+		if ((ret = store_claims_add(&sc, &pkey, &data)) != 0)
+			break;
+	}
+	return (store_claims_finish(st, dbc, ret, &sc, arrp, np,
+	    "read expired claims"));
+}
+
+/*
+ * Pack a conflict's key into kbuf and return its record, allocated; NULL if
+ * a field is out of range.
+ */
+static unsigned char *
+store_conflict_pack(const struct conflict *cf, unsigned char *kbuf,
+    size_t *klen, size_t *rlen)
+{
+	unsigned char	*rec, *p;
+	size_t		 llen, hlen, size, i;
+
+	if (store_claim_key(cf->numkey, cf->user_id, kbuf, klen) != 0)
+		return (NULL);
+	if ((llen = strnlen(cf->log_id, sizeof cf->log_id)) > LOG_ID_MAX ||
+	    strnlen(cf->last4, sizeof cf->last4) > LAST4_LEN ||
+	    cf->nholders > 0xffff)
+		return (NULL);
+	size = CONFLICT_OFF_LOG + llen + 2;
+	for (i = 0; i < cf->nholders; i++) {
+		if ((hlen = strlen(cf->holders[i])) > USER_ID_MAX)
+			return (NULL);
+		size += 2 + hlen;
+	}
+	rec = xcalloc(1, size);
+	rec[0] = CONFLICT_FORMAT;
+	store_put_i64(rec + CONFLICT_OFF_SINCE, cf->since);
+	memcpy(rec + CONFLICT_OFF_LAST4, cf->last4,
+	    strnlen(cf->last4, sizeof cf->last4));
+	store_put_u16(rec + CONFLICT_OFF_LOG_LEN, llen);
+	memcpy(rec + CONFLICT_OFF_LOG, cf->log_id, llen);
+	p = rec + CONFLICT_OFF_LOG + llen;
+	store_put_u16(p, cf->nholders);
+	p += 2;
+	for (i = 0; i < cf->nholders; i++) {
+		hlen = strlen(cf->holders[i]);
+		store_put_u16(p, hlen);
+		memcpy(p + 2, cf->holders[i], hlen);
+		p += 2 + hlen;
+	}
+	*rlen = size;
+	return (rec);
+}
+
+/* Unpack a conflicts.db key and record; -1 (logged) if corrupt. */
+static int
+store_conflict_unpack(const DBT *key, const DBT *data, struct conflict *cf)
+{
+	const unsigned char	*k = key->data, *rec = data->data;
+	size_t			 llen;
+
+	memset(cf, 0, sizeof *cf);
+	if (key->size <= NUMKEY_LEN || key->size > CLAIM_KEY_MAX)
+		goto bad;
+	if (data->size < CONFLICT_OFF_LOG + 2 || rec[0] != CONFLICT_FORMAT)
+		goto bad;
+	llen = store_get_u16(rec + CONFLICT_OFF_LOG_LEN);
+	if (llen > LOG_ID_MAX || data->size < CONFLICT_OFF_LOG + llen + 2)
+		goto bad;
+	memcpy(cf->numkey, k, NUMKEY_LEN);
+	memcpy(cf->user_id, k + NUMKEY_LEN, key->size - NUMKEY_LEN);
+	cf->since = store_get_i64(rec + CONFLICT_OFF_SINCE);
+	memcpy(cf->last4, rec + CONFLICT_OFF_LAST4, LAST4_LEN);
+	memcpy(cf->log_id, rec + CONFLICT_OFF_LOG, llen);
+	if (store_conflict_holders(rec + CONFLICT_OFF_LOG + llen,
+	    rec + data->size, cf) != 0)
+		goto bad;
+	return (0);
+
+bad:
+	store_conflict_clear(cf);
+	log_warnx("store: undecodable record in conflicts.db (%u bytes)",
+	    data->size);
+	return (-1);
+}
+
+/* Unpack the holders list that runs from p to end. */
+static int
+store_conflict_holders(const unsigned char *p, const unsigned char *end,
+    struct conflict *cf)
+{
+	size_t	n, i, hlen;
+
+	n = store_get_u16(p);
+	p += 2;
+	if (n > 0)
+		cf->holders = xcalloc(n, sizeof *cf->holders);
+	for (i = 0; i < n; i++) {
+		if (end - p < 2)
+			return (-1);
+		hlen = store_get_u16(p);
+		p += 2;
+		if (hlen > USER_ID_MAX || (size_t)(end - p) < hlen)
+			return (-1);
+		cf->holders[i] = xmalloc(hlen + 1);
+		memcpy(cf->holders[i], p, hlen);
+		cf->holders[i][hlen] = '\0';
+		cf->nholders++;
+		p += hlen;
+	}
+	return (p == end ? 0 : -1);
+}
+
+/* Free a conflict's holders. */
+static void
+store_conflict_clear(struct conflict *cf)
+{
+	size_t	i;
+
+	for (i = 0; i < cf->nholders; i++)
+		free(cf->holders[i]);
+	free(cf->holders);
+	cf->holders = NULL;
+	cf->nholders = 0;
+}
+
+/* Record a conflict, replacing one for the same number and user. */
+int
+store_conflict_put(struct store_txn *txn, const struct conflict *cf)
+{
+	struct store	*st = txn->st;
+	DB		*db = st->db[STORE_DB_CONFLICTS];
+	unsigned char	 kbuf[CLAIM_KEY_MAX], *rec;
+	size_t		 klen, rlen;
+	DBT		 key, data;
+	int		 r;
+
+	if (st->failed)
+		return (STORE_ERROR);
+	if ((rec = store_conflict_pack(cf, kbuf, &klen, &rlen)) == NULL) {
+		log_warnx("store: refusing to write an invalid conflict");
+		return (STORE_ERROR);
+	}
+	store_dbt(&key, kbuf, klen);
+	store_dbt(&data, rec, rlen);
+	r = store_result(st, db->put(db, txn->tid, &key, &data, 0),
+	    "write conflict");
+	free(rec);
+	return (r == STORE_NOTFOUND ? STORE_ERROR : r);
+}
+
+/* Read every conflict; free the array with store_conflicts_free. */
+int
+store_conflicts(struct store_txn *txn, struct conflict **arrp, size_t *np)
+{
+	struct store	*st = txn->st;
+	DB		*db = st->db[STORE_DB_CONFLICTS];
+	struct conflict	*v = NULL;
+	size_t		 n = 0, size = 0;
+	DBC		*dbc;
+	DBT		 key, data;
+	int		 ret, r;
+
+	*arrp = NULL;
+	*np = 0;
+	if (st->failed)
+		return (STORE_ERROR);
+	if ((ret = db->cursor(db, txn->tid, &dbc, 0)) != 0)
+		return (store_result(st, ret, "open conflicts cursor"));
+	memset(&key, 0, sizeof key);
+	memset(&data, 0, sizeof data);
+	while ((ret = dbc->get(dbc, &key, &data, DB_NEXT)) == 0) {
+		if (n == size) {
+			size = size == 0 ? 4 : size * 2;
+			v = xreallocarray(v, size, sizeof *v);
+		}
+		if (store_conflict_unpack(&key, &data, &v[n]) != 0) {
+			ret = STORE_CORRUPT;
+			break;
+		}
+		n++;
+	}
+	if ((r = store_cursor_done(st, dbc, ret, "read conflicts")) !=
+	    STORE_OK || n == 0) {
+		store_conflicts_free(v, n);
+		return (r);
+	}
+	*arrp = v;
+	*np = n;
+	return (STORE_OK);
+}
+
+/* Free an array of conflicts and their holders. */
+void
+store_conflicts_free(struct conflict *v, size_t n)
+{
+	size_t	i;
+
+	for (i = 0; i < n; i++)
+		store_conflict_clear(&v[i]);
+	free(v);
+}
+
+/* Read a metadata value; STORE_NOTFOUND if it is not set. */
+int
+store_meta_get(struct store_txn *txn, const char *name, char **valuep)
+{
+	struct store	*st = txn->st;
+	DB		*db = st->db[STORE_DB_META];
+	DBT		 key, data;
+	int		 r;
+
+	*valuep = NULL;
+	if (st->failed)
+		return (STORE_ERROR);
+	store_dbt(&key, name, strlen(name));
+	memset(&data, 0, sizeof data);
+	r = store_result(st, db->get(db, txn->tid, &key, &data, DB_RMW),
+	    "read metadata");
+	if (r != STORE_OK)
+		return (r);
+	if (data.size == 0)
+		*valuep = xstrdup("");
+	else
+		*valuep = xstrndup(data.data, data.size);
+	return (STORE_OK);
+}
+
+/* Set a metadata value. */
+int
+store_meta_put(struct store_txn *txn, const char *name, const char *value)
+{
+	struct store	*st = txn->st;
+	DB		*db = st->db[STORE_DB_META];
+	DBT		 key, data;
+	int		 r;
+
+	if (st->failed)
+		return (STORE_ERROR);
+	store_dbt(&key, name, strlen(name));
+	store_dbt(&data, value, strlen(value));
+	r = store_result(st, db->put(db, txn->tid, &key, &data, 0),
+	    "write metadata");
+	return (r == STORE_NOTFOUND ? STORE_ERROR : r);
+}
+
+/* Count the records of one database with a cursor, reading committed. */
+static int
+store_count_db(DB *db, DB_TXN *tid, uint64_t *np)
+{
+	DBC	*dbc;
+	DBT	 key, data;
+	int	 ret, cret;
+
+	*np = 0;
+	if ((ret = db->cursor(db, tid, &dbc, DB_READ_COMMITTED)) != 0)
+		return (ret);
+	memset(&key, 0, sizeof key);
+	memset(&data, 0, sizeof data);
+	data.flags = DB_DBT_PARTIAL;	/* dlen 0: do not copy the data */
+	while ((ret = dbc->get(dbc, &key, &data, DB_NEXT)) == 0)
+		(*np)++;
+	if (ret == DB_NOTFOUND)
+		ret = 0;
+	cret = dbc->close(dbc);
+	return (ret != 0 ? ret : cret);
+}
+
+/*
+ * Count claims and conflicts.  This walks both databases (a btree keeps no
+ * exact count without DB_RECNUM), so it costs O(records): for status, not
+ * for every request.
+ */
+int
+store_count(struct store *st, struct store_counts *counts)
+{
+	DB_TXN	*tid;
+	int	 ret, r;
+
+	memset(counts, 0, sizeof *counts);
+	if (st->failed)
+		return (STORE_ERROR);
+	if ((ret = st->env->txn_begin(st->env, NULL, &tid, 0)) != 0) {
+		r = store_result(st, ret, "begin transaction");
+		return (r == STORE_NOTFOUND ? STORE_ERROR : r);
+	}
+	ret = store_count_db(st->db[STORE_DB_CLAIMS], tid, &counts->claims);
+	if (ret == 0)
+		ret = store_count_db(st->db[STORE_DB_CONFLICTS], tid,
+		    &counts->conflicts);
+	if (ret == 0)
+		ret = tid->commit(tid, 0);
+	else
+		(void)tid->abort(tid);
+	r = store_result(st, ret, "count records");
+	if (r != STORE_OK)
+		memset(counts, 0, sizeof *counts);
+	return (r == STORE_NOTFOUND ? STORE_ERROR : r);
+}

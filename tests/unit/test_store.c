@@ -1,0 +1,1162 @@
+/*
+ * Unit tests for store.c: each test opens its own store in a fresh
+ * directory under /tmp and removes it afterwards.
+ */
+#include "config.h"
+
+#include <sys/types.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include <db.h>
+#include <errno.h>
+#include <ftw.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "log.h"
+#include "phoneclaimd.h"
+
+struct fixture {
+	char		 tmp[64];
+	char		 dir[128];
+	struct store	*st;
+};
+
+static int	setup(void **);
+static int	teardown(void **);
+static int	rm_cb(const char *, const struct stat *, int, struct FTW *);
+static void	numkey(unsigned char *, int);
+static void	mkclaim(struct claim *, const unsigned char *, const char *,
+		    int, int64_t, int64_t);
+static void	st_open(struct fixture *);
+static void	st_reopen(struct fixture *);
+static void	put_claims(struct store *, const struct claim *, size_t);
+static size_t	get_by_number(struct store *, const unsigned char *,
+		    struct claim **);
+static size_t	get_by_user(struct store *, const char *, struct claim **);
+static size_t	get_expired(struct store *, int64_t, size_t,
+		    struct claim **);
+static int	find_user(const struct claim *, size_t, const char *);
+static void	assert_claim_equal(const struct claim *,
+		    const struct claim *);
+static void	assert_conflict_equal(const struct conflict *,
+		    const struct conflict *);
+static void	count_cb(void *);
+static void	quiet_cb(const DB_ENV *, const char *, const char *);
+static int	crash_child(const char *);
+static int	deadlock_child(const char *, int, int);
+static int	panic_env(const char *);
+static int	panic_child(const char *);
+
+/* Make a fresh temporary directory; the state dir inside is not created. */
+static int
+setup(void **state)
+{
+	struct fixture	*f;
+
+	if ((f = calloc(1, sizeof *f)) == NULL)
+		return (-1);
+	snprintf(f->tmp, sizeof f->tmp, "/tmp/test_store.XXXXXX");
+	if (mkdtemp(f->tmp) == NULL) {
+		free(f);
+		return (-1);
+	}
+	snprintf(f->dir, sizeof f->dir, "%s/state", f->tmp);
+	*state = f;
+	return (0);
+}
+
+/* Close the store and remove the temporary directory. */
+static int
+teardown(void **state)
+{
+	struct fixture	*f = *state;
+
+	store_close(f->st);
+	nftw(f->tmp, rm_cb, 8, FTW_DEPTH | FTW_PHYS);
+	free(f);
+	return (0);
+}
+
+/* Remove one file or directory. */
+static int
+rm_cb(const char *path, const struct stat *sb, int type, struct FTW *ftw)
+{
+	(void)sb;
+	(void)type;
+	(void)ftw;
+	return (remove(path));
+}
+
+/* Fill a number key from a seed. */
+static void
+numkey(unsigned char *k, int seed)
+{
+	int	i;
+
+	for (i = 0; i < NUMKEY_LEN; i++)
+		k[i] = (unsigned char)(seed * 31 + i * 7);
+}
+
+/* Fill a claim. */
+static void
+mkclaim(struct claim *c, const unsigned char *k, const char *user, int state,
+    int64_t since, int64_t expires)
+{
+	memset(c, 0, sizeof *c);
+	memcpy(c->numkey, k, NUMKEY_LEN);
+	snprintf(c->user_id, sizeof c->user_id, "%s", user);
+	c->state = state;
+	c->source = CLAIM_SRC_ENROLLMENT;
+	c->since = since;
+	c->expires = expires;
+	snprintf(c->last4, sizeof c->last4, "4567");
+}
+
+/* Open the fixture's store, failing the test with the cause. */
+static void
+st_open(struct fixture *f)
+{
+	char	*cause = NULL;
+
+	f->st = store_open(f->dir, &cause);
+	if (f->st == NULL)
+		fail_msg("store_open: %s", cause);
+	assert_null(cause);
+}
+
+/* Close and open again (the open runs recovery). */
+static void
+st_reopen(struct fixture *f)
+{
+	store_close(f->st);
+	f->st = NULL;
+	st_open(f);
+}
+
+/* Write claims in one transaction, commit and flush. */
+static void
+put_claims(struct store *st, const struct claim *c, size_t n)
+{
+	struct store_txn	*txn;
+	size_t			 i;
+
+	assert_int_equal(store_txn_begin(st, &txn), STORE_OK);
+	for (i = 0; i < n; i++)
+		assert_int_equal(store_claim_put(txn, &c[i]), STORE_OK);
+	assert_int_equal(store_txn_commit(txn), STORE_OK);
+	assert_int_equal(store_flush(st), STORE_OK);
+}
+
+/* Read the claims on a number in a transaction of its own. */
+static size_t
+get_by_number(struct store *st, const unsigned char *k, struct claim **arr)
+{
+	struct store_txn	*txn;
+	size_t			 n;
+
+	assert_int_equal(store_txn_begin(st, &txn), STORE_OK);
+	assert_int_equal(store_claims_by_number(txn, k, arr, &n), STORE_OK);
+	assert_int_equal(store_txn_commit(txn), STORE_OK);
+	if (n == 0)
+		assert_null(*arr);
+	return (n);
+}
+
+/* Read a user's claims in a transaction of its own. */
+static size_t
+get_by_user(struct store *st, const char *user, struct claim **arr)
+{
+	struct store_txn	*txn;
+	size_t			 n;
+
+	assert_int_equal(store_txn_begin(st, &txn), STORE_OK);
+	assert_int_equal(store_claims_by_user(txn, user, arr, &n), STORE_OK);
+	assert_int_equal(store_txn_commit(txn), STORE_OK);
+	if (n == 0)
+		assert_null(*arr);
+	return (n);
+}
+
+/* Read expired claims in a transaction of its own. */
+static size_t
+get_expired(struct store *st, int64_t now, size_t max, struct claim **arr)
+{
+	struct store_txn	*txn;
+	size_t			 n;
+
+	assert_int_equal(store_txn_begin(st, &txn), STORE_OK);
+	assert_int_equal(store_claims_expired(txn, now, max, arr, &n),
+	    STORE_OK);
+	assert_int_equal(store_txn_commit(txn), STORE_OK);
+	if (n == 0)
+		assert_null(*arr);
+	return (n);
+}
+
+/* Return the index of a user's claim in an array, or -1. */
+static int
+find_user(const struct claim *arr, size_t n, const char *user)
+{
+	size_t	i;
+
+	for (i = 0; i < n; i++) {
+		if (strcmp(arr[i].user_id, user) == 0)
+			return ((int)i);
+	}
+	return (-1);
+}
+
+/* Compare every field of two claims. */
+static void
+assert_claim_equal(const struct claim *a, const struct claim *b)
+{
+	assert_memory_equal(a->numkey, b->numkey, NUMKEY_LEN);
+	assert_string_equal(a->user_id, b->user_id);
+	assert_int_equal(a->state, b->state);
+	assert_int_equal(a->source, b->source);
+	assert_true(a->since == b->since);
+	assert_true(a->expires == b->expires);
+	assert_string_equal(a->last4, b->last4);
+	assert_string_equal(a->enrol_id, b->enrol_id);
+}
+
+/* Compare every field of two conflicts, holders included. */
+static void
+assert_conflict_equal(const struct conflict *a, const struct conflict *b)
+{
+	size_t	i;
+
+	assert_memory_equal(a->numkey, b->numkey, NUMKEY_LEN);
+	assert_string_equal(a->user_id, b->user_id);
+	assert_string_equal(a->last4, b->last4);
+	assert_true(a->since == b->since);
+	assert_string_equal(a->log_id, b->log_id);
+	assert_int_equal(a->nholders, b->nholders);
+	for (i = 0; i < a->nholders; i++)
+		assert_string_equal(a->holders[i], b->holders[i]);
+}
+
+/* Claims survive close and reopen. */
+static void
+test_reopen_keeps_data(void **state)
+{
+	struct fixture	*f = *state;
+	struct claim	 c[3], *arr;
+	unsigned char	 k1[NUMKEY_LEN], k2[NUMKEY_LEN];
+	struct stat	 sb;
+	char		 path[192];
+	size_t		 n;
+
+	st_open(f);
+	assert_int_equal(stat(f->dir, &sb), 0);
+	assert_int_equal(sb.st_mode & 0777, 0700);
+	numkey(k1, 1);
+	numkey(k2, 2);
+	mkclaim(&c[0], k1, "auth0|alice", CLAIM_ACTIVE, 1000, 0);
+	mkclaim(&c[1], k1, "auth0|bob", CLAIM_PENDING, 1001, 1601);
+	mkclaim(&c[2], k2, "auth0|alice", CLAIM_PENDING, 1002, 1602);
+	snprintf(c[0].enrol_id, sizeof c[0].enrol_id, "phone|dev_abc");
+	c[2].source = CLAIM_SRC_LOGSTREAM;
+	put_claims(f->st, c, 3);
+	st_reopen(f);
+
+	n = get_by_number(f->st, k1, &arr);
+	assert_int_equal(n, 2);
+	assert_claim_equal(&arr[find_user(arr, n, "auth0|alice")], &c[0]);
+	assert_claim_equal(&arr[find_user(arr, n, "auth0|bob")], &c[1]);
+	free(arr);
+	n = get_by_number(f->st, k2, &arr);
+	assert_int_equal(n, 1);
+	assert_claim_equal(&arr[0], &c[2]);
+	free(arr);
+	n = get_expired(f->st, 2000, 10, &arr);
+	assert_int_equal(n, 2);
+	free(arr);
+
+	snprintf(path, sizeof path, "%s/claims.db", f->dir);
+	assert_int_equal(stat(path, &sb), 0);
+	assert_int_equal(sb.st_mode & 077, 0);
+}
+
+/* By number: every user on the number, nothing from neighbouring keys. */
+static void
+test_by_number(void **state)
+{
+	struct fixture	*f = *state;
+	struct claim	 c[6], *arr;
+	unsigned char	 k[NUMKEY_LEN], before[NUMKEY_LEN];
+	unsigned char	 after[NUMKEY_LEN], other[NUMKEY_LEN];
+	size_t		 n;
+
+	st_open(f);
+	numkey(k, 3);
+	memcpy(before, k, NUMKEY_LEN);
+	before[NUMKEY_LEN - 1]--;
+	memcpy(after, k, NUMKEY_LEN);
+	after[NUMKEY_LEN - 1]++;
+	numkey(other, 4);
+	mkclaim(&c[0], k, "u1", CLAIM_ACTIVE, 1, 0);
+	mkclaim(&c[1], k, "u2", CLAIM_PENDING, 2, 100);
+	mkclaim(&c[2], k, "u3", CLAIM_ACTIVE, 3, 0);
+	mkclaim(&c[3], before, "u1", CLAIM_ACTIVE, 4, 0);
+	mkclaim(&c[4], after, "u0", CLAIM_ACTIVE, 5, 0);
+	mkclaim(&c[5], other, "u9", CLAIM_ACTIVE, 6, 0);
+	put_claims(f->st, c, 6);
+
+	n = get_by_number(f->st, k, &arr);
+	assert_int_equal(n, 3);
+	assert_string_equal(arr[0].user_id, "u1");
+	assert_string_equal(arr[1].user_id, "u2");
+	assert_string_equal(arr[2].user_id, "u3");
+	assert_claim_equal(&arr[1], &c[1]);
+	free(arr);
+	n = get_by_number(f->st, after, &arr);
+	assert_int_equal(n, 1);
+	assert_string_equal(arr[0].user_id, "u0");
+	free(arr);
+
+	numkey(k, 5);
+	n = get_by_number(f->st, k, &arr);
+	assert_int_equal(n, 0);
+	memset(k, 0xff, NUMKEY_LEN);
+	n = get_by_number(f->st, k, &arr);
+	assert_int_equal(n, 0);
+}
+
+/* By user: the user's claims across numbers, exact match of the id. */
+static void
+test_by_user(void **state)
+{
+	struct fixture	*f = *state;
+	struct claim	 c[5], *arr;
+	unsigned char	 k[3][NUMKEY_LEN];
+	size_t		 n;
+	int		 i;
+
+	st_open(f);
+	for (i = 0; i < 3; i++)
+		numkey(k[i], 10 + i);
+	mkclaim(&c[0], k[0], "auth0|a", CLAIM_ACTIVE, 1, 0);
+	mkclaim(&c[1], k[1], "auth0|a", CLAIM_PENDING, 2, 50);
+	mkclaim(&c[2], k[2], "auth0|a", CLAIM_ACTIVE, 3, 0);
+	mkclaim(&c[3], k[0], "auth0|ab", CLAIM_ACTIVE, 4, 0);
+	mkclaim(&c[4], k[1], "auth0|", CLAIM_ACTIVE, 5, 0);
+	put_claims(f->st, c, 5);
+
+	n = get_by_user(f->st, "auth0|a", &arr);
+	assert_int_equal(n, 3);
+	for (i = 0; i < 3; i++) {
+		assert_string_equal(arr[i].user_id, "auth0|a");
+		assert_claim_equal(&arr[i], &c[i]);
+	}
+	free(arr);
+	n = get_by_user(f->st, "auth0|ab", &arr);
+	assert_int_equal(n, 1);
+	assert_claim_equal(&arr[0], &c[3]);
+	free(arr);
+	assert_int_equal(get_by_user(f->st, "auth0|b", &arr), 0);
+	assert_int_equal(get_by_user(f->st, "", &arr), 0);
+}
+
+/* Delete removes the claim from every index; a second delete: NOTFOUND. */
+static void
+test_delete(void **state)
+{
+	struct fixture		*f = *state;
+	struct store_txn	*txn;
+	struct claim		 c[2], *arr;
+	unsigned char		 k[NUMKEY_LEN];
+
+	st_open(f);
+	numkey(k, 20);
+	mkclaim(&c[0], k, "keep", CLAIM_PENDING, 1, 100);
+	mkclaim(&c[1], k, "gone", CLAIM_PENDING, 1, 100);
+	put_claims(f->st, c, 2);
+
+	assert_int_equal(store_txn_begin(f->st, &txn), STORE_OK);
+	assert_int_equal(store_claim_del(txn, k, "gone"), STORE_OK);
+	assert_int_equal(store_claim_del(txn, k, "gone"), STORE_NOTFOUND);
+	assert_int_equal(store_claim_del(txn, k, "nobody"), STORE_NOTFOUND);
+	assert_int_equal(store_claim_del(txn, k, ""), STORE_NOTFOUND);
+	assert_int_equal(store_txn_commit(txn), STORE_OK);
+
+	assert_int_equal(get_by_number(f->st, k, &arr), 1);
+	assert_string_equal(arr[0].user_id, "keep");
+	free(arr);
+	assert_int_equal(get_by_user(f->st, "gone", &arr), 0);
+	assert_int_equal(get_expired(f->st, 1000, 10, &arr), 1);
+	assert_string_equal(arr[0].user_id, "keep");
+	free(arr);
+}
+
+/* Overwriting pending with active drops it from the expiry index. */
+static void
+test_overwrite_updates_expiry(void **state)
+{
+	struct fixture	*f = *state;
+	struct claim	 c[2], *arr;
+	unsigned char	 k[NUMKEY_LEN];
+
+	st_open(f);
+	numkey(k, 30);
+	mkclaim(&c[0], k, "p", CLAIM_PENDING, 1, 100);
+	mkclaim(&c[1], k, "q", CLAIM_PENDING, 1, 100);
+	put_claims(f->st, c, 2);
+	assert_int_equal(get_expired(f->st, 100, 10, &arr), 2);
+	free(arr);
+
+	/* Pushing the expiry moves the index entry, no duplicate left. */
+	c[1].expires = 200;
+	put_claims(f->st, &c[1], 1);
+	assert_int_equal(get_expired(f->st, 150, 10, &arr), 1);
+	assert_string_equal(arr[0].user_id, "p");
+	free(arr);
+	assert_int_equal(get_expired(f->st, 300, 10, &arr), 2);
+	free(arr);
+
+	c[0].state = CLAIM_ACTIVE;
+	c[0].expires = 0;
+	put_claims(f->st, &c[0], 1);
+	assert_int_equal(get_expired(f->st, 300, 10, &arr), 1);
+	assert_string_equal(arr[0].user_id, "q");
+	free(arr);
+	assert_int_equal(get_by_number(f->st, k, &arr), 2);
+	assert_claim_equal(&arr[find_user(arr, 2, "p")], &c[0]);
+	free(arr);
+	st_reopen(f);
+	assert_int_equal(get_expired(f->st, 300, 10, &arr), 1);
+	free(arr);
+}
+
+/* Expired claims come in expiry order, at most max, pending only. */
+static void
+test_expired_order_max(void **state)
+{
+	struct fixture	*f = *state;
+	struct claim	 c[8], *arr;
+	unsigned char	 k[NUMKEY_LEN];
+	static const int64_t exp[] = { 50, 10, 30, 20, 40, 30 };
+	char		 user[16];
+	size_t		 n;
+	int		 i;
+
+	st_open(f);
+	for (i = 0; i < 6; i++) {
+		numkey(k, 40 + i);
+		snprintf(user, sizeof user, "user%d", i);
+		mkclaim(&c[i], k, user, CLAIM_PENDING, 1, exp[i]);
+	}
+	numkey(k, 60);
+	mkclaim(&c[6], k, "active", CLAIM_ACTIVE, 1, 0);
+	mkclaim(&c[7], k, "later", CLAIM_PENDING, 1, 1000000);
+	put_claims(f->st, c, 8);
+
+	n = get_expired(f->st, 35, 10, &arr);
+	assert_int_equal(n, 4);
+	assert_true(arr[0].expires == 10);
+	assert_true(arr[1].expires == 20);
+	assert_true(arr[2].expires == 30);
+	assert_true(arr[3].expires == 30);
+	assert_int_not_equal(find_user(arr, n, "user2"), -1);
+	assert_int_not_equal(find_user(arr, n, "user5"), -1);
+	free(arr);
+	n = get_expired(f->st, 35, 2, &arr);
+	assert_int_equal(n, 2);
+	assert_string_equal(arr[0].user_id, "user1");
+	assert_string_equal(arr[1].user_id, "user3");
+	free(arr);
+	assert_int_equal(get_expired(f->st, 35, 0, &arr), 0);
+	assert_int_equal(get_expired(f->st, 9, 10, &arr), 0);
+	n = get_expired(f->st, 2000000, 100, &arr);
+	assert_int_equal(n, 7);
+	assert_string_equal(arr[6].user_id, "later");
+	assert_int_equal(find_user(arr, n, "active"), -1);
+	free(arr);
+}
+
+/* User ids with any byte but NUL, up to 512 bytes. */
+static void
+test_user_id_bytes(void **state)
+{
+	struct fixture	*f = *state;
+	struct claim	 c[4], *arr;
+	unsigned char	 k[NUMKEY_LEN];
+	char		 big[USER_ID_MAX + 1], all[256];
+	size_t		 n;
+	int		 i;
+
+	st_open(f);
+	numkey(k, 70);
+	memset(big, 'x', USER_ID_MAX);
+	big[USER_ID_MAX] = '\0';
+	for (i = 1; i < 256; i++)
+		all[i - 1] = (char)i;
+	all[255] = '\0';
+	mkclaim(&c[0], k, "auth0|507f1f77bcf86cd799439011", CLAIM_ACTIVE, 1,
+	    0);
+	mkclaim(&c[1], k, big, CLAIM_ACTIVE, 2, 0);
+	mkclaim(&c[2], k, all, CLAIM_PENDING, 3, 10);
+	mkclaim(&c[3], k, "sms|\xc3\xa9t\xc3\xa9 | \"x\"", CLAIM_ACTIVE, 4, 0);
+	put_claims(f->st, c, 4);
+
+	n = get_by_number(f->st, k, &arr);
+	assert_int_equal(n, 4);
+	for (i = 0; i < 4; i++) {
+		assert_int_not_equal(find_user(arr, n, c[i].user_id), -1);
+		assert_claim_equal(&arr[find_user(arr, n, c[i].user_id)],
+		    &c[i]);
+	}
+	free(arr);
+	for (i = 0; i < 4; i++) {
+		assert_int_equal(get_by_user(f->st, c[i].user_id, &arr), 1);
+		assert_claim_equal(&arr[0], &c[i]);
+		free(arr);
+	}
+	assert_int_equal(strlen(big), USER_ID_MAX);
+}
+
+/* A 128-byte enrolment id, extreme times and every field round trip. */
+static void
+test_enrol_id_round_trip(void **state)
+{
+	struct fixture	*f = *state;
+	struct claim	 c[2], *arr;
+	unsigned char	 k[NUMKEY_LEN];
+
+	st_open(f);
+	numkey(k, 80);
+	mkclaim(&c[0], k, "u", CLAIM_PENDING, INT64_C(4102444800),
+	    INT64_C(4102445400));
+	memset(c[0].enrol_id, 'e', ENROL_ID_MAX);
+	c[0].enrol_id[0] = '|';
+	c[0].source = CLAIM_SRC_IMPORT;
+	snprintf(c[0].last4, sizeof c[0].last4, "0012");
+	mkclaim(&c[1], k, "v", CLAIM_ACTIVE, -1, 0);
+	snprintf(c[1].last4, sizeof c[1].last4, "9");
+	c[1].source = CLAIM_SRC_ADMIN;
+	put_claims(f->st, c, 2);
+	st_reopen(f);
+
+	assert_int_equal(get_by_number(f->st, k, &arr), 2);
+	assert_int_equal(strlen(arr[0].enrol_id), ENROL_ID_MAX);
+	assert_claim_equal(&arr[0], &c[0]);
+	assert_claim_equal(&arr[1], &c[1]);
+	free(arr);
+}
+
+/* Invalid claims are refused and change nothing. */
+static void
+test_invalid_claim(void **state)
+{
+	struct fixture		*f = *state;
+	struct store_txn	*txn;
+	struct claim		 c, *arr;
+	unsigned char		 k[NUMKEY_LEN];
+
+	st_open(f);
+	numkey(k, 85);
+	assert_int_equal(store_txn_begin(f->st, &txn), STORE_OK);
+	mkclaim(&c, k, "", CLAIM_ACTIVE, 1, 0);
+	assert_int_equal(store_claim_put(txn, &c), STORE_ERROR);
+	mkclaim(&c, k, "u", 7, 1, 0);
+	assert_int_equal(store_claim_put(txn, &c), STORE_ERROR);
+	mkclaim(&c, k, "u", CLAIM_ACTIVE, 1, 0);
+	memset(c.enrol_id, 'e', sizeof c.enrol_id);
+	assert_int_equal(store_claim_put(txn, &c), STORE_ERROR);
+	assert_int_equal(store_txn_commit(txn), STORE_OK);
+	assert_int_equal(get_by_number(f->st, k, &arr), 0);
+}
+
+/* Conflicts round trip with their holders. */
+static void
+test_conflicts(void **state)
+{
+	struct fixture		*f = *state;
+	struct store_txn	*txn;
+	struct conflict		 cf[2], *arr;
+	char			 big[USER_ID_MAX + 1];
+	char			*holders[3];
+	struct store_counts	 counts;
+	size_t			 n, i;
+
+	st_open(f);
+	memset(big, 'h', USER_ID_MAX);
+	big[USER_ID_MAX] = '\0';
+	holders[0] = "auth0|one";
+	holders[1] = big;
+	holders[2] = "x|y|z";
+	memset(cf, 0, sizeof cf);
+	numkey(cf[0].numkey, 90);
+	snprintf(cf[0].user_id, sizeof cf[0].user_id, "auth0|late");
+	snprintf(cf[0].last4, sizeof cf[0].last4, "1234");
+	cf[0].since = 1700000000;
+	memset(cf[0].log_id, 'L', LOG_ID_MAX);
+	cf[0].holders = holders;
+	cf[0].nholders = 3;
+	numkey(cf[1].numkey, 91);
+	snprintf(cf[1].user_id, sizeof cf[1].user_id, "auth0|other");
+
+	assert_int_equal(store_txn_begin(f->st, &txn), STORE_OK);
+	assert_int_equal(store_conflicts(txn, &arr, &n), STORE_OK);
+	assert_int_equal(n, 0);
+	assert_null(arr);
+	assert_int_equal(store_conflict_put(txn, &cf[0]), STORE_OK);
+	cf[1].since = 4;
+	assert_int_equal(store_conflict_put(txn, &cf[1]), STORE_OK);
+	cf[1].since = 5;	/* same number and user: replaces */
+	assert_int_equal(store_conflict_put(txn, &cf[1]), STORE_OK);
+	assert_int_equal(store_txn_commit(txn), STORE_OK);
+	st_reopen(f);
+
+	assert_int_equal(store_txn_begin(f->st, &txn), STORE_OK);
+	assert_int_equal(store_conflicts(txn, &arr, &n), STORE_OK);
+	assert_int_equal(store_txn_commit(txn), STORE_OK);
+	assert_int_equal(n, 2);
+	i = memcmp(arr[0].numkey, cf[0].numkey, NUMKEY_LEN) == 0 ? 0 : 1;
+	assert_conflict_equal(&arr[i], &cf[0]);
+	assert_conflict_equal(&arr[1 - i], &cf[1]);
+	assert_int_equal(strlen(arr[i].log_id), LOG_ID_MAX);
+	assert_string_equal(arr[i].holders[1], big);
+	assert_null(arr[1 - i].holders);
+	store_conflicts_free(arr, n);
+
+	assert_int_equal(store_count(f->st, &counts), STORE_OK);
+	assert_true(counts.conflicts == 2);
+	assert_true(counts.claims == 0);
+}
+
+/* Metadata: get and put, and the schema version written on creation. */
+static void
+test_meta(void **state)
+{
+	struct fixture		*f = *state;
+	struct store_txn	*txn;
+	char			*v, want[16];
+
+	st_open(f);
+	assert_int_equal(store_txn_begin(f->st, &txn), STORE_OK);
+	assert_int_equal(store_meta_get(txn, "schema_version", &v), STORE_OK);
+	snprintf(want, sizeof want, "%d", STORE_SCHEMA_VERSION);
+	assert_string_equal(v, want);
+	free(v);
+	assert_int_equal(store_meta_get(txn, "nothing", &v), STORE_NOTFOUND);
+	assert_null(v);
+	assert_int_equal(store_meta_put(txn, "last_log_id", "9001"), STORE_OK);
+	assert_int_equal(store_meta_put(txn, "empty", ""), STORE_OK);
+	assert_int_equal(store_txn_commit(txn), STORE_OK);
+	st_reopen(f);
+
+	assert_int_equal(store_txn_begin(f->st, &txn), STORE_OK);
+	assert_int_equal(store_meta_get(txn, "last_log_id", &v), STORE_OK);
+	assert_string_equal(v, "9001");
+	free(v);
+	assert_int_equal(store_meta_get(txn, "empty", &v), STORE_OK);
+	assert_string_equal(v, "");
+	free(v);
+	assert_int_equal(store_meta_put(txn, "last_log_id", "9002"), STORE_OK);
+	assert_int_equal(store_meta_get(txn, "last_log_id", &v), STORE_OK);
+	assert_string_equal(v, "9002");
+	free(v);
+	assert_int_equal(store_txn_commit(txn), STORE_OK);
+}
+
+/* A schema version newer than ours refuses to open, with a clear cause. */
+static void
+test_schema_newer_refused(void **state)
+{
+	struct fixture		*f = *state;
+	struct store_txn	*txn;
+	char			*cause = NULL, v[16], want[64];
+
+	st_open(f);
+	snprintf(v, sizeof v, "%d", STORE_SCHEMA_VERSION + 1);
+	snprintf(want, sizeof want, "schema version %d is newer",
+	    STORE_SCHEMA_VERSION + 1);
+	assert_int_equal(store_txn_begin(f->st, &txn), STORE_OK);
+	assert_int_equal(store_meta_put(txn, "schema_version", v), STORE_OK);
+	assert_int_equal(store_txn_commit(txn), STORE_OK);
+	store_close(f->st);
+	f->st = NULL;
+
+	assert_null(store_open(f->dir, &cause));
+	assert_non_null(cause);
+	print_message("cause: %s\n", cause);
+	assert_non_null(strstr(cause, f->dir));
+	assert_non_null(strstr(cause, want));
+	free(cause);
+}
+
+/* An unreadable schema version also refuses to open. */
+static void
+test_schema_garbage_refused(void **state)
+{
+	struct fixture		*f = *state;
+	struct store_txn	*txn;
+	char			*cause = NULL;
+
+	st_open(f);
+	assert_int_equal(store_txn_begin(f->st, &txn), STORE_OK);
+	assert_int_equal(store_meta_put(txn, "schema_version", "1x"),
+	    STORE_OK);
+	assert_int_equal(store_txn_commit(txn), STORE_OK);
+	store_close(f->st);
+	f->st = NULL;
+	assert_null(store_open(f->dir, &cause));
+	assert_non_null(strstr(cause, "unreadable schema_version"));
+	free(cause);
+}
+
+/* Opening where no directory can be: NULL and a cause naming the path. */
+static void
+test_open_failure(void **state)
+{
+	struct fixture	*f = *state;
+	char		*cause = NULL, path[192];
+	FILE		*fp;
+
+	snprintf(path, sizeof path, "%s/file", f->tmp);
+	assert_non_null(fp = fopen(path, "w"));
+	fclose(fp);
+	assert_null(store_open(path, &cause));
+	assert_non_null(strstr(cause, path));
+	assert_non_null(strstr(cause, "not a directory"));
+	free(cause);
+	snprintf(path, sizeof path, "%s/missing/state", f->tmp);
+	assert_null(store_open(path, &cause));
+	assert_non_null(strstr(cause, "cannot create"));
+	free(cause);
+}
+
+/* A second open of a state directory in use is refused, not recovered. */
+static void
+test_second_open_refused(void **state)
+{
+	struct fixture	*f = *state;
+	char		*cause = NULL;
+
+	st_open(f);
+	assert_null(store_open(f->dir, &cause));
+	assert_non_null(cause);
+	assert_non_null(strstr(cause, "in use by another process"));
+	free(cause);
+	store_close(f->st);
+	f->st = NULL;
+	st_open(f);
+}
+
+/* An aborted transaction leaves nothing, in no database or index. */
+static void
+test_abort_discards(void **state)
+{
+	struct fixture		*f = *state;
+	struct store_txn	*txn;
+	struct claim		 c, *arr;
+	struct conflict		 cf, *cfs;
+	unsigned char		 k[NUMKEY_LEN];
+	char			*v;
+	size_t			 n;
+
+	st_open(f);
+	numkey(k, 100);
+	mkclaim(&c, k, "ghost", CLAIM_PENDING, 1, 10);
+	memset(&cf, 0, sizeof cf);
+	memcpy(cf.numkey, k, NUMKEY_LEN);
+	snprintf(cf.user_id, sizeof cf.user_id, "ghost2");
+	assert_int_equal(store_txn_begin(f->st, &txn), STORE_OK);
+	assert_int_equal(store_claim_put(txn, &c), STORE_OK);
+	assert_int_equal(store_conflict_put(txn, &cf), STORE_OK);
+	assert_int_equal(store_meta_put(txn, "ghost", "1"), STORE_OK);
+	assert_int_equal(store_claims_by_number(txn, k, &arr, &n), STORE_OK);
+	assert_int_equal(n, 1);
+	free(arr);
+	store_txn_abort(txn);
+
+	assert_int_equal(get_by_number(f->st, k, &arr), 0);
+	assert_int_equal(get_by_user(f->st, "ghost", &arr), 0);
+	assert_int_equal(get_expired(f->st, 100, 10, &arr), 0);
+	assert_int_equal(store_txn_begin(f->st, &txn), STORE_OK);
+	assert_int_equal(store_meta_get(txn, "ghost", &v), STORE_NOTFOUND);
+	assert_int_equal(store_conflicts(txn, &cfs, &n), STORE_OK);
+	assert_int_equal(n, 0);
+	store_txn_abort(txn);
+}
+
+/* Committed and flushed data is there after close and recovery. */
+static void
+test_recovery_after_close(void **state)
+{
+	struct fixture		*f = *state;
+	struct claim		 c[40], *arr;
+	struct store_counts	 counts;
+	unsigned char		 k[NUMKEY_LEN];
+	char			 user[32];
+	int			 i;
+
+	st_open(f);
+	for (i = 0; i < 40; i++) {
+		numkey(k, 200 + i);
+		snprintf(user, sizeof user, "auth0|%d", i);
+		mkclaim(&c[i], k, user, i % 2 ? CLAIM_ACTIVE : CLAIM_PENDING,
+		    i, i % 2 ? 0 : 1000 + i);
+	}
+	put_claims(f->st, c, 20);
+	assert_int_equal(store_checkpoint(f->st), STORE_OK);
+	put_claims(f->st, c + 20, 20);
+	assert_int_equal(store_checkpoint(f->st), STORE_OK);
+	assert_int_equal(store_checkpoint(f->st), STORE_OK);
+	st_reopen(f);
+	st_reopen(f);
+
+	for (i = 0; i < 40; i++) {
+		assert_int_equal(get_by_number(f->st, c[i].numkey, &arr), 1);
+		assert_claim_equal(&arr[0], &c[i]);
+		free(arr);
+	}
+	assert_int_equal(store_count(f->st, &counts), STORE_OK);
+	assert_true(counts.claims == 40);
+	assert_true(counts.conflicts == 0);
+	assert_int_equal(get_expired(f->st, 5000, 100, &arr), 20);
+	free(arr);
+}
+
+/*
+ * The child of the crash test: commit without a flush, commit with one,
+ * leave a transaction open, and die without closing anything.
+ */
+static int
+crash_child(const char *dir)
+{
+	static struct store	*st;	/* static: reachable at _exit */
+	static struct store_txn	*txn;
+	struct claim		 c;
+	unsigned char		 k[NUMKEY_LEN];
+	char			*cause;
+	int			 i;
+
+	if ((st = store_open(dir, &cause)) == NULL)
+		return (1);
+	if (store_txn_begin(st, &txn) != STORE_OK)
+		return (2);
+	for (i = 0; i < 10; i++) {
+		numkey(k, 300 + i);
+		mkclaim(&c, k, "crash|early", CLAIM_PENDING, i, 100 + i);
+		if (store_claim_put(txn, &c) != STORE_OK)
+			return (3);
+	}
+	if (store_txn_commit(txn) != STORE_OK)
+		return (4);
+	if (store_txn_begin(st, &txn) != STORE_OK)
+		return (5);
+	numkey(k, 400);
+	mkclaim(&c, k, "crash|flushed", CLAIM_ACTIVE, 7, 0);
+	if (store_claim_put(txn, &c) != STORE_OK ||
+	    store_meta_put(txn, "crash", "yes") != STORE_OK ||
+	    store_txn_commit(txn) != STORE_OK || store_flush(st) != STORE_OK)
+		return (6);
+	if (store_txn_begin(st, &txn) != STORE_OK)
+		return (7);
+	numkey(k, 500);
+	mkclaim(&c, k, "crash|uncommitted", CLAIM_ACTIVE, 8, 0);
+	if (store_claim_put(txn, &c) != STORE_OK)
+		return (8);
+	return (0);
+}
+
+/* A process that dies after store_flush loses nothing it committed. */
+static void
+test_crash_recovery(void **state)
+{
+	struct fixture		*f = *state;
+	struct store_txn	*txn;
+	struct claim		*arr;
+	unsigned char		 k[NUMKEY_LEN];
+	char			*v;
+	pid_t			 pid;
+	int			 status;
+
+	fflush(NULL);
+	if ((pid = fork()) == -1)
+		fail_msg("fork: %s", strerror(errno));
+	if (pid == 0)
+		_exit(crash_child(f->dir));
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), 0);
+
+	st_open(f);
+	numkey(k, 400);
+	assert_int_equal(get_by_number(f->st, k, &arr), 1);
+	assert_string_equal(arr[0].user_id, "crash|flushed");
+	free(arr);
+	/* WRITE_NOSYNC commits survive a process crash, flushed or not. */
+	assert_int_equal(get_by_user(f->st, "crash|early", &arr), 10);
+	free(arr);
+	assert_int_equal(get_expired(f->st, 200, 100, &arr), 10);
+	free(arr);
+	assert_int_equal(get_by_user(f->st, "crash|uncommitted", &arr), 0);
+	assert_int_equal(store_txn_begin(f->st, &txn), STORE_OK);
+	assert_int_equal(store_meta_get(txn, "crash", &v), STORE_OK);
+	assert_string_equal(v, "yes");
+	free(v);
+	assert_int_equal(store_txn_commit(txn), STORE_OK);
+}
+
+/*
+ * The child of the deadlock test, on its own handle of the parent's
+ * environment: write-lock claims.db, then wait for the parent's lock on
+ * meta.db.  Its high priority makes the parent the deadlock victim.
+ */
+static int
+deadlock_child(const char *dir, int go, int ready)
+{
+	DB_ENV		*env;
+	DB		*claims, *meta;
+	DB_TXN		*tid;
+	DBT		 key, data;
+	unsigned char	 kbuf[NUMKEY_LEN + 6];
+	char		 b;
+
+	if (read(go, &b, 1) != 1 || db_env_create(&env, 0) != 0 ||
+	    env->open(env, dir, 0, 0) != 0 || db_create(&claims, env, 0) != 0 ||
+	    claims->open(claims, NULL, "claims.db", NULL, DB_BTREE,
+	    DB_AUTO_COMMIT, 0) != 0 || db_create(&meta, env, 0) != 0 ||
+	    meta->open(meta, NULL, "meta.db", NULL, DB_BTREE, DB_AUTO_COMMIT,
+	    0) != 0 || env->txn_begin(env, NULL, &tid, 0) != 0 ||
+	    tid->set_priority(tid, UINT32_MAX) != 0)
+		return (1);
+	numkey(kbuf, 600);
+	memcpy(kbuf + NUMKEY_LEN, "victim", 6);
+	memset(&key, 0, sizeof key);
+	memset(&data, 0, sizeof data);
+	key.data = kbuf;
+	key.size = sizeof kbuf;
+	if (claims->get(claims, tid, &key, &data, DB_RMW) != 0)
+		return (2);
+	if (write(ready, "r", 1) != 1)
+		return (3);
+	key.data = "schema_version";
+	key.size = strlen(key.data);
+	if (meta->get(meta, tid, &key, &data, DB_RMW) != 0)
+		return (4);
+	if (tid->commit(tid, 0) != 0 || meta->close(meta, 0) != 0 ||
+	    claims->close(claims, 0) != 0 || env->close(env, 0) != 0)
+		return (5);
+	return (0);
+}
+
+/* A deadlock victim gets STORE_RETRY, and the retried transaction works. */
+static void
+test_deadlock_retry(void **state)
+{
+	struct fixture		*f = *state;
+	struct store_txn	*txn;
+	struct claim		 c, *arr;
+	unsigned char		 k[NUMKEY_LEN];
+	int			 go[2], ready[2], status;
+	size_t			 n;
+	pid_t			 pid;
+	char			 b;
+
+	assert_int_equal(pipe(go), 0);
+	assert_int_equal(pipe(ready), 0);
+	fflush(NULL);
+	if ((pid = fork()) == -1)
+		fail_msg("fork: %s", strerror(errno));
+	if (pid == 0) {
+		alarm(30);
+		_exit(deadlock_child(f->dir, go[0], ready[1]));
+	}
+	alarm(30);
+	st_open(f);
+	numkey(k, 600);
+	mkclaim(&c, k, "victim", CLAIM_ACTIVE, 1, 0);
+	put_claims(f->st, &c, 1);
+
+	assert_int_equal(store_txn_begin(f->st, &txn), STORE_OK);
+	assert_int_equal(store_meta_put(txn, "lock", "held"), STORE_OK);
+	assert_int_equal(write(go[1], "g", 1), 1);
+	assert_int_equal(read(ready[0], &b, 1), 1);
+	assert_int_equal(store_claims_by_number(txn, k, &arr, &n),
+	    STORE_RETRY);
+	assert_int_equal(n, 0);
+	assert_null(arr);
+	store_txn_abort(txn);
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), 0);
+	alarm(0);
+
+	assert_int_equal(get_by_number(f->st, k, &arr), 1);
+	free(arr);
+	assert_false(store_failed(f->st));
+	close(go[0]);
+	close(go[1]);
+	close(ready[0]);
+	close(ready[1]);
+}
+
+/* Count calls of the fail callback. */
+static void
+count_cb(void *arg)
+{
+	(*(int *)arg)++;
+}
+
+/* Drop the messages of the test's own environment handle. */
+static void
+quiet_cb(const DB_ENV *env, const char *prefix, const char *msg)
+{
+	(void)env;
+	(void)prefix;
+	(void)msg;
+}
+
+/* Panic the environment from a second handle, as a fatal error would. */
+static int
+panic_env(const char *dir)
+{
+	DB_ENV	*env;
+
+	if (db_env_create(&env, 0) != 0)
+		return (-1);
+	env->set_errcall(env, quiet_cb);
+	if (env->open(env, dir, 0, 0) != 0 ||
+	    env->set_flags(env, DB_PANIC_ENVIRONMENT, 1) != 0)
+		return (-1);
+	env->close(env, 0);
+	return (0);
+}
+
+/*
+ * The child of the panic test: panic the environment under an open store,
+ * check that every call fails and the callback runs once, then close.  It
+ * returns the number of the first check that failed, 0 if none.  Berkeley
+ * DB frees no handle after a panic (the docs say: exit), so the parent kills
+ * the child afterwards, as the daemon would exit, rather than leave it to a
+ * leak check.
+ */
+static int
+panic_child(const char *dir)
+{
+	struct store		*st;
+	struct store_txn	*txn;
+	struct store_counts	 counts;
+	struct claim		 c, *arr;
+	unsigned char		 k[NUMKEY_LEN];
+	size_t			 n;
+	char			*cause;
+	int			 calls = 0;
+
+	if ((st = store_open(dir, &cause)) == NULL)
+		return (1);
+	store_set_fail_cb(st, count_cb, &calls);
+	numkey(k, 700);
+	mkclaim(&c, k, "survivor", CLAIM_ACTIVE, 1, 0);
+	if (store_txn_begin(st, &txn) != STORE_OK ||
+	    store_claim_put(txn, &c) != STORE_OK ||
+	    store_txn_commit(txn) != STORE_OK || store_flush(st) != STORE_OK)
+		return (2);
+	if (store_txn_begin(st, &txn) != STORE_OK || store_failed(st))
+		return (3);
+	if (panic_env(dir) != 0)
+		return (4);
+	if (store_claims_by_number(txn, k, &arr, &n) != STORE_ERROR ||
+	    arr != NULL || n != 0)
+		return (5);
+	if (!store_failed(st) || calls != 1)
+		return (6);
+	if (store_claim_put(txn, &c) != STORE_ERROR ||
+	    store_txn_commit(txn) != STORE_ERROR)
+		return (7);
+	if (store_txn_begin(st, &txn) != STORE_ERROR || txn != NULL)
+		return (8);
+	if (store_flush(st) != STORE_ERROR ||
+	    store_checkpoint(st) != STORE_ERROR ||
+	    store_count(st, &counts) != STORE_ERROR)
+		return (9);
+	if (calls != 1)
+		return (10);
+	store_close(st);
+	return (0);
+}
+
+/* After a panic every call fails, the callback runs once, restart heals. */
+static void
+test_panic(void **state)
+{
+	struct fixture	*f = *state;
+	struct claim	*arr;
+	unsigned char	 k[NUMKEY_LEN], result = 0xff;
+	int		 p[2], status;
+	pid_t		 pid;
+
+	assert_int_equal(pipe(p), 0);
+	fflush(NULL);
+	if ((pid = fork()) == -1)
+		fail_msg("fork: %s", strerror(errno));
+	if (pid == 0) {
+		alarm(30);
+		result = (unsigned char)panic_child(f->dir);
+		if (write(p[1], &result, 1) != 1)
+			_exit(1);
+		for (;;)
+			pause();
+	}
+	close(p[1]);
+	assert_int_equal(read(p[0], &result, 1), 1);
+	close(p[0]);
+	kill(pid, SIGKILL);
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFSIGNALED(status));
+	assert_int_equal(result, 0);
+
+	st_open(f);
+	assert_false(store_failed(f->st));
+	numkey(k, 700);
+	assert_int_equal(get_by_number(f->st, k, &arr), 1);
+	assert_string_equal(arr[0].user_id, "survivor");
+	free(arr);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+#define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
+		T(test_reopen_keeps_data),
+		T(test_by_number),
+		T(test_by_user),
+		T(test_delete),
+		T(test_overwrite_updates_expiry),
+		T(test_expired_order_max),
+		T(test_user_id_bytes),
+		T(test_enrol_id_round_trip),
+		T(test_invalid_claim),
+		T(test_conflicts),
+		T(test_meta),
+		T(test_schema_newer_refused),
+		T(test_schema_garbage_refused),
+		T(test_open_failure),
+		T(test_second_open_refused),
+		T(test_abort_discards),
+		T(test_recovery_after_close),
+		T(test_crash_recovery),
+		T(test_deadlock_retry),
+		T(test_panic),
+#undef T
+	};
+
+	log_init(1, LOG_LEVEL_WARNING);
+	return (cmocka_run_group_tests(tests, NULL, NULL));
+}
