@@ -184,13 +184,16 @@ static void
 main_store_failed_cb(evutil_socket_t fd, short events, void *arg)
 {
 	struct main_state	*m = arg;
+	struct timeval		 tv = { 0, STOP_GRACE_MS * 1000 };
 
 	(void)fd;
 	(void)events;
 	log_warnx("the store failed: exiting so that recovery runs on "
 	    "restart");
 	m->exit_status = EXIT_RUNTIME;
-	event_base_loopbreak(m->base);
+	/* Every answer from now on is 503; let those already sent leave. */
+	http_stop_accepting(m->http);
+	event_base_loopexit(m->base, &tv);
 }
 
 /* -n: check the configuration, the secret files and the exempt list. */
