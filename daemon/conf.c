@@ -425,6 +425,41 @@ conf_check_private(const char *path, char **cause)
 }
 
 /*
+ * Read at most size bytes of a private file into buf; *len says how many.
+ * A file of size bytes or more is too long for any caller, so a result of
+ * size bytes means "too long".
+ */
+int
+conf_read_private(const char *path, void *buf, size_t size, size_t *len,
+    char **cause)
+{
+	ssize_t	n;
+	int	fd;
+
+	*len = 0;
+	if (conf_check_private(path, cause) != 0)
+		return (-1);
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1) {
+		xasprintf(cause, "%s: %s", path, strerror(errno));
+		return (-1);
+	}
+	while (*len < size &&
+	    (n = read(fd, (char *)buf + *len, size - *len)) != 0) {
+		if (n == -1) {
+			if (errno == EINTR)
+				continue;
+			xasprintf(cause, "%s: %s", path, strerror(errno));
+			close(fd);
+			explicit_bzero(buf, size);
+			return (-1);
+		}
+		*len += (size_t)n;
+	}
+	close(fd);
+	return (0);
+}
+
+/*
  * Read a secret (a token) from a private file.  One trailing newline (LF or
  * CRLF) is dropped; an empty secret or one with control characters is
  * refused.  The secret itself never appears in a message.
@@ -433,31 +468,14 @@ int
 conf_read_secret(const char *path, char **out, size_t *outlen, char **cause)
 {
 	char	 buf[SECRET_MAX + 1];
-	ssize_t	 n;
-	size_t	 len = 0, i;
-	int	 fd;
+	size_t	 len, i;
+	int	 rv = -1;
 
-	if (conf_check_private(path, cause) != 0)
+	if (conf_read_private(path, buf, sizeof buf, &len, cause) != 0)
 		return (-1);
-	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1) {
-		xasprintf(cause, "%s: %s", path, strerror(errno));
-		return (-1);
-	}
-	while (len < sizeof buf &&
-	    (n = read(fd, buf + len, sizeof buf - len)) != 0) {
-		if (n == -1) {
-			if (errno == EINTR)
-				continue;
-			xasprintf(cause, "%s: %s", path, strerror(errno));
-			close(fd);
-			return (-1);
-		}
-		len += (size_t)n;
-	}
-	close(fd);
 	if (len > SECRET_MAX) {
 		xasprintf(cause, "%s: longer than %d bytes", path, SECRET_MAX);
-		return (-1);
+		goto out;
 	}
 	if (len > 0 && buf[len - 1] == '\n')
 		len--;
@@ -467,17 +485,19 @@ conf_read_secret(const char *path, char **out, size_t *outlen, char **cause)
 		if ((unsigned char)buf[i] < 0x20 || buf[i] == 0x7f) {
 			xasprintf(cause, "%s: contains a control character",
 			    path);
-			return (-1);
+			goto out;
 		}
 	}
 	if (len == 0) {
 		xasprintf(cause, "%s: empty", path);
-		return (-1);
+		goto out;
 	}
 	*out = xmalloc(len + 1);
 	memcpy(*out, buf, len);
 	(*out)[len] = '\0';
 	*outlen = len;
+	rv = 0;
+out:
 	explicit_bzero(buf, sizeof buf);
-	return (0);
+	return (rv);
 }

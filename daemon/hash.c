@@ -78,18 +78,11 @@ static int
 hash_read(const char *path, char **cause)
 {
 	unsigned char	buf[HASH_KEY_LEN + 1];
-	ssize_t		n;
-	int		fd;
+	size_t		len;
 
-	if (conf_check_private(path, cause) != 0)
+	if (conf_read_private(path, buf, sizeof buf, &len, cause) != 0)
 		return (-1);
-	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1) {
-		xasprintf(cause, "%s: %s", path, strerror(errno));
-		return (-1);
-	}
-	n = read(fd, buf, sizeof buf);
-	close(fd);
-	if (n != HASH_KEY_LEN) {
+	if (len != HASH_KEY_LEN) {
 		xasprintf(cause, "%s: a hash key is exactly %d bytes",
 		    path, HASH_KEY_LEN);
 		explicit_bzero(buf, sizeof buf);

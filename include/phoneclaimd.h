@@ -59,6 +59,8 @@ struct conf	*conf_load(const char *, char **);
 void		 conf_free(struct conf *);
 int		 conf_read_secret(const char *, char **, size_t *, char **);
 int		 conf_check_private(const char *, char **);
+int		 conf_read_private(const char *, void *, size_t, size_t *,
+		     char **);
 const char	*conf_key_name(size_t);
 const char	*conf_mode_name(int);
 
