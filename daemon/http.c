@@ -11,10 +11,19 @@
  *
  * evhttp 2.1 has only inactivity timeouts and no connection limit, so we
  * create each connection's bufferevent ourselves (evhttp_set_bevcb) and
- * keep a reference to it: a once-a-second timer cuts off a connection whose
- * request has not arrived complete within request_timeout of its first
- * byte (slow clients), reaps connections that evhttp has freed, and turns
- * the listener off while max_connections are open.
+ * track it: a once-a-second timer cuts off a connection whose request has
+ * not arrived complete within request_timeout of its first byte (slow
+ * clients), and the listener is off while max_connections are open.
+ *
+ * Knowing when evhttp frees a connection: right after the bufferevent
+ * callback returns, evhttp has made the connection and set itself as the
+ * bufferevent's callback argument, so attach_ev (activated by the
+ * callback, run later in the same loop iteration) reads the connection
+ * from there and sets a close callback on it.  evhttp calls that before
+ * it frees the bufferevent, and we forget the connection then.  Until it
+ * is attached we hold a reference, so the pointer stays valid; we drop it
+ * in the close callback, so that evhttp's free really frees and removes
+ * the socket's events before the descriptor is closed and reused.
  */
 #include "config.h"
 
@@ -52,6 +61,7 @@ struct http_conn {
 	struct bufferevent	*bev;
 	struct http		*http;
 	int64_t			 deadline;	/* ms; 0: idle, no request */
+	int			 attached;	/* close callback set */
 	TAILQ_ENTRY(http_conn)	 entry;
 };
 TAILQ_HEAD(http_conns, http_conn);
@@ -83,8 +93,11 @@ struct http {
 	char				 address[128];
 	struct event			*tick_ev;
 	struct event			*flush_ev;
+	struct event			*attach_ev;
 	struct http_conns		 conns;
 	size_t				 nconns;
+	size_t				 unattached;
+	int				 freeing;
 	struct http_pendings		 pending;
 	unsigned char			 token[2][HASH_DIGEST_LEN];
 	int				 have_token[2];
@@ -105,7 +118,8 @@ static void	 http_input_cb(struct evbuffer *,
 		     const struct evbuffer_cb_info *, void *);
 static int64_t	 http_deadline(struct http *);
 static void	 http_tick_cb(evutil_socket_t, short, void *);
-static void	 http_reap(struct http *);
+static void	 http_attach_cb(evutil_socket_t, short, void *);
+static void	 http_close_cb(struct evhttp_connection *, void *);
 static void	 http_conn_free(struct http *, struct http_conn *);
 static void	 http_listener_update(struct http *);
 static void	 http_listener_error_cb(struct evconnlistener *, void *);
@@ -211,7 +225,8 @@ http_init(struct event_base *base, const struct conf *conf,
 	}
 	h->tick_ev = event_new(base, -1, EV_PERSIST, http_tick_cb, h);
 	h->flush_ev = event_new(base, -1, 0, http_flush_cb, h);
-	if (h->tick_ev == NULL || h->flush_ev == NULL)
+	h->attach_ev = event_new(base, -1, 0, http_attach_cb, h);
+	if (h->tick_ev == NULL || h->flush_ev == NULL || h->attach_ev == NULL)
 		fatalx("event_new");
 	evtimer_add(h->tick_ev, &tv);
 	http_instance = h;
@@ -233,10 +248,14 @@ http_free(struct http *h)
 	}
 	if (h->tick_ev != NULL)
 		event_free(h->tick_ev);
+	h->freeing = 1;
+	/* evhttp_free calls our close callback for each connection. */
 	if (h->evh != NULL)
 		evhttp_free(h->evh);
 	while ((c = TAILQ_FIRST(&h->conns)) != NULL)
 		http_conn_free(h, c);
+	if (h->attach_ev != NULL)
+		event_free(h->attach_ev);
 	explicit_bzero(h->token, sizeof h->token);
 	if (http_instance == h)
 		http_instance = NULL;
@@ -319,16 +338,8 @@ http_bev_cb(struct event_base *base, void *arg)
 
 	/*
 	 * Without BEV_OPT_CLOSE_ON_FREE evhttp closes the socket itself when
-	 * it frees the connection, so our extra reference never keeps a
-	 * socket open.
+	 * it frees the connection.
 	 */
-	if (h->nconns + 1 >= (size_t)h->conf->max_connections) {
-		/*
-		 * Reap before adding: evhttp sets the new bufferevent's
-		 * callbacks only after we return, so it would look freed.
-		 */
-		http_reap(h);
-	}
 	c = xcalloc(1, sizeof *c);
 	if ((c->bev = bufferevent_socket_new(base, -1, 0)) == NULL)
 		fatalx("bufferevent_socket_new");
@@ -338,8 +349,52 @@ http_bev_cb(struct event_base *base, void *arg)
 	evbuffer_add_cb(bufferevent_get_input(c->bev), http_input_cb, c);
 	TAILQ_INSERT_TAIL(&h->conns, c, entry);
 	h->nconns++;
+	h->unattached++;
+	event_active(h->attach_ev, EV_TIMEOUT, 0);
 	http_listener_update(h);
 	return (c->bev);
+}
+
+/* Set a close callback on each connection evhttp made since last time. */
+static void
+http_attach_cb(evutil_socket_t fd, short events, void *arg)
+{
+	struct http		*h = arg;
+	struct http_conn	*c, *next;
+	bufferevent_event_cb	 eventcb;
+	void			*evcon;
+
+	(void)fd;
+	(void)events;
+	for (c = TAILQ_FIRST(&h->conns); c != NULL && h->unattached > 0;
+	    c = next) {
+		next = TAILQ_NEXT(c, entry);
+		if (c->attached)
+			continue;
+		h->unattached--;
+		bufferevent_getcb(c->bev, NULL, NULL, &eventcb, &evcon);
+		if (eventcb == NULL || evcon == NULL) {
+			/* evhttp gave up on it already. */
+			http_conn_free(h, c);
+			continue;
+		}
+		c->attached = 1;
+		evhttp_connection_set_closecb(evcon, http_close_cb, c);
+	}
+	http_listener_update(h);
+}
+
+/* evhttp is about to free a connection: forget it and drop our reference. */
+static void
+http_close_cb(struct evhttp_connection *evcon, void *arg)
+{
+	struct http_conn	*c = arg;
+	struct http		*h = c->http;
+
+	(void)evcon;
+	http_conn_free(h, c);
+	if (!h->freeing)
+		http_listener_update(h);
 }
 
 /* Bytes arrived: an idle connection starts its request clock. */
@@ -377,7 +432,7 @@ http_request_started(struct http *h, struct evhttp_request *req)
 	}
 }
 
-/* Drop our reference to a connection's bufferevent. */
+/* Forget a connection and drop our reference to its bufferevent. */
 static void
 http_conn_free(struct http *h, struct http_conn *c)
 {
@@ -386,21 +441,6 @@ http_conn_free(struct http *h, struct http_conn *c)
 	evbuffer_remove_cb(bufferevent_get_input(c->bev), http_input_cb, c);
 	bufferevent_decref(c->bev);
 	free(c);
-}
-
-/* Forget connections that evhttp has freed (it clears their callbacks). */
-static void
-http_reap(struct http *h)
-{
-	struct http_conn	*c, *next;
-	bufferevent_data_cb	 readcb;
-
-	for (c = TAILQ_FIRST(&h->conns); c != NULL; c = next) {
-		next = TAILQ_NEXT(c, entry);
-		bufferevent_getcb(c->bev, &readcb, NULL, NULL, NULL);
-		if (readcb == NULL)
-			http_conn_free(h, c);
-	}
 }
 
 /* Listen only while fewer than max_connections are open. */
@@ -436,7 +476,7 @@ http_listener_error_cb(struct evconnlistener *l, void *arg)
 		http_instance->listener_off = 1;
 }
 
-/* Once a second: cut off slow requests, reap, and mind the listener. */
+/* Once a second: cut off slow requests and mind the listener. */
 static void
 http_tick_cb(evutil_socket_t fd, short events, void *arg)
 {
@@ -446,7 +486,7 @@ http_tick_cb(evutil_socket_t fd, short events, void *arg)
 
 	(void)fd;
 	(void)events;
-	http_reap(h);
+	/* The error callback is deferred, so the list stays as it is here. */
 	TAILQ_FOREACH(c, &h->conns, entry) {
 		if (c->deadline == 0 || now < c->deadline)
 			continue;
@@ -455,9 +495,8 @@ http_tick_cb(evutil_socket_t fd, short events, void *arg)
 		c->deadline = 0;
 		/* evhttp treats this like a read error and frees it. */
 		bufferevent_trigger_event(c->bev,
-		    BEV_EVENT_READING | BEV_EVENT_ERROR, 0);
+		    BEV_EVENT_READING | BEV_EVENT_ERROR, BEV_TRIG_DEFER_CALLBACKS);
 	}
-	http_reap(h);
 	http_listener_update(h);
 }
 

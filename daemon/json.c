@@ -101,6 +101,10 @@ json_parse(const char *buf, size_t len, char **cause)
 	yajl_val	 v;
 	char		*copy;
 
+	if (buf == NULL || len == 0) {
+		*cause = xstrdup("empty JSON text");
+		return (NULL);
+	}
 	if (memchr(buf, '\0', len) != NULL) {
 		*cause = xstrdup("NUL byte in JSON text");
 		return (NULL);

@@ -96,6 +96,8 @@ test_invalid(void **state)
 	}
 	/* A NUL byte in the text itself, outside any string. */
 	assert_false(parses("{}\0", 3));
+	assert_false(parses(NULL, 0));
+	assert_false(parses("", 0));
 	assert_true(parses("{\"a\":\"\\u0001\"}", 14));
 }
 

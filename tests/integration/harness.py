@@ -1,0 +1,749 @@
+"""
+Shared helpers for the phoneclaimd integration tests.
+
+Each test module starts the real daemon (PHONECLAIMD) in the foreground on
+127.0.0.1 port 0, with a private state directory, status socket and token
+files under a temporary directory, and talks HTTP to it.  The daemon's
+stderr goes to daemon.log in that directory.  Temporary directories are
+removed when every test of a class passed, and kept (path and log tail
+printed) otherwise.
+
+Standard library only: this runs on Debian 12's /usr/bin/python3.
+"""
+
+import atexit
+import ctypes
+import http.client
+import itertools
+import json
+import os
+import re
+import secrets
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+START_TIMEOUT = 15.0	# seconds to wait for "listening on" (ASan is slow)
+STOP_TIMEOUT = 10.0	# seconds to wait for a signalled daemon to exit
+RUN_TIMEOUT = 15.0	# seconds for -n, -V and failing starts
+HTTP_TIMEOUT = 10.0	# socket timeout of every HTTP client
+
+VERSION_LINE = "phoneclaimd 0.1.0"
+
+LISTEN_RE = re.compile(
+    r"phoneclaimd: info: listening on (127\.0\.0\.1|\[::1\]):(\d+)")
+SANITIZER_RE = re.compile(
+    r"ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:|"
+    r"SUMMARY: (AddressSanitizer|UndefinedBehaviorSanitizer)")
+
+ABSENT = object()	# a JSON member left out of a request body
+
+_all_daemons = []
+
+
+# Environment ---------------------------------------------------------------
+
+def require_daemon():
+    """Return the daemon's path; exit 77 (skip) when PHONECLAIMD is unset."""
+    path = os.environ.get("PHONECLAIMD")
+    if not path:
+        print("PHONECLAIMD is not set: skipping the integration tests "
+              "(run them through make check)", file=sys.stderr)
+        sys.exit(77)
+    if not os.access(path, os.X_OK):
+        print("PHONECLAIMD=%s is not an executable file" % path,
+              file=sys.stderr)
+        sys.exit(99)
+    return path
+
+
+def ipv6_loopback_available():
+    """Return True if a socket can be bound to ::1."""
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+# Test data -----------------------------------------------------------------
+
+# US area codes for generated numbers.  201 is left out: tests spell fixed
+# +1 201 555 01xx numbers by hand.
+_US_AREAS = (202, 212, 213, 305, 312, 404, 415, 503, 512, 602, 617, 646,
+             702, 713, 718, 786, 801, 808, 860, 917)
+_number_lock = threading.Lock()
+_us_counter = itertools.count()
+_uk_counter = itertools.count(200)
+
+
+def fresh_number():
+    """Return a never used, possible US number: +1 AAA 555 NNNN."""
+    with _number_lock:
+        i = next(_us_counter)
+    area = _US_AREAS[(i // 10000) % len(_US_AREAS)]
+    return "+1%d555%04d" % (area, i % 10000)
+
+
+def fresh_uk_number():
+    """Return a never used UK drama number: +44 7700 900NNN (200..998)."""
+    with _number_lock:
+        i = next(_uk_counter)
+    if i > 998:
+        raise RuntimeError("out of +447700900NNN numbers")
+    return "+447700900%03d" % i
+
+
+def fresh_user():
+    """Return a random user id like Auth0's."""
+    return "auth0|" + secrets.token_hex(12)
+
+
+def digits(text):
+    """Return the ASCII digits of text."""
+    return re.sub(r"[^0-9]", "", text)
+
+
+def write_secret(path, text, mode=0o600):
+    """Write text to path with exactly the given permission bits."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.fchmod(fd, mode)
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def write_file(path, text):
+    """Write text to path (0644)."""
+    with open(path, "w") as f:
+        f.write(text)
+
+
+# HTTP ----------------------------------------------------------------------
+
+class Reply:
+    """One HTTP answer: status, headers, raw body and the body as JSON."""
+
+    def __init__(self, status, headers, raw):
+        self.status = status
+        self.headers = headers
+        self.raw = raw
+        try:
+            self.json = json.loads(raw.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            self.json = None
+
+    def get(self, member):
+        """Return a member of a JSON object body, or None."""
+        if isinstance(self.json, dict):
+            return self.json.get(member)
+        return None
+
+    @property
+    def content_type(self):
+        return self.headers.get("Content-Type", "")
+
+    def __str__(self):
+        raw = self.raw if len(self.raw) <= 400 else self.raw[:400] + b"..."
+        return "HTTP %d %r" % (self.status, raw)
+
+
+def claim_body(phone, user, action=ABSENT, **extra):
+    """Return the JSON bytes of a claim request; ABSENT leaves a member out."""
+    body = {}
+    for name, value in (("phone_number", phone), ("user_id", user),
+                        ("action", action)):
+        if value is not ABSENT:
+            body[name] = value
+    body.update(extra)
+    return json.dumps(body).encode()
+
+
+class Client:
+    """A keep-alive HTTP/1.1 connection to a daemon."""
+
+    def __init__(self, daemon, timeout=HTTP_TIMEOUT):
+        self.daemon = daemon
+        self.conn = http.client.HTTPConnection(daemon.host, daemon.port,
+                                               timeout=timeout)
+
+    def request(self, method, path, body=None, headers=None):
+        """Send one request and return its Reply."""
+        hdrs = {}
+        if body is not None:
+            hdrs["Content-Type"] = "application/json"
+        hdrs.update(headers or {})
+        self.conn.request(method, path, body=body, headers=hdrs)
+        resp = self.conn.getresponse()
+        raw = resp.read()
+        return Reply(resp.status, resp.headers, raw)
+
+    def claim(self, phone, user, action=ABSENT, token=None):
+        """POST /v1/claims with the api token (or token); return the Reply."""
+        if isinstance(phone, str):
+            self.daemon.sent_numbers.append(phone)
+        tok = self.daemon.api_token if token is None else token
+        return self.request("POST", "/v1/claims",
+                            body=claim_body(phone, user, action),
+                            headers={"Authorization": "Bearer " + tok})
+
+    def close(self):
+        self.conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# Raw sockets ---------------------------------------------------------------
+
+def connect(daemon, timeout=5.0):
+    """Open a raw TCP connection to the daemon."""
+    return socket.create_connection((daemon.host, daemon.port),
+                                    timeout=timeout)
+
+
+def wait_closed(sock, timeout):
+    """Read until the peer closes or timeout passes.
+
+    Return (seconds until closed or None if still open, bytes received).
+    """
+    start = time.monotonic()
+    deadline = start + timeout
+    data = b""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None, data
+        readable, _, _ = select.select([sock], [], [], left)
+        if not readable:
+            continue
+        try:
+            chunk = sock.recv(65536)
+        except (ConnectionResetError, ConnectionAbortedError):
+            return time.monotonic() - start, data
+        except socket.timeout:
+            continue
+        if not chunk:
+            return time.monotonic() - start, data
+        data += chunk
+
+
+def read_response(sock, timeout):
+    """Read one HTTP response (Content-Length framed) or until close.
+
+    Return the bytes received (possibly incomplete or empty).
+    """
+    deadline = time.monotonic() + timeout
+    data = b""
+    while time.monotonic() < deadline:
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        if sep:
+            m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+            if m and len(rest) >= int(m.group(1)):
+                return data
+        readable, _, _ = select.select([sock], [], [],
+                                       max(0.0, deadline - time.monotonic()))
+        if not readable:
+            break
+        try:
+            chunk = sock.recv(65536)
+        except (ConnectionResetError, ConnectionAbortedError,
+                socket.timeout):
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def status_of(data):
+    """Return the status code of raw response bytes, or None."""
+    m = re.match(rb"HTTP/1\.[01] (\d{3})", data)
+    return int(m.group(1)) if m else None
+
+
+def body_of(data):
+    """Return the body of raw response bytes parsed as JSON, or None."""
+    _, _, body = data.partition(b"\r\n\r\n")
+    try:
+        return json.loads(body.decode())
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def raw_claim_request(daemon, phone, user, extra_headers=b"",
+                      connection=b"close"):
+    """Return the bytes of a complete claim request."""
+    body = claim_body(phone, user, "enrollment")
+    daemon.sent_numbers.append(phone)
+    return (b"POST /v1/claims HTTP/1.1\r\n"
+            b"Host: localhost\r\n"
+            b"Authorization: Bearer " + daemon.api_token.encode() + b"\r\n"
+            b"Content-Type: application/json\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n"
+            b"Connection: " + connection + b"\r\n" + extra_headers +
+            b"\r\n" + body)
+
+
+# Load ------------------------------------------------------------------
+
+class Load:
+    """Client threads reserving fresh numbers until the daemon stops."""
+
+    MAX_PER_THREAD = 20000	# bounds memory if the daemon is very fast
+
+    def __init__(self, daemon, threads=8):
+        self.daemon = daemon
+        self.lock = threading.Lock()
+        self.acked = []		# (phone, user) answered "reserved"
+        self.unexpected = []	# answers other than "reserved"
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self.worker, daemon=True)
+                        for _ in range(threads)]
+
+    def worker(self):
+        d = self.daemon
+        conn = http.client.HTTPConnection(d.host, d.port, timeout=10)
+        headers = {"Authorization": "Bearer " + d.api_token,
+                   "Content-Type": "application/json"}
+        try:
+            for _ in range(self.MAX_PER_THREAD):
+                if self.stop.is_set():
+                    return
+                phone, user = fresh_number(), fresh_user()
+                try:
+                    conn.request("POST", "/v1/claims",
+                                 claim_body(phone, user, "enrollment"),
+                                 headers)
+                    resp = conn.getresponse()
+                    reply = Reply(resp.status, resp.headers, resp.read())
+                except (OSError, http.client.HTTPException):
+                    return	# the daemon has stopped
+                with self.lock:
+                    if reply.status == 200 and \
+                            reply.get("result") == "reserved":
+                        self.acked.append((phone, user))
+                    else:
+                        self.unexpected.append((phone, str(reply)))
+        finally:
+            conn.close()
+
+    def run(self, delay, stop_daemon):
+        """Start the threads, call stop_daemon() after delay seconds, wait
+        for the threads and return the acknowledged (phone, user) pairs."""
+        for t in self.threads:
+            t.start()
+        time.sleep(delay)
+        stop_daemon()
+        self.stop.set()
+        for t in self.threads:
+            t.join(15)
+        alive = [t for t in self.threads if t.is_alive()]
+        if alive:
+            raise AssertionError("%d client threads still running" %
+                                 len(alive))
+        return self.acked
+
+
+def check_reservations(daemon, claims, check_owner=True, threads=8):
+    """Probe every (phone, holder) with several connections: another user
+    gets 409 taken and, if check_owner, the holder gets owned.
+
+    Return a list of failures (phone, what was expected, the reply).
+    """
+    failures = []
+    lock = threading.Lock()
+    slices = [claims[i::threads] for i in range(threads)]
+
+    def probe(part):
+        try:
+            with daemon.client() as c:
+                for phone, holder in part:
+                    reply = c.claim(phone, fresh_user(), "enrollment")
+                    if reply.status != 409 or reply.json != {"result":
+                                                             "taken"}:
+                        with lock:
+                            failures.append((phone, "taken", str(reply)))
+                    if not check_owner:
+                        continue
+                    reply = c.claim(phone, holder, "enrollment")
+                    if reply.status != 200 or reply.json != {"result":
+                                                             "owned"}:
+                        with lock:
+                            failures.append((phone, "owned", str(reply)))
+        except (OSError, http.client.HTTPException) as e:
+            with lock:
+                failures.append(("-", "a connection", repr(e)))
+
+    workers = [threading.Thread(target=probe, args=(part,), daemon=True)
+               for part in slices]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(60)
+    if any(t.is_alive() for t in workers):
+        failures.append(("-", "probes to finish", "still running after 60 s"))
+    return failures
+
+
+# The daemon ----------------------------------------------------------------
+
+def _die_with_parent():
+    """In the child: SIGKILL when the test process dies (PR_SET_PDEATHSIG)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+class DaemonError(Exception):
+    """The daemon failed to start."""
+
+
+class Daemon:
+    """One daemon: its directory, config, token files, process and log."""
+
+    def __init__(self, workdir=None, **conf):
+        self.dir = workdir or tempfile.mkdtemp(prefix="pcd-")
+        self.state_dir = os.path.join(self.dir, "state")
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        self.conf_path = os.path.join(self.dir, "phoneclaimd.conf")
+        self.log_path = os.path.join(self.dir, "daemon.log")
+        self.api_token_file = os.path.join(self.dir, "api.token")
+        self.log_stream_token_file = os.path.join(self.dir, "logstream.token")
+        self.api_token = "api-" + secrets.token_hex(16)
+        self.log_stream_token = "Bearer ls-" + secrets.token_hex(16)
+        write_secret(self.api_token_file, self.api_token + "\n")
+        write_secret(self.log_stream_token_file, self.log_stream_token + "\n")
+        self.conf = {
+            "listen": "127.0.0.1:0",
+            "state_dir": self.state_dir,
+            "status_socket": os.path.join(self.dir, "status.sock"),
+            "api_token_file": self.api_token_file,
+            "log_stream_token_file": self.log_stream_token_file,
+            "log_level": "info",
+        }
+        self.conf.update(conf)
+        self.write_conf()
+        self.proc = None
+        self.host = None
+        self.port = None
+        self.sent_numbers = []
+        self.problems = []
+        self._expect_exit = False
+        self._log_start = 0
+        _all_daemons.append(self)
+
+    # Files.
+
+    def path(self, name):
+        """Return the path of a file in the daemon's directory."""
+        return os.path.join(self.dir, name)
+
+    def conf_lines(self):
+        """Return the config file's lines, in the order they are written."""
+        return ["# phoneclaimd integration test"] + [
+            "%s = %s" % (k, v) for k, v in self.conf.items() if v is not None]
+
+    def write_conf(self, lines=None):
+        """Write the config file (from self.conf, or the given lines)."""
+        if lines is None:
+            lines = self.conf_lines()
+        write_file(self.conf_path, "\n".join(lines) + "\n")
+
+    def set_exempt(self, numbers, name="exempt.txt"):
+        """Write an exempt list and name it in the config."""
+        path = self.path(name)
+        write_file(path, "# exempt test numbers\n\n" +
+                   "".join(n + "\n" for n in numbers))
+        self.conf["exempt_numbers_file"] = path
+        self.write_conf()
+        return path
+
+    # Process.
+
+    def command(self, *args):
+        return [require_daemon()] + list(args)
+
+    def run(self, *args, timeout=RUN_TIMEOUT):
+        """Run the daemon binary to completion; return CompletedProcess."""
+        try:
+            return subprocess.run(self.command(*args),
+                                  stdin=subprocess.DEVNULL,
+                                  capture_output=True, text=True,
+                                  errors="replace", timeout=timeout,
+                                  cwd=self.dir, preexec_fn=_die_with_parent)
+        except subprocess.TimeoutExpired as e:
+            raise AssertionError("%s did not exit within %.0f s" %
+                                 (" ".join(e.cmd), timeout))
+
+    def start(self, timeout=START_TIMEOUT):
+        """Start -f -c conf and wait for "listening on"; return the port."""
+        if self.running():
+            raise DaemonError("already running")
+        self._log_start = self.log_size()
+        self._expect_exit = False
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.command("-f", "-c", self.conf_path),
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                cwd=self.dir, preexec_fn=_die_with_parent)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = LISTEN_RE.search(self.log_text(self._log_start))
+            if m:
+                self.host = m.group(1).strip("[]")
+                self.port = int(m.group(2))
+                return self.port
+            if self.proc.poll() is not None:
+                self._expect_exit = True
+                raise DaemonError("daemon exited with status %d before "
+                                  "listening; log:\n%s" %
+                                  (self.proc.returncode, self.tail()))
+            time.sleep(0.05)
+        self.kill()
+        raise DaemonError("no 'listening on' line within %.0f s; log:\n%s" %
+                          (timeout, self.tail()))
+
+    def ensure_running(self):
+        """Restart the daemon if it died on its own (recorded as a problem),
+        so that one crash does not fail every later test of a class."""
+        if self.proc is not None and self.proc.poll() is not None and \
+                not self._expect_exit:
+            self.problems.append("daemon in %s exited by itself with status "
+                                 "%d" % (self.dir, self.proc.returncode))
+            self.check_log()
+            self.start()
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def send_signal(self, signum):
+        """Send a signal to the running daemon."""
+        if not self.running():
+            raise AssertionError("daemon is not running; log:\n" + self.tail())
+        self.proc.send_signal(signum)
+
+    def stop(self, signum=signal.SIGTERM, timeout=STOP_TIMEOUT):
+        """Stop the daemon with signum; return its exit status (or None)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is not None:
+            if not self._expect_exit:
+                self.problems.append("daemon in %s exited by itself with "
+                                     "status %d" % (self.dir,
+                                                    self.proc.returncode))
+            self._expect_exit = True
+            return self.proc.returncode
+        self._expect_exit = True
+        self.proc.send_signal(signum)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.problems.append("daemon in %s ignored signal %d for %.0f s" %
+                                 (self.dir, signum, timeout))
+            self.kill()
+            return None
+        if rc != 0:
+            self.problems.append("daemon in %s exited with status %d after "
+                                 "signal %d" % (self.dir, rc, signum))
+        return rc
+
+    def kill(self):
+        """kill -9 the daemon and reap it."""
+        if self.proc is None:
+            return
+        self._expect_exit = True
+        if self.proc.poll() is None:
+            self.proc.kill()
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def expect_exit(self):
+        """Tell stop() that the daemon is meant to have exited already."""
+        self._expect_exit = True
+
+    # Log.
+
+    def log_size(self):
+        try:
+            return os.path.getsize(self.log_path)
+        except OSError:
+            return 0
+
+    def log_text(self, since=0):
+        """Return the log from byte offset since."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(since)
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def wait_for_log(self, pattern, since, timeout=5.0):
+        """Wait for regex pattern in the log after since; return the match."""
+        deadline = time.monotonic() + timeout
+        while True:
+            m = re.search(pattern, self.log_text(since))
+            if m or time.monotonic() >= deadline:
+                return m
+            time.sleep(0.05)
+
+    def tail(self, lines=30):
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def check_log(self):
+        """Record sanitizer reports found in the log as problems."""
+        for line in self.log_text().splitlines():
+            if SANITIZER_RE.search(line) and line not in self.problems:
+                self.problems.append(line)
+
+    # HTTP.
+
+    def client(self, timeout=HTTP_TIMEOUT):
+        return Client(self, timeout)
+
+    def request(self, method, path, body=None, headers=None):
+        """One request on a new connection."""
+        with self.client() as c:
+            return c.request(method, path, body, headers)
+
+    def claim(self, phone, user, action=ABSENT, token=None):
+        """POST /v1/claims on a new connection."""
+        with self.client() as c:
+            return c.claim(phone, user, action, token)
+
+    def post_claims(self, body, headers=None, token=None):
+        """POST raw body bytes to /v1/claims with the api token."""
+        hdrs = {"Authorization": "Bearer " +
+                (self.api_token if token is None else token)}
+        hdrs.update(headers or {})
+        return self.request("POST", "/v1/claims", body, hdrs)
+
+    def remove(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _kill_leftovers():
+    for d in _all_daemons:
+        if d.proc is not None and d.proc.poll() is None:
+            d.proc.kill()
+
+
+atexit.register(_kill_leftovers)
+if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
+
+
+# Test case base ------------------------------------------------------------
+
+class DaemonTestCase(unittest.TestCase):
+    """Tests that run daemons; class-level cleanup and failure reports."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls._daemons = []
+        cls._failed = False
+        cls.addClassCleanup(cls._finish_class)
+
+    @classmethod
+    def new_daemon(cls, start=True, **conf):
+        """Make a daemon that lives until the end of the class."""
+        d = Daemon(**conf)
+        cls._daemons.append(d)
+        if start:
+            d.start()
+        return d
+
+    def own_daemon(self, start=True, **conf):
+        """Make a daemon that is stopped at the end of this test."""
+        d = self.new_daemon(start=False, **conf)
+        self.addCleanup(d.stop)
+        if start:
+            d.start()
+        return d
+
+    def run(self, result=None):
+        if result is None:
+            return super().run(result)
+        before = len(result.failures) + len(result.errors)
+        try:
+            return super().run(result)
+        finally:
+            if len(result.failures) + len(result.errors) > before:
+                type(self)._failed = True
+
+    @classmethod
+    def _finish_class(cls):
+        problems = []
+        for d in cls._daemons:
+            d.stop()
+            d.check_log()
+            problems += d.problems
+        keep = (cls._failed or problems or
+                getattr(cls, "_classSetupFailed", False))
+        for d in cls._daemons:
+            if keep and d.log_size() == 0:
+                print("\n[%s] keeping %s" % (cls.__name__, d.dir),
+                      file=sys.stderr)
+            elif keep:
+                print("\n[%s] keeping %s; daemon log tail:\n%s\n" %
+                      (cls.__name__, d.dir, d.tail()), file=sys.stderr)
+            else:
+                d.remove()
+        if problems:
+            raise AssertionError("; ".join(problems))
+
+    # Assertions.
+
+    def assertJsonReply(self, reply, status, body):
+        """Assert status, a JSON Content-Type and exactly this JSON body."""
+        self.assertEqual((reply.status, reply.json), (status, body),
+                         "expected HTTP %d %s, got %s" %
+                         (status, json.dumps(body), reply))
+        self.assertJsonType(reply)
+
+    def assertJsonType(self, reply):
+        ctype = reply.content_type.split(";")[0].strip().lower()
+        self.assertEqual(ctype, "application/json",
+                         "Content-Type %r on %s" % (reply.content_type, reply))
+
+    def assertError(self, reply, status, code):
+        self.assertJsonReply(reply, status, {"error": code})
+
+    def assertReserved(self, reply, ttl):
+        """Assert 200 reserved with expires_in close to ttl."""
+        self.assertEqual(reply.status, 200, "expected reserved, got %s" %
+                         reply)
+        self.assertJsonType(reply)
+        self.assertIsInstance(reply.json, dict, str(reply))
+        self.assertEqual(sorted(reply.json), ["expires_in", "result"],
+                         str(reply))
+        self.assertEqual(reply.json["result"], "reserved", str(reply))
+        s = reply.json["expires_in"]
+        self.assertTrue(isinstance(s, int) and not isinstance(s, bool) and
+                        ttl - 1 <= s <= ttl,
+                        "expires_in should be about %d: %s" % (ttl, reply))
+
+    def assertResult(self, reply, result, status=200):
+        self.assertJsonReply(reply, status, {"result": result})
+
+    def assertTaken(self, reply):
+        self.assertResult(reply, "taken", 409)
