@@ -424,6 +424,15 @@ main(int argc, char **argv)
 		fatalx("event_base_new");
 	main_start(&m);
 	main_run(&m);
+	if (store_failed(m.store)) {
+		/*
+		 * A panicked Berkeley DB environment cannot be closed (it
+		 * frees nothing once panicked); recovery at the next start
+		 * repairs it.  Leave without touching it.
+		 */
+		log_warnx("exiting without closing the failed store");
+		_exit(EXIT_RUNTIME);
+	}
 	log_info("stopping");
 	http_free(m.http);
 	claims_free();

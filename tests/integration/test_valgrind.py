@@ -73,4 +73,5 @@ class ValgrindTests(DaemonTestCase):
 
 
 if __name__ == "__main__":
+    valgrind_or_skip()
     unittest.main()

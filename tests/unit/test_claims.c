@@ -292,7 +292,7 @@ test_expire_timer(void **state)
 {
 	struct claim	*l;
 	size_t		 released;
-	char		 num[16];
+	char		 num[32];
 	int		 i;
 
 	(void)state;
