@@ -85,6 +85,7 @@ void		 json_free(struct yajl_val_s *);
 #define STORE_ERROR	-1	/* the environment failed: answer 503 */
 #define STORE_RETRY	-2	/* deadlock: abort and run the transaction again */
 #define STORE_NOTFOUND	-3
+#define STORE_EXISTS	-4	/* a seen log id was seen before */
 
 #define STORE_SCHEMA_VERSION	1
 
@@ -155,6 +156,24 @@ void		 store_conflicts_free(struct conflict *, size_t);
 int		 store_meta_get(struct store_txn *, const char *, char **);
 int		 store_meta_put(struct store_txn *, const char *, const char *);
 int		 store_count(struct store *, struct store_counts *);
+int		 store_claims_by_enrol(struct store_txn *, const char *,
+		     struct claim **, size_t *);
+int		 store_seen_add(struct store_txn *, const char *, int64_t);
+int		 store_seen_prune(struct store_txn *, int64_t, size_t,
+		     size_t *);
+int		 store_watermark_get(struct store_txn *, const char *,
+		     const unsigned char *, int64_t *);
+int		 store_watermark_raise(struct store_txn *, const char *,
+		     const unsigned char *, int64_t);
+
+/* deadletter.c */
+#define DEADLETTER_MAX_SIZE	(16 * 1024 * 1024)
+
+int		 deadletter_open(const char *, size_t, char **);
+void		 deadletter_close(void);
+void		 deadletter_add(const char *, const char *, const char *,
+		     size_t);
+size_t		 deadletter_redact(char *, size_t);
 
 /* claims.c */
 enum claims_action {
