@@ -27,7 +27,6 @@ struct api_request {
 static const char	*api_parse(const struct conf *, struct evbuffer *,
 			    struct api_request *);
 static const char	*api_field(yajl_val, const char *, const char **);
-static int		 api_user_id_ok(const char *);
 static int		 api_action(const char *);
 
 /* Find a string member of an object; an error code if it is no string. */
@@ -45,28 +44,6 @@ api_field(yajl_val obj, const char *name, const char **out)
 		*out = YAJL_GET_STRING(obj->u.object.values[i]);
 	}
 	return (NULL);
-}
-
-/*
- * A user id is 1 to USER_ID_MAX bytes of UTF-8 (yajl checked the encoding)
- * without C0 or C1 control characters.
- */
-static int
-api_user_id_ok(const char *s)
-{
-	const unsigned char	*p = (const unsigned char *)s;
-	size_t			 len = strlen(s);
-
-	if (len == 0 || len > USER_ID_MAX)
-		return (0);
-	for (; *p != '\0'; p++) {
-		if (*p < 0x20 || *p == 0x7f)
-			return (0);
-		/* U+0080 to U+009F are 0xc2 0x80 to 0xc2 0x9f in UTF-8. */
-		if (p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f)
-			return (0);
-	}
-	return (1);
 }
 
 /* Map an action name (Action trigger or phone provider) to the enum. */
@@ -109,7 +86,7 @@ api_parse(const struct conf *conf, struct evbuffer *body,
 		goto out;
 	}
 	if (api_field(root, "user_id", &user) != NULL || user == NULL ||
-	    !api_user_id_ok(user)) {
+	    !claims_user_id_ok(user)) {
 		error = "invalid_user_id";
 		goto out;
 	}

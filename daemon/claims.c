@@ -44,7 +44,20 @@ static int	claims_scan(struct store_txn *, struct claims_op *,
 static int	claims_put_new(struct store_txn *, struct claims_op *, int,
 		    int);
 static int	claims_conflict(struct store_txn *, struct claims_op *,
-		    struct claim *, size_t);
+		    const char *, struct claim *, size_t);
+static int	claims_stale(struct store_txn *, const struct claims_event *,
+		    const unsigned char *, int *);
+static int	claims_suffix_match(const struct claim *, const char *);
+static int	claims_make_active(struct store_txn *, struct claim *,
+		    const struct claims_event *);
+static int	claims_enrolled_full(struct store_txn *,
+		    const struct claims_event *);
+static int	claims_enrolled_partial(struct store_txn *,
+		    const struct claims_event *, int *);
+static int	claims_release(struct store_txn *, const struct claim *,
+		    int64_t);
+static void	claims_pick(const struct claim *, size_t,
+		    const struct claims_event *, ssize_t *);
 static int	claims_expire_txn(struct store_txn *, void *);
 static int	claims_key_cmp(const void *, const void *);
 
@@ -319,10 +332,13 @@ out:
 	return (rv);
 }
 
-/* Record that the caller uses a number that others hold. */
+/*
+ * Record that the caller uses a number that others hold, with the log id
+ * of the event that showed it ("" for a login challenge).
+ */
 static int
 claims_conflict(struct store_txn *txn, struct claims_op *op,
-    struct claim *all, size_t nall)
+    const char *log_id, struct claim *all, size_t nall)
 {
 	struct conflict	 cf;
 	size_t		 i;
@@ -333,12 +349,17 @@ claims_conflict(struct store_txn *txn, struct claims_op *op,
 	snprintf(cf.user_id, sizeof cf.user_id, "%s", op->user_id);
 	snprintf(cf.last4, sizeof cf.last4, "%s", op->last4);
 	cf.since = op->now;
+	snprintf(cf.log_id, sizeof cf.log_id, "%s", log_id);
 	cf.holders = xcalloc(nall, sizeof *cf.holders);
 	for (i = 0; i < nall; i++)
 		cf.holders[i] = all[i].user_id;
 	cf.nholders = nall;
 	rv = store_conflict_put(txn, &cf);
 	free(cf.holders);
+	if (rv == STORE_OK)
+		log_warnx("conflict: user %s uses a number ending %s that "
+		    "%zu other user(s) hold%s%s", op->user_id, op->last4, nall,
+		    *log_id != '\0' ? "; log id " : "", log_id);
 	return (rv);
 }
 
@@ -367,11 +388,7 @@ claims_challenge(struct store_txn *txn, void *arg)
 		rv = claims_put_new(txn, op, CLAIM_ACTIVE, CLAIM_SRC_CHALLENGE);
 	} else {
 		a->result = CLAIMS_CONFLICT;
-		rv = claims_conflict(txn, op, all, nall);
-		if (rv == STORE_OK)
-			log_warnx("conflict: user %s uses a number ending %s "
-			    "that %zu other user(s) hold", op->user_id,
-			    op->last4, nothers);
+		rv = claims_conflict(txn, op, "", all, nall);
 	}
 out:
 	free(all);
@@ -445,5 +462,327 @@ claims_expire(int64_t now, size_t max, size_t *released)
 
 	rv = claims_run(claims_expire_txn, &op);
 	*released = rv == STORE_OK ? op.released : 0;
+	return (rv);
+}
+
+/*
+ * Log events.  Each function below works inside the caller's transaction
+ * (one per log-stream request) and says through *outcome what it did.
+ *
+ * Ordering (invariant I4).  Auth0 delivers events late, twice and out of
+ * order, so a release must not be undone by an older enrolment event that
+ * arrives after it.  Every release leaves a watermark: the date of the
+ * latest release of all of a user's factors (user-wide), and the date of
+ * the latest release of one number of that user (per number).  An
+ * enrolment event dated at or before either watermark is stale: it never
+ * creates or activates a claim.  Watermarks only rise.  Reservations made
+ * through the API are not dated events and are not checked: they happen
+ * now, after every release we know of.
+ */
+
+/* A user id is 1 to USER_ID_MAX bytes without C0 or C1 controls. */
+int
+claims_user_id_ok(const char *s)
+{
+	const unsigned char	*p = (const unsigned char *)s;
+	size_t			 len = strlen(s);
+
+	if (len == 0 || len > USER_ID_MAX)
+		return (0);
+	for (; *p != '\0'; p++) {
+		if (*p < 0x20 || *p == 0x7f)
+			return (0);
+		/* U+0080 to U+009F are 0xc2 0x80 to 0xc2 0x9f in UTF-8. */
+		if (p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f)
+			return (0);
+	}
+	return (1);
+}
+
+/* Return 1 if an event dated ev->date_ms is older than a release. */
+static int
+claims_stale(struct store_txn *txn, const struct claims_event *ev,
+    const unsigned char *numkey, int *rv)
+{
+	int64_t	wm;
+
+	*rv = STORE_OK;
+	if (ev->skip_watermark)
+		return (0);
+	*rv = store_watermark_get(txn, ev->user_id, NULL, &wm);
+	if (*rv == STORE_OK && ev->date_ms <= wm)
+		return (1);
+	if (*rv != STORE_OK && *rv != STORE_NOTFOUND)
+		return (0);
+	*rv = STORE_OK;
+	if (numkey == NULL)
+		return (0);
+	*rv = store_watermark_get(txn, ev->user_id, numkey, &wm);
+	if (*rv == STORE_OK && ev->date_ms <= wm)
+		return (1);
+	if (*rv == STORE_NOTFOUND)
+		*rv = STORE_OK;
+	return (0);
+}
+
+/* Return 1 if a claim's last digits end with the visible suffix. */
+static int
+claims_suffix_match(const struct claim *c, const char *suffix)
+{
+	size_t	clen = strlen(c->last4), slen = strlen(suffix);
+
+	if (slen == 0 || slen > clen)
+		return (0);
+	return (strcmp(c->last4 + clen - slen, suffix) == 0);
+}
+
+/* Make a claim active and remember its enrolment id. */
+static int
+claims_make_active(struct store_txn *txn, struct claim *c,
+    const struct claims_event *ev)
+{
+	c->state = CLAIM_ACTIVE;
+	c->expires = 0;
+	if (ev->enrol_id != NULL)
+		snprintf(c->enrol_id, sizeof c->enrol_id, "%s", ev->enrol_id);
+	return (store_claim_put(txn, c));
+}
+
+/* An enrolment with a full number: activate, create, or record a conflict. */
+static int
+claims_enrolled_full(struct store_txn *txn, const struct claims_event *ev)
+{
+	struct claims_op	 op;
+	struct claims_answer	 a;
+	struct claim		*all = NULL, *mine;
+	size_t			 nall, nothers;
+	int			 rv;
+
+	memset(&op, 0, sizeof op);
+	op.numkey = ev->numkey;
+	op.user_id = ev->user_id;
+	op.last4 = ev->last4;
+	op.now = ev->now;
+	op.answer = &a;
+	rv = claims_scan(txn, &op, &mine, &nothers, &all, &nall);
+	if (rv != STORE_OK)
+		goto out;
+	if (mine != NULL)
+		rv = claims_make_active(txn, mine, ev);
+	else if (nothers < (size_t)claims_conf->max_users_per_number) {
+		struct claim	c;
+
+		memset(&c, 0, sizeof c);
+		memcpy(c.numkey, ev->numkey, NUMKEY_LEN);
+		snprintf(c.user_id, sizeof c.user_id, "%s", ev->user_id);
+		c.source = ev->source;
+		c.since = ev->now;
+		snprintf(c.last4, sizeof c.last4, "%s", ev->last4);
+		rv = claims_make_active(txn, &c, ev);
+	} else {
+		rv = claims_conflict(txn, &op, ev->log_id, all, nall);
+	}
+out:
+	free(all);
+	return (rv);
+}
+
+/*
+ * An enrolment without a full number: the user's pending claim that the
+ * masked number matches, or the most recent one when there is no number.
+ */
+static int
+claims_enrolled_partial(struct store_txn *txn, const struct claims_event *ev,
+    int *outcome)
+{
+	struct claim	*list, *best = NULL;
+	size_t		 n, i;
+	int		 rv;
+
+	if ((rv = store_claims_by_user(txn, ev->user_id, &list, &n)) != 0)
+		return (rv);
+	for (i = 0; i < n; i++) {
+		if (ev->suffix != NULL && !claims_suffix_match(&list[i],
+		    ev->suffix))
+			continue;
+		if (list[i].state != CLAIM_PENDING ||
+		    !claims_live(&list[i], ev->now))
+			continue;
+		if (best == NULL || list[i].since > best->since)
+			best = &list[i];
+	}
+	if (best == NULL)
+		*outcome = CLAIMS_UNMATCHED;
+	else if (claims_stale(txn, ev, best->numkey, &rv))
+		*outcome = CLAIMS_STALE;
+	else if (rv == STORE_OK)
+		rv = claims_make_active(txn, best, ev);
+	free(list);
+	return (rv);
+}
+
+/* gd_enrollment_complete, or a factor an administrator added. */
+int
+claims_ev_enrolled(struct store_txn *txn, const struct claims_event *ev,
+    int *outcome)
+{
+	int	rv;
+
+	*outcome = CLAIMS_APPLIED;
+	if (ev->numkey == NULL)
+		return (claims_enrolled_partial(txn, ev, outcome));
+	if (claims_stale(txn, ev, ev->numkey, &rv)) {
+		*outcome = CLAIMS_STALE;
+		return (STORE_OK);
+	}
+	if (rv != STORE_OK)
+		return (rv);
+	if (claims_is_exempt(ev->numkey)) {
+		*outcome = CLAIMS_IGNORED;
+		return (STORE_OK);
+	}
+	return (claims_enrolled_full(txn, ev));
+}
+
+/* Delete one claim and leave its per-number watermark. */
+static int
+claims_release(struct store_txn *txn, const struct claim *c, int64_t date_ms)
+{
+	int	rv;
+
+	rv = store_claim_del(txn, c->numkey, c->user_id);
+	if (rv != STORE_OK && rv != STORE_NOTFOUND)
+		return (rv);
+	return (store_watermark_raise(txn, c->user_id, c->numkey, date_ms));
+}
+
+/*
+ * Pick the claim an unenrolment without a full number means: the one
+ * with the event's enrolment id, else the only one (among those the
+ * masked number matches).  *pick is -1 for none, -2 for several.
+ */
+static void
+claims_pick(const struct claim *list, size_t n,
+    const struct claims_event *ev, ssize_t *pick)
+{
+	size_t	i, found = 0;
+
+	*pick = -1;
+	for (i = 0; ev->enrol_id != NULL && i < n; i++) {
+		if (strcmp(list[i].enrol_id, ev->enrol_id) == 0) {
+			*pick = (ssize_t)i;
+			return;
+		}
+	}
+	for (i = 0; i < n; i++) {
+		if (ev->suffix != NULL && !claims_suffix_match(&list[i],
+		    ev->suffix))
+			continue;
+		if (found++ == 0)
+			*pick = (ssize_t)i;
+	}
+	if (found > 1)
+		*pick = -2;
+}
+
+/* gd_unenroll or the deletion of one phone method: release one claim. */
+int
+claims_ev_unenrolled(struct store_txn *txn, const struct claims_event *ev,
+    int *outcome)
+{
+	struct claim	*list;
+	size_t		 n, i;
+	ssize_t		 pick = -1;
+	int		 rv;
+
+	*outcome = CLAIMS_UNMATCHED;
+	if ((rv = store_claims_by_user(txn, ev->user_id, &list, &n)) != 0)
+		return (rv);
+	if (ev->numkey != NULL) {
+		for (i = 0; i < n; i++) {
+			if (memcmp(list[i].numkey, ev->numkey, NUMKEY_LEN) == 0)
+				pick = (ssize_t)i;
+		}
+		if (pick == -1) {
+			/* Nothing held, but a late enrolment must not return. */
+			rv = store_watermark_raise(txn, ev->user_id,
+			    ev->numkey, ev->date_ms);
+		}
+	} else
+		claims_pick(list, n, ev, &pick);
+	if (pick == -2)
+		*outcome = CLAIMS_AMBIGUOUS;
+	else if (pick >= 0) {
+		*outcome = CLAIMS_APPLIED;
+		rv = claims_release(txn, &list[pick], ev->date_ms);
+	}
+	free(list);
+	return (rv);
+}
+
+/* User deleted, MFA reset: release every claim of the user. */
+int
+claims_ev_release_user(struct store_txn *txn, const struct claims_event *ev,
+    int *outcome)
+{
+	struct claim	*list;
+	size_t		 n, i;
+	int		 rv;
+
+	*outcome = CLAIMS_IGNORED;
+	if ((rv = store_claims_by_user(txn, ev->user_id, &list, &n)) != 0)
+		return (rv);
+	for (i = 0; i < n && rv == STORE_OK; i++)
+		rv = claims_release(txn, &list[i], ev->date_ms);
+	if (n > 0)
+		*outcome = CLAIMS_APPLIED;
+	free(list);
+	if (rv != STORE_OK)
+		return (rv);
+	return (store_watermark_raise(txn, ev->user_id, NULL, ev->date_ms));
+}
+
+/* A Guardian enrolment deleted by id: release the claims that carry it. */
+int
+claims_ev_release_enrol(struct store_txn *txn, const struct claims_event *ev,
+    int *outcome)
+{
+	struct claim	*list;
+	size_t		 n, i;
+	int		 rv;
+
+	*outcome = CLAIMS_UNMATCHED;
+	if ((rv = store_claims_by_enrol(txn, ev->enrol_id, &list, &n)) != 0)
+		return (rv);
+	for (i = 0; i < n && rv == STORE_OK; i++)
+		rv = claims_release(txn, &list[i], ev->date_ms);
+	if (n > 0)
+		*outcome = CLAIMS_APPLIED;
+	free(list);
+	return (rv);
+}
+
+/* The SMS or voice message failed: release reservations made before it. */
+int
+claims_ev_failed(struct store_txn *txn, const struct claims_event *ev,
+    int *outcome)
+{
+	struct claim	*list;
+	size_t		 n, i;
+	int		 rv;
+
+	*outcome = CLAIMS_IGNORED;
+	if ((rv = store_claims_by_user(txn, ev->user_id, &list, &n)) != 0)
+		return (rv);
+	for (i = 0; i < n && rv == STORE_OK; i++) {
+		if (list[i].state != CLAIM_PENDING ||
+		    list[i].since * 1000 >= ev->date_ms)
+			continue;
+		rv = store_claim_del(txn, list[i].numkey, list[i].user_id);
+		if (rv == STORE_NOTFOUND)
+			rv = STORE_OK;
+		*outcome = CLAIMS_APPLIED;
+	}
+	free(list);
 	return (rv);
 }

@@ -107,6 +107,7 @@ static struct http	*http_instance;
 
 static const struct http_route http_routes[] = {
 	{ "/v1/claims", EVHTTP_REQ_POST, "POST", api_claims_cb },
+	{ "/v1/log-stream", EVHTTP_REQ_POST, "POST", logstream_http_cb },
 	{ "/healthz", EVHTTP_REQ_GET | EVHTTP_REQ_HEAD, "GET, HEAD",
 	  api_healthz_cb },
 };

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <yajl/yajl_gen.h>
 #include <yajl/yajl_parse.h>
 #include <yajl/yajl_tree.h>
 
@@ -25,6 +26,7 @@ static int	json_string_cb(void *, const unsigned char *, size_t);
 static int	json_open_cb(void *);
 static int	json_close_cb(void *);
 static int	json_check_depth(const char *, size_t);
+static void	json_gen_value(yajl_gen, yajl_val, int);
 
 /*
  * Refuse strings and keys with a NUL byte ("\u0000"): the tree keeps strings
@@ -131,4 +133,72 @@ json_free(struct yajl_val_s *v)
 {
 	if (v != NULL)
 		yajl_tree_free(v);
+}
+
+/* Write one value of a tree to a generator. */
+static void
+json_gen_value(yajl_gen g, yajl_val v, int depth)
+{
+	size_t	i;
+
+	if (v == NULL || depth > JSON_MAX_DEPTH + 1) {
+		yajl_gen_null(g);
+		return;
+	}
+	switch (v->type) {
+	case yajl_t_string:
+		yajl_gen_string(g, (const unsigned char *)v->u.string,
+		    strlen(v->u.string));
+		break;
+	case yajl_t_number:
+		yajl_gen_number(g, v->u.number.r, strlen(v->u.number.r));
+		break;
+	case yajl_t_object:
+		yajl_gen_map_open(g);
+		for (i = 0; i < v->u.object.len; i++) {
+			yajl_gen_string(g,
+			    (const unsigned char *)v->u.object.keys[i],
+			    strlen(v->u.object.keys[i]));
+			json_gen_value(g, v->u.object.values[i], depth + 1);
+		}
+		yajl_gen_map_close(g);
+		break;
+	case yajl_t_array:
+		yajl_gen_array_open(g);
+		for (i = 0; i < v->u.array.len; i++)
+			json_gen_value(g, v->u.array.values[i], depth + 1);
+		yajl_gen_array_close(g);
+		break;
+	case yajl_t_true:
+		yajl_gen_bool(g, 1);
+		break;
+	case yajl_t_false:
+		yajl_gen_bool(g, 0);
+		break;
+	default:
+		yajl_gen_null(g);
+		break;
+	}
+}
+
+/* Return a tree as compact JSON text; the caller frees it. */
+char *
+json_text(struct yajl_val_s *v, size_t *lenp)
+{
+	yajl_gen		 g;
+	const unsigned char	*buf;
+	size_t			 len;
+	char			*out;
+
+	if ((g = yajl_gen_alloc(NULL)) == NULL)
+		fatalx("yajl_gen_alloc");
+	json_gen_value(g, v, 0);
+	yajl_gen_get_buf(g, &buf, &len);
+	out = xmalloc(len + 1);
+	memcpy(out, buf, len);
+	out[len] = '\0';
+	yajl_gen_free(g);
+	if (lenp != NULL)
+		*lenp = len;
+	return (out);
 }

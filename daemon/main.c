@@ -159,14 +159,30 @@ main_expire_cb(evutil_socket_t fd, short events, void *arg)
 	}
 }
 
-/* Checkpoint the store so that recovery after a crash stays short. */
+/*
+ * Every minute: forget log ids older than dedup_retention, and checkpoint
+ * the store so that recovery after a crash stays short.
+ */
 static void
 main_checkpoint_cb(evutil_socket_t fd, short events, void *arg)
 {
 	struct main_state	*m = arg;
+	size_t			 pruned, total = 0;
+	int			 i;
 
 	(void)fd;
 	(void)events;
+	for (i = 0; i < EXPIRE_BATCHES; i++) {
+		if (logstream_prune((int64_t)time(NULL),
+		    m->conf->dedup_retention, &pruned) != STORE_OK)
+			break;
+		total += pruned;
+		if (pruned == 0)
+			break;
+	}
+	if (total > 0)
+		log_debug("forgot %zu log id(s) seen more than %llds ago",
+		    total, m->conf->dedup_retention);
 	store_checkpoint(m->store);
 }
 
@@ -317,11 +333,15 @@ main_ready(void)
 static void
 main_start(struct main_state *m)
 {
-	char	*cause;
+	char	*cause, *path;
 
 	if ((m->store = store_open(m->conf->state_dir, &cause)) == NULL)
 		main_die(EXIT_RUNTIME, cause);
 	store_set_fail_cb(m->store, main_store_failed, m);
+	xasprintf(&path, "%s/deadletter.jsonl", m->conf->state_dir);
+	if (deadletter_open(path, 0, &cause) != 0)
+		main_die(EXIT_RUNTIME, cause);
+	free(path);
 	if (hash_init(m->conf->hash_key_file, &cause) != 0)
 		main_die(EXIT_CONFIG, cause);
 	claims_init(m->store, m->conf);
@@ -435,6 +455,8 @@ main(int argc, char **argv)
 	}
 	log_info("stopping");
 	http_free(m.http);
+	deadletter_close();
+	events_free();
 	claims_free();
 	store_close(m.store);
 	hash_free();

@@ -8,26 +8,40 @@
  *   claims_user.db    user_id  ->  claims.db key         (secondary, dupsort)
  *   claims_expiry.db  expires[8]  ->  claims.db key      (secondary, dupsort,
  *                     pending claims only)
+ *   claims_enrol.db   enrol_id  ->  claims.db key        (secondary, dupsort,
+ *                     claims with an enrolment id only)
  *   conflicts.db      numkey[32] user_id  ->  conflict record
- *   seen.db           log id  ->  date                   (later issue)
- *   watermarks.db     user id  ->  date                  (later issue)
+ *   seen.db           log_id  ->  seen[8]                (seconds)
+ *   seen_date.db      seen[8]  ->  seen.db key           (secondary, dupsort)
+ *   watermarks.db     user_id [ 0x00 numkey[32] ]  ->  date[8]
+ *                     (milliseconds; user-wide, or for one number)
  *   meta.db           name  ->  value                    (no NULs stored)
  *
  * The number key comes first so that every claim on a number is adjacent and
  * one DB_SET_RANGE finds them all.  The user id follows as raw bytes with no
  * separator or NUL: it may contain any byte but NUL, and its length is the
- * key's length minus 32.  Both secondaries are maintained by BDB itself
- * (DB->associate): the user index takes the key's tail, the expiry index the
- * expiry field of pending records, so they can never disagree with claims.db.
+ * key's length minus 32.  A watermark key needs the NUL separator: without
+ * it, user "a" with a number key K would be the user-wide key of the user
+ * "a" K.  With it, the first NUL ends the user id, so no user's per-number
+ * key is another user's user-wide key.  Every secondary is maintained by BDB
+ * itself (DB->associate): the user index takes the key's tail, the expiry
+ * index the expiry field of pending records, the enrolment index a non-empty
+ * enrol_id, the seen index the whole seen record; so they can never disagree
+ * with their primary.  A secondary missing at open (a state directory of an
+ * earlier release) is created and filled from its primary in the opening
+ * transaction.  A secondary that exists is trusted: a release that does not
+ * know an index must never write to a store that has it, which is what the
+ * schema version in meta.db is for.
  *
  * Records are packed by hand, never struct images.  Integers are big-endian
  * so the files are portable between machines and so that the 8-byte expiry
- * sorts in time order under BDB's default byte comparison (times are
- * non-negative; a negative expiry would sort last).  The first byte is a
- * record format so that a later release can read old records without a dump
- * and reload.  Fixed fields have fixed offsets, strings a 2-byte length;
- * a claim record is 25 bytes plus the enrolment id, since disk per claim
- * matters at scale.
+ * and seen times sort in time order under BDB's default byte comparison
+ * (times are non-negative: a negative expiry would sort last, and a negative
+ * seen time is refused).  The first byte is a record format so that a later
+ * release can read old records without a dump and reload.  Fixed fields have
+ * fixed offsets, strings a 2-byte length; a claim record is 25 bytes plus the
+ * enrolment id, since disk per claim matters at scale.  Seen and watermark
+ * records are a bare 8-byte integer: there is nothing else they could hold.
  *
  *   claim, format 1:     format(1) state(1) source(1) since(8) expires(8)
  *                        last4(4, NUL padded) enrol_len(2) enrol_id
@@ -36,6 +50,8 @@
  *
  * Commits write the log without fsync (DB_TXN_WRITE_NOSYNC); store_flush
  * makes a whole batch durable with one log_flush before its replies go out.
+ * A log-stream request applies up to ~10,000 events in one transaction, tens
+ * of thousands of page locks: the lock table is sized for that.
  */
 #include "config.h"
 
@@ -61,6 +77,16 @@
 #define STORE_DIR_MODE		0700
 #define STORE_FILE_MODE		0600
 
+/*
+ * Lock table: one log-stream request is one transaction of up to ~10,000
+ * events, each a few puts on several btrees.  Page locks are counted once per
+ * page and transaction, but a large request still touches tens of thousands
+ * of pages; BDB's defaults (1,000 locks) would fail it with ENOMEM.
+ */
+#define STORE_LK_MAX_LOCKS	200000
+#define STORE_LK_MAX_OBJECTS	200000
+#define STORE_LK_MAX_LOCKERS	2000
+
 #define STORE_META_SCHEMA	"schema_version"
 
 /* Claim record, format 1. */
@@ -85,18 +111,24 @@
 /* A record that does not decode: reported like an errno. */
 #define STORE_CORRUPT		EBADMSG
 
+/* Seen and watermark records: one big-endian int64. */
+#define STORE_TIME_LEN		8
+#define WATERMARK_KEY_MAX	(USER_ID_MAX + 1 + NUMKEY_LEN)
+
 enum store_db {
 	STORE_DB_CLAIMS,
 	STORE_DB_CLAIMS_USER,
 	STORE_DB_CLAIMS_EXPIRY,
+	STORE_DB_CLAIMS_ENROL,
 	STORE_DB_CONFLICTS,
 	STORE_DB_SEEN,
+	STORE_DB_SEEN_DATE,
 	STORE_DB_WATERMARKS,
 	STORE_DB_META,
 	STORE_DB_COUNT
 };
 
-/* Opened in this order, closed in reverse: secondaries before claims.db. */
+/* Opened in this order, closed in reverse: a secondary before its primary. */
 static const struct {
 	const char	*file;
 	int		 dupsort;
@@ -104,8 +136,10 @@ static const struct {
 	{ "claims.db", 0 },
 	{ "claims_user.db", 1 },
 	{ "claims_expiry.db", 1 },
+	{ "claims_enrol.db", 1 },
 	{ "conflicts.db", 0 },
 	{ "seen.db", 0 },
+	{ "seen_date.db", 1 },
 	{ "watermarks.db", 0 },
 	{ "meta.db", 0 }
 };
@@ -139,12 +173,16 @@ static int	store_open_env(struct store *, char **);
 static int	store_open_dbs(struct store *, char **);
 static int	store_open_db(struct store *, DB_TXN *, enum store_db);
 static int	store_check_schema(struct store *, char **);
-static int	store_schema_ok(struct store *, const char *, char **);
+static int	store_schema_ok(struct store *, const char *, long long *,
+		    char **);
+static int	store_schema_write(struct store_txn *, long long);
 static void	store_close_handles(struct store *);
 static void	store_errcall_cb(const DB_ENV *, const char *, const char *);
 static void	store_event_cb(DB_ENV *, u_int32_t, void *);
 static int	store_user_key_cb(DB *, const DBT *, const DBT *, DBT *);
 static int	store_expiry_key_cb(DB *, const DBT *, const DBT *, DBT *);
+static int	store_enrol_key_cb(DB *, const DBT *, const DBT *, DBT *);
+static int	store_seen_key_cb(DB *, const DBT *, const DBT *, DBT *);
 static void	store_fail(struct store *, const char *);
 static int	store_result(struct store *, int, const char *);
 static int	store_cursor_done(struct store *, DBC *, int, const char *);
@@ -171,6 +209,20 @@ static int	store_conflict_holders(const unsigned char *,
 		    const unsigned char *, struct conflict *);
 static void	store_conflict_clear(struct conflict *);
 static int	store_count_db(DB *, DB_TXN *, uint64_t *);
+static int	store_watermark_key(const char *, const unsigned char *,
+		    unsigned char *, size_t *);
+
+/* The secondaries, associated with their primary in this order. */
+static const struct {
+	enum store_db	 primary;
+	enum store_db	 secondary;
+	int		(*key_cb)(DB *, const DBT *, const DBT *, DBT *);
+} store_indexes[] = {
+	{ STORE_DB_CLAIMS, STORE_DB_CLAIMS_USER, store_user_key_cb },
+	{ STORE_DB_CLAIMS, STORE_DB_CLAIMS_EXPIRY, store_expiry_key_cb },
+	{ STORE_DB_CLAIMS, STORE_DB_CLAIMS_ENROL, store_enrol_key_cb },
+	{ STORE_DB_SEEN, STORE_DB_SEEN_DATE, store_seen_key_cb }
+};
 
 /* Open (creating if needed) the store in dir; NULL and *cause on failure. */
 struct store *
@@ -274,6 +326,9 @@ store_open_env(struct store *st, char **cause)
 	    (ret = env->set_cachesize(env, 0, STORE_CACHE_SIZE, 1)) != 0 ||
 	    (ret = env->set_lg_bsize(env, STORE_LOG_BUFSIZE)) != 0 ||
 	    (ret = env->set_lk_detect(env, DB_LOCK_DEFAULT)) != 0 ||
+	    (ret = env->set_lk_max_locks(env, STORE_LK_MAX_LOCKS)) != 0 ||
+	    (ret = env->set_lk_max_objects(env, STORE_LK_MAX_OBJECTS)) != 0 ||
+	    (ret = env->set_lk_max_lockers(env, STORE_LK_MAX_LOCKERS)) != 0 ||
 	    (ret = env->open(env, st->dir, flags, STORE_FILE_MODE)) != 0) {
 		xasprintf(cause, "cannot open Berkeley DB environment in %s: "
 		    "%s", st->dir, db_strerror(ret));
@@ -283,14 +338,19 @@ store_open_env(struct store *st, char **cause)
 	return (0);
 }
 
-/* Open every database and associate the secondaries, in one transaction. */
+/*
+ * Open every database and associate the secondaries, in one transaction.
+ * DB_CREATE on associate fills an empty secondary from its primary: that is
+ * how an index added by a later release is built on an older store.
+ */
 static int
 store_open_dbs(struct store *st, char **cause)
 {
-	DB		*claims;
+	DB		*pdb, *sdb;
 	DB_TXN		*tid;
 	const char	*what = "databases";
-	int		 i, ret;
+	size_t		 i;
+	int		 ret;
 
 	if ((ret = st->env->txn_begin(st->env, NULL, &tid, 0)) != 0) {
 		xasprintf(cause, "cannot begin a transaction in %s: %s",
@@ -302,17 +362,15 @@ store_open_dbs(struct store *st, char **cause)
 		if ((ret = store_open_db(st, tid, i)) != 0)
 			goto fail;
 	}
-	claims = st->db[STORE_DB_CLAIMS];
-	what = store_dbs[STORE_DB_CLAIMS_USER].file;
-	ret = claims->associate(claims, tid, st->db[STORE_DB_CLAIMS_USER],
-	    store_user_key_cb, DB_CREATE);
-	if (ret != 0)
-		goto fail;
-	what = store_dbs[STORE_DB_CLAIMS_EXPIRY].file;
-	ret = claims->associate(claims, tid, st->db[STORE_DB_CLAIMS_EXPIRY],
-	    store_expiry_key_cb, DB_CREATE);
-	if (ret != 0)
-		goto fail;
+	for (i = 0; i < sizeof store_indexes / sizeof store_indexes[0]; i++) {
+		pdb = st->db[store_indexes[i].primary];
+		sdb = st->db[store_indexes[i].secondary];
+		what = store_dbs[store_indexes[i].secondary].file;
+		ret = pdb->associate(pdb, tid, sdb, store_indexes[i].key_cb,
+		    DB_CREATE);
+		if (ret != 0)
+			goto fail;
+	}
 	what = "databases";
 	if ((ret = tid->commit(tid, 0)) != 0)
 		goto failed;
@@ -343,29 +401,29 @@ store_open_db(struct store *st, DB_TXN *tid, enum store_db which)
 	    DB_CREATE, STORE_FILE_MODE));
 }
 
-/* Write the schema version into a new store; refuse a newer one. */
+/*
+ * Write the schema version into a new store, raise an older one to ours
+ * (the open has just built any index it lacked), refuse a newer one.
+ */
 static int
 store_check_schema(struct store *st, char **cause)
 {
 	struct store_txn	*txn;
-	char			*value = NULL, version[32];
+	char			*value = NULL;
+	long long		 v = 0;
 	int			 r;
 
 	if (store_txn_begin(st, &txn) != STORE_OK)
 		goto fail;
 	r = store_meta_get(txn, STORE_META_SCHEMA, &value);
-	if (r == STORE_NOTFOUND) {
-		snprintf(version, sizeof version, "%d", STORE_SCHEMA_VERSION);
-		r = store_meta_put(txn, STORE_META_SCHEMA, version);
-		if (r == STORE_OK)
-			log_info("store: created in %s, schema version %s",
-			    st->dir, version);
-	} else if (r == STORE_OK && store_schema_ok(st, value, cause) != 0) {
+	if (r == STORE_OK && store_schema_ok(st, value, &v, cause) != 0) {
 		free(value);
 		store_txn_abort(txn);
 		return (-1);
 	}
 	free(value);
+	if (r == STORE_NOTFOUND || (r == STORE_OK && v < STORE_SCHEMA_VERSION))
+		r = store_schema_write(txn, v);
 	if (r != STORE_OK) {
 		store_txn_abort(txn);
 		goto fail;
@@ -381,7 +439,8 @@ fail:
 
 /* Check a stored schema version against ours. */
 static int
-store_schema_ok(struct store *st, const char *value, char **cause)
+store_schema_ok(struct store *st, const char *value, long long *vp,
+    char **cause)
 {
 	char		*end;
 	long long	 v;
@@ -399,7 +458,27 @@ store_schema_ok(struct store *st, const char *value, char **cause)
 		    STORE_SCHEMA_VERSION);
 		return (-1);
 	}
+	*vp = v;
 	return (0);
+}
+
+/* Write our schema version over old (0: a new store). */
+static int
+store_schema_write(struct store_txn *txn, long long old)
+{
+	char	version[32];
+	int	r;
+
+	snprintf(version, sizeof version, "%d", STORE_SCHEMA_VERSION);
+	if ((r = store_meta_put(txn, STORE_META_SCHEMA, version)) != STORE_OK)
+		return (r);
+	if (old == 0)
+		log_info("store: created in %s, schema version %s",
+		    txn->st->dir, version);
+	else
+		log_info("store: %s upgraded from schema version %lld to %s",
+		    txn->st->dir, old, version);
+	return (STORE_OK);
 }
 
 /* Close the store: databases, a final checkpoint, the environment. */
@@ -491,6 +570,14 @@ store_event_cb(DB_ENV *env, u_int32_t event, void *info)
 		log_warnx("store: a write to stable storage failed");
 }
 
+/*
+ * Secondary key callbacks.  Each one fills skey through store_dbt, which
+ * clears it first: on a delete, Berkeley DB 5.3 (__dbc_del_primary) passes
+ * the same skey to every secondary in turn, and after one returns
+ * DB_DONOTINDEX it carries DB_DBT_MULTIPLE, which would make the next key be
+ * read as an array of DBTs (a crash on deleting an active claim).
+ */
+
 /* Secondary key of claims_user.db: the user id after the number key. */
 static int
 store_user_key_cb(DB *sdb, const DBT *pkey, const DBT *pdata, DBT *skey)
@@ -499,8 +586,8 @@ store_user_key_cb(DB *sdb, const DBT *pkey, const DBT *pdata, DBT *skey)
 	(void)pdata;
 	if (pkey->size <= NUMKEY_LEN)
 		return (STORE_CORRUPT);
-	skey->data = (unsigned char *)pkey->data + NUMKEY_LEN;
-	skey->size = pkey->size - NUMKEY_LEN;
+	store_dbt(skey, (unsigned char *)pkey->data + NUMKEY_LEN,
+	    pkey->size - NUMKEY_LEN);
 	return (0);
 }
 
@@ -516,8 +603,39 @@ store_expiry_key_cb(DB *sdb, const DBT *pkey, const DBT *pdata, DBT *skey)
 		return (STORE_CORRUPT);
 	if (rec[CLAIM_OFF_STATE] != CLAIM_PENDING)
 		return (DB_DONOTINDEX);
-	skey->data = (unsigned char *)pdata->data + CLAIM_OFF_EXPIRES;
-	skey->size = 8;
+	store_dbt(skey, rec + CLAIM_OFF_EXPIRES, STORE_TIME_LEN);
+	return (0);
+}
+
+/* Secondary key of claims_enrol.db: the enrolment id, when there is one. */
+static int
+store_enrol_key_cb(DB *sdb, const DBT *pkey, const DBT *pdata, DBT *skey)
+{
+	const unsigned char	*rec = pdata->data;
+	size_t			 elen;
+
+	(void)sdb;
+	(void)pkey;
+	if (pdata->size < CLAIM_OFF_ENROL || rec[0] != CLAIM_FORMAT)
+		return (STORE_CORRUPT);
+	elen = store_get_u16(rec + CLAIM_OFF_ENROL_LEN);
+	if (pdata->size != CLAIM_OFF_ENROL + elen)
+		return (STORE_CORRUPT);
+	if (elen == 0)
+		return (DB_DONOTINDEX);
+	store_dbt(skey, rec + CLAIM_OFF_ENROL, elen);
+	return (0);
+}
+
+/* Secondary key of seen_date.db: the time the log id was seen. */
+static int
+store_seen_key_cb(DB *sdb, const DBT *pkey, const DBT *pdata, DBT *skey)
+{
+	(void)sdb;
+	(void)pkey;
+	if (pdata->size != STORE_TIME_LEN)
+		return (STORE_CORRUPT);
+	store_dbt(skey, pdata->data, STORE_TIME_LEN);
 	return (0);
 }
 
@@ -887,6 +1005,43 @@ store_claims_by_user(struct store_txn *txn, const char *user_id,
 	    "read claims by user"));
 }
 
+/* Read every claim with an enrolment id, through claims_enrol.db. */
+int
+store_claims_by_enrol(struct store_txn *txn, const char *enrol_id,
+    struct claim **arrp, size_t *np)
+{
+	struct store		*st = txn->st;
+	DB			*db = st->db[STORE_DB_CLAIMS_ENROL];
+	struct store_claims	 sc = { NULL, 0, 0 };
+	DBC			*dbc;
+	DBT			 skey, pkey, data;
+	size_t			 elen;
+	u_int32_t		 op;
+	int			 ret;
+
+	*arrp = NULL;
+	*np = 0;
+	if (st->failed)
+		return (STORE_ERROR);
+	elen = strnlen(enrol_id, ENROL_ID_MAX + 1);
+	if (elen == 0 || elen > ENROL_ID_MAX)
+		return (STORE_OK);
+	if ((ret = db->cursor(db, txn->tid, &dbc, 0)) != 0)
+		return (store_result(st, ret, "open enrolment index cursor"));
+	store_dbt(&skey, enrol_id, elen);
+	memset(&pkey, 0, sizeof pkey);
+	memset(&data, 0, sizeof data);
+	for (op = DB_SET;; op = DB_NEXT_DUP) {
+		ret = dbc->pget(dbc, &skey, &pkey, &data, op | DB_RMW);
+		if (ret != 0)
+			break;
+		if ((ret = store_claims_add(&sc, &pkey, &data)) != 0)
+			break;
+	}
+	return (store_claims_finish(st, dbc, ret, &sc, arrp, np,
+	    "read claims by enrolment id"));
+}
+
 /* Write a claim, replacing any claim of the same user on the number. */
 int
 store_claim_put(struct store_txn *txn, const struct claim *c)
@@ -1202,6 +1357,162 @@ store_meta_put(struct store_txn *txn, const char *name, const char *value)
 	store_dbt(&data, value, strlen(value));
 	r = store_result(st, db->put(db, txn->tid, &key, &data, 0),
 	    "write metadata");
+	return (r == STORE_NOTFOUND ? STORE_ERROR : r);
+}
+
+/* Remember a log id seen at now; STORE_EXISTS if it was seen before. */
+int
+store_seen_add(struct store_txn *txn, const char *log_id, int64_t now)
+{
+	struct store	*st = txn->st;
+	DB		*db = st->db[STORE_DB_SEEN];
+	unsigned char	 tbuf[STORE_TIME_LEN];
+	size_t		 len;
+	DBT		 key, data;
+	int		 ret, r;
+
+	if (st->failed)
+		return (STORE_ERROR);
+	len = strnlen(log_id, LOG_ID_MAX + 1);
+	if (len == 0 || len > LOG_ID_MAX || now < 0) {
+		log_warnx("store: refusing to write an invalid seen log id");
+		return (STORE_ERROR);
+	}
+	store_put_i64(tbuf, now);
+	store_dbt(&key, log_id, len);
+	store_dbt(&data, tbuf, sizeof tbuf);
+	ret = db->put(db, txn->tid, &key, &data, DB_NOOVERWRITE);
+	if (ret == DB_KEYEXIST)
+		return (STORE_EXISTS);
+	r = store_result(st, ret, "write seen log id");
+	return (r == STORE_NOTFOUND ? STORE_ERROR : r);
+}
+
+/*
+ * Forget up to max log ids seen before the given time, oldest first.  A
+ * delete through the secondary cursor deletes the seen.db record too.
+ */
+int
+store_seen_prune(struct store_txn *txn, int64_t before, size_t max,
+    size_t *prunedp)
+{
+	struct store	*st = txn->st;
+	DB		*db = st->db[STORE_DB_SEEN_DATE];
+	DBC		*dbc;
+	DBT		 skey, data;
+	int		 ret = 0, r;
+
+	*prunedp = 0;
+	if (st->failed)
+		return (STORE_ERROR);
+	if ((ret = db->cursor(db, txn->tid, &dbc, 0)) != 0)
+		return (store_result(st, ret, "open seen index cursor"));
+	memset(&skey, 0, sizeof skey);
+	memset(&data, 0, sizeof data);
+	data.flags = DB_DBT_PARTIAL;	/* dlen 0: do not copy the data */
+	while (*prunedp < max) {
+		if ((ret = dbc->get(dbc, &skey, &data, DB_NEXT | DB_RMW)) != 0)
+			break;
+		if (skey.size != STORE_TIME_LEN) {
+			ret = STORE_CORRUPT;
+			break;
+		}
+		if (store_get_i64(skey.data) >= before)
+			break;
+		if ((ret = dbc->del(dbc, 0)) != 0)
+			break;
+		(*prunedp)++;
+	}
+	if ((r = store_cursor_done(st, dbc, ret, "prune seen log ids")) !=
+	    STORE_OK)
+		*prunedp = 0;
+	return (r);
+}
+
+/*
+ * Build a watermarks.db key: the user id, then for a number a NUL and the
+ * number key.  -1 if the user id is empty or too long.
+ */
+static int
+store_watermark_key(const char *user_id, const unsigned char *numkey,
+    unsigned char *key, size_t *len)
+{
+	size_t	ulen;
+
+	ulen = strnlen(user_id, USER_ID_MAX + 1);
+	if (ulen == 0 || ulen > USER_ID_MAX)
+		return (-1);
+	memcpy(key, user_id, ulen);
+	*len = ulen;
+	if (numkey != NULL) {
+		key[ulen] = '\0';
+		memcpy(key + ulen + 1, numkey, NUMKEY_LEN);
+		*len += 1 + NUMKEY_LEN;
+	}
+	return (0);
+}
+
+/* Read a user's release watermark, user-wide or for one number (ms). */
+int
+store_watermark_get(struct store_txn *txn, const char *user_id,
+    const unsigned char *numkey, int64_t *datep)
+{
+	struct store	*st = txn->st;
+	DB		*db = st->db[STORE_DB_WATERMARKS];
+	unsigned char	 kbuf[WATERMARK_KEY_MAX];
+	size_t		 klen;
+	DBT		 key, data;
+	int		 r;
+
+	*datep = 0;
+	if (st->failed)
+		return (STORE_ERROR);
+	if (store_watermark_key(user_id, numkey, kbuf, &klen) != 0)
+		return (STORE_NOTFOUND);
+	store_dbt(&key, kbuf, klen);
+	memset(&data, 0, sizeof data);
+	r = store_result(st, db->get(db, txn->tid, &key, &data, DB_RMW),
+	    "read watermark");
+	if (r != STORE_OK)
+		return (r);
+	if (data.size != STORE_TIME_LEN) {
+		log_warnx("store: undecodable record in watermarks.db "
+		    "(%u bytes)", data.size);
+		return (STORE_ERROR);
+	}
+	*datep = store_get_i64(data.data);
+	return (STORE_OK);
+}
+
+/* Raise a release watermark to date_ms; it never goes down. */
+int
+store_watermark_raise(struct store_txn *txn, const char *user_id,
+    const unsigned char *numkey, int64_t date_ms)
+{
+	struct store	*st = txn->st;
+	DB		*db = st->db[STORE_DB_WATERMARKS];
+	unsigned char	 kbuf[WATERMARK_KEY_MAX], tbuf[STORE_TIME_LEN];
+	size_t		 klen;
+	int64_t		 cur;
+	DBT		 key, data;
+	int		 r;
+
+	if (st->failed)
+		return (STORE_ERROR);
+	if (store_watermark_key(user_id, numkey, kbuf, &klen) != 0) {
+		log_warnx("store: refusing to write an invalid watermark");
+		return (STORE_ERROR);
+	}
+	r = store_watermark_get(txn, user_id, numkey, &cur);
+	if (r == STORE_OK && cur >= date_ms)
+		return (STORE_OK);
+	if (r != STORE_OK && r != STORE_NOTFOUND)
+		return (r);
+	store_put_i64(tbuf, date_ms);
+	store_dbt(&key, kbuf, klen);
+	store_dbt(&data, tbuf, sizeof tbuf);
+	r = store_result(st, db->put(db, txn->tid, &key, &data, 0),
+	    "write watermark");
 	return (r == STORE_NOTFOUND ? STORE_ERROR : r);
 }
 

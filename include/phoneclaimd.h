@@ -79,6 +79,7 @@ int		 hash_digest_equal(const unsigned char *, const unsigned char *);
 struct yajl_val_s;
 struct yajl_val_s *json_parse(const char *, size_t, char **);
 void		 json_free(struct yajl_val_s *);
+char		*json_text(struct yajl_val_s *, size_t *);
 
 /* store.c */
 #define STORE_OK	 0
@@ -87,7 +88,7 @@ void		 json_free(struct yajl_val_s *);
 #define STORE_NOTFOUND	-3
 #define STORE_EXISTS	-4	/* a seen log id was seen before */
 
-#define STORE_SCHEMA_VERSION	1
+#define STORE_SCHEMA_VERSION	2
 
 enum claim_state {
 	CLAIM_PENDING = 1,
@@ -196,6 +197,28 @@ struct claims_answer {
 	int64_t		 expires_in;	/* seconds, for CLAIMS_RESERVED */
 };
 
+enum claims_outcome {
+	CLAIMS_APPLIED = 1,
+	CLAIMS_IGNORED,
+	CLAIMS_UNMATCHED,
+	CLAIMS_AMBIGUOUS,
+	CLAIMS_STALE
+};
+
+/* What a log event says about one user's phone factor. */
+struct claims_event {
+	const char		*user_id;
+	const unsigned char	*numkey;	/* full number, or NULL */
+	const char		*last4;		/* of a full number */
+	const char		*suffix;	/* visible end of a masked one */
+	const char		*enrol_id;	/* normalised, or NULL */
+	const char		*log_id;
+	int64_t			 date_ms;	/* when Auth0 says it happened */
+	int64_t			 now;
+	int			 source;	/* enum claim_source */
+	int			 skip_watermark;
+};
+
 void		 claims_init(struct store *, const struct conf *);
 void		 claims_free(void);
 int		 claims_exempt_load(const char *, const char *, int, char **);
@@ -205,6 +228,39 @@ int		 claims_request(const char *, const char *, int, int64_t,
 int		 claims_expire(int64_t, size_t, size_t *);
 const char	*claims_result_name(int);
 int		 claims_run(int (*)(struct store_txn *, void *), void *);
+int		 claims_user_id_ok(const char *);
+int		 claims_ev_enrolled(struct store_txn *,
+		     const struct claims_event *, int *);
+int		 claims_ev_unenrolled(struct store_txn *,
+		     const struct claims_event *, int *);
+int		 claims_ev_release_user(struct store_txn *,
+		     const struct claims_event *, int *);
+int		 claims_ev_release_enrol(struct store_txn *,
+		     const struct claims_event *, int *);
+int		 claims_ev_failed(struct store_txn *,
+		     const struct claims_event *, int *);
+
+/* events.c */
+struct events_counts {
+	size_t	 applied;
+	size_t	 ignored;
+	size_t	 unmatched;
+	size_t	 ambiguous;
+	size_t	 stale;
+};
+
+struct yajl_val_s;
+int		 events_apply(struct store_txn *, struct yajl_val_s *,
+		     const char *, int64_t, int *);
+const char	*events_type(struct yajl_val_s *);
+int64_t		 events_date(struct yajl_val_s *, int64_t);
+void		 events_count_ignored(const char *);
+size_t		 events_ignored_types(const char ***, const size_t **);
+void		 events_free(void);
+
+/* logstream.c */
+void		 logstream_http_cb(struct evhttp_request *, void *);
+int		 logstream_prune(int64_t, int64_t, size_t *);
 
 /* http.c */
 struct http;

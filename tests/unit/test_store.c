@@ -6,10 +6,12 @@
 
 #include <sys/types.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 
 #include <db.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <ftw.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -25,6 +27,9 @@
 
 #include "log.h"
 #include "phoneclaimd.h"
+
+/* Claims and seen ids written by the big transaction test. */
+#define BIG_N	30000
 
 struct fixture {
 	char		 tmp[64];
@@ -57,6 +62,22 @@ static int	crash_child(const char *);
 static int	deadlock_child(const char *, int, int);
 static int	panic_env(const char *);
 static int	panic_child(const char *);
+static int	seen_add(struct store *, const char *, int64_t);
+static int	seen_known(struct store *, const char *);
+static size_t	seen_prune(struct store *, int64_t, size_t);
+static size_t	get_by_enrol(struct store *, const char *, struct claim **);
+static int	wm_get(struct store *, const char *, const unsigned char *,
+		    int64_t *);
+static void	wm_raise(struct store *, const char *, const unsigned char *,
+		    int64_t);
+static int	raw_open(const char *, const char *, DB_ENV **, DB **);
+static size_t	raw_count(const char *, const char *);
+static int	raw_get(const char *, const char *, const void *, size_t,
+		    unsigned char *, size_t *);
+static void	capture_begin(struct fixture *, int *);
+static char	*capture_end(struct fixture *, int);
+static double	now_s(void);
+static void	big_claim(struct claim *, int);
 
 /* Make a fresh temporary directory; the state dir inside is not created. */
 static int
@@ -1129,6 +1150,758 @@ test_panic(void **state)
 	free(arr);
 }
 
+/* Deleting a claim leaves no trace in any index, whatever its state. */
+static void
+test_delete_active(void **state)
+{
+	struct fixture		*f = *state;
+	struct store_txn	*txn;
+	struct claim		 c[4], *arr;
+	unsigned char		 k[NUMKEY_LEN];
+	int			 i;
+
+	st_open(f);
+	numkey(k, 25);
+	mkclaim(&c[0], k, "active", CLAIM_ACTIVE, 1, 0);
+	mkclaim(&c[1], k, "pending", CLAIM_PENDING, 1, 100);
+	mkclaim(&c[2], k, "active-e", CLAIM_ACTIVE, 1, 0);
+	mkclaim(&c[3], k, "pending-e", CLAIM_PENDING, 1, 100);
+	snprintf(c[2].enrol_id, sizeof c[2].enrol_id, "sms|dev_1");
+	snprintf(c[3].enrol_id, sizeof c[3].enrol_id, "sms|dev_2");
+	put_claims(f->st, c, 4);
+
+	assert_int_equal(store_txn_begin(f->st, &txn), STORE_OK);
+	for (i = 0; i < 4; i++)
+		assert_int_equal(store_claim_del(txn, k, c[i].user_id),
+		    STORE_OK);
+	assert_int_equal(store_txn_commit(txn), STORE_OK);
+	assert_int_equal(get_by_number(f->st, k, &arr), 0);
+	for (i = 0; i < 4; i++)
+		assert_int_equal(get_by_user(f->st, c[i].user_id, &arr), 0);
+	assert_int_equal(get_expired(f->st, 1000, 10, &arr), 0);
+	assert_int_equal(get_by_enrol(f->st, "sms|dev_1", &arr), 0);
+	assert_int_equal(get_by_enrol(f->st, "sms|dev_2", &arr), 0);
+	store_close(f->st);
+	f->st = NULL;
+	assert_int_equal(raw_count(f->dir, "claims_user.db"), 0);
+	assert_int_equal(raw_count(f->dir, "claims_expiry.db"), 0);
+	assert_int_equal(raw_count(f->dir, "claims_enrol.db"), 0);
+}
+
+/* Add a seen log id in a transaction of its own; return the result. */
+static int
+seen_add(struct store *st, const char *log_id, int64_t now)
+{
+	struct store_txn	*txn;
+	int			 r;
+
+	assert_int_equal(store_txn_begin(st, &txn), STORE_OK);
+	r = store_seen_add(txn, log_id, now);
+	assert_int_equal(store_txn_commit(txn), STORE_OK);
+	return (r);
+}
+
+/* Return 1 if a log id is known, without changing anything. */
+static int
+seen_known(struct store *st, const char *log_id)
+{
+	struct store_txn	*txn;
+	int			 r;
+
+	assert_int_equal(store_txn_begin(st, &txn), STORE_OK);
+	r = store_seen_add(txn, log_id, 0);
+	store_txn_abort(txn);
+	assert_true(r == STORE_OK || r == STORE_EXISTS);
+	return (r == STORE_EXISTS);
+}
+
+/* Prune seen log ids in a transaction of its own; return how many. */
+static size_t
+seen_prune(struct store *st, int64_t before, size_t max)
+{
+	struct store_txn	*txn;
+	size_t			 n = 12345;
+
+	assert_int_equal(store_txn_begin(st, &txn), STORE_OK);
+	assert_int_equal(store_seen_prune(txn, before, max, &n), STORE_OK);
+	assert_int_equal(store_txn_commit(txn), STORE_OK);
+	return (n);
+}
+
+/* Seen log ids: added once, a duplicate changes nothing, bad ids refused. */
+static void
+test_seen_add(void **state)
+{
+	struct fixture		*f = *state;
+	struct store_txn	*txn;
+	char			 id[LOG_ID_MAX + 2];
+
+	st_open(f);
+	snprintf(id, sizeof id, "%s",
+	    "90020240101000000000000000000000000000000000000000000001");
+	assert_int_equal(strlen(id), 56);
+	assert_false(seen_known(f->st, id));
+	assert_int_equal(seen_add(f->st, id, 100), STORE_OK);
+	assert_true(seen_known(f->st, id));
+	/* A duplicate keeps the first time: pruning before 150 drops it. */
+	assert_int_equal(seen_add(f->st, id, 200), STORE_EXISTS);
+	assert_int_equal(seen_prune(f->st, 150, 10), 1);
+	assert_false(seen_known(f->st, id));
+
+	/* Within one transaction, and an abort forgets. */
+	assert_int_equal(store_txn_begin(f->st, &txn), STORE_OK);
+	assert_int_equal(store_seen_add(txn, "x1", 5), STORE_OK);
+	assert_int_equal(store_seen_add(txn, "x1", 5), STORE_EXISTS);
+	assert_int_equal(store_seen_add(txn, "x10", 5), STORE_OK);
+	store_txn_abort(txn);
+	assert_false(seen_known(f->st, "x1"));
+	assert_int_equal(seen_add(f->st, "x1", 5), STORE_OK);
+	assert_false(seen_known(f->st, "x"));
+	assert_false(seen_known(f->st, "x10"));
+
+	memset(id, '7', LOG_ID_MAX);
+	id[LOG_ID_MAX] = '\0';
+	assert_int_equal(seen_add(f->st, id, 1), STORE_OK);
+	assert_int_equal(seen_add(f->st, id, 1), STORE_EXISTS);
+	id[LOG_ID_MAX] = '7';
+	id[LOG_ID_MAX + 1] = '\0';
+	assert_int_equal(seen_add(f->st, id, 1), STORE_ERROR);
+	assert_int_equal(seen_add(f->st, "", 1), STORE_ERROR);
+	assert_int_equal(seen_add(f->st, "neg", -1), STORE_ERROR);
+	assert_false(seen_known(f->st, "neg"));
+	assert_false(store_failed(f->st));
+	id[LOG_ID_MAX] = '\0';
+	assert_int_equal(seen_add(f->st, id, 2), STORE_EXISTS);
+	store_close(f->st);
+	f->st = NULL;
+	/* "x1" and the 128-byte id, each once in the index too. */
+	assert_int_equal(raw_count(f->dir, "seen.db"), 2);
+	assert_int_equal(raw_count(f->dir, "seen_date.db"), 2);
+}
+
+/* Pruning: strictly before the time, oldest first, at most max. */
+static void
+test_seen_prune(void **state)
+{
+	struct fixture	*f = *state;
+	static const int64_t t[] = { 50, 10, 30, 20, 40, 30, 0 };
+	char		 id[32];
+	size_t		 i;
+
+	st_open(f);
+	for (i = 0; i < 7; i++) {
+		snprintf(id, sizeof id, "id%zu", i);
+		assert_int_equal(seen_add(f->st, id, t[i]), STORE_OK);
+	}
+	assert_int_equal(seen_prune(f->st, 0, 10), 0);
+	assert_int_equal(seen_prune(f->st, 35, 0), 0);
+	assert_true(seen_known(f->st, "id6"));
+
+	/* Two at most: the ones seen at 0 and 10. */
+	assert_int_equal(seen_prune(f->st, 35, 2), 2);
+	assert_false(seen_known(f->st, "id6"));
+	assert_false(seen_known(f->st, "id1"));
+	assert_true(seen_known(f->st, "id3"));
+	/* Then 20 only: 30 is not before 30. */
+	assert_int_equal(seen_prune(f->st, 30, 10), 1);
+	assert_false(seen_known(f->st, "id3"));
+	assert_true(seen_known(f->st, "id2"));
+	assert_true(seen_known(f->st, "id5"));
+	/* The two seen at 30 together, then nothing more before 35. */
+	assert_int_equal(seen_prune(f->st, 35, 10), 2);
+	assert_false(seen_known(f->st, "id2"));
+	assert_false(seen_known(f->st, "id5"));
+	assert_int_equal(seen_prune(f->st, 35, 10), 0);
+	assert_true(seen_known(f->st, "id4"));
+	assert_true(seen_known(f->st, "id0"));
+	st_reopen(f);
+	assert_true(seen_known(f->st, "id0"));
+	assert_int_equal(seen_prune(f->st, INT64_MAX, 10), 2);
+	assert_int_equal(seen_prune(f->st, INT64_MAX, 10), 0);
+	store_close(f->st);
+	f->st = NULL;
+	assert_int_equal(raw_count(f->dir, "seen.db"), 0);
+	assert_int_equal(raw_count(f->dir, "seen_date.db"), 0);
+}
+
+/* Read a watermark in a transaction of its own. */
+static int
+wm_get(struct store *st, const char *user, const unsigned char *k,
+    int64_t *date)
+{
+	struct store_txn	*txn;
+	int			 r;
+
+	assert_int_equal(store_txn_begin(st, &txn), STORE_OK);
+	r = store_watermark_get(txn, user, k, date);
+	assert_int_equal(store_txn_commit(txn), STORE_OK);
+	assert_true(r == STORE_OK || r == STORE_NOTFOUND);
+	if (r == STORE_NOTFOUND)
+		assert_true(*date == 0);
+	return (r);
+}
+
+/* Raise a watermark in a transaction of its own. */
+static void
+wm_raise(struct store *st, const char *user, const unsigned char *k,
+    int64_t date)
+{
+	struct store_txn	*txn;
+
+	assert_int_equal(store_txn_begin(st, &txn), STORE_OK);
+	assert_int_equal(store_watermark_raise(txn, user, k, date), STORE_OK);
+	assert_int_equal(store_txn_commit(txn), STORE_OK);
+}
+
+/* Watermarks only go up; user-wide and per-number ones are independent. */
+static void
+test_watermarks(void **state)
+{
+	struct fixture	*f = *state;
+	unsigned char	 k1[NUMKEY_LEN], k2[NUMKEY_LEN];
+	int64_t		 d = -1;
+
+	st_open(f);
+	numkey(k1, 110);
+	numkey(k2, 111);
+	assert_int_equal(wm_get(f->st, "auth0|u", NULL, &d), STORE_NOTFOUND);
+	wm_raise(f->st, "auth0|u", NULL, INT64_C(1700000000123));
+	assert_int_equal(wm_get(f->st, "auth0|u", NULL, &d), STORE_OK);
+	assert_true(d == INT64_C(1700000000123));
+	wm_raise(f->st, "auth0|u", NULL, INT64_C(1600000000000));
+	assert_int_equal(wm_get(f->st, "auth0|u", NULL, &d), STORE_OK);
+	assert_true(d == INT64_C(1700000000123));
+	wm_raise(f->st, "auth0|u", NULL, INT64_C(1700000000124));
+	assert_int_equal(wm_get(f->st, "auth0|u", NULL, &d), STORE_OK);
+	assert_true(d == INT64_C(1700000000124));
+
+	assert_int_equal(wm_get(f->st, "auth0|u", k1, &d), STORE_NOTFOUND);
+	wm_raise(f->st, "auth0|u", k1, 5);
+	wm_raise(f->st, "auth0|u", k1, 3);
+	assert_int_equal(wm_get(f->st, "auth0|u", k1, &d), STORE_OK);
+	assert_true(d == 5);
+	assert_int_equal(wm_get(f->st, "auth0|u", k2, &d), STORE_NOTFOUND);
+	assert_int_equal(wm_get(f->st, "auth0|u", NULL, &d), STORE_OK);
+	assert_true(d == INT64_C(1700000000124));
+	assert_int_equal(wm_get(f->st, "auth0|v", NULL, &d), STORE_NOTFOUND);
+	assert_int_equal(wm_get(f->st, "auth0|v", k1, &d), STORE_NOTFOUND);
+	st_reopen(f);
+	assert_int_equal(wm_get(f->st, "auth0|u", k1, &d), STORE_OK);
+	assert_true(d == 5);
+	assert_int_equal(wm_get(f->st, "auth0|u", NULL, &d), STORE_OK);
+	assert_true(d == INT64_C(1700000000124));
+}
+
+/* Extreme dates round trip; invalid user ids are refused. */
+static void
+test_watermark_limits(void **state)
+{
+	struct fixture		*f = *state;
+	struct store_txn	*txn;
+	unsigned char		 k1[NUMKEY_LEN], k2[NUMKEY_LEN];
+	char			 big[USER_ID_MAX + 2];
+	int64_t			 d = -1;
+
+	st_open(f);
+	numkey(k1, 112);
+	numkey(k2, 113);
+	/* The same transaction sees its own raise. */
+	assert_int_equal(store_txn_begin(f->st, &txn), STORE_OK);
+	assert_int_equal(store_watermark_raise(txn, "min", NULL, INT64_MIN),
+	    STORE_OK);
+	assert_int_equal(store_watermark_raise(txn, "max", k2, INT64_MAX),
+	    STORE_OK);
+	assert_int_equal(store_watermark_get(txn, "max", k2, &d), STORE_OK);
+	assert_true(d == INT64_MAX);
+	assert_int_equal(store_txn_commit(txn), STORE_OK);
+	st_reopen(f);
+	assert_int_equal(wm_get(f->st, "min", NULL, &d), STORE_OK);
+	assert_true(d == INT64_MIN);
+	assert_int_equal(wm_get(f->st, "max", k2, &d), STORE_OK);
+	assert_true(d == INT64_MAX);
+	assert_int_equal(wm_get(f->st, "max", NULL, &d), STORE_NOTFOUND);
+
+	/* Invalid user ids: nothing to read, nothing written. */
+	memset(big, 'u', sizeof big - 1);
+	big[sizeof big - 1] = '\0';
+	assert_int_equal(store_txn_begin(f->st, &txn), STORE_OK);
+	assert_int_equal(store_watermark_raise(txn, "", NULL, 1), STORE_ERROR);
+	assert_int_equal(store_watermark_raise(txn, big, k1, 1), STORE_ERROR);
+	assert_int_equal(store_watermark_get(txn, "", NULL, &d),
+	    STORE_NOTFOUND);
+	assert_int_equal(store_watermark_get(txn, big, NULL, &d),
+	    STORE_NOTFOUND);
+	big[USER_ID_MAX] = '\0';
+	assert_int_equal(store_watermark_raise(txn, big, k1, 9), STORE_OK);
+	assert_int_equal(store_watermark_get(txn, big, k1, &d), STORE_OK);
+	assert_true(d == 9);
+	assert_int_equal(store_txn_commit(txn), STORE_OK);
+}
+
+/*
+ * Without the NUL separator, user "a" with number key K and the user "a" K
+ * (K's bytes in the user id) would share a key.  Check both ways, and the
+ * bytes on disk.
+ */
+static void
+test_watermark_keys(void **state)
+{
+	struct fixture	*f = *state;
+	unsigned char	 k[NUMKEY_LEN], key[1 + 1 + NUMKEY_LEN], rec[16];
+	char		 joined[1 + NUMKEY_LEN + 1];
+	size_t		 i, len;
+	int64_t		 d;
+
+	st_open(f);
+	for (i = 0; i < NUMKEY_LEN; i++)
+		k[i] = (unsigned char)(0x41 + i);
+	joined[0] = 'a';
+	memcpy(joined + 1, k, NUMKEY_LEN);
+	joined[1 + NUMKEY_LEN] = '\0';
+
+	wm_raise(f->st, "a", k, 111);
+	assert_int_equal(wm_get(f->st, joined, NULL, &d), STORE_NOTFOUND);
+	assert_int_equal(wm_get(f->st, "a", NULL, &d), STORE_NOTFOUND);
+	wm_raise(f->st, joined, NULL, 222);
+	wm_raise(f->st, "a", NULL, 333);
+	assert_int_equal(wm_get(f->st, "a", k, &d), STORE_OK);
+	assert_true(d == 111);
+	assert_int_equal(wm_get(f->st, joined, NULL, &d), STORE_OK);
+	assert_true(d == 222);
+	assert_int_equal(wm_get(f->st, "a", NULL, &d), STORE_OK);
+	assert_true(d == 333);
+	assert_int_equal(wm_get(f->st, joined, k, &d), STORE_NOTFOUND);
+	store_close(f->st);
+	f->st = NULL;
+
+	/* On disk: "a" NUL K -> 111 as 8 big-endian bytes. */
+	assert_int_equal(raw_count(f->dir, "watermarks.db"), 3);
+	key[0] = 'a';
+	key[1] = '\0';
+	memcpy(key + 2, k, NUMKEY_LEN);
+	assert_int_equal(raw_get(f->dir, "watermarks.db", key, sizeof key,
+	    rec, &len), 0);
+	assert_int_equal(len, 8);
+	assert_memory_equal(rec, "\0\0\0\0\0\0\0\x6f", 8);
+	assert_int_equal(raw_get(f->dir, "watermarks.db", joined,
+	    strlen(joined), rec, &len), 0);
+	assert_memory_equal(rec, "\0\0\0\0\0\0\0\xde", 8);
+}
+
+/* Read the claims with an enrolment id in a transaction of its own. */
+static size_t
+get_by_enrol(struct store *st, const char *enrol, struct claim **arr)
+{
+	struct store_txn	*txn;
+	size_t			 n;
+
+	assert_int_equal(store_txn_begin(st, &txn), STORE_OK);
+	assert_int_equal(store_claims_by_enrol(txn, enrol, arr, &n),
+	    STORE_OK);
+	assert_int_equal(store_txn_commit(txn), STORE_OK);
+	if (n == 0)
+		assert_null(*arr);
+	return (n);
+}
+
+/* By enrolment id: every claim with it; no entry for an empty one. */
+static void
+test_by_enrol(void **state)
+{
+	struct fixture	*f = *state;
+	struct claim	 c[5], *arr;
+	unsigned char	 k[4][NUMKEY_LEN];
+	char		 big[ENROL_ID_MAX + 2];
+	size_t		 n;
+	int		 i;
+
+	st_open(f);
+	for (i = 0; i < 4; i++)
+		numkey(k[i], 120 + i);
+	mkclaim(&c[0], k[0], "u1", CLAIM_ACTIVE, 1, 0);
+	mkclaim(&c[1], k[1], "u2", CLAIM_PENDING, 2, 60);
+	mkclaim(&c[2], k[2], "u1", CLAIM_ACTIVE, 3, 0);
+	mkclaim(&c[3], k[3], "u3", CLAIM_ACTIVE, 4, 0);
+	mkclaim(&c[4], k[3], "u4", CLAIM_ACTIVE, 5, 0);
+	snprintf(c[0].enrol_id, sizeof c[0].enrol_id, "phone|dev_A");
+	snprintf(c[1].enrol_id, sizeof c[1].enrol_id, "phone|dev_A");
+	snprintf(c[2].enrol_id, sizeof c[2].enrol_id, "phone|dev_B");
+	memset(c[4].enrol_id, 'E', ENROL_ID_MAX);
+	put_claims(f->st, c, 5);
+
+	n = get_by_enrol(f->st, "phone|dev_A", &arr);
+	assert_int_equal(n, 2);
+	assert_claim_equal(&arr[find_user(arr, n, "u1")], &c[0]);
+	assert_claim_equal(&arr[find_user(arr, n, "u2")], &c[1]);
+	free(arr);
+	assert_int_equal(get_by_enrol(f->st, "phone|dev_B", &arr), 1);
+	assert_claim_equal(&arr[0], &c[2]);
+	free(arr);
+	assert_int_equal(get_by_enrol(f->st, c[4].enrol_id, &arr), 1);
+	assert_claim_equal(&arr[0], &c[4]);
+	free(arr);
+	assert_int_equal(get_by_enrol(f->st, "", &arr), 0);
+	assert_int_equal(get_by_enrol(f->st, "phone|dev_", &arr), 0);
+	assert_int_equal(get_by_enrol(f->st, "phone|dev_AB", &arr), 0);
+	memset(big, 'E', sizeof big - 1);
+	big[sizeof big - 1] = '\0';
+	assert_int_equal(get_by_enrol(f->st, big, &arr), 0);
+	store_close(f->st);
+	f->st = NULL;
+	assert_int_equal(raw_count(f->dir, "claims.db"), 5);
+	assert_int_equal(raw_count(f->dir, "claims_enrol.db"), 4);
+}
+
+/* Changing a claim's enrolment id moves it in the index; delete drops it. */
+static void
+test_by_enrol_moves(void **state)
+{
+	struct fixture		*f = *state;
+	struct store_txn	*txn;
+	struct claim		 c[3], *arr;
+	unsigned char		 k[3][NUMKEY_LEN];
+	size_t			 n;
+	int			 i;
+
+	st_open(f);
+	for (i = 0; i < 3; i++)
+		numkey(k[i], 125 + i);
+	mkclaim(&c[0], k[0], "u1", CLAIM_ACTIVE, 1, 0);
+	mkclaim(&c[1], k[1], "u2", CLAIM_PENDING, 2, 60);
+	mkclaim(&c[2], k[2], "u1", CLAIM_ACTIVE, 3, 0);
+	snprintf(c[0].enrol_id, sizeof c[0].enrol_id, "phone|dev_A");
+	snprintf(c[1].enrol_id, sizeof c[1].enrol_id, "phone|dev_A");
+	snprintf(c[2].enrol_id, sizeof c[2].enrol_id, "phone|dev_B");
+	put_claims(f->st, c, 3);
+
+	/* B joins A, and the first A loses its id. */
+	snprintf(c[2].enrol_id, sizeof c[2].enrol_id, "phone|dev_A");
+	c[0].enrol_id[0] = '\0';
+	put_claims(f->st, &c[0], 3);
+	assert_int_equal(get_by_enrol(f->st, "phone|dev_B", &arr), 0);
+	n = get_by_enrol(f->st, "phone|dev_A", &arr);
+	assert_int_equal(n, 2);
+	i = find_user(arr, n, "u1");
+	assert_int_not_equal(i, -1);
+	assert_claim_equal(&arr[i], &c[2]);
+	assert_claim_equal(&arr[find_user(arr, n, "u2")], &c[1]);
+	free(arr);
+
+	assert_int_equal(store_txn_begin(f->st, &txn), STORE_OK);
+	assert_int_equal(store_claim_del(txn, k[1], "u2"), STORE_OK);
+	assert_int_equal(store_txn_commit(txn), STORE_OK);
+	st_reopen(f);
+	assert_int_equal(get_by_enrol(f->st, "phone|dev_A", &arr), 1);
+	assert_claim_equal(&arr[0], &c[2]);
+	free(arr);
+	store_close(f->st);
+	f->st = NULL;
+	/* Of the 2 claims left, only u1 on k[2] has an enrolment id. */
+	assert_int_equal(raw_count(f->dir, "claims.db"), 2);
+	assert_int_equal(raw_count(f->dir, "claims_enrol.db"), 1);
+}
+
+/* Fill the i-th claim of the big transaction: distinct, scattered keys. */
+static void
+big_claim(struct claim *c, int i)
+{
+	unsigned char	k[NUMKEY_LEN];
+	uint32_t	x = (uint32_t)i * UINT32_C(2654435761);
+	char		user[32];
+	int		j;
+
+	for (j = 0; j < NUMKEY_LEN; j++)
+		k[j] = (unsigned char)(j < 4 ? x >> (24 - 8 * j) :
+		    (uint32_t)(i + j * 7));
+	snprintf(user, sizeof user, "auth0|%024d", i);
+	mkclaim(c, k, user, CLAIM_PENDING, 1000, 2000 + i % 500);
+	snprintf(c->enrol_id, sizeof c->enrol_id, "phone|dev_%d", i);
+}
+
+/*
+ * One log-stream request is one transaction: 30,000 claims (four btrees
+ * each) and 30,000 seen ids (two) must fit the lock table and commit.
+ */
+static void
+test_big_txn(void **state)
+{
+	struct fixture		*f = *state;
+	struct store_txn	*txn;
+	struct store_counts	 counts;
+	struct claim		 c, *arr;
+	char			 id[64];
+	double			 t0, t1, t2;
+	int			 i;
+
+	st_open(f);
+	t0 = now_s();
+	assert_int_equal(store_txn_begin(f->st, &txn), STORE_OK);
+	for (i = 0; i < BIG_N; i++) {
+		big_claim(&c, i);
+		assert_int_equal(store_claim_put(txn, &c), STORE_OK);
+		snprintf(id, sizeof id, "900202%050d", i);
+		assert_int_equal(store_seen_add(txn, id, 1000 + i % 100),
+		    STORE_OK);
+	}
+	assert_int_equal(store_txn_commit(txn), STORE_OK);
+	assert_int_equal(store_flush(f->st), STORE_OK);
+	t1 = now_s();
+
+	assert_int_equal(store_count(f->st, &counts), STORE_OK);
+	assert_true(counts.claims == BIG_N);
+	for (i = 0; i < BIG_N; i += 997) {
+		big_claim(&c, i);
+		assert_int_equal(get_by_number(f->st, c.numkey, &arr), 1);
+		assert_claim_equal(&arr[0], &c);
+		free(arr);
+		assert_int_equal(get_by_enrol(f->st, c.enrol_id, &arr), 1);
+		free(arr);
+		snprintf(id, sizeof id, "900202%050d", i);
+		assert_true(seen_known(f->st, id));
+	}
+	assert_int_equal(get_expired(f->st, 2000, BIG_N, &arr), BIG_N / 500);
+	free(arr);
+	t2 = now_s();
+	assert_int_equal(seen_prune(f->st, INT64_MAX, BIG_N), BIG_N);
+	print_message("big transaction: %d claims + %d seen ids in %.2f s; "
+	    "pruning them all in one transaction: %.2f s\n", BIG_N, BIG_N,
+	    t1 - t0, now_s() - t2);
+}
+
+/* Seen ids, watermarks and the enrolment index survive close and reopen. */
+static void
+test_reopen_new_data(void **state)
+{
+	struct fixture	*f = *state;
+	struct claim	 c[2], *arr;
+	unsigned char	 k[NUMKEY_LEN];
+	int64_t		 d;
+
+	st_open(f);
+	numkey(k, 130);
+	mkclaim(&c[0], k, "u1", CLAIM_ACTIVE, 1, 0);
+	mkclaim(&c[1], k, "u2", CLAIM_PENDING, 2, 60);
+	snprintf(c[0].enrol_id, sizeof c[0].enrol_id, "voice|dev_9");
+	snprintf(c[1].enrol_id, sizeof c[1].enrol_id, "voice|dev_9");
+	put_claims(f->st, c, 2);
+	assert_int_equal(seen_add(f->st, "old", 10), STORE_OK);
+	assert_int_equal(seen_add(f->st, "new", 20), STORE_OK);
+	wm_raise(f->st, "u1", NULL, 1000);
+	wm_raise(f->st, "u1", k, 2000);
+	assert_int_equal(store_checkpoint(f->st), STORE_OK);
+	st_reopen(f);
+
+	assert_int_equal(get_by_enrol(f->st, "voice|dev_9", &arr), 2);
+	assert_claim_equal(&arr[find_user(arr, 2, "u1")], &c[0]);
+	assert_claim_equal(&arr[find_user(arr, 2, "u2")], &c[1]);
+	free(arr);
+	assert_int_equal(seen_add(f->st, "old", 30), STORE_EXISTS);
+	assert_int_equal(wm_get(f->st, "u1", NULL, &d), STORE_OK);
+	assert_true(d == 1000);
+	assert_int_equal(wm_get(f->st, "u1", k, &d), STORE_OK);
+	assert_true(d == 2000);
+	assert_int_equal(seen_prune(f->st, 15, 10), 1);
+	assert_false(seen_known(f->st, "old"));
+	assert_true(seen_known(f->st, "new"));
+}
+
+/*
+ * A state directory of the previous release has neither claims_enrol.db
+ * nor seen_date.db: the open builds them from claims.db and seen.db, with
+ * not a word from Berkeley DB.
+ */
+static void
+test_missing_indexes_built(void **state)
+{
+	struct fixture	*f = *state;
+	struct claim	 c[3], *arr;
+	unsigned char	 k[NUMKEY_LEN];
+	char		 path[192], *cause = NULL, *err;
+	int		 saved;
+
+	st_open(f);
+	numkey(k, 140);
+	mkclaim(&c[0], k, "u1", CLAIM_ACTIVE, 1, 0);
+	mkclaim(&c[1], k, "u2", CLAIM_PENDING, 2, 60);
+	mkclaim(&c[2], k, "u3", CLAIM_ACTIVE, 3, 0);
+	snprintf(c[0].enrol_id, sizeof c[0].enrol_id, "sms|dev_1");
+	snprintf(c[1].enrol_id, sizeof c[1].enrol_id, "sms|dev_1");
+	put_claims(f->st, c, 3);
+	assert_int_equal(seen_add(f->st, "b", 20), STORE_OK);
+	assert_int_equal(seen_add(f->st, "a", 30), STORE_OK);
+	assert_int_equal(seen_add(f->st, "c", 10), STORE_OK);
+	store_close(f->st);
+	f->st = NULL;
+	snprintf(path, sizeof path, "%s/claims_enrol.db", f->dir);
+	assert_int_equal(unlink(path), 0);
+	snprintf(path, sizeof path, "%s/seen_date.db", f->dir);
+	assert_int_equal(unlink(path), 0);
+
+	capture_begin(f, &saved);
+	f->st = store_open(f->dir, &cause);
+	err = capture_end(f, saved);
+	assert_non_null(f->st);
+	assert_string_equal(err, "");
+	free(err);
+
+	assert_int_equal(get_by_enrol(f->st, "sms|dev_1", &arr), 2);
+	assert_claim_equal(&arr[find_user(arr, 2, "u1")], &c[0]);
+	assert_claim_equal(&arr[find_user(arr, 2, "u2")], &c[1]);
+	free(arr);
+	assert_int_equal(seen_prune(f->st, 25, 1), 1);
+	assert_false(seen_known(f->st, "c"));
+	assert_true(seen_known(f->st, "b"));
+	assert_int_equal(seen_prune(f->st, 25, 10), 1);
+	assert_false(seen_known(f->st, "b"));
+	assert_true(seen_known(f->st, "a"));
+	st_reopen(f);
+	store_close(f->st);
+	f->st = NULL;
+	assert_int_equal(raw_count(f->dir, "claims_enrol.db"), 2);
+	assert_int_equal(raw_count(f->dir, "seen_date.db"), 1);
+}
+
+/* A store of an older schema version is raised to ours when opened. */
+static void
+test_schema_raised(void **state)
+{
+	struct fixture		*f = *state;
+	struct store_txn	*txn;
+	char			*v, want[16];
+
+	st_open(f);
+	assert_int_equal(store_txn_begin(f->st, &txn), STORE_OK);
+	assert_int_equal(store_meta_put(txn, "schema_version", "1"), STORE_OK);
+	assert_int_equal(store_txn_commit(txn), STORE_OK);
+	st_reopen(f);
+	snprintf(want, sizeof want, "%d", STORE_SCHEMA_VERSION);
+	assert_int_equal(store_txn_begin(f->st, &txn), STORE_OK);
+	assert_int_equal(store_meta_get(txn, "schema_version", &v), STORE_OK);
+	assert_string_equal(v, want);
+	free(v);
+	store_txn_abort(txn);
+}
+
+/* Open one database of a closed store with a handle of the test's own. */
+static int
+raw_open(const char *dir, const char *file, DB_ENV **envp, DB **dbp)
+{
+	DB_ENV	*env;
+	DB	*db;
+
+	if (db_env_create(&env, 0) != 0)
+		return (-1);
+	env->set_errfile(env, stderr);
+	if (env->open(env, dir, 0, 0) != 0) {
+		env->close(env, 0);
+		return (-1);
+	}
+	if (db_create(&db, env, 0) != 0 ||
+	    db->open(db, NULL, file, NULL, DB_UNKNOWN, DB_RDONLY, 0) != 0) {
+		db->close(db, 0);
+		env->close(env, 0);
+		return (-1);
+	}
+	*envp = env;
+	*dbp = db;
+	return (0);
+}
+
+/* Count the records of one database of a closed store. */
+static size_t
+raw_count(const char *dir, const char *file)
+{
+	DB_ENV	*env;
+	DB	*db;
+	DBC	*dbc;
+	DBT	 key, data;
+	size_t	 n = 0;
+
+	assert_int_equal(raw_open(dir, file, &env, &db), 0);
+	assert_int_equal(db->cursor(db, NULL, &dbc, 0), 0);
+	memset(&key, 0, sizeof key);
+	memset(&data, 0, sizeof data);
+	while (dbc->get(dbc, &key, &data, DB_NEXT) == 0)
+		n++;
+	dbc->close(dbc);
+	db->close(db, 0);
+	env->close(env, 0);
+	return (n);
+}
+
+/* Read one record (up to 16 bytes) of a closed store; 0 if found. */
+static int
+raw_get(const char *dir, const char *file, const void *k, size_t klen,
+    unsigned char *rec, size_t *len)
+{
+	DB_ENV	*env;
+	DB	*db;
+	DBT	 key, data;
+	int	 ret;
+
+	assert_int_equal(raw_open(dir, file, &env, &db), 0);
+	memset(&key, 0, sizeof key);
+	memset(&data, 0, sizeof data);
+	key.data = (void *)k;
+	key.size = klen;
+	if ((ret = db->get(db, NULL, &key, &data, 0)) == 0) {
+		*len = data.size;
+		memcpy(rec, data.data, data.size < 16 ? data.size : 16);
+	}
+	db->close(db, 0);
+	env->close(env, 0);
+	return (ret);
+}
+
+/* Send stderr to a file of the fixture until capture_end. */
+static void
+capture_begin(struct fixture *f, int *saved)
+{
+	char	path[192];
+	int	fd;
+
+	snprintf(path, sizeof path, "%s/stderr", f->tmp);
+	fflush(stderr);
+	assert_int_not_equal(*saved = dup(STDERR_FILENO), -1);
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	assert_int_not_equal(fd, -1);
+	assert_int_equal(dup2(fd, STDERR_FILENO), STDERR_FILENO);
+	close(fd);
+}
+
+/* Restore stderr and return what was written meanwhile, to be freed. */
+static char *
+capture_end(struct fixture *f, int saved)
+{
+	char	path[192], *buf;
+	FILE	*fp;
+	long	 n;
+
+	fflush(stderr);
+	dup2(saved, STDERR_FILENO);
+	close(saved);
+	snprintf(path, sizeof path, "%s/stderr", f->tmp);
+	assert_non_null(fp = fopen(path, "r"));
+	assert_int_equal(fseek(fp, 0, SEEK_END), 0);
+	assert_true((n = ftell(fp)) >= 0);
+	rewind(fp);
+	assert_non_null(buf = calloc(1, n + 1));
+	assert_int_equal(fread(buf, 1, n, fp), n);
+	fclose(fp);
+	remove(path);
+	return (buf);
+}
+
+/* The time now in seconds, for timings. */
+static double
+now_s(void)
+{
+	struct timeval	tv;
+
+	gettimeofday(&tv, NULL);
+	return (tv.tv_sec + tv.tv_usec / 1e6);
+}
+
 int
 main(void)
 {
@@ -1154,6 +1927,18 @@ main(void)
 		T(test_crash_recovery),
 		T(test_deadlock_retry),
 		T(test_panic),
+		T(test_delete_active),
+		T(test_seen_add),
+		T(test_seen_prune),
+		T(test_watermarks),
+		T(test_watermark_limits),
+		T(test_watermark_keys),
+		T(test_by_enrol),
+		T(test_by_enrol_moves),
+		T(test_big_txn),
+		T(test_reopen_new_data),
+		T(test_missing_indexes_built),
+		T(test_schema_raised),
 #undef T
 	};
 
