@@ -30,7 +30,9 @@ import os
 import random
 import re
 import secrets
+import shutil
 import stat
+import subprocess
 import sys
 import time
 import unittest
@@ -1850,6 +1852,32 @@ class BodyLimitTests(LogStreamCase):
         half = len(items) // 2
         self.deliver(items[:half], applied=1, ignored=half - 1)
         self.deliver(items[half:], ignored=len(items) - half)
+
+
+class LastLogIdTests(LogStreamCase):
+    """The highest log id applied is kept in the store's metadata."""
+
+    shared = False
+
+    def test_highest_log_id_is_stored(self):
+        dump = shutil.which("db5.3_dump") or shutil.which("db_dump")
+        if dump is None:
+            self.skipTest("db5.3_dump not installed (db5.3-util)")
+        d = self.own_daemon()
+        ids = ["90020261127000000000000000000000000000000000000000000009",
+               "90020261127000000000000000000000000000000000000000000010",
+               "9002026112700000000000000000000000000000000000000000001"]
+        items = [{"log_id": i, "data": {"type": "s"}} for i in ids]
+        self.assertCounts(self.post(encode(items), daemon=d), 3, ignored=3)
+        self.assertEqual(d.stop(), 0)
+        out = subprocess.run([dump, "-p", "-h", d.state_dir, "meta.db"],
+                             capture_output=True, text=True, timeout=30)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        lines = [l.strip() for l in out.stdout.splitlines()]
+        self.assertIn("last_log_id", lines, out.stdout)
+        value = lines[lines.index("last_log_id") + 1]
+        # Longer ids are later; at equal length the larger one wins.
+        self.assertEqual(value, ids[1])
 
 
 class ItemCapTests(LogStreamCase):

@@ -381,6 +381,26 @@ test_other_types_ignored_and_counted(void **state)
 }
 
 static void
+test_seen_ids_pruned(void **state)
+{
+	struct store_txn	*txn;
+	size_t			 pruned;
+
+	(void)state;
+	assert_int_equal(store_txn_begin(fx->store, &txn), STORE_OK);
+	assert_int_equal(store_seen_add(txn, "old", NOW - 7200), STORE_OK);
+	assert_int_equal(store_seen_add(txn, "new", NOW - 60), STORE_OK);
+	assert_int_equal(store_txn_commit(txn), STORE_OK);
+	assert_int_equal(logstream_prune(NOW, 3600, &pruned), STORE_OK);
+	assert_int_equal(pruned, 1);
+	/* "old" is forgotten (it may be seen again); "new" is kept. */
+	assert_int_equal(store_txn_begin(fx->store, &txn), STORE_OK);
+	assert_int_equal(store_seen_add(txn, "old", NOW), STORE_OK);
+	assert_int_equal(store_seen_add(txn, "new", NOW), STORE_EXISTS);
+	store_txn_abort(txn);
+}
+
+static void
 test_dates(void **state)
 {
 	yajl_val	 v;
@@ -413,6 +433,7 @@ main(void)
 		T(test_sapi_guardian_enrollment),
 		T(test_failures_release_older_pending),
 		T(test_other_types_ignored_and_counted),
+		T(test_seen_ids_pruned),
 		T(test_dates),
 	};
 #undef T
