@@ -56,6 +56,8 @@ static int	claims_enrolled_partial(struct store_txn *,
 		    const struct claims_event *, int *);
 static int	claims_release(struct store_txn *, const struct claim *,
 		    int64_t);
+static int	claims_release_all(struct store_txn *, int, struct claim *,
+		    size_t, const struct claims_event *, int, int *);
 static void	claims_pick(const struct claim *, size_t,
 		    const struct claims_event *, ssize_t *);
 static int	claims_expire_txn(struct store_txn *, void *);
@@ -720,23 +722,38 @@ claims_ev_unenrolled(struct store_txn *txn, const struct claims_event *ev,
 	return (rv);
 }
 
-/* User deleted, MFA reset: release every claim of the user. */
-int
-claims_ev_release_user(struct store_txn *txn, const struct claims_event *ev,
-    int *outcome)
+/*
+ * Release every claim in a list read by rv's lookup; the outcome is
+ * applied when there was one, else none_outcome.
+ */
+static int
+claims_release_all(struct store_txn *txn, int rv, struct claim *list,
+    size_t n, const struct claims_event *ev, int none_outcome, int *outcome)
 {
-	struct claim	*list;
-	size_t		 n, i;
-	int		 rv;
+	size_t	i;
 
-	*outcome = CLAIMS_IGNORED;
-	if ((rv = store_claims_by_user(txn, ev->user_id, &list, &n)) != 0)
+	*outcome = none_outcome;
+	if (rv != STORE_OK)
 		return (rv);
 	for (i = 0; i < n && rv == STORE_OK; i++)
 		rv = claims_release(txn, &list[i], ev->date_ms);
 	if (n > 0)
 		*outcome = CLAIMS_APPLIED;
 	free(list);
+	return (rv);
+}
+
+/* User deleted, MFA reset: release every claim of the user. */
+int
+claims_ev_release_user(struct store_txn *txn, const struct claims_event *ev,
+    int *outcome)
+{
+	struct claim	*list;
+	size_t		 n;
+	int		 rv;
+
+	rv = store_claims_by_user(txn, ev->user_id, &list, &n);
+	rv = claims_release_all(txn, rv, list, n, ev, CLAIMS_IGNORED, outcome);
 	if (rv != STORE_OK)
 		return (rv);
 	return (store_watermark_raise(txn, ev->user_id, NULL, ev->date_ms));
@@ -748,18 +765,12 @@ claims_ev_release_enrol(struct store_txn *txn, const struct claims_event *ev,
     int *outcome)
 {
 	struct claim	*list;
-	size_t		 n, i;
+	size_t		 n;
 	int		 rv;
 
-	*outcome = CLAIMS_UNMATCHED;
-	if ((rv = store_claims_by_enrol(txn, ev->enrol_id, &list, &n)) != 0)
-		return (rv);
-	for (i = 0; i < n && rv == STORE_OK; i++)
-		rv = claims_release(txn, &list[i], ev->date_ms);
-	if (n > 0)
-		*outcome = CLAIMS_APPLIED;
-	free(list);
-	return (rv);
+	rv = store_claims_by_enrol(txn, ev->enrol_id, &list, &n);
+	return (claims_release_all(txn, rv, list, n, ev, CLAIMS_UNMATCHED,
+	    outcome));
 }
 
 /* The SMS or voice message failed: release reservations made before it. */

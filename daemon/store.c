@@ -185,6 +185,9 @@ static int	store_enrol_key_cb(DB *, const DBT *, const DBT *, DBT *);
 static int	store_seen_key_cb(DB *, const DBT *, const DBT *, DBT *);
 static void	store_fail(struct store *, const char *);
 static int	store_result(struct store *, int, const char *);
+static int	store_claims_by_index(struct store_txn *, enum store_db,
+		    const char *, size_t, const char *, struct claim **,
+		    size_t *);
 static int	store_cursor_done(struct store *, DBC *, int, const char *);
 static void	store_dbt(DBT *, const void *, size_t);
 static void	store_put_u16(unsigned char *, size_t);
@@ -968,17 +971,21 @@ store_claims_by_number(struct store_txn *txn, const unsigned char *numkey,
 	    "read claims by number"));
 }
 
-/* Read every claim of a user, through claims_user.db. */
-int
-store_claims_by_user(struct store_txn *txn, const char *user_id,
-    struct claim **arrp, size_t *np)
+/*
+ * Read every claim whose secondary key in index db is the string key (at
+ * most max bytes; an empty or longer one matches nothing).
+ */
+static int
+store_claims_by_index(struct store_txn *txn, enum store_db which,
+    const char *key, size_t max, const char *what, struct claim **arrp,
+    size_t *np)
 {
 	struct store		*st = txn->st;
-	DB			*db = st->db[STORE_DB_CLAIMS_USER];
+	DB			*db = st->db[which];
 	struct store_claims	 sc = { NULL, 0, 0 };
 	DBC			*dbc;
 	DBT			 skey, pkey, data;
-	size_t			 ulen;
+	size_t			 len;
 	u_int32_t		 op;
 	int			 ret;
 
@@ -986,12 +993,12 @@ store_claims_by_user(struct store_txn *txn, const char *user_id,
 	*np = 0;
 	if (st->failed)
 		return (STORE_ERROR);
-	ulen = strnlen(user_id, USER_ID_MAX + 1);
-	if (ulen == 0 || ulen > USER_ID_MAX)
+	len = strnlen(key, max + 1);
+	if (len == 0 || len > max)
 		return (STORE_OK);
 	if ((ret = db->cursor(db, txn->tid, &dbc, 0)) != 0)
-		return (store_result(st, ret, "open user index cursor"));
-	store_dbt(&skey, user_id, ulen);
+		return (store_result(st, ret, what));
+	store_dbt(&skey, key, len);
 	memset(&pkey, 0, sizeof pkey);
 	memset(&data, 0, sizeof data);
 	for (op = DB_SET;; op = DB_NEXT_DUP) {
@@ -1001,8 +1008,16 @@ store_claims_by_user(struct store_txn *txn, const char *user_id,
 		if ((ret = store_claims_add(&sc, &pkey, &data)) != 0)
 			break;
 	}
-	return (store_claims_finish(st, dbc, ret, &sc, arrp, np,
-	    "read claims by user"));
+	return (store_claims_finish(st, dbc, ret, &sc, arrp, np, what));
+}
+
+/* Read every claim of a user, through claims_user.db. */
+int
+store_claims_by_user(struct store_txn *txn, const char *user_id,
+    struct claim **arrp, size_t *np)
+{
+	return (store_claims_by_index(txn, STORE_DB_CLAIMS_USER, user_id,
+	    USER_ID_MAX, "read claims by user", arrp, np));
 }
 
 /* Read every claim with an enrolment id, through claims_enrol.db. */
@@ -1010,36 +1025,8 @@ int
 store_claims_by_enrol(struct store_txn *txn, const char *enrol_id,
     struct claim **arrp, size_t *np)
 {
-	struct store		*st = txn->st;
-	DB			*db = st->db[STORE_DB_CLAIMS_ENROL];
-	struct store_claims	 sc = { NULL, 0, 0 };
-	DBC			*dbc;
-	DBT			 skey, pkey, data;
-	size_t			 elen;
-	u_int32_t		 op;
-	int			 ret;
-
-	*arrp = NULL;
-	*np = 0;
-	if (st->failed)
-		return (STORE_ERROR);
-	elen = strnlen(enrol_id, ENROL_ID_MAX + 1);
-	if (elen == 0 || elen > ENROL_ID_MAX)
-		return (STORE_OK);
-	if ((ret = db->cursor(db, txn->tid, &dbc, 0)) != 0)
-		return (store_result(st, ret, "open enrolment index cursor"));
-	store_dbt(&skey, enrol_id, elen);
-	memset(&pkey, 0, sizeof pkey);
-	memset(&data, 0, sizeof data);
-	for (op = DB_SET;; op = DB_NEXT_DUP) {
-		ret = dbc->pget(dbc, &skey, &pkey, &data, op | DB_RMW);
-		if (ret != 0)
-			break;
-		if ((ret = store_claims_add(&sc, &pkey, &data)) != 0)
-			break;
-	}
-	return (store_claims_finish(st, dbc, ret, &sc, arrp, np,
-	    "read claims by enrolment id"));
+	return (store_claims_by_index(txn, STORE_DB_CLAIMS_ENROL, enrol_id,
+	    ENROL_ID_MAX, "read claims by enrolment id", arrp, np));
 }
 
 /* Write a claim, replacing any claim of the same user on the number. */
