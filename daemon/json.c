@@ -20,20 +20,65 @@
 struct json_depth {
 	int	depth;
 	int	bad;
+	size_t	items;		/* values at depth 1 (elements of the top) */
+	size_t	max_items;	/* 0: no bound */
+	int	too_many;
 };
 
+static int	json_item(struct json_depth *);
+static int	json_scalar_cb(void *);
+static int	json_bool_cb(void *, int);
+static int	json_number_cb(void *, const char *, size_t);
+static int	json_key_cb(void *, const unsigned char *, size_t);
 static int	json_string_cb(void *, const unsigned char *, size_t);
 static int	json_open_cb(void *);
 static int	json_close_cb(void *);
-static int	json_check_depth(const char *, size_t);
+static int	json_check(const char *, size_t, size_t, int *);
 static void	json_gen_value(yajl_gen, yajl_val, int);
 
+/* Count a value; stop the parse when the top holds too many. */
+static int
+json_item(struct json_depth *d)
+{
+	if (d->depth != 1 || d->max_items == 0)
+		return (1);
+	if (++d->items > d->max_items) {
+		d->too_many = 1;
+		return (0);
+	}
+	return (1);
+}
+
+/* A null. */
+static int
+json_scalar_cb(void *arg)
+{
+	return (json_item(arg));
+}
+
+/* A boolean. */
+static int
+json_bool_cb(void *arg, int b)
+{
+	(void)b;
+	return (json_item(arg));
+}
+
+/* A number. */
+static int
+json_number_cb(void *arg, const char *s, size_t len)
+{
+	(void)s;
+	(void)len;
+	return (json_item(arg));
+}
+
 /*
- * Refuse strings and keys with a NUL byte ("\u0000"): the tree keeps strings
+ * Refuse keys with a NUL byte ("\u0000"): the tree keeps strings
  * NUL-terminated, so "a\u0000b" would silently become "a".
  */
 static int
-json_string_cb(void *arg, const unsigned char *s, size_t len)
+json_key_cb(void *arg, const unsigned char *s, size_t len)
 {
 	struct json_depth	*d = arg;
 
@@ -44,12 +89,21 @@ json_string_cb(void *arg, const unsigned char *s, size_t len)
 	return (1);
 }
 
+/* A string: no NUL byte either, and it counts as a value. */
+static int
+json_string_cb(void *arg, const unsigned char *s, size_t len)
+{
+	return (json_key_cb(arg, s, len) && json_item(arg));
+}
+
 /* Enter a map or an array; stop the parse when it is too deep. */
 static int
 json_open_cb(void *arg)
 {
 	struct json_depth	*d = arg;
 
+	if (!json_item(d))
+		return (0);
 	if (++d->depth > JSON_MAX_DEPTH) {
 		d->bad = 1;
 		return (0);
@@ -69,40 +123,62 @@ json_close_cb(void *arg)
 
 /*
  * Return 0 if buf is JSON nested at most JSON_MAX_DEPTH deep without NUL
- * bytes in its strings, else -1.
+ * bytes in its strings and at most max_items values in its top-level
+ * array or object (0: no bound), else -1 (*too_many says why).
  */
 static int
-json_check_depth(const char *buf, size_t len)
+json_check(const char *buf, size_t len, size_t max_items, int *too_many)
 {
 	static const yajl_callbacks	 cb = {
+		.yajl_null = json_scalar_cb,
+		.yajl_boolean = json_bool_cb,
+		.yajl_number = json_number_cb,
 		.yajl_string = json_string_cb,
-		.yajl_map_key = json_string_cb,
+		.yajl_map_key = json_key_cb,
 		.yajl_start_map = json_open_cb,
 		.yajl_end_map = json_close_cb,
 		.yajl_start_array = json_open_cb,
 		.yajl_end_array = json_close_cb,
 	};
-	struct json_depth		 d = { 0, 0 };
+	struct json_depth		 d;
 	yajl_handle			 h;
 	int				 ok;
 
+	memset(&d, 0, sizeof d);
+	d.max_items = max_items;
 	if ((h = yajl_alloc(&cb, NULL, &d)) == NULL)
 		fatalx("yajl_alloc");
 	ok = yajl_parse(h, (const unsigned char *)buf, len) == yajl_status_ok &&
 	    yajl_complete_parse(h) == yajl_status_ok;
 	yajl_free(h);
+	if (too_many != NULL)
+		*too_many = d.too_many;
 	return (ok && !d.bad ? 0 : -1);
 }
 
 /*
- * Parse len bytes of JSON into a tree; NULL with *cause on error.  The caller frees the tree with json_free.
+ * Parse len bytes of JSON into a tree; NULL with *cause on error.  The
+ * caller frees the tree with json_free.
  */
 struct yajl_val_s *
 json_parse(const char *buf, size_t len, char **cause)
 {
+	return (json_parse_items(buf, len, 0, NULL, cause));
+}
+
+/*
+ * Parse like json_parse, refusing (with *too_many set) a top-level array
+ * or object of more than max_items values before any tree is built.
+ */
+struct yajl_val_s *
+json_parse_items(const char *buf, size_t len, size_t max_items,
+    int *too_many, char **cause)
+{
 	yajl_val	 v;
 	char		*copy;
 
+	if (too_many != NULL)
+		*too_many = 0;
 	if (buf == NULL || len == 0) {
 		*cause = xstrdup("empty JSON text");
 		return (NULL);
@@ -111,9 +187,9 @@ json_parse(const char *buf, size_t len, char **cause)
 		*cause = xstrdup("NUL byte in JSON text");
 		return (NULL);
 	}
-	if (json_check_depth(buf, len) != 0) {
-		*cause = xstrdup("invalid JSON, too deeply nested, or a NUL "
-		    "in a string");
+	if (json_check(buf, len, max_items, too_many) != 0) {
+		*cause = xstrdup("invalid JSON, too deeply nested, too many "
+		    "items, or a NUL in a string");
 		return (NULL);
 	}
 	copy = xmalloc(len + 1);

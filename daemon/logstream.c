@@ -49,8 +49,10 @@ struct logstream_reject {
 struct logstream_batch {
 	yajl_val		 whole;	/* tree of a whole-body parse */
 	struct logstream_reject	*rejects;
+	size_t			 rejectsize;	/* allocated */
 	struct logstream_item	*items;
 	size_t			 nitems;
+	size_t			 itemsize;	/* allocated */
 	size_t			 received;
 	size_t			 rejected;
 	int64_t			 now;
@@ -84,8 +86,11 @@ logstream_reject(struct logstream_batch *b, const char *reason,
 {
 	struct logstream_reject	*r;
 
-	b->rejects = xreallocarray(b->rejects, b->rejected + 1,
-	    sizeof *b->rejects);
+	if (b->rejected == b->rejectsize) {
+		b->rejectsize = b->rejectsize == 0 ? 16 : b->rejectsize * 2;
+		b->rejects = xreallocarray(b->rejects, b->rejectsize,
+		    sizeof *b->rejects);
+	}
 	r = &b->rejects[b->rejected++];
 	r->reason = reason;
 	r->log_id = log_id != NULL ? xstrdup(log_id) : NULL;
@@ -177,7 +182,11 @@ logstream_add(struct logstream_batch *b, yajl_val root, yajl_val v,
 		json_free(root);
 		return;
 	}
-	b->items = xreallocarray(b->items, b->nitems + 1, sizeof *b->items);
+	if (b->nitems == b->itemsize) {
+		b->itemsize = b->itemsize == 0 ? 64 : b->itemsize * 2;
+		b->items = xreallocarray(b->items, b->itemsize,
+		    sizeof *b->items);
+	}
 	it = &b->items[b->nitems++];
 	it->root = root;
 	it->data = data;
@@ -192,9 +201,13 @@ logstream_parse_lines(struct logstream_batch *b, const char *body,
 	const char	*p = body, *end = body + len, *nl;
 	yajl_val	 v;
 	char		*cause;
-	size_t		 good = 0, n;
+	size_t		 good = 0, n, lines = 0;
 
-	for (; p < end; p = nl + 1) {
+	for (; p < end && (nl = memchr(p, '\n', end - p)) != NULL; p = nl + 1)
+		lines++;
+	if (lines > LOGSTREAM_MAX_ITEMS)
+		return (-2);
+	for (p = body; p < end; p = nl + 1) {
 		if ((nl = memchr(p, '\n', end - p)) == NULL)
 			nl = end;
 		for (n = nl - p; n > 0 && isspace((unsigned char)p[n - 1]); n--)
@@ -217,24 +230,28 @@ logstream_parse_lines(struct logstream_batch *b, const char *body,
 
 /*
  * Recognise the body's format and collect its items; -1 if it is not JSON
- * at all.  '[': an array of items.  Otherwise one item, or else JSON
- * Lines, where a bad line is one rejected item as long as some line is
- * good.
+ * at all, -2 if it holds more than LOGSTREAM_MAX_ITEMS items (or lines).
+ * '[': an array of items.  Otherwise one item, or else JSON Lines, where a
+ * bad line is one rejected item as long as some line is good.
  */
 static int
 logstream_parse(struct logstream_batch *b, const char *body, size_t len)
 {
 	char	*cause;
 	size_t	 i, skip = 0;
+	int	 too_many = 0;
 
 	while (skip < len && isspace((unsigned char)body[skip]))
 		skip++;
 	if (skip == len)
 		return (-1);
 	if (body[skip] == '{' || body[skip] == '[') {
-		b->whole = json_parse(body, len, &cause);
+		b->whole = json_parse_items(body, len, LOGSTREAM_MAX_ITEMS,
+		    &too_many, &cause);
 		if (b->whole == NULL)
 			free(cause);
+		if (too_many)
+			return (-2);
 	}
 	if (b->whole == NULL || YAJL_IS_OBJECT(b->whole) == 0) {
 		if (b->whole != NULL && YAJL_IS_ARRAY(b->whole)) {
@@ -355,6 +372,7 @@ logstream_http_cb(struct evhttp_request *req, void *arg)
 	const char		*body;
 	size_t			 len = evbuffer_get_length(buf), ign;
 	char			 answer[256];
+	int			 rv;
 
 	if (!http_authorised(h, req, HTTP_TOKEN_LOG_STREAM)) {
 		http_error(h, req, 401, "unauthorized");
@@ -363,19 +381,20 @@ logstream_http_cb(struct evhttp_request *req, void *arg)
 	memset(&b, 0, sizeof b);
 	b.now = (int64_t)time(NULL);
 	body = len > 0 ? (const char *)evbuffer_pullup(buf, -1) : "";
-	if (logstream_parse(&b, body, len) != 0) {
+	rv = logstream_parse(&b, body, len);
+	if (rv == -2 || b.received > LOGSTREAM_MAX_ITEMS) {
+		logstream_free(&b);
+		log_warnx("log stream: more than %d items in one request: "
+		    "refused", LOGSTREAM_MAX_ITEMS);
+		http_error(h, req, 413, "body_too_large");
+		return;
+	}
+	if (rv != 0) {
 		logstream_free(&b);
 		log_warnx("log stream: body is not JSON (%zu bytes): kept in "
 		    "the dead-letter file", len);
 		deadletter_add("body is not JSON", NULL, body, len);
 		http_error(h, req, 400, "invalid_json");
-		return;
-	}
-	if (b.received > LOGSTREAM_MAX_ITEMS) {
-		logstream_free(&b);
-		log_warnx("log stream: %zu items in one request, more than "
-		    "%d: refused", b.received, LOGSTREAM_MAX_ITEMS);
-		http_error(h, req, 413, "body_too_large");
 		return;
 	}
 	if (!http_store_ok(h) || claims_run(logstream_txn, &b) != STORE_OK) {

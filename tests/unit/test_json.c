@@ -101,6 +101,30 @@ test_invalid(void **state)
 	assert_true(parses("{\"a\":\"\\u0001\"}", 14));
 }
 
+static void
+test_item_bound(void **state)
+{
+	yajl_val	 v;
+	char		*cause = NULL;
+	int		 too_many;
+
+	(void)state;
+	v = json_parse_items("[{},1,\"a\",null,true,[[1,2,3]]]", 29, 6,
+	    &too_many, &cause);
+	assert_non_null(v);
+	assert_false(too_many);
+	json_free(v);
+	assert_null(json_parse_items("[{},1,\"a\",null,true,[[1,2,3]]]", 29,
+	    5, &too_many, &cause));
+	assert_true(too_many);
+	free(cause);
+	/* Nested values do not count, only the top's elements. */
+	v = json_parse_items("[[1,2,3,4,5,6,7,8]]", 19, 1, &too_many,
+	    &cause);
+	assert_non_null(v);
+	json_free(v);
+}
+
 int
 main(void)
 {
@@ -108,6 +132,7 @@ main(void)
 		cmocka_unit_test(test_valid),
 		cmocka_unit_test(test_depth_bound),
 		cmocka_unit_test(test_invalid),
+		cmocka_unit_test(test_item_bound),
 	};
 
 	return (cmocka_run_group_tests(tests, NULL, NULL));
