@@ -104,23 +104,22 @@ test_invalid(void **state)
 static void
 test_item_bound(void **state)
 {
+	const char	*t = "[{},1,\"a\",null,true,[[1,2,3]]]";
 	yajl_val	 v;
 	char		*cause = NULL;
 	int		 too_many;
 
 	(void)state;
-	v = json_parse_items("[{},1,\"a\",null,true,[[1,2,3]]]", 29, 6,
-	    &too_many, &cause);
+	v = json_parse_items(t, strlen(t), 6, &too_many, &cause);
 	assert_non_null(v);
 	assert_false(too_many);
 	json_free(v);
-	assert_null(json_parse_items("[{},1,\"a\",null,true,[[1,2,3]]]", 29,
-	    5, &too_many, &cause));
+	assert_null(json_parse_items(t, strlen(t), 5, &too_many, &cause));
 	assert_true(too_many);
 	free(cause);
 	/* Nested values do not count, only the top's elements. */
-	v = json_parse_items("[[1,2,3,4,5,6,7,8]]", 19, 1, &too_many,
-	    &cause);
+	t = "[[1,2,3,4,5,6,7,8]]";
+	v = json_parse_items(t, strlen(t), 1, &too_many, &cause);
 	assert_non_null(v);
 	json_free(v);
 }
