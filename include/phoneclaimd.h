@@ -128,6 +128,8 @@ struct conflict {
 
 struct store_counts {
 	uint64_t	 claims;
+	uint64_t	 active;
+	uint64_t	 pending;
 	uint64_t	 conflicts;
 };
 
@@ -284,6 +286,59 @@ const char	*http_bound_address(struct http *);
 
 #define HTTP_TOKEN_API		0
 #define HTTP_TOKEN_LOG_STREAM	1
+
+/* control.c */
+struct control;
+
+struct control	*control_init(struct event_base *, const struct conf *,
+		     struct store *, char **);
+void		 control_free(struct control *);
+
+/* metrics.c */
+enum metrics_endpoint {
+	METRICS_EP_CLAIMS = 0,
+	METRICS_EP_LOG_STREAM,
+	METRICS_EP_HEALTHZ,
+	METRICS_EP_METRICS,
+	METRICS_EP_OTHER,
+	METRICS_EP_COUNT
+};
+
+/* Log-stream events since start, and the latest one. */
+struct metrics_events {
+	uint64_t	 applied;
+	uint64_t	 duplicates;
+	uint64_t	 ignored;	/* all that changed nothing */
+	uint64_t	 rejected;
+	uint64_t	 unmatched;
+	uint64_t	 ambiguous;
+	uint64_t	 stale;
+	char		 last_log_id[LOG_ID_MAX + 1];
+	int64_t		 last_date_ms;	/* the latest event's own date */
+	int64_t		 last_received;	/* when it arrived, seconds */
+};
+
+void		 metrics_init(struct store *);
+void		 metrics_free(void);
+void		 metrics_request(int, int, int64_t);
+void		 metrics_log_stream(const struct metrics_events *);
+const struct metrics_events *metrics_events_totals(void);
+void		 metrics_http_cb(struct evhttp_request *, void *);
+
+/* tls.c */
+struct tls;
+struct bufferevent;
+
+struct tls	*tls_init(const struct conf *, char **);
+int		 tls_reload(struct tls *, const struct conf *, char **);
+struct bufferevent *tls_bufferevent(struct tls *, struct event_base *);
+void		 tls_free(struct tls *);
+
+/* notify.c */
+void		 notify_init(void);
+void		 notify_send(const char *, ...)
+		     __attribute__((format(printf, 1, 2)));
+void		 notify_free(void);
 
 /* api.c */
 void		 api_claims_cb(struct evhttp_request *, void *);
