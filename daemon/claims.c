@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "log.h"
 #include "phone.h"
@@ -26,12 +27,29 @@ struct claims_op {
 	int			 action;
 	int64_t			 now;
 	struct claims_answer	*answer;
+	size_t			 released;	/* by an admin release */
 };
 
 struct claims_expire_op {
 	int64_t	 now;
 	size_t	 max;
 	size_t	 released;
+};
+
+/* A lookup or a piece of a walk: the live claims it found. */
+struct claims_list_op {
+	const unsigned char	*numkey;
+	const char		*user_id;
+	const struct claim	*after;
+	int64_t			 now;
+	struct claim		*v;
+	size_t			 n;
+	size_t			 max;
+};
+
+struct claims_conflicts_op {
+	struct conflict	*v;
+	size_t		 n;
 };
 
 static int	claims_live(const struct claim *, int64_t);
@@ -62,6 +80,16 @@ static void	claims_pick(const struct claim *, size_t,
 		    const struct claims_event *, ssize_t *);
 static int	claims_expire_txn(struct store_txn *, void *);
 static int	claims_key_cmp(const void *, const void *);
+static void	claims_admin_op(struct claims_op *, const unsigned char *,
+		    const char *, const char *, struct claims_answer *);
+static int	claims_admin_release_txn(struct store_txn *, void *);
+static int	claims_admin_claim_txn(struct store_txn *, void *);
+static void	claims_keep_live(struct claims_list_op *, struct claim *,
+		    size_t);
+static int	claims_lookup_txn(struct store_txn *, void *);
+static int	claims_walk_cb(const struct claim *, void *);
+static int	claims_walk_txn(struct store_txn *, void *);
+static int	claims_conflicts_txn(struct store_txn *, void *);
 
 static struct store		*claims_store;
 static const struct conf	*claims_conf;
@@ -104,6 +132,8 @@ claims_result_name(int result)
 		return ("learned");
 	case CLAIMS_CONFLICT:
 		return ("conflict");
+	case CLAIMS_ASSIGNED:
+		return ("active");
 	}
 	return ("unknown");
 }
@@ -795,5 +825,266 @@ claims_ev_failed(struct store_txn *txn, const struct claims_event *ev,
 		*outcome = CLAIMS_APPLIED;
 	}
 	free(list);
+	return (rv);
+}
+
+/*
+ * Administration (the status socket).  Each call is one transaction of its
+ * own; the caller flushes the log before it reports success.
+ */
+
+/* Fill an operation on the E.164 number e164 (hashed into numkey) now. */
+static void
+claims_admin_op(struct claims_op *op, const unsigned char *numkey,
+    const char *e164, const char *user_id, struct claims_answer *answer)
+{
+	size_t	len = strlen(e164);
+
+	memset(op, 0, sizeof *op);
+	memset(answer, 0, sizeof *answer);
+	op->numkey = numkey;
+	op->user_id = user_id;
+	op->last4 = len > LAST4_LEN ? e164 + len - LAST4_LEN : e164 + 1;
+	op->now = (int64_t)time(NULL);
+	op->answer = answer;
+}
+
+/*
+ * Release the claims on the number, of op->user_id only if it is set.
+ * Each leaves a per-number watermark, as a release by the log stream does,
+ * so that an older enrolment event cannot bring it back.  Only live claims
+ * are counted: a lapsed reservation was free already.
+ */
+static int
+claims_admin_release_txn(struct store_txn *txn, void *arg)
+{
+	struct claims_op	*op = arg;
+	struct claim		*list;
+	size_t			 n, i;
+	int			 rv;
+
+	op->released = 0;	/* again on a retry */
+	if ((rv = store_claims_by_number(txn, op->numkey, &list, &n)) != 0)
+		return (rv);
+	for (i = 0; i < n && rv == STORE_OK; i++) {
+		if (op->user_id != NULL &&
+		    strcmp(list[i].user_id, op->user_id) != 0)
+			continue;
+		rv = claims_release(txn, &list[i], op->now * 1000);
+		if (claims_live(&list[i], op->now))
+			op->released++;
+	}
+	free(list);
+	return (rv);
+}
+
+/*
+ * Release user_id's claim on the number e164, or every claim on it when
+ * user_id is NULL; *released says how many claims held it.
+ */
+int
+claims_admin_release(const char *e164, const char *user_id, size_t *released)
+{
+	unsigned char		numkey[NUMKEY_LEN];
+	struct claims_op	op;
+	struct claims_answer	a;
+	int			rv;
+
+	hash_number(e164, numkey);
+	claims_admin_op(&op, numkey, e164, user_id, &a);
+	rv = claims_run(claims_admin_release_txn, &op);
+	*released = rv == STORE_OK ? op.released : 0;
+	return (rv);
+}
+
+/* Make the user's claim on the number active, unless others hold it. */
+static int
+claims_admin_claim_txn(struct store_txn *txn, void *arg)
+{
+	struct claims_op	*op = arg;
+	struct claim		*all = NULL, *mine;
+	size_t			 nall, nothers;
+	int			 rv;
+
+	rv = claims_scan(txn, op, &mine, &nothers, &all, &nall);
+	if (rv != STORE_OK)
+		goto out;
+	op->answer->result = CLAIMS_ASSIGNED;
+	if (mine != NULL) {
+		if (mine->state == CLAIM_PENDING) {
+			mine->state = CLAIM_ACTIVE;
+			mine->expires = 0;
+			rv = store_claim_put(txn, mine);
+		}
+	} else if (nothers >= (size_t)claims_conf->max_users_per_number)
+		op->answer->result = CLAIMS_TAKEN;
+	else
+		rv = claims_put_new(txn, op, CLAIM_ACTIVE, CLAIM_SRC_ADMIN);
+out:
+	free(all);
+	return (rv);
+}
+
+/*
+ * Assign the number e164 to user_id as an active claim (source admin).
+ * *result: CLAIMS_ASSIGNED (also when the user held it already),
+ * CLAIMS_TAKEN when max_users_per_number others hold it (in monitor mode
+ * too), CLAIMS_EXEMPT for a number on the exempt list (nothing stored).
+ */
+int
+claims_admin_claim(const char *e164, const char *user_id, int *result)
+{
+	unsigned char		numkey[NUMKEY_LEN];
+	struct claims_op	op;
+	struct claims_answer	a;
+	int			rv;
+
+	*result = 0;
+	hash_number(e164, numkey);
+	if (claims_is_exempt(numkey)) {
+		*result = CLAIMS_EXEMPT;
+		return (STORE_OK);
+	}
+	claims_admin_op(&op, numkey, e164, user_id, &a);
+	if ((rv = claims_run(claims_admin_claim_txn, &op)) == STORE_OK)
+		*result = a.result;
+	return (rv);
+}
+
+/* Keep the live claims of a list read by a lookup (it takes the list). */
+static void
+claims_keep_live(struct claims_list_op *op, struct claim *list, size_t n)
+{
+	size_t	i;
+
+	free(op->v);
+	op->v = list;
+	op->n = 0;
+	for (i = 0; i < n; i++) {
+		if (claims_live(&list[i], op->now))
+			op->v[op->n++] = list[i];
+	}
+	if (op->n == 0) {
+		free(op->v);
+		op->v = NULL;
+	}
+}
+
+/* Read the claims on a number or of a user. */
+static int
+claims_lookup_txn(struct store_txn *txn, void *arg)
+{
+	struct claims_list_op	*op = arg;
+	struct claim		*list;
+	size_t			 n;
+	int			 rv;
+
+	if (op->numkey != NULL)
+		rv = store_claims_by_number(txn, op->numkey, &list, &n);
+	else
+		rv = store_claims_by_user(txn, op->user_id, &list, &n);
+	if (rv == STORE_OK)
+		claims_keep_live(op, list, n);
+	return (rv);
+}
+
+/*
+ * Read the live claims on the number e164 (when it is not NULL) or else
+ * of user_id; free *arrp.  Lapsed reservations are left out: they are free.
+ */
+int
+claims_lookup(const char *e164, const char *user_id, struct claim **arrp,
+    size_t *np)
+{
+	unsigned char		numkey[NUMKEY_LEN];
+	struct claims_list_op	op;
+	int			rv;
+
+	memset(&op, 0, sizeof op);
+	op.now = (int64_t)time(NULL);
+	if (e164 != NULL) {
+		hash_number(e164, numkey);
+		op.numkey = numkey;
+	} else
+		op.user_id = user_id;
+	rv = claims_run(claims_lookup_txn, &op);
+	if (rv != STORE_OK) {
+		free(op.v);
+		op.v = NULL;
+		op.n = 0;
+	}
+	*arrp = op.v;
+	*np = op.n;
+	return (rv);
+}
+
+/* Collect one live claim of a walk; stop when the piece is full. */
+static int
+claims_walk_cb(const struct claim *c, void *arg)
+{
+	struct claims_list_op	*op = arg;
+
+	if (!claims_live(c, op->now))
+		return (0);
+	op->v[op->n++] = *c;
+	return (op->n == op->max);
+}
+
+/* Read one piece of a walk; a retry starts the piece again. */
+static int
+claims_walk_txn(struct store_txn *txn, void *arg)
+{
+	struct claims_list_op	*op = arg;
+
+	op->n = 0;
+	return (store_claims_all(txn, op->after, claims_walk_cb, op));
+}
+
+/*
+ * Read up to max live claims in store order, from the first or from the
+ * one after the claim after, into arr (room for max).  *np < max means
+ * the walk is over.  A long walk goes in short transactions, so that it
+ * never holds the store: it sees each claim that exists throughout, not a
+ * snapshot.
+ */
+int
+claims_walk(const struct claim *after, size_t max, struct claim *arr,
+    size_t *np)
+{
+	struct claims_list_op	op;
+	int			rv;
+
+	memset(&op, 0, sizeof op);
+	op.after = after;
+	op.now = (int64_t)time(NULL);
+	op.v = arr;
+	op.max = max;
+	rv = claims_run(claims_walk_txn, &op);
+	*np = rv == STORE_OK ? op.n : 0;
+	return (rv);
+}
+
+/* Read every conflict. */
+static int
+claims_conflicts_txn(struct store_txn *txn, void *arg)
+{
+	struct claims_conflicts_op	*op = arg;
+
+	store_conflicts_free(op->v, op->n);
+	op->v = NULL;
+	op->n = 0;
+	return (store_conflicts(txn, &op->v, &op->n));
+}
+
+/* Read every recorded conflict; free with store_conflicts_free. */
+int
+claims_conflicts(struct conflict **arrp, size_t *np)
+{
+	struct claims_conflicts_op	op = { NULL, 0 };
+	int				rv;
+
+	rv = claims_run(claims_conflicts_txn, &op);
+	*arrp = op.v;
+	*np = op.n;
 	return (rv);
 }

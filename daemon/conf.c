@@ -79,6 +79,10 @@ static const struct conf_key conf_keys[] = {
 	  offsetof(struct conf, request_timeout), 1, 3600, "10", 0 },
 	{ "max_connections", CONF_NUMBER,
 	  offsetof(struct conf, max_connections), 1, 65536, "1024", 0 },
+	{ "tls_cert_file", CONF_PATH, offsetof(struct conf, tls_cert_file), 0,
+	  0, NULL, 0 },
+	{ "tls_key_file", CONF_SECRET_PATH, offsetof(struct conf, tls_key_file),
+	  0, 0, NULL, 0 },
 };
 #define CONF_NKEYS (sizeof conf_keys / sizeof conf_keys[0])
 
@@ -96,6 +100,8 @@ static int	conf_lookup_name(const char **, size_t, const char *);
 static int	conf_parse_line(struct conf *, char *, int, int *, char **);
 static int	conf_finish(struct conf *, const char *, const int *,
 		    char **);
+static int	conf_check_pair(const char *, const int *, const char *,
+		    const char *, char **);
 
 /* Return the name of key i, or NULL past the end: for docs and tests. */
 const char *
@@ -325,9 +331,27 @@ conf_finish(struct conf *c, const char *path, const int *seen, char **cause)
 			return (-1);
 		}
 	}
+	if (conf_check_pair(path, seen, "tls_cert_file", "tls_key_file",
+	    cause) != 0)
+		return (-1);
 	if (c->hash_key_file == NULL)
 		xasprintf(&c->hash_key_file, "%s/hash.key", c->state_dir);
 	return (0);
+}
+
+/* Keys that go together: both set or neither, else name the missing one. */
+static int
+conf_check_pair(const char *path, const int *seen, const char *a,
+    const char *b, char **cause)
+{
+	int	la = seen[conf_find(a) - conf_keys];
+	int	lb = seen[conf_find(b) - conf_keys];
+
+	if ((la == 0) == (lb == 0))
+		return (0);
+	xasprintf(cause, "%s:%d: %s is set but %s is not: set both or neither",
+	    path, la != 0 ? la : lb, la != 0 ? a : b, la != 0 ? b : a);
+	return (-1);
 }
 
 /* Load the configuration file at path; NULL with *cause on error. */

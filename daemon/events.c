@@ -507,7 +507,5 @@ events_apply(struct store_txn *txn, yajl_val data, const char *log_id,
 			*outcome = CLAIMS_UNMATCHED;
 	} else if (strcmp(type, "sapi") == 0)
 		rv = events_sapi(txn, &x, outcome);
-	if (rv == STORE_OK && *outcome == CLAIMS_IGNORED)
-		events_count_ignored(type);
 	return (rv);
 }

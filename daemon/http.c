@@ -70,6 +70,8 @@ struct http_pending {
 	struct evhttp_request	*req;
 	int			 code;
 	char			*body;
+	int			 endpoint;	/* enum metrics_endpoint */
+	int64_t			 start;		/* us, when it arrived */
 	TAILQ_ENTRY(http_pending) entry;
 };
 TAILQ_HEAD(http_pendings, http_pending);
@@ -79,6 +81,7 @@ struct http_route {
 	int		 methods;
 	const char	*allow;
 	void		(*cb)(struct evhttp_request *, void *);
+	int		 endpoint;	/* enum metrics_endpoint */
 };
 
 struct http {
@@ -99,24 +102,38 @@ struct http {
 	size_t				 unattached;
 	int				 freeing;
 	struct http_pendings		 pending;
+	struct tls			*tls;		/* NULL: plain HTTP */
+	struct evhttp_request		*cur_req;	/* in http_route_cb */
+	int				 cur_endpoint;
+	int64_t				 cur_start;	/* us */
 	unsigned char			 token[2][HASH_DIGEST_LEN];
 	int				 have_token[2];
 };
 
 static struct http	*http_instance;
 
+/*
+ * /healthz and /metrics need no token: they tell nothing about users, and
+ * are meant for a scraper on the loopback or behind the reverse proxy.
+ */
 static const struct http_route http_routes[] = {
-	{ "/v1/claims", EVHTTP_REQ_POST, "POST", api_claims_cb },
-	{ "/v1/log-stream", EVHTTP_REQ_POST, "POST", logstream_http_cb },
+	{ "/v1/claims", EVHTTP_REQ_POST, "POST", api_claims_cb,
+	  METRICS_EP_CLAIMS },
+	{ "/v1/log-stream", EVHTTP_REQ_POST, "POST", logstream_http_cb,
+	  METRICS_EP_LOG_STREAM },
 	{ "/healthz", EVHTTP_REQ_GET | EVHTTP_REQ_HEAD, "GET, HEAD",
-	  api_healthz_cb },
+	  api_healthz_cb, METRICS_EP_HEALTHZ },
+	{ "/metrics", EVHTTP_REQ_GET | EVHTTP_REQ_HEAD, "GET, HEAD",
+	  metrics_http_cb, METRICS_EP_METRICS },
 };
 
 static int64_t	 http_now(void);
+static int64_t	 http_usec(void);
 static int	 http_bind(struct http *, char **);
 static struct bufferevent *http_bev_cb(struct event_base *, void *);
 static void	 http_input_cb(struct evbuffer *,
 		     const struct evbuffer_cb_info *, void *);
+static void	 http_tls_record_cb(void *);
 static int64_t	 http_deadline(struct http *);
 static void	 http_tick_cb(evutil_socket_t, short, void *);
 static void	 http_attach_cb(evutil_socket_t, short, void *);
@@ -127,7 +144,10 @@ static void	 http_listener_error_cb(struct evconnlistener *, void *);
 static void	 http_request_started(struct http *, struct evhttp_request *);
 static void	 http_route_cb(struct evhttp_request *, void *);
 static void	 http_flush_cb(evutil_socket_t, short, void *);
-static void	 http_send(struct evhttp_request *, int, const char *);
+static void	 http_started(struct http *, struct evhttp_request *, int *,
+		     int64_t *);
+static void	 http_send(struct evhttp_request *, int, const char *,
+		     const char *, int, int64_t);
 
 /* Milliseconds on the monotonic clock. */
 static int64_t
@@ -137,6 +157,16 @@ http_now(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return ((int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+}
+
+/* Microseconds on the monotonic clock, for request latency. */
+static int64_t
+http_usec(void)
+{
+	struct timespec	ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ((int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000);
 }
 
 /* The deadline of a request that starts now. */
@@ -279,6 +309,13 @@ http_bound_address(struct http *h)
 	return (h->address);
 }
 
+/* Serve HTTPS with tls from now on (before the loop runs): NULL for HTTP. */
+void
+http_set_tls(struct http *h, struct tls *tls)
+{
+	h->tls = tls;
+}
+
 /* Return the configuration the server runs with. */
 const struct conf *
 http_conf(struct http *h)
@@ -339,11 +376,16 @@ http_bev_cb(struct event_base *base, void *arg)
 
 	/*
 	 * Without BEV_OPT_CLOSE_ON_FREE evhttp closes the socket itself when
-	 * it frees the connection.
+	 * it frees the connection.  A TLS bufferevent has the option, and
+	 * closes the socket and frees its SSL when it is destroyed (tls.c).
 	 */
 	c = xcalloc(1, sizeof *c);
-	if ((c->bev = bufferevent_socket_new(base, -1, 0)) == NULL)
-		fatalx("bufferevent_socket_new");
+	if (h->tls != NULL)
+		c->bev = tls_bufferevent(h->tls, base, http_tls_record_cb, c);
+	else
+		c->bev = bufferevent_socket_new(base, -1, 0);
+	if (c->bev == NULL)
+		fatalx("cannot make the bufferevent of a connection");
 	bufferevent_incref(c->bev);
 	c->http = h;
 	c->deadline = http_deadline(h);
@@ -407,6 +449,19 @@ http_input_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info,
 
 	(void)buf;
 	if (info->n_added > 0 && c->deadline == 0)
+		c->deadline = http_deadline(c->http);
+}
+
+/*
+ * A TLS record started to arrive: an idle connection starts its request
+ * clock, so that a record sent a byte at a time is cut off too.
+ */
+static void
+http_tls_record_cb(void *arg)
+{
+	struct http_conn	*c = arg;
+
+	if (c->deadline == 0)
 		c->deadline = http_deadline(c->http);
 }
 
@@ -501,7 +556,11 @@ http_tick_cb(evutil_socket_t fd, short events, void *arg)
 	http_listener_update(h);
 }
 
-/* Dispatch a request to its route: 404 or 405 when there is none. */
+/*
+ * Dispatch a request to its route: 404 or 405 when there is none.  The
+ * route and the arrival time are kept while the handler runs, so that its
+ * answer, sent now or queued, is counted under that endpoint.
+ */
 static void
 http_route_cb(struct evhttp_request *req, void *arg)
 {
@@ -510,43 +569,67 @@ http_route_cb(struct evhttp_request *req, void *arg)
 	const char			*path;
 	size_t				 i;
 
+	h->cur_req = req;
+	h->cur_start = http_usec();
+	h->cur_endpoint = METRICS_EP_OTHER;
 	http_request_started(h, req);
 	uri = evhttp_request_get_evhttp_uri(req);
 	path = uri != NULL ? evhttp_uri_get_path(uri) : NULL;
-	if (path == NULL) {
-		http_error(h, req, 404, "not_found");
-		return;
-	}
-	for (i = 0; i < sizeof http_routes / sizeof http_routes[0]; i++) {
+	for (i = 0; path != NULL &&
+	    i < sizeof http_routes / sizeof http_routes[0]; i++) {
 		if (strcmp(path, http_routes[i].path) != 0)
 			continue;
+		h->cur_endpoint = http_routes[i].endpoint;
 		if ((evhttp_request_get_command(req) &
 		    http_routes[i].methods) == 0) {
 			evhttp_add_header(evhttp_request_get_output_headers(req),
 			    "Allow", http_routes[i].allow);
 			http_error(h, req, 405, "method_not_allowed");
-			return;
-		}
-		http_routes[i].cb(req, h);
+		} else
+			http_routes[i].cb(req, h);
+		h->cur_req = NULL;
 		return;
 	}
 	http_error(h, req, 404, "not_found");
+	h->cur_req = NULL;
 }
 
-/* Send an answer with a JSON body now. */
+/* The endpoint and arrival time of a request being answered. */
 static void
-http_send(struct evhttp_request *req, int code, const char *body)
+http_started(struct http *h, struct evhttp_request *req, int *endpoint,
+    int64_t *start)
+{
+	if (h != NULL && req == h->cur_req) {
+		*endpoint = h->cur_endpoint;
+		*start = h->cur_start;
+	} else {
+		/* Answered outside http_route_cb: nothing known. */
+		*endpoint = METRICS_EP_OTHER;
+		*start = http_usec();
+	}
+}
+
+/*
+ * Send an answer now, and count it under its endpoint with the time since
+ * its request arrived.  The body ends with a newline.
+ */
+static void
+http_send(struct evhttp_request *req, int code, const char *ctype,
+    const char *body, int endpoint, int64_t start)
 {
 	struct evbuffer	*buf;
+	size_t		 len = strlen(body);
 
 	if ((buf = evbuffer_new()) == NULL)
 		fatalx("evbuffer_new");
-	evbuffer_add(buf, body, strlen(body));
-	evbuffer_add(buf, "\n", 1);
+	evbuffer_add(buf, body, len);
+	if (len == 0 || body[len - 1] != '\n')
+		evbuffer_add(buf, "\n", 1);
 	evhttp_add_header(evhttp_request_get_output_headers(req),
-	    "Content-Type", "application/json");
+	    "Content-Type", ctype);
 	evhttp_add_header(evhttp_request_get_output_headers(req),
 	    "Cache-Control", "no-store");
+	metrics_request(endpoint, code, http_usec() - start);
 	evhttp_send_reply(req, code, NULL, buf);
 	evbuffer_free(buf);
 }
@@ -565,9 +648,25 @@ http_reply(struct http *h, struct evhttp_request *req, int code,
 	p->req = req;
 	p->code = code;
 	p->body = xstrdup(body);
+	http_started(h, req, &p->endpoint, &p->start);
 	TAILQ_INSERT_TAIL(&h->pending, p, entry);
 	/* Activating an event that is already active does nothing. */
 	event_active(h->flush_ev, EV_TIMEOUT, 0);
+}
+
+/*
+ * Send an answer that depends on no commit right away, with a Content-Type
+ * of its own: it must not wait for, nor fail with, the log flush.
+ */
+void
+http_reply_now(struct http *h, struct evhttp_request *req, int code,
+    const char *ctype, const char *body)
+{
+	int	endpoint;
+	int64_t	start;
+
+	http_started(h, req, &endpoint, &start);
+	http_send(req, code, ctype, body, endpoint, start);
 }
 
 /* Send an error that changed nothing: {"error": code}, right away. */
@@ -576,13 +675,15 @@ http_error(struct http *h, struct evhttp_request *req, int code,
     const char *error)
 {
 	char	body[96];
+	int	endpoint;
+	int64_t	start;
 
-	(void)h;
 	if (code == 401)
 		evhttp_add_header(evhttp_request_get_output_headers(req),
 		    "WWW-Authenticate", "Bearer");
 	snprintf(body, sizeof body, "{\"error\":\"%s\"}", error);
-	http_send(req, code, body);
+	http_started(h, req, &endpoint, &start);
+	http_send(req, code, "application/json", body, endpoint, start);
 }
 
 /* Flush the log once for the whole batch, then send its answers. */
@@ -601,9 +702,12 @@ http_flush_cb(evutil_socket_t fd, short events, void *arg)
 	while ((p = TAILQ_FIRST(&h->pending)) != NULL) {
 		TAILQ_REMOVE(&h->pending, p, entry);
 		if (ok)
-			http_send(p->req, p->code, p->body);
+			http_send(p->req, p->code, "application/json",
+			    p->body, p->endpoint, p->start);
 		else
-			http_send(p->req, 503, "{\"error\":\"unavailable\"}");
+			http_send(p->req, 503, "application/json",
+			    "{\"error\":\"unavailable\"}", p->endpoint,
+			    p->start);
 		free(p->body);
 		free(p);
 	}

@@ -36,6 +36,7 @@ struct logstream_item {
 	yajl_val	 root;		/* tree to free, or NULL if shared */
 	yajl_val	 data;		/* the event */
 	const char	*log_id;
+	int		 ignored;	/* changed nothing: count its type */
 };
 
 /* A rejected item, kept until the request is committed. */
@@ -60,6 +61,7 @@ struct logstream_batch {
 	size_t			 duplicates;
 	struct events_counts	 ignored;
 	char			 last[LOG_ID_MAX + 1];
+	int64_t			 last_date;	/* ms, latest new event */
 };
 
 static void	logstream_reject(struct logstream_batch *, const char *,
@@ -78,6 +80,7 @@ static int	logstream_apply_one(struct store_txn *,
 		    struct logstream_batch *, struct logstream_item *);
 static int	logstream_prune_txn(struct store_txn *, void *);
 static void	logstream_free(struct logstream_batch *);
+static void	logstream_metrics(const struct logstream_batch *, size_t);
 
 /* Count a bad item and keep it for the dead-letter file. */
 static void
@@ -286,9 +289,11 @@ static int
 logstream_apply_one(struct store_txn *txn, struct logstream_batch *b,
     struct logstream_item *it)
 {
+	int64_t	date;
 	int	rv, outcome;
 
 	rv = store_seen_add(txn, it->log_id, b->now);
+	it->ignored = 0;
 	if (rv == STORE_EXISTS) {
 		b->duplicates++;
 		return (STORE_OK);
@@ -300,6 +305,8 @@ logstream_apply_one(struct store_txn *txn, struct logstream_batch *b,
 		return (rv);
 	if (logstream_later(it->log_id, b->last))
 		snprintf(b->last, sizeof b->last, "%s", it->log_id);
+	if ((date = events_date(it->data, 0)) > b->last_date)
+		b->last_date = date;
 	switch (outcome) {
 	case CLAIMS_APPLIED:
 		b->applied++;
@@ -315,6 +322,7 @@ logstream_apply_one(struct store_txn *txn, struct logstream_batch *b,
 		break;
 	default:
 		b->ignored.ignored++;
+		it->ignored = 1;
 		break;
 	}
 	return (STORE_OK);
@@ -332,6 +340,7 @@ logstream_txn(struct store_txn *txn, void *arg)
 	b->applied = b->duplicates = 0;
 	memset(&b->ignored, 0, sizeof b->ignored);
 	b->last[0] = '\0';
+	b->last_date = 0;
 	for (i = 0; i < b->nitems && rv == STORE_OK; i++)
 		rv = logstream_apply_one(txn, b, &b->items[i]);
 	if (rv != STORE_OK || b->last[0] == '\0')
@@ -362,6 +371,28 @@ logstream_free(struct logstream_batch *b)
 	free(b->rejects);
 }
 
+/* Add a committed request's counts and latest event to the metrics. */
+static void
+logstream_metrics(const struct logstream_batch *b, size_t ign)
+{
+	struct metrics_events	d;
+
+	memset(&d, 0, sizeof d);
+	d.applied = b->applied;
+	d.duplicates = b->duplicates;
+	d.ignored = ign;
+	d.rejected = b->rejected;
+	d.unmatched = b->ignored.unmatched;
+	d.ambiguous = b->ignored.ambiguous;
+	d.stale = b->ignored.stale;
+	snprintf(d.last_log_id, sizeof d.last_log_id, "%s", b->last);
+	d.last_date_ms = b->last_date;
+	/* Only a new event says that the stream is flowing. */
+	if (b->last[0] != '\0')
+		d.last_received = b->now;
+	metrics_log_stream(&d);
+}
+
 /* POST /v1/log-stream. */
 void
 logstream_http_cb(struct evhttp_request *req, void *arg)
@@ -370,7 +401,7 @@ logstream_http_cb(struct evhttp_request *req, void *arg)
 	struct evbuffer		*buf = evhttp_request_get_input_buffer(req);
 	struct logstream_batch	 b;
 	const char		*body;
-	size_t			 len = evbuffer_get_length(buf), ign;
+	size_t			 len = evbuffer_get_length(buf), ign, i;
 	char			 answer[256];
 	int			 rv;
 
@@ -403,9 +434,15 @@ logstream_http_cb(struct evhttp_request *req, void *arg)
 		return;
 	}
 	logstream_dead_letter(&b);
+	/* Counted only now: a transaction run again must not count twice. */
+	for (i = 0; i < b.nitems; i++) {
+		if (b.items[i].ignored)
+			events_count_ignored(events_type(b.items[i].data));
+	}
 	logstream_free(&b);
 	ign = b.ignored.ignored + b.ignored.unmatched + b.ignored.ambiguous +
 	    b.ignored.stale;
+	logstream_metrics(&b, ign);
 	log_info("log stream: %zu received, %zu applied, %zu duplicate, "
 	    "%zu ignored (%zu unmatched, %zu ambiguous, %zu older than a "
 	    "release), %zu rejected", b.received, b.applied, b.duplicates,

@@ -33,6 +33,8 @@ struct main_state {
 	struct conf		*conf;
 	struct store		*store;
 	struct http		*http;
+	struct control		*control;
+	struct tls		*tls;		/* NULL: plain HTTP */
 	int			 exit_status;
 };
 
@@ -48,7 +50,9 @@ static int	main_check(struct conf *);
 static void	main_start(struct main_state *);
 static void	main_die(int, char *) __attribute__((noreturn));
 static void	main_detach(void);
-static void	main_ready(void);
+static void	main_ready(struct main_state *);
+static void	main_notify_ready(struct main_state *, const char *);
+static void	main_notify_reloading(void);
 static void	main_run(struct main_state *);
 
 static struct event	*main_fail_ev;
@@ -109,6 +113,16 @@ main_reload(struct main_state *m)
 		free(cause);
 		rv = -1;
 	}
+	if (m->tls != NULL) {
+		if (tls_reload(m->tls, m->conf, &cause) != 0) {
+			log_warnx("reload: %s; keeping the old certificate",
+			    cause);
+			free(cause);
+			rv = -1;
+		} else
+			log_info("reloaded the TLS certificate: %s",
+			    tls_summary(m->tls));
+	}
 	if (rv == 0)
 		log_info("reloaded the tokens and the exempt list");
 	return (rv);
@@ -126,11 +140,17 @@ main_signal_cb(evutil_socket_t sig, short events, void *arg)
 	case SIGTERM:
 	case SIGINT:
 		log_info("received %s: stopping", strsignal(sig));
+		notify_send("STOPPING=1\nSTATUS=stopping on %s",
+		    strsignal(sig));
 		http_stop_accepting(m->http);
 		event_base_loopexit(m->base, &tv);
 		break;
 	case SIGHUP:
-		main_reload(m);
+		main_notify_reloading();
+		if (main_reload(m) == 0)
+			main_notify_ready(m, "reloaded");
+		else
+			main_notify_ready(m, "reload failed (see the log)");
 		break;
 	}
 }
@@ -206,6 +226,8 @@ main_store_failed_cb(evutil_socket_t fd, short events, void *arg)
 	(void)events;
 	log_warnx("the store failed: exiting so that recovery runs on "
 	    "restart");
+	notify_send("STOPPING=1\nSTATUS=the store failed; exiting so that "
+	    "recovery runs on restart");
 	m->exit_status = EXIT_RUNTIME;
 	/* Every answer from now on is 503; let those already sent leave. */
 	http_stop_accepting(m->http);
@@ -216,8 +238,9 @@ main_store_failed_cb(evutil_socket_t fd, short events, void *arg)
 static int
 main_check(struct conf *conf)
 {
-	char	*cause, *secret;
-	size_t	 len;
+	struct tls	*tls;
+	char		*cause, *secret;
+	size_t		 len;
 
 	if (conf_read_secret(conf->api_token_file, &secret, &len,
 	    &cause) != 0)
@@ -232,6 +255,11 @@ main_check(struct conf *conf)
 	if (claims_exempt_load(conf->exempt_numbers_file,
 	    conf->default_region, 1, &cause) != 0)
 		goto fail;
+	if (conf->tls_cert_file != NULL) {
+		if ((tls = tls_init(conf, &cause)) == NULL)
+			goto fail;
+		tls_free(tls);
+	}
 	printf("%s: configuration OK\n", conf->path);
 	return (EXIT_OK);
 fail:
@@ -252,6 +280,7 @@ main_die(int status, char *cause)
 	int	n;
 
 	log_warnx("%s", cause);
+	notify_send("STATUS=start-up failed: %s", cause);
 	if (main_ready_fd != -1) {
 		n = snprintf(msg, sizeof msg, "%d %s", status, cause);
 		if (n > 0 && write(main_ready_fd, msg, strlen(msg)) < 0)
@@ -302,12 +331,35 @@ main_detach(void)
 		fatal("setsid");
 }
 
+/* Tell systemd that we serve, and what. */
+static void
+main_notify_ready(struct main_state *m, const char *what)
+{
+	notify_send("READY=1\nSTATUS=%s%slistening on %s (%s)", what,
+	    *what != '\0' ? "; " : "", http_bound_address(m->http),
+	    m->tls != NULL ? "https" : "http");
+}
+
+/* Tell systemd that a reload started (MONOTONIC_USEC for notify-reload). */
+static void
+main_notify_reloading(void)
+{
+	struct timespec	ts;
+
+	if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
+		ts.tv_sec = ts.tv_nsec = 0;
+	notify_send("RELOADING=1\nMONOTONIC_USEC=%llu",
+	    (unsigned long long)ts.tv_sec * 1000000ULL +
+	    (unsigned long long)ts.tv_nsec / 1000ULL);
+}
+
 /* Start-up is complete: release the waiting parent and close stdio. */
 static void
-main_ready(void)
+main_ready(struct main_state *m)
 {
 	int	fd;
 
+	main_notify_ready(m, "");
 	if (main_ready_fd == -1)
 		return;
 	if (write(main_ready_fd, "0", 1) != 1)
@@ -348,10 +400,21 @@ main_start(struct main_state *m)
 	if (claims_exempt_load(m->conf->exempt_numbers_file,
 	    m->conf->default_region, 0, &cause) != 0)
 		main_die(EXIT_CONFIG, cause);
+	metrics_init(m->store);
+	if (m->conf->tls_cert_file != NULL) {
+		if ((m->tls = tls_init(m->conf, &cause)) == NULL)
+			main_die(EXIT_CONFIG, cause);
+		log_info("TLS certificate: %s", tls_summary(m->tls));
+	}
 	if ((m->http = http_init(m->base, m->conf, m->store, &cause)) == NULL)
 		main_die(EXIT_RUNTIME, cause);
+	http_set_tls(m->http, m->tls);
 	if (main_load_tokens(m, &cause) != 0)
 		main_die(EXIT_CONFIG, cause);
+	/* Last: a failed start must not leave a socket behind. */
+	if ((m->control = control_init(m->base, m->conf, m->store,
+	    &cause)) == NULL)
+		main_die(EXIT_RUNTIME, cause);
 }
 
 /* Run the loop with its signals and timers until told to stop. */
@@ -378,8 +441,9 @@ main_run(struct main_state *m)
 	evtimer_add(ckp_ev, &tv_ckp);
 	log_info("phoneclaimd %s in %s mode, state in %s", PACKAGE_VERSION,
 	    conf_mode_name(m->conf->mode), m->conf->state_dir);
-	log_info("listening on %s", http_bound_address(m->http));
-	main_ready();
+	log_info("listening on %s (%s)", http_bound_address(m->http),
+	    m->tls != NULL ? "https" : "http");
+	main_ready(m);
 	event_base_dispatch(m->base);
 	for (i = 0; i < 3; i++)
 		event_free(ev[i]);
@@ -439,6 +503,7 @@ main(int argc, char **argv)
 	if (!foreground)
 		main_detach();
 	log_init(foreground, m.conf->log_level);
+	notify_init();
 	signal(SIGPIPE, SIG_IGN);
 	if ((m.base = event_base_new()) == NULL)
 		fatalx("event_base_new");
@@ -451,10 +516,14 @@ main(int argc, char **argv)
 		 * repairs it.  Leave without touching it.
 		 */
 		log_warnx("exiting without closing the failed store");
+		notify_free();
 		_exit(EXIT_RUNTIME);
 	}
 	log_info("stopping");
+	control_free(m.control);
 	http_free(m.http);
+	tls_free(m.tls);
+	metrics_free();
 	deadletter_close();
 	events_free();
 	claims_free();
@@ -463,5 +532,6 @@ main(int argc, char **argv)
 	event_base_free(m.base);
 	libevent_global_shutdown();
 	conf_free(m.conf);
+	notify_free();
 	return (m.exit_status);
 }

@@ -1,7 +1,427 @@
 /*
- * metrics.c: placeholder while the operations issue is being built; its
- * functions are declared in phoneclaimd.h.
+ * Counters for GET /metrics, in Prometheus text exposition format 0.0.4:
+ * answers by endpoint and status with their latency, log-stream events by
+ * outcome, and gauges read from the store when scraped.
+ *
+ * Nothing here may name a number, a user or a token (invariant I5): the
+ * labels are endpoints, status codes, outcomes, Auth0 event types and the
+ * version.  Counters live in memory and start from zero with the process,
+ * as Prometheus expects of counters (rate() handles the reset).
  */
 #include "config.h"
 
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <event2/buffer.h>
+#include <event2/http.h>
+
+#include "log.h"
 #include "phoneclaimd.h"
+#include "xmalloc.h"
+
+#define METRICS_CONTENT_TYPE	"text/plain; version=0.0.4; charset=utf-8"
+#define METRICS_CODE_MIN	100
+#define METRICS_CODE_MAX	599
+#define METRICS_NCODES		(METRICS_CODE_MAX - METRICS_CODE_MIN + 1)
+#define METRICS_TYPE_MAX	64	/* bytes of an event type shown */
+#define METRICS_TYPE_DIGITS	4	/* digits in a row that hide a type */
+#define METRICS_TYPE_OTHER	"(other)"
+
+/* Upper bounds of the latency buckets ("le" includes the bound). */
+static const struct {
+	int64_t		 usec;
+	const char	*le;
+} metrics_buckets[] = {
+	{ 500, "0.0005" }, { 1000, "0.001" }, { 2500, "0.0025" },
+	{ 5000, "0.005" }, { 10000, "0.01" }, { 25000, "0.025" },
+	{ 50000, "0.05" }, { 100000, "0.1" }, { 250000, "0.25" },
+	{ 500000, "0.5" }, { 1000000, "1" }, { 2500000, "2.5" }
+};
+#define METRICS_NBUCKETS \
+    (sizeof metrics_buckets / sizeof metrics_buckets[0])
+
+static const char	*metrics_endpoints[METRICS_EP_COUNT] = {
+	"claims", "log-stream", "healthz", "metrics", "other"
+};
+
+/* One endpoint's latency histogram; +Inf is the count. */
+struct metrics_latency {
+	uint64_t	 bucket[METRICS_NBUCKETS];	/* not cumulative */
+	uint64_t	 count;
+	uint64_t	 sum_usec;
+};
+
+struct metrics {
+	struct store		*store;
+	int64_t			 start;		/* seconds since the epoch */
+	uint64_t		 requests[METRICS_EP_COUNT][METRICS_NCODES];
+	struct metrics_latency	 latency[METRICS_EP_COUNT];
+	struct metrics_events	 events;
+};
+
+static struct metrics	 metrics;
+
+static int	metrics_later(const char *, const char *);
+static void	metrics_family(struct evbuffer *, const char *, const char *,
+		    const char *);
+static void	metrics_label(struct evbuffer *, const char *);
+static int	metrics_type_shown(const char *);
+static void	metrics_text_process(struct evbuffer *);
+static void	metrics_text_store(struct evbuffer *);
+static void	metrics_text_events(struct evbuffer *);
+static void	metrics_text_ignored(struct evbuffer *);
+static void	metrics_text_last_event(struct evbuffer *);
+static void	metrics_text_requests(struct evbuffer *);
+static void	metrics_text_latency(struct evbuffer *);
+
+/* Start counting; the store is read for the gauges at each scrape. */
+void
+metrics_init(struct store *store)
+{
+	memset(&metrics, 0, sizeof metrics);
+	metrics.store = store;
+	metrics.start = (int64_t)time(NULL);
+}
+
+/* Forget the counters and the store. */
+void
+metrics_free(void)
+{
+	memset(&metrics, 0, sizeof metrics);
+}
+
+/* Count one answer handed to evhttp, usec after its request arrived. */
+void
+metrics_request(int endpoint, int code, int64_t usec)
+{
+	struct metrics_latency	*l;
+	size_t			 i;
+
+	if (endpoint < 0 || endpoint >= METRICS_EP_COUNT)
+		endpoint = METRICS_EP_OTHER;
+	/* Not an HTTP status: evhttp would not send it either. */
+	if (code >= METRICS_CODE_MIN && code <= METRICS_CODE_MAX)
+		metrics.requests[endpoint][code - METRICS_CODE_MIN]++;
+	if (usec < 0)
+		usec = 0;
+	l = &metrics.latency[endpoint];
+	for (i = 0; i < METRICS_NBUCKETS; i++) {
+		if (usec <= metrics_buckets[i].usec) {
+			l->bucket[i]++;
+			break;
+		}
+	}
+	l->count++;
+	l->sum_usec += (uint64_t)usec;
+}
+
+/* Return 1 if log id a comes after b, in logstream.c's order. */
+static int
+metrics_later(const char *a, const char *b)
+{
+	size_t	la = strlen(a), lb = strlen(b);
+
+	if (la != lb)
+		return (la > lb);
+	return (strcmp(a, b) > 0);
+}
+
+/* Add one committed log-stream request's counts to the totals. */
+void
+metrics_log_stream(const struct metrics_events *d)
+{
+	struct metrics_events	*t = &metrics.events;
+
+	t->applied += d->applied;
+	t->duplicates += d->duplicates;
+	t->ignored += d->ignored;
+	t->rejected += d->rejected;
+	t->unmatched += d->unmatched;
+	t->ambiguous += d->ambiguous;
+	t->stale += d->stale;
+	if (d->last_log_id[0] != '\0' &&
+	    metrics_later(d->last_log_id, t->last_log_id))
+		snprintf(t->last_log_id, sizeof t->last_log_id, "%s",
+		    d->last_log_id);
+	if (d->last_date_ms > t->last_date_ms)
+		t->last_date_ms = d->last_date_ms;
+	if (d->last_received > t->last_received)
+		t->last_received = d->last_received;
+}
+
+/* Return the log-stream totals since start (for status too). */
+const struct metrics_events *
+metrics_events_totals(void)
+{
+	return (&metrics.events);
+}
+
+/* Write a family's HELP and TYPE lines. */
+static void
+metrics_family(struct evbuffer *buf, const char *name, const char *type,
+    const char *help)
+{
+	evbuffer_add_printf(buf, "# HELP phoneclaimd_%s %s\n"
+	    "# TYPE phoneclaimd_%s %s\n", name, help, name, type);
+}
+
+/* Write a label value escaped as the format wants: \\, \" and \n. */
+static void
+metrics_label(struct evbuffer *buf, const char *s)
+{
+	for (; *s != '\0'; s++) {
+		if (*s == '\\')
+			evbuffer_add(buf, "\\\\", 2);
+		else if (*s == '"')
+			evbuffer_add(buf, "\\\"", 2);
+		else if (*s == '\n')
+			evbuffer_add(buf, "\\n", 2);
+		else
+			evbuffer_add(buf, s, 1);
+	}
+}
+
+/*
+ * Show an event type as a label only if it looks like an Auth0 type code:
+ * printable ASCII (so the output stays UTF-8), and no run of digits that
+ * could be part of a phone number sent in the type field.  The others are
+ * counted together as "(other)".
+ */
+static int
+metrics_type_shown(const char *type)
+{
+	const unsigned char	*s = (const unsigned char *)type;
+	size_t			 len = strlen(type), i, run = 0;
+
+	if (len == 0 || len > METRICS_TYPE_MAX ||
+	    strcmp(type, METRICS_TYPE_OTHER) == 0)
+		return (0);
+	for (i = 0; i < len; i++) {
+		if (s[i] < 0x20 || s[i] > 0x7e)
+			return (0);
+		run = s[i] >= '0' && s[i] <= '9' ? run + 1 : 0;
+		if (run >= METRICS_TYPE_DIGITS)
+			return (0);
+	}
+	return (1);
+}
+
+/* The process: version, start time, store health, backfill. */
+static void
+metrics_text_process(struct evbuffer *buf)
+{
+	int	ok = metrics.store != NULL && !store_failed(metrics.store);
+
+	metrics_family(buf, "build_info", "gauge",
+	    "Always 1; the version is in the label.");
+	evbuffer_add_printf(buf, "phoneclaimd_build_info{version=\"");
+	metrics_label(buf, PACKAGE_VERSION);
+	evbuffer_add_printf(buf, "\"} 1\n");
+	metrics_family(buf, "start_time_seconds", "gauge",
+	    "When the daemon started, in seconds since the epoch.");
+	evbuffer_add_printf(buf, "phoneclaimd_start_time_seconds %" PRId64
+	    "\n", metrics.start);
+	metrics_family(buf, "store_ok", "gauge",
+	    "1 while the store accepts commits, else 0.");
+	evbuffer_add_printf(buf, "phoneclaimd_store_ok %d\n", ok);
+	/* The Management API backfill is a later issue: never configured. */
+	metrics_family(buf, "backfill_state", "gauge",
+	    "Management API backfill: 0 not configured (always, for now).");
+	evbuffer_add_printf(buf, "phoneclaimd_backfill_state 0\n");
+}
+
+/* Claims by state and conflicts, from the store (no samples if it fails). */
+static void
+metrics_text_store(struct evbuffer *buf)
+{
+	struct store_counts	c;
+	int			ok;
+
+	ok = metrics.store != NULL && store_count(metrics.store, &c) ==
+	    STORE_OK;
+	metrics_family(buf, "claims", "gauge",
+	    "Claims held, by state (expired reservations until purged).");
+	if (ok)
+		evbuffer_add_printf(buf,
+		    "phoneclaimd_claims{state=\"active\"} %" PRIu64 "\n"
+		    "phoneclaimd_claims{state=\"pending\"} %" PRIu64 "\n",
+		    c.active, c.pending);
+	metrics_family(buf, "conflicts", "gauge",
+	    "Conflicts recorded: more holders than allowed on one number.");
+	if (ok)
+		evbuffer_add_printf(buf, "phoneclaimd_conflicts %" PRIu64 "\n",
+		    c.conflicts);
+}
+
+/* Log-stream events by outcome; the outcomes add up to those received. */
+static void
+metrics_text_events(struct evbuffer *buf)
+{
+	const struct metrics_events	*e = &metrics.events;
+	uint64_t			 plain, other;
+
+	other = e->unmatched + e->ambiguous + e->stale;
+	plain = e->ignored > other ? e->ignored - other : 0;
+	metrics_family(buf, "events_total", "counter",
+	    "Log-stream events since start by outcome; ignored excludes "
+	    "unmatched, ambiguous and stale.");
+	evbuffer_add_printf(buf,
+	    "phoneclaimd_events_total{outcome=\"applied\"} %" PRIu64 "\n"
+	    "phoneclaimd_events_total{outcome=\"duplicate\"} %" PRIu64 "\n"
+	    "phoneclaimd_events_total{outcome=\"ignored\"} %" PRIu64 "\n"
+	    "phoneclaimd_events_total{outcome=\"rejected\"} %" PRIu64 "\n"
+	    "phoneclaimd_events_total{outcome=\"unmatched\"} %" PRIu64 "\n"
+	    "phoneclaimd_events_total{outcome=\"ambiguous\"} %" PRIu64 "\n"
+	    "phoneclaimd_events_total{outcome=\"stale\"} %" PRIu64 "\n",
+	    e->applied, e->duplicates, plain, e->rejected, e->unmatched,
+	    e->ambiguous, e->stale);
+}
+
+/* Ignored events by Auth0 type. */
+static void
+metrics_text_ignored(struct evbuffer *buf)
+{
+	const char	**names;
+	const size_t	 *counts;
+	size_t		  n, i;
+	uint64_t	  other = 0;
+
+	n = events_ignored_types(&names, &counts);
+	metrics_family(buf, "ignored_events_total", "counter",
+	    "Log-stream events of a type that changes no claim, by type.");
+	for (i = 0; i < n; i++) {
+		if (!metrics_type_shown(names[i])) {
+			other += counts[i];
+			continue;
+		}
+		evbuffer_add_printf(buf,
+		    "phoneclaimd_ignored_events_total{type=\"");
+		metrics_label(buf, names[i]);
+		evbuffer_add_printf(buf, "\"} %zu\n", counts[i]);
+	}
+	if (other > 0)
+		evbuffer_add_printf(buf, "phoneclaimd_ignored_events_total"
+		    "{type=\"" METRICS_TYPE_OTHER "\"} %" PRIu64 "\n", other);
+}
+
+/* The latest event's date and how long ago one arrived (none: absent). */
+static void
+metrics_text_last_event(struct evbuffer *buf)
+{
+	const struct metrics_events	*e = &metrics.events;
+	int64_t				 age;
+
+	metrics_family(buf, "last_event_timestamp_seconds", "gauge",
+	    "Date of the latest new log-stream event, in seconds since the "
+	    "epoch; absent before any.");
+	if (e->last_date_ms > 0)
+		evbuffer_add_printf(buf, "phoneclaimd_last_event_timestamp_"
+		    "seconds %" PRId64 ".%03d\n", e->last_date_ms / 1000,
+		    (int)(e->last_date_ms % 1000));
+	metrics_family(buf, "last_event_age_seconds", "gauge",
+	    "Seconds since a log-stream request brought a new event; absent "
+	    "before any.");
+	if (e->last_received > 0) {
+		age = (int64_t)time(NULL) - e->last_received;
+		evbuffer_add_printf(buf, "phoneclaimd_last_event_age_seconds %"
+		    PRId64 "\n", age > 0 ? age : 0);
+	}
+}
+
+/* Answers by endpoint and status code (only those that happened). */
+static void
+metrics_text_requests(struct evbuffer *buf)
+{
+	int	ep, i;
+
+	metrics_family(buf, "requests_total", "counter",
+	    "HTTP answers sent, by endpoint and status code.");
+	for (ep = 0; ep < METRICS_EP_COUNT; ep++) {
+		for (i = 0; i < METRICS_NCODES; i++) {
+			if (metrics.requests[ep][i] == 0)
+				continue;
+			evbuffer_add_printf(buf, "phoneclaimd_requests_total"
+			    "{endpoint=\"%s\",code=\"%d\"} %" PRIu64 "\n",
+			    metrics_endpoints[ep], i + METRICS_CODE_MIN,
+			    metrics.requests[ep][i]);
+		}
+	}
+}
+
+/* The latency histogram of each endpoint, buckets made cumulative. */
+static void
+metrics_text_latency(struct evbuffer *buf)
+{
+	const struct metrics_latency	*l;
+	const char			*name;
+	uint64_t			 cum;
+	size_t				 i;
+	int				 ep;
+
+	metrics_family(buf, "request_duration_seconds", "histogram",
+	    "Time from a request's arrival to its answer, by endpoint.");
+	for (ep = 0; ep < METRICS_EP_COUNT; ep++) {
+		l = &metrics.latency[ep];
+		name = metrics_endpoints[ep];
+		for (i = 0, cum = 0; i < METRICS_NBUCKETS; i++) {
+			cum += l->bucket[i];
+			evbuffer_add_printf(buf, "phoneclaimd_request_duration_"
+			    "seconds_bucket{endpoint=\"%s\",le=\"%s\"} %"
+			    PRIu64 "\n", name, metrics_buckets[i].le, cum);
+		}
+		evbuffer_add_printf(buf, "phoneclaimd_request_duration_seconds_"
+		    "bucket{endpoint=\"%s\",le=\"+Inf\"} %" PRIu64 "\n",
+		    name, l->count);
+		evbuffer_add_printf(buf, "phoneclaimd_request_duration_seconds_"
+		    "sum{endpoint=\"%s\"} %.6f\n", name,
+		    (double)l->sum_usec / 1e6);
+		evbuffer_add_printf(buf, "phoneclaimd_request_duration_seconds_"
+		    "count{endpoint=\"%s\"} %" PRIu64 "\n", name, l->count);
+	}
+}
+
+/* Return the whole exposition as a string to free. */
+char *
+metrics_text(void)
+{
+	struct evbuffer	*buf;
+	size_t		 len;
+	char		*text;
+
+	if ((buf = evbuffer_new()) == NULL)
+		fatalx("evbuffer_new");
+	metrics_text_process(buf);
+	metrics_text_store(buf);
+	metrics_text_events(buf);
+	metrics_text_ignored(buf);
+	metrics_text_last_event(buf);
+	metrics_text_requests(buf);
+	metrics_text_latency(buf);
+	len = evbuffer_get_length(buf);
+	text = xmalloc(len + 1);
+	if (evbuffer_remove(buf, text, len) != (int)len)
+		fatalx("evbuffer_remove");
+	text[len] = '\0';
+	evbuffer_free(buf);
+	return (text);
+}
+
+/*
+ * GET /metrics.  It changes nothing, so it is sent at once rather than
+ * after the log flush: a scrape still answers (with store_ok 0) when the
+ * store has failed and every flush does.
+ */
+void
+metrics_http_cb(struct evhttp_request *req, void *arg)
+{
+	struct http	*h = arg;
+	char		*text;
+
+	text = metrics_text();
+	http_reply_now(h, req, 200, METRICS_CONTENT_TYPE, text);
+	free(text);
+}

@@ -48,6 +48,12 @@
  *   conflict, format 1:  format(1) since(8) last4(4) log_id_len(2) log_id
  *                        nholders(2) { holder_len(2) holder }...
  *
+ * The numbers of claims (active, pending) and conflicts are counted once at
+ * open and then kept in memory: each transaction notes how its puts and
+ * deletes change them (the old record tells the old state), and commit
+ * applies that, abort forgets it.  So store_count costs nothing and can
+ * serve status requests and metrics scrapes as often as they come.
+ *
  * Commits write the log without fsync (DB_TXN_WRITE_NOSYNC); store_flush
  * makes a whole batch durable with one log_flush before its replies go out.
  * A log-stream request applies up to ~10,000 events in one transaction, tens
@@ -153,11 +159,17 @@ struct store {
 	int		 failed;
 	void		(*fail_cb)(void *);
 	void		*fail_arg;
+	struct store_counts counts;	/* of committed data */
 };
 
+/* A transaction and the changes it makes to the counts, if it commits. */
 struct store_txn {
 	struct store	*st;
 	DB_TXN		*tid;
+	int64_t		 d_claims;
+	int64_t		 d_active;
+	int64_t		 d_pending;
+	int64_t		 d_conflicts;
 };
 
 /* A growing array of claims read by a cursor. */
@@ -212,6 +224,9 @@ static int	store_conflict_holders(const unsigned char *,
 		    const unsigned char *, struct conflict *);
 static void	store_conflict_clear(struct conflict *);
 static int	store_count_db(DB *, DB_TXN *, uint64_t *);
+static int	store_count_init(struct store *, char **);
+static int	store_claim_old(struct store_txn *, DBT *, int *);
+static void	store_count_state(struct store_txn *, int, int);
 static int	store_watermark_key(const char *, const unsigned char *,
 		    unsigned char *, size_t *);
 
@@ -242,7 +257,8 @@ store_open(const char *dir, char **cause)
 	if (store_lock(st, cause) != 0 ||
 	    store_open_env(st, cause) != 0 ||
 	    store_open_dbs(st, cause) != 0 ||
-	    store_check_schema(st, cause) != 0) {
+	    store_check_schema(st, cause) != 0 ||
+	    store_count_init(st, cause) != 0) {
 		store_close_handles(st);
 		if (st->lock_fd != -1)
 			close(st->lock_fd);
@@ -707,7 +723,7 @@ store_txn_begin(struct store *st, struct store_txn **txnp)
 	    "begin transaction");
 	if (r != STORE_OK)
 		return (r == STORE_NOTFOUND ? STORE_ERROR : r);
-	*txnp = xmalloc(sizeof **txnp);
+	*txnp = xcalloc(1, sizeof **txnp);
 	(*txnp)->st = st;
 	(*txnp)->tid = tid;
 	return (STORE_OK);
@@ -716,7 +732,8 @@ store_txn_begin(struct store *st, struct store_txn **txnp)
 /*
  * Commit: the log is written but not synced, store_flush does that for the
  * whole batch.  The handle is gone afterwards whatever the result, so a
- * failed commit is STORE_ERROR, never STORE_RETRY.
+ * failed commit is STORE_ERROR, never STORE_RETRY.  The counts take the
+ * transaction's changes only once it has committed.
  */
 int
 store_txn_commit(struct store_txn *txn)
@@ -725,17 +742,27 @@ store_txn_commit(struct store_txn *txn)
 	DB_TXN		*tid = txn->tid;
 	int		 r;
 
-	free(txn);
 	if (st->failed) {
+		free(txn);
 		(void)tid->abort(tid);
 		return (STORE_ERROR);
 	}
 	r = store_result(st, tid->commit(tid, DB_TXN_WRITE_NOSYNC),
 	    "commit");
+	if (r == STORE_OK) {
+		st->counts.claims += (uint64_t)txn->d_claims;
+		st->counts.active += (uint64_t)txn->d_active;
+		st->counts.pending += (uint64_t)txn->d_pending;
+		st->counts.conflicts += (uint64_t)txn->d_conflicts;
+	}
+	free(txn);
 	return (r == STORE_OK ? STORE_OK : STORE_ERROR);
 }
 
-/* Abort a transaction; releasing the handle is allowed after a failure. */
+/*
+ * Abort a transaction, and with it its changes to the counts; releasing
+ * the handle is allowed after a failure.
+ */
 void
 store_txn_abort(struct store_txn *txn)
 {
@@ -1029,6 +1056,59 @@ store_claims_by_enrol(struct store_txn *txn, const char *enrol_id,
 	    ENROL_ID_MAX, "read claims by enrolment id", arrp, np));
 }
 
+/*
+ * Read the state of the claim stored under key, for the counts: 0 if there
+ * is none.  Callers have read the claim already (with DB_RMW), so its page
+ * is cached and locked: this costs no I/O and no new lock.
+ */
+static int
+store_claim_old(struct store_txn *txn, DBT *key, int *state)
+{
+	struct store	*st = txn->st;
+	DB		*db = st->db[STORE_DB_CLAIMS];
+	unsigned char	 rec[CLAIM_OFF_STATE + 1];
+	DBT		 data;
+	int		 r;
+
+	*state = 0;
+	memset(&data, 0, sizeof data);
+	data.data = rec;
+	data.ulen = sizeof rec;
+	data.dlen = sizeof rec;
+	data.flags = DB_DBT_USERMEM | DB_DBT_PARTIAL;
+	r = store_result(st, db->get(db, txn->tid, key, &data, DB_RMW),
+	    "read claim");
+	if (r == STORE_NOTFOUND)
+		return (STORE_OK);
+	if (r != STORE_OK)
+		return (r);
+	/* As at open: a claim that is not pending counts as active. */
+	if (data.size > CLAIM_OFF_STATE &&
+	    rec[CLAIM_OFF_STATE] == CLAIM_PENDING)
+		*state = CLAIM_PENDING;
+	else
+		*state = CLAIM_ACTIVE;
+	return (STORE_OK);
+}
+
+/* Note in the transaction that a claim went from state old to new (0: none). */
+static void
+store_count_state(struct store_txn *txn, int old, int new)
+{
+	if (old == 0)
+		txn->d_claims++;
+	else if (old == CLAIM_PENDING)
+		txn->d_pending--;
+	else
+		txn->d_active--;
+	if (new == 0)
+		txn->d_claims--;
+	else if (new == CLAIM_PENDING)
+		txn->d_pending++;
+	else
+		txn->d_active++;
+}
+
 /* Write a claim, replacing any claim of the same user on the number. */
 int
 store_claim_put(struct store_txn *txn, const struct claim *c)
@@ -1038,7 +1118,7 @@ store_claim_put(struct store_txn *txn, const struct claim *c)
 	unsigned char	 kbuf[CLAIM_KEY_MAX], rbuf[CLAIM_REC_MAX];
 	size_t		 klen, rlen;
 	DBT		 key, data;
-	int		 r;
+	int		 r, old;
 
 	if (st->failed)
 		return (STORE_ERROR);
@@ -1048,8 +1128,12 @@ store_claim_put(struct store_txn *txn, const struct claim *c)
 	}
 	store_dbt(&key, kbuf, klen);
 	store_dbt(&data, rbuf, rlen);
+	if ((r = store_claim_old(txn, &key, &old)) != STORE_OK)
+		return (r);
 	r = store_result(st, db->put(db, txn->tid, &key, &data, 0),
 	    "write claim");
+	if (r == STORE_OK)
+		store_count_state(txn, old, c->state);
 	return (r == STORE_NOTFOUND ? STORE_ERROR : r);
 }
 
@@ -1063,14 +1147,71 @@ store_claim_del(struct store_txn *txn, const unsigned char *numkey,
 	unsigned char	 kbuf[CLAIM_KEY_MAX];
 	size_t		 klen;
 	DBT		 key;
+	int		 r, old;
 
 	if (st->failed)
 		return (STORE_ERROR);
 	if (store_claim_key(numkey, user_id, kbuf, &klen) != 0)
 		return (STORE_NOTFOUND);
 	store_dbt(&key, kbuf, klen);
-	return (store_result(st, db->del(db, txn->tid, &key, 0),
-	    "delete claim"));
+	if ((r = store_claim_old(txn, &key, &old)) != STORE_OK)
+		return (r);
+	if (old == 0)
+		return (STORE_NOTFOUND);
+	r = store_result(st, db->del(db, txn->tid, &key, 0), "delete claim");
+	if (r == STORE_OK)
+		store_count_state(txn, old, 0);
+	return (r);
+}
+
+/*
+ * Call cb with every claim in key order (number key, then user id), from
+ * the first one, or from the one after the claim after when it is not
+ * NULL, so that a long walk can go in short transactions.  cb returns 0 to
+ * go on, anything else to stop; either way the result is STORE_OK unless
+ * the store fails.
+ */
+int
+store_claims_all(struct store_txn *txn, const struct claim *after,
+    int (*cb)(const struct claim *, void *), void *arg)
+{
+	struct store	*st = txn->st;
+	DB		*db = st->db[STORE_DB_CLAIMS];
+	unsigned char	 kbuf[CLAIM_KEY_MAX];
+	size_t		 klen = 0;
+	struct claim	 c;
+	DBC		*dbc;
+	DBT		 key, data;
+	u_int32_t	 op = DB_FIRST;
+	int		 ret;
+
+	if (st->failed)
+		return (STORE_ERROR);
+	memset(&key, 0, sizeof key);
+	if (after != NULL) {
+		if (store_claim_key(after->numkey, after->user_id, kbuf,
+		    &klen) != 0)
+			return (STORE_ERROR);
+		store_dbt(&key, kbuf, klen);
+		op = DB_SET_RANGE;
+	}
+	if ((ret = db->cursor(db, txn->tid, &dbc, 0)) != 0)
+		return (store_result(st, ret, "open claims cursor"));
+	memset(&data, 0, sizeof data);
+	for (;; op = DB_NEXT) {
+		if ((ret = dbc->get(dbc, &key, &data, op)) != 0)
+			break;
+		if (op == DB_SET_RANGE && key.size == klen &&
+		    memcmp(key.data, kbuf, klen) == 0)
+			continue;
+		if (store_claim_unpack(&key, &data, &c) != 0) {
+			ret = STORE_CORRUPT;
+			break;
+		}
+		if (cb(&c, arg) != 0)
+			break;
+	}
+	return (store_cursor_done(st, dbc, ret, "read every claim"));
 }
 
 /* Read up to max pending claims that expire at or before now, oldest first. */
@@ -1236,7 +1377,7 @@ store_conflict_put(struct store_txn *txn, const struct conflict *cf)
 	unsigned char	 kbuf[CLAIM_KEY_MAX], *rec;
 	size_t		 klen, rlen;
 	DBT		 key, data;
-	int		 r;
+	int		 ret, r;
 
 	if (st->failed)
 		return (STORE_ERROR);
@@ -1246,8 +1387,13 @@ store_conflict_put(struct store_txn *txn, const struct conflict *cf)
 	}
 	store_dbt(&key, kbuf, klen);
 	store_dbt(&data, rec, rlen);
-	r = store_result(st, db->put(db, txn->tid, &key, &data, 0),
-	    "write conflict");
+	/* A new conflict counts; one that replaces another does not. */
+	ret = db->put(db, txn->tid, &key, &data, DB_NOOVERWRITE);
+	if (ret == 0)
+		txn->d_conflicts++;
+	else if (ret == DB_KEYEXIST)
+		ret = db->put(db, txn->tid, &key, &data, 0);
+	r = store_result(st, ret, "write conflict");
 	free(rec);
 	return (r == STORE_NOTFOUND ? STORE_ERROR : r);
 }
@@ -1503,56 +1649,70 @@ store_watermark_raise(struct store_txn *txn, const char *user_id,
 	return (r == STORE_NOTFOUND ? STORE_ERROR : r);
 }
 
-/* Count the records of one database with a cursor, reading committed. */
+/*
+ * Count the records of one database exactly: DB->stat without DB_FAST_STAT
+ * walks the leaf pages, which is quicker than a cursor over every record.
+ */
 static int
 store_count_db(DB *db, DB_TXN *tid, uint64_t *np)
 {
-	DBC	*dbc;
-	DBT	 key, data;
-	int	 ret, cret;
+	DB_BTREE_STAT	*sp;
+	int		 ret;
 
 	*np = 0;
-	if ((ret = db->cursor(db, tid, &dbc, DB_READ_COMMITTED)) != 0)
+	if ((ret = db->stat(db, tid, &sp, 0)) != 0)
 		return (ret);
-	memset(&key, 0, sizeof key);
-	memset(&data, 0, sizeof data);
-	data.flags = DB_DBT_PARTIAL;	/* dlen 0: do not copy the data */
-	while ((ret = dbc->get(dbc, &key, &data, DB_NEXT)) == 0)
-		(*np)++;
-	if (ret == DB_NOTFOUND)
-		ret = 0;
-	cret = dbc->close(dbc);
-	return (ret != 0 ? ret : cret);
+	*np = sp->bt_ndata;
+	free(sp);
+	return (0);
 }
 
 /*
- * Count claims and conflicts.  This walks both databases (a btree keeps no
- * exact count without DB_RECNUM), so it costs O(records): for status, not
- * for every request.
+ * Count claims, pending claims and conflicts once at open.  From then on
+ * every committed put and delete keeps the counts, so store_count is O(1).
+ * Pending claims are those in the expiry index; all others are active.
  */
+static int
+store_count_init(struct store *st, char **cause)
+{
+	struct store_counts	*c = &st->counts;
+	DB_TXN			*tid;
+	int			 ret;
+
+	memset(c, 0, sizeof *c);
+	if ((ret = st->env->txn_begin(st->env, NULL, &tid, 0)) == 0) {
+		ret = store_count_db(st->db[STORE_DB_CLAIMS], tid, &c->claims);
+		if (ret == 0)
+			ret = store_count_db(st->db[STORE_DB_CLAIMS_EXPIRY],
+			    tid, &c->pending);
+		if (ret == 0)
+			ret = store_count_db(st->db[STORE_DB_CONFLICTS], tid,
+			    &c->conflicts);
+		if (ret == 0)
+			ret = tid->commit(tid, 0);
+		else
+			(void)tid->abort(tid);
+	}
+	if (ret != 0) {
+		xasprintf(cause, "cannot count the records in %s: %s",
+		    st->dir, db_strerror(ret));
+		return (-1);
+	}
+	c->active = c->claims >= c->pending ? c->claims - c->pending : 0;
+	log_debug("store: %llu claim(s), %llu pending, %llu conflict(s)",
+	    (unsigned long long)c->claims, (unsigned long long)c->pending,
+	    (unsigned long long)c->conflicts);
+	return (0);
+}
+
+/* Return the counts of committed claims and conflicts. */
 int
 store_count(struct store *st, struct store_counts *counts)
 {
-	DB_TXN	*tid;
-	int	 ret, r;
-
-	memset(counts, 0, sizeof *counts);
-	if (st->failed)
-		return (STORE_ERROR);
-	if ((ret = st->env->txn_begin(st->env, NULL, &tid, 0)) != 0) {
-		r = store_result(st, ret, "begin transaction");
-		return (r == STORE_NOTFOUND ? STORE_ERROR : r);
-	}
-	ret = store_count_db(st->db[STORE_DB_CLAIMS], tid, &counts->claims);
-	if (ret == 0)
-		ret = store_count_db(st->db[STORE_DB_CONFLICTS], tid,
-		    &counts->conflicts);
-	if (ret == 0)
-		ret = tid->commit(tid, 0);
-	else
-		(void)tid->abort(tid);
-	r = store_result(st, ret, "count records");
-	if (r != STORE_OK)
+	if (st->failed) {
 		memset(counts, 0, sizeof *counts);
-	return (r == STORE_NOTFOUND ? STORE_ERROR : r);
+		return (STORE_ERROR);
+	}
+	*counts = st->counts;
+	return (STORE_OK);
 }

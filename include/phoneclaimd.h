@@ -53,6 +53,8 @@ struct conf {
 	int		 log_level;
 	long long	 request_timeout;
 	long long	 max_connections;
+	char		*tls_cert_file;		/* NULL: plain HTTP */
+	char		*tls_key_file;
 };
 
 struct conf	*conf_load(const char *, char **);
@@ -152,6 +154,8 @@ int		 store_claims_by_user(struct store_txn *, const char *,
 int		 store_claim_put(struct store_txn *, const struct claim *);
 int		 store_claim_del(struct store_txn *, const unsigned char *,
 		     const char *);
+int		 store_claims_all(struct store_txn *, const struct claim *,
+		     int (*)(const struct claim *, void *), void *);
 int		 store_claims_expired(struct store_txn *, int64_t, size_t,
 		     struct claim **, size_t *);
 int		 store_conflict_put(struct store_txn *, const struct conflict *);
@@ -192,7 +196,8 @@ enum claims_result {
 	CLAIMS_TAKEN,
 	CLAIMS_EXEMPT,
 	CLAIMS_LEARNED,
-	CLAIMS_CONFLICT
+	CLAIMS_CONFLICT,
+	CLAIMS_ASSIGNED		/* by an administrator: "active" */
 };
 
 struct claims_answer {
@@ -243,6 +248,13 @@ int		 claims_ev_release_enrol(struct store_txn *,
 		     const struct claims_event *, int *);
 int		 claims_ev_failed(struct store_txn *,
 		     const struct claims_event *, int *);
+int		 claims_admin_release(const char *, const char *, size_t *);
+int		 claims_admin_claim(const char *, const char *, int *);
+int		 claims_lookup(const char *, const char *, struct claim **,
+		     size_t *);
+int		 claims_walk(const struct claim *, size_t, struct claim *,
+		     size_t *);
+int		 claims_conflicts(struct conflict **, size_t *);
 
 /* events.c */
 struct events_counts {
@@ -268,6 +280,7 @@ int		 logstream_prune(int64_t, int64_t, size_t *);
 
 /* http.c */
 struct http;
+struct tls;
 
 struct http	*http_init(struct event_base *, const struct conf *,
 		     struct store *, char **);
@@ -277,12 +290,15 @@ void		 http_set_tokens(struct http *, const char *, size_t,
 		     const char *, size_t);
 void		 http_reply(struct http *, struct evhttp_request *, int,
 		     const char *);
+void		 http_reply_now(struct http *, struct evhttp_request *, int,
+		     const char *, const char *);
 void		 http_error(struct http *, struct evhttp_request *, int,
 		     const char *);
 int		 http_store_ok(struct http *);
 const struct conf *http_conf(struct http *);
 int		 http_authorised(struct http *, struct evhttp_request *, int);
 const char	*http_bound_address(struct http *);
+void		 http_set_tls(struct http *, struct tls *);
 
 #define HTTP_TOKEN_API		0
 #define HTTP_TOKEN_LOG_STREAM	1
@@ -323,6 +339,7 @@ void		 metrics_free(void);
 void		 metrics_request(int, int, int64_t);
 void		 metrics_log_stream(const struct metrics_events *);
 const struct metrics_events *metrics_events_totals(void);
+char		*metrics_text(void);
 void		 metrics_http_cb(struct evhttp_request *, void *);
 
 /* tls.c */
@@ -331,7 +348,9 @@ struct bufferevent;
 
 struct tls	*tls_init(const struct conf *, char **);
 int		 tls_reload(struct tls *, const struct conf *, char **);
-struct bufferevent *tls_bufferevent(struct tls *, struct event_base *);
+const char	*tls_summary(struct tls *);
+struct bufferevent *tls_bufferevent(struct tls *, struct event_base *,
+		     void (*)(void *), void *);
 void		 tls_free(struct tls *);
 
 /* notify.c */

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cmocka.h>
 
@@ -315,6 +316,157 @@ test_expire_timer(void **state)
 	free(l);
 }
 
+/*
+ * Administration: claim makes an active admin claim (or activates the
+ * user's reservation), unless another holds the number or it is exempt;
+ * the lookups show live claims only.
+ */
+static void
+test_admin_claim(void **state)
+{
+	struct claim	*l;
+	size_t		 n;
+	int64_t		 now = (int64_t)time(NULL);
+	int		 result;
+	char		*path, *cause = NULL;
+
+	(void)state;
+	assert_int_equal(claims_admin_claim("+12015550100", "a", &result),
+	    STORE_OK);
+	assert_int_equal(result, CLAIMS_ASSIGNED);
+	assert_string_equal(claims_result_name(result), "active");
+	assert_int_equal(claims_admin_claim("+12015550100", "b", &result),
+	    STORE_OK);
+	assert_int_equal(result, CLAIMS_TAKEN);
+	assert_int_equal(claims_admin_claim("+12015550100", "a", &result),
+	    STORE_OK);
+	assert_int_equal(result, CLAIMS_ASSIGNED);
+	assert_int_equal(claims_lookup("+12015550100", NULL, &l, &n),
+	    STORE_OK);
+	assert_int_equal(n, 1);
+	assert_string_equal(l[0].user_id, "a");
+	assert_int_equal(l[0].state, CLAIM_ACTIVE);
+	assert_int_equal(l[0].source, CLAIM_SRC_ADMIN);
+	assert_string_equal(l[0].last4, "0100");
+	free(l);
+
+	/* A reservation becomes active, and keeps its source. */
+	assert_int_equal(req("+12015550101", "c", CLAIMS_ENROLL, now, NULL),
+	    CLAIMS_RESERVED);
+	assert_int_equal(claims_admin_claim("+12015550101", "c", &result),
+	    STORE_OK);
+	assert_int_equal(result, CLAIMS_ASSIGNED);
+	assert_int_equal(claims_lookup(NULL, "c", &l, &n), STORE_OK);
+	assert_int_equal(n, 1);
+	assert_int_equal(l[0].state, CLAIM_ACTIVE);
+	assert_int_equal(l[0].expires, 0);
+	assert_int_equal(l[0].source, CLAIM_SRC_ENROLLMENT);
+	free(l);
+
+	/* A lapsed reservation is free: not shown, and no obstacle. */
+	assert_int_equal(req("+12015550102", "d", CLAIMS_ENROLL, NOW, NULL),
+	    CLAIMS_RESERVED);
+	assert_int_equal(holders("+12015550102", &l), 1);
+	free(l);
+	assert_int_equal(claims_lookup("+12015550102", NULL, &l, &n),
+	    STORE_OK);
+	assert_int_equal(n, 0);
+	assert_null(l);
+	assert_int_equal(claims_admin_claim("+12015550102", "e", &result),
+	    STORE_OK);
+	assert_int_equal(result, CLAIMS_ASSIGNED);
+
+	path = unit_write(fx->dir, "exempt", "+12015550199\n", 0644);
+	assert_int_equal(claims_exempt_load(path, NULL, 0, &cause), 0);
+	assert_int_equal(claims_admin_claim("+12015550199", "a", &result),
+	    STORE_OK);
+	assert_int_equal(result, CLAIMS_EXEMPT);
+	assert_int_equal(holders("+12015550199", &l), 0);
+	free(path);
+}
+
+/*
+ * Administration: release frees a number, of one user or of all, counts
+ * the live claims only, and leaves a per-number watermark.
+ */
+static void
+test_admin_release(void **state)
+{
+	unsigned char		 key[NUMKEY_LEN];
+	struct store_txn	*txn;
+	struct claim		*l;
+	size_t			 released;
+	int64_t			 now = (int64_t)time(NULL), wm;
+	int			 result;
+
+	(void)state;
+	fx->conf.max_users_per_number = 3;
+	assert_int_equal(claims_admin_claim("+12015550100", "a", &result),
+	    STORE_OK);
+	assert_int_equal(req("+12015550100", "b", CLAIMS_ENROLL, now, NULL),
+	    CLAIMS_RESERVED);
+	assert_int_equal(req("+12015550100", "c", CLAIMS_ENROLL, NOW, NULL),
+	    CLAIMS_RESERVED);	/* lapsed long ago */
+	assert_int_equal(claims_admin_release("+12015550100", "x",
+	    &released), STORE_OK);
+	assert_int_equal(released, 0);
+	assert_int_equal(claims_admin_release("+12015550100", "b",
+	    &released), STORE_OK);
+	assert_int_equal(released, 1);
+	assert_int_equal(holders("+12015550100", &l), 2);
+	free(l);
+	assert_int_equal(claims_admin_release("+12015550100", NULL,
+	    &released), STORE_OK);
+	assert_int_equal(released, 1);
+	assert_int_equal(holders("+12015550100", &l), 0);
+
+	hash_number("+12015550100", key);
+	assert_int_equal(store_txn_begin(fx->store, &txn), STORE_OK);
+	assert_int_equal(store_watermark_get(txn, "a", key, &wm), STORE_OK);
+	assert_true(wm >= now * 1000);
+	assert_int_equal(store_watermark_get(txn, "a", NULL, &wm),
+	    STORE_NOTFOUND);
+	store_txn_abort(txn);
+}
+
+/* The walk: live claims in store order, in pieces, to the end. */
+static void
+test_walk(void **state)
+{
+	struct claim	 v[4], all[16], last;
+	size_t		 n, total = 0, i;
+	int64_t		 now = (int64_t)time(NULL);
+	int		 result, started = 0;
+	char		 num[32];
+
+	(void)state;
+	for (i = 0; i < 10; i++) {
+		snprintf(num, sizeof num, "+120155502%02zu", i);
+		assert_int_equal(claims_admin_claim(num, num, &result),
+		    STORE_OK);
+	}
+	assert_int_equal(req("+12015550300", "p", CLAIMS_ENROLL, now, NULL),
+	    CLAIMS_RESERVED);
+	assert_int_equal(req("+12015550301", "q", CLAIMS_ENROLL, NOW, NULL),
+	    CLAIMS_RESERVED);	/* lapsed: left out */
+	do {
+		assert_int_equal(claims_walk(started ? &last : NULL, 4, v, &n),
+		    STORE_OK);
+		assert_true(total + n <= 16);
+		memcpy(all + total, v, n * sizeof *v);
+		total += n;
+		if (n > 0)
+			last = v[n - 1];
+		started = 1;
+	} while (n == 4);
+	assert_int_equal(total, 11);
+	for (i = 1; i < total; i++)
+		assert_true(memcmp(all[i - 1].numkey, all[i].numkey,
+		    NUMKEY_LEN) < 0);
+	for (i = 0; i < total; i++)
+		assert_string_not_equal(all[i].user_id, "q");
+}
+
 int
 main(void)
 {
@@ -331,6 +483,9 @@ main(void)
 		T(test_challenge_activates_pending),
 		T(test_exempt),
 		T(test_expire_timer),
+		T(test_admin_claim),
+		T(test_admin_release),
+		T(test_walk),
 	};
 #undef T
 

@@ -78,6 +78,10 @@ static void	capture_begin(struct fixture *, int *);
 static char	*capture_end(struct fixture *, int);
 static double	now_s(void);
 static void	big_claim(struct claim *, int);
+static void	assert_counts(struct store *, uint64_t, uint64_t, uint64_t,
+		    uint64_t);
+static void	put_conflict(struct store_txn *, int, const char *);
+static int	walk_cb(const struct claim *, void *);
 
 /* Make a fresh temporary directory; the state dir inside is not created. */
 static int
@@ -1782,6 +1786,191 @@ test_schema_raised(void **state)
 	store_txn_abort(txn);
 }
 
+/* Assert the store's counts. */
+static void
+assert_counts(struct store *st, uint64_t claims, uint64_t active,
+    uint64_t pending, uint64_t conflicts)
+{
+	struct store_counts	c;
+
+	assert_int_equal(store_count(st, &c), STORE_OK);
+	assert_int_equal(c.claims, claims);
+	assert_int_equal(c.active, active);
+	assert_int_equal(c.pending, pending);
+	assert_int_equal(c.conflicts, conflicts);
+}
+
+/* Record a conflict of user on the number of a seed. */
+static void
+put_conflict(struct store_txn *txn, int seed, const char *user)
+{
+	struct conflict	cf;
+
+	memset(&cf, 0, sizeof cf);
+	numkey(cf.numkey, seed);
+	snprintf(cf.user_id, sizeof cf.user_id, "%s", user);
+	snprintf(cf.last4, sizeof cf.last4, "0000");
+	cf.since = 1;
+	assert_int_equal(store_conflict_put(txn, &cf), STORE_OK);
+}
+
+/*
+ * The counts follow every committed put and delete, state changes
+ * included, ignore what an aborted transaction did, and are the same
+ * when counted again at open.
+ */
+static void
+test_counts(void **state)
+{
+	struct fixture		*f = *state;
+	struct store_txn	*txn;
+	struct claim		 c[4];
+	unsigned char		 k[NUMKEY_LEN];
+	int			 i;
+
+	st_open(f);
+	assert_counts(f->st, 0, 0, 0, 0);
+	for (i = 0; i < 4; i++) {
+		numkey(k, 300 + i);
+		mkclaim(&c[i], k, i == 3 ? "auth0|b" : "auth0|a",
+		    i == 1 ? CLAIM_ACTIVE : CLAIM_PENDING, 10, i == 1 ? 0 : 99);
+	}
+	put_claims(f->st, c, 2);
+	assert_counts(f->st, 2, 1, 1, 0);
+
+	/* Pending to active, a delete, two new, one written twice. */
+	assert_int_equal(store_txn_begin(f->st, &txn), STORE_OK);
+	c[0].state = CLAIM_ACTIVE;
+	c[0].expires = 0;
+	assert_int_equal(store_claim_put(txn, &c[0]), STORE_OK);
+	assert_int_equal(store_claim_del(txn, c[1].numkey, c[1].user_id),
+	    STORE_OK);
+	assert_int_equal(store_claim_del(txn, c[1].numkey, c[1].user_id),
+	    STORE_NOTFOUND);
+	assert_int_equal(store_claim_put(txn, &c[2]), STORE_OK);
+	assert_int_equal(store_claim_put(txn, &c[2]), STORE_OK);
+	assert_int_equal(store_claim_put(txn, &c[3]), STORE_OK);
+	put_conflict(txn, 300, "auth0|c");
+	put_conflict(txn, 300, "auth0|c");	/* replaces: counted once */
+	put_conflict(txn, 301, "auth0|c");
+	/* Nothing counts before the commit... */
+	assert_counts(f->st, 2, 1, 1, 0);
+	store_txn_abort(txn);
+	/* ...and nothing of an aborted transaction. */
+	assert_counts(f->st, 2, 1, 1, 0);
+
+	assert_int_equal(store_txn_begin(f->st, &txn), STORE_OK);
+	assert_int_equal(store_claim_put(txn, &c[0]), STORE_OK);
+	assert_int_equal(store_claim_del(txn, c[1].numkey, c[1].user_id),
+	    STORE_OK);
+	assert_int_equal(store_claim_put(txn, &c[2]), STORE_OK);
+	assert_int_equal(store_claim_put(txn, &c[2]), STORE_OK);
+	assert_int_equal(store_claim_put(txn, &c[3]), STORE_OK);
+	put_conflict(txn, 300, "auth0|c");
+	put_conflict(txn, 300, "auth0|c");
+	put_conflict(txn, 301, "auth0|c");
+	assert_int_equal(store_txn_commit(txn), STORE_OK);
+	assert_counts(f->st, 3, 1, 2, 2);
+
+	/* Active back to pending; an existing conflict replaced. */
+	c[0].state = CLAIM_PENDING;
+	c[0].expires = 50;
+	put_claims(f->st, c, 1);
+	assert_int_equal(store_txn_begin(f->st, &txn), STORE_OK);
+	put_conflict(txn, 301, "auth0|c");
+	assert_int_equal(store_txn_commit(txn), STORE_OK);
+	assert_counts(f->st, 3, 0, 3, 2);
+
+	st_reopen(f);
+	assert_counts(f->st, 3, 0, 3, 2);
+	assert_int_equal(store_txn_begin(f->st, &txn), STORE_OK);
+	for (i = 0; i < 4; i++)
+		if (i != 1)
+			assert_int_equal(store_claim_del(txn, c[i].numkey,
+			    c[i].user_id), STORE_OK);
+	assert_int_equal(store_txn_commit(txn), STORE_OK);
+	assert_counts(f->st, 0, 0, 0, 2);
+	st_reopen(f);
+	assert_counts(f->st, 0, 0, 0, 2);
+}
+
+/* A walk that remembers the claims it saw and stops after a number. */
+struct walk {
+	struct claim	 seen[8];
+	size_t		 n;
+	size_t		 stop;
+};
+
+/* Remember one claim of a walk; stop when there are enough. */
+static int
+walk_cb(const struct claim *c, void *arg)
+{
+	struct walk	*w = arg;
+
+	assert_true(w->n < 8);
+	w->seen[w->n++] = *c;
+	return (w->n == w->stop);
+}
+
+/* store_claims_all: every claim in key order, resumed after a claim. */
+static void
+test_claims_all(void **state)
+{
+	struct fixture		*f = *state;
+	struct store_txn	*txn;
+	struct claim		 c[5];
+	struct walk		 w;
+	unsigned char		 k[NUMKEY_LEN];
+	size_t			 i;
+
+	st_open(f);
+	memset(&w, 0, sizeof w);
+	assert_int_equal(store_txn_begin(f->st, &txn), STORE_OK);
+	assert_int_equal(store_claims_all(txn, NULL, walk_cb, &w), STORE_OK);
+	assert_int_equal(store_txn_commit(txn), STORE_OK);
+	assert_int_equal(w.n, 0);
+
+	/* Numbers 0 < 1 in key order; users "a" < "b" < "c" on number 1. */
+	memset(k, 0x10, sizeof k);
+	mkclaim(&c[0], k, "z", CLAIM_ACTIVE, 1, 0);
+	memset(k, 0x20, sizeof k);
+	mkclaim(&c[1], k, "a", CLAIM_PENDING, 2, 9);
+	mkclaim(&c[2], k, "b", CLAIM_ACTIVE, 3, 0);
+	mkclaim(&c[3], k, "bb", CLAIM_ACTIVE, 4, 0);
+	mkclaim(&c[4], k, "c", CLAIM_ACTIVE, 5, 0);
+	put_claims(f->st, c, 5);
+
+	assert_int_equal(store_txn_begin(f->st, &txn), STORE_OK);
+	assert_int_equal(store_claims_all(txn, NULL, walk_cb, &w), STORE_OK);
+	assert_int_equal(w.n, 5);
+	for (i = 0; i < 5; i++)
+		assert_claim_equal(&w.seen[i], &c[i]);
+
+	/* In pieces of two, each resumed after the last one seen. */
+	memset(&w, 0, sizeof w);
+	w.stop = 2;
+	assert_int_equal(store_claims_all(txn, NULL, walk_cb, &w), STORE_OK);
+	w.stop = 4;
+	assert_int_equal(store_claims_all(txn, &w.seen[1], walk_cb, &w),
+	    STORE_OK);
+	w.stop = 6;
+	assert_int_equal(store_claims_all(txn, &w.seen[3], walk_cb, &w),
+	    STORE_OK);
+	assert_int_equal(w.n, 5);
+	for (i = 0; i < 5; i++)
+		assert_claim_equal(&w.seen[i], &c[i]);
+
+	/* Resuming after a claim deleted since still finds the next one. */
+	assert_int_equal(store_claim_del(txn, c[2].numkey, c[2].user_id),
+	    STORE_OK);
+	memset(&w, 0, sizeof w);
+	assert_int_equal(store_claims_all(txn, &c[2], walk_cb, &w), STORE_OK);
+	assert_int_equal(w.n, 2);
+	assert_claim_equal(&w.seen[0], &c[3]);
+	assert_claim_equal(&w.seen[1], &c[4]);
+	store_txn_abort(txn);
+}
+
 /* Open one database of a closed store with a handle of the test's own. */
 static int
 raw_open(const char *dir, const char *file, DB_ENV **envp, DB **dbp)
@@ -1939,6 +2128,8 @@ main(void)
 		T(test_reopen_new_data),
 		T(test_missing_indexes_built),
 		T(test_schema_raised),
+		T(test_counts),
+		T(test_claims_all),
 #undef T
 	};
 
