@@ -641,6 +641,18 @@ class Daemon:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class ValgrindDaemon(Daemon):
+    """A daemon started under valgrind memcheck; its report goes to
+    valgrind.log in the daemon's directory."""
+
+    def command(self, *args):
+        return [shutil.which("valgrind") or "valgrind", "--leak-check=full",
+                "--errors-for-leak-kinds=definite,indirect",
+                "--error-exitcode=99", "--child-silent-after-fork=yes",
+                "--log-file=" + self.path("valgrind.log"),
+                require_daemon()] + list(args)
+
+
 def _kill_leftovers():
     for d in _all_daemons:
         if d.proc is not None and d.proc.poll() is None:
@@ -724,6 +736,15 @@ class DaemonTestCase(unittest.TestCase):
         ctype = reply.content_type.split(";")[0].strip().lower()
         self.assertEqual(ctype, "application/json",
                          "Content-Type %r on %s" % (reply.content_type, reply))
+
+    def assertValgrindClean(self, d, rc):
+        """Assert a ValgrindDaemon exited 0 with no errors or leaks."""
+        with open(d.path("valgrind.log")) as f:
+            report = f.read()
+        self.assertEqual(rc, 0, report[-3000:])
+        self.assertRegex(report, r"ERROR SUMMARY: 0 errors", report[-3000:])
+        self.assertRegex(report, r"definitely lost: 0 bytes|no leaks are "
+                         r"possible", report[-3000:])
 
     def assertError(self, reply, status, code):
         self.assertJsonReply(reply, status, {"error": code})

@@ -810,17 +810,6 @@ class LeakTests(TlsCase):
         self.assertServes()
 
 
-class ValgrindDaemon(harness.Daemon):
-    """A daemon started under valgrind memcheck."""
-
-    def command(self, *args):
-        return [shutil.which("valgrind"), "--leak-check=full",
-                "--errors-for-leak-kinds=definite,indirect",
-                "--error-exitcode=99", "--child-silent-after-fork=yes",
-                "--log-file=" + self.path("valgrind.log"),
-                harness.require_daemon()] + list(args)
-
-
 class ValgrindTests(TlsCase):
     """No SSL, context or socket is lost, whichever way connections end."""
 
@@ -835,7 +824,7 @@ class ValgrindTests(TlsCase):
             self.skipTest("built with AddressSanitizer")
 
     def test_tls_connections_and_reloads_under_valgrind(self):
-        d = ValgrindDaemon(request_timeout=REQUEST_TIMEOUT)
+        d = harness.ValgrindDaemon(request_timeout=REQUEST_TIMEOUT)
         self._daemons.append(d)
         d.conf["tls_cert_file"] = d.path("server.pem")
         d.conf["tls_key_file"] = d.path("server.key")
@@ -875,12 +864,7 @@ class ValgrindTests(TlsCase):
             rc = d.stop(timeout=60)
         finally:
             idle.close()
-        with open(d.path("valgrind.log")) as f:
-            report = f.read()
-        self.assertEqual(rc, 0, report[-3000:])
-        self.assertRegex(report, r"ERROR SUMMARY: 0 errors", report[-3000:])
-        self.assertRegex(report, r"definitely lost: 0 bytes|no leaks are "
-                         r"possible", report[-3000:])
+        self.assertValgrindClean(d, rc)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ import sys
 import unittest
 
 import harness
-from harness import Daemon, DaemonTestCase, fresh_number, fresh_user
+from harness import (DaemonTestCase, ValgrindDaemon, fresh_number,
+                     fresh_user)
 
 
 def valgrind_or_skip():
@@ -32,17 +33,6 @@ def valgrind_or_skip():
               file=sys.stderr)
         sys.exit(77)
     return vg
-
-
-class ValgrindDaemon(Daemon):
-    """A daemon started under valgrind memcheck."""
-
-    def command(self, *args):
-        return [valgrind_or_skip(), "--leak-check=full",
-                "--errors-for-leak-kinds=definite,indirect",
-                "--error-exitcode=99", "--child-silent-after-fork=yes",
-                "--log-file=" + self.path("valgrind.log"),
-                harness.require_daemon()] + list(args)
 
 
 class ValgrindTests(DaemonTestCase):
@@ -64,12 +54,7 @@ class ValgrindTests(DaemonTestCase):
         d.send_signal(signal.SIGHUP)
         self.assertEqual(d.request("GET", "/healthz").status, 200)
         rc = d.stop(timeout=60)
-        with open(d.path("valgrind.log")) as f:
-            report = f.read()
-        self.assertEqual(rc, 0, report[-3000:])
-        self.assertRegex(report, r"ERROR SUMMARY: 0 errors", report[-3000:])
-        self.assertRegex(report, r"definitely lost: 0 bytes|no leaks are "
-                         r"possible", report[-3000:])
+        self.assertValgrindClean(d, rc)
 
 
 if __name__ == "__main__":
