@@ -54,6 +54,7 @@ static void	main_ready(struct main_state *);
 static void	main_notify_ready(struct main_state *, const char *);
 static void	main_notify_reloading(void);
 static void	main_run(struct main_state *);
+static void	main_stop(struct main_state *);
 
 static struct event	*main_fail_ev;
 static int		 main_ready_fd = -1;	/* to the waiting parent */
@@ -453,6 +454,26 @@ main_run(struct main_state *m)
 	main_fail_ev = NULL;
 }
 
+/* Free every module, in the reverse order of their start. */
+static void
+main_stop(struct main_state *m)
+{
+	log_info("stopping");
+	control_free(m->control);
+	http_free(m->http);
+	tls_free(m->tls);
+	metrics_free();
+	deadletter_close();
+	events_free();
+	claims_free();
+	store_close(m->store);
+	hash_free();
+	event_base_free(m->base);
+	libevent_global_shutdown();
+	conf_free(m->conf);
+	notify_free();
+}
+
 /* Start, run, and stop the daemon. */
 int
 main(int argc, char **argv)
@@ -519,19 +540,6 @@ main(int argc, char **argv)
 		notify_free();
 		_exit(EXIT_RUNTIME);
 	}
-	log_info("stopping");
-	control_free(m.control);
-	http_free(m.http);
-	tls_free(m.tls);
-	metrics_free();
-	deadletter_close();
-	events_free();
-	claims_free();
-	store_close(m.store);
-	hash_free();
-	event_base_free(m.base);
-	libevent_global_shutdown();
-	conf_free(m.conf);
-	notify_free();
+	main_stop(&m);
 	return (m.exit_status);
 }
