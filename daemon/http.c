@@ -495,6 +495,8 @@ http_conn_free(struct http *h, struct http_conn *c)
 	TAILQ_REMOVE(&h->conns, c, entry);
 	h->nconns--;
 	evbuffer_remove_cb(bufferevent_get_input(c->bev), http_input_cb, c);
+	if (h->tls != NULL)
+		tls_forget(c->bev);
 	bufferevent_decref(c->bev);
 	free(c);
 }

@@ -292,6 +292,19 @@ tls_bufferevent(struct tls *tls, struct event_base *base,
 	return (bev);
 }
 
+/*
+ * The connection behind a TLS bufferevent is gone: stop passing its
+ * record notices to the callback argument, which is about to be freed.
+ */
+void
+tls_forget(struct bufferevent *bev)
+{
+	SSL	*ssl;
+
+	if ((ssl = bufferevent_openssl_get_ssl(bev)) != NULL)
+		SSL_set_msg_callback_arg(ssl, NULL);
+}
+
 /* Free the context; connections still open keep it until they close. */
 void
 tls_free(struct tls *tls)

@@ -351,6 +351,7 @@ int		 tls_reload(struct tls *, const struct conf *, char **);
 const char	*tls_summary(struct tls *);
 struct bufferevent *tls_bufferevent(struct tls *, struct event_base *,
 		     void (*)(void *), void *);
+void		 tls_forget(struct bufferevent *);
 void		 tls_free(struct tls *);
 
 /* notify.c */
