@@ -22,31 +22,12 @@
 #define NOW	1700000000
 #define TTL	600
 
-struct fixture {
-	char		*dir;
-	struct store	*store;
-	struct conf	 conf;
-};
-
-static struct fixture	*fx;
+static struct unit_claims	*fx;
 
 static int
 setup(void **state)
 {
-	char	*cause = NULL, *key;
-
-	fx = xcalloc(1, sizeof *fx);
-	fx->dir = unit_tmpdir();
-	xasprintf(&key, "%s/hash.key", fx->dir);
-	if (hash_init(key, &cause) != 0)
-		fail_msg("%s", cause);
-	free(key);
-	if ((fx->store = store_open(fx->dir, &cause)) == NULL)
-		fail_msg("%s", cause);
-	fx->conf.mode = CONF_MODE_ENFORCE;
-	fx->conf.pending_ttl = TTL;
-	fx->conf.max_users_per_number = 1;
-	claims_init(fx->store, &fx->conf);
+	fx = unit_claims_open();
 	*state = fx;
 	return (0);
 }
@@ -55,12 +36,7 @@ static int
 teardown(void **state)
 {
 	(void)state;
-	claims_free();
-	store_close(fx->store);
-	hash_free();
-	unit_rmtree(fx->dir);
-	free(fx->dir);
-	free(fx);
+	unit_claims_close(fx);
 	return (0);
 }
 

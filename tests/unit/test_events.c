@@ -25,33 +25,14 @@
 #define N1	"+14155550123"
 #define N2	"+14155550199"
 
-struct fixture {
-	char		*dir;
-	struct store	*store;
-	struct conf	 conf;
-};
-
-static struct fixture	*fx;
+static struct unit_claims	*fx;
 static int		 serial;
 
 static int
 setup(void **state)
 {
-	char	*cause = NULL, *key;
-
 	serial = 0;
-	fx = xcalloc(1, sizeof *fx);
-	fx->dir = unit_tmpdir();
-	xasprintf(&key, "%s/hash.key", fx->dir);
-	if (hash_init(key, &cause) != 0)
-		fail_msg("%s", cause);
-	free(key);
-	if ((fx->store = store_open(fx->dir, &cause)) == NULL)
-		fail_msg("%s", cause);
-	fx->conf.mode = CONF_MODE_ENFORCE;
-	fx->conf.pending_ttl = 600;
-	fx->conf.max_users_per_number = 1;
-	claims_init(fx->store, &fx->conf);
+	fx = unit_claims_open();
 	*state = fx;
 	return (0);
 }
@@ -60,13 +41,8 @@ static int
 teardown(void **state)
 {
 	(void)state;
-	claims_free();
 	events_free();
-	store_close(fx->store);
-	hash_free();
-	unit_rmtree(fx->dir);
-	free(fx->dir);
-	free(fx);
+	unit_claims_close(fx);
 	return (0);
 }
 

@@ -69,3 +69,38 @@ unit_write(const char *dir, const char *name, const char *text, int mode)
 	close(fd);
 	return (path);
 }
+
+/* Open a store and the claim rules in a fresh directory; exit on error. */
+struct unit_claims *
+unit_claims_open(void)
+{
+	struct unit_claims	*u;
+	char			*cause = NULL, *key;
+
+	u = xcalloc(1, sizeof *u);
+	u->dir = unit_tmpdir();
+	xasprintf(&key, "%s/hash.key", u->dir);
+	if (hash_init(key, &cause) != 0 ||
+	    (u->store = store_open(u->dir, &cause)) == NULL) {
+		fprintf(stderr, "unit_claims_open: %s\n", cause);
+		exit(99);
+	}
+	free(key);
+	u->conf.mode = CONF_MODE_ENFORCE;
+	u->conf.pending_ttl = 600;
+	u->conf.max_users_per_number = 1;
+	claims_init(u->store, &u->conf);
+	return (u);
+}
+
+/* Close what unit_claims_open opened and remove its directory. */
+void
+unit_claims_close(struct unit_claims *u)
+{
+	claims_free();
+	store_close(u->store);
+	hash_free();
+	unit_rmtree(u->dir);
+	free(u->dir);
+	free(u);
+}
