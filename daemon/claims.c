@@ -613,6 +613,10 @@ claims_enrolled_full(struct store_txn *txn, const struct claims_event *ev)
 		rv = claims_make_active(txn, &c, ev);
 	} else {
 		rv = claims_conflict(txn, &op, ev->log_id, all, nall);
+		/* on_conflict = remove: the later enrolment's method goes. */
+		if (rv == STORE_OK && claims_conf->on_conflict_remove &&
+		    ev->enrol_id != NULL)
+			mgmt_remove(ev->user_id, ev->enrol_id, ev->log_id);
 	}
 out:
 	free(all);

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -83,6 +84,20 @@ static const struct conf_key conf_keys[] = {
 	  0, NULL, 0 },
 	{ "tls_key_file", CONF_SECRET_PATH, offsetof(struct conf, tls_key_file),
 	  0, 0, NULL, 0 },
+	{ "auth0_domain", CONF_STRING, offsetof(struct conf, auth0_domain), 0,
+	  0, NULL, 0 },
+	{ "auth0_client_id", CONF_STRING,
+	  offsetof(struct conf, auth0_client_id), 0, 0, NULL, 0 },
+	{ "auth0_client_secret_file", CONF_SECRET_PATH,
+	  offsetof(struct conf, auth0_client_secret_file), 0, 0, NULL, 0 },
+	{ "auth0_base_url", CONF_STRING, offsetof(struct conf, auth0_base_url),
+	  0, 0, NULL, 0 },
+	{ "backfill_idle", CONF_NUMBER, offsetof(struct conf, backfill_idle),
+	  10, 86400, "300", 0 },
+	{ "backfill_since", CONF_STRING,
+	  offsetof(struct conf, backfill_since), 0, 0, NULL, 0 },
+	{ "on_conflict", CONF_STRING, offsetof(struct conf, on_conflict), 0, 0,
+	  "report", 0 },
 };
 #define CONF_NKEYS (sizeof conf_keys / sizeof conf_keys[0])
 
@@ -102,6 +117,10 @@ static int	conf_finish(struct conf *, const char *, const int *,
 		    char **);
 static int	conf_check_pair(const char *, const int *, const char *,
 		    const char *, char **);
+static int	conf_check_auth0(struct conf *, const char *, const int *,
+		    char **);
+static int	conf_base_url_ok(const char *);
+static int	conf_parse_date(const char *, int64_t *);
 
 /* Return the name of key i, or NULL past the end: for docs and tests. */
 const char *
@@ -334,8 +353,98 @@ conf_finish(struct conf *c, const char *path, const int *seen, char **cause)
 	if (conf_check_pair(path, seen, "tls_cert_file", "tls_key_file",
 	    cause) != 0)
 		return (-1);
+	if (conf_check_auth0(c, path, seen, cause) != 0)
+		return (-1);
 	if (c->hash_key_file == NULL)
 		xasprintf(&c->hash_key_file, "%s/hash.key", c->state_dir);
+	return (0);
+}
+
+/* Line of key name, 0 if it was not set. */
+#define CONF_LINE(seen, name)	((seen)[conf_find(name) - conf_keys])
+
+/*
+ * The Management API keys: domain, client id and secret file go together;
+ * the base URL is https://, or http:// to a loopback address only; the
+ * backfill start is a date.
+ */
+static int
+conf_check_auth0(struct conf *c, const char *path, const int *seen,
+    char **cause)
+{
+	if (conf_check_pair(path, seen, "auth0_domain", "auth0_client_id",
+	    cause) != 0 || conf_check_pair(path, seen, "auth0_domain",
+	    "auth0_client_secret_file", cause) != 0)
+		return (-1);
+	if (c->auth0_domain != NULL && (strchr(c->auth0_domain, '/') != NULL ||
+	    strchr(c->auth0_domain, ' ') != NULL)) {
+		xasprintf(cause, "%s:%d: auth0_domain: expected a host name "
+		    "like tenant.eu.auth0.com: %s", path,
+		    CONF_LINE(seen, "auth0_domain"), c->auth0_domain);
+		return (-1);
+	}
+	if (c->auth0_base_url != NULL && !conf_base_url_ok(c->auth0_base_url)) {
+		xasprintf(cause, "%s:%d: auth0_base_url: expected https://host "
+		    "(http:// only to 127.0.0.1, [::1] or localhost): %s", path,
+		    CONF_LINE(seen, "auth0_base_url"), c->auth0_base_url);
+		return (-1);
+	}
+	if (c->backfill_since != NULL &&
+	    conf_parse_date(c->backfill_since, &c->backfill_since_t) != 0) {
+		xasprintf(cause, "%s:%d: backfill_since: expected a date like "
+		    "2026-01-31 or 2026-01-31T12:00:00Z: %s", path,
+		    CONF_LINE(seen, "backfill_since"), c->backfill_since);
+		return (-1);
+	}
+	c->on_conflict_remove = strcmp(c->on_conflict, "remove") == 0;
+	if ((!c->on_conflict_remove && strcmp(c->on_conflict, "report") != 0) ||
+	    (c->on_conflict_remove && c->auth0_domain == NULL)) {
+		xasprintf(cause, "%s:%d: on_conflict: expected report, or "
+		    "remove with auth0_domain set: %s", path,
+		    CONF_LINE(seen, "on_conflict"), c->on_conflict);
+		return (-1);
+	}
+	return (0);
+}
+
+/* Return 1 for https://host[:port][/path] or http:// to loopback. */
+static int
+conf_base_url_ok(const char *url)
+{
+	static const char	*loop[] = { "127.0.0.1", "[::1]", "localhost" };
+	const char		*host;
+	size_t			 i, n;
+
+	if (strncmp(url, "https://", 8) == 0)
+		return (url[8] != '\0' && url[8] != '/');
+	if (strncmp(url, "http://", 7) != 0)
+		return (0);
+	host = url + 7;
+	for (i = 0; i < 3; i++) {
+		n = strlen(loop[i]);
+		if (strncmp(host, loop[i], n) == 0 && (host[n] == '\0' ||
+		    host[n] == ':' || host[n] == '/'))
+			return (1);
+	}
+	return (0);
+}
+
+/* Parse YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ (UTC) into seconds. */
+static int
+conf_parse_date(const char *s, int64_t *out)
+{
+	struct tm	 tm;
+	const char	*end;
+
+	memset(&tm, 0, sizeof tm);
+	if ((end = strptime(s, "%Y-%m-%d", &tm)) == NULL)
+		return (-1);
+	if (*end == 'T' && (end = strptime(end + 1, "%H:%M:%S", &tm)) != NULL &&
+	    *end == 'Z')
+		end++;
+	if (end == NULL || *end != '\0' || strlen(s) < 10)
+		return (-1);
+	*out = (int64_t)timegm(&tm);
 	return (0);
 }
 

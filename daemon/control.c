@@ -170,6 +170,8 @@ static void	control_cmd_claim(struct control_client *, int, char **);
 static void	control_cmd_export(struct control_client *, int, char **);
 static void	control_export_more(struct control_client *);
 static void	control_cmd_help(struct control_client *, int, char **);
+static void	control_cmd_backfill(struct control_client *, int, char **);
+static void	control_gen_backfill(yajl_gen);
 
 static const struct control_cmd control_cmds[] = {
 	{ "status", "status", 0, 0, 0, 0, control_cmd_status },
@@ -181,6 +183,7 @@ static const struct control_cmd control_cmds[] = {
 	{ "claim", "claim <number> <user_id>", 2, 2, 1, 1,
 	  control_cmd_claim },
 	{ "export", "export", 0, 0, 0, 0, control_cmd_export },
+	{ "backfill", "backfill", 0, 0, 0, 1, control_cmd_backfill },
 	{ "help", "help", 0, 0, 0, 0, control_cmd_help },
 };
 
@@ -1013,6 +1016,7 @@ control_cmd_status(struct control_client *c, int argc, char **argv)
 	yajl_gen_map_close(g);
 	control_gen_int(g, "conflicts", (long long)counts.conflicts);
 	control_gen_events(g);
+	control_gen_backfill(g);
 	control_gen_key(g, "store");
 	yajl_gen_map_open(g);
 	control_gen_str(g, "state_dir", ctl->conf->state_dir);
@@ -1267,4 +1271,42 @@ control_cmd_help(struct control_client *c, int argc, char **argv)
 	    "in double quotes, with \\\" and \\\\ inside");
 	control_gen_str(g, "export", "one line per claim, then {\"end\":N}");
 	control_send(c, g, 0);
+}
+
+/* The "backfill" object of status. */
+static void
+control_gen_backfill(yajl_gen g)
+{
+	const struct mgmt_status	*st = mgmt_status();
+
+	control_gen_key(g, "backfill");
+	yajl_gen_map_open(g);
+	control_gen_str(g, "state", mgmt_state_name(st->state));
+	control_gen_time(g, "last_run", st->last_run, 0);
+	control_gen_str(g, "last_error", st->last_error[0] != '\0' ?
+	    st->last_error : NULL);
+	control_gen_int(g, "pages", (long long)st->pages);
+	control_gen_int(g, "events", (long long)st->events);
+	control_gen_int(g, "runs", (long long)st->runs);
+	control_gen_int(g, "failures", (long long)st->failures);
+	yajl_gen_map_close(g);
+}
+
+/* Start a backfill run now. */
+static void
+control_cmd_backfill(struct control_client *c, int argc, char **argv)
+{
+	yajl_gen	g;
+
+	(void)argc;
+	(void)argv;
+	if (mgmt_backfill() != 0) {
+		control_error(c, "backfill_disabled");
+		return;
+	}
+	log_info("status socket: uid %u asked for a backfill",
+	    (unsigned)c->uid);
+	g = control_gen();
+	control_gen_str(g, "backfill", "started");
+	control_send(c, g, 1);
 }

@@ -124,6 +124,8 @@ ctl_usage(FILE *f)
 	    "                                (- for standard input) (*)\n"
 	    "  export                        every claim as CSV: "
 	    "user_id,last4,state,since\n"
+	    "  backfill                      read missed events from Auth0 "
+	    "now (*)\n"
 	    "  help                          the daemon's list of commands\n"
 	    "\n"
 	    "(*) for root or the daemon's user only.  Numbers are shown by "

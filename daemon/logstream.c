@@ -5,7 +5,9 @@
  * kept, redacted, in the dead-letter file), then the whole request is
  * applied in one transaction: each log id is remembered as seen with the
  * event's effects, so a redelivery changes nothing (invariant I3).  The
- * answer waits for the log flush like every other answer.
+ * answer waits for the log flush like every other answer.  The
+ * Management API backfill (mgmt.c) applies its pages through the same
+ * logstream_ingest.
  */
 #include "config.h"
 
@@ -79,8 +81,11 @@ static int	logstream_txn(struct store_txn *, void *);
 static int	logstream_apply_one(struct store_txn *,
 		    struct logstream_batch *, struct logstream_item *);
 static int	logstream_prune_txn(struct store_txn *, void *);
+static int	logstream_last_txn(struct store_txn *, void *);
 static void	logstream_free(struct logstream_batch *);
 static void	logstream_metrics(const struct logstream_batch *, size_t);
+static void	logstream_result(const struct logstream_batch *, const char *,
+		    struct logstream_result *);
 
 /* Count a bad item and keep it for the dead-letter file. */
 static void
@@ -393,45 +398,40 @@ logstream_metrics(const struct logstream_batch *b, size_t ign)
 	metrics_log_stream(&d);
 }
 
-/* POST /v1/log-stream. */
-void
-logstream_http_cb(struct evhttp_request *req, void *arg)
+/*
+ * Check a body of items and apply it in one transaction, with the
+ * dead-letter file, the metrics and the log line: the one path for the
+ * webhook and the backfill (invariant I3).  store_ok 0 means "do not
+ * try".  Returns LOGSTREAM_OK, _NOT_JSON, _TOO_MANY or _UNAVAILABLE.
+ */
+int
+logstream_ingest(const char *source, const char *body, size_t len,
+    int store_ok, struct logstream_result *r)
 {
-	struct http		*h = arg;
-	struct evbuffer		*buf = evhttp_request_get_input_buffer(req);
 	struct logstream_batch	 b;
-	const char		*body;
-	size_t			 len = evbuffer_get_length(buf), ign, i;
-	char			 answer[256];
+	size_t			 i;
 	int			 rv;
 
-	if (!http_authorised(h, req, HTTP_TOKEN_LOG_STREAM)) {
-		http_error(h, req, 401, "unauthorized");
-		return;
-	}
+	memset(r, 0, sizeof *r);
 	memset(&b, 0, sizeof b);
 	b.now = (int64_t)time(NULL);
-	body = len > 0 ? (const char *)evbuffer_pullup(buf, -1) : "";
 	rv = logstream_parse(&b, body, len);
 	if (rv == -2 || b.received > LOGSTREAM_MAX_ITEMS) {
 		logstream_free(&b);
-		log_warnx("log stream: more than %d items in one request: "
-		    "refused", LOGSTREAM_MAX_ITEMS);
-		http_error(h, req, 413, "body_too_large");
-		return;
+		log_warnx("%s: more than %d items in one request: refused",
+		    source, LOGSTREAM_MAX_ITEMS);
+		return (LOGSTREAM_TOO_MANY);
 	}
 	if (rv != 0) {
 		logstream_free(&b);
-		log_warnx("log stream: body is not JSON (%zu bytes): kept in "
-		    "the dead-letter file", len);
+		log_warnx("%s: body is not JSON (%zu bytes): kept in the "
+		    "dead-letter file", source, len);
 		deadletter_add("body is not JSON", NULL, body, len);
-		http_error(h, req, 400, "invalid_json");
-		return;
+		return (LOGSTREAM_NOT_JSON);
 	}
-	if (!http_store_ok(h) || claims_run(logstream_txn, &b) != STORE_OK) {
+	if (!store_ok || claims_run(logstream_txn, &b) != STORE_OK) {
 		logstream_free(&b);
-		http_error(h, req, 503, "unavailable");
-		return;
+		return (LOGSTREAM_UNAVAILABLE);
 	}
 	logstream_dead_letter(&b);
 	/* Counted only now: a transaction run again must not count twice. */
@@ -440,17 +440,61 @@ logstream_http_cb(struct evhttp_request *req, void *arg)
 			events_count_ignored(events_type(b.items[i].data));
 	}
 	logstream_free(&b);
-	ign = b.ignored.ignored + b.ignored.unmatched + b.ignored.ambiguous +
-	    b.ignored.stale;
-	logstream_metrics(&b, ign);
-	log_info("log stream: %zu received, %zu applied, %zu duplicate, "
+	logstream_result(&b, source, r);
+	return (LOGSTREAM_OK);
+}
+
+/* Fill the result of a committed batch, count it and log it. */
+static void
+logstream_result(const struct logstream_batch *b, const char *source,
+    struct logstream_result *r)
+{
+	r->received = b->received;
+	r->applied = b->applied;
+	r->duplicates = b->duplicates;
+	r->ignored = b->ignored.ignored + b->ignored.unmatched +
+	    b->ignored.ambiguous + b->ignored.stale;
+	r->rejected = b->rejected;
+	snprintf(r->last, sizeof r->last, "%s", b->last);
+	logstream_metrics(b, r->ignored);
+	log_info("%s: %zu received, %zu applied, %zu duplicate, "
 	    "%zu ignored (%zu unmatched, %zu ambiguous, %zu older than a "
-	    "release), %zu rejected", b.received, b.applied, b.duplicates,
-	    ign, b.ignored.unmatched, b.ignored.ambiguous, b.ignored.stale,
-	    b.rejected);
+	    "release), %zu rejected", source, b->received, b->applied,
+	    b->duplicates, r->ignored, b->ignored.unmatched,
+	    b->ignored.ambiguous, b->ignored.stale, b->rejected);
+}
+
+/* POST /v1/log-stream. */
+void
+logstream_http_cb(struct evhttp_request *req, void *arg)
+{
+	struct http		*h = arg;
+	struct evbuffer		*buf = evhttp_request_get_input_buffer(req);
+	struct logstream_result	 r;
+	const char		*body;
+	size_t			 len = evbuffer_get_length(buf);
+	char			 answer[256];
+
+	if (!http_authorised(h, req, HTTP_TOKEN_LOG_STREAM)) {
+		http_error(h, req, 401, "unauthorized");
+		return;
+	}
+	body = len > 0 ? (const char *)evbuffer_pullup(buf, -1) : "";
+	switch (logstream_ingest("log stream", body, len, http_store_ok(h),
+	    &r)) {
+	case LOGSTREAM_TOO_MANY:
+		http_error(h, req, 413, "body_too_large");
+		return;
+	case LOGSTREAM_NOT_JSON:
+		http_error(h, req, 400, "invalid_json");
+		return;
+	case LOGSTREAM_UNAVAILABLE:
+		http_error(h, req, 503, "unavailable");
+		return;
+	}
 	snprintf(answer, sizeof answer, "{\"received\":%zu,\"applied\":%zu,"
-	    "\"duplicates\":%zu,\"ignored\":%zu,\"rejected\":%zu}", b.received,
-	    b.applied, b.duplicates, ign, b.rejected);
+	    "\"duplicates\":%zu,\"ignored\":%zu,\"rejected\":%zu}",
+	    r.received, r.applied, r.duplicates, r.ignored, r.rejected);
 	http_reply(h, req, 200, answer);
 }
 
@@ -476,5 +520,31 @@ logstream_prune(int64_t now, int64_t retention, size_t *pruned)
 
 	rv = claims_run(logstream_prune_txn, a);
 	*pruned = rv == STORE_OK ? (size_t)a[1] : 0;
+	return (rv);
+}
+
+/* Read the stored highest log id. */
+static int
+logstream_last_txn(struct store_txn *txn, void *arg)
+{
+	char	**out = arg;
+
+	free(*out);
+	*out = NULL;
+	return (store_meta_get(txn, LOGSTREAM_META_LAST, out));
+}
+
+/* The highest log id applied, in *out (NULL if none yet); a STORE_ code. */
+int
+logstream_last_id(char **out)
+{
+	int	rv;
+
+	*out = NULL;
+	rv = claims_run(logstream_last_txn, out);
+	if (rv == STORE_NOTFOUND) {
+		*out = NULL;
+		return (STORE_OK);
+	}
 	return (rv);
 }

@@ -412,6 +412,8 @@ main_start(struct main_state *m)
 	http_set_tls(m->http, m->tls);
 	if (main_load_tokens(m, &cause) != 0)
 		main_die(EXIT_CONFIG, cause);
+	if (mgmt_init(m->base, m->conf, &cause) != 0)
+		main_die(EXIT_CONFIG, cause);
 	/* Last: a failed start must not leave a socket behind. */
 	if ((m->control = control_init(m->base, m->conf, m->store,
 	    &cause)) == NULL)
@@ -460,6 +462,7 @@ main_stop(struct main_state *m)
 {
 	log_info("stopping");
 	control_free(m->control);
+	mgmt_free();
 	http_free(m->http);
 	tls_free(m->tls);
 	metrics_free();

@@ -71,6 +71,7 @@ static void	metrics_family(struct evbuffer *, const char *, const char *,
 static void	metrics_label(struct evbuffer *, const char *);
 static int	metrics_type_shown(const char *);
 static void	metrics_text_process(struct evbuffer *);
+static void	metrics_text_backfill(struct evbuffer *);
 static void	metrics_text_store(struct evbuffer *);
 static void	metrics_text_events(struct evbuffer *);
 static void	metrics_text_ignored(struct evbuffer *);
@@ -228,10 +229,37 @@ metrics_text_process(struct evbuffer *buf)
 	metrics_family(buf, "store_ok", "gauge",
 	    "1 while the store accepts commits, else 0.");
 	evbuffer_add_printf(buf, "phoneclaimd_store_ok %d\n", ok);
-	/* The Management API backfill is a later issue: never configured. */
+	metrics_text_backfill(buf);
+}
+
+/* The Management API backfill: its state and counters. */
+static void
+metrics_text_backfill(struct evbuffer *buf)
+{
+	const struct mgmt_status	*st = mgmt_status();
+
 	metrics_family(buf, "backfill_state", "gauge",
-	    "Management API backfill: 0 not configured (always, for now).");
-	evbuffer_add_printf(buf, "phoneclaimd_backfill_state 0\n");
+	    "Management API backfill: 0 disabled, 1 idle, 2 running, "
+	    "3 failing.");
+	evbuffer_add_printf(buf, "phoneclaimd_backfill_state %d\n", st->state);
+	if (st->state == MGMT_DISABLED)
+		return;
+	metrics_family(buf, "backfill_pages_total", "counter",
+	    "Pages of logs fetched by the backfill.");
+	evbuffer_add_printf(buf, "phoneclaimd_backfill_pages_total %llu\n",
+	    (unsigned long long)st->total_pages);
+	metrics_family(buf, "backfill_events_total", "counter",
+	    "Events received by the backfill (applied or duplicate).");
+	evbuffer_add_printf(buf, "phoneclaimd_backfill_events_total %llu\n",
+	    (unsigned long long)st->total_events);
+	metrics_family(buf, "backfill_failures_total", "counter",
+	    "Failed Management API requests (each retried).");
+	evbuffer_add_printf(buf, "phoneclaimd_backfill_failures_total %llu\n",
+	    (unsigned long long)st->failures);
+	metrics_family(buf, "backfill_last_run_seconds", "gauge",
+	    "When the last complete backfill ended, or 0.");
+	evbuffer_add_printf(buf, "phoneclaimd_backfill_last_run_seconds %lld\n",
+	    (long long)st->last_run);
 }
 
 /* Claims by state and conflicts, from the store (no samples if it fails). */

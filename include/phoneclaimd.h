@@ -55,6 +55,15 @@ struct conf {
 	long long	 max_connections;
 	char		*tls_cert_file;		/* NULL: plain HTTP */
 	char		*tls_key_file;
+	char		*auth0_domain;		/* NULL: no Management API */
+	char		*auth0_client_id;
+	char		*auth0_client_secret_file;
+	char		*auth0_base_url;	/* NULL: https://domain */
+	long long	 backfill_idle;
+	char		*backfill_since;	/* ISO date, or NULL */
+	int64_t		 backfill_since_t;	/* the same, seconds */
+	char		*on_conflict;		/* "report" or "remove" */
+	int		 on_conflict_remove;
 };
 
 struct conf	*conf_load(const char *, char **);
@@ -275,7 +284,25 @@ size_t		 events_ignored_types(const char ***, const size_t **);
 void		 events_free(void);
 
 /* logstream.c */
+#define LOGSTREAM_OK		0
+#define LOGSTREAM_NOT_JSON	-1
+#define LOGSTREAM_TOO_MANY	-2
+#define LOGSTREAM_UNAVAILABLE	-3
+
+/* What one applied batch did. */
+struct logstream_result {
+	size_t	 received;
+	size_t	 applied;
+	size_t	 duplicates;
+	size_t	 ignored;
+	size_t	 rejected;
+	char	 last[LOG_ID_MAX + 1];	/* highest new log id, or "" */
+};
+
 void		 logstream_http_cb(struct evhttp_request *, void *);
+int		 logstream_ingest(const char *, const char *, size_t, int,
+		     struct logstream_result *);
+int		 logstream_last_id(char **);
 int		 logstream_prune(int64_t, int64_t, size_t *);
 
 /* http.c */
@@ -341,6 +368,35 @@ void		 metrics_log_stream(const struct metrics_events *);
 const struct metrics_events *metrics_events_totals(void);
 char		*metrics_text(void);
 void		 metrics_http_cb(struct evhttp_request *, void *);
+
+/* mgmt.c */
+enum mgmt_state {
+	MGMT_DISABLED = 0,
+	MGMT_IDLE,
+	MGMT_RUNNING,
+	MGMT_FAILING
+};
+
+/* The backfill, for status and metrics. */
+struct mgmt_status {
+	int		 state;		/* enum mgmt_state */
+	int64_t		 last_run;	/* last complete run, or 0 */
+	char		 last_error[128];
+	uint64_t	 pages;		/* of the current or last run */
+	uint64_t	 events;
+	uint64_t	 applied;
+	uint64_t	 total_pages;
+	uint64_t	 total_events;
+	uint64_t	 runs;
+	uint64_t	 failures;
+};
+
+int		 mgmt_init(struct event_base *, const struct conf *, char **);
+void		 mgmt_free(void);
+int		 mgmt_backfill(void);
+void		 mgmt_remove(const char *, const char *, const char *);
+const struct mgmt_status *mgmt_status(void);
+const char	*mgmt_state_name(int);
 
 /* tls.c */
 struct tls;

@@ -41,8 +41,8 @@ SOCK_TIMEOUT = 10.0	# seconds to wait for one answer line
 MAX_CLIENTS = 64
 LINE_MAX = 4096
 
-STATUS_KEYS = ["claims", "conflicts", "events", "last_event", "mode",
-               "store", "uptime_s", "version"]
+STATUS_KEYS = ["backfill", "claims", "conflicts", "events", "last_event",
+               "mode", "store", "uptime_s", "version"]
 EVENT_KEYS = ["ambiguous", "applied", "duplicates", "ignored", "rejected",
               "unmatched"]
 ISO_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3})?Z$")
@@ -288,7 +288,8 @@ class CommandTests(ControlCase):
         h = self.ask("help")
         words = [u.split()[0] for u in h["commands"]]
         self.assertEqual(words, ["status", "lookup", "user", "conflicts",
-                                 "release", "claim", "export", "help"])
+                                 "release", "claim", "export", "backfill",
+                                 "help"])
 
     def test_lookup_of_a_free_number(self):
         phone = number()

@@ -218,7 +218,9 @@ class SampleConfigTests(unittest.TestCase):
             "log_stream_token_file": self.path("log-stream.token"),
             "hash_key_file": self.path("state/hash.key"),
             "exempt_numbers_file": self.path("exempt"),
+            "auth0_client_secret_file": self.path("auth0.secret"),
         }
+        write_secret(self.path("auth0.secret"), "s" * 32 + "\n")
         openssl = shutil.which("openssl")
         if openssl:
             r = subprocess.run(

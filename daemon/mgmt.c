@@ -1,0 +1,870 @@
+/*
+ * The Auth0 Management API client: libcurl's multi interface driven by
+ * the event loop (socket and timer callbacks, no blocking call, no
+ * thread).  It keeps a client-credentials token and runs the backfill:
+ * GET /api/v2/logs from the highest log id applied, following the Link
+ * "next" URL until an empty page, every page going through the same
+ * path as the webhook (logstream_ingest), so overlap is harmless.
+ */
+#include "config.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include <curl/curl.h>
+#include <event2/event.h>
+#include <yajl/yajl_tree.h>
+
+#include "log.h"
+#include "phoneclaimd.h"
+#include "xmalloc.h"
+
+#define MGMT_TIMEOUT		30L	/* seconds, whole request */
+#define MGMT_CONNECT_TIMEOUT	10L
+#define MGMT_BODY_MAX		(16 * 1024 * 1024)
+#define MGMT_TOKEN_MARGIN	60	/* renew this long before expiry */
+#define MGMT_BACKOFF_MIN	1
+#define MGMT_BACKOFF_MAX	300
+#define MGMT_RESET_MAX		120	/* longest rate-limit wait */
+#define MGMT_TAKE		100
+
+#define MGMT_REMOVE_MAX		1000	/* removals waiting, at most */
+
+enum mgmt_kind {
+	MGMT_TOKEN = 1,
+	MGMT_LOGS,
+	MGMT_DELETE
+};
+
+/* A phone method to delete (on_conflict = remove). */
+struct mgmt_removal {
+	char	*user_id;
+	char	*method;	/* phone|dev_... */
+	char	*log_id;
+};
+
+struct mgmt_xfer {
+	CURL			*easy;
+	enum mgmt_kind		 kind;
+	struct curl_slist	*headers;
+	char			*post;
+	char			*body;
+	size_t			 len;
+	char			*next;		/* Link rel="next" */
+	long long		 rl_remaining;	/* -1: not sent */
+	long long		 rl_reset;
+	char			 error[CURL_ERROR_SIZE];
+};
+
+struct mgmt {
+	struct event_base	*base;
+	const struct conf	*conf;
+	CURLM			*multi;
+	struct event		*curl_ev;	/* libcurl's timer */
+	struct event		*run_ev;	/* next step, retry or idle */
+	char			*base_url;
+	char			*audience;
+	char			*secret;
+	size_t			 secretlen;
+	char			*token;
+	time_t			 token_expires;
+	int			 token_retried;
+	struct mgmt_xfer	*xfer;		/* at most one in flight */
+	char			*url;		/* the page to fetch next */
+	int			 search;	/* url is a date search */
+	int			 backoff;
+	time_t			 not_before;	/* rate limit */
+	int			 again;		/* run asked while running */
+	int			 logged;	/* this failure streak logged */
+	int			 told;		/* "nothing to do" logged */
+	struct mgmt_removal	*rm;		/* queue, oldest first */
+	size_t			 nrm;
+	struct mgmt_status	 st;
+};
+
+static struct mgmt	*mgmt;
+
+static int	mgmt_socket_cb(CURL *, curl_socket_t, int, void *, void *);
+static int	mgmt_timer_cb(CURLM *, long, void *);
+static void	mgmt_event_cb(evutil_socket_t, short, void *);
+static void	mgmt_curl_timeout_cb(evutil_socket_t, short, void *);
+static void	mgmt_run_cb(evutil_socket_t, short, void *);
+static void	mgmt_check(void);
+static size_t	mgmt_write_cb(char *, size_t, size_t, void *);
+static size_t	mgmt_header_cb(char *, size_t, size_t, void *);
+static void	mgmt_link(struct mgmt_xfer *, const char *, size_t);
+static int	mgmt_send(enum mgmt_kind, const char *, const char *);
+static void	mgmt_xfer_free(struct mgmt_xfer *);
+static void	mgmt_done(struct mgmt_xfer *, CURLcode);
+static void	mgmt_token_done(struct mgmt_xfer *, long);
+static void	mgmt_logs_done(struct mgmt_xfer *, long);
+static void	mgmt_page(struct mgmt_xfer *);
+static void	mgmt_step(void);
+static void	mgmt_begin(void);
+static void	mgmt_fail(const char *, int);
+static void	mgmt_finish(void);
+static void	mgmt_schedule(int);
+static void	mgmt_set_url(char *, int);
+static char	*mgmt_logs_url(const char *);
+static int	mgmt_token_ok(void);
+static void	mgmt_remove_next(void);
+static void	mgmt_remove_done(struct mgmt_xfer *, long);
+static void	mgmt_remove_pop(void);
+
+/* Start the client if the configuration names a tenant. */
+int
+mgmt_init(struct event_base *base, const struct conf *conf, char **cause)
+{
+	struct mgmt	*m;
+
+	if (conf->auth0_domain == NULL)
+		return (0);
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0) {
+		xasprintf(cause, "curl_global_init failed");
+		return (-1);
+	}
+	m = xcalloc(1, sizeof *m);
+	m->base = base;
+	m->conf = conf;
+	if (conf_read_secret(conf->auth0_client_secret_file, &m->secret,
+	    &m->secretlen, cause) != 0) {
+		free(m);
+		curl_global_cleanup();
+		return (-1);
+	}
+	if (conf->auth0_base_url != NULL)
+		m->base_url = xstrdup(conf->auth0_base_url);
+	else
+		xasprintf(&m->base_url, "https://%s", conf->auth0_domain);
+	while (strlen(m->base_url) > 8 &&
+	    m->base_url[strlen(m->base_url) - 1] == '/')
+		m->base_url[strlen(m->base_url) - 1] = '\0';
+	xasprintf(&m->audience, "https://%s/api/v2/", conf->auth0_domain);
+	if ((m->multi = curl_multi_init()) == NULL)
+		fatalx("curl_multi_init");
+	curl_multi_setopt(m->multi, CURLMOPT_SOCKETFUNCTION, mgmt_socket_cb);
+	curl_multi_setopt(m->multi, CURLMOPT_TIMERFUNCTION, mgmt_timer_cb);
+	m->curl_ev = evtimer_new(base, mgmt_curl_timeout_cb, NULL);
+	m->run_ev = evtimer_new(base, mgmt_run_cb, NULL);
+	if (m->curl_ev == NULL || m->run_ev == NULL)
+		fatalx("evtimer_new");
+	m->st.state = MGMT_IDLE;
+	m->again = 1;		/* a run at start */
+	mgmt = m;
+	mgmt_schedule(0);
+	log_info("Management API: %s, backfill after %llds without events",
+	    m->base_url, conf->backfill_idle);
+	return (0);
+}
+
+/* Stop any transfer and free the client. */
+void
+mgmt_free(void)
+{
+	struct mgmt	*m = mgmt;
+
+	if (m == NULL)
+		return;
+	if (m->xfer != NULL)
+		mgmt_xfer_free(m->xfer);
+	while (m->nrm > 0)
+		mgmt_remove_pop();
+	free(m->rm);
+	curl_multi_cleanup(m->multi);
+	event_free(m->curl_ev);
+	event_free(m->run_ev);
+	if (m->token != NULL)
+		explicit_bzero(m->token, strlen(m->token));
+	explicit_bzero(m->secret, m->secretlen);
+	free(m->token);
+	free(m->secret);
+	free(m->base_url);
+	free(m->audience);
+	free(m->url);
+	free(m);
+	mgmt = NULL;
+	curl_global_cleanup();
+}
+
+/* The backfill's state for status and metrics (disabled if unset). */
+const struct mgmt_status *
+mgmt_status(void)
+{
+	static const struct mgmt_status	disabled = { .state = MGMT_DISABLED };
+
+	return (mgmt != NULL ? &mgmt->st : &disabled);
+}
+
+/* Name of a backfill state. */
+const char *
+mgmt_state_name(int state)
+{
+	switch (state) {
+	case MGMT_IDLE:
+		return ("idle");
+	case MGMT_RUNNING:
+		return ("running");
+	case MGMT_FAILING:
+		return ("failed");
+	default:
+		return ("disabled");
+	}
+}
+
+/* Ask for a backfill run now (the status socket); -1 if not configured. */
+int
+mgmt_backfill(void)
+{
+	if (mgmt == NULL)
+		return (-1);
+	if (mgmt->st.state == MGMT_RUNNING || mgmt->st.state == MGMT_FAILING) {
+		mgmt->again = 1;
+		if (mgmt->st.state == MGMT_FAILING && mgmt->xfer == NULL)
+			mgmt_schedule(0);
+		return (0);
+	}
+	mgmt->again = 1;
+	mgmt_schedule(0);
+	return (0);
+}
+
+/* libcurl wants a socket watched (or no longer). */
+static int
+mgmt_socket_cb(CURL *easy, curl_socket_t s, int what, void *userp,
+    void *socketp)
+{
+	struct event	*ev = socketp;
+	short		 flags = EV_PERSIST;
+
+	(void)easy;
+	(void)userp;
+	if (ev != NULL) {
+		event_free(ev);
+		ev = NULL;
+	}
+	if (what == CURL_POLL_REMOVE) {
+		curl_multi_assign(mgmt->multi, s, NULL);
+		return (0);
+	}
+	if (what & CURL_POLL_IN)
+		flags |= EV_READ;
+	if (what & CURL_POLL_OUT)
+		flags |= EV_WRITE;
+	if ((ev = event_new(mgmt->base, s, flags, mgmt_event_cb, NULL)) ==
+	    NULL)
+		fatalx("event_new");
+	event_add(ev, NULL);
+	curl_multi_assign(mgmt->multi, s, ev);
+	return (0);
+}
+
+/* libcurl wants to be called after timeout_ms (-1: never). */
+static int
+mgmt_timer_cb(CURLM *multi, long timeout_ms, void *userp)
+{
+	struct timeval	tv;
+
+	(void)multi;
+	(void)userp;
+	if (timeout_ms < 0) {
+		evtimer_del(mgmt->curl_ev);
+		return (0);
+	}
+	tv.tv_sec = timeout_ms / 1000;
+	tv.tv_usec = (timeout_ms % 1000) * 1000;
+	evtimer_add(mgmt->curl_ev, &tv);
+	return (0);
+}
+
+/* A watched socket is ready. */
+static void
+mgmt_event_cb(evutil_socket_t fd, short events, void *arg)
+{
+	int	flags = 0, running;
+
+	(void)arg;
+	if (events & EV_READ)
+		flags |= CURL_CSELECT_IN;
+	if (events & EV_WRITE)
+		flags |= CURL_CSELECT_OUT;
+	curl_multi_socket_action(mgmt->multi, fd, flags, &running);
+	mgmt_check();
+}
+
+/* libcurl's timer fired. */
+static void
+mgmt_curl_timeout_cb(evutil_socket_t fd, short events, void *arg)
+{
+	int	running;
+
+	(void)fd;
+	(void)events;
+	(void)arg;
+	curl_multi_socket_action(mgmt->multi, CURL_SOCKET_TIMEOUT, 0,
+	    &running);
+	mgmt_check();
+}
+
+/* Handle finished transfers. */
+static void
+mgmt_check(void)
+{
+	CURLMsg			*msg;
+	struct mgmt_xfer	*x;
+	int			 left;
+
+	while (mgmt != NULL &&
+	    (msg = curl_multi_info_read(mgmt->multi, &left)) != NULL) {
+		if (msg->msg != CURLMSG_DONE)
+			continue;
+		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE,
+		    (char **)&x);
+		mgmt_done(x, msg->data.result);
+	}
+}
+
+/* Keep a body, up to MGMT_BODY_MAX. */
+static size_t
+mgmt_write_cb(char *p, size_t size, size_t n, void *arg)
+{
+	struct mgmt_xfer	*x = arg;
+
+	n *= size;
+	if (x->len + n > MGMT_BODY_MAX)
+		return (0);
+	x->body = xreallocarray(x->body, x->len + n + 1, 1);
+	memcpy(x->body + x->len, p, n);
+	x->len += n;
+	x->body[x->len] = '\0';
+	return (n);
+}
+
+/* Note the rate-limit and Link headers. */
+static size_t
+mgmt_header_cb(char *p, size_t size, size_t n, void *arg)
+{
+	struct mgmt_xfer	*x = arg;
+	size_t			 len = size * n;
+	char			 v[32];
+
+	if (len > 22 && strncasecmp(p, "x-ratelimit-remaining:", 22) == 0) {
+		snprintf(v, sizeof v, "%.*s", (int)(len - 22), p + 22);
+		x->rl_remaining = strtoll(v, NULL, 10);
+	} else if (len > 18 && strncasecmp(p, "x-ratelimit-reset:", 18) == 0) {
+		snprintf(v, sizeof v, "%.*s", (int)(len - 18), p + 18);
+		x->rl_reset = strtoll(v, NULL, 10);
+	} else if (len > 5 && strncasecmp(p, "link:", 5) == 0)
+		mgmt_link(x, p + 5, len - 5);
+	return (len);
+}
+
+/* Find the rel="next" URL in a Link header value. */
+static void
+mgmt_link(struct mgmt_xfer *x, const char *p, size_t len)
+{
+	const char	*end = p + len, *lt, *gt;
+
+	while ((lt = memchr(p, '<', end - p)) != NULL &&
+	    (gt = memchr(lt, '>', end - lt)) != NULL) {
+		p = gt + 1;
+		while (p < end && (*p == ';' || *p == ' '))
+			p++;
+		if (end - p >= 10 && strncmp(p, "rel=\"next\"", 10) == 0) {
+			free(x->next);
+			x->next = xmalloc(gt - lt);
+			memcpy(x->next, lt + 1, gt - lt - 1);
+			x->next[gt - lt - 1] = '\0';
+			return;
+		}
+	}
+}
+
+/* Start one request: the token (post set) or a page of logs. */
+static int
+mgmt_send(enum mgmt_kind kind, const char *url, const char *post)
+{
+	struct mgmt_xfer	*x;
+	char			*auth;
+
+	x = xcalloc(1, sizeof *x);
+	x->kind = kind;
+	x->rl_remaining = x->rl_reset = -1;
+	if ((x->easy = curl_easy_init()) == NULL)
+		fatalx("curl_easy_init");
+	curl_easy_setopt(x->easy, CURLOPT_URL, url);
+	curl_easy_setopt(x->easy, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(x->easy, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(x->easy, CURLOPT_TIMEOUT, MGMT_TIMEOUT);
+	curl_easy_setopt(x->easy, CURLOPT_CONNECTTIMEOUT,
+	    MGMT_CONNECT_TIMEOUT);
+	curl_easy_setopt(x->easy, CURLOPT_SSL_VERIFYPEER, 1L);
+	curl_easy_setopt(x->easy, CURLOPT_SSL_VERIFYHOST, 2L);
+	curl_easy_setopt(x->easy, CURLOPT_ERRORBUFFER, x->error);
+	curl_easy_setopt(x->easy, CURLOPT_WRITEFUNCTION, mgmt_write_cb);
+	curl_easy_setopt(x->easy, CURLOPT_WRITEDATA, x);
+	curl_easy_setopt(x->easy, CURLOPT_HEADERFUNCTION, mgmt_header_cb);
+	curl_easy_setopt(x->easy, CURLOPT_HEADERDATA, x);
+	curl_easy_setopt(x->easy, CURLOPT_PRIVATE, x);
+	curl_easy_setopt(x->easy, CURLOPT_USERAGENT, "phoneclaimd/"
+	    PACKAGE_VERSION);
+	x->headers = curl_slist_append(NULL, "Accept: application/json");
+	if (kind == MGMT_DELETE)
+		curl_easy_setopt(x->easy, CURLOPT_CUSTOMREQUEST, "DELETE");
+	if (post != NULL) {
+		x->post = xstrdup(post);
+		curl_easy_setopt(x->easy, CURLOPT_POSTFIELDS, x->post);
+	} else {
+		xasprintf(&auth, "Authorization: Bearer %s", mgmt->token);
+		x->headers = curl_slist_append(x->headers, auth);
+		explicit_bzero(auth, strlen(auth));
+		free(auth);
+	}
+	curl_easy_setopt(x->easy, CURLOPT_HTTPHEADER, x->headers);
+	mgmt->xfer = x;
+	if (curl_multi_add_handle(mgmt->multi, x->easy) != CURLM_OK)
+		fatalx("curl_multi_add_handle");
+	return (0);
+}
+
+/* Free a transfer. */
+static void
+mgmt_xfer_free(struct mgmt_xfer *x)
+{
+	curl_multi_remove_handle(mgmt->multi, x->easy);
+	curl_easy_cleanup(x->easy);
+	curl_slist_free_all(x->headers);
+	if (x->post != NULL)
+		explicit_bzero(x->post, strlen(x->post));
+	free(x->post);
+	free(x->body);
+	free(x->next);
+	free(x);
+	if (mgmt->xfer == x)
+		mgmt->xfer = NULL;
+}
+
+/* A transfer ended: transport errors here, answers by kind. */
+static void
+mgmt_done(struct mgmt_xfer *x, CURLcode rc)
+{
+	char	why[CURL_ERROR_SIZE + 64];
+	long	code = 0;
+
+	curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
+	if (x->rl_remaining == 0 && x->rl_reset > 0)
+		mgmt->not_before = (time_t)x->rl_reset;
+	if (rc != CURLE_OK) {
+		snprintf(why, sizeof why, "%s: %s", x->kind == MGMT_TOKEN ?
+		    "token request" : x->kind == MGMT_DELETE ?
+		    "DELETE authentication method" : "GET /api/v2/logs",
+		    x->error[0] != '\0' ? x->error : curl_easy_strerror(rc));
+		mgmt_xfer_free(x);
+		mgmt_fail(why, 0);
+		return;
+	}
+	if (x->kind == MGMT_TOKEN)
+		mgmt_token_done(x, code);
+	else if (x->kind == MGMT_DELETE)
+		mgmt_remove_done(x, code);
+	else
+		mgmt_logs_done(x, code);
+	mgmt_xfer_free(x);
+}
+
+/* The token answer: keep the token until shortly before it expires. */
+static void
+mgmt_token_done(struct mgmt_xfer *x, long code)
+{
+	const char	*tp[] = { "access_token", NULL };
+	const char	*ep[] = { "expires_in", NULL };
+	yajl_val	 root = NULL, t, e;
+	char		*cause = NULL, why[128];
+
+	if (code != 200 || x->body == NULL ||
+	    (root = json_parse(x->body, x->len, &cause)) == NULL ||
+	    (t = yajl_tree_get(root, tp, yajl_t_string)) == NULL ||
+	    (e = yajl_tree_get(root, ep, yajl_t_number)) == NULL ||
+	    !YAJL_IS_INTEGER(e) || YAJL_GET_INTEGER(e) <= 0) {
+		free(cause);
+		json_free(root);
+		snprintf(why, sizeof why, "token request: HTTP %ld%s", code,
+		    code == 200 ? ", not a token" : "");
+		mgmt_fail(why, code == 429 ? 1 : 0);
+		return;
+	}
+	free(mgmt->token);
+	mgmt->token = xstrdup(YAJL_GET_STRING(t));
+	log_debug("Management API: new token for %llds",
+	    (long long)YAJL_GET_INTEGER(e));
+	mgmt->token_expires = time(NULL) + (time_t)YAJL_GET_INTEGER(e);
+	json_free(root);
+	mgmt_schedule(0);
+}
+
+/* A page of logs, or an error answer. */
+static void
+mgmt_logs_done(struct mgmt_xfer *x, long code)
+{
+	char	why[128];
+
+	if (code == 401 && !mgmt->token_retried) {
+		/* Revoked or expired early: one new token, then again. */
+		mgmt->token_retried = 1;
+		free(mgmt->token);
+		mgmt->token = NULL;
+		mgmt_schedule(0);
+		return;
+	}
+	if (code != 200) {
+		snprintf(why, sizeof why, "GET /api/v2/logs: HTTP %ld", code);
+		mgmt_fail(why, code == 429);
+		return;
+	}
+	mgmt->token_retried = 0;
+	mgmt_page(x);
+}
+
+/* Apply a page through the webhook's path and choose the next URL. */
+static void
+mgmt_page(struct mgmt_xfer *x)
+{
+	struct logstream_result	 r;
+	char			*last = NULL;
+	size_t			 i = 0;
+	int			 rv;
+
+	/* Only an array is a page: anything else is retried, not kept. */
+	while (i < x->len && isspace((unsigned char)x->body[i]))
+		i++;
+	if (i == x->len || x->body[i] != '[') {
+		mgmt_fail("GET /api/v2/logs: not a JSON array", 0);
+		return;
+	}
+	rv = logstream_ingest("backfill", x->body, x->len, 1, &r);
+	if (rv != LOGSTREAM_OK) {
+		mgmt_fail(rv == LOGSTREAM_UNAVAILABLE ? "backfill: the store "
+		    "is unavailable" : "GET /api/v2/logs: not a JSON page", 0);
+		return;
+	}
+	mgmt->st.pages++;
+	mgmt->st.total_pages++;
+	mgmt->st.events += r.received;
+	mgmt->st.total_events += r.received;
+	mgmt->st.applied += r.applied;
+	mgmt->backoff = 0;
+	mgmt->logged = 0;
+	if (mgmt->st.state == MGMT_FAILING) {
+		log_info("backfill: recovered");
+		mgmt->st.state = MGMT_RUNNING;
+	}
+	if (r.received == 0) {
+		mgmt_finish();
+		return;
+	}
+	if (x->next != NULL && !mgmt->search &&
+	    strncmp(x->next, mgmt->base_url, strlen(mgmt->base_url)) == 0) {
+		mgmt_set_url(xstrdup(x->next), 0);
+	} else {
+		if (logstream_last_id(&last) != STORE_OK || last == NULL) {
+			free(last);
+			mgmt_fail("backfill: no log id after a page", 0);
+			return;
+		}
+		mgmt_set_url(mgmt_logs_url(last), 0);
+		free(last);
+	}
+	mgmt_schedule(0);
+}
+
+/* Replace the page to fetch next. */
+static void
+mgmt_set_url(char *url, int search)
+{
+	free(mgmt->url);
+	mgmt->url = url;
+	mgmt->search = search;
+}
+
+/* The checkpoint URL of the logs after log id last. */
+static char *
+mgmt_logs_url(const char *last)
+{
+	char	*id, *url;
+
+	if ((id = curl_easy_escape(NULL, last, 0)) == NULL)
+		fatalx("curl_easy_escape");
+	xasprintf(&url, "%s/api/v2/logs?from=%s&take=%d", mgmt->base_url, id,
+	    MGMT_TAKE);
+	curl_free(id);
+	return (url);
+}
+
+/* The run timer: start a run, or take the next step of one. */
+static void
+mgmt_run_cb(evutil_socket_t fd, short events, void *arg)
+{
+	const struct metrics_events	*e = metrics_events_totals();
+	time_t				 now = time(NULL), quiet;
+
+	(void)fd;
+	(void)events;
+	(void)arg;
+	if (mgmt->xfer != NULL)
+		return;
+	if (mgmt->nrm > 0) {
+		mgmt_remove_next();
+		return;
+	}
+	if (mgmt->st.state == MGMT_IDLE) {
+		quiet = now - (e->last_received > mgmt->st.last_run ?
+		    (time_t)e->last_received : (time_t)mgmt->st.last_run);
+		if (!mgmt->again && quiet < mgmt->conf->backfill_idle) {
+			mgmt_schedule((int)(mgmt->conf->backfill_idle - quiet));
+			return;
+		}
+		mgmt->again = 0;
+		mgmt_begin();
+		return;
+	}
+	mgmt_step();
+}
+
+/* Start a run from the stored log id, or from backfill_since. */
+static void
+mgmt_begin(void)
+{
+	char		*last = NULL, *url, date[32];
+	struct tm	 tm;
+	time_t		 t;
+
+	if (logstream_last_id(&last) != STORE_OK) {
+		mgmt->st.state = MGMT_RUNNING;
+		mgmt_fail("backfill: the store is unavailable", 0);
+		return;
+	}
+	if (last != NULL)
+		mgmt_set_url(mgmt_logs_url(last), 0);
+	else if (mgmt->conf->backfill_since != NULL) {
+		t = (time_t)mgmt->conf->backfill_since_t;
+		gmtime_r(&t, &tm);
+		strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%S.000Z", &tm);
+		xasprintf(&url, "%s/api/v2/logs?q=date%%3A%%5B%s%%20TO%%20*%%5D"
+		    "&sort=date%%3A1&per_page=%d", mgmt->base_url, date,
+		    MGMT_TAKE);
+		mgmt_set_url(url, 1);
+	} else {
+		if (!mgmt->told)
+			log_info("backfill: no log id stored yet and no "
+			    "backfill_since: nothing to do");
+		mgmt->told = 1;
+		mgmt->st.last_run = time(NULL);
+		mgmt_schedule((int)mgmt->conf->backfill_idle);
+		return;
+	}
+	log_info("backfill: starting from %s", last != NULL ? last :
+	    mgmt->conf->backfill_since);
+	free(last);
+	mgmt->st.state = MGMT_RUNNING;
+	mgmt->st.pages = mgmt->st.events = 0;
+	mgmt->st.runs++;
+	mgmt_step();
+}
+
+/* Send the next page request, after a token if needed. */
+static void
+mgmt_step(void)
+{
+	if (mgmt->url == NULL) {
+		mgmt->st.state = MGMT_IDLE;
+		mgmt_schedule(0);
+		return;
+	}
+	if (mgmt_token_ok())
+		mgmt_send(MGMT_LOGS, mgmt->url, NULL);
+}
+
+/*
+ * Return 1 if a request may go now with the cached token; else wait for
+ * the rate limit, or ask for a token, and return 0.
+ */
+static int
+mgmt_token_ok(void)
+{
+	char	*post, *id, *secret, *aud;
+	time_t	 now = time(NULL);
+
+	if (now < mgmt->not_before) {
+		mgmt_schedule((int)(mgmt->not_before - now));
+		return (0);
+	}
+	if (mgmt->token != NULL &&
+	    now + MGMT_TOKEN_MARGIN < mgmt->token_expires)
+		return (1);
+	id = curl_easy_escape(NULL, mgmt->conf->auth0_client_id, 0);
+	secret = curl_easy_escape(NULL, mgmt->secret, (int)mgmt->secretlen);
+	aud = curl_easy_escape(NULL, mgmt->audience, 0);
+	if (id == NULL || secret == NULL || aud == NULL)
+		fatalx("curl_easy_escape");
+	xasprintf(&post, "grant_type=client_credentials&client_id=%s&"
+	    "client_secret=%s&audience=%s", id, secret, aud);
+	explicit_bzero(secret, strlen(secret));
+	curl_free(id);
+	curl_free(secret);
+	curl_free(aud);
+	free(mgmt->token);
+	mgmt->token = NULL;
+	xasprintf(&id, "%s/oauth/token", mgmt->base_url);
+	mgmt_send(MGMT_TOKEN, id, post);
+	free(id);
+	explicit_bzero(post, strlen(post));
+	free(post);
+	return (0);
+}
+
+/*
+ * A request failed: log it once per streak, show it in status and retry
+ * the same step with exponential back-off (or at the rate-limit reset).
+ */
+static void
+mgmt_fail(const char *why, int limited)
+{
+	time_t	now = time(NULL);
+	int	wait;
+
+	snprintf(mgmt->st.last_error, sizeof mgmt->st.last_error, "%s", why);
+	mgmt->st.failures++;
+	mgmt->st.state = MGMT_FAILING;
+	mgmt->backoff = mgmt->backoff == 0 ? MGMT_BACKOFF_MIN :
+	    mgmt->backoff * 2;
+	if (mgmt->backoff > MGMT_BACKOFF_MAX)
+		mgmt->backoff = MGMT_BACKOFF_MAX;
+	wait = mgmt->backoff;
+	if (limited && mgmt->not_before > now)
+		wait = (int)(mgmt->not_before - now);
+	if (wait > MGMT_RESET_MAX && limited)
+		wait = MGMT_RESET_MAX;
+	if (!mgmt->logged)
+		log_warnx("backfill: %s; retrying with back-off", why);
+	mgmt->logged = 1;
+	mgmt_schedule(wait);
+}
+
+/* An empty page: the run is complete. */
+static void
+mgmt_finish(void)
+{
+	mgmt->st.state = MGMT_IDLE;
+	mgmt->st.last_run = time(NULL);
+	log_info("backfill: done, %llu page(s), %llu event(s)",
+	    (unsigned long long)mgmt->st.pages,
+	    (unsigned long long)mgmt->st.events);
+	mgmt_schedule(mgmt->again || mgmt->nrm > 0 ? 0 :
+	    (int)mgmt->conf->backfill_idle);
+}
+
+/* Run the run timer after secs seconds. */
+static void
+mgmt_schedule(int secs)
+{
+	struct timeval	tv = { secs, 0 };
+
+	evtimer_add(mgmt->run_ev, &tv);
+}
+
+/*
+ * Queue the deletion of a user's phone method that conflicts (on_conflict
+ * = remove).  Called inside a transaction that may run again, so a log id
+ * already queued is not queued twice.
+ */
+void
+mgmt_remove(const char *user_id, const char *enrol_id, const char *log_id)
+{
+	struct mgmt_removal	*r;
+	size_t			 i;
+
+	if (mgmt == NULL || log_id == NULL)
+		return;
+	for (i = 0; i < mgmt->nrm; i++) {
+		if (strcmp(mgmt->rm[i].log_id, log_id) == 0)
+			return;
+	}
+	if (mgmt->nrm >= MGMT_REMOVE_MAX) {
+		log_warnx("conflict: too many removals waiting; not removing "
+		    "the phone method of user %s (log id %s)", user_id, log_id);
+		return;
+	}
+	mgmt->rm = xreallocarray(mgmt->rm, mgmt->nrm + 1, sizeof *mgmt->rm);
+	r = &mgmt->rm[mgmt->nrm++];
+	r->user_id = xstrdup(user_id);
+	xasprintf(&r->method, "phone|%s", enrol_id);
+	r->log_id = xstrdup(log_id);
+	if (mgmt->xfer == NULL)
+		mgmt_schedule(0);
+}
+
+/* Send the DELETE of the oldest queued method. */
+static void
+mgmt_remove_next(void)
+{
+	struct mgmt_removal	*r = &mgmt->rm[0];
+	char			*user, *method, *url;
+
+	if (!mgmt_token_ok())
+		return;
+	user = curl_easy_escape(NULL, r->user_id, 0);
+	method = curl_easy_escape(NULL, r->method, 0);
+	if (user == NULL || method == NULL)
+		fatalx("curl_easy_escape");
+	xasprintf(&url, "%s/api/v2/users/%s/authentication-methods/%s",
+	    mgmt->base_url, user, method);
+	curl_free(user);
+	curl_free(method);
+	mgmt_send(MGMT_DELETE, url, NULL);
+	free(url);
+}
+
+/* The DELETE answer: audit it, or retry with back-off. */
+static void
+mgmt_remove_done(struct mgmt_xfer *x, long code)
+{
+	struct mgmt_removal	*r = &mgmt->rm[0];
+	char			 why[128];
+
+	(void)x;
+	if (code == 401 && !mgmt->token_retried) {
+		mgmt->token_retried = 1;
+		free(mgmt->token);
+		mgmt->token = NULL;
+		mgmt_schedule(0);
+		return;
+	}
+	if (code != 204 && code != 200 && code != 404) {
+		snprintf(why, sizeof why, "DELETE authentication method: HTTP "
+		    "%ld", code);
+		mgmt_fail(why, code == 429);
+		return;
+	}
+	mgmt->token_retried = 0;
+	log_warnx("conflict: on_conflict remove: %s phone method %s of user "
+	    "%s (log id %s)", code == 404 ? "already no" : "deleted",
+	    r->method, r->user_id, r->log_id);
+	mgmt_remove_pop();
+	mgmt_schedule(0);
+}
+
+/* Drop the oldest queued removal. */
+static void
+mgmt_remove_pop(void)
+{
+	struct mgmt_removal	*r = &mgmt->rm[0];
+
+	free(r->user_id);
+	free(r->method);
+	free(r->log_id);
+	memmove(mgmt->rm, mgmt->rm + 1, (mgmt->nrm - 1) * sizeof *mgmt->rm);
+	mgmt->nrm--;
+}

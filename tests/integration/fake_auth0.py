@@ -1,0 +1,198 @@
+"""
+A fake Auth0 tenant for the Management API client tests: POST /oauth/token
+(client credentials) and GET /api/v2/logs (checkpoint mode with from/take
+and Link rel="next", and the date search that seeds a first backfill),
+on 127.0.0.1 in a thread.  Tests script failures (status codes, rate-limit
+headers, slow answers) and read back every request it saw.
+"""
+
+import http.server
+import json
+import secrets
+import ssl
+import threading
+import time
+import urllib.parse
+
+
+def later(a, b):
+    """True if log id a sorts after b (longer, or same length and later)."""
+    return (len(a), a) > (len(b), b)
+
+
+class FakeAuth0:
+    """The tenant's state, the scripted answers and the requests seen."""
+
+    def __init__(self, client_id="test-client", secret=None,
+                 expires_in=86400, cert=None):
+        self.client_id = client_id
+        self.secret = secret or "secret-" + secrets.token_hex(12)
+        self.expires_in = expires_in
+        self.logs = []			# Management API log objects
+        self.tokens = []		# issued, newest last
+        self.revoked = set()
+        self.script = []		# (path prefix, status, headers, delay)
+        self.seen = []			# (method, path, headers, body, time)
+        self.rate_headers = {}		# sent on every logs answer
+        self.deleted = []		# paths of deleted methods
+        self.lock = threading.Lock()
+        handler = type("Handler", (_Handler,), {"fake": self})
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                                      handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = "http://127.0.0.1:%d" % self.port
+        if cert is not None:		# (certfile, keyfile): HTTPS
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*cert)
+            self.server.socket = ctx.wrap_socket(self.server.socket,
+                                                 server_side=True)
+            self.url = "https://127.0.0.1:%d" % self.port
+        self.thread = threading.Thread(target=self.server.serve_forever,
+                                       daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def add(self, *events):
+        """Append Management API log objects (each with an _id)."""
+        with self.lock:
+            self.logs.extend(events)
+            self.logs.sort(key=lambda e: (len(e["_id"]), e["_id"]))
+
+    def fail_next(self, prefix, status, headers=None, delay=0.0, times=1):
+        """Answer the next requests to prefix with status (and headers)."""
+        with self.lock:
+            for _ in range(times):
+                self.script.append((prefix, status, headers or {}, delay))
+
+    def requests(self, prefix):
+        with self.lock:
+            return [s for s in self.seen if s[1].startswith(prefix)]
+
+    def scripted(self, path):
+        with self.lock:
+            for i, entry in enumerate(self.script):
+                if path.startswith(entry[0]):
+                    return self.script.pop(i)
+        return None
+
+    def token(self, form):
+        """Check client credentials; a new token, or None."""
+        if form.get("grant_type") != ["client_credentials"] or \
+                form.get("client_id") != [self.client_id] or \
+                form.get("client_secret") != [self.secret] or \
+                not form.get("audience", [""])[0].endswith("/api/v2/"):
+            return None
+        tok = "tok-" + secrets.token_hex(16)
+        with self.lock:
+            self.tokens.append(tok)
+        return tok
+
+    def authorised(self, header):
+        with self.lock:
+            return header is not None and header.startswith("Bearer ") and \
+                header[7:] in self.tokens and header[7:] not in self.revoked
+
+    def page(self, query):
+        """Logs after from (take at most), or a date search."""
+        with self.lock:
+            logs = list(self.logs)
+        if "q" in query:
+            since = query["q"][0].split("[", 1)[1].split(" ", 1)[0]
+            n = int(query.get("per_page", ["50"])[0])
+            return [e for e in logs if e["date"] >= since][:n], None
+        start = query.get("from", [""])[0]
+        take = min(int(query.get("take", ["50"])[0]), 100)
+        out = [e for e in logs if not start or later(e["_id"], start)]
+        out = out[:take]
+        nxt = out[-1]["_id"] if out else start
+        return out, "%s/api/v2/logs?from=%s&take=%d" % (self.url, nxt, take)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    fake = None
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def answer(self, status, body, headers=None):
+        data = json.dumps(body).encode() if body is not None else b""
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def record(self, body=b""):
+        with self.fake.lock:
+            self.fake.seen.append((self.command, self.path,
+                                   dict(self.headers), body, time.time()))
+
+    def run_script(self):
+        entry = self.fake.scripted(self.path)
+        if entry is None:
+            return False
+        _, status, headers, delay = entry
+        if delay:
+            time.sleep(delay)
+        if status is None:
+            return False
+        self.answer(status, {"statusCode": status, "error": "scripted"},
+                    headers)
+        return True
+
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length", "0"))
+        body = self.rfile.read(n)
+        self.record(body)
+        if self.run_script():
+            return
+        if self.path != "/oauth/token":
+            self.answer(404, {"error": "not_found"})
+            return
+        tok = self.fake.token(urllib.parse.parse_qs(body.decode()))
+        if tok is None:
+            self.answer(401, {"error": "access_denied"})
+            return
+        self.answer(200, {"access_token": tok, "token_type": "Bearer",
+                          "expires_in": self.fake.expires_in,
+                          "scope": "read:logs"})
+
+    def do_DELETE(self):
+        self.record()
+        if self.run_script():
+            return
+        path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
+        if not path.startswith("/api/v2/users/") or \
+                "/authentication-methods/" not in path:
+            self.answer(404, {"error": "not_found"})
+            return
+        if not self.fake.authorised(self.headers.get("Authorization")):
+            self.answer(401, {"statusCode": 401, "error": "Unauthorized"})
+            return
+        with self.fake.lock:
+            self.fake.deleted.append(path)
+        self.answer(204, None)
+
+    def do_GET(self):
+        self.record()
+        if self.run_script():
+            return
+        url = urllib.parse.urlsplit(self.path)
+        if url.path != "/api/v2/logs":
+            self.answer(404, {"error": "not_found"})
+            return
+        if not self.fake.authorised(self.headers.get("Authorization")):
+            self.answer(401, {"statusCode": 401, "error": "Unauthorized"})
+            return
+        logs, nxt = self.fake.page(urllib.parse.parse_qs(url.query))
+        headers = dict(self.fake.rate_headers)
+        if nxt is not None:
+            headers["Link"] = '<%s>; rel="next"' % nxt
+        self.answer(200, logs, headers)

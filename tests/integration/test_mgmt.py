@@ -1,0 +1,469 @@
+"""
+The Auth0 Management API client (issue 6, points 1, 2 and 5) against a
+fake tenant on 127.0.0.1 (fake_auth0.py): the configuration keys, the
+client-credentials token (cached, renewed on expiry and on 401), the
+backfill with from/take and Link rel="next" until an empty page, 429 with
+the rate-limit headers, 5xx and slow answers (the loop keeps serving),
+each failure logged once, status and /metrics, the backfill command, and
+a full scenario: events while the daemon is down, restart, backfill,
+claims correct and nothing applied twice (I3).
+"""
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+import unittest
+
+import harness
+from harness import DaemonTestCase, fresh_user, write_secret
+from fake_auth0 import FakeAuth0
+import test_logstream as ls
+
+harness.require_daemon()
+
+WAIT = 20.0
+
+
+class MgmtCase(DaemonTestCase):
+    """A fake tenant per test and a daemon pointed at it."""
+
+    def setUp(self):
+        self.fake = FakeAuth0()
+        self.addCleanup(self.fake.close)
+
+    def mgmt_daemon(self, start=True, **conf):
+        d = self.own_daemon(start=False, **conf)
+        secret = d.path("auth0.secret")
+        write_secret(secret, self.fake.secret + "\n")
+        d.conf.update({"auth0_domain": "tenant.example.com",
+                       "auth0_client_id": self.fake.client_id,
+                       "auth0_client_secret_file": secret,
+                       "auth0_base_url": self.fake.url})
+        d.conf.update(conf)
+        d.write_conf()
+        if start:
+            d.start()
+        return d
+
+    def ask(self, d, command):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(5)
+        s.connect(d.conf["status_socket"])
+        try:
+            s.sendall((command + "\n").encode())
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        finally:
+            s.close()
+        return json.loads(buf.decode())
+
+    def backfill(self, d):
+        return self.ask(d, "status")["backfill"]
+
+    def wait_idle(self, d, runs=1, timeout=WAIT):
+        """Wait until runs backfills ended and none is going on."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            b = self.backfill(d)
+            if b["state"] == "idle" and b["runs"] >= runs and \
+                    b["last_run"] is not None:
+                return b
+            time.sleep(0.1)
+        self.fail("backfill not done: %r\n%s" % (self.backfill(d), d.tail()))
+
+    def metric(self, d, name):
+        text = d.request("GET", "/metrics").raw.decode()
+        m = re.search(r"(?m)^phoneclaimd_%s (\S+)$" % name, text)
+        return None if m is None else float(m.group(1))
+
+    def log_of(self, d):
+        with open(d.log_path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def held(self, d, phone, holder):
+        self.assertEqual(d.claim(phone, fresh_user(), "enrollment").status,
+                         409)
+        self.assertEqual(
+            d.claim(phone, holder, "enrollment").get("result"), "owned")
+
+    def free(self, d, phone):
+        r = d.claim(phone, fresh_user(), "enrollment")
+        self.assertEqual(r.get("result"), "reserved", str(r))
+
+    def enrolments(self, n):
+        """n enrolment log objects: [(event, phone, user)]."""
+        out = []
+        for _ in range(n):
+            phone, user = ls.number(), fresh_user()
+            out.append((ls.bare(ls.enrolled(user, phone)), phone, user))
+        return out
+
+
+class ConfigTests(MgmtCase):
+    """The keys: loopback-only http, all three or none, dates; off by
+    default."""
+
+    def check(self, d):
+        return d.run("-n", "-c", d.conf_path)
+
+    def test_plain_http_only_to_loopback(self):
+        d = self.mgmt_daemon(start=False)
+        for url in ("http://example.com", "http://10.0.0.1:80",
+                    "ftp://127.0.0.1", "http://127.0.0.10"):
+            d.conf["auth0_base_url"] = url
+            d.write_conf()
+            r = self.check(d)
+            self.assertEqual(r.returncode, 2, url)
+            self.assertRegex(r.stderr, r"phoneclaimd\.conf:\d+: "
+                             r"auth0_base_url", url)
+        for url in ("https://tenant.example.com", "http://127.0.0.1:9",
+                    "http://[::1]:9", "http://localhost"):
+            d.conf["auth0_base_url"] = url
+            d.write_conf()
+            self.assertEqual(self.check(d).returncode, 0, url)
+
+    def test_all_three_or_none(self):
+        d = self.mgmt_daemon(start=False)
+        d.conf["auth0_client_id"] = None
+        d.write_conf()
+        r = self.check(d)
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("auth0_client_id", r.stderr)
+
+    def test_secret_file_must_be_private(self):
+        d = self.mgmt_daemon(start=False)
+        os.chmod(d.conf["auth0_client_secret_file"], 0o644)
+        r = self.check(d)
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("auth0_client_secret_file", r.stderr)
+
+    def test_backfill_since_is_a_date(self):
+        d = self.mgmt_daemon(start=False, backfill_since="yesterday")
+        r = self.check(d)
+        self.assertEqual(r.returncode, 2)
+        self.assertRegex(r.stderr, r":\d+: backfill_since")
+        d.conf["backfill_since"] = "2026-01-31T12:00:00Z"
+        d.write_conf()
+        self.assertEqual(self.check(d).returncode, 0, self.check(d).stderr)
+
+    def test_disabled_without_keys(self):
+        d = self.own_daemon()
+        b = self.backfill(d)
+        self.assertEqual(b["state"], "disabled")
+        self.assertEqual(self.ask(d, "backfill"),
+                         {"error": "backfill_disabled"})
+        self.assertEqual(self.metric(d, "backfill_state"), 0)
+        self.assertEqual(self.fake.seen, [])
+
+
+class BackfillTests(MgmtCase):
+    """Pages, the token, the triggers and the counts."""
+
+    def test_pages_from_since_follow_link_until_empty(self):
+        evs = self.enrolments(230)
+        self.fake.add(*(e for e, _, _ in evs))
+        d = self.mgmt_daemon(backfill_since="2020-01-01")
+        b = self.wait_idle(d)
+        self.assertEqual(b["events"], 230)
+        self.assertIsNone(b["last_error"])
+        self.assertRegex(b["last_run"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+        self.assertEqual(sorted(b), ["events", "failures", "last_error",
+                                     "last_run", "pages", "runs", "state"])
+        # One token, then the search, Link pages and the empty page.
+        self.assertEqual(len(self.fake.tokens), 1)
+        gets = [s[1] for s in self.fake.requests("/api/v2/logs")]
+        self.assertIn("q=date", gets[0])
+        ids = [e["_id"] for e, _, _ in evs]
+        self.assertIn("from=%s&take=100" % ids[99], gets[1])
+        self.assertIn("from=%s&take=100" % ids[199], gets[2])
+        self.assertIn("from=%s&take=100" % ids[229], gets[3])
+        self.assertEqual(len(gets), 4)
+        for s in self.fake.requests("/api/v2/logs"):
+            self.assertEqual(s[2]["Authorization"],
+                             "Bearer " + self.fake.tokens[0])
+        for _, phone, user in evs[:5] + evs[-5:]:
+            self.held(d, phone, user)
+        self.assertEqual(self.metric(d, "backfill_state"), 1)
+        self.assertEqual(self.metric(d, "backfill_events_total"), 230)
+        self.assertEqual(self.metric(d, "backfill_pages_total"), 4)
+        text = self.log_of(d)
+        self.assertNotIn(self.fake.secret, text)
+        self.assertNotIn(self.fake.tokens[0], text)
+
+    def test_nothing_without_log_id_or_since(self):
+        self.fake.add(*(e for e, _, _ in self.enrolments(3)))
+        d = self.mgmt_daemon()
+        d.wait_for_log("nothing to do", 0)
+        self.assertEqual(self.fake.seen, [])
+        self.assertEqual(self.backfill(d)["runs"], 0)
+
+    def test_command_resumes_from_the_stream_and_dedups(self):
+        d = self.mgmt_daemon()
+        evs = self.enrolments(4)
+        first = ls.enrolled(evs[0][2], evs[0][1])
+        first["log_id"] = first["data"]["log_id"] = evs[0][0]["_id"]
+        r = d.request("POST", "/v1/log-stream", json.dumps([first]).encode(),
+                      {"Authorization": d.log_stream_token})
+        self.assertEqual(r.get("applied"), 1)
+        # The tenant has the stream's event and three more.
+        self.fake.add(*(e for e, _, _ in evs))
+        self.assertEqual(self.ask(d, "backfill"), {"backfill": "started"})
+        b = self.wait_idle(d)
+        self.assertEqual(b["events"], 3)
+        gets = [s[1] for s in self.fake.requests("/api/v2/logs")]
+        self.assertIn("from=%s&take=100" % evs[0][0]["_id"], gets[0])
+        for _, phone, user in evs:
+            self.held(d, phone, user)
+        # Again: an empty page, nothing applied twice.
+        self.fake.seen.clear()
+        self.assertEqual(self.ask(d, "backfill"), {"backfill": "started"})
+        b = self.wait_idle(d, runs=2)
+        self.assertEqual(b["events"], 0)
+        # The overlap with the stream: the same events posted again are
+        # all duplicates.
+        items = [{"log_id": e["_id"], "data": dict(e, log_id=e["_id"])}
+                 for e, _, _ in evs]
+        r = d.request("POST", "/v1/log-stream", json.dumps(items).encode(),
+                      {"Authorization": d.log_stream_token})
+        self.assertEqual(r.get("duplicates"), 4, str(r))
+
+    def test_idle_trigger(self):
+        d = self.mgmt_daemon(backfill_idle=10, backfill_since="2020-01-01")
+        self.wait_idle(d)
+        evs = self.enrolments(2)
+        self.fake.add(*(e for e, _, _ in evs))
+        b = self.wait_idle(d, runs=2, timeout=20)
+        self.assertEqual(b["events"], 2)
+        self.held(d, evs[1][1], evs[1][2])
+
+
+class FailureTests(MgmtCase):
+    """Token expiry and 401, 429, 5xx and slow answers."""
+
+    def test_token_renewed_before_expiry_and_on_401(self):
+        self.fake.expires_in = 61	# within the daemon's 60 s margin
+        d = self.mgmt_daemon(backfill_since="2020-01-01")
+        self.wait_idle(d)
+        n = len(self.fake.tokens)
+        self.assertGreaterEqual(n, 1)
+        time.sleep(1.2)
+        self.ask(d, "backfill")
+        self.wait_idle(d, runs=2)
+        self.assertGreater(len(self.fake.tokens), n)
+        # A revoked token: one 401, a new token, and the page.
+        self.fake.expires_in = 86400
+        self.ask(d, "backfill")
+        self.wait_idle(d, runs=3)
+        self.fake.revoked.update(self.fake.tokens)
+        n = len(self.fake.tokens)
+        self.fake.add(*(e for e, _, _ in self.enrolments(1)))
+        self.ask(d, "backfill")
+        b = self.wait_idle(d, runs=4)
+        self.assertEqual(b["events"], 1)
+        self.assertEqual(len(self.fake.tokens), n + 1)
+        self.assertEqual(b["failures"], 0)
+
+    def test_429_and_5xx_back_off_and_log_once(self):
+        reset = int(time.time()) + 2
+        self.fake.fail_next("/api/v2/logs", 429,
+                            {"x-ratelimit-limit": "10",
+                             "x-ratelimit-remaining": "0",
+                             "x-ratelimit-reset": str(reset)})
+        self.fake.fail_next("/api/v2/logs", 503)
+        self.fake.fail_next("/oauth/token", 500)
+        evs = self.enrolments(3)
+        self.fake.add(*(e for e, _, _ in evs))
+        d = self.mgmt_daemon(backfill_since="2020-01-01")
+        deadline = time.monotonic() + WAIT
+        states, gauges = set(), set()
+        while time.monotonic() < deadline:
+            b = self.backfill(d)
+            states.add(b["state"])
+            gauges.add(self.metric(d, "backfill_state"))
+            if b["state"] == "failed":
+                self.assertIsNotNone(b["last_error"])
+            if b["state"] == "idle" and b["runs"] == 1 and b["last_run"]:
+                break
+            time.sleep(0.05)
+        self.assertIn("failed", states)
+        self.assertIn(3, gauges)
+        b = self.wait_idle(d)
+        self.assertEqual(b["events"], 3)
+        self.assertEqual(b["failures"], 3)
+        self.assertEqual(self.metric(d, "backfill_failures_total"), 3)
+        # The 429 waited for the reset.
+        gets = [s for s in self.fake.requests("/api/v2/logs")]
+        self.assertGreaterEqual(len(gets), 3)
+        text = self.log_of(d)
+        self.assertEqual(text.count("retrying with back-off"), 1, text)
+        self.assertIn("recovered", text)
+        for _, phone, user in evs:
+            self.held(d, phone, user)
+
+    def test_remaining_zero_waits_for_the_reset(self):
+        reset = int(time.time()) + 3
+        self.fake.rate_headers = {"x-ratelimit-limit": "10",
+                                  "x-ratelimit-remaining": "0",
+                                  "x-ratelimit-reset": str(reset)}
+        self.fake.add(*(e for e, _, _ in self.enrolments(2)))
+        d = self.mgmt_daemon(backfill_since="2020-01-01")
+        b = self.wait_idle(d)
+        self.assertEqual(b["events"], 2)
+        self.assertEqual(b["failures"], 0)
+        gets = self.fake.requests("/api/v2/logs")
+        self.assertEqual(len(gets), 2)
+        self.assertLess(gets[0][4], reset)
+        self.assertGreaterEqual(gets[1][4], reset)
+
+    def test_a_page_that_is_no_array_is_retried_not_kept(self):
+        self.fake.fail_next("/api/v2/logs", 200)	# {"statusCode": ...}
+        self.fake.add(*(e for e, _, _ in self.enrolments(1)))
+        d = self.mgmt_daemon(backfill_since="2020-01-01")
+        b = self.wait_idle(d)
+        self.assertEqual(b["events"], 1)
+        self.assertEqual(b["failures"], 1)
+        self.assertIn("not a JSON array", b["last_error"])
+        self.assertFalse(os.path.exists(os.path.join(d.state_dir,
+                                                     "deadletter.jsonl")) and
+                         os.path.getsize(os.path.join(
+                             d.state_dir, "deadletter.jsonl")) > 0)
+
+    def test_slow_answer_does_not_block_the_loop(self):
+        self.fake.fail_next("/api/v2/logs", None, delay=3.0)
+        self.fake.add(*(e for e, _, _ in self.enrolments(1)))
+        d = self.mgmt_daemon(backfill_since="2020-01-01")
+        time.sleep(0.5)
+        self.assertEqual(self.backfill(d)["state"], "running")
+        t = time.monotonic()
+        self.free(d, ls.number())
+        self.assertLess(time.monotonic() - t, 1.0)
+        b = self.wait_idle(d)
+        self.assertEqual(b["events"], 1)
+
+
+class TlsTests(MgmtCase):
+    """https:// is verified: a self-signed tenant is refused."""
+
+    def test_untrusted_certificate_is_refused(self):
+        openssl = shutil.which("openssl")
+        if openssl is None:
+            self.skipTest("no openssl command")
+        d = self.own_daemon(start=False)
+        cert, key = d.path("fake.crt"), d.path("fake.key")
+        r = subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048",
+                            "-nodes", "-keyout", key, "-out", cert, "-days",
+                            "2", "-subj", "/CN=127.0.0.1", "-addext",
+                            "subjectAltName=IP:127.0.0.1"],
+                           capture_output=True, timeout=60)
+        if r.returncode != 0:
+            self.skipTest("openssl req failed")
+        self.fake = FakeAuth0(cert=(cert, key))
+        self.addCleanup(self.fake.close)
+        secret = d.path("auth0.secret")
+        write_secret(secret, self.fake.secret + "\n")
+        d.conf.update({"auth0_domain": "tenant.example.com",
+                       "auth0_client_id": self.fake.client_id,
+                       "auth0_client_secret_file": secret,
+                       "auth0_base_url": self.fake.url,
+                       "backfill_since": "2020-01-01"})
+        d.write_conf()
+        d.start()
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            b = self.backfill(d)
+            if b["state"] == "failed":
+                break
+            time.sleep(0.1)
+        self.assertEqual(b["state"], "failed", b)
+        self.assertIn("token request", b["last_error"])
+        self.assertRegex(b["last_error"], r"(?i)certificate|SSL")
+        self.assertEqual(self.fake.seen, [])
+        self.assertEqual(self.fake.tokens, [])
+
+
+class ConflictTests(MgmtCase):
+    """on_conflict = remove deletes the later enrolment's phone method;
+    report (the default) only records."""
+
+    def conflict(self, d):
+        phone, first, later = ls.number(), fresh_user(), fresh_user()
+        device = ls.new_device()
+        items = [ls.enrolled(first, phone),
+                 ls.enrolled(later, phone, device=device)]
+        r = d.request("POST", "/v1/log-stream", json.dumps(items).encode(),
+                      {"Authorization": d.log_stream_token})
+        self.assertEqual(r.get("applied"), 2, str(r))
+        self.held(d, phone, first)
+        return later, device, items[1]["log_id"]
+
+    def test_remove_deletes_the_later_method(self):
+        d = self.mgmt_daemon(on_conflict="remove")
+        later, device, log_id = self.conflict(d)
+        deadline = time.monotonic() + WAIT
+        while not self.fake.deleted and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.assertEqual(self.fake.deleted, [
+            "/api/v2/users/%s/authentication-methods/phone|%s" %
+            (later, device)])
+        d.wait_for_log("deleted phone method phone\\|%s of user" % device,
+                       0)
+        self.assertIn(log_id, self.log_of(d))
+        self.assertEqual(len(self.ask(d, "conflicts")["conflicts"]), 1)
+
+    def test_report_only_records(self):
+        d = self.mgmt_daemon()
+        self.conflict(d)
+        time.sleep(1.0)
+        self.assertEqual(self.fake.deleted, [])
+        self.assertEqual(self.fake.requests("/api/v2/users"), [])
+
+    def test_remove_needs_the_management_api(self):
+        d = self.own_daemon(start=False, on_conflict="remove")
+        r = d.run("-n", "-c", d.conf_path)
+        self.assertEqual(r.returncode, 2)
+        self.assertRegex(r.stderr, r":\d+: on_conflict")
+        d.conf["on_conflict"] = "delete"
+        d.write_conf()
+        self.assertEqual(d.run("-n", "-c", d.conf_path).returncode, 2)
+
+
+class ScenarioTests(MgmtCase):
+    """Events while the daemon is down, then a restart and a backfill."""
+
+    def test_outage_then_backfill(self):
+        d = self.mgmt_daemon()
+        a = self.enrolments(1)[0]
+        item = {"log_id": a[0]["_id"], "data": dict(a[0], log_id=a[0]["_id"])}
+        r = d.request("POST", "/v1/log-stream", json.dumps([item]).encode(),
+                      {"Authorization": d.log_stream_token})
+        self.assertEqual(r.get("applied"), 1)
+        self.fake.add(a[0])
+        d.stop()
+        # While it is down: B enrols, A's user is deleted, C enrols.
+        b, c = self.enrolments(2)
+        gone = ls.bare(ls.deleted(a[2]))
+        self.fake.add(b[0], gone, c[0])
+        d.start()
+        st = self.wait_idle(d)
+        self.assertEqual(st["events"], 3)
+        self.free(d, a[1])
+        self.held(d, b[1], b[2])
+        self.held(d, c[1], c[2])
+        # The stream delivers the same events late: all duplicates.
+        late = [{"log_id": e["_id"], "data": dict(e, log_id=e["_id"])}
+                for e in (b[0], gone, c[0])]
+        r = d.request("POST", "/v1/log-stream", json.dumps(late).encode(),
+                      {"Authorization": d.log_stream_token})
+        self.assertEqual((r.get("applied"), r.get("duplicates")), (0, 3))
+
+
+if __name__ == "__main__":
+    unittest.main()
