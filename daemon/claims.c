@@ -67,7 +67,7 @@ static int	claims_stale(struct store_txn *, const struct claims_event *,
 		    const unsigned char *, int *);
 static int	claims_suffix_match(const struct claim *, const char *);
 static int	claims_make_active(struct store_txn *, struct claim *,
-		    const struct claims_event *);
+		    const char *);
 static int	claims_enrolled_full(struct store_txn *,
 		    const struct claims_event *);
 static int	claims_enrolled_partial(struct store_txn *,
@@ -410,11 +410,8 @@ claims_challenge(struct store_txn *txn, void *arg)
 		goto out;
 	if (mine != NULL) {
 		a->result = CLAIMS_OWNED;
-		if (mine->state == CLAIM_PENDING) {
-			mine->state = CLAIM_ACTIVE;
-			mine->expires = 0;
-			rv = store_claim_put(txn, mine);
-		}
+		if (mine->state == CLAIM_PENDING)
+			rv = claims_make_active(txn, mine, NULL);
 	} else if (nothers < (size_t)claims_conf->max_users_per_number) {
 		a->result = CLAIMS_LEARNED;
 		rv = claims_put_new(txn, op, CLAIM_ACTIVE, CLAIM_SRC_CHALLENGE);
@@ -568,15 +565,15 @@ claims_suffix_match(const struct claim *c, const char *suffix)
 	return (strcmp(c->last4 + clen - slen, suffix) == 0);
 }
 
-/* Make a claim active and remember its enrolment id. */
+/* Make a claim active, and remember its enrolment id when one is given. */
 static int
 claims_make_active(struct store_txn *txn, struct claim *c,
-    const struct claims_event *ev)
+    const char *enrol_id)
 {
 	c->state = CLAIM_ACTIVE;
 	c->expires = 0;
-	if (ev->enrol_id != NULL)
-		snprintf(c->enrol_id, sizeof c->enrol_id, "%s", ev->enrol_id);
+	if (enrol_id != NULL)
+		snprintf(c->enrol_id, sizeof c->enrol_id, "%s", enrol_id);
 	return (store_claim_put(txn, c));
 }
 
@@ -600,7 +597,7 @@ claims_enrolled_full(struct store_txn *txn, const struct claims_event *ev)
 	if (rv != STORE_OK)
 		goto out;
 	if (mine != NULL)
-		rv = claims_make_active(txn, mine, ev);
+		rv = claims_make_active(txn, mine, ev->enrol_id);
 	else if (nothers < (size_t)claims_conf->max_users_per_number) {
 		struct claim	c;
 
@@ -610,7 +607,7 @@ claims_enrolled_full(struct store_txn *txn, const struct claims_event *ev)
 		c.source = ev->source;
 		c.since = ev->now;
 		snprintf(c.last4, sizeof c.last4, "%s", ev->last4);
-		rv = claims_make_active(txn, &c, ev);
+		rv = claims_make_active(txn, &c, ev->enrol_id);
 	} else {
 		rv = claims_conflict(txn, &op, ev->log_id, all, nall);
 		/* on_conflict = remove: the later enrolment's method goes. */
@@ -652,7 +649,7 @@ claims_enrolled_partial(struct store_txn *txn, const struct claims_event *ev,
 	else if (claims_stale(txn, ev, best->numkey, &rv))
 		*outcome = CLAIMS_STALE;
 	else if (rv == STORE_OK)
-		rv = claims_make_active(txn, best, ev);
+		rv = claims_make_active(txn, best, ev->enrol_id);
 	free(list);
 	return (rv);
 }
@@ -915,11 +912,8 @@ claims_admin_claim_txn(struct store_txn *txn, void *arg)
 		goto out;
 	op->answer->result = CLAIMS_ASSIGNED;
 	if (mine != NULL) {
-		if (mine->state == CLAIM_PENDING) {
-			mine->state = CLAIM_ACTIVE;
-			mine->expires = 0;
-			rv = store_claim_put(txn, mine);
-		}
+		if (mine->state == CLAIM_PENDING)
+			rv = claims_make_active(txn, mine, NULL);
 	} else if (nothers >= (size_t)claims_conf->max_users_per_number)
 		op->answer->result = CLAIMS_TAKEN;
 	else
