@@ -62,18 +62,13 @@ static int	claims_scan(struct store_txn *, struct claims_op *,
 static int	claims_put_new(struct store_txn *, struct claims_op *, int,
 		    int);
 static int	claims_conflict(struct store_txn *, struct claims_op *,
-		    const char *, struct claim *, size_t);
+		    const char *, const char *, struct claim *, size_t);
 static int	claims_stale(struct store_txn *, const struct claims_event *,
 		    const unsigned char *, int *);
-static int	claims_suffix_match(const struct claim *, const char *);
-static int	claims_make_active(struct store_txn *, struct claim *,
-		    const char *);
 static int	claims_enrolled_full(struct store_txn *,
 		    const struct claims_event *);
 static int	claims_enrolled_partial(struct store_txn *,
 		    const struct claims_event *, int *);
-static int	claims_release(struct store_txn *, const struct claim *,
-		    int64_t);
 static int	claims_release_all(struct store_txn *, int, struct claim *,
 		    size_t, const struct claims_event *, int, int *);
 static void	claims_pick(const struct claim *, size_t,
@@ -90,11 +85,14 @@ static int	claims_lookup_txn(struct store_txn *, void *);
 static int	claims_walk_cb(const struct claim *, void *);
 static int	claims_walk_txn(struct store_txn *, void *);
 static int	claims_conflicts_txn(struct store_txn *, void *);
+static int	claims_removal_next_txn(struct store_txn *, void *);
+static int	claims_removal_done_txn(struct store_txn *, void *);
 
 static struct store		*claims_store;
 static const struct conf	*claims_conf;
 static unsigned char		*claims_exempt;	/* sorted keys */
 static size_t			 claims_nexempt;
+static int			 claims_removals = 1;	/* may be waiting */
 
 /* Start the claim logic on a store with a configuration. */
 void
@@ -366,11 +364,13 @@ out:
 
 /*
  * Record that the caller uses a number that others hold, with the log id
- * of the event that showed it ("" for a login challenge).
+ * of the event that showed it ("" for a login challenge).  With
+ * on_conflict = remove and the enrolment id of the caller's phone method,
+ * the record asks for that method to be deleted (mgmt.c does it).
  */
 static int
 claims_conflict(struct store_txn *txn, struct claims_op *op,
-    const char *log_id, struct claim *all, size_t nall)
+    const char *log_id, const char *enrol_id, struct claim *all, size_t nall)
 {
 	struct conflict	 cf;
 	size_t		 i;
@@ -386,6 +386,11 @@ claims_conflict(struct store_txn *txn, struct claims_op *op,
 	for (i = 0; i < nall; i++)
 		cf.holders[i] = all[i].user_id;
 	cf.nholders = nall;
+	if (claims_conf->on_conflict_remove && enrol_id != NULL) {
+		cf.removal = CONFLICT_RM_PENDING;
+		snprintf(cf.method, sizeof cf.method, "%s", enrol_id);
+		claims_removals = 1;
+	}
 	rv = store_conflict_put(txn, &cf);
 	free(cf.holders);
 	if (rv == STORE_OK)
@@ -417,7 +422,7 @@ claims_challenge(struct store_txn *txn, void *arg)
 		rv = claims_put_new(txn, op, CLAIM_ACTIVE, CLAIM_SRC_CHALLENGE);
 	} else {
 		a->result = CLAIMS_CONFLICT;
-		rv = claims_conflict(txn, op, "", all, nall);
+		rv = claims_conflict(txn, op, "", NULL, all, nall);
 	}
 out:
 	free(all);
@@ -464,7 +469,7 @@ claims_expire_txn(struct store_txn *txn, void *arg)
 	int			 rv;
 
 	op->released = 0;
-	rv = store_claims_expired(txn, op->now, op->max, &list, &n);
+	rv = store_claims_expired(txn, -1, op->now, op->max, &list, &n);
 	if (rv != STORE_OK)
 		return (rv);
 	for (i = 0; i < n; i++) {
@@ -555,7 +560,7 @@ claims_stale(struct store_txn *txn, const struct claims_event *ev,
 }
 
 /* Return 1 if a claim's last digits end with the visible suffix. */
-static int
+int
 claims_suffix_match(const struct claim *c, const char *suffix)
 {
 	size_t	clen = strlen(c->last4), slen = strlen(suffix);
@@ -566,7 +571,7 @@ claims_suffix_match(const struct claim *c, const char *suffix)
 }
 
 /* Make a claim active, and remember its enrolment id when one is given. */
-static int
+int
 claims_make_active(struct store_txn *txn, struct claim *c,
     const char *enrol_id)
 {
@@ -609,11 +614,8 @@ claims_enrolled_full(struct store_txn *txn, const struct claims_event *ev)
 		snprintf(c.last4, sizeof c.last4, "%s", ev->last4);
 		rv = claims_make_active(txn, &c, ev->enrol_id);
 	} else {
-		rv = claims_conflict(txn, &op, ev->log_id, all, nall);
-		/* on_conflict = remove: the later enrolment's method goes. */
-		if (rv == STORE_OK && claims_conf->on_conflict_remove &&
-		    ev->enrol_id != NULL)
-			mgmt_remove(ev->user_id, ev->enrol_id, ev->log_id);
+		rv = claims_conflict(txn, &op, ev->log_id, ev->enrol_id, all,
+		    nall);
 	}
 out:
 	free(all);
@@ -644,9 +646,10 @@ claims_enrolled_partial(struct store_txn *txn, const struct claims_event *ev,
 		if (best == NULL || list[i].since > best->since)
 			best = &list[i];
 	}
-	if (best == NULL)
+	if (best == NULL) {
 		*outcome = CLAIMS_UNMATCHED;
-	else if (claims_stale(txn, ev, best->numkey, &rv))
+		rv = verify_ask(txn, ev->user_id, VERIFY_UNMATCHED, ev->now);
+	} else if (claims_stale(txn, ev, best->numkey, &rv))
 		*outcome = CLAIMS_STALE;
 	else if (rv == STORE_OK)
 		rv = claims_make_active(txn, best, ev->enrol_id);
@@ -678,7 +681,7 @@ claims_ev_enrolled(struct store_txn *txn, const struct claims_event *ev,
 }
 
 /* Delete one claim and leave its per-number watermark. */
-static int
+int
 claims_release(struct store_txn *txn, const struct claim *c, int64_t date_ms)
 {
 	int	rv;
@@ -743,9 +746,10 @@ claims_ev_unenrolled(struct store_txn *txn, const struct claims_event *ev,
 		}
 	} else
 		claims_pick(list, n, ev, &pick);
-	if (pick == -2)
+	if (pick == -2) {
 		*outcome = CLAIMS_AMBIGUOUS;
-	else if (pick >= 0) {
+		rv = verify_ask(txn, ev->user_id, VERIFY_AMBIGUOUS, ev->now);
+	} else if (pick >= 0) {
 		*outcome = CLAIMS_APPLIED;
 		rv = claims_release(txn, &list[pick], ev->date_ms);
 	}
@@ -1085,4 +1089,98 @@ claims_conflicts(struct conflict **arrp, size_t *np)
 	*arrp = op.v;
 	*np = op.n;
 	return (rv);
+}
+
+/* The first conflict whose phone method is still to be removed. */
+static int
+claims_removal_next_txn(struct store_txn *txn, void *arg)
+{
+	struct conflict	*cf = arg, *v;
+	size_t		 n, i;
+	int		 rv;
+
+	if ((rv = store_conflicts(txn, &v, &n)) != STORE_OK)
+		return (rv);
+	rv = STORE_NOTFOUND;
+	for (i = 0; i < n; i++) {
+		if (v[i].removal != CONFLICT_RM_PENDING)
+			continue;
+		*cf = v[i];
+		cf->holders = NULL;	/* not needed; freed with v */
+		cf->nholders = 0;
+		rv = STORE_OK;
+		break;
+	}
+	store_conflicts_free(v, n);
+	return (rv);
+}
+
+/*
+ * Find a conflict whose phone method on_conflict = remove is to delete;
+ * STORE_NOTFOUND when none is.  Only a conflict recorded since the last
+ * empty answer (or since start) makes it read the conflicts again.
+ */
+int
+claims_removal_next(struct conflict *cf)
+{
+	int	rv;
+
+	memset(cf, 0, sizeof *cf);
+	if (!claims_removals)
+		return (STORE_NOTFOUND);
+	rv = claims_run(claims_removal_next_txn, cf);
+	if (rv == STORE_NOTFOUND)
+		claims_removals = 0;
+	return (rv);
+}
+
+/* What a removal came to. */
+struct claims_removal_op {
+	const struct conflict	*cf;
+	int			 removal;
+	int			 code;
+	int64_t			 now;
+};
+
+/* Write what became of a conflict's method into its record. */
+static int
+claims_removal_done_txn(struct store_txn *txn, void *arg)
+{
+	struct claims_removal_op	*op = arg;
+	struct conflict			 cf;
+	int				 rv;
+
+	rv = store_conflict_get(txn, op->cf->numkey, op->cf->user_id, &cf);
+	if (rv == STORE_NOTFOUND)
+		return (STORE_OK);	/* cleared meanwhile */
+	if (rv != STORE_OK)
+		return (rv);
+	if (cf.removal == CONFLICT_RM_PENDING) {
+		cf.removal = op->removal;
+		cf.removal_at = op->now;
+		cf.removal_code = op->code;
+		rv = store_conflict_put(txn, &cf);
+	}
+	store_conflict_clear(&cf);
+	return (rv);
+}
+
+/*
+ * Record in the conflict cf what the deletion of its phone method came to
+ * (CONFLICT_RM_DONE, _ABSENT or _FAILED) and the HTTP status it got.
+ */
+int
+claims_removal_done(const struct conflict *cf, int removal, int code,
+    int64_t now)
+{
+	struct claims_removal_op	op = { cf, removal, code, now };
+
+	return (claims_run(claims_removal_done_txn, &op));
+}
+
+/* Make every commit so far durable (for callers without an HTTP reply). */
+int
+claims_flush(void)
+{
+	return (store_flush(claims_store));
 }

@@ -164,6 +164,7 @@ static void	control_gen_events(yajl_gen);
 static void	control_cmd_lookup(struct control_client *, int, char **);
 static void	control_cmd_user(struct control_client *, int, char **);
 static void	control_cmd_conflicts(struct control_client *, int, char **);
+static const char *control_removal_name(int);
 static void	control_gen_conflict(yajl_gen, const struct conflict *);
 static void	control_cmd_release(struct control_client *, int, char **);
 static void	control_cmd_claim(struct control_client *, int, char **);
@@ -171,7 +172,7 @@ static void	control_cmd_export(struct control_client *, int, char **);
 static void	control_export_more(struct control_client *);
 static void	control_cmd_help(struct control_client *, int, char **);
 static void	control_cmd_backfill(struct control_client *, int, char **);
-static void	control_gen_backfill(yajl_gen);
+static void	control_gen_backfill(yajl_gen, const struct store_counts *);
 
 static const struct control_cmd control_cmds[] = {
 	{ "status", "status", 0, 0, 0, 0, control_cmd_status },
@@ -961,6 +962,8 @@ control_source_name(int source)
 		return ("import");
 	case CLAIM_SRC_LOGSTREAM:
 		return ("logstream");
+	case CLAIM_SRC_VERIFY:
+		return ("verify");
 	}
 	return ("unknown");
 }
@@ -1016,7 +1019,7 @@ control_cmd_status(struct control_client *c, int argc, char **argv)
 	yajl_gen_map_close(g);
 	control_gen_int(g, "conflicts", (long long)counts.conflicts);
 	control_gen_events(g);
-	control_gen_backfill(g);
+	control_gen_backfill(g, &counts);
 	control_gen_key(g, "store");
 	yajl_gen_map_open(g);
 	control_gen_str(g, "state_dir", ctl->conf->state_dir);
@@ -1120,7 +1123,34 @@ control_gen_conflict(yajl_gen g, const struct conflict *cf)
 	control_gen_time(g, "since", cf->since, 0);
 	control_gen_str(g, "log_id", cf->log_id[0] != '\0' ? cf->log_id :
 	    NULL);
+	if (cf->removal != CONFLICT_RM_NONE) {
+		control_gen_key(g, "removal");
+		yajl_gen_map_open(g);
+		control_gen_str(g, "state", control_removal_name(cf->removal));
+		control_gen_str(g, "method", cf->method);
+		control_gen_time(g, "at", cf->removal_at, 0);
+		if (cf->removal_code != 0)
+			control_gen_int(g, "http_status", cf->removal_code);
+		yajl_gen_map_close(g);
+	}
 	yajl_gen_map_close(g);
+}
+
+/* The name of what became of a conflicting phone method. */
+static const char *
+control_removal_name(int removal)
+{
+	switch (removal) {
+	case CONFLICT_RM_PENDING:
+		return ("pending");
+	case CONFLICT_RM_DONE:
+		return ("removed");
+	case CONFLICT_RM_ABSENT:
+		return ("absent");
+	case CONFLICT_RM_FAILED:
+		return ("failed");
+	}
+	return ("none");
 }
 
 /* conflicts: every recorded conflict. */
@@ -1273,9 +1303,12 @@ control_cmd_help(struct control_client *c, int argc, char **argv)
 	control_send(c, g, 0);
 }
 
-/* The "backfill" object of status. */
+/*
+ * The "backfill" object of status and, with a Management API client, the
+ * "verify" and "removals" objects.
+ */
 static void
-control_gen_backfill(yajl_gen g)
+control_gen_backfill(yajl_gen g, const struct store_counts *counts)
 {
 	const struct mgmt_status	*st = mgmt_status();
 
@@ -1289,6 +1322,31 @@ control_gen_backfill(yajl_gen g)
 	control_gen_int(g, "events", (long long)st->events);
 	control_gen_int(g, "runs", (long long)st->runs);
 	control_gen_int(g, "failures", (long long)st->failures);
+	yajl_gen_map_close(g);
+	if (st->state == MGMT_DISABLED)
+		return;
+	control_gen_key(g, "verify");
+	yajl_gen_map_open(g);
+	control_gen_int(g, "waiting", (long long)counts->verify);
+	control_gen_int(g, "done", (long long)st->v_done);
+	control_gen_int(g, "activated", (long long)st->v_activated);
+	control_gen_int(g, "claimed", (long long)st->v_claimed);
+	control_gen_int(g, "released", (long long)st->v_released);
+	control_gen_int(g, "unsettled", (long long)st->v_unsettled);
+	control_gen_int(g, "dropped", (long long)st->v_dropped);
+	control_gen_int(g, "refused", (long long)verify_refused_total());
+	control_gen_int(g, "failures", (long long)st->v_failures);
+	control_gen_str(g, "last_error", st->v_last_error[0] != '\0' ?
+	    st->v_last_error : NULL);
+	yajl_gen_map_close(g);
+	control_gen_key(g, "removals");
+	yajl_gen_map_open(g);
+	control_gen_int(g, "removed", (long long)st->rm_done);
+	control_gen_int(g, "absent", (long long)st->rm_absent);
+	control_gen_int(g, "refused", (long long)st->rm_refused);
+	control_gen_int(g, "failures", (long long)st->rm_failures);
+	control_gen_str(g, "last_error", st->rm_last_error[0] != '\0' ?
+	    st->rm_last_error : NULL);
 	yajl_gen_map_close(g);
 }
 

@@ -98,7 +98,14 @@ events_type(yajl_val data)
 int64_t
 events_date(yajl_val data, int64_t dflt_ms)
 {
-	const char	*s = events_string(data, "date", NULL, NULL);
+	return (events_iso_ms(events_string(data, "date", NULL, NULL),
+	    dflt_ms));
+}
+
+/* An ISO 8601 UTC time in milliseconds since the epoch; else dflt_ms. */
+int64_t
+events_iso_ms(const char *s, int64_t dflt_ms)
+{
 	struct tm	 tm;
 	char		*end;
 	long		 ms = 0;
@@ -207,9 +214,9 @@ events_phone_factor(yajl_val data)
 static int
 events_number(struct events_ctx *x, yajl_val v)
 {
-	const char	*s, *p;
+	const char	*s;
 	char		 buf[PHONE_INPUT_MAX + 2];
-	size_t		 len, n;
+	size_t		 len;
 
 	if (v == NULL || YAJL_IS_NULL(v))
 		return (EVENTS_NUMBER_NONE);
@@ -223,16 +230,9 @@ events_number(struct events_ctx *x, yajl_val v)
 	len = strlen(s);
 	if (len == 0)
 		return (EVENTS_NUMBER_NONE);
-	if (strpbrk(s, "*Xx") != NULL) {
-		for (p = s + len, n = 0; p > s && isdigit((unsigned char)p[-1]);
-		    p--)
-			n++;
-		if (n == 0)
+	if (events_masked(s, x->suffix)) {
+		if (x->suffix[0] == '\0')
 			return (EVENTS_NUMBER_INVALID);
-		if (n > LAST4_LEN)
-			n = LAST4_LEN;
-		memcpy(x->suffix, s + len - n, n);
-		x->suffix[n] = '\0';
 		x->ev.suffix = x->suffix;
 		return (EVENTS_NUMBER_MASKED);
 	}
@@ -244,22 +244,48 @@ events_number(struct events_ctx *x, yajl_val v)
 	return (EVENTS_NUMBER_FULL);
 }
 
-/* Keep an enrolment id without its "phone|", "sms|" or "voice|" prefix. */
-static void
-events_enrol_id(struct events_ctx *x, const char *id)
+/*
+ * Is s a masked number ('*', 'X' or 'x' in it)?  If so, put its visible
+ * trailing digits (the last LAST4_LEN at most, maybe none) in suffix.
+ */
+int
+events_masked(const char *s, char *suffix)
+{
+	const char	*p;
+	size_t		 len = strlen(s), n;
+
+	if (strpbrk(s, "*Xx") == NULL)
+		return (0);
+	for (p = s + len, n = 0; p > s && isdigit((unsigned char)p[-1]); p--)
+		n++;
+	if (n > LAST4_LEN)
+		n = LAST4_LEN;
+	memcpy(suffix, s + len - n, n);
+	suffix[n] = '\0';
+	return (1);
+}
+
+/* An enrolment id without its "phone|", "sms|" or "voice|" prefix. */
+const char *
+events_method_id(const char *id)
 {
 	static const char	*prefixes[] = { "phone|", "sms|", "voice|" };
 	size_t			 i;
 
+	for (i = 0; i < sizeof prefixes / sizeof prefixes[0]; i++) {
+		if (strncmp(id, prefixes[i], strlen(prefixes[i])) == 0)
+			return (id + strlen(prefixes[i]));
+	}
+	return (id);
+}
+
+/* Keep an event's enrolment id, without its prefix. */
+static void
+events_enrol_id(struct events_ctx *x, const char *id)
+{
 	if (id == NULL || *id == '\0')
 		return;
-	for (i = 0; i < sizeof prefixes / sizeof prefixes[0]; i++) {
-		if (strncmp(id, prefixes[i], strlen(prefixes[i])) == 0) {
-			id += strlen(prefixes[i]);
-			break;
-		}
-	}
-	snprintf(x->enrol, sizeof x->enrol, "%s", id);
+	snprintf(x->enrol, sizeof x->enrol, "%s", events_method_id(id));
 	x->ev.enrol_id = x->enrol;
 }
 
@@ -392,6 +418,8 @@ events_sapi_add(struct store_txn *txn, struct events_ctx *x, yajl_val body,
 		if (events_number(x, events_get(m, "phone_number", NULL,
 		    NULL)) != EVENTS_NUMBER_FULL) {
 			*outcome = CLAIMS_UNMATCHED;
+			rv = verify_ask(txn, x->ev.user_id, VERIFY_UNMATCHED,
+			    x->ev.now);
 			continue;
 		}
 		rv = claims_ev_enrolled(txn, &x->ev, &one);

@@ -457,6 +457,9 @@ logstream_result(const struct logstream_batch *b, const char *source,
 	r->rejected = b->rejected;
 	snprintf(r->last, sizeof r->last, "%s", b->last);
 	logstream_metrics(b, r->ignored);
+	/* Doubts were queued for verification in the transaction. */
+	if (b->ignored.unmatched + b->ignored.ambiguous > 0)
+		mgmt_wake();
 	log_info("%s: %zu received, %zu applied, %zu duplicate, "
 	    "%zu ignored (%zu unmatched, %zu ambiguous, %zu older than a "
 	    "release), %zu rejected", source, b->received, b->applied,

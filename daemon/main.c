@@ -96,7 +96,10 @@ main_load_tokens(struct main_state *m, char **cause)
 	return (0);
 }
 
-/* SIGHUP: reload the tokens and the exempt list, keeping the old on error. */
+/*
+ * SIGHUP: reload the tokens, the exempt list, the TLS certificate and the
+ * Management API client secret, keeping the old on error.
+ */
 static int
 main_reload(struct main_state *m)
 {
@@ -123,6 +126,11 @@ main_reload(struct main_state *m)
 		} else
 			log_info("reloaded the TLS certificate: %s",
 			    tls_summary(m->tls));
+	}
+	if (mgmt_reload(&cause) != 0) {
+		log_warnx("reload: %s; keeping the old client secret", cause);
+		free(cause);
+		rv = -1;
 	}
 	if (rv == 0)
 		log_info("reloaded the tokens and the exempt list");
@@ -156,7 +164,10 @@ main_signal_cb(evutil_socket_t sig, short events, void *arg)
 	}
 }
 
-/* Release reservations that have lapsed, a bounded number per run. */
+/*
+ * Release reservations that have lapsed, a bounded number per run; then
+ * let the Management API client ask about those that lapse soon.
+ */
 static void
 main_expire_cb(evutil_socket_t fd, short events, void *arg)
 {
@@ -178,6 +189,7 @@ main_expire_cb(evutil_socket_t fd, short events, void *arg)
 		store_flush(m->store);
 		log_debug("released %zu lapsed reservation(s)", total);
 	}
+	mgmt_tick((int64_t)time(NULL));
 }
 
 /*

@@ -72,6 +72,8 @@ static void	metrics_label(struct evbuffer *, const char *);
 static int	metrics_type_shown(const char *);
 static void	metrics_text_process(struct evbuffer *);
 static void	metrics_text_backfill(struct evbuffer *);
+static void	metrics_text_verify(struct evbuffer *,
+		    const struct mgmt_status *);
 static void	metrics_text_store(struct evbuffer *);
 static void	metrics_text_events(struct evbuffer *);
 static void	metrics_text_ignored(struct evbuffer *);
@@ -260,6 +262,58 @@ metrics_text_backfill(struct evbuffer *buf)
 	    "When the last complete backfill ended, or 0.");
 	evbuffer_add_printf(buf, "phoneclaimd_backfill_last_run_seconds %lld\n",
 	    (long long)st->last_run);
+	metrics_text_verify(buf, st);
+}
+
+/* Verifications and conflict removals through the Management API. */
+static void
+metrics_text_verify(struct evbuffer *buf, const struct mgmt_status *st)
+{
+	struct store_counts	counts;
+
+	if (metrics.store != NULL &&
+	    store_count(metrics.store, &counts) == STORE_OK) {
+		metrics_family(buf, "verify_waiting", "gauge",
+		    "Users waiting for a verification of their phone methods.");
+		evbuffer_add_printf(buf, "phoneclaimd_verify_waiting %llu\n",
+		    (unsigned long long)counts.verify);
+	}
+	metrics_family(buf, "verify_total", "counter",
+	    "Verifications done, by what they changed (a verification can "
+	    "count in several).");
+	evbuffer_add_printf(buf,
+	    "phoneclaimd_verify_total{result=\"done\"} %llu\n"
+	    "phoneclaimd_verify_total{result=\"activated\"} %llu\n"
+	    "phoneclaimd_verify_total{result=\"claimed\"} %llu\n"
+	    "phoneclaimd_verify_total{result=\"released\"} %llu\n"
+	    "phoneclaimd_verify_total{result=\"unsettled\"} %llu\n"
+	    "phoneclaimd_verify_total{result=\"dropped\"} %llu\n"
+	    "phoneclaimd_verify_total{result=\"refused\"} %llu\n",
+	    (unsigned long long)st->v_done,
+	    (unsigned long long)st->v_activated,
+	    (unsigned long long)st->v_claimed,
+	    (unsigned long long)st->v_released,
+	    (unsigned long long)st->v_unsettled,
+	    (unsigned long long)st->v_dropped,
+	    (unsigned long long)verify_refused_total());
+	metrics_family(buf, "verify_failures_total", "counter",
+	    "Failed verification requests (each retried).");
+	evbuffer_add_printf(buf, "phoneclaimd_verify_failures_total %llu\n",
+	    (unsigned long long)st->v_failures);
+	metrics_family(buf, "conflict_removals_total", "counter",
+	    "Phone methods deleted for on_conflict = remove, by outcome.");
+	evbuffer_add_printf(buf,
+	    "phoneclaimd_conflict_removals_total{result=\"removed\"} %llu\n"
+	    "phoneclaimd_conflict_removals_total{result=\"absent\"} %llu\n"
+	    "phoneclaimd_conflict_removals_total{result=\"refused\"} %llu\n",
+	    (unsigned long long)st->rm_done,
+	    (unsigned long long)st->rm_absent,
+	    (unsigned long long)st->rm_refused);
+	metrics_family(buf, "conflict_removal_failures_total", "counter",
+	    "Failed removal requests (each retried).");
+	evbuffer_add_printf(buf,
+	    "phoneclaimd_conflict_removal_failures_total %llu\n",
+	    (unsigned long long)st->rm_failures);
 }
 
 /* Claims by state and conflicts, from the store (no samples if it fails). */

@@ -1,10 +1,22 @@
 /*
  * The Auth0 Management API client: libcurl's multi interface driven by
  * the event loop (socket and timer callbacks, no blocking call, no
- * thread).  It keeps a client-credentials token and runs the backfill:
- * GET /api/v2/logs from the highest log id applied, following the Link
- * "next" URL until an empty page, every page going through the same
- * path as the webhook (logstream_ingest), so overlap is harmless.
+ * thread).  It keeps a client-credentials token and does three jobs, one
+ * request at a time, in this order of priority:
+ *
+ *   the backfill: GET /api/v2/logs from the highest log id applied,
+ *   following the Link "next" URL until an empty page, every page going
+ *   through the same path as the webhook (logstream_ingest), so overlap is
+ *   harmless;
+ *
+ *   removals (on_conflict = remove): DELETE the phone method of a conflict
+ *   record that asks for it, and write the outcome into the record;
+ *
+ *   verifications: GET /api/v2/users/{id}/authentication-methods for each
+ *   user waiting in verify.db, settled by verify.c.
+ *
+ * Nothing of a job is kept only in memory: after a failure, a restart or
+ * a new token the next step is worked out again from the store.
  */
 #include "config.h"
 
@@ -31,20 +43,22 @@
 #define MGMT_BACKOFF_MAX	300
 #define MGMT_RESET_MAX		120	/* longest rate-limit wait */
 #define MGMT_TAKE		100
-
-#define MGMT_REMOVE_MAX		1000	/* removals waiting, at most */
+#define MGMT_EXPIRING_BATCH	1000	/* reservations looked at per tick */
+#define MGMT_VERIFY_LEAD	120	/* verify this long before expiry */
+#define MGMT_VERIFY_LEAD_MIN	10	/* two ticks of main's expiry timer */
 
 enum mgmt_kind {
 	MGMT_TOKEN = 1,
 	MGMT_LOGS,
-	MGMT_DELETE
+	MGMT_DELETE,
+	MGMT_METHODS
 };
 
-/* A phone method to delete (on_conflict = remove). */
-struct mgmt_removal {
-	char	*user_id;
-	char	*method;	/* phone|dev_... */
-	char	*log_id;
+/* What the request in flight (or the step that failed) is for. */
+enum mgmt_job {
+	MGMT_JOB_BACKFILL = 0,
+	MGMT_JOB_REMOVE,
+	MGMT_JOB_VERIFY
 };
 
 struct mgmt_xfer {
@@ -81,8 +95,12 @@ struct mgmt {
 	int			 again;		/* run asked while running */
 	int			 logged;	/* this failure streak logged */
 	int			 told;		/* "nothing to do" logged */
-	struct mgmt_removal	*rm;		/* queue, oldest first */
-	size_t			 nrm;
+	int			 backing_off;	/* a retry is scheduled */
+	enum mgmt_job		 job;
+	struct conflict		 rm;		/* the removal being made */
+	char			 vuser[USER_ID_MAX + 1];	/* verifying */
+	int			 vreasons;
+	int64_t			 verify_after;	/* expiries asked up to */
 	struct mgmt_status	 st;
 };
 
@@ -94,6 +112,7 @@ static void	mgmt_event_cb(evutil_socket_t, short, void *);
 static void	mgmt_curl_timeout_cb(evutil_socket_t, short, void *);
 static void	mgmt_run_cb(evutil_socket_t, short, void *);
 static void	mgmt_check(void);
+static void	mgmt_succeeded(void);
 static size_t	mgmt_write_cb(char *, size_t, size_t, void *);
 static size_t	mgmt_header_cb(char *, size_t, size_t, void *);
 static void	mgmt_link(struct mgmt_xfer *, const char *, size_t);
@@ -104,16 +123,20 @@ static void	mgmt_token_done(struct mgmt_xfer *, long);
 static void	mgmt_logs_done(struct mgmt_xfer *, long);
 static void	mgmt_page(struct mgmt_xfer *);
 static void	mgmt_step(void);
-static void	mgmt_begin(void);
+static int	mgmt_begin(void);
 static void	mgmt_fail(const char *, int);
 static void	mgmt_finish(void);
 static void	mgmt_schedule(int);
 static void	mgmt_set_url(char *, int);
 static char	*mgmt_logs_url(const char *);
 static int	mgmt_token_ok(void);
-static void	mgmt_remove_next(void);
+static int	mgmt_remove_next(void);
 static void	mgmt_remove_done(struct mgmt_xfer *, long);
-static void	mgmt_remove_pop(void);
+static int	mgmt_verify_next(void);
+static void	mgmt_verify_done(struct mgmt_xfer *, long);
+static int	mgmt_renew_on_401(long);
+static char	*mgmt_user_url(const char *, const char *);
+static const char *mgmt_kind_name(enum mgmt_kind);
 
 /* Start the client if the configuration names a tenant. */
 int
@@ -154,7 +177,9 @@ mgmt_init(struct event_base *base, const struct conf *conf, char **cause)
 		fatalx("evtimer_new");
 	m->st.state = MGMT_IDLE;
 	m->again = 1;		/* a run at start */
+	m->verify_after = (int64_t)time(NULL);
 	mgmt = m;
+	verify_init(1);
 	mgmt_schedule(0);
 	log_info("Management API: %s, backfill after %llds without events",
 	    m->base_url, conf->backfill_idle);
@@ -171,9 +196,7 @@ mgmt_free(void)
 		return;
 	if (m->xfer != NULL)
 		mgmt_xfer_free(m->xfer);
-	while (m->nrm > 0)
-		mgmt_remove_pop();
-	free(m->rm);
+	verify_init(0);
 	curl_multi_cleanup(m->multi);
 	event_free(m->curl_ev);
 	event_free(m->run_ev);
@@ -458,9 +481,7 @@ mgmt_done(struct mgmt_xfer *x, CURLcode rc)
 	if (x->rl_remaining == 0 && x->rl_reset > 0)
 		mgmt->not_before = (time_t)x->rl_reset;
 	if (rc != CURLE_OK) {
-		snprintf(why, sizeof why, "%s: %s", x->kind == MGMT_TOKEN ?
-		    "token request" : x->kind == MGMT_DELETE ?
-		    "DELETE authentication method" : "GET /api/v2/logs",
+		snprintf(why, sizeof why, "%s: %s", mgmt_kind_name(x->kind),
 		    x->error[0] != '\0' ? x->error : curl_easy_strerror(rc));
 		mgmt_xfer_free(x);
 		mgmt_fail(why, 0);
@@ -470,9 +491,43 @@ mgmt_done(struct mgmt_xfer *x, CURLcode rc)
 		mgmt_token_done(x, code);
 	else if (x->kind == MGMT_DELETE)
 		mgmt_remove_done(x, code);
+	else if (x->kind == MGMT_METHODS)
+		mgmt_verify_done(x, code);
 	else
 		mgmt_logs_done(x, code);
 	mgmt_xfer_free(x);
+}
+
+/* What a kind of request is, for the log. */
+static const char *
+mgmt_kind_name(enum mgmt_kind kind)
+{
+	switch (kind) {
+	case MGMT_TOKEN:
+		return ("token request");
+	case MGMT_DELETE:
+		return ("DELETE authentication method");
+	case MGMT_METHODS:
+		return ("GET authentication methods");
+	default:
+		return ("GET /api/v2/logs");
+	}
+}
+
+/*
+ * A 401 with a token that should be good: it was revoked or expired early.
+ * Drop it and go again once (return 1); a second 401 in a row is a failure.
+ */
+static int
+mgmt_renew_on_401(long code)
+{
+	if (code != 401 || mgmt->token_retried)
+		return (0);
+	mgmt->token_retried = 1;
+	free(mgmt->token);
+	mgmt->token = NULL;
+	mgmt_schedule(0);
+	return (1);
 }
 
 /* The token answer: keep the token until shortly before it expires. */
@@ -511,14 +566,8 @@ mgmt_logs_done(struct mgmt_xfer *x, long code)
 {
 	char	why[128];
 
-	if (code == 401 && !mgmt->token_retried) {
-		/* Revoked or expired early: one new token, then again. */
-		mgmt->token_retried = 1;
-		free(mgmt->token);
-		mgmt->token = NULL;
-		mgmt_schedule(0);
+	if (mgmt_renew_on_401(code))
 		return;
-	}
 	if (code != 200) {
 		snprintf(why, sizeof why, "GET /api/v2/logs: HTTP %ld", code);
 		mgmt_fail(why, code == 429);
@@ -555,8 +604,7 @@ mgmt_page(struct mgmt_xfer *x)
 	mgmt->st.events += r.received;
 	mgmt->st.total_events += r.received;
 	mgmt->st.applied += r.applied;
-	mgmt->backoff = 0;
-	mgmt->logged = 0;
+	mgmt_succeeded();
 	if (mgmt->st.state == MGMT_FAILING) {
 		log_info("backfill: recovered");
 		mgmt->st.state = MGMT_RUNNING;
@@ -613,38 +661,86 @@ mgmt_run_cb(evutil_socket_t fd, short events, void *arg)
 	(void)fd;
 	(void)events;
 	(void)arg;
+	mgmt->backing_off = 0;
 	if (mgmt->xfer != NULL)
 		return;
-	if (mgmt->nrm > 0) {
-		mgmt_remove_next();
+	if (mgmt->st.state != MGMT_IDLE) {
+		mgmt->job = MGMT_JOB_BACKFILL;
+		mgmt_step();
 		return;
 	}
-	if (mgmt->st.state == MGMT_IDLE) {
-		quiet = now - (e->last_received > mgmt->st.last_run ?
-		    (time_t)e->last_received : (time_t)mgmt->st.last_run);
-		if (!mgmt->again && quiet < mgmt->conf->backfill_idle) {
-			mgmt_schedule((int)(mgmt->conf->backfill_idle - quiet));
-			return;
-		}
+	quiet = now - (e->last_received > mgmt->st.last_run ?
+	    (time_t)e->last_received : (time_t)mgmt->st.last_run);
+	if (mgmt->again || quiet >= mgmt->conf->backfill_idle) {
 		mgmt->again = 0;
-		mgmt_begin();
-		return;
+		if (mgmt_begin())
+			return;
+		quiet = 0;
 	}
-	mgmt_step();
+	if (mgmt_remove_next() || mgmt_verify_next())
+		return;
+	mgmt_schedule((int)(mgmt->conf->backfill_idle - quiet));
 }
 
-/* Start a run from the stored log id, or from backfill_since. */
+/*
+ * The periodic tick (every few seconds, from main): ask for verifications
+ * of reservations that lapse soon, and wake the client if it sleeps.
+ */
+void
+mgmt_tick(int64_t now)
+{
+	int64_t	lead;
+	size_t	asked;
+
+	if (mgmt == NULL)
+		return;
+	/* Half the TTL, but at least two ticks and at most two minutes. */
+	lead = mgmt->conf->pending_ttl / 2;
+	if (lead < MGMT_VERIFY_LEAD_MIN)
+		lead = MGMT_VERIFY_LEAD_MIN;
+	if (lead > MGMT_VERIFY_LEAD)
+		lead = MGMT_VERIFY_LEAD;
+	if (verify_expiring(&mgmt->verify_after, now + lead,
+	    MGMT_EXPIRING_BATCH, now, &asked) == STORE_OK && asked > 0)
+		log_debug("verify: %zu reservation(s) lapse within %llds",
+		    asked, (long long)lead);
+	mgmt_wake();
+}
+
+/* Work may be waiting (verifications were asked): run now if asleep. */
+void
+mgmt_wake(void)
+{
+	if (mgmt != NULL && mgmt->xfer == NULL && !mgmt->backing_off &&
+	    mgmt->st.state == MGMT_IDLE)
+		mgmt_schedule(0);
+}
+
+/* A request succeeded: the failure streak is over. */
 static void
+mgmt_succeeded(void)
+{
+	mgmt->token_retried = 0;
+	mgmt->backoff = 0;
+	mgmt->logged = 0;
+}
+
+/*
+ * Start a run from the stored log id, or from backfill_since; 0 if there
+ * is nothing to start from.
+ */
+static int
 mgmt_begin(void)
 {
 	char		*last = NULL, *url, date[32];
 	struct tm	 tm;
 	time_t		 t;
 
+	mgmt->job = MGMT_JOB_BACKFILL;
 	if (logstream_last_id(&last) != STORE_OK) {
 		mgmt->st.state = MGMT_RUNNING;
 		mgmt_fail("backfill: the store is unavailable", 0);
-		return;
+		return (1);
 	}
 	if (last != NULL)
 		mgmt_set_url(mgmt_logs_url(last), 0);
@@ -662,8 +758,7 @@ mgmt_begin(void)
 			    "backfill_since: nothing to do");
 		mgmt->told = 1;
 		mgmt->st.last_run = time(NULL);
-		mgmt_schedule((int)mgmt->conf->backfill_idle);
-		return;
+		return (0);
 	}
 	log_info("backfill: starting from %s", last != NULL ? last :
 	    mgmt->conf->backfill_since);
@@ -672,6 +767,7 @@ mgmt_begin(void)
 	mgmt->st.pages = mgmt->st.events = 0;
 	mgmt->st.runs++;
 	mgmt_step();
+	return (1);
 }
 
 /* Send the next page request, after a token if needed. */
@@ -735,9 +831,24 @@ mgmt_fail(const char *why, int limited)
 	time_t	now = time(NULL);
 	int	wait;
 
-	snprintf(mgmt->st.last_error, sizeof mgmt->st.last_error, "%s", why);
-	mgmt->st.failures++;
-	mgmt->st.state = MGMT_FAILING;
+	switch (mgmt->job) {
+	case MGMT_JOB_BACKFILL:
+		snprintf(mgmt->st.last_error, sizeof mgmt->st.last_error, "%s",
+		    why);
+		mgmt->st.failures++;
+		mgmt->st.state = MGMT_FAILING;
+		break;
+	case MGMT_JOB_REMOVE:
+		snprintf(mgmt->st.rm_last_error, sizeof mgmt->st.rm_last_error,
+		    "%s", why);
+		mgmt->st.rm_failures++;
+		break;
+	case MGMT_JOB_VERIFY:
+		snprintf(mgmt->st.v_last_error, sizeof mgmt->st.v_last_error,
+		    "%s", why);
+		mgmt->st.v_failures++;
+		break;
+	}
 	mgmt->backoff = mgmt->backoff == 0 ? MGMT_BACKOFF_MIN :
 	    mgmt->backoff * 2;
 	if (mgmt->backoff > MGMT_BACKOFF_MAX)
@@ -748,8 +859,12 @@ mgmt_fail(const char *why, int limited)
 	if (wait > MGMT_RESET_MAX && limited)
 		wait = MGMT_RESET_MAX;
 	if (!mgmt->logged)
-		log_warnx("backfill: %s; retrying with back-off", why);
+		log_warnx("%s: %s; retrying with back-off",
+		    mgmt->job == MGMT_JOB_BACKFILL ? "backfill" :
+		    mgmt->job == MGMT_JOB_REMOVE ? "conflict removal" : "verify",
+		    why);
 	mgmt->logged = 1;
+	mgmt->backing_off = 1;
 	mgmt_schedule(wait);
 }
 
@@ -762,8 +877,7 @@ mgmt_finish(void)
 	log_info("backfill: done, %llu page(s), %llu event(s)",
 	    (unsigned long long)mgmt->st.pages,
 	    (unsigned long long)mgmt->st.events);
-	mgmt_schedule(mgmt->again || mgmt->nrm > 0 ? 0 :
-	    (int)mgmt->conf->backfill_idle);
+	mgmt_schedule(0);	/* removals and verifications next */
 }
 
 /* Run the run timer after secs seconds. */
@@ -775,96 +889,227 @@ mgmt_schedule(int secs)
 	evtimer_add(mgmt->run_ev, &tv);
 }
 
-/*
- * Queue the deletion of a user's phone method that conflicts (on_conflict
- * = remove).  Called inside a transaction that may run again, so a log id
- * already queued is not queued twice.
- */
-void
-mgmt_remove(const char *user_id, const char *enrol_id, const char *log_id)
+/* The URL of a user's authentication methods, or of one of them. */
+static char *
+mgmt_user_url(const char *user_id, const char *method)
 {
-	struct mgmt_removal	*r;
-	size_t			 i;
+	char	*user, *id = NULL, *url;
 
-	if (mgmt == NULL || log_id == NULL)
-		return;
-	for (i = 0; i < mgmt->nrm; i++) {
-		if (strcmp(mgmt->rm[i].log_id, log_id) == 0)
-			return;
-	}
-	if (mgmt->nrm >= MGMT_REMOVE_MAX) {
-		log_warnx("conflict: too many removals waiting; not removing "
-		    "the phone method of user %s (log id %s)", user_id, log_id);
-		return;
-	}
-	mgmt->rm = xreallocarray(mgmt->rm, mgmt->nrm + 1, sizeof *mgmt->rm);
-	r = &mgmt->rm[mgmt->nrm++];
-	r->user_id = xstrdup(user_id);
-	xasprintf(&r->method, "phone|%s", enrol_id);
-	r->log_id = xstrdup(log_id);
-	if (mgmt->xfer == NULL)
-		mgmt_schedule(0);
+	if ((user = curl_easy_escape(NULL, user_id, 0)) == NULL ||
+	    (method != NULL && (id = curl_easy_escape(NULL, method, 0)) ==
+	    NULL))
+		fatalx("curl_easy_escape");
+	xasprintf(&url, "%s/api/v2/users/%s/authentication-methods%s%s",
+	    mgmt->base_url, user, id != NULL ? "/" : "", id != NULL ? id : "");
+	curl_free(user);
+	curl_free(id);
+	return (url);
 }
 
-/* Send the DELETE of the oldest queued method. */
-static void
+/*
+ * Start deleting the phone method of a conflict that asks for it
+ * (on_conflict = remove); 0 if none does.
+ */
+static int
 mgmt_remove_next(void)
 {
-	struct mgmt_removal	*r = &mgmt->rm[0];
-	char			*user, *method, *url;
+	char	*method, *url;
 
+	if (claims_removal_next(&mgmt->rm) != STORE_OK)
+		return (0);
+	mgmt->job = MGMT_JOB_REMOVE;
 	if (!mgmt_token_ok())
-		return;
-	user = curl_easy_escape(NULL, r->user_id, 0);
-	method = curl_easy_escape(NULL, r->method, 0);
-	if (user == NULL || method == NULL)
-		fatalx("curl_easy_escape");
-	xasprintf(&url, "%s/api/v2/users/%s/authentication-methods/%s",
-	    mgmt->base_url, user, method);
-	curl_free(user);
-	curl_free(method);
+		return (1);
+	xasprintf(&method, "phone|%s", mgmt->rm.method);
+	url = mgmt_user_url(mgmt->rm.user_id, method);
 	mgmt_send(MGMT_DELETE, url, NULL);
+	free(method);
 	free(url);
+	return (1);
 }
 
-/* The DELETE answer: audit it, or retry with back-off. */
+/*
+ * The DELETE answer: write it into the conflict record and the log, or
+ * retry with back-off.  404 means the method is gone already; any other
+ * refusal (403: the client lacks delete:authentication_methods) is final.
+ */
 static void
 mgmt_remove_done(struct mgmt_xfer *x, long code)
 {
-	struct mgmt_removal	*r = &mgmt->rm[0];
-	char			 why[128];
+	struct conflict	*cf = &mgmt->rm;
+	char		 why[128];
+	int		 removal;
 
 	(void)x;
-	if (code == 401 && !mgmt->token_retried) {
-		mgmt->token_retried = 1;
-		free(mgmt->token);
-		mgmt->token = NULL;
-		mgmt_schedule(0);
+	if (mgmt_renew_on_401(code))
 		return;
-	}
-	if (code != 204 && code != 200 && code != 404) {
+	if (code == 429 || code >= 500 || code < 200 ||
+	    (code >= 300 && code < 400)) {
 		snprintf(why, sizeof why, "DELETE authentication method: HTTP "
 		    "%ld", code);
 		mgmt_fail(why, code == 429);
 		return;
 	}
-	mgmt->token_retried = 0;
-	log_warnx("conflict: on_conflict remove: %s phone method %s of user "
-	    "%s (log id %s)", code == 404 ? "already no" : "deleted",
-	    r->method, r->user_id, r->log_id);
-	mgmt_remove_pop();
+	mgmt_succeeded();
+	if (code == 404)
+		removal = CONFLICT_RM_ABSENT;
+	else if (code >= 200 && code < 300)
+		removal = CONFLICT_RM_DONE;
+	else
+		removal = CONFLICT_RM_FAILED;
+	if (claims_removal_done(cf, removal, (int)code,
+	    (int64_t)time(NULL)) != STORE_OK ||
+	    claims_flush() != STORE_OK) {
+		mgmt_fail("conflict removal: the store is unavailable", 0);
+		return;
+	}
+	if (removal == CONFLICT_RM_DONE)
+		mgmt->st.rm_done++;
+	else if (removal == CONFLICT_RM_ABSENT)
+		mgmt->st.rm_absent++;
+	else
+		mgmt->st.rm_refused++;
+	log_warnx("conflict: on_conflict remove: %s phone method phone|%s of "
+	    "user %s on the number ending %s (HTTP %ld%s%s)",
+	    removal == CONFLICT_RM_DONE ? "deleted" :
+	    removal == CONFLICT_RM_ABSENT ? "already no" : "could not delete",
+	    cf->method, cf->user_id, cf->last4, code,
+	    cf->log_id[0] != '\0' ? ", log id " : "", cf->log_id);
 	mgmt_schedule(0);
 }
 
-/* Drop the oldest queued removal. */
-static void
-mgmt_remove_pop(void)
+/* Start reading the methods of the next user to verify; 0 if none. */
+static int
+mgmt_verify_next(void)
 {
-	struct mgmt_removal	*r = &mgmt->rm[0];
+	char	*url;
 
-	free(r->user_id);
-	free(r->method);
-	free(r->log_id);
-	memmove(mgmt->rm, mgmt->rm + 1, (mgmt->nrm - 1) * sizeof *mgmt->rm);
-	mgmt->nrm--;
+	if (verify_next(mgmt->vuser, &mgmt->vreasons) != STORE_OK)
+		return (0);
+	mgmt->job = MGMT_JOB_VERIFY;
+	if (!mgmt_token_ok())
+		return (1);
+	url = mgmt_user_url(mgmt->vuser, NULL);
+	mgmt_send(MGMT_METHODS, url, NULL);
+	free(url);
+	return (1);
+}
+
+/* Return 1 if a 404 body says the user does not exist. */
+static int
+mgmt_no_such_user(struct mgmt_xfer *x)
+{
+	const char	*ep[] = { "errorCode", NULL };
+	yajl_val	 root, e;
+	char		*cause = NULL;
+	int		 gone;
+
+	if (x->body == NULL ||
+	    (root = json_parse(x->body, x->len, &cause)) == NULL) {
+		free(cause);
+		return (0);
+	}
+	e = yajl_tree_get(root, ep, yajl_t_string);
+	gone = e != NULL && strcmp(e->u.string, "inexistent_user") == 0;
+	json_free(root);
+	return (gone);
+}
+
+/*
+ * The methods of the user being verified: settle the claims.  A 404 that
+ * says the user does not exist releases them; a 400 (Auth0 refuses the
+ * user id) drops the request; anything else is retried with back-off.
+ */
+static void
+mgmt_verify_done(struct mgmt_xfer *x, long code)
+{
+	struct verify_method	*m = NULL;
+	struct verify_result	 r;
+	size_t			 n = 0;
+	char			*cause = NULL, why[160];
+	int			 found = 1, rv;
+
+	if (mgmt_renew_on_401(code))
+		return;
+	if (code == 400) {
+		mgmt_succeeded();
+		log_warnx("verify: Auth0 refuses user id %s (HTTP 400); not "
+		    "verifying it", mgmt->vuser);
+		mgmt->st.v_dropped++;
+		if (verify_drop(mgmt->vuser) != STORE_OK)
+			mgmt_fail("the store is unavailable", 0);
+		else
+			mgmt_schedule(0);
+		return;
+	}
+	if (code == 404 && mgmt_no_such_user(x))
+		found = 0;
+	else if (code != 200) {
+		snprintf(why, sizeof why, "GET authentication methods: HTTP %ld",
+		    code);
+		mgmt_fail(why, code == 429);
+		return;
+	} else if (verify_methods(x->body != NULL ? x->body : "",
+	    x->len, &m, &n, &cause) != 0) {
+		snprintf(why, sizeof why, "GET authentication methods: %s",
+		    cause);
+		free(cause);
+		mgmt_fail(why, 0);
+		return;
+	}
+	mgmt_succeeded();
+	rv = verify_settle(mgmt->vuser, mgmt->vreasons, m, n, found,
+	    (int64_t)time(NULL), &r);
+	free(m);
+	if (rv != STORE_OK || claims_flush() != STORE_OK) {
+		mgmt_fail("the store is unavailable", 0);
+		return;
+	}
+	mgmt->st.v_done++;
+	mgmt->st.v_activated += r.activated;
+	mgmt->st.v_claimed += r.claimed;
+	mgmt->st.v_released += r.released;
+	mgmt->st.v_unsettled += r.unsettled;
+	if (r.activated + r.claimed + r.released + r.unsettled > 0 || !found)
+		log_info("verify: user %s%s: %zu phone method(s); %zu "
+		    "activated, %zu claimed, %zu released, %zu unsettled",
+		    mgmt->vuser, found ? "" : " does not exist", n,
+		    r.activated, r.claimed, r.released, r.unsettled);
+	else
+		log_debug("verify: user %s: %zu phone method(s), nothing to "
+		    "change", mgmt->vuser, n);
+	mgmt_schedule(0);
+}
+
+/*
+ * SIGHUP: read the client secret again; a new one drops the cached token
+ * so that the next request asks for a token with it.
+ */
+int
+mgmt_reload(char **cause)
+{
+	char	*secret;
+	size_t	 len;
+
+	if (mgmt == NULL)
+		return (0);
+	if (conf_read_secret(mgmt->conf->auth0_client_secret_file, &secret,
+	    &len, cause) != 0)
+		return (-1);
+	if (len == mgmt->secretlen && memcmp(secret, mgmt->secret, len) == 0) {
+		explicit_bzero(secret, len);
+		free(secret);
+		return (0);
+	}
+	explicit_bzero(mgmt->secret, mgmt->secretlen);
+	free(mgmt->secret);
+	mgmt->secret = secret;
+	mgmt->secretlen = len;
+	if (mgmt->token != NULL)
+		explicit_bzero(mgmt->token, strlen(mgmt->token));
+	free(mgmt->token);
+	mgmt->token = NULL;
+	log_info("Management API: client secret changed; a new token will be "
+	    "asked for");
+	return (0);
 }

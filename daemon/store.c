@@ -15,6 +15,7 @@
  *   seen_date.db      seen[8]  ->  seen.db key           (secondary, dupsort)
  *   watermarks.db     user_id [ 0x00 numkey[32] ]  ->  date[8]
  *                     (milliseconds; user-wide, or for one number)
+ *   verify.db         user_id  ->  verification request
  *   meta.db           name  ->  value                    (no NULs stored)
  *
  * The number key comes first so that every claim on a number is adjacent and
@@ -31,7 +32,9 @@
  * earlier release) is created and filled from its primary in the opening
  * transaction.  A secondary that exists is trusted: a release that does not
  * know an index must never write to a store that has it, which is what the
- * schema version in meta.db is for.
+ * schema version in meta.db is for.  Schema 3 added verify.db (created
+ * empty at open like any missing database) and the removal part of
+ * conflict records (format 2; format 1 records still read, as "none").
  *
  * Records are packed by hand, never struct images.  Integers are big-endian
  * so the files are portable between machines and so that the 8-byte expiry
@@ -45,8 +48,12 @@
  *
  *   claim, format 1:     format(1) state(1) source(1) since(8) expires(8)
  *                        last4(4, NUL padded) enrol_len(2) enrol_id
- *   conflict, format 1:  format(1) since(8) last4(4) log_id_len(2) log_id
+ *   conflict, format 2:  format(1) since(8) last4(4) log_id_len(2) log_id
  *                        nholders(2) { holder_len(2) holder }...
+ *                        removal(1) removal_at(8) removal_code(2)
+ *                        method_len(2) method
+ *                        (format 1, of schema 2, ends after the holders)
+ *   verification:        format(1) reasons(1) queued(8)
  *
  * The numbers of claims (active, pending) and conflicts are counted once at
  * open and then kept in memory: each transaction notes how its puts and
@@ -107,8 +114,10 @@
 #define CLAIM_REC_MAX		(CLAIM_OFF_ENROL + ENROL_ID_MAX)
 #define CLAIM_KEY_MAX		(NUMKEY_LEN + USER_ID_MAX)
 
-/* Conflict record, format 1: the fixed part before the holders. */
-#define CONFLICT_FORMAT		1
+/* Conflict record, format 2: the fixed part before the holders. */
+#define CONFLICT_FORMAT		2
+#define CONFLICT_FORMAT_1	1	/* no removal part */
+#define CONFLICT_RM_LEN		13	/* removal, at, code, method_len */
 #define CONFLICT_OFF_SINCE	1
 #define CONFLICT_OFF_LAST4	9
 #define CONFLICT_OFF_LOG_LEN	13
@@ -116,6 +125,10 @@
 
 /* A record that does not decode: reported like an errno. */
 #define STORE_CORRUPT		EBADMSG
+
+/* Verification record, format 1. */
+#define VERIFY_FORMAT		1
+#define VERIFY_REC_LEN		10
 
 /* Seen and watermark records: one big-endian int64. */
 #define STORE_TIME_LEN		8
@@ -130,6 +143,7 @@ enum store_db {
 	STORE_DB_SEEN,
 	STORE_DB_SEEN_DATE,
 	STORE_DB_WATERMARKS,
+	STORE_DB_VERIFY,
 	STORE_DB_META,
 	STORE_DB_COUNT
 };
@@ -147,6 +161,7 @@ static const struct {
 	{ "seen.db", 0 },
 	{ "seen_date.db", 1 },
 	{ "watermarks.db", 0 },
+	{ "verify.db", 0 },
 	{ "meta.db", 0 }
 };
 
@@ -170,6 +185,7 @@ struct store_txn {
 	int64_t		 d_active;
 	int64_t		 d_pending;
 	int64_t		 d_conflicts;
+	int64_t		 d_verify;
 };
 
 /* A growing array of claims read by a cursor. */
@@ -220,9 +236,10 @@ static unsigned char *store_conflict_pack(const struct conflict *,
 		    unsigned char *, size_t *, size_t *);
 static int	store_conflict_unpack(const DBT *, const DBT *,
 		    struct conflict *);
-static int	store_conflict_holders(const unsigned char *,
+static const unsigned char *store_conflict_holders(const unsigned char *,
 		    const unsigned char *, struct conflict *);
-static void	store_conflict_clear(struct conflict *);
+static int	store_conflict_removal(const unsigned char *,
+		    const unsigned char *, struct conflict *);
 static int	store_count_db(DB *, DB_TXN *, uint64_t *);
 static int	store_count_init(struct store *, char **);
 static int	store_claim_old(struct store_txn *, DBT *, int *);
@@ -754,6 +771,7 @@ store_txn_commit(struct store_txn *txn)
 		st->counts.active += (uint64_t)txn->d_active;
 		st->counts.pending += (uint64_t)txn->d_pending;
 		st->counts.conflicts += (uint64_t)txn->d_conflicts;
+		st->counts.verify += (uint64_t)txn->d_verify;
 	}
 	free(txn);
 	return (r == STORE_OK ? STORE_OK : STORE_ERROR);
@@ -1214,16 +1232,20 @@ store_claims_all(struct store_txn *txn, const struct claim *after,
 	return (store_cursor_done(st, dbc, ret, "read every claim"));
 }
 
-/* Read up to max pending claims that expire at or before now, oldest first. */
+/*
+ * Read up to max pending claims that expire after 'after' and at or before
+ * now, oldest first.
+ */
 int
-store_claims_expired(struct store_txn *txn, int64_t now, size_t max,
-    struct claim **arrp, size_t *np)
+store_claims_expired(struct store_txn *txn, int64_t after, int64_t now,
+    size_t max, struct claim **arrp, size_t *np)
 {
 	struct store		*st = txn->st;
 	DB			*db = st->db[STORE_DB_CLAIMS_EXPIRY];
 	struct store_claims	 sc = { NULL, 0, 0 };
 	DBC			*dbc;
 	DBT			 skey, pkey, data;
+	unsigned char		 from[STORE_TIME_LEN];
 	u_int32_t		 op;
 	int			 ret = 0;
 
@@ -1236,7 +1258,14 @@ store_claims_expired(struct store_txn *txn, int64_t now, size_t max,
 	memset(&skey, 0, sizeof skey);
 	memset(&pkey, 0, sizeof pkey);
 	memset(&data, 0, sizeof data);
-	for (op = DB_FIRST; sc.n < max; op = DB_NEXT) {
+	op = DB_FIRST;
+	if (after >= 0) {
+		/* The first key above 'after'. */
+		store_put_i64(from, after + 1);
+		store_dbt(&skey, from, sizeof from);
+		op = DB_SET_RANGE;
+	}
+	for (; sc.n < max; op = DB_NEXT) {
 		ret = dbc->pget(dbc, &skey, &pkey, &data, op | DB_RMW);
 		if (ret != 0)
 			break;
@@ -1262,15 +1291,17 @@ store_conflict_pack(const struct conflict *cf, unsigned char *kbuf,
     size_t *klen, size_t *rlen)
 {
 	unsigned char	*rec, *p;
-	size_t		 llen, hlen, size, i;
+	size_t		 llen, hlen, mlen, size, i;
 
 	if (store_claim_key(cf->numkey, cf->user_id, kbuf, klen) != 0)
 		return (NULL);
 	if ((llen = strnlen(cf->log_id, sizeof cf->log_id)) > LOG_ID_MAX ||
 	    strnlen(cf->last4, sizeof cf->last4) > LAST4_LEN ||
-	    cf->nholders > 0xffff)
+	    (mlen = strnlen(cf->method, sizeof cf->method)) > ENROL_ID_MAX ||
+	    cf->nholders > 0xffff || cf->removal < 0 || cf->removal > 0xff ||
+	    cf->removal_code < 0 || cf->removal_code > 0xffff)
 		return (NULL);
-	size = CONFLICT_OFF_LOG + llen + 2;
+	size = CONFLICT_OFF_LOG + llen + 2 + CONFLICT_RM_LEN + mlen;
 	for (i = 0; i < cf->nholders; i++) {
 		if ((hlen = strlen(cf->holders[i])) > USER_ID_MAX)
 			return (NULL);
@@ -1292,6 +1323,11 @@ store_conflict_pack(const struct conflict *cf, unsigned char *kbuf,
 		memcpy(p + 2, cf->holders[i], hlen);
 		p += 2 + hlen;
 	}
+	p[0] = (unsigned char)cf->removal;
+	store_put_i64(p + 1, cf->removal_at);
+	store_put_u16(p + 9, (size_t)cf->removal_code);
+	store_put_u16(p + 11, mlen);
+	memcpy(p + CONFLICT_RM_LEN, cf->method, mlen);
 	*rlen = size;
 	return (rec);
 }
@@ -1300,13 +1336,14 @@ store_conflict_pack(const struct conflict *cf, unsigned char *kbuf,
 static int
 store_conflict_unpack(const DBT *key, const DBT *data, struct conflict *cf)
 {
-	const unsigned char	*k = key->data, *rec = data->data;
+	const unsigned char	*k = key->data, *rec = data->data, *p;
 	size_t			 llen;
 
 	memset(cf, 0, sizeof *cf);
 	if (key->size <= NUMKEY_LEN || key->size > CLAIM_KEY_MAX)
 		goto bad;
-	if (data->size < CONFLICT_OFF_LOG + 2 || rec[0] != CONFLICT_FORMAT)
+	if (data->size < CONFLICT_OFF_LOG + 2 || (rec[0] != CONFLICT_FORMAT &&
+	    rec[0] != CONFLICT_FORMAT_1))
 		goto bad;
 	llen = store_get_u16(rec + CONFLICT_OFF_LOG_LEN);
 	if (llen > LOG_ID_MAX || data->size < CONFLICT_OFF_LOG + llen + 2)
@@ -1316,8 +1353,12 @@ store_conflict_unpack(const DBT *key, const DBT *data, struct conflict *cf)
 	cf->since = store_get_i64(rec + CONFLICT_OFF_SINCE);
 	memcpy(cf->last4, rec + CONFLICT_OFF_LAST4, LAST4_LEN);
 	memcpy(cf->log_id, rec + CONFLICT_OFF_LOG, llen);
-	if (store_conflict_holders(rec + CONFLICT_OFF_LOG + llen,
-	    rec + data->size, cf) != 0)
+	p = store_conflict_holders(rec + CONFLICT_OFF_LOG + llen,
+	    rec + data->size, cf);
+	if (p == NULL)
+		goto bad;
+	if (rec[0] == CONFLICT_FORMAT_1 ? p != rec + data->size :
+	    store_conflict_removal(p, rec + data->size, cf) != 0)
 		goto bad;
 	return (0);
 
@@ -1328,8 +1369,8 @@ bad:
 	return (-1);
 }
 
-/* Unpack the holders list that runs from p to end. */
-static int
+/* Unpack the holders list at p; return its end, or NULL if corrupt. */
+static const unsigned char *
 store_conflict_holders(const unsigned char *p, const unsigned char *end,
     struct conflict *cf)
 {
@@ -1341,22 +1382,42 @@ store_conflict_holders(const unsigned char *p, const unsigned char *end,
 		cf->holders = xcalloc(n, sizeof *cf->holders);
 	for (i = 0; i < n; i++) {
 		if (end - p < 2)
-			return (-1);
+			return (NULL);
 		hlen = store_get_u16(p);
 		p += 2;
 		if (hlen > USER_ID_MAX || (size_t)(end - p) < hlen)
-			return (-1);
+			return (NULL);
 		cf->holders[i] = xmalloc(hlen + 1);
 		memcpy(cf->holders[i], p, hlen);
 		cf->holders[i][hlen] = '\0';
 		cf->nholders++;
 		p += hlen;
 	}
-	return (p == end ? 0 : -1);
+	return (p);
+}
+
+/* Unpack the removal part that runs from p to end. */
+static int
+store_conflict_removal(const unsigned char *p, const unsigned char *end,
+    struct conflict *cf)
+{
+	size_t	mlen;
+
+	if (end - p < CONFLICT_RM_LEN)
+		return (-1);
+	cf->removal = p[0];
+	cf->removal_at = store_get_i64(p + 1);
+	cf->removal_code = (int)store_get_u16(p + 9);
+	mlen = store_get_u16(p + 11);
+	if (mlen > ENROL_ID_MAX || (size_t)(end - p) != CONFLICT_RM_LEN + mlen)
+		return (-1);
+	memcpy(cf->method, p + CONFLICT_RM_LEN, mlen);
+	cf->method[mlen] = '\0';
+	return (0);
 }
 
 /* Free a conflict's holders. */
-static void
+void
 store_conflict_clear(struct conflict *cf)
 {
 	size_t	i;
@@ -1396,6 +1457,37 @@ store_conflict_put(struct store_txn *txn, const struct conflict *cf)
 	r = store_result(st, ret, "write conflict");
 	free(rec);
 	return (r == STORE_NOTFOUND ? STORE_ERROR : r);
+}
+
+/*
+ * Read the conflict of a user on a number into *cf; release its holders
+ * with store_conflict_clear.
+ */
+int
+store_conflict_get(struct store_txn *txn, const unsigned char *numkey,
+    const char *user_id, struct conflict *cf)
+{
+	struct store	*st = txn->st;
+	DB		*db = st->db[STORE_DB_CONFLICTS];
+	unsigned char	 kbuf[CLAIM_KEY_MAX];
+	size_t		 klen;
+	DBT		 key, data;
+	int		 r;
+
+	memset(cf, 0, sizeof *cf);
+	if (st->failed)
+		return (STORE_ERROR);
+	if (store_claim_key(numkey, user_id, kbuf, &klen) != 0)
+		return (STORE_NOTFOUND);
+	store_dbt(&key, kbuf, klen);
+	memset(&data, 0, sizeof data);
+	r = store_result(st, db->get(db, txn->tid, &key, &data, DB_RMW),
+	    "read conflict");
+	if (r != STORE_OK)
+		return (r);
+	if (store_conflict_unpack(&key, &data, cf) != 0)
+		return (store_result(st, STORE_CORRUPT, "read conflict"));
+	return (STORE_OK);
 }
 
 /* Read every conflict; free the array with store_conflicts_free. */
@@ -1689,6 +1781,9 @@ store_count_init(struct store *st, char **cause)
 			ret = store_count_db(st->db[STORE_DB_CONFLICTS], tid,
 			    &c->conflicts);
 		if (ret == 0)
+			ret = store_count_db(st->db[STORE_DB_VERIFY], tid,
+			    &c->verify);
+		if (ret == 0)
 			ret = tid->commit(tid, 0);
 		else
 			(void)tid->abort(tid);
@@ -1715,4 +1810,118 @@ store_count(struct store *st, struct store_counts *counts)
 	}
 	*counts = st->counts;
 	return (STORE_OK);
+}
+
+/*
+ * Ask for a verification of a user through the Management API, adding
+ * reasons to one already asked.  A new request beyond max requests waiting
+ * is refused with STORE_FULL.
+ */
+int
+store_verify_add(struct store_txn *txn, const char *user_id, int reasons,
+    int64_t now, uint64_t max)
+{
+	struct store	*st = txn->st;
+	DB		*db = st->db[STORE_DB_VERIFY];
+	unsigned char	 rec[VERIFY_REC_LEN];
+	DBT		 key, data;
+	size_t		 len = strlen(user_id);
+	int		 ret, r;
+
+	if (st->failed)
+		return (STORE_ERROR);
+	if (len == 0 || len > USER_ID_MAX || reasons <= 0 || reasons > 0xff ||
+	    now < 0) {
+		log_warnx("store: refusing to write an invalid verification");
+		return (STORE_ERROR);
+	}
+	store_dbt(&key, user_id, len);
+	memset(&data, 0, sizeof data);
+	ret = db->get(db, txn->tid, &key, &data, DB_RMW);
+	if (ret == 0 && data.size == VERIFY_REC_LEN &&
+	    ((unsigned char *)data.data)[0] == VERIFY_FORMAT) {
+		memcpy(rec, data.data, sizeof rec);
+		if ((rec[1] | reasons) == rec[1])
+			return (STORE_OK);
+		rec[1] |= (unsigned char)reasons;
+	} else if (ret == 0 || ret == DB_NOTFOUND) {
+		/* New, or an undecodable record to overwrite. */
+		if (ret == DB_NOTFOUND && st->counts.verify +
+		    (uint64_t)txn->d_verify >= max)
+			return (STORE_FULL);
+		rec[0] = VERIFY_FORMAT;
+		rec[1] = (unsigned char)reasons;
+		store_put_i64(rec + 2, now);
+		if (ret == DB_NOTFOUND)
+			txn->d_verify++;
+	} else
+		return (store_result(st, ret, "read verification"));
+	store_dbt(&data, rec, sizeof rec);
+	r = store_result(st, db->put(db, txn->tid, &key, &data, 0),
+	    "write verification");
+	return (r == STORE_NOTFOUND ? STORE_ERROR : r);
+}
+
+/*
+ * Read the first verification waiting (in user id order): its user into
+ * user_id (USER_ID_MAX + 1 bytes), its reasons and when it was asked.
+ */
+int
+store_verify_first(struct store_txn *txn, char *user_id, int *reasons,
+    int64_t *queued)
+{
+	struct store		*st = txn->st;
+	DB			*db = st->db[STORE_DB_VERIFY];
+	const unsigned char	*rec;
+	DBC			*dbc;
+	DBT			 key, data;
+	int			 ret;
+
+	if (st->failed)
+		return (STORE_ERROR);
+	if ((ret = db->cursor(db, txn->tid, &dbc, 0)) != 0)
+		return (store_result(st, ret, "open verification cursor"));
+	memset(&key, 0, sizeof key);
+	memset(&data, 0, sizeof data);
+	ret = dbc->get(dbc, &key, &data, DB_FIRST);
+	if (ret == 0) {
+		rec = data.data;
+		if (key.size == 0 || key.size > USER_ID_MAX ||
+		    data.size != VERIFY_REC_LEN || rec[0] != VERIFY_FORMAT)
+			ret = STORE_CORRUPT;
+		else {
+			memcpy(user_id, key.data, key.size);
+			user_id[key.size] = '\0';
+			*reasons = rec[1];
+			*queued = store_get_i64(rec + 2);
+		}
+	}
+	if (ret == DB_NOTFOUND) {
+		(void)dbc->close(dbc);
+		return (STORE_NOTFOUND);
+	}
+	return (store_cursor_done(st, dbc, ret, "read verification"));
+}
+
+/* Forget a user's verification request (STORE_OK if there was none). */
+int
+store_verify_del(struct store_txn *txn, const char *user_id)
+{
+	struct store	*st = txn->st;
+	DB		*db = st->db[STORE_DB_VERIFY];
+	DBT		 key;
+	size_t		 len = strlen(user_id);
+	int		 ret;
+
+	if (st->failed)
+		return (STORE_ERROR);
+	if (len == 0 || len > USER_ID_MAX)
+		return (STORE_OK);
+	store_dbt(&key, user_id, len);
+	ret = db->del(db, txn->tid, &key, 0);
+	if (ret == 0)
+		txn->d_verify--;
+	if (ret == DB_NOTFOUND)
+		return (STORE_OK);
+	return (store_result(st, ret, "delete verification"));
 }

@@ -100,8 +100,9 @@ char		*json_text(struct yajl_val_s *, size_t *);
 #define STORE_RETRY	-2	/* deadlock: abort and run the transaction again */
 #define STORE_NOTFOUND	-3
 #define STORE_EXISTS	-4	/* a seen log id was seen before */
+#define STORE_FULL	-5	/* too many verifications waiting */
 
-#define STORE_SCHEMA_VERSION	2
+#define STORE_SCHEMA_VERSION	3
 
 enum claim_state {
 	CLAIM_PENDING = 1,
@@ -113,8 +114,23 @@ enum claim_source {
 	CLAIM_SRC_CHALLENGE,
 	CLAIM_SRC_ADMIN,
 	CLAIM_SRC_IMPORT,
-	CLAIM_SRC_LOGSTREAM
+	CLAIM_SRC_LOGSTREAM,
+	CLAIM_SRC_VERIFY	/* the Management API showed the method */
 };
+
+/* What became of a conflicting phone method (on_conflict = remove). */
+enum conflict_removal {
+	CONFLICT_RM_NONE = 0,	/* report only */
+	CONFLICT_RM_PENDING,	/* to delete through the Management API */
+	CONFLICT_RM_DONE,	/* deleted */
+	CONFLICT_RM_ABSENT,	/* already gone (404) */
+	CONFLICT_RM_FAILED	/* refused; removal_code says how */
+};
+
+/* Why a user's phone methods are to be read (a bit mask). */
+#define VERIFY_EXPIRING		0x01	/* a reservation is about to lapse */
+#define VERIFY_UNMATCHED	0x02	/* an enrolment matched no claim */
+#define VERIFY_AMBIGUOUS	0x04	/* an unenrolment named no claim */
 
 struct claim {
 	unsigned char	 numkey[NUMKEY_LEN];
@@ -135,6 +151,10 @@ struct conflict {
 	char		 log_id[LOG_ID_MAX + 1];	/* "" if none */
 	char		**holders;	/* users holding the number then */
 	size_t		 nholders;
+	int		 removal;	/* enum conflict_removal */
+	int64_t		 removal_at;	/* when it was settled, or 0 */
+	int		 removal_code;	/* HTTP status of the DELETE, or 0 */
+	char		 method[ENROL_ID_MAX + 1];	/* "dev_..." or "" */
 };
 
 struct store_counts {
@@ -142,6 +162,7 @@ struct store_counts {
 	uint64_t	 active;
 	uint64_t	 pending;
 	uint64_t	 conflicts;
+	uint64_t	 verify;	/* verifications waiting */
 };
 
 struct store;
@@ -165,12 +186,20 @@ int		 store_claim_del(struct store_txn *, const unsigned char *,
 		     const char *);
 int		 store_claims_all(struct store_txn *, const struct claim *,
 		     int (*)(const struct claim *, void *), void *);
-int		 store_claims_expired(struct store_txn *, int64_t, size_t,
-		     struct claim **, size_t *);
+int		 store_claims_expired(struct store_txn *, int64_t, int64_t,
+		     size_t, struct claim **, size_t *);
 int		 store_conflict_put(struct store_txn *, const struct conflict *);
 int		 store_conflicts(struct store_txn *, struct conflict **,
 		     size_t *);
 void		 store_conflicts_free(struct conflict *, size_t);
+int		 store_conflict_get(struct store_txn *, const unsigned char *,
+		     const char *, struct conflict *);
+void		 store_conflict_clear(struct conflict *);
+int		 store_verify_add(struct store_txn *, const char *, int,
+		     int64_t, uint64_t);
+int		 store_verify_first(struct store_txn *, char *, int *,
+		     int64_t *);
+int		 store_verify_del(struct store_txn *, const char *);
 int		 store_meta_get(struct store_txn *, const char *, char **);
 int		 store_meta_put(struct store_txn *, const char *, const char *);
 int		 store_count(struct store *, struct store_counts *);
@@ -264,6 +293,49 @@ int		 claims_lookup(const char *, const char *, struct claim **,
 int		 claims_walk(const struct claim *, size_t, struct claim *,
 		     size_t *);
 int		 claims_conflicts(struct conflict **, size_t *);
+int		 claims_make_active(struct store_txn *, struct claim *,
+		     const char *);
+int		 claims_release(struct store_txn *, const struct claim *,
+		     int64_t);
+int		 claims_suffix_match(const struct claim *, const char *);
+int		 claims_flush(void);
+int		 claims_removal_next(struct conflict *);
+int		 claims_removal_done(const struct conflict *, int, int,
+		     int64_t);
+
+/* verify.c */
+#define VERIFY_QUEUE_MAX	10000	/* users waiting, at most */
+#define VERIFY_METHODS_MAX	100	/* phone methods read per user */
+
+/* One phone method as GET /api/v2/users/{id}/authentication-methods says. */
+struct verify_method {
+	char		 id[ENROL_ID_MAX + 1];	/* without "phone|" */
+	int		 confirmed;
+	int		 full;		/* numkey and last4 are the number's */
+	unsigned char	 numkey[NUMKEY_LEN];
+	char		 last4[LAST4_LEN + 1];	/* or the visible digits */
+	int64_t		 created;	/* seconds, 0 if not given */
+};
+
+/* What one verification changed. */
+struct verify_result {
+	size_t	 activated;	/* reservations made active */
+	size_t	 claimed;	/* claims created (or conflicts recorded) */
+	size_t	 released;
+	size_t	 unsettled;	/* doubts the answer could not settle */
+};
+
+void		 verify_init(int);
+uint64_t	 verify_refused_total(void);
+int		 verify_ask(struct store_txn *, const char *, int, int64_t);
+int		 verify_expiring(int64_t *, int64_t, size_t, int64_t,
+		     size_t *);
+int		 verify_next(char *, int *);
+int		 verify_drop(const char *);
+int		 verify_settle(const char *, int, const struct verify_method *,
+		     size_t, int, int64_t, struct verify_result *);
+int		 verify_methods(const char *, size_t, struct verify_method **,
+		     size_t *, char **);
 
 /* events.c */
 struct events_counts {
@@ -279,6 +351,9 @@ int		 events_apply(struct store_txn *, struct yajl_val_s *,
 		     const char *, int64_t, int *);
 const char	*events_type(struct yajl_val_s *);
 int64_t		 events_date(struct yajl_val_s *, int64_t);
+int64_t		 events_iso_ms(const char *, int64_t);
+int		 events_masked(const char *, char *);
+const char	*events_method_id(const char *);
 void		 events_count_ignored(const char *);
 size_t		 events_ignored_types(const char ***, const size_t **);
 void		 events_free(void);
@@ -389,12 +464,29 @@ struct mgmt_status {
 	uint64_t	 total_events;
 	uint64_t	 runs;
 	uint64_t	 failures;
+	/* Verifications (verify.c) since start. */
+	uint64_t	 v_done;
+	uint64_t	 v_activated;
+	uint64_t	 v_claimed;
+	uint64_t	 v_released;
+	uint64_t	 v_unsettled;
+	uint64_t	 v_dropped;
+	uint64_t	 v_failures;
+	char		 v_last_error[128];
+	/* Removals (on_conflict = remove) since start. */
+	uint64_t	 rm_done;
+	uint64_t	 rm_absent;
+	uint64_t	 rm_refused;
+	uint64_t	 rm_failures;
+	char		 rm_last_error[128];
 };
 
 int		 mgmt_init(struct event_base *, const struct conf *, char **);
 void		 mgmt_free(void);
 int		 mgmt_backfill(void);
-void		 mgmt_remove(const char *, const char *, const char *);
+void		 mgmt_tick(int64_t);
+void		 mgmt_wake(void);
+int		 mgmt_reload(char **);
 const struct mgmt_status *mgmt_status(void);
 const char	*mgmt_state_name(int);
 

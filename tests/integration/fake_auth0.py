@@ -1,8 +1,11 @@
 """
 A fake Auth0 tenant for the Management API client tests: POST /oauth/token
-(client credentials) and GET /api/v2/logs (checkpoint mode with from/take
+(client credentials), GET /api/v2/logs (checkpoint mode with from/take
 and Link rel="next", and the date search that seeds a first backfill),
-on 127.0.0.1 in a thread.  Tests script failures (status codes, rate-limit
+and GET / DELETE /api/v2/users/{id}/authentication-methods[/{id}] with
+phone numbers in full or obfuscated as the tenant flag
+disable_management_api_sms_obfuscation decides (auth0-facts.md 4.4), on
+127.0.0.1 in a thread.  Tests script failures (status codes, rate-limit
 headers, slow answers) and read back every request it saw.
 """
 
@@ -35,6 +38,8 @@ class FakeAuth0:
         self.seen = []			# (method, path, headers, body, time)
         self.rate_headers = {}		# sent on every logs answer
         self.deleted = []		# paths of deleted methods
+        self.users = {}			# user id -> [phone methods]
+        self.obfuscate = None		# None (full), "digits" or "all"
         self.lock = threading.Lock()
         handler = type("Handler", (_Handler,), {"fake": self})
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
@@ -61,6 +66,54 @@ class FakeAuth0:
         with self.lock:
             self.logs.extend(events)
             self.logs.sort(key=lambda e: (len(e["_id"]), e["_id"]))
+
+    def add_phone(self, user, phone, confirmed=True, device=None,
+                  created=None):
+        """Give user a phone method (E.164 phone); return its id."""
+        mid = "phone|" + (device or "dev_" + secrets.token_hex(8))
+        method = {"id": mid, "type": "phone", "confirmed": confirmed,
+                  "name": "Phone", "phone_number": phone,
+                  "created_at": created or
+                  time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+                  "preferred_authentication_method": "sms",
+                  "authentication_methods": [
+                      {"id": "sms|" + mid[6:], "type": "sms"},
+                      {"id": "voice|" + mid[6:], "type": "voice"}]}
+        with self.lock:
+            self.users.setdefault(user, []).append(method)
+        return mid
+
+    def add_user(self, user, *others):
+        """A user with no phone method (and other methods, if given)."""
+        with self.lock:
+            self.users.setdefault(user, []).extend(others)
+
+    def methods(self, user):
+        """user's methods as the API shows them, or None if no such user."""
+        with self.lock:
+            if user not in self.users:
+                return None
+            out = [dict(m) for m in self.users[user]]
+        for m in out:
+            if m.get("type") != "phone":
+                continue
+            if self.obfuscate == "digits":
+                m["phone_number"] = "XXXXXXXX" + m["phone_number"][-4:]
+            elif self.obfuscate == "all":
+                m["phone_number"] = "XXXXXXXX****"
+        return out
+
+    def delete_method(self, user, mid):
+        """Delete user's method mid (any of its ids); False if absent."""
+        with self.lock:
+            methods = self.users.get(user, [])
+            for m in methods:
+                ids = [m["id"]] + [a["id"] for a in
+                                   m.get("authentication_methods", [])]
+                if mid in ids:
+                    methods.remove(m)
+                    return True
+        return False
 
     def fail_next(self, prefix, status, headers=None, delay=0.0, times=1):
         """Answer the next requests to prefix with status (and headers)."""
@@ -178,6 +231,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         with self.fake.lock:
             self.fake.deleted.append(path)
+        parts = path.split("/")
+        if len(parts) == 7 and self.fake.users and \
+                not self.fake.delete_method(parts[4], parts[6]):
+            self.answer(404, {"statusCode": 404, "error": "Not Found",
+                              "message": "Authentication method not found"})
+            return
         self.answer(204, None)
 
     def do_GET(self):
@@ -185,11 +244,25 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self.run_script():
             return
         url = urllib.parse.urlsplit(self.path)
-        if url.path != "/api/v2/logs":
+        path = urllib.parse.unquote(url.path)
+        parts = path.split("/")
+        methods = len(parts) == 6 and path.startswith("/api/v2/users/") \
+            and parts[5] == "authentication-methods"
+        if url.path != "/api/v2/logs" and not methods:
             self.answer(404, {"error": "not_found"})
             return
         if not self.fake.authorised(self.headers.get("Authorization")):
             self.answer(401, {"statusCode": 401, "error": "Unauthorized"})
+            return
+        if methods:
+            found = self.fake.methods(parts[4])
+            if found is None:
+                self.answer(404, {"statusCode": 404, "error": "Not Found",
+                                  "message": "The user does not exist.",
+                                  "errorCode": "inexistent_user"},
+                            self.fake.rate_headers)
+            else:
+                self.answer(200, found, self.fake.rate_headers)
             return
         logs, nxt = self.fake.page(urllib.parse.parse_qs(url.query))
         headers = dict(self.fake.rate_headers)

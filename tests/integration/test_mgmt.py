@@ -1,22 +1,27 @@
 """
-The Auth0 Management API client (issue 6, points 1, 2 and 5) against a
-fake tenant on 127.0.0.1 (fake_auth0.py): the configuration keys, the
-client-credentials token (cached, renewed on expiry and on 401), the
-backfill with from/take and Link rel="next" until an empty page, 429 with
-the rate-limit headers, 5xx and slow answers (the loop keeps serving),
-each failure logged once, status and /metrics, the backfill command, and
-a full scenario: events while the daemon is down, restart, backfill,
-claims correct and nothing applied twice (I3).
+The Auth0 Management API client (issue 6) against a fake tenant on
+127.0.0.1 (fake_auth0.py): the configuration keys, the client-credentials
+token (cached, renewed on expiry, on 401 and when SIGHUP brings a new
+secret), the backfill with from/take and Link rel="next" until an empty
+page, 429 with the rate-limit headers, 5xx and slow answers (the loop
+keeps serving), each failure logged once, status and /metrics, the
+backfill command, verification through GET authentication-methods with
+numbers in full and obfuscated (lapsing reservations, unmatched
+enrolments, ambiguous unenrolments, deleted users), on_conflict = remove
+recorded in the conflict, and a full scenario: events while the daemon
+is down, restart, backfill, claims correct and nothing applied twice (I3).
 """
 
 import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import time
 import unittest
+import urllib.parse
 
 import harness
 from harness import DaemonTestCase, fresh_user, write_secret
@@ -416,7 +421,63 @@ class ConflictTests(MgmtCase):
         d.wait_for_log("deleted phone method phone\\|%s of user" % device,
                        0)
         self.assertIn(log_id, self.log_of(d))
-        self.assertEqual(len(self.ask(d, "conflicts")["conflicts"]), 1)
+        (cf,) = self.ask(d, "conflicts")["conflicts"]
+        self.assertEqual(cf["log_id"], log_id)
+        self.assertEqual((cf["removal"]["state"], cf["removal"]["method"],
+                          cf["removal"]["http_status"]),
+                         ("removed", device, 204))
+        self.assertIsNotNone(cf["removal"]["at"])
+        self.assertEqual(self.ask(d, "status")["removals"]["removed"], 1)
+        self.assertIn('phoneclaimd_conflict_removals_total{result="removed"}'
+                      ' 1', d.request("GET", "/metrics").raw.decode())
+        # Audited once: a restart does not delete it again.
+        d.stop()
+        d.start()
+        time.sleep(1.0)
+        self.assertEqual(len(self.fake.deleted), 1)
+
+    def wait_removal(self, d, state):
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            cfs = self.ask(d, "conflicts")["conflicts"]
+            if cfs and cfs[0].get("removal", {}).get("state") == state:
+                return cfs[0]["removal"]
+            time.sleep(0.1)
+        self.fail("removal not %s: %r" % (state, cfs))
+
+    def test_refused_removal_is_recorded_not_retried(self):
+        self.fake.fail_next("/api/v2/users/", 403)
+        d = self.mgmt_daemon(on_conflict="remove")
+        self.conflict(d)
+        rm = self.wait_removal(d, "failed")
+        self.assertEqual(rm["http_status"], 403)
+        time.sleep(1.5)
+        self.assertEqual(len(self.fake.requests("/api/v2/users/")), 1)
+        self.assertIn("could not delete phone method", self.log_of(d))
+
+    def test_removal_waits_across_a_restart(self):
+        self.fake.fail_next("/api/v2/users/", 503, times=1000)
+        d = self.mgmt_daemon(on_conflict="remove")
+        later, device, _ = self.conflict(d)
+        self.assertEqual(self.wait_removal(d, "pending")["method"], device)
+        deadline = time.monotonic() + WAIT
+        while self.ask(d, "status")["removals"]["failures"] == 0:
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.1)
+        d.kill()
+        with self.fake.lock:
+            self.fake.script.clear()
+        d.start()
+        self.assertEqual(self.wait_removal(d, "removed")["http_status"], 204)
+        self.assertEqual(self.fake.deleted, [
+            "/api/v2/users/%s/authentication-methods/phone|%s" %
+            (later, device)])
+
+    def test_already_gone_is_absent(self):
+        d = self.mgmt_daemon(on_conflict="remove")
+        self.fake.add_user(fresh_user())	# the fake now checks methods
+        self.conflict(d)
+        self.assertEqual(self.wait_removal(d, "absent")["http_status"], 404)
 
     def test_report_only_records(self):
         d = self.mgmt_daemon()
@@ -433,6 +494,292 @@ class ConflictTests(MgmtCase):
         d.conf["on_conflict"] = "delete"
         d.write_conf()
         self.assertEqual(d.run("-n", "-c", d.conf_path).returncode, 2)
+
+
+class VerifyCase(MgmtCase):
+    """Helpers for the verification tests."""
+
+    def claims_of(self, d, user):
+        """{last4: (state, source)} of the user's live claims."""
+        return {c["number"][-4:]: (c["state"], c["source"])
+                for c in self.ask(d, "user " + user)["claims"]}
+
+    def verify(self, d):
+        return self.ask(d, "status")["verify"]
+
+    def wait_verified(self, d, done=1, timeout=WAIT):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            v = self.verify(d)
+            if v["done"] >= done and v["waiting"] == 0:
+                return v
+            time.sleep(0.1)
+        self.fail("no verification: %r\n%s" % (self.verify(d), d.tail()))
+
+    def stream(self, d, *items):
+        r = d.request("POST", "/v1/log-stream", json.dumps(items).encode(),
+                      {"Authorization": d.log_stream_token})
+        self.assertEqual(r.status, 200, str(r))
+        return r
+
+    def method_requests(self, user):
+        return [s for s in self.fake.requests("/api/v2/users/")
+                if s[0] == "GET" and user in
+                urllib.parse.unquote(s[1])]
+
+    def two_active(self, d, user):
+        """Two active claims of user with enrolment ids: [(phone, dev)]."""
+        out = []
+        for _ in range(2):
+            phone, dev = ls.number(), ls.new_device()
+            self.stream(d, ls.enrolled(user, phone, device=dev))
+            out.append((phone, dev))
+        for phone, _ in out:
+            self.held(d, phone, user)
+        return out
+
+
+class ExpiringTests(VerifyCase):
+    """A reservation about to lapse is verified before it does."""
+
+    def reserve(self, d, user, phone):
+        r = d.claim(phone, user, "enrollment")
+        self.assertEqual(r.get("result"), "reserved", str(r))
+
+    def test_confirmed_full_number_becomes_active(self):
+        d = self.mgmt_daemon(pending_ttl="8")
+        user, phone = fresh_user(), ls.number()
+        mid = self.fake.add_phone(user, phone)
+        self.reserve(d, user, phone)
+        v = self.wait_verified(d)
+        self.assertEqual(v["activated"], 1, v)
+        self.assertEqual(self.claims_of(d, user),
+                         {phone[-4:]: ("active", "enrollment")})
+        time.sleep(9)		# past the TTL: an active claim stays
+        self.held(d, phone, user)
+        # The claim carries the method id: unenrolling it by id frees it.
+        self.stream(d, ls.unenrolled(user, auth_id=mid))
+        self.free(d, phone)
+
+    def test_no_method_lets_it_lapse(self):
+        d = self.mgmt_daemon(pending_ttl="8")
+        user, phone = fresh_user(), ls.number()
+        self.fake.add_user(user)
+        self.fake.add_phone(user, ls.number())		# another number
+        self.fake.add_phone(user, phone, confirmed=False)  # unconfirmed
+        self.reserve(d, user, phone)
+        v = self.wait_verified(d)
+        self.assertEqual((v["activated"], v["claimed"]), (0, 1), v)
+        self.assertEqual(len(self.method_requests(user)), 1)
+        deadline = time.monotonic() + WAIT
+        while phone[-4:] in self.claims_of(d, user):
+            self.assertLess(time.monotonic(), deadline, "never lapsed")
+            time.sleep(0.5)
+        self.free(d, phone)
+
+    def test_obfuscated_digits_match(self):
+        self.fake.obfuscate = "digits"
+        d = self.mgmt_daemon(pending_ttl="8")
+        user, phone = fresh_user(), ls.number()
+        self.fake.add_phone(user, phone)
+        self.reserve(d, user, phone)
+        v = self.wait_verified(d)
+        self.assertEqual(v["activated"], 1, v)
+        self.assertEqual(self.claims_of(d, user)[phone[-4:]][0], "active")
+
+    def test_obfuscated_no_digits_uses_the_creation_time(self):
+        self.fake.obfuscate = "all"
+        d = self.mgmt_daemon(pending_ttl="8")
+        old_user, new_user = fresh_user(), fresh_user()
+        old_phone, new_phone = ls.number(), ls.number()
+        # A method older than the reservation is another enrolment.
+        self.fake.add_phone(old_user, old_phone,
+                            created="2020-01-01T00:00:00.000Z")
+        self.fake.add_phone(new_user, new_phone)
+        self.reserve(d, old_user, old_phone)
+        self.reserve(d, new_user, new_phone)
+        v = self.wait_verified(d, done=2)
+        self.assertEqual(v["activated"], 1, v)
+        self.assertEqual(self.claims_of(d, new_user)[new_phone[-4:]][0],
+                         "active")
+        self.assertEqual(self.claims_of(d, old_user)[old_phone[-4:]][0],
+                         "pending")
+
+
+class DoubtTests(VerifyCase):
+    """Unmatched enrolments and ambiguous unenrolments are verified."""
+
+    def test_unmatched_enrolment_full_number_is_claimed(self):
+        d = self.mgmt_daemon()
+        user, phone = fresh_user(), ls.number()
+        dev = ls.new_device()
+        self.fake.add_phone(user, phone, device=dev)
+        r = self.stream(d, ls.enrolled(user, None, device=dev))
+        self.assertEqual(r.get("ignored"), 1, str(r))
+        v = self.wait_verified(d)
+        self.assertEqual(v["claimed"], 1, v)
+        self.held(d, phone, user)
+        self.assertEqual(self.claims_of(d, user),
+                         {phone[-4:]: ("active", "verify")})
+        # The id came with it.
+        self.stream(d, ls.unenrolled(user, auth_id="phone|" + dev))
+        self.free(d, phone)
+
+    def test_unmatched_enrolment_obfuscated_is_unsettled(self):
+        self.fake.obfuscate = "all"
+        d = self.mgmt_daemon()
+        user, phone = fresh_user(), ls.number()
+        self.fake.add_phone(user, phone)
+        self.stream(d, ls.enrolled(user, ls.masked(phone)))
+        v = self.wait_verified(d)
+        self.assertEqual((v["claimed"], v["unsettled"]), (0, 1), v)
+        self.assertEqual(self.claims_of(d, user), {})
+        self.assertIn("1 unsettled", self.log_of(d))
+
+    def test_unmatched_enrolment_conflict_is_recorded(self):
+        d = self.mgmt_daemon()
+        holder, user, phone = fresh_user(), fresh_user(), ls.number()
+        self.stream(d, ls.enrolled(holder, phone))
+        self.fake.add_phone(user, phone)
+        self.stream(d, ls.enrolled(user, None))
+        self.wait_verified(d)
+        self.held(d, phone, holder)
+        (cf,) = self.ask(d, "conflicts")["conflicts"]
+        self.assertEqual(cf["user_ids"], [user, holder])
+
+    def test_ambiguous_unenrol_full_numbers(self):
+        d = self.mgmt_daemon()
+        user = fresh_user()
+        (p1, _), (p2, d2) = self.two_active(d, user)
+        self.fake.add_phone(user, p2, device=d2)
+        r = self.stream(d, ls.unenrolled(user))
+        self.assertEqual(r.get("ignored"), 1, str(r))
+        v = self.wait_verified(d)
+        self.assertEqual(v["released"], 1, v)
+        self.free(d, p1)
+        self.held(d, p2, user)
+
+    def test_ambiguous_unenrol_obfuscated_by_method_id(self):
+        self.fake.obfuscate = "all"
+        d = self.mgmt_daemon()
+        user = fresh_user()
+        (p1, _), (p2, d2) = self.two_active(d, user)
+        self.fake.add_phone(user, p2, device=d2)
+        self.stream(d, ls.unenrolled(user))
+        v = self.wait_verified(d)
+        self.assertEqual((v["released"], v["unsettled"]), (1, 0), v)
+        self.free(d, p1)
+        self.held(d, p2, user)
+
+    def test_ambiguous_unenrol_unknown_method_stays(self):
+        """A method with no digits and an unknown id might be either."""
+        self.fake.obfuscate = "all"
+        d = self.mgmt_daemon()
+        user = fresh_user()
+        (p1, _), (p2, _) = self.two_active(d, user)
+        self.fake.add_phone(user, p2)		# a new id
+        self.stream(d, ls.unenrolled(user))
+        v = self.wait_verified(d)
+        self.assertEqual((v["released"], v["unsettled"]), (0, 2), v)
+        self.held(d, p1, user)
+        self.held(d, p2, user)
+
+    def test_user_gone_releases_everything(self):
+        d = self.mgmt_daemon()
+        user = fresh_user()
+        (p1, _), (p2, _) = self.two_active(d, user)
+        self.stream(d, ls.unenrolled(user))		# the fake has no user
+        v = self.wait_verified(d)
+        self.assertEqual(v["released"], 2, v)
+        self.free(d, p1)
+        self.free(d, p2)
+        self.assertIn("does not exist", self.log_of(d))
+
+    def test_other_404_is_retried_not_trusted(self):
+        d = self.mgmt_daemon()
+        user = fresh_user()
+        (p1, _), (p2, d2) = self.two_active(d, user)
+        self.fake.add_phone(user, p2, device=d2)
+        self.fake.fail_next("/api/v2/users/", 404)
+        self.fake.fail_next("/api/v2/users/", 503, times=2)
+        self.stream(d, ls.unenrolled(user))
+        v = self.wait_verified(d)
+        self.assertEqual((v["failures"], v["released"]), (3, 1), v)
+        self.assertEqual(len(self.method_requests(user)), 4)
+        self.assertEqual(self.log_of(d).count("verify: GET authentication "
+                                              "methods: HTTP 404"), 1)
+        self.free(d, p1)
+        self.held(d, p2, user)
+
+    def test_waiting_verification_survives_a_restart(self):
+        d = self.mgmt_daemon()
+        user = fresh_user()
+        (p1, _), (p2, d2) = self.two_active(d, user)
+        self.fake.add_phone(user, p2, device=d2)
+        self.fake.fail_next("/api/v2/users/", 503, times=1000)
+        self.stream(d, ls.unenrolled(user))
+        deadline = time.monotonic() + WAIT
+        while self.verify(d)["failures"] == 0:
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.1)
+        self.assertEqual(self.verify(d)["waiting"], 1)
+        self.assertEqual(self.metric(d, "verify_waiting"), 1)
+        d.kill()
+        with self.fake.lock:
+            self.fake.script.clear()
+        d.start()
+        v = self.wait_verified(d)
+        self.assertEqual(v["released"], 1, v)
+        self.free(d, p1)
+        self.held(d, p2, user)
+
+    def test_metrics(self):
+        d = self.mgmt_daemon()
+        user = fresh_user()
+        self.two_active(d, user)
+        self.stream(d, ls.unenrolled(user))
+        self.wait_verified(d)
+        text = d.request("GET", "/metrics").raw.decode()
+        self.assertIn('phoneclaimd_verify_total{result="done"} 1', text)
+        self.assertIn('phoneclaimd_verify_total{result="released"} 2', text)
+        self.assertIn("phoneclaimd_verify_waiting 0", text)
+
+    def test_disabled_without_the_management_api(self):
+        d = self.own_daemon()
+        user = fresh_user()
+        self.two_active(d, user)
+        self.stream(d, ls.unenrolled(user))
+        self.assertNotIn("verify", self.ask(d, "status"))
+        self.assertNotIn("verify_total", d.request("GET", "/metrics")
+                         .raw.decode())
+
+
+class SecretReloadTests(MgmtCase):
+    def test_sighup_brings_a_new_secret(self):
+        d = self.mgmt_daemon(backfill_since="2020-01-01")
+        self.wait_idle(d)
+        self.fake.secret = "secret-" + "b" * 24
+        with self.fake.lock:
+            self.fake.revoked.update(self.fake.tokens)
+        write_secret(d.path("auth0.secret"), self.fake.secret + "\n")
+        at = d.log_size()
+        d.send_signal(signal.SIGHUP)
+        d.wait_for_log("client secret changed", at)
+        self.assertEqual(self.ask(d, "backfill"), {"backfill": "started"})
+        self.wait_idle(d, runs=2)
+        posts = self.fake.requests("/oauth/token")
+        self.assertIn(b"client_secret=secret-" + b"b" * 24, posts[-1][3])
+        self.assertNotIn(self.fake.secret, self.log_of(d))
+
+    def test_unreadable_secret_keeps_the_old_one(self):
+        d = self.mgmt_daemon(backfill_since="2020-01-01")
+        self.wait_idle(d)
+        os.chmod(d.path("auth0.secret"), 0o644)
+        at = d.log_size()
+        d.send_signal(signal.SIGHUP)
+        d.wait_for_log("keeping the old client secret", at)
+        self.assertEqual(self.ask(d, "backfill"), {"backfill": "started"})
+        self.wait_idle(d, runs=2)
 
 
 class ScenarioTests(MgmtCase):

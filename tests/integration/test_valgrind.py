@@ -8,17 +8,22 @@ Skipped when valgrind is missing or the daemon was built with
 AddressSanitizer (the two do not mix).
 """
 
+import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import time
 import unittest
 
 import harness
 from harness import (DaemonTestCase, ValgrindDaemon, fresh_number,
-                     fresh_user)
+                     fresh_user, write_secret)
+from fake_auth0 import FakeAuth0
+import test_logstream as ls
 
 
 def valgrind_or_skip():
@@ -55,6 +60,65 @@ class ValgrindTests(DaemonTestCase):
         self.assertEqual(d.request("GET", "/healthz").status, 200)
         rc = d.stop(timeout=60)
         self.assertValgrindClean(d, rc)
+
+    def test_management_api_and_clean_shutdown(self):
+        """libcurl on the loop: token, backfill, a verification, a
+        conflict removal and a secret reload, then a clean stop."""
+        fake = FakeAuth0()
+        self.addCleanup(fake.close)
+        d = ValgrindDaemon(on_conflict="remove",
+                           backfill_since="2020-01-01")
+        self._daemons.append(d)
+        write_secret(d.path("auth0.secret"), fake.secret)
+        d.conf.update({"auth0_domain": "tenant.example.com",
+                       "auth0_client_id": fake.client_id,
+                       "auth0_client_secret_file": d.path("auth0.secret"),
+                       "auth0_base_url": fake.url})
+        d.write_conf()
+        user, holder, later = fresh_user(), fresh_user(), fresh_user()
+        phone, shared = ls.number(), ls.number()
+        dev = ls.new_device()
+        fake.add_phone(user, phone)
+        fake.add_phone(later, shared, device=dev)
+        fake.add(ls.bare(ls.enrolled(holder, shared)))
+        d.start(timeout=60)
+        deadline = time.monotonic() + 60
+        while self.ask(d, "status")["backfill"]["runs"] < 1 or \
+                self.ask(d, "status")["backfill"]["state"] != "idle":
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.5)
+        items = [ls.enrolled(user, None),		# unmatched: verified
+                 ls.enrolled(later, shared, device=dev)]	# conflict
+        r = d.request("POST", "/v1/log-stream", json.dumps(items).encode(),
+                      {"Authorization": d.log_stream_token})
+        self.assertEqual(r.status, 200)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            st = self.ask(d, "status")
+            if st["verify"]["done"] == 1 and \
+                    st["removals"]["removed"] == 1:
+                break
+            time.sleep(0.5)
+        self.assertEqual((st["verify"]["claimed"],
+                          st["removals"]["removed"]), (1, 1), st)
+        write_secret(d.path("auth0.secret"), fake.secret + "-new")
+        d.send_signal(signal.SIGHUP)
+        self.assertEqual(d.request("GET", "/healthz").status, 200)
+        rc = d.stop(timeout=60)
+        self.assertValgrindClean(d, rc)
+
+    def ask(self, d, command):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(30)
+            s.connect(d.conf["status_socket"])
+            s.sendall((command + "\n").encode())
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        return json.loads(buf.decode())
 
 
 if __name__ == "__main__":

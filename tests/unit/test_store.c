@@ -81,6 +81,7 @@ static void	big_claim(struct claim *, int);
 static void	assert_counts(struct store *, uint64_t, uint64_t, uint64_t,
 		    uint64_t);
 static void	put_conflict(struct store_txn *, int, const char *);
+static uint64_t	verify_waiting(struct store *);
 static int	walk_cb(const struct claim *, void *);
 
 /* Make a fresh temporary directory; the state dir inside is not created. */
@@ -221,7 +222,7 @@ get_expired(struct store *st, int64_t now, size_t max, struct claim **arr)
 	size_t			 n;
 
 	assert_int_equal(store_txn_begin(st, &txn), STORE_OK);
-	assert_int_equal(store_claims_expired(txn, now, max, arr, &n),
+	assert_int_equal(store_claims_expired(txn, -1, now, max, arr, &n),
 	    STORE_OK);
 	assert_int_equal(store_txn_commit(txn), STORE_OK);
 	if (n == 0)
@@ -659,6 +660,221 @@ test_conflicts(void **state)
 	assert_int_equal(store_count(f->st, &counts), STORE_OK);
 	assert_true(counts.conflicts == 2);
 	assert_true(counts.claims == 0);
+}
+
+/*
+ * A conflict's removal part round trips, and a format 1 record (schema 2,
+ * no removal part) written by an earlier release still reads.
+ */
+static void
+test_conflict_removal(void **state)
+{
+	struct fixture		*f = *state;
+	struct store_txn	*txn;
+	struct conflict		 cf, got, *arr;
+	unsigned char		 rec[64], kbuf[NUMKEY_LEN + 16];
+	DB_ENV			*env;
+	DB_TXN			*tid;
+	DB			*db;
+	DBT			 key, data;
+	size_t			 n;
+
+	st_open(f);
+	memset(&cf, 0, sizeof cf);
+	numkey(cf.numkey, 95);
+	snprintf(cf.user_id, sizeof cf.user_id, "auth0|late");
+	snprintf(cf.last4, sizeof cf.last4, "4321");
+	cf.since = 1700000000;
+	snprintf(cf.log_id, sizeof cf.log_id, "9001");
+	cf.removal = CONFLICT_RM_PENDING;
+	memset(cf.method, 'm', ENROL_ID_MAX);
+	assert_int_equal(store_txn_begin(f->st, &txn), STORE_OK);
+	assert_int_equal(store_conflict_put(txn, &cf), STORE_OK);
+	assert_int_equal(store_txn_commit(txn), STORE_OK);
+	st_reopen(f);
+
+	assert_int_equal(store_txn_begin(f->st, &txn), STORE_OK);
+	assert_int_equal(store_conflict_get(txn, cf.numkey, cf.user_id, &got),
+	    STORE_OK);
+	assert_conflict_equal(&got, &cf);
+	assert_int_equal(got.removal, CONFLICT_RM_PENDING);
+	assert_string_equal(got.method, cf.method);
+	got.removal = CONFLICT_RM_FAILED;
+	got.removal_at = 1700000100;
+	got.removal_code = 403;
+	assert_int_equal(store_conflict_put(txn, &got), STORE_OK);
+	store_conflict_clear(&got);
+	assert_int_equal(store_conflict_get(txn, cf.numkey, "auth0|none",
+	    &got), STORE_NOTFOUND);
+	/* Out of range: refused, nothing written. */
+	cf.removal_code = 70000;
+	assert_int_equal(store_conflict_put(txn, &cf), STORE_ERROR);
+	assert_int_equal(store_txn_commit(txn), STORE_OK);
+	st_reopen(f);
+	assert_int_equal(store_txn_begin(f->st, &txn), STORE_OK);
+	assert_int_equal(store_conflict_get(txn, cf.numkey, cf.user_id, &got),
+	    STORE_OK);
+	assert_int_equal(got.removal, CONFLICT_RM_FAILED);
+	assert_true(got.removal_at == 1700000100);
+	assert_int_equal(got.removal_code, 403);
+	store_txn_abort(txn);
+	store_close(f->st);
+	f->st = NULL;
+
+	/* A record as schema 2 wrote it, through BDB itself. */
+	memcpy(kbuf, cf.numkey, NUMKEY_LEN);
+	memcpy(kbuf + NUMKEY_LEN, "auth0|old", 9);
+	memset(rec, 0, sizeof rec);
+	rec[0] = 1;			/* format 1 */
+	rec[8] = 7;			/* since 7 */
+	memcpy(rec + 9, "0042", 4);
+	rec[14] = 2;			/* log id "ab" */
+	memcpy(rec + 15, "ab", 2);
+	rec[18] = 1;			/* one holder, "h" */
+	rec[20] = 1;
+	rec[21] = 'h';
+	assert_int_equal(db_env_create(&env, 0), 0);
+	assert_int_equal(env->open(env, f->dir, DB_CREATE | DB_INIT_TXN |
+	    DB_INIT_LOCK | DB_INIT_LOG | DB_INIT_MPOOL | DB_RECOVER, 0600), 0);
+	assert_int_equal(db_create(&db, env, 0), 0);
+	assert_int_equal(env->txn_begin(env, NULL, &tid, 0), 0);
+	assert_int_equal(db->open(db, tid, "conflicts.db", NULL, DB_BTREE, 0,
+	    0600), 0);
+	memset(&key, 0, sizeof key);
+	memset(&data, 0, sizeof data);
+	key.data = kbuf;
+	key.size = NUMKEY_LEN + 9;
+	data.data = rec;
+	data.size = 22;
+	assert_int_equal(db->put(db, tid, &key, &data, 0), 0);
+	assert_int_equal(tid->commit(tid, 0), 0);
+	assert_int_equal(db->close(db, 0), 0);
+	assert_int_equal(env->close(env, 0), 0);
+	st_open(f);
+	assert_int_equal(store_txn_begin(f->st, &txn), STORE_OK);
+	assert_int_equal(store_conflict_get(txn, cf.numkey, "auth0|old", &got),
+	    STORE_OK);
+	assert_true(got.since == 7);
+	assert_string_equal(got.last4, "0042");
+	assert_string_equal(got.log_id, "ab");
+	assert_int_equal(got.nholders, 1);
+	assert_string_equal(got.holders[0], "h");
+	assert_int_equal(got.removal, CONFLICT_RM_NONE);
+	assert_string_equal(got.method, "");
+	store_conflict_clear(&got);
+	assert_int_equal(store_conflicts(txn, &arr, &n), STORE_OK);
+	assert_int_equal(n, 2);
+	store_conflicts_free(arr, n);
+	store_txn_abort(txn);
+}
+
+/* Return the number of verifications the store counts. */
+static uint64_t
+verify_waiting(struct store *st)
+{
+	struct store_counts	c;
+
+	assert_int_equal(store_count(st, &c), STORE_OK);
+	return (c.verify);
+}
+
+/*
+ * Verification requests: one per user with the reasons or-ed and the
+ * first time kept, read in user id order, bounded, counted across a
+ * reopen, and forgotten.
+ */
+static void
+test_verify_queue(void **state)
+{
+	struct fixture		*f = *state;
+	struct store_txn	*txn;
+	char			 user[USER_ID_MAX + 1];
+	int			 reasons;
+	int64_t			 queued;
+
+	st_open(f);
+	assert_int_equal(store_txn_begin(f->st, &txn), STORE_OK);
+	assert_int_equal(store_verify_first(txn, user, &reasons, &queued),
+	    STORE_NOTFOUND);
+	assert_int_equal(store_verify_add(txn, "auth0|b", VERIFY_EXPIRING, 10,
+	    2), STORE_OK);
+	assert_int_equal(store_verify_add(txn, "auth0|a", VERIFY_UNMATCHED,
+	    20, 2), STORE_OK);
+	/* The bound counts this transaction's own requests. */
+	assert_int_equal(store_verify_add(txn, "auth0|c", VERIFY_UNMATCHED,
+	    30, 2), STORE_FULL);
+	/* More reasons for a waiting user are not a new request. */
+	assert_int_equal(store_verify_add(txn, "auth0|b", VERIFY_AMBIGUOUS,
+	    40, 2), STORE_OK);
+	assert_int_equal(store_verify_add(txn, "", VERIFY_AMBIGUOUS, 40, 2),
+	    STORE_ERROR);
+	assert_int_equal(store_verify_add(txn, "auth0|d", 0, 40, 2),
+	    STORE_ERROR);
+	assert_true(verify_waiting(f->st) == 0);
+	assert_int_equal(store_txn_commit(txn), STORE_OK);
+	assert_true(verify_waiting(f->st) == 2);
+	st_reopen(f);
+	assert_true(verify_waiting(f->st) == 2);
+
+	assert_int_equal(store_txn_begin(f->st, &txn), STORE_OK);
+	assert_int_equal(store_verify_first(txn, user, &reasons, &queued),
+	    STORE_OK);
+	assert_string_equal(user, "auth0|a");
+	assert_int_equal(reasons, VERIFY_UNMATCHED);
+	assert_true(queued == 20);
+	assert_int_equal(store_verify_del(txn, "auth0|a"), STORE_OK);
+	assert_int_equal(store_verify_del(txn, "auth0|a"), STORE_OK);
+	assert_int_equal(store_verify_first(txn, user, &reasons, &queued),
+	    STORE_OK);
+	assert_string_equal(user, "auth0|b");
+	assert_int_equal(reasons, VERIFY_EXPIRING | VERIFY_AMBIGUOUS);
+	assert_true(queued == 10);
+	store_txn_abort(txn);
+	assert_true(verify_waiting(f->st) == 2);
+
+	assert_int_equal(store_txn_begin(f->st, &txn), STORE_OK);
+	assert_int_equal(store_verify_del(txn, "auth0|a"), STORE_OK);
+	assert_int_equal(store_verify_del(txn, "auth0|b"), STORE_OK);
+	assert_int_equal(store_txn_commit(txn), STORE_OK);
+	assert_true(verify_waiting(f->st) == 0);
+	assert_int_equal(store_txn_begin(f->st, &txn), STORE_OK);
+	assert_int_equal(store_verify_first(txn, user, &reasons, &queued),
+	    STORE_NOTFOUND);
+	store_txn_abort(txn);
+}
+
+/* Reservations that lapse in a window (after, until]. */
+static void
+test_expired_window(void **state)
+{
+	struct fixture		*f = *state;
+	struct store_txn	*txn;
+	struct claim		 c[4], *arr;
+	unsigned char		 k[NUMKEY_LEN];
+	size_t			 n;
+	int			 i;
+
+	st_open(f);
+	for (i = 0; i < 4; i++) {
+		numkey(k, 700 + i);
+		mkclaim(&c[i], k, "auth0|w", CLAIM_PENDING, 1, 100 + i * 10);
+	}
+	put_claims(f->st, c, 4);
+	assert_int_equal(store_txn_begin(f->st, &txn), STORE_OK);
+	assert_int_equal(store_claims_expired(txn, 110, 130, 10, &arr, &n),
+	    STORE_OK);
+	assert_int_equal(n, 2);
+	assert_true(arr[0].expires == 120 && arr[1].expires == 130);
+	free(arr);
+	assert_int_equal(store_claims_expired(txn, 109, 200, 1, &arr, &n),
+	    STORE_OK);
+	assert_int_equal(n, 1);
+	assert_true(arr[0].expires == 110);
+	free(arr);
+	assert_int_equal(store_claims_expired(txn, 130, 200, 10, &arr, &n),
+	    STORE_OK);
+	assert_int_equal(n, 0);
+	store_txn_abort(txn);
 }
 
 /* Metadata: get and put, and the schema version written on creation. */
@@ -2130,6 +2346,9 @@ main(void)
 		T(test_schema_raised),
 		T(test_counts),
 		T(test_claims_all),
+		T(test_conflict_removal),
+		T(test_verify_queue),
+		T(test_expired_window),
 #undef T
 	};
 

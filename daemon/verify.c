@@ -1,0 +1,521 @@
+/*
+ * Verification: settle what the log stream left in doubt by reading the
+ * user's phone methods through the Management API (mgmt.c fetches them).
+ *
+ * Three things ask for it, each inside the transaction that found the
+ * doubt, so that a request is never lost and never made for a change
+ * that did not commit: a reservation about to lapse without news of its
+ * enrolment (VERIFY_EXPIRING), an enrolment that matched no reservation
+ * (VERIFY_UNMATCHED) and an unenrolment that could mean several claims
+ * (VERIFY_AMBIGUOUS).  Requests wait in verify.db, one per user with the
+ * reasons or-ed, at most VERIFY_QUEUE_MAX of them.
+ *
+ * What the answer settles depends on whether the tenant shows numbers
+ * (disable_management_api_sms_obfuscation) or masks them ("XXXXXXXX4567",
+ * or no digit at all):
+ *
+ *   a confirmed method with a full number: the user's claim on it becomes
+ *   active (or is created, or a conflict is recorded, as an enrolment
+ *   event with that number would);
+ *
+ *   a confirmed masked method that no claim carries the id of: the user's
+ *   live reservation becomes active when exactly one fits it, that is when
+ *   the visible digits match its number, or, with no digit visible, when
+ *   the method was created after the reservation;
+ *
+ *   for an ambiguous unenrolment: every active claim of the user that no
+ *   method backs is released (backed: same method id, same full number,
+ *   or visible digits that match); a claim that a method without visible
+ *   digits might back stays, counted unsettled;
+ *
+ *   a user Auth0 does not know (404 inexistent_user): every claim of the
+ *   user is released, as a user deletion would.
+ *
+ * A reservation with no evidence is left to lapse.  Releases are dated
+ * now, so that a late event older than the answer cannot undo them (I4).
+ */
+#include "config.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <yajl/yajl_tree.h>
+
+#include "log.h"
+#include "phone.h"
+#include "phoneclaimd.h"
+#include "xmalloc.h"
+
+#define VERIFY_SLACK	60	/* seconds of clock difference allowed */
+
+struct verify_op {
+	const char			*user_id;
+	int				 reasons;
+	const struct verify_method	*m;
+	size_t				 n;
+	int				 found;
+	int64_t				 now;
+	struct verify_result		 r;
+};
+
+struct verify_expiring_op {
+	int64_t	 after;
+	int64_t	 until;
+	size_t	 max;
+	int64_t	 now;
+	int64_t	 last;
+	size_t	 asked;
+};
+
+struct verify_next_op {
+	char	*user_id;
+	int	 reasons;
+	int64_t	 queued;
+};
+
+static int	verify_enabled;
+static uint64_t	verify_refused;
+
+static int	verify_settle_txn(struct store_txn *, void *);
+static int	verify_gone(struct store_txn *, struct verify_op *);
+static int	verify_full(struct store_txn *, struct verify_op *,
+		    struct claim *, size_t);
+static int	verify_masked(struct store_txn *, struct verify_op *,
+		    struct claim *, size_t);
+static int	verify_unenrolled(struct store_txn *, struct verify_op *,
+		    struct claim *, size_t);
+static int	verify_linked(const struct claim *, size_t, const char *);
+static int	verify_fits(const struct verify_method *,
+		    const struct claim *);
+static int	verify_expiring_txn(struct store_txn *, void *);
+static int	verify_next_txn(struct store_txn *, void *);
+static int	verify_drop_txn(struct store_txn *, void *);
+static void	verify_method(yajl_val, struct verify_method *);
+
+/* Turn verification requests on (a Management API client is set up). */
+void
+verify_init(int enabled)
+{
+	verify_enabled = enabled;
+	verify_refused = 0;
+}
+
+/* How many requests were refused because too many were waiting. */
+uint64_t
+verify_refused_total(void)
+{
+	return (verify_refused);
+}
+
+/*
+ * Ask, inside txn, for the user's phone methods to be read, for reasons.
+ * Does nothing without a Management API client; a full queue is logged
+ * and counted, not an error.
+ */
+int
+verify_ask(struct store_txn *txn, const char *user_id, int reasons,
+    int64_t now)
+{
+	int	rv;
+
+	if (!verify_enabled)
+		return (STORE_OK);
+	rv = store_verify_add(txn, user_id, reasons, now, VERIFY_QUEUE_MAX);
+	if (rv != STORE_FULL)
+		return (rv);
+	if (verify_refused++ == 0)
+		log_warnx("verify: %d verifications are waiting; not asking "
+		    "for more until they are done", VERIFY_QUEUE_MAX);
+	return (STORE_OK);
+}
+
+/* Ask for the users whose reservations lapse in (after, until]. */
+static int
+verify_expiring_txn(struct store_txn *txn, void *arg)
+{
+	struct verify_expiring_op	*op = arg;
+	struct claim			*list;
+	size_t				 n, i;
+	int				 rv;
+
+	op->asked = 0;
+	op->last = op->after;
+	rv = store_claims_expired(txn, op->after, op->until, op->max, &list,
+	    &n);
+	for (i = 0; i < n && rv == STORE_OK; i++) {
+		rv = verify_ask(txn, list[i].user_id, VERIFY_EXPIRING,
+		    op->now);
+		op->asked++;
+		op->last = list[i].expires;
+	}
+	if (n < op->max)
+		op->last = op->until;
+	free(list);
+	return (rv);
+}
+
+/*
+ * Ask for a verification of every reservation that lapses after *after
+ * and at or before until (at most max of them); *after moves on to where
+ * the next call should start.
+ */
+int
+verify_expiring(int64_t *after, int64_t until, size_t max, int64_t now,
+    size_t *asked)
+{
+	struct verify_expiring_op	op;
+	int				rv;
+
+	*asked = 0;
+	if (!verify_enabled || until <= *after)
+		return (STORE_OK);
+	memset(&op, 0, sizeof op);
+	op.after = *after;
+	op.until = until;
+	op.max = max;
+	op.now = now;
+	if ((rv = claims_run(verify_expiring_txn, &op)) == STORE_OK) {
+		*after = op.last;
+		*asked = op.asked;
+	}
+	return (rv);
+}
+
+/* Read the first waiting request. */
+static int
+verify_next_txn(struct store_txn *txn, void *arg)
+{
+	struct verify_next_op	*op = arg;
+
+	return (store_verify_first(txn, op->user_id, &op->reasons,
+	    &op->queued));
+}
+
+/*
+ * The next user to verify, into user_id (USER_ID_MAX + 1 bytes), with the
+ * reasons; STORE_NOTFOUND when none is waiting.
+ */
+int
+verify_next(char *user_id, int *reasons)
+{
+	struct verify_next_op	op = { user_id, 0, 0 };
+	int			rv;
+
+	rv = claims_run(verify_next_txn, &op);
+	*reasons = op.reasons;
+	return (rv);
+}
+
+/* Forget a user's request. */
+static int
+verify_drop_txn(struct store_txn *txn, void *arg)
+{
+	return (store_verify_del(txn, arg));
+}
+
+/* Forget a request that cannot be answered (Auth0 refused the user id). */
+int
+verify_drop(const char *user_id)
+{
+	return (claims_run(verify_drop_txn, (void *)(uintptr_t)user_id));
+}
+
+/* Return 1 if one of the claims carries the method id. */
+static int
+verify_linked(const struct claim *list, size_t n, const char *id)
+{
+	size_t	i;
+
+	for (i = 0; id[0] != '\0' && i < n; i++) {
+		if (strcmp(list[i].enrol_id, id) == 0)
+			return (1);
+	}
+	return (0);
+}
+
+/*
+ * Return 1 if a masked method can be the enrolment of the reservation c:
+ * its visible digits match, or, with none visible, it was created after
+ * the reservation was made.
+ */
+static int
+verify_fits(const struct verify_method *m, const struct claim *c)
+{
+	if (m->last4[0] != '\0')
+		return (claims_suffix_match(c, m->last4));
+	return (m->created != 0 && m->created >= c->since - VERIFY_SLACK);
+}
+
+/* Every claim of a user Auth0 does not know is released. */
+static int
+verify_gone(struct store_txn *txn, struct verify_op *op)
+{
+	struct claims_event	 ev;
+	struct claim		*list;
+	size_t			 n;
+	int			 rv, outcome;
+
+	if ((rv = store_claims_by_user(txn, op->user_id, &list, &n)) != 0)
+		return (rv);
+	free(list);
+	memset(&ev, 0, sizeof ev);
+	ev.user_id = op->user_id;
+	ev.now = op->now;
+	ev.date_ms = op->now * 1000;
+	rv = claims_ev_release_user(txn, &ev, &outcome);
+	op->r.released = n;
+	return (rv);
+}
+
+/* Confirmed methods with a full number: claim each for the user. */
+static int
+verify_full(struct store_txn *txn, struct verify_op *op, struct claim *list,
+    size_t n)
+{
+	const struct verify_method	*m;
+	struct claims_event		 ev;
+	struct claim			*c;
+	size_t				 i, j;
+	int				 rv = STORE_OK, outcome;
+
+	for (i = 0; i < op->n && rv == STORE_OK; i++) {
+		m = &op->m[i];
+		if (!m->full || !m->confirmed || claims_is_exempt(m->numkey))
+			continue;
+		for (c = NULL, j = 0; j < n; j++) {
+			if (memcmp(list[j].numkey, m->numkey, NUMKEY_LEN) == 0)
+				c = &list[j];
+		}
+		if (c != NULL && (c->state == CLAIM_ACTIVE ||
+		    c->expires > op->now)) {
+			if (c->state == CLAIM_PENDING)
+				op->r.activated++;
+			else if (c->enrol_id[0] != '\0' || m->id[0] == '\0')
+				continue;
+			rv = claims_make_active(txn, c, m->id[0] != '\0' ?
+			    m->id : NULL);
+			continue;
+		}
+		memset(&ev, 0, sizeof ev);
+		ev.user_id = op->user_id;
+		ev.numkey = m->numkey;
+		ev.last4 = m->last4;
+		ev.enrol_id = m->id[0] != '\0' ? m->id : NULL;
+		ev.log_id = "";
+		ev.date_ms = op->now * 1000;
+		ev.now = op->now;
+		ev.source = CLAIM_SRC_VERIFY;
+		rv = claims_ev_enrolled(txn, &ev, &outcome);
+		if (outcome == CLAIMS_APPLIED)
+			op->r.claimed++;
+	}
+	return (rv);
+}
+
+/*
+ * Confirmed masked methods that no claim carries: the one reservation
+ * that fits becomes active with the method's id.
+ */
+static int
+verify_masked(struct store_txn *txn, struct verify_op *op,
+    struct claim *list, size_t n)
+{
+	const struct verify_method	*m;
+	struct claim			*pick;
+	size_t				 i, j, fits, unknown = 0;
+	int				 rv = STORE_OK;
+
+	for (i = 0; i < op->n && rv == STORE_OK; i++) {
+		m = &op->m[i];
+		if (m->full || !m->confirmed || m->id[0] == '\0' ||
+		    verify_linked(list, n, m->id))
+			continue;
+		for (pick = NULL, fits = 0, j = 0; j < n; j++) {
+			if (list[j].state != CLAIM_PENDING ||
+			    list[j].expires <= op->now ||
+			    !verify_fits(m, &list[j]))
+				continue;
+			pick = &list[j];
+			fits++;
+		}
+		if (fits == 1) {
+			rv = claims_make_active(txn, pick, m->id);
+			op->r.activated++;
+		} else
+			unknown++;
+	}
+	/* An enrolment seen but not found: unsettled if a method hides it. */
+	if ((op->reasons & VERIFY_UNMATCHED) && unknown > 0 &&
+	    op->r.activated + op->r.claimed == 0)
+		op->r.unsettled++;
+	return (rv);
+}
+
+/*
+ * An ambiguous unenrolment: release the active claims that no method
+ * backs any more.
+ */
+static int
+verify_unenrolled(struct store_txn *txn, struct verify_op *op,
+    struct claim *list, size_t n)
+{
+	const struct verify_method	*m;
+	struct claim			*c;
+	size_t				 i, j;
+	int				 rv = STORE_OK, backed, maybe;
+
+	for (j = 0; j < n && rv == STORE_OK; j++) {
+		c = &list[j];
+		if (c->state != CLAIM_ACTIVE)
+			continue;
+		backed = maybe = 0;
+		for (i = 0; i < op->n && !backed; i++) {
+			m = &op->m[i];
+			if (c->enrol_id[0] != '\0' &&
+			    strcmp(m->id, c->enrol_id) == 0)
+				backed = 1;
+			else if (m->full)
+				backed = memcmp(m->numkey, c->numkey,
+				    NUMKEY_LEN) == 0;
+			else if (!verify_linked(list, n, m->id)) {
+				if (m->last4[0] == '\0')
+					maybe = 1;
+				else
+					backed = claims_suffix_match(c,
+					    m->last4);
+			}
+		}
+		if (backed)
+			continue;
+		if (maybe) {
+			op->r.unsettled++;
+			continue;
+		}
+		rv = claims_release(txn, c, op->now * 1000);
+		op->r.released++;
+	}
+	return (rv);
+}
+
+/* Settle a user's claims from the answer, and forget the request. */
+static int
+verify_settle_txn(struct store_txn *txn, void *arg)
+{
+	struct verify_op	*op = arg;
+	struct claim		*list;
+	size_t			 n;
+	int			 rv;
+
+	memset(&op->r, 0, sizeof op->r);	/* again on a retry */
+	if (!op->found)
+		rv = verify_gone(txn, op);
+	else {
+		rv = store_claims_by_user(txn, op->user_id, &list, &n);
+		if (rv != STORE_OK)
+			return (rv);
+		rv = verify_full(txn, op, list, n);
+		if (rv == STORE_OK)
+			rv = verify_masked(txn, op, list, n);
+		if (rv == STORE_OK && (op->reasons & VERIFY_AMBIGUOUS))
+			rv = verify_unenrolled(txn, op, list, n);
+		free(list);
+	}
+	if (rv == STORE_OK)
+		rv = store_verify_del(txn, op->user_id);
+	return (rv);
+}
+
+/*
+ * Settle user_id's claims from the n phone methods Auth0 listed (found 0:
+ * Auth0 does not know the user) at time now; *r says what changed.
+ */
+int
+verify_settle(const char *user_id, int reasons,
+    const struct verify_method *m, size_t n, int found, int64_t now,
+    struct verify_result *r)
+{
+	struct verify_op	op;
+	int			rv;
+
+	memset(&op, 0, sizeof op);
+	op.user_id = user_id;
+	op.reasons = reasons;
+	op.m = m;
+	op.n = n;
+	op.found = found;
+	op.now = now;
+	rv = claims_run(verify_settle_txn, &op);
+	*r = op.r;
+	return (rv);
+}
+
+/* Read one phone method of the answer. */
+static void
+verify_method(yajl_val v, struct verify_method *m)
+{
+	const char	*idp[] = { "id", NULL };
+	const char	*cp[] = { "confirmed", NULL };
+	const char	*np[] = { "phone_number", NULL };
+	const char	*tp[] = { "created_at", NULL };
+	const char	*ep[] = { "enrolled_at", NULL };
+	yajl_val	 id, num, t;
+	char		 e164[PHONE_E164_SIZE];
+	const char	*s;
+
+	memset(m, 0, sizeof *m);
+	if ((id = yajl_tree_get(v, idp, yajl_t_string)) != NULL)
+		snprintf(m->id, sizeof m->id, "%s",
+		    events_method_id(id->u.string));
+	m->confirmed = YAJL_IS_TRUE(yajl_tree_get(v, cp, yajl_t_any));
+	if ((t = yajl_tree_get(v, tp, yajl_t_string)) == NULL)
+		t = yajl_tree_get(v, ep, yajl_t_string);
+	if (t != NULL)
+		m->created = events_iso_ms(t->u.string, 0) / 1000;
+	if ((num = yajl_tree_get(v, np, yajl_t_string)) == NULL)
+		return;
+	s = num->u.string;
+	if (events_masked(s, m->last4))
+		return;
+	if (phone_normalise(s, strlen(s), NULL, e164) != 0)
+		return;
+	hash_number(e164, m->numkey);
+	snprintf(m->last4, sizeof m->last4, "%s", e164 + strlen(e164) -
+	    LAST4_LEN);
+	m->full = 1;
+}
+
+/*
+ * Read the phone methods of a GET .../authentication-methods answer (a
+ * JSON array; other types are skipped) into *mp, at most VERIFY_METHODS_MAX;
+ * -1 and *cause if the body is not such an array.
+ */
+int
+verify_methods(const char *body, size_t len, struct verify_method **mp,
+    size_t *np, char **cause)
+{
+	const char	*tp[] = { "type", NULL };
+	yajl_val	 root, v, type;
+	size_t		 i;
+
+	*mp = NULL;
+	*np = 0;
+	if ((root = json_parse(body, len, cause)) == NULL)
+		return (-1);
+	if (!YAJL_IS_ARRAY(root)) {
+		json_free(root);
+		*cause = xstrdup("not a JSON array");
+		return (-1);
+	}
+	for (i = 0; i < root->u.array.len && *np < VERIFY_METHODS_MAX; i++) {
+		v = root->u.array.values[i];
+		if (!YAJL_IS_OBJECT(v) ||
+		    (type = yajl_tree_get(v, tp, yajl_t_string)) == NULL ||
+		    strcmp(type->u.string, "phone") != 0)
+			continue;
+		*mp = xreallocarray(*mp, *np + 1, sizeof **mp);
+		verify_method(v, &(*mp)[(*np)++]);
+	}
+	json_free(root);
+	return (0);
+}
