@@ -71,6 +71,8 @@ static const struct conf_key conf_keys[] = {
 	  offsetof(struct conf, default_region), 0, 0, NULL, 0 },
 	{ "max_body_size", CONF_NUMBER, offsetof(struct conf, max_body_size),
 	  1024, 1073741824, "8388608", 0 },
+	{ "cache_size", CONF_NUMBER, offsetof(struct conf, cache_size),
+	  1048576, 68719476736, "134217728", 0 },
 	{ "dedup_retention", CONF_NUMBER,
 	  offsetof(struct conf, dedup_retention), 3600, 31536000, "2592000",
 	  0 },

@@ -7,7 +7,13 @@
  * queued answer activates flush_ev.  libevent runs callbacks activated
  * during a loop iteration after those already active, so flush_ev runs once
  * after every request that was ready in this iteration has been handled; it
- * flushes the log once and only then sends all the queued answers.
+ * asks the store's flusher thread to make the log durable, and the answers
+ * queued so far go out when it says so.  While that fsync runs the loop
+ * goes on: the requests it handles meanwhile queue their answers for the
+ * next flush, asked as soon as this one is done.  So the disk and the CPU
+ * work at the same time, and a slow fsync makes batches larger, not the
+ * loop idle.  Without a flusher (it failed to start) each batch is flushed
+ * in place, as before.
  *
  * evhttp 2.1 has only inactivity timeouts and no connection limit, so we
  * create each connection's bufferevent ourselves (evhttp_set_bevcb) and
@@ -101,7 +107,9 @@ struct http {
 	size_t				 nconns;
 	size_t				 unattached;
 	int				 freeing;
-	struct http_pendings		 pending;
+	struct http_pendings		 pending;	/* no flush asked */
+	struct http_pendings		 flushing;	/* the one in flight */
+	int				 flush_busy;
 	struct tls			*tls;		/* NULL: plain HTTP */
 	struct evhttp_request		*cur_req;	/* in http_route_cb */
 	int				 cur_endpoint;
@@ -144,6 +152,8 @@ static void	 http_listener_error_cb(struct evconnlistener *, void *);
 static void	 http_request_started(struct http *, struct evhttp_request *);
 static void	 http_route_cb(struct evhttp_request *, void *);
 static void	 http_flush_cb(evutil_socket_t, short, void *);
+static void	 http_flushed_cb(int, void *);
+static void	 http_flushed(struct http *, int);
 static void	 http_started(struct http *, struct evhttp_request *, int *,
 		     int64_t *);
 static void	 http_send(struct evhttp_request *, int, const char *,
@@ -234,6 +244,7 @@ http_init(struct event_base *base, const struct conf *conf,
 {
 	struct http	*h;
 	struct timeval	 tv = { 1, 0 };
+	char		*flusher;
 
 	h = xcalloc(1, sizeof *h);
 	h->base = base;
@@ -241,6 +252,7 @@ http_init(struct event_base *base, const struct conf *conf,
 	h->store = store;
 	TAILQ_INIT(&h->conns);
 	TAILQ_INIT(&h->pending);
+	TAILQ_INIT(&h->flushing);
 	if ((h->evh = evhttp_new(base)) == NULL)
 		fatalx("evhttp_new");
 	evhttp_set_max_headers_size(h->evh, HTTP_MAX_HEADERS_SIZE);
@@ -260,6 +272,11 @@ http_init(struct event_base *base, const struct conf *conf,
 	if (h->tick_ev == NULL || h->flush_ev == NULL || h->attach_ev == NULL)
 		fatalx("event_new");
 	evtimer_add(h->tick_ev, &tv);
+	if (store_flusher_start(store, base, http_flushed_cb, h, &flusher) !=
+	    0) {
+		log_warnx("%s; flushing the log on the event loop", flusher);
+		free(flusher);
+	}
 	http_instance = h;
 	return (h);
 }
@@ -273,8 +290,11 @@ http_free(struct http *h)
 	if (h == NULL)
 		return;
 	if (h->flush_ev != NULL) {
-		if (!TAILQ_EMPTY(&h->pending))
-			http_flush_cb(-1, 0, h);
+		/* The flusher's answer will not be waited for. */
+		store_flusher_stop(h->store);
+		TAILQ_CONCAT(&h->flushing, &h->pending, entry);
+		if (!TAILQ_EMPTY(&h->flushing))
+			http_flushed(h, store_flush(h->store) == STORE_OK);
 		event_free(h->flush_ev);
 	}
 	if (h->tick_ev != NULL)
@@ -652,8 +672,12 @@ http_reply(struct http *h, struct evhttp_request *req, int code,
 	p->body = xstrdup(body);
 	http_started(h, req, &p->endpoint, &p->start);
 	TAILQ_INSERT_TAIL(&h->pending, p, entry);
-	/* Activating an event that is already active does nothing. */
-	event_active(h->flush_ev, EV_TIMEOUT, 0);
+	/*
+	 * Activating an event that is already active does nothing; with a
+	 * flush in flight, its answer asks for the next.
+	 */
+	if (!h->flush_busy)
+		event_active(h->flush_ev, EV_TIMEOUT, 0);
 }
 
 /*
@@ -688,21 +712,50 @@ http_error(struct http *h, struct evhttp_request *req, int code,
 	http_send(req, code, "application/json", body, endpoint, start);
 }
 
-/* Flush the log once for the whole batch, then send its answers. */
+/*
+ * The end of a batch: ask for a flush covering its answers, unless one is
+ * in flight (its answer asks for the next).  Without the flusher thread,
+ * flush here and answer.
+ */
 static void
 http_flush_cb(evutil_socket_t fd, short events, void *arg)
 {
-	struct http		*h = arg;
-	struct http_pending	*p;
-	int			 ok;
+	struct http	*h = arg;
 
 	(void)fd;
 	(void)events;
-	ok = store_flush(h->store) == STORE_OK;
+	if (h->flush_busy || TAILQ_EMPTY(&h->pending))
+		return;
+	TAILQ_CONCAT(&h->flushing, &h->pending, entry);
+	if (store_flush_async(h->store) == 0) {
+		h->flush_busy = 1;
+		return;
+	}
+	http_flushed(h, store_flush(h->store) == STORE_OK);
+}
+
+/* The flusher's answer: send the answers it covers, then ask again. */
+static void
+http_flushed_cb(int ok, void *arg)
+{
+	struct http	*h = arg;
+
+	h->flush_busy = 0;
+	http_flushed(h, ok);
+	if (!TAILQ_EMPTY(&h->pending))
+		event_active(h->flush_ev, EV_TIMEOUT, 0);
+}
+
+/* Send the answers of a flush that ended (503 if it failed). */
+static void
+http_flushed(struct http *h, int ok)
+{
+	struct http_pending	*p;
+
 	if (!ok)
 		log_warnx("log flush failed: answering 503");
-	while ((p = TAILQ_FIRST(&h->pending)) != NULL) {
-		TAILQ_REMOVE(&h->pending, p, entry);
+	while ((p = TAILQ_FIRST(&h->flushing)) != NULL) {
+		TAILQ_REMOVE(&h->flushing, p, entry);
 		if (ok)
 			http_send(p->req, p->code, "application/json",
 			    p->body, p->endpoint, p->start);

@@ -19,6 +19,7 @@
 #include <event2/event.h>
 
 #include "log.h"
+#include "phone.h"
 #include "phoneclaimd.h"
 #include "xmalloc.h"
 
@@ -400,6 +401,7 @@ main_start(struct main_state *m)
 {
 	char	*cause, *path;
 
+	store_set_cache_size((uint64_t)m->conf->cache_size);
 	if ((m->store = store_open(m->conf->state_dir, &cause)) == NULL)
 		main_die(EXIT_RUNTIME, cause);
 	store_set_fail_cb(m->store, main_store_failed, m);
@@ -483,6 +485,7 @@ main_stop(struct main_state *m)
 	claims_free();
 	store_close(m->store);
 	hash_free();
+	phone_cache_free();
 	event_base_free(m->base);
 	libevent_global_shutdown();
 	conf_free(m->conf);

@@ -20,6 +20,7 @@
 #include <event2/http.h>
 
 #include "log.h"
+#include "phone.h"
 #include "phoneclaimd.h"
 #include "xmalloc.h"
 
@@ -72,6 +73,7 @@ static void	metrics_label(struct evbuffer *, const char *);
 static int	metrics_type_shown(const char *);
 static void	metrics_text_process(struct evbuffer *);
 static void	metrics_text_backfill(struct evbuffer *);
+static void	metrics_text_phone(struct evbuffer *);
 static void	metrics_text_verify(struct evbuffer *,
 		    const struct mgmt_status *);
 static void	metrics_text_store(struct evbuffer *);
@@ -232,6 +234,7 @@ metrics_text_process(struct evbuffer *buf)
 	    "1 while the store accepts commits, else 0.");
 	evbuffer_add_printf(buf, "phoneclaimd_store_ok %d\n", ok);
 	metrics_text_backfill(buf);
+	metrics_text_phone(buf);
 }
 
 /* The Management API backfill: its state and counters. */
@@ -263,6 +266,22 @@ metrics_text_backfill(struct evbuffer *buf)
 	evbuffer_add_printf(buf, "phoneclaimd_backfill_last_run_seconds %lld\n",
 	    (long long)st->last_run);
 	metrics_text_verify(buf, st);
+}
+
+/* The number normaliser's cache. */
+static void
+metrics_text_phone(struct evbuffer *buf)
+{
+	uint64_t	hits, misses;
+
+	phone_cache_stats(&hits, &misses);
+	metrics_family(buf, "phone_cache_total", "counter",
+	    "Phone numbers normalised, answered by the cache (hit) or by "
+	    "libphonenumber (miss).");
+	evbuffer_add_printf(buf,
+	    "phoneclaimd_phone_cache_total{result=\"hit\"} %llu\n"
+	    "phoneclaimd_phone_cache_total{result=\"miss\"} %llu\n",
+	    (unsigned long long)hits, (unsigned long long)misses);
 }
 
 /* Verifications and conflict removals through the Management API. */

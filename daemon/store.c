@@ -63,6 +63,9 @@
  *
  * Commits write the log without fsync (DB_TXN_WRITE_NOSYNC); store_flush
  * makes a whole batch durable with one log_flush before its replies go out.
+ * The flusher does the same on a thread of its own, with its own handle on
+ * the environment (as another process would have), so that the event loop
+ * goes on handling the next batch during the fsync: see store_flush_async.
  * A log-stream request applies up to ~10,000 events in one transaction, tens
  * of thousands of page locks: the lock table is sized for that.
  */
@@ -75,18 +78,25 @@
 #include <db.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <limits.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
+
+#include <event2/event.h>
 
 #include "log.h"
 #include "phoneclaimd.h"
 #include "xmalloc.h"
 
-#define STORE_CACHE_SIZE	(64 * 1024 * 1024)
+#define STORE_CACHE_SIZE	(128 * 1024 * 1024)	/* cache_size default */
 #define STORE_LOG_BUFSIZE	(1024 * 1024)
+#define STORE_GIB		(1024ULL * 1024 * 1024)
 #define STORE_DIR_MODE		0700
 #define STORE_FILE_MODE		0600
 
@@ -101,6 +111,7 @@
 #define STORE_LK_MAX_LOCKERS	2000
 
 #define STORE_META_SCHEMA	"schema_version"
+#define STORE_META_COUNTS	"counts"
 
 /* Claim record, format 1. */
 #define CLAIM_FORMAT		1
@@ -165,6 +176,25 @@ static const struct {
 	{ "meta.db", 0 }
 };
 
+/*
+ * The flusher thread.  The loop asks (asked, under mu) and goes on; the
+ * thread runs log_flush on its own environment handle and writes the
+ * result, an int, to a pipe the loop watches.  One flush at a time.
+ */
+struct store_flusher {
+	DB_ENV		*env;
+	pthread_t	 thread;
+	pthread_mutex_t	 mu;
+	pthread_cond_t	 cv;
+	int		 asked;
+	int		 quit;
+	int		 busy;		/* asked and not yet answered */
+	int		 fds[2];
+	struct event	*ev;
+	void		(*done)(int, void *);
+	void		*arg;
+};
+
 struct store {
 	char		*dir;
 	int		 lock_fd;	/* flock on <dir>/phoneclaimd.lock */
@@ -175,6 +205,8 @@ struct store {
 	void		(*fail_cb)(void *);
 	void		*fail_arg;
 	struct store_counts counts;	/* of committed data */
+	struct store_flusher *flusher;	/* NULL: flushes are synchronous */
+	int		 counted;	/* counts are right: save them */
 };
 
 /* A transaction and the changes it makes to the counts, if it commits. */
@@ -205,6 +237,8 @@ static int	store_schema_ok(struct store *, const char *, long long *,
 		    char **);
 static int	store_schema_write(struct store_txn *, long long);
 static void	store_close_handles(struct store *);
+static void	*store_flusher_main(void *);
+static void	store_flusher_cb(evutil_socket_t, short, void *);
 static void	store_errcall_cb(const DB_ENV *, const char *, const char *);
 static void	store_event_cb(DB_ENV *, u_int32_t, void *);
 static int	store_user_key_cb(DB *, const DBT *, const DBT *, DBT *);
@@ -242,6 +276,8 @@ static int	store_conflict_removal(const unsigned char *,
 		    const unsigned char *, struct conflict *);
 static int	store_count_db(DB *, DB_TXN *, uint64_t *);
 static int	store_count_init(struct store *, char **);
+static int	store_count_all(struct store *, struct store_txn *);
+static void	store_count_save(struct store *);
 static int	store_claim_old(struct store_txn *, DBT *, int *);
 static void	store_count_state(struct store_txn *, int, int);
 static int	store_watermark_key(const char *, const unsigned char *,
@@ -258,6 +294,19 @@ static const struct {
 	{ STORE_DB_CLAIMS, STORE_DB_CLAIMS_ENROL, store_enrol_key_cb },
 	{ STORE_DB_SEEN, STORE_DB_SEEN_DATE, store_seen_key_cb }
 };
+
+static uint64_t	store_cache_size = STORE_CACHE_SIZE;
+
+/*
+ * The size of the cache of the stores opened from now on (cache_size): the
+ * pages of every database share it, and with the log buffer and the lock
+ * table it bounds the daemon's memory, whatever the number of claims.
+ */
+void
+store_set_cache_size(uint64_t bytes)
+{
+	store_cache_size = bytes;
+}
 
 /* Open (creating if needed) the store in dir; NULL and *cause on failure. */
 struct store *
@@ -359,7 +408,9 @@ store_open_env(struct store *st, char **cause)
 	flags = DB_CREATE | DB_INIT_TXN | DB_INIT_LOCK | DB_INIT_LOG |
 	    DB_INIT_MPOOL | DB_RECOVER;
 	if ((ret = env->set_event_notify(env, store_event_cb)) != 0 ||
-	    (ret = env->set_cachesize(env, 0, STORE_CACHE_SIZE, 1)) != 0 ||
+	    (ret = env->set_cachesize(env,
+	    (u_int32_t)(store_cache_size / STORE_GIB),
+	    (u_int32_t)(store_cache_size % STORE_GIB), 1)) != 0 ||
 	    (ret = env->set_lg_bsize(env, STORE_LOG_BUFSIZE)) != 0 ||
 	    (ret = env->set_lk_detect(env, DB_LOCK_DEFAULT)) != 0 ||
 	    (ret = env->set_lk_max_locks(env, STORE_LK_MAX_LOCKS)) != 0 ||
@@ -523,6 +574,7 @@ store_close(struct store *st)
 {
 	if (st == NULL)
 		return;
+	store_flusher_stop(st);
 	store_close_handles(st);
 	if (st->lock_fd != -1)
 		close(st->lock_fd);
@@ -540,6 +592,8 @@ store_close_handles(struct store *st)
 {
 	int	i, ret;
 
+	if (st->env_open && !st->failed && st->counted)
+		store_count_save(st);
 	for (i = STORE_DB_COUNT - 1; i >= 0; i--) {
 		if (st->db[i] == NULL)
 			continue;
@@ -804,6 +858,155 @@ store_flush(struct store *st)
 		return (STORE_ERROR);
 	r = store_result(st, st->env->log_flush(st->env, NULL), "log flush");
 	return (r == STORE_OK ? STORE_OK : STORE_ERROR);
+}
+
+/*
+ * Start the flusher thread: its own handle joins the environment, and its
+ * answers arrive on base, where done(ok, arg) is called for each.
+ */
+int
+store_flusher_start(struct store *st, struct event_base *base,
+    void (*done)(int, void *), void *arg, char **cause)
+{
+	struct store_flusher	*f;
+	sigset_t		 all, old;
+	int			 ret;
+
+	f = xcalloc(1, sizeof *f);
+	f->fds[0] = f->fds[1] = -1;
+	f->done = done;
+	f->arg = arg;
+	if ((ret = db_env_create(&f->env, 0)) != 0 ||
+	    (ret = f->env->open(f->env, st->dir, DB_JOINENV, 0)) != 0) {
+		xasprintf(cause, "flusher: cannot join the environment: %s",
+		    db_strerror(ret));
+		goto fail;
+	}
+	if (pipe2(f->fds, O_CLOEXEC) == -1) {
+		xasprintf(cause, "flusher: pipe: %s", strerror(errno));
+		goto fail;
+	}
+	if ((f->ev = event_new(base, f->fds[0], EV_READ | EV_PERSIST,
+	    store_flusher_cb, st)) == NULL || event_add(f->ev, NULL) != 0) {
+		xasprintf(cause, "flusher: cannot watch its pipe");
+		goto fail;
+	}
+	pthread_mutex_init(&f->mu, NULL);
+	pthread_cond_init(&f->cv, NULL);
+	/* Signals are the loop's: the thread takes none. */
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	ret = pthread_create(&f->thread, NULL, store_flusher_main, f);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (ret != 0) {
+		pthread_cond_destroy(&f->cv);
+		pthread_mutex_destroy(&f->mu);
+		xasprintf(cause, "flusher: pthread_create: %s", strerror(ret));
+		goto fail;
+	}
+	st->flusher = f;
+	return (0);
+
+fail:
+	if (f->ev != NULL)
+		event_free(f->ev);
+	if (f->fds[0] != -1)
+		close(f->fds[0]);
+	if (f->fds[1] != -1)
+		close(f->fds[1]);
+	if (f->env != NULL)
+		(void)f->env->close(f->env, 0);
+	free(f);
+	return (-1);
+}
+
+/* Stop the flusher thread (after its flush in flight) and free it. */
+void
+store_flusher_stop(struct store *st)
+{
+	struct store_flusher	*f = st->flusher;
+
+	if (f == NULL)
+		return;
+	pthread_mutex_lock(&f->mu);
+	f->quit = 1;
+	pthread_cond_signal(&f->cv);
+	pthread_mutex_unlock(&f->mu);
+	pthread_join(f->thread, NULL);
+	pthread_cond_destroy(&f->cv);
+	pthread_mutex_destroy(&f->mu);
+	event_free(f->ev);
+	close(f->fds[0]);
+	close(f->fds[1]);
+	(void)f->env->close(f->env, 0);
+	free(f);
+	st->flusher = NULL;
+}
+
+/*
+ * Ask the flusher to make every commit so far durable; its answer comes
+ * through the done callback.  -1 if there is no flusher, or a flush is
+ * already in flight (the caller waits for its answer and asks again).
+ */
+int
+store_flush_async(struct store *st)
+{
+	struct store_flusher	*f = st->flusher;
+
+	if (f == NULL || f->busy || st->failed)
+		return (-1);
+	f->busy = 1;
+	pthread_mutex_lock(&f->mu);
+	f->asked = 1;
+	pthread_cond_signal(&f->cv);
+	pthread_mutex_unlock(&f->mu);
+	return (0);
+}
+
+/* The thread: flush when asked, answer through the pipe. */
+static void *
+store_flusher_main(void *arg)
+{
+	struct store_flusher	*f = arg;
+	int			 ret;
+
+	pthread_mutex_lock(&f->mu);
+	for (;;) {
+		while (!f->asked && !f->quit)
+			pthread_cond_wait(&f->cv, &f->mu);
+		if (f->quit)
+			break;
+		f->asked = 0;
+		pthread_mutex_unlock(&f->mu);
+		ret = f->env->log_flush(f->env, NULL);
+		/* An int is far below PIPE_BUF: the write is whole. */
+		while (write(f->fds[1], &ret, sizeof ret) == -1 &&
+		    errno == EINTR)
+			/* again */;
+		pthread_mutex_lock(&f->mu);
+	}
+	pthread_mutex_unlock(&f->mu);
+	return (NULL);
+}
+
+/* The flusher answered: report failures here, on the loop, then done. */
+static void
+store_flusher_cb(evutil_socket_t fd, short events, void *arg)
+{
+	struct store		*st = arg;
+	struct store_flusher	*f = st->flusher;
+	int			 ret;
+	ssize_t			 n;
+
+	(void)events;
+	while ((n = read(fd, &ret, sizeof ret)) == -1 && errno == EINTR)
+		/* again */;
+	if (n != sizeof ret)
+		return;
+	f->busy = 0;
+	if (ret != 0)
+		(void)store_result(st, ret, "log flush");
+	f->done(ret == 0 && !st->failed, f->arg);
 }
 
 /* Checkpoint, then remove the log files no longer needed for recovery. */
@@ -1763,41 +1966,112 @@ store_count_db(DB *db, DB_TXN *tid, uint64_t *np)
  * Count claims, pending claims and conflicts once at open.  From then on
  * every committed put and delete keeps the counts, so store_count is O(1).
  * Pending claims are those in the expiry index; all others are active.
+ *
+ * Counting reads every page (minutes at tens of millions of claims), so a
+ * clean close leaves the counts in meta.db and the next open takes them
+ * instead, deleting them in the same durable transaction: after a crash
+ * they are gone and the open counts again.
  */
 static int
 store_count_init(struct store *st, char **cause)
 {
 	struct store_counts	*c = &st->counts;
-	DB_TXN			*tid;
-	int			 ret;
+	struct store_txn	*txn;
+	char			*saved = NULL;
+	int			 r;
 
 	memset(c, 0, sizeof *c);
-	if ((ret = st->env->txn_begin(st->env, NULL, &tid, 0)) == 0) {
-		ret = store_count_db(st->db[STORE_DB_CLAIMS], tid, &c->claims);
-		if (ret == 0)
-			ret = store_count_db(st->db[STORE_DB_CLAIMS_EXPIRY],
-			    tid, &c->pending);
-		if (ret == 0)
-			ret = store_count_db(st->db[STORE_DB_CONFLICTS], tid,
-			    &c->conflicts);
-		if (ret == 0)
-			ret = store_count_db(st->db[STORE_DB_VERIFY], tid,
-			    &c->verify);
-		if (ret == 0)
-			ret = tid->commit(tid, 0);
-		else
-			(void)tid->abort(tid);
+	if ((r = store_txn_begin(st, &txn)) != STORE_OK)
+		goto fail;
+	r = store_meta_get(txn, STORE_META_COUNTS, &saved);
+	if (r == STORE_OK && sscanf(saved, "%" SCNu64 " %" SCNu64 " %" SCNu64
+	    " %" SCNu64, &c->claims, &c->pending, &c->conflicts,
+	    &c->verify) == 4 && c->pending <= c->claims)
+		r = store_meta_del(txn, STORE_META_COUNTS);
+	else if (r == STORE_OK || r == STORE_NOTFOUND) {
+		memset(c, 0, sizeof *c);
+		r = store_count_all(st, txn);
 	}
-	if (ret != 0) {
-		xasprintf(cause, "cannot count the records in %s: %s",
-		    st->dir, db_strerror(ret));
-		return (-1);
+	free(saved);
+	if (r != STORE_OK) {
+		store_txn_abort(txn);
+		goto fail;
 	}
-	c->active = c->claims >= c->pending ? c->claims - c->pending : 0;
+	if (store_txn_commit(txn) != STORE_OK || store_flush(st) != STORE_OK)
+		goto fail;
+	c->active = c->claims - c->pending;
+	st->counted = 1;
 	log_debug("store: %llu claim(s), %llu pending, %llu conflict(s)",
 	    (unsigned long long)c->claims, (unsigned long long)c->pending,
 	    (unsigned long long)c->conflicts);
 	return (0);
+
+fail:
+	xasprintf(cause, "cannot count the records in %s", st->dir);
+	return (-1);
+}
+
+/* Count every claim, pending claim, conflict and verification. */
+static int
+store_count_all(struct store *st, struct store_txn *txn)
+{
+	struct store_counts	*c = &st->counts;
+	DB_TXN			*tid = txn->tid;
+	time_t			 t0 = time(NULL);
+	int			 ret;
+
+	ret = store_count_db(st->db[STORE_DB_CLAIMS], tid, &c->claims);
+	if (ret == 0)
+		ret = store_count_db(st->db[STORE_DB_CLAIMS_EXPIRY], tid,
+		    &c->pending);
+	if (ret == 0)
+		ret = store_count_db(st->db[STORE_DB_CONFLICTS], tid,
+		    &c->conflicts);
+	if (ret == 0)
+		ret = store_count_db(st->db[STORE_DB_VERIFY], tid, &c->verify);
+	if (ret == 0 && c->pending > c->claims)
+		ret = STORE_CORRUPT;
+	if (ret == 0 && time(NULL) - t0 >= 2)
+		log_info("store: counted %llu claim(s) in %llds (the last stop "
+		    "was not clean)", (unsigned long long)c->claims,
+		    (long long)(time(NULL) - t0));
+	return (store_result(st, ret, "count the records"));
+}
+
+/* Leave the counts for the next open (a clean close). */
+static void
+store_count_save(struct store *st)
+{
+	struct store_counts	*c = &st->counts;
+	struct store_txn	*txn;
+	char			 value[128];
+	int			 r;
+
+	snprintf(value, sizeof value, "%" PRIu64 " %" PRIu64 " %" PRIu64
+	    " %" PRIu64, c->claims, c->pending, c->conflicts, c->verify);
+	if (store_txn_begin(st, &txn) != STORE_OK)
+		return;
+	if ((r = store_meta_put(txn, STORE_META_COUNTS, value)) != STORE_OK) {
+		store_txn_abort(txn);
+		return;
+	}
+	(void)store_txn_commit(txn);
+}
+
+/* Delete a metadata value (STORE_OK if it was not set). */
+int
+store_meta_del(struct store_txn *txn, const char *name)
+{
+	struct store	*st = txn->st;
+	DB		*db = st->db[STORE_DB_META];
+	DBT		 key;
+	int		 r;
+
+	if (st->failed)
+		return (STORE_ERROR);
+	store_dbt(&key, name, strlen(name));
+	r = store_result(st, db->del(db, txn->tid, &key, 0), "delete metadata");
+	return (r == STORE_NOTFOUND ? STORE_OK : r);
 }
 
 /* Return the counts of committed claims and conflicts. */

@@ -5,6 +5,7 @@
 #define PHONE_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -24,6 +25,10 @@ int	phone_normalise(const char *in, size_t len, const char *region,
 	    char *out);
 /* Return 1 if region is a region libphonenumber knows, else 0. */
 int	phone_region_known(const char *region);
+/* Answers given by the cache and by libphonenumber since the start. */
+void	phone_cache_stats(uint64_t *hits, uint64_t *misses);
+/* Clear and free the cache (at exit; tests). */
+void	phone_cache_free(void);
 
 #ifdef __cplusplus
 }

@@ -49,6 +49,7 @@ struct conf {
 	char		*exempt_numbers_file;
 	char		*default_region;
 	long long	 max_body_size;
+	long long	 cache_size;		/* bytes of Berkeley DB cache */
 	long long	 dedup_retention;
 	int		 log_level;
 	long long	 request_timeout;
@@ -168,6 +169,7 @@ struct store_counts {
 struct store;
 struct store_txn;
 
+void		 store_set_cache_size(uint64_t);
 struct store	*store_open(const char *, char **);
 void		 store_close(struct store *);
 void		 store_set_fail_cb(struct store *, void (*)(void *), void *);
@@ -176,6 +178,10 @@ int		 store_txn_begin(struct store *, struct store_txn **);
 int		 store_txn_commit(struct store_txn *);
 void		 store_txn_abort(struct store_txn *);
 int		 store_flush(struct store *);
+int		 store_flusher_start(struct store *, struct event_base *,
+		     void (*)(int, void *), void *, char **);
+void		 store_flusher_stop(struct store *);
+int		 store_flush_async(struct store *);
 int		 store_checkpoint(struct store *);
 int		 store_claims_by_number(struct store_txn *,
 		     const unsigned char *, struct claim **, size_t *);
@@ -202,6 +208,7 @@ int		 store_verify_first(struct store_txn *, char *, int *,
 int		 store_verify_del(struct store_txn *, const char *);
 int		 store_meta_get(struct store_txn *, const char *, char **);
 int		 store_meta_put(struct store_txn *, const char *, const char *);
+int		 store_meta_del(struct store_txn *, const char *);
 int		 store_count(struct store *, struct store_counts *);
 int		 store_claims_by_enrol(struct store_txn *, const char *,
 		     struct claim **, size_t *);

@@ -38,6 +38,21 @@ class GroupCommitTests(DaemonTestCase):
         if DB_STAT is None:
             self.skipTest("db5.3_stat not installed (db5.3-util)")
 
+    def test_cache_size_is_the_environment_cache(self):
+        for size in (4194304, 33554432):
+            d = self.own_daemon(cache_size=size)
+            out = subprocess.run([DB_STAT, "-m", "-h", d.state_dir],
+                                 capture_output=True, text=True,
+                                 check=True).stdout
+            m = re.search(r"(?m)^(\d+)MB (\d+)KB(?: (\d+)B)?\s+Total cache "
+                          r"size", out)
+            self.assertIsNotNone(m, out)
+            got = (int(m.group(1)) << 20) + (int(m.group(2)) << 10) + \
+                int(m.group(3) or 0)
+            # Berkeley DB adds a quarter to caches under 500 MB.
+            self.assertTrue(size <= got <= size * 1.3, (size, got))
+            d.stop()
+
     def test_each_answer_waits_for_a_flush(self):
         d = self.own_daemon(pending_ttl=3600)
         with d.client() as c:

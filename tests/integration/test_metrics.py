@@ -40,6 +40,7 @@ FAMILIES = {
     "start_time_seconds": "gauge",
     "store_ok": "gauge",
     "backfill_state": "gauge",
+    "phone_cache_total": "counter",
     "claims": "gauge",
     "conflicts": "gauge",
     "events_total": "counter",
@@ -496,6 +497,16 @@ class MetricsTests(DaemonTestCase):
         self.assertEqual(m.value("build_info", version=version), 1)
         st = m.value("start_time_seconds")
         self.assertTrue(start - 2 <= st <= time.time() + 2, st)
+
+        # The number cache: every normalisation is a hit or a miss, and a
+        # number seen before is a hit.
+        cache = m.by("phone_cache_total", "result")
+        self.assertEqual(sorted(cache), ["hit", "miss"])
+        self.assertGreater(cache["miss"], 0)
+        before = cache["hit"]
+        d.claim(a, u1)
+        self.assertEqual(Metrics(self.scrape(d)).by(
+            "phone_cache_total", "result")["hit"], before + 1)
 
         # Every family, with its TYPE and HELP, and nothing but ours.
         for name, fam in m.families.items():

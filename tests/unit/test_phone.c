@@ -370,6 +370,55 @@ test_not_terminated(void **state)
 	free(copy);
 }
 
+/*
+ * The cache answers a key it saw, exactly as libphonenumber did (refusals
+ * too); the region is part of the key; a key that replaces another in its
+ * slot does not take its answer.
+ */
+static void
+test_cache(void **state)
+{
+	uint64_t	hits, misses, h0, m0;
+	char		out[PHONE_E164_SIZE];
+	char		num[32];
+	int		i;
+
+	(void)state;
+	phone_cache_free();
+	phone_cache_stats(&hits, &misses);
+	assert_true(hits == 0 && misses == 0);
+	check("07700 900123", "GB", "+447700900123");
+	check("07700 900123", "GB", "+447700900123");
+	check("07700 900123", "US", NULL);
+	check("07700 900123", "US", NULL);
+	check("07700 900123", NULL, NULL);
+	phone_cache_stats(&hits, &misses);
+	assert_true(hits == 2 && misses == 3);
+	/* "00" is turned into '+' before the key is made: one key. */
+	check("0044 7700 900123", NULL, "+447700900123");
+	check("+44 7700 900123", NULL, "+447700900123");
+	phone_cache_stats(&hits, &misses);
+	assert_true(hits == 3 && misses == 4);
+	/* Many keys: each answer is still its own. */
+	for (i = 0; i < 40000; i++) {
+		snprintf(num, sizeof num, "+1415%07d", 2000000 + i);
+		assert_int_equal(phone_normalise(num, strlen(num), NULL, out),
+		    0);
+		assert_string_equal(out, num);
+	}
+	phone_cache_stats(&h0, &m0);
+	for (i = 39999; i >= 0; i--) {
+		snprintf(num, sizeof num, "+1415%07d", 2000000 + i);
+		assert_int_equal(phone_normalise(num, strlen(num), NULL, out),
+		    0);
+		assert_string_equal(out, num);
+	}
+	phone_cache_stats(&hits, &misses);
+	assert_true(hits > h0 && misses > m0);
+	assert_true(hits - h0 + misses - m0 == 40000);
+	phone_cache_free();
+}
+
 /* '+' may only be the first character after leading spaces. */
 static void
 test_plus(void **state)
@@ -433,6 +482,7 @@ main(void)
 		cmocka_unit_test(test_input_max),
 		cmocka_unit_test(test_not_terminated),
 		cmocka_unit_test(test_plus),
+		cmocka_unit_test(test_cache),
 		cmocka_unit_test(test_region_known),
 	};
 

@@ -82,6 +82,7 @@ static void	assert_counts(struct store *, uint64_t, uint64_t, uint64_t,
 		    uint64_t);
 static void	put_conflict(struct store_txn *, int, const char *);
 static uint64_t	verify_waiting(struct store *);
+static void	raw_meta_put(struct fixture *, const char *, const char *);
 static int	walk_cb(const struct claim *, void *);
 
 /* Make a fresh temporary directory; the state dir inside is not created. */
@@ -875,6 +876,95 @@ test_expired_window(void **state)
 	    STORE_OK);
 	assert_int_equal(n, 0);
 	store_txn_abort(txn);
+}
+
+/* Write a metadata value with BDB itself, the store being closed. */
+static void
+raw_meta_put(struct fixture *f, const char *name, const char *value)
+{
+	DB_ENV	*env;
+	DB_TXN	*tid;
+	DB	*db;
+	DBT	 key, data;
+
+	assert_int_equal(db_env_create(&env, 0), 0);
+	assert_int_equal(env->open(env, f->dir, DB_CREATE | DB_INIT_TXN |
+	    DB_INIT_LOCK | DB_INIT_LOG | DB_INIT_MPOOL | DB_RECOVER, 0600), 0);
+	assert_int_equal(db_create(&db, env, 0), 0);
+	assert_int_equal(env->txn_begin(env, NULL, &tid, 0), 0);
+	assert_int_equal(db->open(db, tid, "meta.db", NULL, DB_BTREE, 0, 0600),
+	    0);
+	memset(&key, 0, sizeof key);
+	memset(&data, 0, sizeof data);
+	key.data = (void *)(uintptr_t)name;
+	key.size = strlen(name);
+	data.data = (void *)(uintptr_t)value;
+	data.size = strlen(value);
+	assert_int_equal(db->put(db, tid, &key, &data, 0), 0);
+	assert_int_equal(tid->commit(tid, 0), 0);
+	assert_int_equal(db->close(db, 0), 0);
+	assert_int_equal(env->close(env, 0), 0);
+}
+
+/*
+ * A clean close leaves the counts for the next open, which takes them
+ * without counting and deletes them at once; after a crash they are gone
+ * and the open counts again.
+ */
+static void
+test_counts_saved(void **state)
+{
+	struct fixture		*f = *state;
+	struct store_txn	*txn;
+	struct claim		 c[4];
+	unsigned char		 k[NUMKEY_LEN];
+	char			*v;
+	pid_t			 pid;
+	int			 i, status;
+
+	st_open(f);
+	for (i = 0; i < 4; i++) {
+		numkey(k, 800 + i);
+		mkclaim(&c[i], k, "auth0|s", i == 0 ? CLAIM_PENDING :
+		    CLAIM_ACTIVE, 10, i == 0 ? 99 : 0);
+	}
+	put_claims(f->st, c, 3);
+	assert_counts(f->st, 3, 2, 1, 0);
+	store_close(f->st);
+	f->st = NULL;
+
+	/* Taken as saved: a doctored record shows it is not a recount. */
+	raw_meta_put(f, "counts", "7 1 2 0");
+	st_open(f);
+	assert_counts(f->st, 7, 6, 1, 2);
+	assert_int_equal(store_txn_begin(f->st, &txn), STORE_OK);
+	assert_int_equal(store_meta_get(txn, "counts", &v), STORE_NOTFOUND);
+	store_txn_abort(txn);
+	store_close(f->st);
+	f->st = NULL;
+
+	/* Unreadable or impossible saved counts: counted. */
+	raw_meta_put(f, "counts", "1 2 0 0");
+	st_open(f);
+	assert_counts(f->st, 3, 2, 1, 0);
+	store_close(f->st);
+	f->st = NULL;
+
+	/* A crash after the open: nothing saved, the next open counts. */
+	pid = fork();
+	assert_true(pid != -1);
+	if (pid == 0) {
+		char	*cause = NULL;
+
+		if ((f->st = store_open(f->dir, &cause)) == NULL)
+			_exit(1);
+		put_claims(f->st, &c[3], 1);
+		_exit(0);
+	}
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	st_open(f);
+	assert_counts(f->st, 4, 3, 1, 0);
 }
 
 /* Metadata: get and put, and the schema version written on creation. */
@@ -2349,6 +2439,7 @@ main(void)
 		T(test_conflict_removal),
 		T(test_verify_queue),
 		T(test_expired_window),
+		T(test_counts_saved),
 #undef T
 	};
 
