@@ -1,6 +1,12 @@
 /*
  * POST /v1/claims, called by the Auth0 Action, and GET /healthz.  Parses
  * and checks the request, then hands it to the claim rules.
+ *
+ * A number the cache does not know goes to the worker thread for
+ * libphonenumber (as long as the claim transaction itself), and the claim
+ * goes on when it comes back: the loop meanwhile serves other requests.
+ * Requests of one connection stay in order, since evhttp reads the next
+ * only after the answer.
  */
 #include "config.h"
 
@@ -18,16 +24,31 @@
 #include "phoneclaimd.h"
 #include "xmalloc.h"
 
+/* Numbers waiting for the worker at most; more are parsed in place. */
+#define API_WORKER_MAX	1024
+
 struct api_request {
-	char	e164[PHONE_E164_SIZE];
-	char	user_id[USER_ID_MAX + 1];
-	int	action;
+	char		 phone[PHONE_INPUT_MAX + 1];	/* as sent */
+	size_t		 phone_len;
+	int		 phone_ok;	/* a string of at most INPUT_MAX */
+	char		 e164[PHONE_E164_SIZE];
+	char		 user_id[USER_ID_MAX + 1];
+	int		 action;
+	const char	*error;		/* of the other fields, or NULL */
+	/* While the worker parses the number. */
+	struct http	*h;
+	struct http_ctx	 ctx;
+	const char	*region;
+	int		 rv;
 };
 
-static const char	*api_parse(const struct conf *, struct evbuffer *,
-			    struct api_request *);
+static const char	*api_parse(struct evbuffer *, struct api_request *);
 static const char	*api_field(yajl_val, const char *, const char **);
 static int		 api_action(const char *);
+static void		 api_claim(struct http *, struct evhttp_request *,
+			    struct api_request *);
+static void		 api_number_work(void *);
+static void		 api_number_done(void *, int);
 
 /* Find a string member of an object; an error code if it is no string. */
 static const char *
@@ -59,13 +80,17 @@ api_action(const char *s)
 	return (0);
 }
 
-/* Parse and check a claim request; an error code, or NULL if good. */
+/*
+ * Parse a claim request: "invalid_json", or NULL with the number as sent
+ * and r->error set for the first bad field after it.  The number is
+ * checked last, by the caller, since it may need the worker; a bad number
+ * is still the error reported first.
+ */
 static const char *
-api_parse(const struct conf *conf, struct evbuffer *body,
-    struct api_request *r)
+api_parse(struct evbuffer *body, struct api_request *r)
 {
 	yajl_val	 root;
-	const char	*phone, *user, *action, *error = NULL;
+	const char	*phone, *user, *action;
 	char		*cause;
 	size_t		 len = evbuffer_get_length(body);
 
@@ -76,27 +101,25 @@ api_parse(const struct conf *conf, struct evbuffer *body,
 		return ("invalid_json");
 	}
 	if (!YAJL_IS_OBJECT(root)) {
-		error = "invalid_json";
-		goto out;
+		json_free(root);
+		return ("invalid_json");
 	}
-	if (api_field(root, "phone_number", &phone) != NULL ||
-	    phone == NULL || phone_normalise(phone, strlen(phone),
-	    conf->default_region, r->e164) != 0) {
-		error = "invalid_phone_number";
-		goto out;
+	if (api_field(root, "phone_number", &phone) == NULL && phone != NULL &&
+	    (r->phone_len = strlen(phone)) <= PHONE_INPUT_MAX) {
+		memcpy(r->phone, phone, r->phone_len + 1);
+		r->phone_ok = 1;
 	}
 	if (api_field(root, "user_id", &user) != NULL || user == NULL ||
-	    !claims_user_id_ok(user)) {
-		error = "invalid_user_id";
-		goto out;
+	    !claims_user_id_ok(user))
+		r->error = "invalid_user_id";
+	else {
+		snprintf(r->user_id, sizeof r->user_id, "%s", user);
+		if (api_field(root, "action", &action) != NULL ||
+		    (r->action = api_action(action)) == 0)
+			r->error = "invalid_action";
 	}
-	snprintf(r->user_id, sizeof r->user_id, "%s", user);
-	if (api_field(root, "action", &action) != NULL ||
-	    (r->action = api_action(action)) == 0)
-		error = "invalid_action";
-out:
 	json_free(root);
-	return (error);
+	return (NULL);
 }
 
 /* POST /v1/claims: check-and-reserve, or learn on a login challenge. */
@@ -104,27 +127,89 @@ void
 api_claims_cb(struct evhttp_request *req, void *arg)
 {
 	struct http		*h = arg;
-	struct api_request	 r;
-	struct claims_answer	 a;
-	const char		*error;
-	char			 body[128];
-	int			 rv, code = 200;
+	struct api_request	*r;
+	const char		*error, *region = http_conf(h)->default_region;
+	int			 rv;
 
 	if (!http_authorised(h, req, HTTP_TOKEN_API)) {
 		http_error(h, req, 401, "unauthorized");
 		return;
 	}
-	error = api_parse(http_conf(h), evhttp_request_get_input_buffer(req),
-	    &r);
+	r = xcalloc(1, sizeof *r);
+	error = api_parse(evhttp_request_get_input_buffer(req), r);
+	if (error == NULL && !r->phone_ok)
+		error = "invalid_phone_number";
 	if (error != NULL) {
 		http_error(h, req, 400, error);
+		free(r);
 		return;
 	}
+	if (!phone_lookup(r->phone, r->phone_len, region, r->e164, &rv)) {
+		if (r->error == NULL && http_worker(h) != NULL &&
+		    worker_queued(http_worker(h)) < API_WORKER_MAX) {
+			r->h = h;
+			r->region = region;
+			http_suspend(h, req, &r->ctx);
+			worker_submit(http_worker(h), api_number_work,
+			    api_number_done, r);
+			return;
+		}
+		rv = phone_normalise(r->phone, r->phone_len, region, r->e164);
+	}
+	if (rv != 0)
+		http_error(h, req, 400, "invalid_phone_number");
+	else if (r->error != NULL)
+		http_error(h, req, 400, r->error);
+	else
+		api_claim(h, req, r);
+	explicit_bzero(r->phone, sizeof r->phone);
+	free(r);
+}
+
+/* On the worker: the slow part of the number's normalisation. */
+static void
+api_number_work(void *arg)
+{
+	struct api_request	*r = arg;
+
+	r->rv = phone_parse_uncached(r->phone, r->phone_len, r->region,
+	    r->e164);
+}
+
+/* Back on the loop: remember the number, then the claim goes on. */
+static void
+api_number_done(void *arg, int cancelled)
+{
+	struct api_request	*r = arg;
+
+	if (!cancelled) {
+		phone_remember(r->phone, r->phone_len, r->region,
+		    r->rv == 0 ? r->e164 : NULL);
+		http_resume(r->h, &r->ctx);
+		if (r->rv != 0)
+			http_error(r->h, r->ctx.req, 400,
+			    "invalid_phone_number");
+		else
+			api_claim(r->h, r->ctx.req, r);
+		http_resumed(r->h);
+	}
+	explicit_bzero(r->phone, sizeof r->phone);
+	free(r);
+}
+
+/* The claim itself, the request checked and its number normalised. */
+static void
+api_claim(struct http *h, struct evhttp_request *req, struct api_request *r)
+{
+	struct claims_answer	 a;
+	char			 body[128];
+	int			 rv, code = 200;
+
 	if (!http_store_ok(h)) {
 		http_error(h, req, 503, "unavailable");
 		return;
 	}
-	rv = claims_request(r.e164, r.user_id, r.action, (int64_t)time(NULL),
+	rv = claims_request(r->e164, r->user_id, r->action, (int64_t)time(NULL),
 	    &a);
 	if (rv != STORE_OK) {
 		http_error(h, req, 503, "unavailable");
@@ -142,8 +227,9 @@ api_claims_cb(struct evhttp_request *req, void *arg)
 		    claims_result_name(a.result));
 	if (a.result == CLAIMS_TAKEN && a.enforced)
 		code = 409;
-	log_debug("claim by %s on a number ending %s: %s", r.user_id,
-	    r.e164 + strlen(r.e164) - LAST4_LEN, claims_result_name(a.result));
+	log_debug("claim by %s on a number ending %s: %s", r->user_id,
+	    r->e164 + strlen(r->e164) - LAST4_LEN,
+	    claims_result_name(a.result));
 	http_reply(h, req, code, body);
 }
 

@@ -110,6 +110,7 @@ struct http {
 	struct http_pendings		 pending;	/* no flush asked */
 	struct http_pendings		 flushing;	/* the one in flight */
 	int				 flush_busy;
+	struct worker			*worker;	/* NULL: none */
 	struct tls			*tls;		/* NULL: plain HTTP */
 	struct evhttp_request		*cur_req;	/* in http_route_cb */
 	int				 cur_endpoint;
@@ -277,6 +278,10 @@ http_init(struct event_base *base, const struct conf *conf,
 		log_warnx("%s; flushing the log on the event loop", flusher);
 		free(flusher);
 	}
+	if ((h->worker = worker_start(base, &flusher)) == NULL) {
+		log_warnx("%s; parsing numbers on the event loop", flusher);
+		free(flusher);
+	}
 	http_instance = h;
 	return (h);
 }
@@ -289,6 +294,9 @@ http_free(struct http *h)
 
 	if (h == NULL)
 		return;
+	/* Jobs in flight are dropped: evhttp_free frees their requests. */
+	worker_stop(h->worker);
+	h->worker = NULL;
 	if (h->flush_ev != NULL) {
 		/* The flusher's answer will not be waited for. */
 		store_flusher_stop(h->store);
@@ -613,6 +621,41 @@ http_route_cb(struct evhttp_request *req, void *arg)
 		return;
 	}
 	http_error(h, req, 404, "not_found");
+	h->cur_req = NULL;
+}
+
+/* The worker thread, or NULL. */
+struct worker *
+http_worker(struct http *h)
+{
+	return (h->worker);
+}
+
+/*
+ * Keep what is known of the request being handled (its endpoint and
+ * arrival), to answer it after the handler returned: see http_resume.
+ */
+void
+http_suspend(struct http *h, struct evhttp_request *req,
+    struct http_ctx *ctx)
+{
+	ctx->req = req;
+	http_started(h, req, &ctx->endpoint, &ctx->start);
+}
+
+/* Handle a suspended request again: answers count as if in its handler. */
+void
+http_resume(struct http *h, const struct http_ctx *ctx)
+{
+	h->cur_req = ctx->req;
+	h->cur_endpoint = ctx->endpoint;
+	h->cur_start = ctx->start;
+}
+
+/* Done with a resumed request. */
+void
+http_resumed(struct http *h)
+{
 	h->cur_req = NULL;
 }
 

@@ -172,53 +172,119 @@ phone_cached(const std::string &text, const char *region, uint64_t hash)
 	return (slot);
 }
 
-/* Normalise the len bytes at in to E.164 in out. */
+/*
+ * Look the len bytes at in up in the cache: 1 if it knows them (*rv is
+ * what phone_normalise returns, out is filled), else 0.  Text the filter
+ * refuses is known at once.  Loop thread only.
+ */
 int
-phone_normalise(const char *in, size_t len, const char *region, char *out)
+phone_lookup(const char *in, size_t len, const char *region, char *out,
+    int *rv)
 {
 	struct phone_slot	*slot;
-	std::string		 text, e164;
+	std::string		 text;
 	uint64_t		 hash;
-	int			 rv;
+
+	*rv = -1;
+	if (out == NULL)
+		return (1);
+	out[0] = '\0';
+	if (in == NULL ||
+	    (region != NULL && strlen(region) >= PHONE_REGION_MAX))
+		return (1);
+	try {
+		if (phone_filter(in, len, text) != 0)
+			return (1);
+		hash = phone_hash(text, region);
+		slot = phone_cached(text, region, hash);
+	} catch (...) {
+		return (1);
+	}
+	if (slot == NULL || slot->hash != hash) {
+		phone_misses++;
+		return (0);
+	}
+	phone_hits++;
+	if (slot->e164[0] != '\0') {
+		memcpy(out, slot->e164, strlen(slot->e164) + 1);
+		*rv = 0;
+	}
+	return (1);
+}
+
+/*
+ * Normalise without the cache: libphonenumber only.  Safe on any thread
+ * (libphonenumber's PhoneNumberUtil is), for the worker.
+ */
+int
+phone_parse_uncached(const char *in, size_t len, const char *region,
+    char *out)
+{
+	std::string	text, e164;
 
 	if (out == NULL)
 		return (-1);
 	out[0] = '\0';
-	if (in == NULL)
-		return (-1);
-	if (region != NULL && strlen(region) >= PHONE_REGION_MAX)
+	if (in == NULL ||
+	    (region != NULL && strlen(region) >= PHONE_REGION_MAX))
 		return (-1);
 	try {
-		if (phone_filter(in, len, text) != 0)
+		if (phone_filter(in, len, text) != 0 ||
+		    phone_parse(text, region, e164) != 0)
 			return (-1);
-		hash = phone_hash(text, region);
-		slot = phone_cached(text, region, hash);
-		if (slot != NULL && slot->hash == hash) {
-			phone_hits++;
-			if (slot->e164[0] == '\0')
-				return (-1);
-			memcpy(out, slot->e164, strlen(slot->e164) + 1);
-			return (0);
-		}
-		phone_misses++;
-		rv = phone_parse(text, region, e164);
-		if (rv == 0 && e164.size() >= PHONE_E164_SIZE)
-			rv = -1;
 	} catch (...) {
 		return (-1);
 	}
-	if (slot != NULL) {
-		slot->hash = hash;
-		snprintf(slot->region, sizeof slot->region, "%s",
-		    region != NULL ? region : "");
-		memcpy(slot->text, text.c_str(), text.size() + 1);
-		snprintf(slot->e164, sizeof slot->e164, "%s",
-		    rv == 0 ? e164.c_str() : "");
-	}
-	if (rv != 0)
+	if (e164.size() >= PHONE_E164_SIZE)
 		return (-1);
 	memcpy(out, e164.c_str(), e164.size() + 1);
 	return (0);
+}
+
+/*
+ * Remember the answer for the len bytes at in: e164, or NULL for "not a
+ * number".  Loop thread only.
+ */
+void
+phone_remember(const char *in, size_t len, const char *region,
+    const char *e164)
+{
+	struct phone_slot	*slot;
+	std::string		 text;
+	uint64_t		 hash;
+
+	if (in == NULL ||
+	    (region != NULL && strlen(region) >= PHONE_REGION_MAX) ||
+	    (e164 != NULL && strlen(e164) >= PHONE_E164_SIZE))
+		return;
+	try {
+		if (phone_filter(in, len, text) != 0)
+			return;
+		hash = phone_hash(text, region);
+		if ((slot = phone_cached(text, region, hash)) == NULL)
+			return;
+	} catch (...) {
+		return;
+	}
+	slot->hash = hash;
+	snprintf(slot->region, sizeof slot->region, "%s",
+	    region != NULL ? region : "");
+	memcpy(slot->text, text.c_str(), text.size() + 1);
+	snprintf(slot->e164, sizeof slot->e164, "%s", e164 != NULL ? e164 :
+	    "");
+}
+
+/* Normalise the len bytes at in to E.164 in out (through the cache). */
+int
+phone_normalise(const char *in, size_t len, const char *region, char *out)
+{
+	int	rv;
+
+	if (phone_lookup(in, len, region, out, &rv))
+		return (rv);
+	rv = phone_parse_uncached(in, len, region, out);
+	phone_remember(in, len, region, rv == 0 ? out : NULL);
+	return (rv);
 }
 
 /* How often the cache answered, and how often libphonenumber did. */

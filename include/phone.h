@@ -23,6 +23,18 @@ extern "C" {
  */
 int	phone_normalise(const char *in, size_t len, const char *region,
 	    char *out);
+/*
+ * The parts of phone_normalise, for a worker thread: phone_lookup answers
+ * from the cache (1, *rv set) or not (0); phone_parse_uncached is the slow
+ * part and safe on any thread; phone_remember stores an answer (e164, or
+ * NULL for "not a number").  phone_lookup and phone_remember: loop only.
+ */
+int	phone_lookup(const char *in, size_t len, const char *region,
+	    char *out, int *rv);
+int	phone_parse_uncached(const char *in, size_t len, const char *region,
+	    char *out);
+void	phone_remember(const char *in, size_t len, const char *region,
+	    const char *e164);
 /* Return 1 if region is a region libphonenumber knows, else 0. */
 int	phone_region_known(const char *region);
 /* Answers given by the cache and by libphonenumber since the start. */

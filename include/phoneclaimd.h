@@ -387,9 +387,25 @@ int		 logstream_ingest(const char *, const char *, size_t, int,
 int		 logstream_last_id(char **);
 int		 logstream_prune(int64_t, int64_t, size_t *);
 
+/* worker.c */
+struct worker;
+
+struct worker	*worker_start(struct event_base *, char **);
+void		 worker_stop(struct worker *);
+void		 worker_submit(struct worker *, void (*)(void *),
+		     void (*)(void *, int), void *);
+size_t		 worker_queued(struct worker *);
+
 /* http.c */
 struct http;
 struct tls;
+
+/* A request kept to be answered later (http_suspend). */
+struct http_ctx {
+	struct evhttp_request	*req;
+	int			 endpoint;
+	int64_t			 start;
+};
 
 struct http	*http_init(struct event_base *, const struct conf *,
 		     struct store *, char **);
@@ -408,6 +424,11 @@ const struct conf *http_conf(struct http *);
 int		 http_authorised(struct http *, struct evhttp_request *, int);
 const char	*http_bound_address(struct http *);
 void		 http_set_tls(struct http *, struct tls *);
+struct worker	*http_worker(struct http *);
+void		 http_suspend(struct http *, struct evhttp_request *,
+		     struct http_ctx *);
+void		 http_resume(struct http *, const struct http_ctx *);
+void		 http_resumed(struct http *);
 
 #define HTTP_TOKEN_API		0
 #define HTTP_TOKEN_LOG_STREAM	1
