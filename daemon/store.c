@@ -81,7 +81,6 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -869,7 +868,6 @@ store_flusher_start(struct store *st, struct event_base *base,
     void (*done)(int, void *), void *arg, char **cause)
 {
 	struct store_flusher	*f;
-	sigset_t		 all, old;
 	int			 ret;
 
 	f = xcalloc(1, sizeof *f);
@@ -893,12 +891,7 @@ store_flusher_start(struct store *st, struct event_base *base,
 	}
 	pthread_mutex_init(&f->mu, NULL);
 	pthread_cond_init(&f->cv, NULL);
-	/* Signals are the loop's: the thread takes none. */
-	sigfillset(&all);
-	pthread_sigmask(SIG_SETMASK, &all, &old);
-	ret = pthread_create(&f->thread, NULL, store_flusher_main, f);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	if (ret != 0) {
+	if ((ret = worker_thread(&f->thread, store_flusher_main, f)) != 0) {
 		pthread_cond_destroy(&f->cv);
 		pthread_mutex_destroy(&f->mu);
 		xasprintf(cause, "flusher: pthread_create: %s", strerror(ret));

@@ -51,13 +51,30 @@ struct worker {
 
 static void	*worker_main(void *);
 static void	 worker_cb(evutil_socket_t, short, void *);
+static void	 worker_free(struct worker *);
+
+/*
+ * Start a thread that takes no signal (they are the event loop's); an
+ * errno value, or 0.
+ */
+int
+worker_thread(pthread_t *thread, void *(*fn)(void *), void *arg)
+{
+	sigset_t	all, old;
+	int		ret;
+
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	ret = pthread_create(thread, NULL, fn, arg);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	return (ret);
+}
 
 /* Start a worker thread whose jobs finish on base. */
 struct worker *
 worker_start(struct event_base *base, char **cause)
 {
 	struct worker	*w;
-	sigset_t	 all, old;
 	int		 ret;
 
 	w = xcalloc(1, sizeof *w);
@@ -73,22 +90,24 @@ worker_start(struct event_base *base, char **cause)
 		fatalx("worker: event_new");
 	pthread_mutex_init(&w->mu, NULL);
 	pthread_cond_init(&w->cv, NULL);
-	/* Signals are the loop's: the thread takes none. */
-	sigfillset(&all);
-	pthread_sigmask(SIG_SETMASK, &all, &old);
-	ret = pthread_create(&w->thread, NULL, worker_main, w);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	if (ret != 0) {
+	if ((ret = worker_thread(&w->thread, worker_main, w)) != 0) {
 		xasprintf(cause, "worker: pthread_create: %s", strerror(ret));
-		event_free(w->ev);
-		close(w->fds[0]);
-		close(w->fds[1]);
-		pthread_cond_destroy(&w->cv);
-		pthread_mutex_destroy(&w->mu);
-		free(w);
+		worker_free(w);
 		return (NULL);
 	}
 	return (w);
+}
+
+/* Free a worker whose thread is not running. */
+static void
+worker_free(struct worker *w)
+{
+	event_free(w->ev);
+	close(w->fds[0]);
+	close(w->fds[1]);
+	pthread_cond_destroy(&w->cv);
+	pthread_mutex_destroy(&w->mu);
+	free(w);
 }
 
 /*
@@ -113,12 +132,7 @@ worker_stop(struct worker *w)
 		j->done(j->arg, 1);
 		free(j);
 	}
-	event_free(w->ev);
-	close(w->fds[0]);
-	close(w->fds[1]);
-	pthread_cond_destroy(&w->cv);
-	pthread_mutex_destroy(&w->mu);
-	free(w);
+	worker_free(w);
 }
 
 /* Hand a job over: work(arg) on the thread, then done(arg, 0) here. */

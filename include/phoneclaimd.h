@@ -9,6 +9,7 @@
 
 #include <sys/types.h>
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -395,6 +396,7 @@ void		 worker_stop(struct worker *);
 void		 worker_submit(struct worker *, void (*)(void *),
 		     void (*)(void *, int), void *);
 size_t		 worker_queued(struct worker *);
+int		 worker_thread(pthread_t *, void *(*)(void *), void *);
 
 /* http.c */
 struct http;

@@ -617,6 +617,20 @@ class Daemon:
 
     # HTTP.
 
+    def ask(self, command, timeout=30.0):
+        """Send one command line to the status socket; its JSON answer."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(self.conf["status_socket"])
+            s.sendall((command + "\n").encode())
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        return json.loads(buf.decode())
+
     def client(self, timeout=HTTP_TIMEOUT):
         return Client(self, timeout)
 

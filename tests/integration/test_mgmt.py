@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import unittest
@@ -55,20 +54,7 @@ class MgmtCase(DaemonTestCase):
         return d
 
     def ask(self, d, command):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(5)
-        s.connect(d.conf["status_socket"])
-        try:
-            s.sendall((command + "\n").encode())
-            buf = b""
-            while not buf.endswith(b"\n"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                buf += chunk
-        finally:
-            s.close()
-        return json.loads(buf.decode())
+        return d.ask(command, timeout=5)
 
     def backfill(self, d):
         return self.ask(d, "status")["backfill"]

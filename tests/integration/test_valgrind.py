@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -83,8 +82,8 @@ class ValgrindTests(DaemonTestCase):
         fake.add(ls.bare(ls.enrolled(holder, shared)))
         d.start(timeout=60)
         deadline = time.monotonic() + 60
-        while self.ask(d, "status")["backfill"]["runs"] < 1 or \
-                self.ask(d, "status")["backfill"]["state"] != "idle":
+        while d.ask("status")["backfill"]["runs"] < 1 or \
+                d.ask("status")["backfill"]["state"] != "idle":
             self.assertLess(time.monotonic(), deadline)
             time.sleep(0.5)
         items = [ls.enrolled(user, None),		# unmatched: verified
@@ -94,7 +93,7 @@ class ValgrindTests(DaemonTestCase):
         self.assertEqual(r.status, 200)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            st = self.ask(d, "status")
+            st = d.ask("status")
             if st["verify"]["done"] == 1 and \
                     st["removals"]["removed"] == 1:
                 break
@@ -106,19 +105,6 @@ class ValgrindTests(DaemonTestCase):
         self.assertEqual(d.request("GET", "/healthz").status, 200)
         rc = d.stop(timeout=60)
         self.assertValgrindClean(d, rc)
-
-    def ask(self, d, command):
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(30)
-            s.connect(d.conf["status_socket"])
-            s.sendall((command + "\n").encode())
-            buf = b""
-            while not buf.endswith(b"\n"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                buf += chunk
-        return json.loads(buf.decode())
 
 
 if __name__ == "__main__":
