@@ -199,7 +199,7 @@ scale_disk(struct bench *b, struct scale *sc)
 		    len >= sizeof sc->files[0].name)
 			continue;
 		f = &sc->files[sc->nfiles++];
-		snprintf(f->name, sizeof f->name, "%s", de->d_name);
+		memcpy(f->name, de->d_name, len + 1);	/* len < sizeof */
 		f->size = (uint64_t)sb.st_size;
 		f->alloc = (uint64_t)sb.st_blocks * 512;
 	}
