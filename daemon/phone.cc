@@ -36,7 +36,7 @@ using i18n::phonenumbers::PhoneNumberUtil;
 /* Most digits an E.164 number may have, country code included. */
 #define PHONE_E164_DIGITS	15
 
-#define PHONE_CACHE_SLOTS	16384	/* a power of two; ~1.5 MiB */
+#define PHONE_CACHE_SLOTS	65536	/* a power of two; ~6 MiB */
 #define PHONE_REGION_MAX	8
 
 /* One remembered answer. */
