@@ -3,7 +3,7 @@
  * replies sent only after the store's log is on disk.
  *
  * Durability without one fsync per request: handlers commit with
- * DB_TXN_WRITE_NOSYNC and queue their answer with http_reply().  The first
+ * DB_TXN_NOSYNC and queue their answer with http_reply().  The first
  * queued answer activates flush_ev.  libevent runs callbacks activated
  * during a loop iteration after those already active, so flush_ev runs once
  * after every request that was ready in this iteration has been handled; it

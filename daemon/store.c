@@ -61,8 +61,13 @@
  * applies that, abort forgets it.  So store_count costs nothing and can
  * serve status requests and metrics scrapes as often as they come.
  *
- * Commits write the log without fsync (DB_TXN_WRITE_NOSYNC); store_flush
- * makes a whole batch durable with one log_flush before its replies go out.
+ * Commits leave their log records in the log buffer (DB_TXN_NOSYNC: no
+ * write, no fsync); store_flush makes a whole batch durable with one
+ * log_flush, one write and one fsync, before its replies go out.  A commit
+ * that no answer waited for may be lost in a crash, which is allowed: only
+ * what was acknowledged must survive (I2).  Every caller that reports
+ * success (HTTP, the status socket, the expiry timer, verifications) flushes
+ * first.
  * The flusher does the same on a thread of its own, with its own handle on
  * the environment (as another process would have), so that the event loop
  * goes on handling the next batch during the fsync: see store_flush_async.
@@ -800,8 +805,8 @@ store_txn_begin(struct store *st, struct store_txn **txnp)
 }
 
 /*
- * Commit: the log is written but not synced, store_flush does that for the
- * whole batch.  The handle is gone afterwards whatever the result, so a
+ * Commit: the log records stay in the buffer, store_flush writes and syncs
+ * them for the whole batch.  The handle is gone afterwards whatever the result, so a
  * failed commit is STORE_ERROR, never STORE_RETRY.  The counts take the
  * transaction's changes only once it has committed.
  */
@@ -817,8 +822,7 @@ store_txn_commit(struct store_txn *txn)
 		(void)tid->abort(tid);
 		return (STORE_ERROR);
 	}
-	r = store_result(st, tid->commit(tid, DB_TXN_WRITE_NOSYNC),
-	    "commit");
+	r = store_result(st, tid->commit(tid, DB_TXN_NOSYNC), "commit");
 	if (r == STORE_OK) {
 		st->counts.claims += (uint64_t)txn->d_claims;
 		st->counts.active += (uint64_t)txn->d_active;

@@ -5,9 +5,11 @@
  * core parse phone numbers (libphonenumber's ~20 microseconds each) while
  * the loop does HTTP and the store.
  *
- * Jobs go in through a queue under a mutex and come back through another;
- * the thread writes one byte to a pipe when the way back was empty, so a
- * busy loop gets one wake-up for many jobs.  work() must not touch the
+ * Jobs go in through a queue under a mutex and come back through another.
+ * Both ways are batched, since waking a thread costs a system call: the
+ * jobs of one loop iteration are handed over together at its end (kick_ev)
+ * with one signal, and the thread writes one byte to a pipe only when the
+ * way back was empty, so a busy loop gets one wake-up for many jobs.  work() must not touch the
  * loop, the store or anything else the loop owns.
  */
 #include "config.h"
@@ -44,13 +46,16 @@ struct worker {
 	struct worker_jobs	 in;		/* under mu */
 	struct worker_jobs	 out;		/* under mu */
 	int			 quit;		/* under mu */
-	size_t			 queued;	/* handed over, not done */
+	struct worker_jobs	 local;		/* this iteration's, loop only */
+	size_t			 queued;	/* submitted, not done */
 	int			 fds[2];
 	struct event		*ev;
+	struct event		*kick_ev;	/* hands local over */
 };
 
 static void	*worker_main(void *);
 static void	 worker_cb(evutil_socket_t, short, void *);
+static void	 worker_kick_cb(evutil_socket_t, short, void *);
 static void	 worker_free(struct worker *);
 
 /*
@@ -80,13 +85,15 @@ worker_start(struct event_base *base, char **cause)
 	w = xcalloc(1, sizeof *w);
 	TAILQ_INIT(&w->in);
 	TAILQ_INIT(&w->out);
+	TAILQ_INIT(&w->local);
 	if (pipe2(w->fds, O_CLOEXEC | O_NONBLOCK) == -1) {
 		xasprintf(cause, "worker: pipe: %s", strerror(errno));
 		free(w);
 		return (NULL);
 	}
 	if ((w->ev = event_new(base, w->fds[0], EV_READ | EV_PERSIST,
-	    worker_cb, w)) == NULL || event_add(w->ev, NULL) != 0)
+	    worker_cb, w)) == NULL || event_add(w->ev, NULL) != 0 ||
+	    (w->kick_ev = event_new(base, -1, 0, worker_kick_cb, w)) == NULL)
 		fatalx("worker: event_new");
 	pthread_mutex_init(&w->mu, NULL);
 	pthread_cond_init(&w->cv, NULL);
@@ -103,6 +110,7 @@ static void
 worker_free(struct worker *w)
 {
 	event_free(w->ev);
+	event_free(w->kick_ev);
 	close(w->fds[0]);
 	close(w->fds[1]);
 	pthread_cond_destroy(&w->cv);
@@ -127,6 +135,7 @@ worker_stop(struct worker *w)
 	pthread_mutex_unlock(&w->mu);
 	pthread_join(w->thread, NULL);
 	TAILQ_CONCAT(&w->out, &w->in, entry);
+	TAILQ_CONCAT(&w->out, &w->local, entry);
 	while ((j = TAILQ_FIRST(&w->out)) != NULL) {
 		TAILQ_REMOVE(&w->out, j, entry);
 		j->done(j->arg, 1);
@@ -147,8 +156,23 @@ worker_submit(struct worker *w, void (*work)(void *),
 	j->done = done;
 	j->arg = arg;
 	w->queued++;
+	if (TAILQ_EMPTY(&w->local))
+		event_active(w->kick_ev, EV_TIMEOUT, 0);
+	TAILQ_INSERT_TAIL(&w->local, j, entry);
+}
+
+/* The end of a loop iteration: hand its jobs over, with one signal. */
+static void
+worker_kick_cb(evutil_socket_t fd, short events, void *arg)
+{
+	struct worker	*w = arg;
+
+	(void)fd;
+	(void)events;
+	if (TAILQ_EMPTY(&w->local))
+		return;
 	pthread_mutex_lock(&w->mu);
-	TAILQ_INSERT_TAIL(&w->in, j, entry);
+	TAILQ_CONCAT(&w->in, &w->local, entry);
 	pthread_cond_signal(&w->cv);
 	pthread_mutex_unlock(&w->mu);
 }
