@@ -1449,6 +1449,26 @@ bench_pool(struct bench *b)
 }
 
 /*
+ * Run level i of the claim mix against the daemon into *res and print it;
+ * *run is left set up, for the same level against the baseline.
+ */
+int
+level_run(struct bench *b, size_t i, struct run *run, struct result *res)
+{
+	memset(run, 0, sizeof *run);
+	run->b = b;
+	run->t = &b->daemon;
+	run->name = levels[i].name;
+	run->mode = RUN_MIX;
+	run->nconns = levels[i].conns;
+	run->newconn = levels[i].newconn;
+	if (run_go(run, res) != 0 || !daemon_alive(b))
+		return (-1);
+	print_result(levels[i].name, "daemon", res);
+	return (0);
+}
+
+/*
  * The claim API: fill the pool, then run each level against the daemon
  * and the baseline.
  */
@@ -1463,16 +1483,8 @@ bench_claims(struct bench *b)
 	printf("\n%-15s %-9s %9s %10s %9s %9s %9s %9s\n", "level", "server",
 	    "requests", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "client %");
 	for (i = 0; i < NLEVELS; i++) {
-		memset(&run, 0, sizeof run);
-		run.b = b;
-		run.t = &b->daemon;
-		run.name = levels[i].name;
-		run.mode = RUN_MIX;
-		run.nconns = levels[i].conns;
-		run.newconn = levels[i].newconn;
-		if (run_go(&run, &b->dres[i]) != 0 || !daemon_alive(b))
+		if (level_run(b, i, &run, &b->dres[i]) != 0)
 			return (-1);
-		print_result(levels[i].name, "daemon", &b->dres[i]);
 		if (!b->baseline)
 			continue;
 		run.t = &b->base_srv;

@@ -207,6 +207,8 @@ int		 daemon_spawn(struct bench *);
 int		 daemon_alive(struct bench *);
 int		 daemon_stop(struct bench *);
 int		 run_go(struct run *, struct result *);
+int		 level_run(struct bench *, size_t, struct run *,
+		     struct result *);
 void		 print_result(const char *, const char *, struct result *);
 void		 json_result(const char *, struct result *, int);
 int		 bench_pool(struct bench *);

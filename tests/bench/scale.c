@@ -234,16 +234,8 @@ scale_levels(struct bench *b, struct scale *sc)
 			res = &sc->ka32;
 		else
 			continue;
-		memset(&run, 0, sizeof run);
-		run.b = b;
-		run.t = &b->daemon;
-		run.name = levels[i].name;
-		run.mode = RUN_MIX;
-		run.nconns = levels[i].conns;
-		run.newconn = levels[i].newconn;
-		if (run_go(&run, res) != 0 || !daemon_alive(b))
+		if (level_run(b, i, &run, res) != 0)
 			return (-1);
-		print_result(levels[i].name, "daemon", res);
 	}
 	return (0);
 }
