@@ -202,7 +202,7 @@ static void
 api_claim(struct http *h, struct evhttp_request *req, struct api_request *r)
 {
 	struct claims_answer	 a;
-	char			 body[128];
+	char			 body[128], retry[24];
 	int			 rv, code = 200;
 
 	if (!http_store_ok(h)) {
@@ -219,10 +219,20 @@ api_claim(struct http *h, struct evhttp_request *req, struct api_request *r)
 		snprintf(body, sizeof body,
 		    "{\"result\":\"reserved\",\"expires_in\":%lld}",
 		    (long long)a.expires_in);
-	else if (a.result == CLAIMS_TAKEN && !a.enforced)
+	else if ((a.result == CLAIMS_TAKEN || a.result == CLAIMS_LIMITED) &&
+	    !a.enforced)
 		snprintf(body, sizeof body,
-		    "{\"result\":\"taken\",\"enforced\":false}");
-	else
+		    "{\"result\":\"%s\",\"enforced\":false}",
+		    claims_result_name(a.result));
+	else if (a.result == CLAIMS_LIMITED) {
+		snprintf(body, sizeof body,
+		    "{\"result\":\"limited\",\"retry_after\":%lld}",
+		    (long long)a.retry_after);
+		snprintf(retry, sizeof retry, "%lld", (long long)a.retry_after);
+		evhttp_add_header(evhttp_request_get_output_headers(req),
+		    "Retry-After", retry);
+		code = 429;
+	} else
 		snprintf(body, sizeof body, "{\"result\":\"%s\"}",
 		    claims_result_name(a.result));
 	if (a.result == CLAIMS_TAKEN && a.enforced)

@@ -18,6 +18,7 @@
 #include "xmalloc.h"
 
 #define CLAIMS_RETRIES	8
+#define CLAIMS_LIMIT_WINDOW 3600	/* s: max_reservations_per_user's hour */
 #define EXEMPT_LINE_MAX	256
 
 struct claims_op {
@@ -28,6 +29,13 @@ struct claims_op {
 	int64_t			 now;
 	struct claims_answer	*answer;
 	size_t			 released;	/* by an admin release */
+};
+
+struct claims_prune_op {
+	int64_t	 before;
+	size_t	 max;
+	size_t	 pruned;
+	int	 wrapped;
 };
 
 struct claims_expire_op {
@@ -54,6 +62,7 @@ struct claims_conflicts_op {
 
 static int	claims_live(const struct claim *, int64_t);
 static int	claims_enroll(struct store_txn *, void *);
+static int	claims_limit(struct store_txn *, struct claims_op *, int *);
 static int	claims_challenge(struct store_txn *, void *);
 static int	claims_release_pending(struct store_txn *, const char *,
 		    const unsigned char *);
@@ -74,6 +83,7 @@ static int	claims_release_all(struct store_txn *, int, struct claim *,
 static void	claims_pick(const struct claim *, size_t,
 		    const struct claims_event *, ssize_t *);
 static int	claims_expire_txn(struct store_txn *, void *);
+static int	claims_limits_prune_txn(struct store_txn *, void *);
 static int	claims_key_cmp(const void *, const void *);
 static void	claims_admin_op(struct claims_op *, const unsigned char *,
 		    const char *, const char *, struct claims_answer *);
@@ -128,6 +138,8 @@ claims_result_name(int result)
 		return ("exempt");
 	case CLAIMS_LEARNED:
 		return ("learned");
+	case CLAIMS_LIMITED:
+		return ("limited");
 	case CLAIMS_CONFLICT:
 		return ("conflict");
 	case CLAIMS_ASSIGNED:
@@ -333,7 +345,7 @@ claims_enroll(struct store_txn *txn, void *arg)
 	struct claims_answer	*a = op->answer;
 	struct claim		*all = NULL, *mine;
 	size_t			 nall, nothers;
-	int			 rv;
+	int			 rv, over;
 
 	rv = claims_scan(txn, op, &mine, &nothers, &all, &nall);
 	if (rv != STORE_OK)
@@ -346,6 +358,8 @@ claims_enroll(struct store_txn *txn, void *arg)
 		}
 		goto out;
 	}
+	if ((rv = claims_limit(txn, op, &over)) != STORE_OK || over)
+		goto out;
 	if (nothers >= (size_t)claims_conf->max_users_per_number) {
 		a->result = CLAIMS_TAKEN;
 		a->enforced = claims_conf->mode == CONF_MODE_ENFORCE;
@@ -360,6 +374,76 @@ claims_enroll(struct store_txn *txn, void *arg)
 out:
 	free(all);
 	return (rv);
+}
+
+/*
+ * The cap on the numbers one user may ask for (max_reservations_per_user,
+ * 0 for none), against number squatting and against probing which numbers
+ * are taken.  Each enrolment request for a number the user does not hold
+ * counts, whether it is reserved or refused as taken, in a window of an
+ * hour that opens with the first of them.  Once the window holds the cap,
+ * the request is answered "limited" and changes nothing: refused with the
+ * seconds until the window closes, or in monitor mode let through as
+ * "taken" is.  A clock that went back before the window's start opens a
+ * new one, so that a clock step cannot lock a user out for longer.  *over
+ * is 1 when the answer is set and nothing more is to be done.
+ */
+static int
+claims_limit(struct store_txn *txn, struct claims_op *op, int *over)
+{
+	struct claims_answer	*a = op->answer;
+	uint64_t		 cap;
+	int64_t			 start;
+	uint32_t		 count;
+	int			 rv;
+
+	*over = 0;
+	if (claims_conf->max_reservations_per_user <= 0)
+		return (STORE_OK);
+	cap = (uint64_t)claims_conf->max_reservations_per_user;
+	rv = store_limit_get(txn, op->user_id, &start, &count);
+	if (rv == STORE_NOTFOUND || (rv == STORE_OK && (op->now < start ||
+	    op->now - start >= CLAIMS_LIMIT_WINDOW))) {
+		start = op->now;
+		count = 0;
+		rv = STORE_OK;
+	}
+	if (rv != STORE_OK)
+		return (rv);
+	if (count >= cap) {
+		a->result = CLAIMS_LIMITED;
+		a->enforced = claims_conf->mode == CONF_MODE_ENFORCE;
+		a->retry_after = start + CLAIMS_LIMIT_WINDOW - op->now;
+		*over = 1;
+		return (STORE_OK);
+	}
+	return (store_limit_put(txn, op->user_id, start, count + 1));
+}
+
+/*
+ * Forget reservation windows that have closed: look at up to max of them,
+ * going on from where the last call stopped.  *wrapped says that a pass
+ * over all of them ended.
+ */
+int
+claims_limits_prune(int64_t now, size_t max, size_t *pruned, int *wrapped)
+{
+	struct claims_prune_op	op = { now - CLAIMS_LIMIT_WINDOW, max, 0, 0 };
+	int			rv;
+
+	rv = claims_run(claims_limits_prune_txn, &op);
+	*pruned = rv == STORE_OK ? op.pruned : 0;
+	*wrapped = rv == STORE_OK ? op.wrapped : 0;
+	return (rv);
+}
+
+static int
+claims_limits_prune_txn(struct store_txn *txn, void *arg)
+{
+	struct claims_prune_op	*op = arg;
+
+	return (store_limits_prune(txn, op->before, op->max, &op->pruned,
+	    &op->wrapped));
 }
 
 /*

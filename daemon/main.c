@@ -27,6 +27,7 @@
 #define EXPIRE_BATCH		1000	/* reservations per transaction */
 #define EXPIRE_BATCHES		20	/* transactions per run at most */
 #define CHECKPOINT_INTERVAL	60
+#define LIMITS_BATCH		1000	/* reservation windows per transaction */
 #define STOP_GRACE_MS		250	/* to finish answers in flight */
 
 struct main_state {
@@ -202,7 +203,7 @@ main_checkpoint_cb(evutil_socket_t fd, short events, void *arg)
 {
 	struct main_state	*m = arg;
 	size_t			 pruned, total = 0;
-	int			 i;
+	int			 i, wrapped;
 
 	(void)fd;
 	(void)events;
@@ -217,6 +218,17 @@ main_checkpoint_cb(evutil_socket_t fd, short events, void *arg)
 	if (total > 0)
 		log_debug("forgot %zu log id(s) seen more than %llds ago",
 		    total, m->conf->dedup_retention);
+	total = 0;
+	for (i = 0; i < EXPIRE_BATCHES; i++) {
+		if (claims_limits_prune((int64_t)time(NULL), LIMITS_BATCH,
+		    &pruned, &wrapped) != STORE_OK)
+			break;
+		total += pruned;
+		if (wrapped)
+			break;
+	}
+	if (total > 0)
+		log_debug("forgot %zu closed reservation window(s)", total);
 	store_checkpoint(m->store);
 }
 

@@ -16,6 +16,7 @@
  *   watermarks.db     user_id [ 0x00 numkey[32] ]  ->  date[8]
  *                     (milliseconds; user-wide, or for one number)
  *   verify.db         user_id  ->  verification request
+ *   limits.db         user_id  ->  reservation window (start, count)
  *   meta.db           name  ->  value                    (no NULs stored)
  *
  * The number key comes first so that every claim on a number is adjacent and
@@ -54,6 +55,7 @@
  *                        method_len(2) method
  *                        (format 1, of schema 2, ends after the holders)
  *   verification:        format(1) reasons(1) queued(8)
+ *   reservation window:  format(1) start(8) count(4)
  *
  * The numbers of claims (active, pending) and conflicts are counted once at
  * open and then kept in memory: each transaction notes how its puts and
@@ -141,6 +143,10 @@
 /* A record that does not decode: reported like an errno. */
 #define STORE_CORRUPT		EBADMSG
 
+/* Reservation window record (limits.db), format 1. */
+#define LIMIT_FORMAT		1
+#define LIMIT_REC_LEN		13
+
 /* Verification record, format 1. */
 #define VERIFY_FORMAT		1
 #define VERIFY_REC_LEN		10
@@ -159,6 +165,7 @@ enum store_db {
 	STORE_DB_SEEN_DATE,
 	STORE_DB_WATERMARKS,
 	STORE_DB_VERIFY,
+	STORE_DB_LIMITS,
 	STORE_DB_META,
 	STORE_DB_COUNT
 };
@@ -177,6 +184,7 @@ static const struct {
 	{ "seen_date.db", 1 },
 	{ "watermarks.db", 0 },
 	{ "verify.db", 0 },
+	{ "limits.db", 0 },
 	{ "meta.db", 0 }
 };
 
@@ -211,6 +219,8 @@ struct store {
 	struct store_counts counts;	/* of committed data */
 	struct store_flusher *flusher;	/* NULL: flushes are synchronous */
 	int		 counted;	/* counts are right: save them */
+	char		 limits_next[USER_ID_MAX];	/* prune from here */
+	size_t		 limits_next_len;		/* 0: the start */
 };
 
 /* A transaction and the changes it makes to the counts, if it commits. */
@@ -2195,4 +2205,133 @@ store_verify_del(struct store_txn *txn, const char *user_id)
 	if (ret == DB_NOTFOUND)
 		return (STORE_OK);
 	return (store_result(st, ret, "delete verification"));
+}
+
+/*
+ * Read a user's reservation window: when it started and how many numbers
+ * were asked for in it.  STORE_NOTFOUND if there is none (or it does not
+ * decode: it is only a counter, and a fresh one is safe).
+ */
+int
+store_limit_get(struct store_txn *txn, const char *user_id, int64_t *start,
+    uint32_t *count)
+{
+	struct store		*st = txn->st;
+	DB			*db = st->db[STORE_DB_LIMITS];
+	const unsigned char	*rec;
+	DBT			 key, data;
+	size_t			 len = strlen(user_id);
+	int			 ret;
+
+	if (st->failed)
+		return (STORE_ERROR);
+	if (len == 0 || len > USER_ID_MAX)
+		return (STORE_NOTFOUND);
+	store_dbt(&key, user_id, len);
+	memset(&data, 0, sizeof data);
+	ret = db->get(db, txn->tid, &key, &data, DB_RMW);
+	if (ret != 0)
+		return (store_result(st, ret, "read reservation window"));
+	rec = data.data;
+	if (data.size != LIMIT_REC_LEN || rec[0] != LIMIT_FORMAT)
+		return (STORE_NOTFOUND);
+	*start = store_get_i64(rec + 1);
+	*count = (uint32_t)rec[9] << 24 | (uint32_t)rec[10] << 16 |
+	    (uint32_t)rec[11] << 8 | rec[12];
+	return (STORE_OK);
+}
+
+/* Write a user's reservation window. */
+int
+store_limit_put(struct store_txn *txn, const char *user_id, int64_t start,
+    uint32_t count)
+{
+	struct store	*st = txn->st;
+	DB		*db = st->db[STORE_DB_LIMITS];
+	unsigned char	 rec[LIMIT_REC_LEN];
+	DBT		 key, data;
+	size_t		 len = strlen(user_id);
+	int		 r;
+
+	if (st->failed)
+		return (STORE_ERROR);
+	if (len == 0 || len > USER_ID_MAX || start < 0) {
+		log_warnx("store: refusing to write an invalid reservation "
+		    "window");
+		return (STORE_ERROR);
+	}
+	rec[0] = LIMIT_FORMAT;
+	store_put_i64(rec + 1, start);
+	rec[9] = count >> 24;
+	rec[10] = (count >> 16) & 0xff;
+	rec[11] = (count >> 8) & 0xff;
+	rec[12] = count & 0xff;
+	store_dbt(&key, user_id, len);
+	store_dbt(&data, rec, sizeof rec);
+	r = store_result(st, db->put(db, txn->tid, &key, &data, 0),
+	    "write reservation window");
+	return (r == STORE_NOTFOUND ? STORE_ERROR : r);
+}
+
+/*
+ * Walk on through the reservation windows from where the last walk
+ * stopped, looking at up to max of them, and delete those that started
+ * before the given time (they no longer limit anyone).  *wrapped is set
+ * when the walk reached the end and will start again from the first.  The
+ * windows have no index by date: a walk in key order keeps each
+ * reservation at one write, and a window left over for a while costs only
+ * its few bytes.  The position is kept in memory; an aborted transaction
+ * may skip a stretch, which the next pass covers.
+ */
+int
+store_limits_prune(struct store_txn *txn, int64_t before, size_t max,
+    size_t *prunedp, int *wrapped)
+{
+	struct store		*st = txn->st;
+	DB			*db = st->db[STORE_DB_LIMITS];
+	const unsigned char	*rec;
+	DBC			*dbc;
+	DBT			 key, data;
+	size_t			 seen = 0;
+	int			 ret, r, flag;
+
+	*prunedp = 0;
+	*wrapped = 0;
+	if (st->failed)
+		return (STORE_ERROR);
+	if ((ret = db->cursor(db, txn->tid, &dbc, 0)) != 0)
+		return (store_result(st, ret, "open reservation cursor"));
+	memset(&key, 0, sizeof key);
+	memset(&data, 0, sizeof data);
+	if (st->limits_next_len > 0) {
+		store_dbt(&key, st->limits_next, st->limits_next_len);
+		flag = DB_SET_RANGE;
+	} else
+		flag = DB_FIRST;
+	for (; seen < max; flag = DB_NEXT) {
+		if ((ret = dbc->get(dbc, &key, &data, flag | DB_RMW)) != 0)
+			break;
+		seen++;
+		rec = data.data;
+		if (data.size != LIMIT_REC_LEN || rec[0] != LIMIT_FORMAT ||
+		    store_get_i64(rec + 1) < before) {
+			if ((ret = dbc->del(dbc, 0)) != 0)
+				break;
+			(*prunedp)++;
+		}
+	}
+	if (ret == 0 && key.size > 0 && key.size <= USER_ID_MAX) {
+		/* Resume after this key: it plus a NUL is the next one up. */
+		memcpy(st->limits_next, key.data, key.size);
+		st->limits_next_len = key.size;
+		if (key.size < USER_ID_MAX)
+			st->limits_next[st->limits_next_len++] = '\0';
+	} else if (ret == DB_NOTFOUND) {
+		st->limits_next_len = 0;
+		*wrapped = 1;
+	}
+	if ((r = store_cursor_done(st, dbc, ret, "prune reservation "
+	    "windows")) != STORE_OK)
+		*prunedp = 0;
+	return (r);
 }

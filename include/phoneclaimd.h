@@ -47,6 +47,7 @@ struct conf {
 	int		 mode;
 	long long	 pending_ttl;
 	long long	 max_users_per_number;
+	long long	 max_reservations_per_user;	/* an hour; 0: no cap */
 	char		*exempt_numbers_file;
 	char		*default_region;
 	long long	 max_body_size;
@@ -207,6 +208,12 @@ int		 store_verify_add(struct store_txn *, const char *, int,
 int		 store_verify_first(struct store_txn *, char *, int *,
 		     int64_t *);
 int		 store_verify_del(struct store_txn *, const char *);
+int		 store_limit_get(struct store_txn *, const char *, int64_t *,
+		     uint32_t *);
+int		 store_limit_put(struct store_txn *, const char *, int64_t,
+		     uint32_t);
+int		 store_limits_prune(struct store_txn *, int64_t, size_t,
+		     size_t *, int *);
 int		 store_meta_get(struct store_txn *, const char *, char **);
 int		 store_meta_put(struct store_txn *, const char *, const char *);
 int		 store_meta_del(struct store_txn *, const char *);
@@ -243,13 +250,15 @@ enum claims_result {
 	CLAIMS_EXEMPT,
 	CLAIMS_LEARNED,
 	CLAIMS_CONFLICT,
-	CLAIMS_ASSIGNED		/* by an administrator: "active" */
+	CLAIMS_ASSIGNED,	/* by an administrator: "active" */
+	CLAIMS_LIMITED		/* max_reservations_per_user reached */
 };
 
 struct claims_answer {
 	int		 result;	/* enum claims_result */
 	int		 enforced;	/* 0 for a 'taken' in monitor mode */
 	int64_t		 expires_in;	/* seconds, for CLAIMS_RESERVED */
+	int64_t		 retry_after;	/* seconds, for CLAIMS_LIMITED */
 };
 
 enum claims_outcome {
@@ -281,6 +290,7 @@ int		 claims_is_exempt(const unsigned char *);
 int		 claims_request(const char *, const char *, int, int64_t,
 		     struct claims_answer *);
 int		 claims_expire(int64_t, size_t, size_t *);
+int		 claims_limits_prune(int64_t, size_t, size_t *, int *);
 const char	*claims_result_name(int);
 int		 claims_run(int (*)(struct store_txn *, void *), void *);
 int		 claims_user_id_ok(const char *);

@@ -22,7 +22,7 @@
  *   TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, TWILIO_FROM   the SMS provider
  *   TWILIO_BASE_URL         default https://api.twilio.com (tests use a fake)
  *   SMS_TIMEOUT_MS          time allowed for the provider call (default 8000, 100..12000)
- *   BLOCKED_MESSAGE, INVALID_NUMBER_MESSAGE, UNAVAILABLE_MESSAGE
+ *   BLOCKED_MESSAGE, INVALID_NUMBER_MESSAGE, LIMITED_MESSAGE, UNAVAILABLE_MESSAGE
  *                           the reason given to drop() (for the logs: Auth0
  *                           documents no feedback to the end user)
  *
@@ -40,6 +40,8 @@ const DEFAULTS = {
   blocked: 'This phone number cannot be used for verification. ' +
     'Please use a different number.',
   invalid: 'This phone number is not valid. Please check it and try again.',
+  limited: 'Too many phone numbers were tried for this account. ' +
+    'Please try again later.',
   unavailable: 'We cannot verify this phone number right now. ' +
     'Please try again later.',
   sendFailed: 'We could not send the verification code. ' +
@@ -76,6 +78,7 @@ function settings(secrets) {
     failOpen: boolSecret(s.FAIL_OPEN),
     blocked: s.BLOCKED_MESSAGE || DEFAULTS.blocked,
     invalid: s.INVALID_NUMBER_MESSAGE || DEFAULTS.invalid,
+    limited: s.LIMITED_MESSAGE || DEFAULTS.limited,
     unavailable: s.UNAVAILABLE_MESSAGE || DEFAULTS.unavailable,
     sendFailed: s.SEND_FAILED_MESSAGE || DEFAULTS.sendFailed,
     smsTimeoutMs: intSecret(s.SMS_TIMEOUT_MS, DEFAULTS.smsTimeoutMs, 100,
@@ -88,6 +91,7 @@ function settings(secrets) {
  *   {verdict: 'allow', result}      200: reserved, owned, exempt, learned,
  *                                   conflict, or taken in monitor mode
  *   {verdict: 'taken'}              409
+ *   {verdict: 'limited'}            429: the user asked for too many numbers
  *   {verdict: 'invalid'}            400 invalid_phone_number
  *   {verdict: 'unavailable', why}   timeout, network error, 5xx, any other answer
  * Never throws.
@@ -120,6 +124,7 @@ async function checkClaim(conf, phone, userId, action) {
       return { verdict: 'allow', result, enforced: body.enforced !== false };
     }
     if (res.status === 409) return { verdict: 'taken' };
+    if (res.status === 429 && result === 'limited') return { verdict: 'limited' };
     if (res.status === 400 && body && body.error === 'invalid_phone_number') {
       return { verdict: 'invalid' };
     }
@@ -221,6 +226,11 @@ exports.onExecuteCustomPhoneProvider = async (event, api) => {
       if (claim.verdict === 'taken') {
         console.log(tag + ': taken, enrolment refused');
         api.notification.drop(conf.blocked);
+        return;
+      }
+      if (claim.verdict === 'limited') {
+        console.log(tag + ': too many numbers asked for, enrolment refused');
+        api.notification.drop(conf.limited);
         return;
       }
       if (claim.verdict === 'invalid') {

@@ -16,6 +16,8 @@
  *                           (default "false": refuse the enrolment)
  *   BLOCKED_MESSAGE         error text when the number is taken
  *   INVALID_NUMBER_MESSAGE  error text when the daemon rejects the number
+ *   LIMITED_MESSAGE         error text when the user has asked for too many
+ *                           numbers this hour (max_reservations_per_user)
  *   UNAVAILABLE_MESSAGE     error text when the daemon cannot answer (fail closed)
  *   SEND_FAILED_MESSAGE     error text when the SMS provider fails
  *   TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, TWILIO_FROM   the SMS provider
@@ -37,6 +39,8 @@ const DEFAULTS = {
   blocked: 'This phone number cannot be used for verification. ' +
     'Please use a different number.',
   invalid: 'This phone number is not valid. Please check it and try again.',
+  limited: 'Too many phone numbers were tried for this account. ' +
+    'Please try again later.',
   unavailable: 'We cannot verify this phone number right now. ' +
     'Please try again later.',
   sendFailed: 'We could not send the verification code. ' +
@@ -73,6 +77,7 @@ function settings(secrets) {
     failOpen: boolSecret(s.FAIL_OPEN),
     blocked: s.BLOCKED_MESSAGE || DEFAULTS.blocked,
     invalid: s.INVALID_NUMBER_MESSAGE || DEFAULTS.invalid,
+    limited: s.LIMITED_MESSAGE || DEFAULTS.limited,
     unavailable: s.UNAVAILABLE_MESSAGE || DEFAULTS.unavailable,
     sendFailed: s.SEND_FAILED_MESSAGE || DEFAULTS.sendFailed,
     smsTimeoutMs: intSecret(s.SMS_TIMEOUT_MS, DEFAULTS.smsTimeoutMs, 100,
@@ -85,6 +90,7 @@ function settings(secrets) {
  *   {verdict: 'allow', result}      200: reserved, owned, exempt, learned,
  *                                   conflict, or taken in monitor mode
  *   {verdict: 'taken'}              409
+ *   {verdict: 'limited'}            429: the user asked for too many numbers
  *   {verdict: 'invalid'}            400 invalid_phone_number
  *   {verdict: 'unavailable', why}   timeout, network error, 5xx, any other answer
  * Never throws.
@@ -117,6 +123,7 @@ async function checkClaim(conf, phone, userId, action) {
       return { verdict: 'allow', result, enforced: body.enforced !== false };
     }
     if (res.status === 409) return { verdict: 'taken' };
+    if (res.status === 429 && result === 'limited') return { verdict: 'limited' };
     if (res.status === 400 && body && body.error === 'invalid_phone_number') {
       return { verdict: 'invalid' };
     }
@@ -222,6 +229,10 @@ exports.onExecuteSendPhoneMessage = async (event, api) => {
     if (claim.verdict === 'taken') {
       console.log(tag + ': taken, enrolment refused');
       throw new Error(conf.blocked);
+    }
+    if (claim.verdict === 'limited') {
+      console.log(tag + ': too many numbers asked for, enrolment refused');
+      throw new Error(conf.limited);
     }
     if (claim.verdict === 'invalid') {
       console.log(tag + ': invalid number, enrolment refused');

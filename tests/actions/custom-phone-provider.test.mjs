@@ -12,17 +12,19 @@ import {
 const action = loadAction('custom-phone-provider.js');
 const T = { timeout: 15000 };
 
-let daemon, monitor, twilio, failed = false;
+let daemon, monitor, capped, twilio, failed = false;
 
 before(async () => {
   twilio = await startFakeTwilio();
   daemon = await startDaemon();
   monitor = await startDaemon({ mode: 'monitor' });
+  capped = await startDaemon({ max_reservations_per_user: 1 });
 });
 
 after(async () => {
   await stopDaemon(daemon, { keep: failed });
   await stopDaemon(monitor, { keep: failed });
+  await stopDaemon(capped, { keep: failed });
   if (twilio) await twilio.close();
 });
 
@@ -113,6 +115,20 @@ t('otp_enroll of a taken number: dropped, no SMS, no exception', async () => {
   assert.equal(r.calls.length, 1);
   assert.equal(r.calls[0][0], 'drop');
   assert.match(r.calls[0][1], /cannot be used/);
+  assert.equal(twilio.to(phone).length, 0);
+});
+
+t('otp_enroll over max_reservations_per_user: dropped, no SMS', async () => {
+  const user = freshUser();
+  const secrets = secretsFor(capped, twilio, { FAIL_OPEN: 'true' });
+  const first = await run(event(secrets, freshNumber(), user));
+  assert.deepEqual(first.calls, []);
+  const phone = freshNumber();
+  const r = await run(event(secrets, phone, user));
+  assert.equal(r.error, undefined);
+  assert.equal(r.calls.length, 1);
+  assert.equal(r.calls[0][0], 'drop');
+  assert.match(r.calls[0][1], /Too many phone numbers/);
   assert.equal(twilio.to(phone).length, 0);
 });
 

@@ -14,17 +14,19 @@ const T = { timeout: 15000 };
 const BLOCKED = 'This phone number cannot be used for verification. ' +
   'Please use a different number.';
 
-let daemon, monitor, twilio, failed = false;
+let daemon, monitor, capped, twilio, failed = false;
 
 before(async () => {
   twilio = await startFakeTwilio();
   daemon = await startDaemon();
   monitor = await startDaemon({ mode: 'monitor' });
+  capped = await startDaemon({ max_reservations_per_user: 2 });
 });
 
 after(async () => {
   await stopDaemon(daemon, { keep: failed });
   await stopDaemon(monitor, { keep: failed });
+  await stopDaemon(capped, { keep: failed });
   if (twilio) await twilio.close();
 });
 
@@ -125,6 +127,25 @@ t('the refusal text comes from the BLOCKED_MESSAGE secret', async () => {
     phone, freshUser()));
   assert.equal(r.error && r.error.message, text);
   assert.equal(twilio.to(phone).length, 0);
+});
+
+t('a user over max_reservations_per_user is refused, even failing open', async () => {
+  const user = freshUser();
+  const secrets = secretsFor(capped, twilio, { FAIL_OPEN: 'true' });
+  for (let i = 0; i < 2; i++) {
+    assert.equal((await run(event(secrets, freshNumber(), user))).error, undefined);
+  }
+  const phone = freshNumber();
+  const r = await run(event(secrets, phone, user));
+  assert.ok(r.error instanceof Error);
+  assert.equal(r.error.message, 'Too many phone numbers were tried for this ' +
+    'account. Please try again later.');
+  assert.equal(twilio.to(phone).length, 0, 'no SMS over the cap');
+  assert.ok(r.lines.some((l) => /too many numbers asked for, enrolment refused/.test(l)),
+    r.lines.join('\n'));
+  const text = 'Trop de numéros essayés.';
+  const again = await run(event({ ...secrets, LIMITED_MESSAGE: text }, freshNumber(), user));
+  assert.equal(again.error && again.error.message, text);
 });
 
 t('a challenge teaches the daemon the number; another user cannot enrol it', async () => {

@@ -250,6 +250,116 @@ class MonitorModeTests(ClaimsCase):
                           "conflict")
 
 
+class ReservationCapTests(ClaimsCase):
+    """max_reservations_per_user = 3: new numbers one user may ask for."""
+
+    conf = {"default_region": "US", "max_reservations_per_user": 3}
+
+    def assertLimited(self, reply):
+        self.assertEqual(reply.status, 429, str(reply))
+        self.assertJsonType(reply)
+        self.assertEqual(sorted(reply.json), ["result", "retry_after"],
+                         str(reply))
+        self.assertEqual(reply.json["result"], "limited", str(reply))
+        wait = reply.json["retry_after"]
+        self.assertTrue(3590 <= wait <= 3600, str(reply))
+        self.assertEqual(reply.headers.get("Retry-After"), str(wait))
+
+    def test_fourth_new_number_is_refused_and_left_free(self):
+        user = fresh_user()
+        for _ in range(3):
+            self.reserve(user=user)
+        phone = fresh_number()
+        self.assertLimited(self.d.claim(phone, user, "enrollment"))
+        self.assertFree(phone)
+
+    def test_numbers_refused_as_taken_count_too(self):
+        held, _ = self.reserve()
+        user = fresh_user()
+        for _ in range(3):
+            self.assertTaken(self.d.claim(held, user, "enrollment"))
+        # Asking again for a number already refused counts again: the
+        # answer tells whether it is taken, so each one is a probe.
+        self.assertLimited(self.d.claim(held, user, "enrollment"))
+        self.assertLimited(self.d.claim(fresh_number(), user, "enrollment"))
+
+    def test_numbers_the_user_holds_do_not_count(self):
+        phone, user = self.reserve()
+        for _ in range(5):
+            self.assertResult(self.d.claim(phone, user, "enrollment"),
+                              "owned")
+        self.reserve(user=user)
+        self.reserve(user=user)
+        self.assertLimited(self.d.claim(fresh_number(), user))
+
+    def test_a_limited_user_still_owns_its_numbers(self):
+        user = fresh_user()
+        for _ in range(3):
+            phone, _ = self.reserve(user=user)
+        self.assertLimited(self.d.claim(fresh_number(), user))
+        self.assertResult(self.d.claim(phone, user, "enrollment"), "owned")
+        self.assertHeld(phone, user)
+
+    def test_challenges_are_never_limited(self):
+        user = fresh_user()
+        for _ in range(3):
+            self.reserve(user=user)
+        self.assertResult(self.d.claim(fresh_number(), user, "otp_verify"),
+                          "learned")
+
+    def test_other_users_are_not_affected(self):
+        user = fresh_user()
+        for _ in range(3):
+            self.reserve(user=user)
+        self.assertLimited(self.d.claim(fresh_number(), user))
+        self.reserve()
+
+    def test_the_count_survives_a_restart(self):
+        user = fresh_user()
+        for _ in range(3):
+            self.reserve(user=user)
+        self.d.stop()
+        self.d.start()
+        self.assertLimited(self.d.claim(fresh_number(), user))
+        self.d.kill()
+        self.d.start()
+        self.assertLimited(self.d.claim(fresh_number(), user))
+
+    def test_refusals_are_in_the_metrics(self):
+        user = fresh_user()
+        for _ in range(3):
+            self.reserve(user=user)
+        self.assertLimited(self.d.claim(fresh_number(), user))
+        text = self.d.request("GET", "/metrics").raw.decode()
+        self.assertRegex(text, r'phoneclaimd_requests_total\{endpoint='
+                         r'"claims",code="429"\} [1-9]')
+
+
+class ReservationCapMonitorTests(ClaimsCase):
+
+    conf = {"default_region": "US", "max_reservations_per_user": 2,
+            "mode": "monitor"}
+
+    def test_over_the_cap_is_answered_200_and_stores_nothing(self):
+        user = fresh_user()
+        self.reserve(user=user)
+        self.reserve(user=user)
+        phone = fresh_number()
+        self.assertJsonReply(self.d.claim(phone, user, "enrollment"), 200,
+                             {"result": "limited", "enforced": False})
+        self.assertFree(phone)
+
+
+class NoReservationCapTests(ClaimsCase):
+
+    conf = {"default_region": "US", "max_reservations_per_user": 0}
+
+    def test_zero_means_no_cap(self):
+        user = fresh_user()
+        for _ in range(15):
+            self.reserve(user=user)
+
+
 class TwoUsersPerNumberTests(ClaimsCase):
 
     conf = {"default_region": "US", "max_users_per_number": 2}

@@ -443,6 +443,88 @@ test_walk(void **state)
 		assert_string_not_equal(all[i].user_id, "q");
 }
 
+/* Ask for the number +1201555010<i> as user u at now. */
+static int
+req_nth(int i, const char *user, int64_t now, struct claims_answer *a)
+{
+	char	number[32];
+
+	snprintf(number, sizeof number, "+1201555%04d", 100 + i);
+	return (req(number, user, CLAIMS_ENROLL, now, a));
+}
+
+static void
+test_reservation_window(void **state)
+{
+	struct claims_answer	a;
+	int			i;
+
+	(void)state;
+	fx->conf.max_reservations_per_user = 3;
+	for (i = 0; i < 3; i++)
+		assert_int_equal(req_nth(i, "u", NOW + i, NULL),
+		    CLAIMS_RESERVED);
+	/* The window opened at NOW: refused until NOW + 3600. */
+	assert_int_equal(req_nth(3, "u", NOW + 3, &a), CLAIMS_LIMITED);
+	assert_true(a.enforced);
+	assert_int_equal(a.retry_after, 3597);
+	/* The number held is still "owned" over the cap. */
+	assert_int_equal(req_nth(2, "u", NOW + 4, NULL), CLAIMS_OWNED);
+	assert_int_equal(req_nth(3, "u", NOW + 3599, &a), CLAIMS_LIMITED);
+	assert_int_equal(a.retry_after, 1);
+	/* The next window opens with the next request. */
+	assert_int_equal(req_nth(3, "u", NOW + 3600, NULL), CLAIMS_RESERVED);
+	assert_int_equal(req_nth(4, "u", NOW + 3601, NULL), CLAIMS_RESERVED);
+	assert_int_equal(req_nth(5, "u", NOW + 3602, NULL), CLAIMS_RESERVED);
+	assert_int_equal(req_nth(6, "u", NOW + 3603, &a), CLAIMS_LIMITED);
+	assert_int_equal(a.retry_after, 3597);
+	/* A clock stepped back before the window's start opens a new one. */
+	assert_int_equal(req_nth(6, "u", NOW + 100, NULL), CLAIMS_RESERVED);
+	/* In monitor mode the answer says so and nothing is refused. */
+	fx->conf.mode = CONF_MODE_MONITOR;
+	assert_int_equal(req_nth(7, "u", NOW + 101, NULL), CLAIMS_RESERVED);
+	assert_int_equal(req_nth(8, "u", NOW + 102, NULL), CLAIMS_RESERVED);
+	assert_int_equal(req_nth(9, "u", NOW + 103, &a), CLAIMS_LIMITED);
+	assert_false(a.enforced);
+}
+
+static void
+test_reservation_windows_pruned(void **state)
+{
+	size_t	pruned, total;
+	int	i, wrapped;
+	char	user[16];
+
+	(void)state;
+	fx->conf.max_reservations_per_user = 1;
+	for (i = 0; i < 50; i++) {
+		snprintf(user, sizeof user, "u%02d", i);
+		assert_int_equal(req_nth(i, user, i < 20 ? NOW : NOW + 1000,
+		    NULL), CLAIMS_RESERVED);
+	}
+	/* Nothing has closed at NOW + 3600: a whole pass prunes nothing. */
+	assert_int_equal(claims_limits_prune(NOW + 3600, 1000, &pruned,
+	    &wrapped), STORE_OK);
+	assert_int_equal(pruned, 0);
+	assert_true(wrapped);
+	/* At NOW + 3601 the first 20 have: found 7 windows at a time. */
+	total = 0;
+	for (i = 0; i < 20; i++) {
+		assert_int_equal(claims_limits_prune(NOW + 3601, 7, &pruned,
+		    &wrapped), STORE_OK);
+		total += pruned;
+		if (wrapped)
+			break;
+	}
+	assert_int_equal(i, 7);		/* 50 windows, 7 a time, then the end */
+	assert_int_equal(total, 20);
+	/* Those users start again; the others are still capped. */
+	assert_int_equal(req_nth(60, "u05", NOW + 3601, NULL),
+	    CLAIMS_RESERVED);
+	assert_int_equal(req_nth(61, "u30", NOW + 3601, NULL),
+	    CLAIMS_LIMITED);
+}
+
 int
 main(void)
 {
@@ -462,6 +544,8 @@ main(void)
 		T(test_admin_claim),
 		T(test_admin_release),
 		T(test_walk),
+		T(test_reservation_window),
+		T(test_reservation_windows_pruned),
 	};
 #undef T
 

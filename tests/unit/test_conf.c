@@ -96,6 +96,7 @@ test_defaults(void **state)
 	assert_int_equal(c->mode, CONF_MODE_ENFORCE);
 	assert_int_equal(c->pending_ttl, 600);
 	assert_int_equal(c->max_users_per_number, 1);
+	assert_int_equal(c->max_reservations_per_user, 10);
 	assert_null(c->exempt_numbers_file);
 	assert_null(c->default_region);
 	assert_int_equal(c->max_body_size, 8388608);
