@@ -833,6 +833,15 @@ claims_ev_unenrolled(struct store_txn *txn, const struct claims_event *ev,
 	if (pick == -2) {
 		*outcome = CLAIMS_AMBIGUOUS;
 		rv = verify_ask(txn, ev->user_id, VERIFY_AMBIGUOUS, ev->now);
+	} else if (pick >= 0 && ev->enrol_id != NULL &&
+	    list[pick].enrol_id[0] != '\0' &&
+	    strcmp(list[pick].enrol_id, ev->enrol_id) != 0) {
+		/*
+		 * The event ends another enrolment of this number than the
+		 * one the claim records: a late unenrolment of an earlier
+		 * one must not release the user's new enrolment.
+		 */
+		*outcome = CLAIMS_STALE;
 	} else if (pick >= 0) {
 		*outcome = CLAIMS_APPLIED;
 		rv = claims_release(txn, &list[pick], ev->date_ms);

@@ -218,6 +218,42 @@ test_unenroll(void **state)
 }
 
 static void
+test_late_unenroll_of_an_earlier_enrolment(void **state)
+{
+	(void)state;
+	/* Enrolled as dev_1, unenrolled, enrolled again as dev_2. */
+	ENROLLED("auth0|a", "\"" N1 "\"", "2027-01-15T07:00:00Z");
+	assert_int_equal(apply("{\"type\":\"gd_unenroll\",\"date\":"
+	    "\"2027-01-15T07:10:00Z\",\"user_id\":\"auth0|a\",\"details\":"
+	    "{\"authenticator\":{\"id\":\"sms|dev_1\",\"type\":\"sms\","
+	    "\"phone_number\":\"" N1 "\"}}}"), CLAIMS_APPLIED);
+	assert_int_equal(apply("{\"type\":\"gd_enrollment_complete\","
+	    "\"date\":\"2027-01-15T07:20:00Z\",\"user_id\":\"auth0|a\","
+	    "\"details\":{\"authenticator\":{\"type\":\"sms\","
+	    "\"phone_number\":\"" N1 "\",\"id\":\"sms|dev_2\"}}}"),
+	    CLAIMS_APPLIED);
+	/* A redelivered copy of dev_1's unenrolment (another log id). */
+	assert_int_equal(apply("{\"type\":\"gd_unenroll\",\"date\":"
+	    "\"2027-01-15T07:10:00Z\",\"user_id\":\"auth0|a\",\"details\":"
+	    "{\"authenticator\":{\"id\":\"sms|dev_1\",\"type\":\"sms\","
+	    "\"phone_number\":\"" N1 "\"}}}"), CLAIMS_STALE);
+	assert_int_equal(state_of(N1, "auth0|a"), CLAIM_ACTIVE);
+	/* dev_2's own unenrolment, and one that names no id, release. */
+	assert_int_equal(apply("{\"type\":\"gd_unenroll\",\"date\":"
+	    "\"2027-01-15T07:30:00Z\",\"user_id\":\"auth0|a\",\"details\":"
+	    "{\"authenticator\":{\"id\":\"phone|dev_2\",\"type\":\"sms\","
+	    "\"phone_number\":\"" N1 "\"}}}"), CLAIMS_APPLIED);
+	assert_int_equal(state_of(N1, "auth0|a"), 0);
+	assert_int_equal(ENROLLED("auth0|b", "\"" N2 "\"",
+	    "2027-01-15T07:00:00Z"), CLAIMS_APPLIED);
+	assert_int_equal(apply("{\"type\":\"gd_unenroll\",\"date\":"
+	    "\"2027-01-15T07:30:00Z\",\"user_id\":\"auth0|b\",\"details\":"
+	    "{\"authenticator\":{\"type\":\"sms\",\"phone_number\":\"" N2
+	    "\"}}}"), CLAIMS_APPLIED);
+	assert_int_equal(state_of(N2, "auth0|b"), 0);
+}
+
+static void
 test_user_deleted_and_watermark(void **state)
 {
 	(void)state;
@@ -407,6 +443,7 @@ main(void)
 		T(test_enrolled_masked_and_absent),
 		T(test_enrolled_other_factors_ignored),
 		T(test_unenroll),
+		T(test_late_unenroll_of_an_earlier_enrolment),
 		T(test_user_deleted_and_watermark),
 		T(test_per_number_watermark),
 		T(test_sapi),
