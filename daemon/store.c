@@ -423,8 +423,13 @@ store_open_env(struct store *st, char **cause)
 	    (ret = env->set_lk_max_objects(env, STORE_LK_MAX_OBJECTS)) != 0 ||
 	    (ret = env->set_lk_max_lockers(env, STORE_LK_MAX_LOCKERS)) != 0 ||
 	    (ret = env->open(env, st->dir, flags, STORE_FILE_MODE)) != 0) {
-		xasprintf(cause, "cannot open Berkeley DB environment in %s: "
-		    "%s", st->dir, db_strerror(ret));
+		if (ret == DB_RUNRECOVERY)
+			xasprintf(cause, "recovery of the store in %s failed "
+			    "(the messages above name the damaged file): "
+			    "restore the state directory from a backup", st->dir);
+		else
+			xasprintf(cause, "cannot open Berkeley DB environment "
+			    "in %s: %s", st->dir, db_strerror(ret));
 		return (-1);
 	}
 	st->env_open = 1;
@@ -815,8 +820,12 @@ store_fail(struct store *st, const char *what)
 	if (st->failed)
 		return;
 	st->failed = 1;
-	log_warnx("store: %s: the Berkeley DB environment has failed; "
-	    "a restart will run recovery", what);
+	/* During the opening recovery, a restart would fail the same way. */
+	if (!st->env_open)
+		log_warnx("store: %s while opening %s", what, st->dir);
+	else
+		log_warnx("store: %s: the Berkeley DB environment has failed; "
+		    "a restart will run recovery", what);
 	if (st->fail_cb != NULL)
 		st->fail_cb(st->fail_arg);
 }
