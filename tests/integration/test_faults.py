@@ -170,7 +170,16 @@ class DiskFullTests(DaemonTestCase):
                              "%s: %s" % (when, again))
 
         check("after space returned")
+
+        # Full again: a stop still exits 0 (the final checkpoint fails and
+        # says so), a start fails at once with 1, and starts once space
+        # returns (systemd restarts it until then).
+        self.fill(filler)
         self.assertEqual(d.stop(), 0, d.tail())
+        r = d.run("-f", "-c", d.conf_path, timeout=30)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("No space left on device", r.stderr)
+        os.unlink(filler)
         d.start()
         check("after a restart")
 
