@@ -257,20 +257,20 @@ class StoreFileTests(DaemonTestCase):
         self.assertIntact(d, held)
 
     def test_claims_db_garbage(self):
-        d, held = self.make_store()
+        d, _ = self.make_store()
         path = os.path.join(d.state_dir, "claims.db")
         with open(path, "r+b") as f:
             f.write(os.urandom(4096))
         self.assertFatal(d, "claims.db")
 
     def test_claims_db_truncated(self):
-        d, held = self.make_store()
+        d, _ = self.make_store()
         path = os.path.join(d.state_dir, "claims.db")
         os.truncate(path, 100)
         self.assertFatal(d, "claims.db")
 
     def test_log_file_garbage(self):
-        d, held = self.make_store()
+        d, _ = self.make_store()
         logs = sorted(f for f in os.listdir(d.state_dir)
                       if f.startswith("log."))
         self.assertTrue(logs)
@@ -287,7 +287,7 @@ class StoreFileTests(DaemonTestCase):
         with open(path, "rb") as f:
             key = f.read()
         os.unlink(path)
-        stderr = self.assertFatal(d, path, "missing")
+        self.assertFatal(d, path, "missing")
         self.assertFalse(os.path.exists(path), "a new key was created")
         write_secret(path, "")
         with open(path, "wb") as f:
@@ -348,13 +348,6 @@ class ClockTests(DaemonTestCase):
         with open(tmp, "w") as f:
             f.write("%d\n" % seconds)
         os.rename(tmp, self.offset_file)
-
-    def expires_in(self, d, phone):
-        """Seconds until the one claim on phone expires, by the daemon's
-        own clock (read back through the status socket)."""
-        claims = d.ask("lookup " + phone)["claims"]
-        self.assertEqual(len(claims), 1, claims)
-        return claims[0]
 
     def test_the_shim_moves_the_clock(self):
         d = self.clock_daemon(pending_ttl=TTL)
