@@ -25,6 +25,7 @@
 #include "xmalloc.h"
 
 #define HASH_KEY_LEN	32
+#define HASH_CHECK_INPUT	"phoneclaimd hash key check"
 
 static int	hash_create(const char *, char **);
 static int	hash_read(const char *, char **);
@@ -109,6 +110,42 @@ hash_init(const char *path, char **cause)
 		return (-1);
 	hash_ready = 1;
 	return (0);
+}
+
+/*
+ * Load the key from path, never creating it: for a store that already has
+ * data, a new key would orphan every number key in it.
+ */
+int
+hash_load(const char *path, char **cause)
+{
+	if (hash_read(path, cause) != 0)
+		return (-1);
+	hash_ready = 1;
+	return (0);
+}
+
+/*
+ * Write into out (HASH_CHECK_LEN + 1 bytes) the hex HMAC of a fixed string
+ * under the key: the store keeps it, so that a start with another key (a
+ * wrong file restored, a key regenerated) is refused.  It tells nothing
+ * about the key itself.
+ */
+void
+hash_check(char *out)
+{
+	unsigned char	 mac[HASH_DIGEST_LEN];
+	unsigned int	 len = sizeof mac;
+	size_t		 i;
+
+	if (!hash_ready)
+		fatalx("hash_check: no hash key");
+	if (HMAC(EVP_sha256(), hash_key, sizeof hash_key,
+	    (const unsigned char *)HASH_CHECK_INPUT, strlen(HASH_CHECK_INPUT),
+	    mac, &len) == NULL || len != sizeof mac)
+		fatalx("hash_check: HMAC-SHA256 failed");
+	for (i = 0; i < sizeof mac; i++)
+		snprintf(out + 2 * i, 3, "%02x", mac[i]);
 }
 
 /* Forget the key. */

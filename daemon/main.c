@@ -29,6 +29,7 @@
 #define CHECKPOINT_INTERVAL	60
 #define LIMITS_BATCH		1000	/* reservation windows per transaction */
 #define STOP_GRACE_MS		250	/* to finish answers in flight */
+#define STORE_META_HASH_CHECK	"hash_key_check"	/* in meta.db */
 
 struct main_state {
 	struct event_base	*base;
@@ -49,6 +50,7 @@ static void	main_store_failed(void *);
 static int	main_load_tokens(struct main_state *, char **);
 static int	main_reload(struct main_state *);
 static int	main_check(struct conf *);
+static int	main_hash_init(struct main_state *, char **);
 static void	main_start(struct main_state *);
 static void	main_die(int, char *) __attribute__((noreturn));
 static void	main_detach(void);
@@ -404,6 +406,78 @@ main_ready(struct main_state *m)
 }
 
 /*
+ * Load the hash key, creating it only for a store that holds nothing keyed
+ * by it, and check it against the store.  A new key over existing claims
+ * would silently orphan every one of them (each number would hash to a key
+ * no claim has): so a missing key, or one that is not the key the store was
+ * made with, is fatal and names the file.  The store keeps a check value of
+ * its key in meta.db from the first start of this release on; a store from
+ * before has none, and counts as holding data if it has claims or
+ * conflicts.  Returns 0 or the exit status: a key file that is not private
+ * or not 32 bytes is a configuration error, the rest a runtime failure.
+ */
+static int
+main_hash_init(struct main_state *m, char **cause)
+{
+	const char		*path = m->conf->hash_key_file;
+	struct store_txn	*txn;
+	struct store_counts	 counts;
+	char			*stored = NULL, check[HASH_CHECK_LEN + 1];
+	int			 r, missing, status = EXIT_RUNTIME;
+
+	if (store_txn_begin(m->store, &txn) != STORE_OK)
+		goto store;
+	r = store_meta_get(txn, STORE_META_HASH_CHECK, &stored);
+	if (r != STORE_OK && r != STORE_NOTFOUND) {
+		store_txn_abort(txn);
+		goto store;
+	}
+	missing = access(path, F_OK) != 0 && errno == ENOENT;
+	if (missing && (stored != NULL ||
+	    (store_count(m->store, &counts) == STORE_OK &&
+	    counts.claims + counts.conflicts > 0))) {
+		xasprintf(cause, "hash key %s is missing, but the store in %s "
+		    "holds data keyed by it: restore the key (a new key would "
+		    "orphan every claim)", path, m->conf->state_dir);
+		goto fail;
+	}
+	if ((missing ? hash_init(path, cause) : hash_load(path, cause)) != 0) {
+		status = EXIT_CONFIG;
+		goto fail;
+	}
+	hash_check(check);
+	if (stored != NULL && strcmp(stored, check) != 0) {
+		xasprintf(cause, "hash key %s is not the key the store in %s "
+		    "was made with: restore the right key", path,
+		    m->conf->state_dir);
+		goto fail;
+	}
+	if (stored == NULL) {
+		if (store_meta_put(txn, STORE_META_HASH_CHECK, check) !=
+		    STORE_OK) {
+			store_txn_abort(txn);
+			goto store;
+		}
+		if (store_txn_commit(txn) != STORE_OK ||
+		    store_flush(m->store) != STORE_OK)
+			goto store;
+	} else
+		store_txn_abort(txn);
+	free(stored);
+	return (0);
+
+fail:
+	store_txn_abort(txn);
+	free(stored);
+	return (status);
+store:
+	free(stored);
+	xasprintf(cause, "cannot read or write the hash key check in %s",
+	    m->conf->state_dir);
+	return (EXIT_RUNTIME);
+}
+
+/*
  * Open the store, load the secrets and start listening.  A bad secret
  * file or exempt list is a configuration error (2); the rest is a
  * runtime failure (1).
@@ -412,6 +486,7 @@ static void
 main_start(struct main_state *m)
 {
 	char	*cause, *path;
+	int	 status;
 
 	store_set_cache_size((uint64_t)m->conf->cache_size);
 	if ((m->store = store_open(m->conf->state_dir, &cause)) == NULL)
@@ -421,8 +496,8 @@ main_start(struct main_state *m)
 	if (deadletter_open(path, 0, &cause) != 0)
 		main_die(EXIT_RUNTIME, cause);
 	free(path);
-	if (hash_init(m->conf->hash_key_file, &cause) != 0)
-		main_die(EXIT_CONFIG, cause);
+	if ((status = main_hash_init(m, &cause)) != 0)
+		main_die(status, cause);
 	claims_init(m->store, m->conf);
 	if (claims_exempt_load(m->conf->exempt_numbers_file,
 	    m->conf->default_region, 0, &cause) != 0)

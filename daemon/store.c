@@ -244,6 +244,8 @@ struct store_claims {
 static int	store_mkdir(const char *, char **);
 static int	store_lock(struct store *, char **);
 static int	store_open_env(struct store *, char **);
+static int	store_reserve_regions(struct store *, char **);
+static int	store_reserve_region(const char *, unsigned long long, char **);
 static int	store_open_dbs(struct store *, char **);
 static int	store_open_db(struct store *, DB_TXN *, enum store_db);
 static int	store_check_schema(struct store *, char **);
@@ -431,12 +433,90 @@ store_open_env(struct store *st, char **cause)
 	    (ret = env->set_lk_max_objects(env, STORE_LK_MAX_OBJECTS)) != 0 ||
 	    (ret = env->set_lk_max_lockers(env, STORE_LK_MAX_LOCKERS)) != 0 ||
 	    (ret = env->open(env, st->dir, flags, STORE_FILE_MODE)) != 0) {
-		xasprintf(cause, "cannot open Berkeley DB environment in %s: "
-		    "%s", st->dir, db_strerror(ret));
+		if (ret == DB_RUNRECOVERY)
+			xasprintf(cause, "recovery of the store in %s failed "
+			    "(the messages above name the damaged file): "
+			    "restore the state directory from a backup", st->dir);
+		else
+			xasprintf(cause, "cannot open Berkeley DB environment "
+			    "in %s: %s", st->dir, db_strerror(ret));
 		return (-1);
 	}
 	st->env_open = 1;
-	return (0);
+	return (store_reserve_regions(st, cause));
+}
+
+/*
+ * Give the region files (__db.NNN) their disk blocks now, up to the size
+ * each one may grow to.  Berkeley DB maps them at that size but extends a
+ * file by writing its last byte: the rest is a hole, and the first touch of
+ * a page in a hole on a full file system is SIGBUS, not ENOSPC (found by
+ * tests/integration/test_faults.py: a full state directory killed the
+ * daemon as soon as the cache grew).  With the blocks reserved, a full disk
+ * only fails log and page writes, which return an error.  The size a region
+ * may grow to is the length of its mapping, which only /proc/self/maps
+ * tells; the blocks are reserved past the end of the file (KEEP_SIZE), so
+ * Berkeley DB sees the sizes it expects.
+ */
+static int
+store_reserve_regions(struct store *st, char **cause)
+{
+	FILE			*f;
+	char			*real, *line = NULL, *path;
+	size_t			 linesize = 0, dlen;
+	unsigned long long	 start, end;
+	int			 n, rv = 0;
+
+	if ((real = realpath(st->dir, NULL)) == NULL) {
+		xasprintf(cause, "%s: %s", st->dir, strerror(errno));
+		return (-1);
+	}
+	dlen = strlen(real);
+	if ((f = fopen("/proc/self/maps", "re")) == NULL) {
+		log_warn("store: /proc/self/maps: cannot reserve disk space "
+		    "for the regions");
+		free(real);
+		return (0);
+	}
+	while (rv == 0 && getline(&line, &linesize, f) != -1) {
+		line[strcspn(line, "\n")] = '\0';
+		/* start-end perms offset dev inode path */
+		if (sscanf(line, "%llx-%llx %*s %*s %*s %*s %n", &start, &end,
+		    &n) != 2 || end <= start)
+			continue;
+		path = line + n;
+		if (strncmp(path, real, dlen) != 0 ||
+		    strncmp(path + dlen, "/__db.", 6) != 0)
+			continue;
+		rv = store_reserve_region(path, end - start, cause);
+	}
+	free(line);
+	fclose(f);
+	free(real);
+	return (rv);
+}
+
+/* Reserve len bytes of disk for one region file (both handles map it). */
+static int
+store_reserve_region(const char *path, unsigned long long len, char **cause)
+{
+	int	fd, r;
+
+	if ((fd = open(path, O_RDWR | O_CLOEXEC)) == -1) {
+		xasprintf(cause, "%s: %s", path, strerror(errno));
+		return (-1);
+	}
+	r = fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, (off_t)len);
+	if (r != 0 && (errno == EOPNOTSUPP || errno == ENOSYS)) {
+		/* Nothing better to do on such a file system. */
+		log_debug("store: %s: cannot reserve disk space: %s", path,
+		    strerror(errno));
+		r = 0;
+	} else if (r != 0)
+		xasprintf(cause, "cannot reserve %llu bytes of disk for %s: %s",
+		    len, path, strerror(errno));
+	close(fd);
+	return (r == 0 ? 0 : -1);
 }
 
 /*
@@ -750,8 +830,12 @@ store_fail(struct store *st, const char *what)
 	if (st->failed)
 		return;
 	st->failed = 1;
-	log_warnx("store: %s: the Berkeley DB environment has failed; "
-	    "a restart will run recovery", what);
+	/* During the opening recovery, a restart would fail the same way. */
+	if (!st->env_open)
+		log_warnx("store: %s while opening %s", what, st->dir);
+	else
+		log_warnx("store: %s: the Berkeley DB environment has failed; "
+		    "a restart will run recovery", what);
 	if (st->fail_cb != NULL)
 		st->fail_cb(st->fail_arg);
 }

@@ -80,8 +80,11 @@ const char	*conf_mode_name(int);
 
 /* hash.c */
 #define HASH_DIGEST_LEN	32
+#define HASH_CHECK_LEN	(2 * HASH_DIGEST_LEN)	/* hex, without the NUL */
 
 int		 hash_init(const char *, char **);
+int		 hash_load(const char *, char **);
+void		 hash_check(char *);
 void		 hash_free(void);
 void		 hash_number(const char *, unsigned char *);
 void		 hash_digest(const void *, size_t, unsigned char *);

@@ -91,6 +91,42 @@ test_key_refused(void **state)
 	free(dir);
 }
 
+/* hash_load never creates a key; the check value depends on the key. */
+static void
+test_key_load_and_check(void **state)
+{
+	char	*dir = unit_tmpdir(), *path, *cause = NULL;
+	char	 a[HASH_CHECK_LEN + 1], b[HASH_CHECK_LEN + 1];
+
+	(void)state;
+	xasprintf(&path, "%s/hash.key", dir);
+	assert_int_equal(hash_load(path, &cause), -1);
+	assert_non_null(strstr(cause, path));
+	assert_int_equal(access(path, F_OK), -1);
+	free(cause);
+	free(path);
+	path = unit_write(dir, "a.key", "0123456789abcdef0123456789abcdef",
+	    0600);
+	assert_int_equal(hash_load(path, &cause), 0);
+	hash_check(a);
+	assert_int_equal(strlen(a), HASH_CHECK_LEN);
+	assert_int_equal(strspn(a, "0123456789abcdef"), HASH_CHECK_LEN);
+	/* The check is not the key, nor anything that shows it. */
+	assert_null(strstr(a, "30313233"));
+	hash_check(b);
+	assert_string_equal(a, b);
+	free(path);
+	path = unit_write(dir, "b.key", "0123456789abcdef0123456789abcdeF",
+	    0600);
+	assert_int_equal(hash_load(path, &cause), 0);
+	hash_check(b);
+	assert_string_not_equal(a, b);
+	hash_free();
+	free(path);
+	unit_rmtree(dir);
+	free(dir);
+}
+
 static void
 test_digests(void **state)
 {
@@ -113,6 +149,7 @@ main(void)
 		cmocka_unit_test(test_key_created_private),
 		cmocka_unit_test(test_key_reused_and_hmac),
 		cmocka_unit_test(test_key_refused),
+		cmocka_unit_test(test_key_load_and_check),
 		cmocka_unit_test(test_digests),
 	};
 
