@@ -1271,6 +1271,7 @@ store_backup_copy(struct store_backup *b)
 	DB_ENV	*env = b->env;
 	int	 ret;
 
+	b->errmsg[0] = '\0';
 	if ((ret = env->txn_checkpoint(env, 0, 0, 0)) != 0 ||
 	    (ret = env->log_archive(env, NULL, DB_ARCH_REMOVE)) != 0)
 		return (store_backup_fail(b, "checkpoint", ret));
@@ -1324,6 +1325,7 @@ store_backup_recover(struct store_backup *b)
 	u_int32_t	 flags;
 	int		 ret;
 
+	b->errmsg[0] = '\0';
 	if ((ret = db_env_create(&env, 0)) != 0)
 		return (store_backup_fail(b, "recovery", ret));
 	env->app_private = b;
