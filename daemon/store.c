@@ -649,6 +649,15 @@ store_close(struct store *st)
 		return;
 	if (st->backup != NULL) {
 		log_info("store: waiting for the backup in progress");
+		if (st->backup->started)
+			pthread_join(st->backup->thread, NULL);
+		st->backup->started = 0;
+		if (st->backup->res.ok)
+			log_info("store: backup to %s done (not answered: "
+			    "stopping)", st->backup->dir);
+		else
+			log_warnx("store: backup to %s failed: %s",
+			    st->backup->dir, st->backup->res.cause);
 		store_backup_free(st->backup);
 		st->backup = NULL;
 	}
