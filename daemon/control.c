@@ -30,6 +30,12 @@
  * for more when the client has read it down to CONTROL_EXPORT_LOW.  So a
  * large export holds neither the store nor much memory, whatever the
  * client's speed.  Commands sent during an export wait for its end.
+ *
+ * backup runs on the store's backup thread (store_backup_start): the loop
+ * goes on serving HTTP and other clients, and the client that asked gets
+ * its answer when the backup ends; its later commands wait until then, as
+ * during an export.  One backup at a time; a client that leaves before the
+ * end does not stop it (the result is logged).
  */
 #include "config.h"
 
@@ -85,6 +91,7 @@ struct control_client {
 	int			 closing;	/* close when all is sent */
 	int			 draining;	/* output out: discard input */
 	int			 exporting;
+	int			 backing_up;	/* waits for the backup */
 	int			 export_started;
 	struct claim		 export_after;	/* the last claim sent */
 	unsigned long long	 exported;
@@ -107,6 +114,8 @@ struct control {
 	size_t			 nclients;
 	int			 full;		/* refusing: logged once */
 	struct claim		*batch;		/* one export piece */
+	struct control_client	*backup_client;	/* NULL: gone, or none */
+	char			*backup_dir;	/* of the running backup */
 };
 
 struct control_cmd {
@@ -171,6 +180,9 @@ static void	control_cmd_claim(struct control_client *, int, char **);
 static void	control_cmd_export(struct control_client *, int, char **);
 static void	control_export_more(struct control_client *);
 static void	control_cmd_help(struct control_client *, int, char **);
+static void	control_cmd_backup(struct control_client *, int, char **);
+static void	control_backup_done_cb(const struct store_backup_result *,
+		    void *);
 static void	control_cmd_backfill(struct control_client *, int, char **);
 static void	control_gen_backfill(yajl_gen, const struct store_counts *);
 
@@ -185,6 +197,7 @@ static const struct control_cmd control_cmds[] = {
 	  control_cmd_claim },
 	{ "export", "export", 0, 0, 0, 0, control_cmd_export },
 	{ "backfill", "backfill", 0, 0, 0, 1, control_cmd_backfill },
+	{ "backup", "backup <directory>", 1, 1, 1, 1, control_cmd_backup },
 	{ "help", "help", 0, 0, 0, 0, control_cmd_help },
 };
 
@@ -246,6 +259,7 @@ control_free(struct control *ctl)
 	if (ctl->resume_ev != NULL)
 		event_free(ctl->resume_ev);
 	free(ctl->batch);
+	free(ctl->backup_dir);
 	free(ctl->path);
 	free(ctl);
 }
@@ -454,6 +468,8 @@ control_client_free(struct control_client *c)
 
 	TAILQ_REMOVE(&ctl->clients, c, entry);
 	ctl->nclients--;
+	if (ctl->backup_client == c)
+		ctl->backup_client = NULL;
 	bufferevent_free(c->bev);
 	evbuffer_free(c->held);
 	log_debug("status socket: client uid %u pid %ld gone",
@@ -520,7 +536,7 @@ control_event_cb(struct bufferevent *bev, short what, void *arg)
 static int
 control_busy(struct control_client *c)
 {
-	return (c->exporting || control_pending(c) > 0);
+	return (c->exporting || c->backing_up || control_pending(c) > 0);
 }
 
 /* Bytes of answers not yet handed to the kernel. */
@@ -551,6 +567,8 @@ control_process(struct control_client *c)
 			control_client_free(c);
 			return;
 		}
+		if (c->backing_up)
+			return;
 		if (c->exporting) {
 			control_export_more(c);
 			if (c->exporting)
@@ -1367,4 +1385,79 @@ control_cmd_backfill(struct control_client *c, int argc, char **argv)
 	g = control_gen();
 	control_gen_str(g, "backfill", "started");
 	control_send(c, g, 1);
+}
+
+/*
+ * backup <directory>: a hot backup into an absolute path that does not
+ * exist or is an empty directory; answered when it ends.
+ */
+static void
+control_cmd_backup(struct control_client *c, int argc, char **argv)
+{
+	struct control	*ctl = c->ctl;
+	yajl_gen	 g;
+	char		*cause;
+
+	(void)argc;
+	if (argv[0][0] != '/' || !control_utf8_ok(argv[0])) {
+		control_error(c, "invalid_directory");
+		return;
+	}
+	if (store_backup_running(ctl->store)) {
+		control_error(c, "busy");
+		return;
+	}
+	if (store_backup_start(ctl->store, ctl->base, argv[0],
+	    ctl->conf->hash_key_file, control_backup_done_cb, ctl,
+	    &cause) != 0) {
+		log_warnx("status socket: uid %u: backup to %s: %s",
+		    (unsigned)c->uid, argv[0], cause);
+		g = control_gen();
+		control_gen_str(g, "error", "backup_failed");
+		control_gen_str(g, "cause", cause);
+		control_send(c, g, 0);
+		free(cause);
+		return;
+	}
+	log_info("status socket: uid %u pid %ld started a backup to %s",
+	    (unsigned)c->uid, (long)c->pid, argv[0]);
+	free(ctl->backup_dir);
+	ctl->backup_dir = xstrdup(argv[0]);
+	ctl->backup_client = c;
+	c->backing_up = 1;
+}
+
+/* The backup ended: log it, and answer the client if it is still there. */
+static void
+control_backup_done_cb(const struct store_backup_result *res, void *arg)
+{
+	struct control		*ctl = arg;
+	struct control_client	*c = ctl->backup_client;
+	yajl_gen		 g;
+	char			 secs[32];
+
+	if (res->ok)
+		log_info("backup to %s: %llu file(s), %llu byte(s) in %.3fs",
+		    ctl->backup_dir, res->files, res->bytes, res->seconds);
+	else
+		log_warnx("backup to %s failed: %s", ctl->backup_dir,
+		    res->cause);
+	ctl->backup_client = NULL;
+	if (c == NULL)
+		return;
+	c->backing_up = 0;
+	g = control_gen();
+	if (res->ok) {
+		control_gen_str(g, "result", "done");
+		control_gen_int(g, "files", (long long)res->files);
+		control_gen_int(g, "bytes", (long long)res->bytes);
+		snprintf(secs, sizeof secs, "%.3f", res->seconds);
+		control_gen_key(g, "seconds");
+		yajl_gen_number(g, secs, strlen(secs));
+	} else {
+		control_gen_str(g, "error", "backup_failed");
+		control_gen_str(g, "cause", res->cause);
+	}
+	control_send(c, g, 0);
+	control_process(c);
 }

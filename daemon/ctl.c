@@ -7,7 +7,9 @@
  * import reads a CSV file of number,user_id lines and sends a claim for
  * each over one connection, a window of them in flight at a time; export
  * turns the daemon's stream of claims into CSV.  Neither ever prints a
- * full phone number.
+ * full phone number.  backup sends the directory as an absolute path (the
+ * daemon does not share our working directory) and waits for the end of
+ * the backup however long it takes.
  *
  * Exit status: 0 an answer without "error", 1 an answer with one (or an
  * import line refused), 2 usage, no connection or no answer.
@@ -20,6 +22,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <limits.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -37,6 +40,7 @@
 
 #define CTL_LINE_MAX		4096	/* the daemon's limit */
 #define CTL_TIMEOUT_MS		60000	/* to wait for an answer */
+#define CTL_WAIT_FOREVER	-1	/* for a backup's answer */
 #define CTL_WINDOW		64	/* import claims in flight */
 
 #define CTL_EXIT_OK		0
@@ -46,6 +50,7 @@
 /* A connection and the bytes read from it that no line took yet. */
 struct ctl_conn {
 	int	 fd;
+	int	 timeout_ms;	/* for each answer, or CTL_WAIT_FOREVER */
 	char	*buf;
 	size_t	 len;
 	size_t	 size;
@@ -99,6 +104,7 @@ static int	ctl_import(struct ctl_conn *, const char *);
 static void	ctl_csv_write(const char *);
 static int	ctl_export_row(yajl_val, unsigned long *);
 static int	ctl_export(struct ctl_conn *);
+static int	ctl_backup(struct ctl_conn *, const char *);
 
 /* Print usage to f. */
 static void
@@ -126,6 +132,9 @@ ctl_usage(FILE *f)
 	    "user_id,last4,state,since\n"
 	    "  backfill                      read missed events from Auth0 "
 	    "now (*)\n"
+	    "  backup DIR                    a hot backup of the store and the "
+	    "hash key into\n"
+	    "                                DIR, new or empty (*)\n"
 	    "  help                          the daemon's list of commands\n"
 	    "\n"
 	    "(*) for root or the daemon's user only.  Numbers are shown by "
@@ -157,6 +166,7 @@ ctl_connect(struct ctl_conn *conn, const char *path)
 	struct sockaddr_un	sun;
 
 	memset(conn, 0, sizeof *conn);
+	conn->timeout_ms = CTL_TIMEOUT_MS;
 	memset(&sun, 0, sizeof sun);
 	sun.sun_family = AF_UNIX;
 	if ((size_t)snprintf(sun.sun_path, sizeof sun.sun_path, "%s", path) >=
@@ -192,7 +202,8 @@ ctl_send(struct ctl_conn *conn, const char *line)
 
 /*
  * Read one line of answer (without its newline, allocated).  The daemon
- * closing the connection or staying silent for CTL_TIMEOUT_MS is fatal.
+ * closing the connection or staying silent for the connection's timeout is
+ * fatal.
  */
 static char *
 ctl_read_line(struct ctl_conn *conn)
@@ -210,9 +221,9 @@ ctl_read_line(struct ctl_conn *conn)
 			if (conn->buf == NULL)
 				ctl_fail("out of memory");
 		}
-		if ((n = poll(&pfd, 1, CTL_TIMEOUT_MS)) == 0)
+		if ((n = poll(&pfd, 1, conn->timeout_ms)) == 0)
 			ctl_fail("no answer from the daemon within %d s",
-			    CTL_TIMEOUT_MS / 1000);
+			    conn->timeout_ms / 1000);
 		if (n > 0)
 			n = recv(conn->fd, conn->buf + conn->len,
 			    conn->size - conn->len, 0);
@@ -687,6 +698,37 @@ ctl_export(struct ctl_conn *conn)
 	return (r == 1 ? CTL_EXIT_OK : CTL_EXIT_ERROR);
 }
 
+/*
+ * backup DIR: DIR made absolute against our working directory, then the
+ * answer, which comes when the backup is over.
+ */
+static int
+ctl_backup(struct ctl_conn *conn, const char *dir)
+{
+	char	 cwd[PATH_MAX], name[] = "backup", *path, *argv[2];
+	int	 rv;
+
+	if (*dir == '\0')
+		ctl_fail("backup: the directory is empty");
+	if (*dir == '/')
+		path = strdup(dir);
+	else {
+		if (getcwd(cwd, sizeof cwd) == NULL)
+			ctl_fail("getcwd: %s", strerror(errno));
+		if (asprintf(&path, "%s%s%s", cwd, strcmp(cwd, "/") == 0 ?
+		    "" : "/", dir) == -1)
+			path = NULL;
+	}
+	if (path == NULL)
+		ctl_fail("out of memory");
+	argv[0] = name;
+	argv[1] = path;
+	conn->timeout_ms = CTL_WAIT_FOREVER;
+	rv = ctl_command(conn, 2, argv);
+	free(path);
+	return (rv);
+}
+
 /* Parse the options, connect, run the command. */
 int
 main(int argc, char **argv)
@@ -713,7 +755,8 @@ main(int argc, char **argv)
 	argc -= optind;
 	argv += optind;
 	if (argc == 0 || (strcmp(argv[0], "import") == 0 && argc != 2) ||
-	    (strcmp(argv[0], "export") == 0 && argc != 1)) {
+	    (strcmp(argv[0], "export") == 0 && argc != 1) ||
+	    (strcmp(argv[0], "backup") == 0 && argc != 2)) {
 		ctl_usage(stderr);
 		return (CTL_EXIT_FAIL);
 	}
@@ -722,6 +765,8 @@ main(int argc, char **argv)
 		rv = ctl_import(&conn, argv[1]);
 	else if (strcmp(argv[0], "export") == 0)
 		rv = ctl_export(&conn);
+	else if (strcmp(argv[0], "backup") == 0)
+		rv = ctl_backup(&conn, argv[1]);
 	else
 		rv = ctl_command(&conn, argc, argv);
 	close(conn.fd);

@@ -26,7 +26,6 @@
 #define EXPIRE_INTERVAL		5	/* seconds between expiry runs */
 #define EXPIRE_BATCH		1000	/* reservations per transaction */
 #define EXPIRE_BATCHES		20	/* transactions per run at most */
-#define CHECKPOINT_INTERVAL	60
 #define LIMITS_BATCH		1000	/* reservation windows per transaction */
 #define STOP_GRACE_MS		250	/* to finish answers in flight */
 #define STORE_META_HASH_CHECK	"hash_key_check"	/* in meta.db */
@@ -197,8 +196,9 @@ main_expire_cb(evutil_socket_t fd, short events, void *arg)
 }
 
 /*
- * Every minute: forget log ids older than dedup_retention, and checkpoint
- * the store so that recovery after a crash stays short.
+ * Every checkpoint_interval (a minute by default): forget log ids older
+ * than dedup_retention, and checkpoint the store so that recovery after a
+ * crash stays short and the log files it no longer needs are removed.
  */
 static void
 main_checkpoint_cb(evutil_socket_t fd, short events, void *arg)
@@ -489,6 +489,7 @@ main_start(struct main_state *m)
 	int	 status;
 
 	store_set_cache_size((uint64_t)m->conf->cache_size);
+	store_set_log_file_size((uint32_t)m->conf->log_file_size);
 	if ((m->store = store_open(m->conf->state_dir, &cause)) == NULL)
 		main_die(EXIT_RUNTIME, cause);
 	store_set_fail_cb(m->store, main_store_failed, m);
@@ -528,7 +529,7 @@ main_run(struct main_state *m)
 	static const int	 sigs[] = { SIGTERM, SIGINT, SIGHUP };
 	struct event		*ev[3], *expire_ev, *ckp_ev;
 	struct timeval		 tv_expire = { EXPIRE_INTERVAL, 0 };
-	struct timeval		 tv_ckp = { CHECKPOINT_INTERVAL, 0 };
+	struct timeval		 tv_ckp = { m->conf->checkpoint_interval, 0 };
 	size_t			 i;
 
 	for (i = 0; i < 3; i++) {

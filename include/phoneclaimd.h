@@ -52,6 +52,8 @@ struct conf {
 	char		*default_region;
 	long long	 max_body_size;
 	long long	 cache_size;		/* bytes of Berkeley DB cache */
+	long long	 log_file_size;		/* bytes of each log file */
+	long long	 checkpoint_interval;	/* seconds */
 	long long	 dedup_retention;
 	int		 log_level;
 	long long	 request_timeout;
@@ -174,7 +176,17 @@ struct store_counts {
 struct store;
 struct store_txn;
 
+/* What a backup made (files and bytes of the copy), or why it failed. */
+struct store_backup_result {
+	int			 ok;
+	unsigned long long	 files;
+	unsigned long long	 bytes;
+	double			 seconds;
+	char			 cause[256];
+};
+
 void		 store_set_cache_size(uint64_t);
+void		 store_set_log_file_size(uint32_t);
 struct store	*store_open(const char *, char **);
 void		 store_close(struct store *);
 void		 store_set_fail_cb(struct store *, void (*)(void *), void *);
@@ -188,6 +200,11 @@ int		 store_flusher_start(struct store *, struct event_base *,
 void		 store_flusher_stop(struct store *);
 int		 store_flush_async(struct store *);
 int		 store_checkpoint(struct store *);
+int		 store_backup_start(struct store *, struct event_base *,
+		     const char *, const char *,
+		     void (*)(const struct store_backup_result *, void *),
+		     void *, char **);
+int		 store_backup_running(struct store *);
 int		 store_claims_by_number(struct store_txn *,
 		     const unsigned char *, struct claim **, size_t *);
 int		 store_claims_by_user(struct store_txn *, const char *,
