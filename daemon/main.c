@@ -197,7 +197,8 @@ main_expire_cb(evutil_socket_t fd, short events, void *arg)
 
 /*
  * Every checkpoint_interval (a minute by default): forget log ids older
- * than dedup_retention, and checkpoint the store so that recovery after a
+ * than dedup_retention and reservation windows that have closed (a stretch
+ * of them each time), and checkpoint the store so that recovery after a
  * crash stays short and the log files it no longer needs are removed.
  */
 static void
