@@ -49,7 +49,8 @@ CTL_TIMEOUT = 180	# seconds a backup may take on a busy machine
 LOG_FILE_SIZE = 262144	# bytes, for DiskTests
 STATE_FILES = {"claims.db", "claims_user.db", "claims_expiry.db",
                "claims_enrol.db", "conflicts.db", "seen.db", "seen_date.db",
-               "watermarks.db", "verify.db", "meta.db", "hash.key"}
+               "watermarks.db", "verify.db", "limits.db", "meta.db",
+               "hash.key"}
 
 
 def ctl(d, *args, cwd=None, preexec_fn=None):
