@@ -2,9 +2,10 @@
  * Fuzz target: the claim request, POST /v1/claims without the HTTP.  The
  * input is the request body: api_parse() reads it as api_claims_cb does,
  * then a well-formed request goes through the normaliser and the claim
- * rules on a real store, as the daemon would run it.  After each input a
- * second user asks for the same number and must find it taken (I1), and
- * the store is checked and emptied.
+ * rules on a real store, as the daemon would run it.  The caller then
+ * owns the number, asking again or at a login; a second user asking for
+ * it finds it taken, or is recorded as a conflict (I1).  The store is
+ * then checked and emptied.
  */
 #include "config.h"
 
@@ -67,11 +68,19 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	/* The store is empty: the number is the caller's now. */
 	FUZZ_CHECK(a.result == (b.action == CLAIMS_ENROLL ? CLAIMS_RESERVED :
 	    CLAIMS_LEARNED));
+	/* Asked again, and then at a login (which makes it permanent). */
+	FUZZ_CHECK(claims_request(e164, b.user_id, b.action, now, &a) ==
+	    STORE_OK && a.result == CLAIMS_OWNED);
+	FUZZ_CHECK(claims_request(e164, b.user_id, CLAIMS_CHALLENGE, now,
+	    &a) == STORE_OK && a.result == CLAIMS_OWNED);
+	/* Anyone else is refused at enrolment, recorded at a login. */
 	other = strcmp(b.user_id, FUZZ_CLAIM_OTHER) == 0 ? FUZZ_CLAIM_OTHER2 :
 	    FUZZ_CLAIM_OTHER;
 	FUZZ_CHECK(claims_request(e164, other, CLAIMS_ENROLL, now, &a) ==
 	    STORE_OK);
 	FUZZ_CHECK(a.result == CLAIMS_TAKEN && a.enforced);
+	FUZZ_CHECK(claims_request(e164, other, CLAIMS_CHALLENGE, now, &a) ==
+	    STORE_OK && a.result == CLAIMS_CONFLICT);
 	fuzz_store_reset(now);
 	return (0);
 }
