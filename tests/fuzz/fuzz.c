@@ -134,7 +134,8 @@ fuzz_reset_txn(struct store_txn *txn, void *arg)
 		if (c->state == CLAIM_ACTIVE || c->expires > fc->now)
 			live++;
 		FUZZ_CHECK(live <= 1);
-		FUZZ_CHECK(c->state == CLAIM_ACTIVE || c->state == CLAIM_PENDING);
+		FUZZ_CHECK(c->state == CLAIM_ACTIVE ||
+		    c->state == CLAIM_PENDING);
 		FUZZ_CHECK(claims_user_id_ok(c->user_id));
 		if ((rv = store_claim_del(txn, c->numkey, c->user_id)) !=
 		    STORE_OK)

@@ -2,11 +2,12 @@
  * Fuzz target: the configuration parser, conf_load(), on any bytes.
  *
  * The input is written to a file, since conf_load reads a path as the
- * daemon does (a memfd, named by /proc/self/fd).  "@D@" in the input stands for a private directory that
- * holds secret files (api.token, log-stream.token, tls.key,
- * client.secret, mode 0600) and a public one (public, mode 0644), so
- * that seeds can reach past the secret-file checks.  A configuration
- * that loads must hold what the rest of the daemon relies on.
+ * daemon does (a memfd, named by /proc/self/fd).  "@D@" in the input
+ * stands for a private directory that holds secret files (api.token,
+ * log-stream.token, tls.key, client.secret, mode 0600) and a public one
+ * (public, mode 0644), so that seeds can reach past the secret-file
+ * checks.  A configuration that loads must hold what the rest of the
+ * daemon relies on.
  */
 #include "config.h"
 
