@@ -28,13 +28,8 @@
 #define API_WORKER_MAX	1024
 
 struct api_request {
-	char		 phone[PHONE_INPUT_MAX + 1];	/* as sent */
-	size_t		 phone_len;
-	int		 phone_ok;	/* a string of at most INPUT_MAX */
+	struct api_body	 b;		/* the request's body, parsed */
 	char		 e164[PHONE_E164_SIZE];
-	char		 user_id[USER_ID_MAX + 1];
-	int		 action;
-	const char	*error;		/* of the other fields, or NULL */
 	/* While the worker parses the number. */
 	struct http	*h;
 	struct http_ctx	 ctx;
@@ -42,7 +37,6 @@ struct api_request {
 	int		 rv;
 };
 
-static const char	*api_parse(struct evbuffer *, struct api_request *);
 static const char	*api_field(yajl_val, const char *, const char **);
 static int		 api_action(const char *);
 static void		 api_claim(struct http *, struct evhttp_request *,
@@ -81,21 +75,21 @@ api_action(const char *s)
 }
 
 /*
- * Parse a claim request: "invalid_json", or NULL with the number as sent
- * and r->error set for the first bad field after it.  The number is
- * checked last, by the caller, since it may need the worker; a bad number
- * is still the error reported first.
+ * Parse the len bytes of a claim request's body: "invalid_json", or NULL
+ * with the number as sent and r->error set for the first bad field after
+ * it.  The number is checked last, by the caller, since it may need the
+ * worker; a bad number is still the error reported first.  No evhttp
+ * here, so that tests/fuzz can call it with any bytes.
  */
-static const char *
-api_parse(struct evbuffer *body, struct api_request *r)
+const char *
+api_parse(const char *body, size_t len, struct api_body *r)
 {
 	yajl_val	 root;
 	const char	*phone, *user, *action;
 	char		*cause;
-	size_t		 len = evbuffer_get_length(body);
 
-	root = json_parse((const char *)evbuffer_pullup(body, -1), len,
-	    &cause);
+	memset(r, 0, sizeof *r);
+	root = json_parse(body, len, &cause);
 	if (root == NULL) {
 		free(cause);
 		return ("invalid_json");
@@ -128,6 +122,7 @@ api_claims_cb(struct evhttp_request *req, void *arg)
 {
 	struct http		*h = arg;
 	struct api_request	*r;
+	struct evbuffer		*buf = evhttp_request_get_input_buffer(req);
 	const char		*error, *region = http_conf(h)->default_region;
 	int			 rv;
 
@@ -136,16 +131,17 @@ api_claims_cb(struct evhttp_request *req, void *arg)
 		return;
 	}
 	r = xcalloc(1, sizeof *r);
-	error = api_parse(evhttp_request_get_input_buffer(req), r);
-	if (error == NULL && !r->phone_ok)
+	error = api_parse((const char *)evbuffer_pullup(buf, -1),
+	    evbuffer_get_length(buf), &r->b);
+	if (error == NULL && !r->b.phone_ok)
 		error = "invalid_phone_number";
 	if (error != NULL) {
 		http_error(h, req, 400, error);
 		free(r);
 		return;
 	}
-	if (!phone_lookup(r->phone, r->phone_len, region, r->e164, &rv)) {
-		if (r->error == NULL && http_worker(h) != NULL &&
+	if (!phone_lookup(r->b.phone, r->b.phone_len, region, r->e164, &rv)) {
+		if (r->b.error == NULL && http_worker(h) != NULL &&
 		    worker_queued(http_worker(h)) < API_WORKER_MAX) {
 			r->h = h;
 			r->region = region;
@@ -154,15 +150,16 @@ api_claims_cb(struct evhttp_request *req, void *arg)
 			    api_number_done, r);
 			return;
 		}
-		rv = phone_normalise(r->phone, r->phone_len, region, r->e164);
+		rv = phone_normalise(r->b.phone, r->b.phone_len, region,
+		    r->e164);
 	}
 	if (rv != 0)
 		http_error(h, req, 400, "invalid_phone_number");
-	else if (r->error != NULL)
-		http_error(h, req, 400, r->error);
+	else if (r->b.error != NULL)
+		http_error(h, req, 400, r->b.error);
 	else
 		api_claim(h, req, r);
-	explicit_bzero(r->phone, sizeof r->phone);
+	explicit_bzero(r->b.phone, sizeof r->b.phone);
 	free(r);
 }
 
@@ -172,7 +169,7 @@ api_number_work(void *arg)
 {
 	struct api_request	*r = arg;
 
-	r->rv = phone_parse_uncached(r->phone, r->phone_len, r->region,
+	r->rv = phone_parse_uncached(r->b.phone, r->b.phone_len, r->region,
 	    r->e164);
 }
 
@@ -183,7 +180,7 @@ api_number_done(void *arg, int cancelled)
 	struct api_request	*r = arg;
 
 	if (!cancelled) {
-		phone_remember(r->phone, r->phone_len, r->region,
+		phone_remember(r->b.phone, r->b.phone_len, r->region,
 		    r->rv == 0 ? r->e164 : NULL);
 		http_resume(r->h, &r->ctx);
 		if (r->rv != 0)
@@ -193,7 +190,7 @@ api_number_done(void *arg, int cancelled)
 			api_claim(r->h, r->ctx.req, r);
 		http_resumed(r->h);
 	}
-	explicit_bzero(r->phone, sizeof r->phone);
+	explicit_bzero(r->b.phone, sizeof r->b.phone);
 	free(r);
 }
 
@@ -209,8 +206,8 @@ api_claim(struct http *h, struct evhttp_request *req, struct api_request *r)
 		http_error(h, req, 503, "unavailable");
 		return;
 	}
-	rv = claims_request(r->e164, r->user_id, r->action, (int64_t)time(NULL),
-	    &a);
+	rv = claims_request(r->e164, r->b.user_id, r->b.action,
+	    (int64_t)time(NULL), &a);
 	if (rv != STORE_OK) {
 		http_error(h, req, 503, "unavailable");
 		return;
@@ -237,7 +234,7 @@ api_claim(struct http *h, struct evhttp_request *req, struct api_request *r)
 		    claims_result_name(a.result));
 	if (a.result == CLAIMS_TAKEN && a.enforced)
 		code = 409;
-	log_debug("claim by %s on a number ending %s: %s", r->user_id,
+	log_debug("claim by %s on a number ending %s: %s", r->b.user_id,
 	    r->e164 + strlen(r->e164) - LAST4_LEN,
 	    claims_result_name(a.result));
 	http_reply(h, req, code, body);

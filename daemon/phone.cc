@@ -5,8 +5,9 @@
  * that libphonenumber never sees letters (vanity numbers, "ext", RFC 3966
  * parameters) or anything outside printable ASCII.  The library then parses
  * the number, strips a trunk prefix written after the country code where the
- * country has one, and formats it as E.164.  Numbers only need to be
- * possible, not valid, because the packaged metadata is old.
+ * country has one, and formats it as E.164, then parses that again until it
+ * no longer changes, so that every answer normalises to itself.  Numbers
+ * only need to be possible, not valid, because the packaged metadata is old.
  *
  * libphonenumber's parse costs ~20 microseconds (ICU regular expressions),
  * as much as the whole claim transaction, and the same numbers come back
@@ -37,6 +38,8 @@ using i18n::phonenumbers::PhoneNumberUtil;
 #define PHONE_E164_DIGITS	15
 
 #define PHONE_CACHE_SLOTS	65536	/* a power of two; ~6 MiB */
+/* Parses of one number at most, each stripping a trunk prefix. */
+#define PHONE_PARSE_ROUNDS	PHONE_E164_DIGITS
 #define PHONE_REGION_MAX	8
 
 /* One remembered answer. */
@@ -55,6 +58,8 @@ static uint64_t	phone_hash(const std::string &, const char *);
 static struct phone_slot *phone_cached(const std::string &, const char *,
 		    uint64_t);
 static int	phone_filter(const char *, size_t, std::string &);
+static int	phone_parse_once(const std::string &, const std::string &,
+		    std::string &);
 static int	phone_parse(const std::string &, const char *, std::string &);
 
 /* Return 1 if c may appear in a phone number we accept, else 0. */
@@ -108,21 +113,15 @@ phone_filter(const char *in, size_t len, std::string &text)
 	return (0);
 }
 
-/* Parse text with libphonenumber and format it as E.164 in e164. */
+/* Parse text with libphonenumber once and format it as E.164 in e164. */
 static int
-phone_parse(const std::string &text, const char *region, std::string &e164)
+phone_parse_once(const std::string &text, const std::string &region,
+    std::string &e164)
 {
 	const PhoneNumberUtil	*util = PhoneNumberUtil::GetInstance();
 	PhoneNumber		 number;
-	std::string		 default_region;
 
-	/* "ZZ" is the unknown region: only numbers with '+' then parse. */
-	if (region == NULL || *region == '\0')
-		default_region.assign("ZZ");
-	else
-		default_region.assign(region);
-
-	if (util->Parse(text, default_region, &number) !=
+	if (util->Parse(text, region, &number) !=
 	    PhoneNumberUtil::NO_PARSING_ERROR)
 		return (-1);
 	if (number.has_extension())
@@ -135,6 +134,38 @@ phone_parse(const std::string &text, const char *region, std::string &e164)
 	    e164.size() - 1 > PHONE_E164_DIGITS)
 		return (-1);
 	return (0);
+}
+
+/*
+ * Parse text and format it as E.164 in e164, then parse that again until
+ * it stays the same.  libphonenumber strips one trunk prefix after the
+ * country code per parse, so "+91 00 1334 5678" gives +91013345678, which
+ * gives +9113345678: without the second round two spellings of one number
+ * would have two keys, and the E.164 form of a claim (as a log event
+ * carries it) would not find the claim.  The answer normalises to itself.
+ */
+static int
+phone_parse(const std::string &text, const char *region, std::string &e164)
+{
+	std::string	default_region, next;
+	int		i;
+
+	/* "ZZ" is the unknown region: only numbers with '+' then parse. */
+	if (region == NULL || *region == '\0')
+		default_region.assign("ZZ");
+	else
+		default_region.assign(region);
+
+	if (phone_parse_once(text, default_region, e164) != 0)
+		return (-1);
+	for (i = 0; i < PHONE_PARSE_ROUNDS; i++) {
+		if (phone_parse_once(e164, "ZZ", next) != 0)
+			return (-1);
+		if (next == e164)
+			return (0);
+		e164.swap(next);
+	}
+	return (-1);
 }
 
 /* FNV-1a over the region, a separator and the text; never 0. */

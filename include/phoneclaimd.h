@@ -16,6 +16,8 @@
 #include <event2/event.h>
 #include <event2/http.h>
 
+#include "phone.h"
+
 #define PHONECLAIMD_CONF	"/etc/phoneclaimd/phoneclaimd.conf"
 
 /* Sizes of the things a claim is made of. */
@@ -569,6 +571,17 @@ void		 notify_send(const char *, ...)
 void		 notify_free(void);
 
 /* api.c */
+/* A claim request's body: what POST /v1/claims sent. */
+struct api_body {
+	char		 phone[PHONE_INPUT_MAX + 1];	/* as sent */
+	size_t		 phone_len;
+	int		 phone_ok;	/* a string of at most INPUT_MAX */
+	char		 user_id[USER_ID_MAX + 1];
+	int		 action;	/* enum claims_action */
+	const char	*error;		/* of the other fields, or NULL */
+};
+
+const char	*api_parse(const char *, size_t, struct api_body *);
 void		 api_claims_cb(struct evhttp_request *, void *);
 void		 api_healthz_cb(struct evhttp_request *, void *);
 

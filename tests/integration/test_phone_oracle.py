@@ -13,7 +13,10 @@ same rules as daemon/phone.cc:
   - '+' only as the first character after leading spaces;
   - a leading 00 (after leading spaces) becomes '+';
   - parse with the region (or "ZZ" without one), require a possible number
-    without an extension, at most 15 digits, and format as E.164.
+    without an extension, at most 15 digits, and format as E.164;
+  - parse that E.164 form again (region "ZZ") by the same rule until it no
+    longer changes (at most 15 rounds), refusing the number if a round
+    does: libphonenumber strips one trunk prefix per parse.
 
 Exits 77 (skipped) if the phonenumbers module or $PHONE_NORMALISE is missing.
 """
@@ -57,6 +60,22 @@ BAD_BYTES = (
 MAX_SHOWN = 20
 
 
+def parse_e164(text, region):
+    """Return text parsed with region and formatted as E.164, or None."""
+    try:
+        number = phonenumbers.parse(text, region)
+    except NumberParseException:
+        return None
+    if number.extension:
+        return None
+    if not phonenumbers.is_possible_number(number):
+        return None
+    e164 = phonenumbers.format_number(number, PhoneNumberFormat.E164)
+    if not e164.startswith("+") or len(e164) - 1 > E164_DIGITS:
+        return None
+    return e164
+
+
 def reference(raw, region):
     """Return the E.164 form of raw (bytes) by the shim's rules, or None."""
     if len(raw) == 0 or len(raw) > INPUT_MAX:
@@ -70,18 +89,15 @@ def reference(raw, region):
         return None
     if text.startswith(b"00"):
         text = b"+" + text[2:]
-    try:
-        number = phonenumbers.parse(text.decode("ascii"), region or "ZZ")
-    except NumberParseException:
-        return None
-    if number.extension:
-        return None
-    if not phonenumbers.is_possible_number(number):
-        return None
-    e164 = phonenumbers.format_number(number, PhoneNumberFormat.E164)
-    if not e164.startswith("+") or len(e164) - 1 > E164_DIGITS:
-        return None
-    return e164
+    e164 = parse_e164(text.decode("ascii"), region or "ZZ")
+    for _ in range(E164_DIGITS):
+        if e164 is None:
+            return None
+        again = parse_e164(e164, "ZZ")
+        if again == e164:
+            return e164
+        e164 = again
+    return None
 
 
 def group(rng, digits):

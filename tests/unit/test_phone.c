@@ -96,6 +96,13 @@ test_trunk_zero(void **state)
 	check("+36 06 1 234 5678", NULL, "+3612345678");
 	check("+7 8 495 123 45 67", NULL, "+74951234567");
 	check("+55 0 11 91234 5678", NULL, "+5511912345678");
+	/*
+	 * One prefix too many (found by tests/fuzz): one parse strips one,
+	 * so the E.164 form is parsed again until it stays the same.
+	 */
+	check("+91 00 1334 5678", NULL, "+9113345678");
+	check("+91013345678", NULL, "+9113345678");
+	check("009-1001334-5678", "JP", "+9113345678");
 }
 
 /* Italy has no trunk prefix: its leading 0 is part of the number. */
