@@ -44,6 +44,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include <event2/buffer.h>
@@ -151,6 +152,7 @@ static void	 http_conn_free(struct http *, struct http_conn *);
 static void	 http_listener_update(struct http *);
 static void	 http_listener_error_cb(struct evconnlistener *, void *);
 static void	 http_request_started(struct http *, struct evhttp_request *);
+static int	 http_framing_ok(struct evhttp_request *);
 static void	 http_route_cb(struct evhttp_request *, void *);
 static void	 http_flush_cb(evutil_socket_t, short, void *);
 static void	 http_flushed_cb(int, void *);
@@ -587,6 +589,32 @@ http_tick_cb(evutil_socket_t fd, short events, void *arg)
 }
 
 /*
+ * Content-Length twice with different values leaves the end of the request
+ * unknown (RFC 9112, section 6.3): evhttp read the body by the first, a
+ * proxy in front of us may have used the other and sent what follows as a
+ * request of its own (request smuggling).  Such a request is refused and
+ * its connection closed, so that no byte after it is read as a request.
+ * Transfer-Encoding with Content-Length evhttp refuses itself.
+ */
+static int
+http_framing_ok(struct evhttp_request *req)
+{
+	struct evkeyvalq	*headers = evhttp_request_get_input_headers(req);
+	struct evkeyval		*kv;
+	const char		*length = NULL;
+
+	TAILQ_FOREACH(kv, headers, next) {
+		if (strcasecmp(kv->key, "Content-Length") != 0)
+			continue;
+		if (length == NULL)
+			length = kv->value;
+		else if (strcmp(length, kv->value) != 0)
+			return (0);
+	}
+	return (1);
+}
+
+/*
  * Dispatch a request to its route: 404 or 405 when there is none.  The
  * route and the arrival time are kept while the handler runs, so that its
  * answer, sent now or queued, is counted under that endpoint.
@@ -603,6 +631,13 @@ http_route_cb(struct evhttp_request *req, void *arg)
 	h->cur_start = http_usec();
 	h->cur_endpoint = METRICS_EP_OTHER;
 	http_request_started(h, req);
+	if (!http_framing_ok(req)) {
+		evhttp_add_header(evhttp_request_get_output_headers(req),
+		    "Connection", "close");
+		http_error(h, req, 400, "invalid_request");
+		h->cur_req = NULL;
+		return;
+	}
 	uri = evhttp_request_get_evhttp_uri(req);
 	path = uri != NULL ? evhttp_uri_get_path(uri) : NULL;
 	for (i = 0; path != NULL &&
