@@ -782,3 +782,69 @@ class DaemonTestCase(unittest.TestCase):
 
     def assertTaken(self, reply):
         self.assertResult(reply, "taken", 409)
+
+
+# Health probes -------------------------------------------------------------
+
+class HealthProbe:
+    """A thread that asks GET /healthz on a new connection every interval
+    seconds until stopped, and times each answer from connect() to the
+    whole reply.  A probe that fails or is not 200 {"status":"ok"} is
+    recorded in failures (and its time counts too)."""
+
+    def __init__(self, daemon, interval=0.025, timeout=5.0):
+        self.daemon = daemon
+        self.interval = interval
+        self.timeout = timeout
+        self.times = []
+        self.failures = []
+        self.stop_ev = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def one(self):
+        """One probe.  Blocking reads with a timeout, not select(): the
+        descriptor may be over FD_SETSIZE while thousands are open."""
+        start = time.monotonic()
+        data = b""
+        try:
+            with socket.create_connection((self.daemon.host,
+                                           self.daemon.port),
+                                          timeout=self.timeout) as s:
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n"
+                          b"Connection: close\r\n\r\n")
+                while True:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+        except OSError as e:
+            data += repr(e).encode()
+        elapsed = time.monotonic() - start
+        self.times.append(elapsed)
+        if status_of(data) != 200 or body_of(data) != {"status": "ok"}:
+            self.failures.append(data[:200])
+
+    def run(self):
+        while not self.stop_ev.is_set():
+            self.one()
+            self.stop_ev.wait(self.interval)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_ev.set()
+        self.thread.join(self.timeout + 5)
+
+    @property
+    def worst(self):
+        return max(self.times) if self.times else None
+
+    def summary(self):
+        t = sorted(self.times)
+        if not t:
+            return "no probes"
+        return "%d probes, median %.1f ms, p99 %.1f ms, max %.1f ms" % (
+            len(t), 1000 * t[len(t) // 2],
+            1000 * t[min(len(t) - 1, int(len(t) * 0.99))], 1000 * t[-1])
