@@ -35,6 +35,7 @@
 
 #include <sys/types.h>
 #include <sys/queue.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 
 #include <netinet/in.h>
@@ -59,6 +60,8 @@
 #include "xmalloc.h"
 
 #define HTTP_MAX_HEADERS_SIZE	16384
+/* Descriptors besides connections: store, listener, status socket, curl. */
+#define HTTP_SPARE_FILES	256
 #define HTTP_ALL_METHODS	(EVHTTP_REQ_GET | EVHTTP_REQ_POST | \
     EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | \
     EVHTTP_REQ_OPTIONS | EVHTTP_REQ_TRACE | EVHTTP_REQ_CONNECT | \
@@ -139,6 +142,7 @@ static const struct http_route http_routes[] = {
 
 static int64_t	 http_now(void);
 static int64_t	 http_usec(void);
+static void	 http_raise_nofile(const struct conf *);
 static int	 http_bind(struct http *, char **);
 static struct bufferevent *http_bev_cb(struct event_base *, void *);
 static void	 http_input_cb(struct evbuffer *,
@@ -187,6 +191,43 @@ static int64_t
 http_deadline(struct http *h)
 {
 	return (http_now() + h->conf->request_timeout * 1000);
+}
+
+/*
+ * Make room for max_connections open descriptors.  The usual soft limit,
+ * 1024, is below the default max_connections plus what the store and the
+ * rest need: accept() then fails with EMFILE long before the cap, the
+ * listener pauses a second at a time, and new clients (health checks too)
+ * wait in the backlog.  Raise the soft limit as far as the hard one allows
+ * (systemd's unit sets both), and say so if that is not far enough.
+ */
+static void
+http_raise_nofile(const struct conf *conf)
+{
+	struct rlimit	rl;
+	rlim_t		want;
+
+	want = (rlim_t)conf->max_connections + HTTP_SPARE_FILES;
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+		log_warn("getrlimit");
+		return;
+	}
+	if (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= want)
+		return;
+	if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < want) {
+		log_warnx("open files are limited to %llu: fewer than "
+		    "max_connections (%lld) can be open at once",
+		    (unsigned long long)rl.rlim_max, conf->max_connections);
+		want = rl.rlim_max;
+	}
+	if (want <= rl.rlim_cur)
+		return;
+	rl.rlim_cur = want;
+	if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+		log_warn("setrlimit");
+	else
+		log_debug("open files limit raised to %llu",
+		    (unsigned long long)want);
 }
 
 /* Bind the listen address (host:port or [v6]:port); port 0 picks one. */
@@ -249,6 +290,7 @@ http_init(struct event_base *base, const struct conf *conf,
 	struct timeval	 tv = { 1, 0 };
 	char		*flusher;
 
+	http_raise_nofile(conf);
 	h = xcalloc(1, sizeof *h);
 	h->base = base;
 	h->conf = conf;

@@ -570,5 +570,47 @@ class AbuseTests(DaemonTestCase):
         self.assertServes()
 
 
+class FileLimitTests(DaemonTestCase):
+    """A daemon started with the usual soft limit of 1024 open files and
+    max_connections = 1200 raises the limit itself: 1,100 idle connections
+    are all accepted (no EMFILE, which would pause the listener and leave
+    the probes in the backlog for seconds) and /healthz stays fast."""
+
+    CONNECTIONS = 1100
+
+    def test_soft_file_limit_is_raised_for_max_connections(self):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard != resource.RLIM_INFINITY and hard < 2 * self.CONNECTIONS + \
+                512:
+            self.skipTest("hard RLIMIT_NOFILE %d is too low" % hard)
+        d = self.own_daemon(start=False, max_connections=1200,
+                            request_timeout=REQUEST_TIMEOUT)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+        try:
+            d.start()
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE,
+                               (max(soft, 2 * self.CONNECTIONS + 512), hard))
+        socks = []
+
+        def hold():
+            for _ in range(self.CONNECTIONS):
+                socks.append(connect(d))
+            time.sleep(1.0)
+
+        try:
+            with HealthProbe(d) as probe:
+                hold()
+        finally:
+            for s in socks:
+                s.close()
+        report("%d idle connections, soft limit 1024: %s" %
+               (self.CONNECTIONS, probe.summary()))
+        self.assertNotIn("Too many open files", d.log_text())
+        self.assertNotIn("not accepting more", d.log_text())
+        self.assertEqual(probe.failures[:3], [])
+        self.assertLessEqual(probe.worst, PROBE_LIMIT, probe.summary())
+
+
 if __name__ == "__main__":
     unittest.main()
