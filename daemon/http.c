@@ -62,6 +62,8 @@
 #define HTTP_MAX_HEADERS_SIZE	16384
 /* Descriptors besides connections: store, listener, status socket, curl. */
 #define HTTP_SPARE_FILES	256
+/* The listen backlog at least (the kernel caps it at net.core.somaxconn). */
+#define HTTP_MIN_BACKLOG	4096
 #define HTTP_ALL_METHODS	(EVHTTP_REQ_GET | EVHTTP_REQ_POST | \
     EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | \
     EVHTTP_REQ_OPTIONS | EVHTTP_REQ_TRACE | EVHTTP_REQ_CONNECT | \
@@ -261,6 +263,16 @@ http_bind(struct http *h, char **cause)
 	h->listener = evhttp_bound_socket_get_listener(h->bound);
 	evconnlistener_set_error_cb(h->listener, http_listener_error_cb);
 	fd = evhttp_bound_socket_get_fd(h->bound);
+	/*
+	 * evhttp listens with a backlog of 128.  A burst of connections
+	 * (thousands of idle ones opened at once) fills it between two
+	 * accept rounds, and the kernel then drops the SYNs of everyone else:
+	 * a health check waits a second for its retransmission.  listen()
+	 * again on a listening socket sets a new backlog (Linux, BSDs).
+	 */
+	if (listen(fd, h->conf->max_connections > HTTP_MIN_BACKLOG ?
+	    (int)h->conf->max_connections : HTTP_MIN_BACKLOG) != 0)
+		log_warn("listen backlog");
 	if (getsockname(fd, (struct sockaddr *)&ss, &sslen) != 0) {
 		xasprintf(cause, "getsockname: %s", strerror(errno));
 		return (-1);
