@@ -2,8 +2,9 @@
 Abuse (issue 8): attacks on the HTTP server while a probe asks GET
 /healthz on a new connection every 25 ms.  Every probe must be answered
 200 within PROBE_LIMIT (100 ms, connect to last byte); the worst probe of
-each attack is printed.  The answer to each attack is asserted too, and
-that it changed nothing.
+each attack is printed.  The probe runs in a process of its own, so that
+the attack's threads do not delay it on the GIL.  The answer to each
+attack is asserted too, and that it changed nothing.
 
 test_limits.py checks most limits one request at a time; this file adds
 the attacks at scale and at the same time as the probes: slowloris, 2,000
@@ -14,6 +15,7 @@ pipelining, invalid UTF-8 and deep JSON nesting.
 
 import itertools
 import json
+import os
 import resource
 import select
 import selectors
@@ -124,8 +126,10 @@ class AbuseTests(DaemonTestCase):
         self.assertEqual(probe.failures[:3], [], "health probes failed")
         self.assertGreaterEqual(len(probe.times), 5, "too few probes")
         self.assertLessEqual(probe.worst, PROBE_LIMIT,
-                             "a /healthz probe took %.0f ms during %s (%s)" %
-                             (1000 * probe.worst, name, probe.summary()))
+                             "a /healthz probe took %.0f ms during %s (%s; "
+                             "load average %.1f)" %
+                             (1000 * probe.worst, name, probe.summary(),
+                              os.getloadavg()[0]))
         return result
 
     def head(self, extra=b"", path=b"/v1/claims", auth=None):
@@ -609,7 +613,8 @@ class FileLimitTests(DaemonTestCase):
         self.assertNotIn("Too many open files", d.log_text())
         self.assertNotIn("not accepting more", d.log_text())
         self.assertEqual(probe.failures[:3], [])
-        self.assertLessEqual(probe.worst, PROBE_LIMIT, probe.summary())
+        self.assertLessEqual(probe.worst, PROBE_LIMIT, "%s; load average "
+                             "%.1f" % (probe.summary(), os.getloadavg()[0]))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,9 @@ After every restart (anomalies are collected, the test fails on any):
     (none of this load may make one);
   * I3: a delivered-again batch applies nothing, and its old enrolments do
     not come back after their release (the lookups run after it).
-At the end the daemon stops cleanly and db5.3_verify checks every database.
+In one round of five the restarted daemon is killed again within 150 ms,
+mostly while it recovers the store.  At the end the daemon stops cleanly
+and db5.3_verify checks every database.
 
 CRASH_ROUNDS (default 40) sets the number of rounds, CRASH_SEED the random
 seed (printed; the schedule, the numbers and the batches follow it, the
@@ -154,7 +156,7 @@ class Crash:
         self.log_prefix = "9003%08d" % (SEED % 10 ** 8)
         self.stop = threading.Event()
         self.counts = {"claims": 0, "batches": 0, "redelivered": 0,
-                       "lookups": 0}
+                       "lookups": 0, "start kills": 0}
 
     def anomaly(self, text):
         with self.lock:
@@ -486,6 +488,10 @@ class CrashTests(DaemonTestCase):
                 delay = rng.uniform(0.05, MAX_DELAY)
             before = dict(crash.counts)
             crash.load(delay)
+            if rng.random() < 0.2:
+                # Killed again while it recovers and opens the store.
+                self.kill_during_start(d, rng.uniform(0.0, 0.15))
+                crash.counts["start kills"] += 1
             d.start()
             crash.check()
             report("round %d: kill -9 after %.2f s; %d claims and %d batches "
@@ -498,14 +504,26 @@ class CrashTests(DaemonTestCase):
         self.assertEqual(rc, 0, "the daemon did not stop cleanly")
         self.verify_store(d, crash)
         report("%d rounds in %.0f s: %d claims, %d batches acknowledged, "
-               "%d batches delivered again, %d lookups, %d log-stream "
-               "scenarios; %d anomalies (seed %d)" %
+               "%d batches delivered again, %d kills during start-up, %d "
+               "lookups, %d log-stream scenarios; %d anomalies (seed %d)" %
                (ROUNDS, time.monotonic() - started, crash.counts["claims"],
                 crash.counts["batches"], crash.counts["redelivered"],
+                crash.counts["start kills"],
                 crash.counts["lookups"], len(crash.scenarios),
                 len(crash.anomalies), SEED))
         self.assertEqual(crash.anomalies[:20], [], "%d anomalies (seed %d)" %
                          (len(crash.anomalies), SEED))
+
+    def kill_during_start(self, d, delay):
+        """Start the daemon and kill -9 it after delay seconds, most often
+        before it listens: while Berkeley DB recovers the store."""
+        with open(d.log_path, "ab") as log:
+            proc = subprocess.Popen(d.command("-f", "-c", d.conf_path),
+                                    stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=log, cwd=d.dir)
+        time.sleep(delay)
+        proc.kill()
+        proc.wait(10)
 
     def verify_store(self, d, crash):
         """db5.3_verify every database of the stopped daemon's store."""
