@@ -35,6 +35,7 @@
 
 #include <sys/types.h>
 #include <sys/queue.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 
 #include <netinet/in.h>
@@ -44,6 +45,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include <event2/buffer.h>
@@ -58,6 +60,10 @@
 #include "xmalloc.h"
 
 #define HTTP_MAX_HEADERS_SIZE	16384
+/* Descriptors besides connections: store, listener, status socket, curl. */
+#define HTTP_SPARE_FILES	256
+/* The listen backlog at least (the kernel caps it at net.core.somaxconn). */
+#define HTTP_MIN_BACKLOG	4096
 #define HTTP_ALL_METHODS	(EVHTTP_REQ_GET | EVHTTP_REQ_POST | \
     EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | \
     EVHTTP_REQ_OPTIONS | EVHTTP_REQ_TRACE | EVHTTP_REQ_CONNECT | \
@@ -138,6 +144,7 @@ static const struct http_route http_routes[] = {
 
 static int64_t	 http_now(void);
 static int64_t	 http_usec(void);
+static void	 http_raise_nofile(const struct conf *);
 static int	 http_bind(struct http *, char **);
 static struct bufferevent *http_bev_cb(struct event_base *, void *);
 static void	 http_input_cb(struct evbuffer *,
@@ -151,6 +158,7 @@ static void	 http_conn_free(struct http *, struct http_conn *);
 static void	 http_listener_update(struct http *);
 static void	 http_listener_error_cb(struct evconnlistener *, void *);
 static void	 http_request_started(struct http *, struct evhttp_request *);
+static int	 http_framing_ok(struct evhttp_request *);
 static void	 http_route_cb(struct evhttp_request *, void *);
 static void	 http_flush_cb(evutil_socket_t, short, void *);
 static void	 http_flushed_cb(int, void *);
@@ -187,6 +195,43 @@ http_deadline(struct http *h)
 	return (http_now() + h->conf->request_timeout * 1000);
 }
 
+/*
+ * Make room for max_connections open descriptors.  The usual soft limit,
+ * 1024, is below the default max_connections plus what the store and the
+ * rest need: accept() then fails with EMFILE long before the cap, the
+ * listener pauses a second at a time, and new clients (health checks too)
+ * wait in the backlog.  Raise the soft limit as far as the hard one allows
+ * (systemd's unit sets both), and say so if that is not far enough.
+ */
+static void
+http_raise_nofile(const struct conf *conf)
+{
+	struct rlimit	rl;
+	rlim_t		want;
+
+	want = (rlim_t)conf->max_connections + HTTP_SPARE_FILES;
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+		log_warn("getrlimit");
+		return;
+	}
+	if (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= want)
+		return;
+	if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < want) {
+		log_warnx("open files are limited to %llu: fewer than "
+		    "max_connections (%lld) can be open at once",
+		    (unsigned long long)rl.rlim_max, conf->max_connections);
+		want = rl.rlim_max;
+	}
+	if (want <= rl.rlim_cur)
+		return;
+	rl.rlim_cur = want;
+	if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+		log_warn("setrlimit");
+	else
+		log_debug("open files limit raised to %llu",
+		    (unsigned long long)want);
+}
+
 /* Bind the listen address (host:port or [v6]:port); port 0 picks one. */
 static int
 http_bind(struct http *h, char **cause)
@@ -218,6 +263,16 @@ http_bind(struct http *h, char **cause)
 	h->listener = evhttp_bound_socket_get_listener(h->bound);
 	evconnlistener_set_error_cb(h->listener, http_listener_error_cb);
 	fd = evhttp_bound_socket_get_fd(h->bound);
+	/*
+	 * evhttp listens with a backlog of 128.  A burst of connections
+	 * (thousands of idle ones opened at once) fills it between two
+	 * accept rounds, and the kernel then drops the SYNs of everyone else:
+	 * a health check waits a second for its retransmission.  listen()
+	 * again on a listening socket sets a new backlog (Linux, BSDs).
+	 */
+	if (listen(fd, h->conf->max_connections > HTTP_MIN_BACKLOG ?
+	    (int)h->conf->max_connections : HTTP_MIN_BACKLOG) != 0)
+		log_warn("listen backlog");
 	if (getsockname(fd, (struct sockaddr *)&ss, &sslen) != 0) {
 		xasprintf(cause, "getsockname: %s", strerror(errno));
 		return (-1);
@@ -247,6 +302,7 @@ http_init(struct event_base *base, const struct conf *conf,
 	struct timeval	 tv = { 1, 0 };
 	char		*flusher;
 
+	http_raise_nofile(conf);
 	h = xcalloc(1, sizeof *h);
 	h->base = base;
 	h->conf = conf;
@@ -587,6 +643,32 @@ http_tick_cb(evutil_socket_t fd, short events, void *arg)
 }
 
 /*
+ * Content-Length twice with different values leaves the end of the request
+ * unknown (RFC 9112, section 6.3): evhttp read the body by the first, a
+ * proxy in front of us may have used the other and sent what follows as a
+ * request of its own (request smuggling).  Such a request is refused and
+ * its connection closed, so that no byte after it is read as a request.
+ * Transfer-Encoding with Content-Length evhttp refuses itself.
+ */
+static int
+http_framing_ok(struct evhttp_request *req)
+{
+	struct evkeyvalq	*headers = evhttp_request_get_input_headers(req);
+	struct evkeyval		*kv;
+	const char		*length = NULL;
+
+	TAILQ_FOREACH(kv, headers, next) {
+		if (strcasecmp(kv->key, "Content-Length") != 0)
+			continue;
+		if (length == NULL)
+			length = kv->value;
+		else if (strcmp(length, kv->value) != 0)
+			return (0);
+	}
+	return (1);
+}
+
+/*
  * Dispatch a request to its route: 404 or 405 when there is none.  The
  * route and the arrival time are kept while the handler runs, so that its
  * answer, sent now or queued, is counted under that endpoint.
@@ -603,6 +685,13 @@ http_route_cb(struct evhttp_request *req, void *arg)
 	h->cur_start = http_usec();
 	h->cur_endpoint = METRICS_EP_OTHER;
 	http_request_started(h, req);
+	if (!http_framing_ok(req)) {
+		evhttp_add_header(evhttp_request_get_output_headers(req),
+		    "Connection", "close");
+		http_error(h, req, 400, "invalid_request");
+		h->cur_req = NULL;
+		return;
+	}
 	uri = evhttp_request_get_evhttp_uri(req);
 	path = uri != NULL ? evhttp_uri_get_path(uri) : NULL;
 	for (i = 0; path != NULL &&

@@ -1,7 +1,10 @@
 /*
  * JSON parsing with bounds.  yajl's tree parser has no nesting limit, so a
  * first pass with the event parser checks the depth before the tree is
- * built.  Strings are validated as UTF-8 by yajl.
+ * built.  yajl refuses bytes that never occur in UTF-8 but lets through
+ * overlong forms, surrogates and code points over U+10FFFF (and makes
+ * surrogates of lone \u escapes), so the first pass checks every string
+ * and key against RFC 3629 itself.
  */
 #include "config.h"
 
@@ -25,6 +28,7 @@ struct json_depth {
 	int	too_many;
 };
 
+static int	json_utf8_ok(const unsigned char *, size_t);
 static int	json_item(struct json_depth *);
 static int	json_scalar_cb(void *);
 static int	json_bool_cb(void *, int);
@@ -35,6 +39,49 @@ static int	json_open_cb(void *);
 static int	json_close_cb(void *);
 static int	json_check(const char *, size_t, size_t, int *);
 static void	json_gen_value(yajl_gen, yajl_val, int);
+
+/*
+ * Return 1 if s is well-formed UTF-8 (RFC 3629, section 4): shortest
+ * forms only, no surrogates, nothing over U+10FFFF.
+ */
+static int
+json_utf8_ok(const unsigned char *s, size_t len)
+{
+	size_t		i = 0, n, k;
+	unsigned char	lo, hi;
+
+	while (i < len) {
+		if (s[i] < 0x80) {
+			i++;
+			continue;
+		}
+		lo = 0x80;
+		hi = 0xbf;
+		if (s[i] >= 0xc2 && s[i] <= 0xdf)
+			n = 1;
+		else if (s[i] >= 0xe0 && s[i] <= 0xef) {
+			n = 2;
+			if (s[i] == 0xe0)
+				lo = 0xa0;	/* overlong */
+			else if (s[i] == 0xed)
+				hi = 0x9f;	/* surrogates */
+		} else if (s[i] >= 0xf0 && s[i] <= 0xf4) {
+			n = 3;
+			if (s[i] == 0xf0)
+				lo = 0x90;	/* overlong */
+			else if (s[i] == 0xf4)
+				hi = 0x8f;	/* over U+10FFFF */
+		} else
+			return (0);
+		if (len - i <= n || s[i + 1] < lo || s[i + 1] > hi)
+			return (0);
+		for (k = 2; k <= n; k++)
+			if (s[i + k] < 0x80 || s[i + k] > 0xbf)
+				return (0);
+		i += n + 1;
+	}
+	return (1);
+}
 
 /* Count a value; stop the parse when the top holds too many. */
 static int
@@ -75,21 +122,22 @@ json_number_cb(void *arg, const char *s, size_t len)
 
 /*
  * Refuse keys with a NUL byte ("\u0000"): the tree keeps strings
- * NUL-terminated, so "a\u0000b" would silently become "a".
+ * NUL-terminated, so "a\u0000b" would silently become "a".  And keys that
+ * are not UTF-8.
  */
 static int
 json_key_cb(void *arg, const unsigned char *s, size_t len)
 {
 	struct json_depth	*d = arg;
 
-	if (memchr(s, '\0', len) != NULL) {
+	if (memchr(s, '\0', len) != NULL || !json_utf8_ok(s, len)) {
 		d->bad = 1;
 		return (0);
 	}
 	return (1);
 }
 
-/* A string: no NUL byte either, and it counts as a value. */
+/* A string: no NUL byte either, UTF-8, and it counts as a value. */
 static int
 json_string_cb(void *arg, const unsigned char *s, size_t len)
 {
@@ -123,7 +171,7 @@ json_close_cb(void *arg)
 
 /*
  * Return 0 if buf is JSON nested at most JSON_MAX_DEPTH deep without NUL
- * bytes in its strings and at most max_items values in its top-level
+ * bytes in its strings, all of them UTF-8, and at most max_items values in its top-level
  * array or object (0: no bound), else -1 (*too_many says why).
  */
 static int
@@ -189,7 +237,7 @@ json_parse_items(const char *buf, size_t len, size_t max_items,
 	}
 	if (json_check(buf, len, max_items, too_many) != 0) {
 		*cause = xstrdup("invalid JSON, too deeply nested, too many "
-		    "items, or a NUL in a string");
+		    "items, or a string with a NUL or not UTF-8");
 		return (NULL);
 	}
 	copy = xmalloc(len + 1);

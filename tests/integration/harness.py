@@ -782,3 +782,94 @@ class DaemonTestCase(unittest.TestCase):
 
     def assertTaken(self, reply):
         self.assertResult(reply, "taken", 409)
+
+
+# Health probes -------------------------------------------------------------
+
+# The probe loop, run in a process of its own (python3 -c) so that the
+# attack's threads in the test process do not hold it back on the GIL: it
+# measures the daemon, not the test.  Arguments: host port interval timeout.
+# It prints "<seconds> ok" or "<seconds> FAIL <what>" per probe, and stops
+# when its standard input closes.
+_PROBE_CODE = r"""
+import select, socket, sys, time
+host, port = sys.argv[1], int(sys.argv[2])
+interval, timeout = float(sys.argv[3]), float(sys.argv[4])
+while True:
+    start = time.monotonic()
+    data = b""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n"
+                      b"Connection: close\r\n\r\n")
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError as e:
+        data += repr(e).encode()
+    elapsed = time.monotonic() - start
+    if data.startswith(b"HTTP/1.1 200 ") and \
+            data.endswith(b'\r\n\r\n{"status":"ok"}\n'):
+        print("%.6f ok" % elapsed, flush=True)
+    else:
+        print("%.6f FAIL %r" % (elapsed, data[:200]), flush=True)
+    readable, _, _ = select.select([sys.stdin], [], [], interval)
+    if readable:
+        break
+"""
+
+
+class HealthProbe:
+    """GET /healthz on a new connection every interval seconds, from a
+    process of its own, until the with block ends; each answer is timed
+    from connect() to the last byte.  A probe that fails or is not 200
+    {"status":"ok"} is recorded in failures (its time counts too)."""
+
+    def __init__(self, daemon, interval=0.025, timeout=5.0):
+        self.daemon = daemon
+        self.interval = interval
+        self.timeout = timeout
+        self.times = []
+        self.failures = []
+        self.proc = None
+        self.reader = threading.Thread(target=self.read, daemon=True)
+
+    def read(self):
+        for line in self.proc.stdout:
+            elapsed, _, rest = line.strip().partition(" ")
+            self.times.append(float(elapsed))
+            if rest != "ok":
+                self.failures.append(rest)
+
+    def __enter__(self):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _PROBE_CODE, self.daemon.host,
+             str(self.daemon.port), str(self.interval), str(self.timeout)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            preexec_fn=_die_with_parent)
+        self.reader.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(self.timeout + 5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.reader.join(5)
+        self.proc.stdout.close()
+
+    @property
+    def worst(self):
+        return max(self.times) if self.times else None
+
+    def summary(self):
+        t = sorted(self.times)
+        if not t:
+            return "no probes"
+        return "%d probes, median %.1f ms, p99 %.1f ms, max %.1f ms" % (
+            len(t), 1000 * t[len(t) // 2],
+            1000 * t[min(len(t) - 1, int(len(t) * 0.99))], 1000 * t[-1])

@@ -1,5 +1,6 @@
 /*
- * Unit tests for json.c: depth bound, NUL bytes in strings, bad input.
+ * Unit tests for json.c: depth bound, NUL bytes in strings, UTF-8, bad
+ * input.
  */
 #include "config.h"
 
@@ -124,6 +125,45 @@ test_item_bound(void **state)
 	json_free(v);
 }
 
+/* Wrap bytes in a JSON string, as a value and as a key. */
+static int
+string_parses(const char *bytes, int as_key)
+{
+	char	buf[64];
+	int	n;
+
+	n = snprintf(buf, sizeof buf, as_key ? "{\"%s\":1}" : "[\"%s\"]",
+	    bytes);
+	return (parses(buf, (size_t)n));
+}
+
+static void
+test_utf8(void **state)
+{
+	/* Well-formed: the edges of each range of RFC 3629. */
+	const char	*good[] = { "a", "\xc2\x80", "\xdf\xbf", "\xe0\xa0\x80",
+			    "\xed\x9f\xbf", "\xee\x80\x80", "\xef\xbf\xbf",
+			    "\xf0\x90\x80\x80", "\xf4\x8f\xbf\xbf",
+			    "\\u00e9", "\\ud83d\\ude00", NULL };
+	/* Overlong, surrogates, over U+10FFFF, cut short, stray bytes. */
+	const char	*bad[] = { "\xc0\xaf", "\xc1\xbf", "\xe0\x80\xaf",
+			    "\xe0\x9f\xbf", "\xed\xa0\x80", "\xed\xbf\xbf",
+			    "\xf0\x8f\xbf\xbf", "\xf4\x90\x80\x80", "\xf5\x80\x80\x80",
+			    "\xf8\x88\x80\x80\x80", "\xe2\x82", "\xc3", "\x80", "\xff",
+			    "\xe2\x28\xa1", "\\udc00", NULL };
+	size_t		 i;
+
+	(void)state;
+	for (i = 0; good[i] != NULL; i++) {
+		assert_true(string_parses(good[i], 0));
+		assert_true(string_parses(good[i], 1));
+	}
+	for (i = 0; bad[i] != NULL; i++) {
+		assert_false(string_parses(bad[i], 0));
+		assert_false(string_parses(bad[i], 1));
+	}
+}
+
 int
 main(void)
 {
@@ -132,6 +172,7 @@ main(void)
 		cmocka_unit_test(test_depth_bound),
 		cmocka_unit_test(test_invalid),
 		cmocka_unit_test(test_item_bound),
+		cmocka_unit_test(test_utf8),
 	};
 
 	return (cmocka_run_group_tests(tests, NULL, NULL));

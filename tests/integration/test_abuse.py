@@ -1,0 +1,621 @@
+"""
+Abuse (issue 8): attacks on the HTTP server while a probe asks GET
+/healthz on a new connection every 25 ms.  Every probe must be answered
+200 within PROBE_LIMIT (100 ms, connect to last byte); the worst probe of
+each attack is printed.  The probe runs in a process of its own, so that
+the attack's threads do not delay it on the GIL.  The answer to each
+attack is asserted too, and that it changed nothing.
+
+test_limits.py checks most limits one request at a time; this file adds
+the attacks at scale and at the same time as the probes: slowloris, 2,000
+idle connections, header floods, bodies over the limit, chunked bodies,
+Content-Length that does not match the body (shorter, longer, twice),
+pipelining, invalid UTF-8 and deep JSON nesting.
+"""
+
+import itertools
+import json
+import os
+import resource
+import select
+import selectors
+import socket
+import sys
+import threading
+import time
+import unittest
+
+import harness
+from harness import DaemonTestCase, HealthProbe, body_of, claim_body, \
+    connect, fresh_number, fresh_user, read_response, status_of, wait_closed
+
+harness.require_daemon()
+
+PROBE_LIMIT = 0.100	# seconds for a /healthz answer during an attack
+REQUEST_TIMEOUT = 3
+CLOSE_LIMIT = REQUEST_TIMEOUT + 3.0	# the tick is once a second; slack
+MAX_BODY = 65536
+IDLE = 2000		# idle connections
+TTL = 600
+WORST = {}		# attack -> summary of its probes
+
+
+def report(text):
+    print("abuse: " + text, file=sys.stderr, flush=True)
+
+
+def run_threads(target, count, *args):
+    threads = [threading.Thread(target=target, args=(i,) + args,
+                                daemon=True) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    if any(t.is_alive() for t in threads):
+        raise AssertionError("attack threads still running after 60 s")
+
+
+def send_quietly(sock, data):
+    """Send data; False if the daemon has closed or reset the connection."""
+    try:
+        sock.sendall(data)
+        return True
+    except (BrokenPipeError, ConnectionResetError):
+        return False
+
+
+def split_responses(data):
+    """Split raw bytes into (status, body bytes) by Content-Length."""
+    out = []
+    while data:
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        if not sep:
+            break
+        status = status_of(head)
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        out.append((status, rest[:length]))
+        data = rest[length:]
+    return out
+
+
+class AbuseTests(DaemonTestCase):
+    """One daemon: request_timeout 3 s, max_body_size 64 KiB, room for
+    IDLE connections (the default max_connections, 1024, would leave the
+    probes in the kernel's backlog behind them: see ConnectionCapTests in
+    test_limits.py)."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        # The test and the daemon (which inherits it) need IDLE+ files.
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = 2 * IDLE + 512
+        if soft < want and (hard == resource.RLIM_INFINITY or hard >= want):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        cls.nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        cls.d = cls.new_daemon(request_timeout=REQUEST_TIMEOUT,
+                               max_body_size=MAX_BODY,
+                               max_connections=IDLE + 500,
+                               pending_ttl=TTL)
+
+    @classmethod
+    def tearDownClass(cls):
+        for attack in sorted(WORST):
+            report("%-28s %s" % (attack, WORST[attack]))
+        super().tearDownClass()
+
+    def setUp(self):
+        self.d.ensure_running()
+
+    # Helpers.
+
+    def attack(self, name, fn):
+        """Run fn() under the health probe; assert every probe was fast."""
+        with HealthProbe(self.d) as probe:
+            result = fn()
+            # The probe's first connection may come late on a busy machine.
+            deadline = time.monotonic() + 2.0
+            while len(probe.times) < 5 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        WORST[name] = probe.summary()
+        report("%s: %s" % (name, probe.summary()))
+        self.assertEqual(probe.failures[:3], [], "health probes failed")
+        self.assertGreaterEqual(len(probe.times), 5, "too few probes")
+        self.assertLessEqual(probe.worst, PROBE_LIMIT,
+                             "a /healthz probe took %.0f ms during %s (%s; "
+                             "load average %.1f)" %
+                             (1000 * probe.worst, name, probe.summary(),
+                              os.getloadavg()[0]))
+        return result
+
+    def head(self, extra=b"", path=b"/v1/claims", auth=None):
+        """Request line and headers up to (not including) the blank line."""
+        if auth is None:
+            auth = b"Bearer " + self.d.api_token.encode()
+        return (b"POST " + path + b" HTTP/1.1\r\nHost: localhost\r\n"
+                b"Authorization: " + auth + b"\r\n"
+                b"Content-Type: application/json\r\n" + extra)
+
+    def request(self, body, extra=b"", path=b"/v1/claims", auth=None):
+        return self.head(extra + b"Content-Length: %d\r\n" % len(body),
+                         path, auth) + b"\r\n" + body
+
+    def exchange(self, data, timeout=5.0):
+        """Send data on a new connection; the first response's bytes."""
+        with connect(self.d) as s:
+            send_quietly(s, data)
+            return read_response(s, timeout)
+
+    def holders(self, phone):
+        return [c["user_id"] for c in self.d.ask("lookup " + phone)["claims"]]
+
+    def assertFree(self, phones):
+        held = [p for p in phones if self.holders(p)]
+        self.assertEqual(held, [], "%d of %d numbers were claimed" %
+                         (len(held), len(phones)))
+
+    def assertServes(self):
+        phone, user = fresh_number(), fresh_user()
+        self.assertReserved(self.d.claim(phone, user, "enrollment"), TTL)
+        self.assertEqual(self.holders(phone), [user])
+
+    # Slow and idle clients.
+
+    def test_slowloris(self):
+        """Eight connections send a claim a byte a second (four in the
+        headers, four in the body): each is cut off within request_timeout
+        (plus the once-a-second tick) without an answer, nothing is
+        claimed."""
+        phones = [fresh_number() for _ in range(8)]
+        cut = [None] * 8
+        answers = [b""] * 8
+
+        def slow(i):
+            body = claim_body(phones[i], fresh_user(), "enrollment")
+            req = self.request(body)
+            # Four start in the headers, four after them.
+            sent = 20 if i < 4 else len(req) - len(body)
+            with connect(self.d, timeout=30) as s:
+                start = time.monotonic()
+                if not send_quietly(s, req[:sent]):
+                    return
+                while sent < len(req):
+                    readable, _, _ = select.select([s], [], [], 1.0)
+                    if readable:
+                        break
+                    if not send_quietly(s, req[sent:sent + 1]):
+                        break
+                    sent += 1
+                closed, data = wait_closed(s, CLOSE_LIMIT + 2)
+                answers[i] = data
+                if closed is not None:
+                    cut[i] = time.monotonic() - start
+
+        self.attack("slowloris", lambda: run_threads(slow, 8))
+        self.assertEqual(answers, [b""] * 8, "slow requests were answered")
+        for i, seconds in enumerate(cut):
+            self.assertIsNotNone(seconds, "slow connection %d never cut" % i)
+            self.assertLessEqual(seconds, CLOSE_LIMIT,
+                                 "slow connection %d cut after %.1f s" %
+                                 (i, seconds))
+        self.assertFree(phones)
+        self.assertServes()
+
+    def test_idle_connections(self):
+        """IDLE connections that send nothing are all held open without
+        slowing the probes, then closed after request_timeout."""
+        if self.nofile < 2 * IDLE + 256:
+            self.skipTest("RLIMIT_NOFILE %d is too low for %d connections" %
+                          (self.nofile, IDLE))
+        socks = []
+
+        def hold():
+            try:
+                for _ in range(IDLE):
+                    socks.append(connect(self.d))
+                # The probes run while all of them are open.
+                time.sleep(1.0)
+            except OSError:
+                pass
+            return time.monotonic()
+
+        try:
+            opened = self.attack("%d idle connections" % IDLE, hold)
+            self.assertEqual(len(socks), IDLE, "could not open them all")
+            status = self.d.ask("status")
+            self.assertTrue(status["store"]["ok"], status)
+            # select() cannot wait on descriptors over FD_SETSIZE.
+            sel = selectors.DefaultSelector()
+            for s in socks:
+                sel.register(s, selectors.EVENT_READ)
+            left = len(socks)
+            deadline = opened + CLOSE_LIMIT + 2
+            while left and time.monotonic() < deadline:
+                for key, _ in sel.select(0.5):
+                    try:
+                        closed = key.fileobj.recv(1) == b""
+                    except OSError:
+                        closed = True
+                    if closed:
+                        sel.unregister(key.fileobj)
+                        left -= 1
+            sel.close()
+            self.assertEqual(left, 0, "%d idle connections still open "
+                             "after request_timeout" % left)
+        finally:
+            for s in socks:
+                s.close()
+        self.assertServes()
+
+    # Headers.
+
+    def test_header_flood(self):
+        """Four clients send, again and again for 2 s: 2,000 small headers,
+        one 64 KiB header line, and (allowed) 300 headers under 16 KiB.
+        The first two get 400 and a closed connection; the last is
+        served."""
+        many = b"".join(b"X-Flood-%04d: v\r\n" % i for i in range(2000))
+        huge = b"X-Huge: " + b"v" * 65536 + b"\r\n"
+        fine = b"".join(b"X-Fine-%03d: %s\r\n" % (i, b"v" * 30)
+                        for i in range(300))
+        bad, served, phones = [], [], []
+        lock = threading.Lock()
+
+        def flood(i):
+            end = time.monotonic() + 2.0
+            while time.monotonic() < end:
+                for kind, extra in (("many", many), ("huge", huge)):
+                    phone = fresh_number()
+                    data = self.exchange(self.request(
+                        claim_body(phone, fresh_user()), extra))
+                    with lock:
+                        phones.append(phone)
+                        if status_of(data) != 400:
+                            bad.append((kind, data[:100]))
+                phone, user = fresh_number(), fresh_user()
+                data = self.exchange(self.request(claim_body(phone, user),
+                                                  fine))
+                with lock:
+                    served.append((phone, user, status_of(data),
+                                   body_of(data)))
+
+        self.attack("header flood", lambda: run_threads(flood, 4))
+        self.assertEqual(bad[:3], [], "header floods not refused with 400")
+        self.assertFree(phones)
+        self.assertTrue(served)
+        for phone, user, status, body in served:
+            self.assertEqual((status, body and body.get("result")),
+                             (200, "reserved"))
+            self.assertEqual(self.holders(phone), [user])
+
+    # Bodies.
+
+    def test_bodies_over_the_limit(self):
+        """Four clients announce 1 MiB bodies and stream 1 MiB chunked
+        bodies for 2 s: 413 each time (or a reset after the 413 was sent
+        on a chunked stream), and nothing is claimed."""
+        statuses = {"length": [], "chunked": []}
+        lock = threading.Lock()
+        big = b" " * (1 << 20)
+
+        def upload(i):
+            end = time.monotonic() + 2.0
+            while time.monotonic() < end:
+                data = self.exchange(self.head(b"Content-Length: %d\r\n\r\n"
+                                               % len(big)))
+                with connect(self.d) as s:
+                    send_quietly(s, self.head(
+                        b"Transfer-Encoding: chunked\r\n\r\n"))
+                    for off in range(0, len(big), 16384):
+                        if not send_quietly(s, b"4000\r\n" +
+                                            big[off:off + 16384] + b"\r\n"):
+                            break
+                    chunked = read_response(s, 5.0)
+                with lock:
+                    statuses["length"].append(status_of(data))
+                    statuses["chunked"].append(status_of(chunked))
+
+        self.attack("bodies over the limit", lambda: run_threads(upload, 4))
+        self.assertTrue(statuses["length"])
+        self.assertEqual(set(statuses["length"]), {413}, statuses["length"])
+        self.assertIn(413, statuses["chunked"])
+        self.assertLessEqual(set(statuses["chunked"]), {413, None},
+                             statuses["chunked"])
+        self.assertServes()
+
+    def test_chunked_bodies(self):
+        """Claims sent chunked, in chunks of 1 to 9 bytes, are served like
+        any other; a chunk size that is not hex is refused (libevent
+        answers 413 for any chunk it cannot parse, extensions included)."""
+        done, refused = [], []
+        lock = threading.Lock()
+
+        def chunked(i):
+            end = time.monotonic() + 1.5
+            for n in itertools.count():
+                if time.monotonic() > end:
+                    break
+                phone, user = fresh_number(), fresh_user()
+                body = claim_body(phone, user, "enrollment")
+                size = 1 + (i + n) % 9
+                data = b"".join(b"%x\r\n%s\r\n" % (len(body[o:o + size]),
+                                                   body[o:o + size])
+                                for o in range(0, len(body), size))
+                reply = self.exchange(self.head(
+                    b"Transfer-Encoding: chunked\r\n\r\n") + data +
+                    b"0\r\n\r\n")
+                with lock:
+                    done.append((phone, user, status_of(reply),
+                                 body_of(reply)))
+                phone = fresh_number()
+                body = claim_body(phone, fresh_user())
+                reply = self.exchange(self.head(
+                    b"Transfer-Encoding: chunked\r\n\r\n") +
+                    b"zz\r\n" + body + b"\r\n0\r\n\r\n")
+                with lock:
+                    refused.append((phone, status_of(reply)))
+
+        self.attack("chunked bodies", lambda: run_threads(chunked, 4))
+        for phone, user, status, body in done:
+            self.assertEqual((status, body and body.get("result")),
+                             (200, "reserved"))
+            self.assertEqual(self.holders(phone), [user])
+        self.assertEqual({s for _, s in refused}, {413})
+        self.assertFree([p for p, _ in refused])
+
+    def test_content_length_mismatch(self):
+        """Content-Length shorter than the body: the first bytes are the
+        request (400 invalid_json), the rest starts a request that never
+        ends (cut off).  Longer than the body: no answer, cut off after
+        request_timeout.  Two different Content-Lengths (request smuggling
+        behind a proxy that takes the other one): 400 invalid_request and
+        closed.
+        Nothing is claimed."""
+        results = []
+        lock = threading.Lock()
+        phones = []
+
+        def mismatch(i):
+            phone = fresh_number()
+            body = claim_body(phone, fresh_user(), "enrollment")
+            kind = ("shorter", "longer", "twice, short first",
+                    "twice, right first")[i % 4]
+            if kind == "shorter":
+                req = self.head(b"Content-Length: %d\r\n\r\n" %
+                                (len(body) - 5)) + body
+            elif kind == "longer":
+                req = self.head(b"Content-Length: %d\r\n\r\n" %
+                                (len(body) + 50)) + body
+            elif kind == "twice, short first":
+                req = self.head(b"Content-Length: 20\r\nContent-Length: %d"
+                                b"\r\n\r\n" % len(body)) + body
+            else:
+                req = self.head(b"Content-Length: %d\r\nContent-Length: 20"
+                                b"\r\n\r\n" % len(body)) + body
+            start = time.monotonic()
+            with connect(self.d, timeout=30) as s:
+                send_quietly(s, req)
+                data = read_response(s, CLOSE_LIMIT + 2)
+                closed, more = wait_closed(s, CLOSE_LIMIT + 2)
+            with lock:
+                phones.append(phone)
+                results.append((kind, status_of(data), body_of(data),
+                                more, None if closed is None else
+                                time.monotonic() - start))
+
+        self.attack("content-length mismatch",
+                    lambda: run_threads(mismatch, 12))
+        for kind, status, body, more, closed in results:
+            with self.subTest(kind=kind):
+                self.assertIsNotNone(closed, "never closed")
+                self.assertLessEqual(closed, CLOSE_LIMIT + 1)
+                self.assertEqual(more, b"")
+                if kind == "longer":
+                    self.assertIsNone(status)
+                else:
+                    self.assertEqual(status, 400)
+                    if kind == "shorter":
+                        self.assertEqual(body, {"error": "invalid_json"})
+                    else:
+                        self.assertEqual(body, {"error": "invalid_request"})
+        self.assertFree(phones)
+
+    # Pipelining.
+
+    def test_pipelined_requests(self):
+        """Four connections each send 100 claims and 100 health checks in
+        one write: 200 answers each, in order, every claim reserved."""
+        got = []
+        lock = threading.Lock()
+
+        def pipeline(i):
+            pairs = [(fresh_number(), fresh_user()) for _ in range(100)]
+            data = b"".join(
+                self.request(claim_body(p, u, "enrollment"),
+                             b"Connection: keep-alive\r\n") +
+                b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"
+                for p, u in pairs)
+            answers = b""
+            with connect(self.d, timeout=30) as s:
+                s.sendall(data)
+                deadline = time.monotonic() + 20
+                while len(split_responses(answers)) < 200 and \
+                        time.monotonic() < deadline:
+                    readable, _, _ = select.select([s], [], [], 0.5)
+                    if readable:
+                        chunk = s.recv(65536)
+                        if not chunk:
+                            break
+                        answers += chunk
+            with lock:
+                got.append((pairs, split_responses(answers)))
+
+        self.attack("pipelined requests", lambda: run_threads(pipeline, 4))
+        for pairs, answers in got:
+            self.assertEqual(len(answers), 200)
+            for n, (phone, user) in enumerate(pairs):
+                status, body = answers[2 * n]
+                self.assertEqual((status, json.loads(body)["result"]),
+                                 (200, "reserved"))
+                status, body = answers[2 * n + 1]
+                self.assertEqual((status, json.loads(body)),
+                                 (200, {"status": "ok"}))
+            for phone, user in pairs[::10]:
+                self.assertEqual(self.holders(phone), [user])
+
+    # JSON.
+
+    BAD_UTF8 = {
+        "invalid byte": b"\xff\xfe",
+        "overlong slash": b"\xc0\xaf",
+        "overlong NUL": b"\xc0\x80",
+        "overlong 3 bytes": b"\xe0\x80\xaf",
+        "surrogate": b"\xed\xa0\x80",
+        "over U+10FFFF": b"\xf4\x90\x80\x80",
+        "5-byte form": b"\xf8\x88\x80\x80\x80",
+        "truncated": b"\xe2\x82",
+        "lone continuation": b"\x80",
+        "escaped lone surrogate": b"\\udc00",
+    }
+
+    def test_invalid_utf8(self):
+        """Invalid UTF-8 in user_id, in the other strings of a claim, in a
+        key, and in a log-stream event: 400 invalid_json, nothing stored
+        (RFC 8259: JSON text is UTF-8)."""
+        results = []
+        lock = threading.Lock()
+        cases = list(self.BAD_UTF8.items())
+
+        def bodies(phone, bad):
+            user = fresh_user().encode()
+            num = phone.encode()
+            yield "user_id", (b'{"phone_number":"' + num +
+                              b'","user_id":"' + user + bad + b'"}')
+            yield "phone_number", (b'{"phone_number":"' + num + bad +
+                                   b'","user_id":"' + user + b'"}')
+            yield "action", (b'{"phone_number":"' + num + b'","user_id":"' +
+                             user + b'","action":"enrollment' + bad + b'"}')
+            yield "other member", (b'{"phone_number":"' + num +
+                                   b'","user_id":"' + user +
+                                   b'","note":"' + bad + b'"}')
+            yield "key", (b'{"phone_number":"' + num + b'","user_id":"' +
+                          user + b'","n' + bad + b'":1}')
+
+        def send(i):
+            end = time.monotonic() + 1.5
+            for name, bad in itertools.chain(cases[i::3], itertools.cycle(
+                    cases[i::3])):
+                if time.monotonic() > end:
+                    break
+                phone = fresh_number()
+                for where, body in bodies(phone, bad):
+                    data = self.exchange(self.request(body))
+                    with lock:
+                        results.append(("%s in %s" % (name, where), phone,
+                                        status_of(data), body_of(data)))
+                item = {"log_id": "9004%040d" % len(results),
+                        "data": {"type": "gd_enrollment_complete",
+                                 "date": "2026-11-28T00:00:00.000Z",
+                                 "user_id": "@USER@",
+                                 "details": {"authenticator": {
+                                     "type": "phone",
+                                     "phone_number": phone}}}}
+                body = json.dumps([item]).encode().replace(
+                    b"@USER@", b"auth0|x" + bad)
+                data = self.exchange(self.request(
+                    body, path=b"/v1/log-stream",
+                    auth=self.d.log_stream_token.encode()))
+                with lock:
+                    results.append(("%s in a log-stream event" % name,
+                                    phone, status_of(data), body_of(data)))
+
+        self.attack("invalid UTF-8", lambda: run_threads(send, 3))
+        self.assertGreaterEqual(len(results), 6 * len(cases))
+        wrong = [(what, status, body) for what, _, status, body in results
+                 if (status, body) != (400, {"error": "invalid_json"})]
+        self.assertEqual(wrong, [], "invalid UTF-8 not refused as "
+                         "invalid_json")
+        self.assertFree(sorted({phone for _, phone, _, _ in results}))
+        self.assertServes()
+
+    def test_deep_nesting(self):
+        """Four clients post 60 KiB of nesting (arrays, objects, unclosed)
+        to both endpoints for 2 s: 400 invalid_json each time."""
+        shapes = [b"[" * 60000 + b"]" * 60000,
+                  b'{"a":' * 12000 + b"1" + b"}" * 12000,
+                  b"[" * 65000]
+        bad = []
+        count = [0]
+        lock = threading.Lock()
+
+        def deep(i):
+            end = time.monotonic() + 2.0
+            while time.monotonic() < end:
+                for body in shapes:
+                    for path, auth in ((b"/v1/claims", None),
+                                       (b"/v1/log-stream",
+                                        self.d.log_stream_token.encode())):
+                        data = self.exchange(self.request(body[:MAX_BODY],
+                                                          path=path,
+                                                          auth=auth))
+                        with lock:
+                            count[0] += 1
+                            if (status_of(data), body_of(data)) != \
+                                    (400, {"error": "invalid_json"}):
+                                bad.append((path, data[:120]))
+
+        self.attack("deep JSON nesting", lambda: run_threads(deep, 4))
+        self.assertGreater(count[0], 0)
+        self.assertEqual(bad[:3], [], "deep nesting not refused")
+        self.assertServes()
+
+
+class FileLimitTests(DaemonTestCase):
+    """A daemon started with the usual soft limit of 1024 open files and
+    max_connections = 1200 raises the limit itself: 1,100 idle connections
+    are all accepted (no EMFILE, which would pause the listener and leave
+    the probes in the backlog for seconds) and /healthz stays fast."""
+
+    CONNECTIONS = 1100
+
+    def test_soft_file_limit_is_raised_for_max_connections(self):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard != resource.RLIM_INFINITY and hard < 2 * self.CONNECTIONS + \
+                512:
+            self.skipTest("hard RLIMIT_NOFILE %d is too low" % hard)
+        d = self.own_daemon(start=False, max_connections=1200,
+                            request_timeout=REQUEST_TIMEOUT)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+        try:
+            d.start()
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE,
+                               (max(soft, 2 * self.CONNECTIONS + 512), hard))
+        socks = []
+
+        def hold():
+            for _ in range(self.CONNECTIONS):
+                socks.append(connect(d))
+            time.sleep(1.0)
+
+        try:
+            with HealthProbe(d) as probe:
+                hold()
+        finally:
+            for s in socks:
+                s.close()
+        report("%d idle connections, soft limit 1024: %s" %
+               (self.CONNECTIONS, probe.summary()))
+        self.assertNotIn("Too many open files", d.log_text())
+        self.assertNotIn("not accepting more", d.log_text())
+        self.assertEqual(probe.failures[:3], [])
+        self.assertLessEqual(probe.worst, PROBE_LIMIT, "%s; load average "
+                             "%.1f" % (probe.summary(), os.getloadavg()[0]))
+
+
+if __name__ == "__main__":
+    unittest.main()
