@@ -19,7 +19,11 @@
  * create each connection's bufferevent ourselves (evhttp_set_bevcb) and
  * track it: a once-a-second timer cuts off a connection whose request has
  * not arrived complete within request_timeout of its first byte (slow
- * clients), and the listener is off while max_connections are open.
+ * clients).  With max_connections open, the one that has waited longest
+ * without a request being answered on it (idle keep-alive, or never sent
+ * a complete request) is closed to make room for the next: so thousands
+ * of idle connections cannot keep Auth0 or a health check out.  Only when
+ * every connection has a request being answered is the listener off.
  *
  * Knowing when evhttp frees a connection: right after the bufferevent
  * callback returns, evhttp has made the connection and set itself as the
@@ -73,6 +77,9 @@ struct http_conn {
 	struct bufferevent	*bev;
 	struct http		*http;
 	int64_t			 deadline;	/* ms; 0: idle, no request */
+	int64_t			 since;		/* ms: opened or last answered */
+	int			 busy;		/* requests being answered */
+	int			 closing;	/* chosen to make room */
 	int			 attached;	/* close callback set */
 	TAILQ_ENTRY(http_conn)	 entry;
 };
@@ -158,6 +165,9 @@ static void	 http_conn_free(struct http *, struct http_conn *);
 static void	 http_listener_update(struct http *);
 static void	 http_listener_error_cb(struct evconnlistener *, void *);
 static void	 http_request_started(struct http *, struct evhttp_request *);
+static void	 http_request_done_cb(struct evhttp_request *, void *);
+static int	 http_make_room(struct http *);
+static struct http_conn *http_idlest(struct http *);
 static int	 http_framing_ok(struct evhttp_request *);
 static void	 http_route_cb(struct evhttp_request *, void *);
 static void	 http_flush_cb(evutil_socket_t, short, void *);
@@ -473,11 +483,15 @@ http_bev_cb(struct event_base *base, void *arg)
 	bufferevent_incref(c->bev);
 	c->http = h;
 	c->deadline = http_deadline(h);
+	c->since = http_now();
 	evbuffer_add_cb(bufferevent_get_input(c->bev), http_input_cb, c);
 	TAILQ_INSERT_TAIL(&h->conns, c, entry);
 	h->nconns++;
 	h->unattached++;
 	event_active(h->attach_ev, EV_TIMEOUT, 0);
+	/* One over the limit: an idle one goes (this one is not attached). */
+	if (h->nconns > (size_t)h->conf->max_connections)
+		(void)http_make_room(h);
 	http_listener_update(h);
 	return (c->bev);
 }
@@ -568,8 +582,69 @@ http_request_started(struct http *h, struct evhttp_request *req)
 			c->deadline = http_deadline(h);
 		else
 			c->deadline = 0;
+		c->busy++;
+		evhttp_request_set_on_complete_cb(req, http_request_done_cb, c);
 		return;
 	}
+}
+
+/*
+ * An answer was written (evhttp calls this before it frees the request,
+ * and before it frees the connection if it closes it).
+ */
+static void
+http_request_done_cb(struct evhttp_request *req, void *arg)
+{
+	struct http_conn	*c = arg;
+
+	(void)req;
+	if (c->busy > 0)
+		c->busy--;
+	c->since = http_now();
+	if (c->http->listener_off)
+		http_listener_update(c->http);
+}
+
+/*
+ * A connection came in over max_connections: close the one that has gone
+ * longest without a request being answered on it.  Return 1 if one is
+ * closing (its slot is free once evhttp has freed it, later in this loop
+ * iteration), 0 if every connection has a request in hand.
+ */
+static int
+http_make_room(struct http *h)
+{
+	struct http_conn	*oldest;
+
+	if ((oldest = http_idlest(h)) == NULL)
+		return (0);
+	log_debug("%zu connections open: closing one idle for %llds",
+	    h->nconns, (long long)(http_now() - oldest->since) / 1000);
+	metrics_connection_closed();
+	oldest->closing = 1;
+	oldest->deadline = 0;
+	/* evhttp treats this like a read error and frees it. */
+	bufferevent_trigger_event(oldest->bev,
+	    BEV_EVENT_READING | BEV_EVENT_ERROR, BEV_TRIG_DEFER_CALLBACKS);
+	return (1);
+}
+
+/*
+ * Return the connection that has gone longest without a request being
+ * answered on it and has none in hand, or NULL if there is none.
+ */
+static struct http_conn *
+http_idlest(struct http *h)
+{
+	struct http_conn	*c, *oldest = NULL;
+
+	TAILQ_FOREACH(c, &h->conns, entry) {
+		if (c->busy > 0 || !c->attached || c->closing)
+			continue;
+		if (oldest == NULL || c->since < oldest->since)
+			oldest = c;
+	}
+	return (oldest);
 }
 
 /* Forget a connection and drop our reference to its bufferevent. */
@@ -585,17 +660,21 @@ http_conn_free(struct http *h, struct http_conn *c)
 	free(c);
 }
 
-/* Listen only while fewer than max_connections are open. */
+/*
+ * Listen while fewer than max_connections are open, or while one of them
+ * is idle and could make room for a new one (http_bev_cb closes it then).
+ */
 static void
 http_listener_update(struct http *h)
 {
-	int	full = h->nconns >= (size_t)h->conf->max_connections;
+	int	full = h->nconns >= (size_t)h->conf->max_connections &&
+		    http_idlest(h) == NULL;
 
 	if (full && !h->listener_off) {
 		evconnlistener_disable(h->listener);
 		h->listener_off = 1;
-		log_warnx("%zu connections open: not accepting more",
-		    h->nconns);
+		log_warnx("%zu connections open, each with a request in hand: "
+		    "not accepting more", h->nconns);
 	} else if (!full && h->listener_off && !h->stopping) {
 		evconnlistener_enable(h->listener);
 		h->listener_off = 0;

@@ -62,6 +62,7 @@ struct metrics {
 	uint64_t		 requests[METRICS_EP_COUNT][METRICS_NCODES];
 	struct metrics_latency	 latency[METRICS_EP_COUNT];
 	struct metrics_events	 events;
+	uint64_t		 conns_closed;	/* to make room */
 };
 
 static struct metrics	 metrics;
@@ -74,6 +75,7 @@ static int	metrics_type_shown(const char *);
 static void	metrics_text_process(struct evbuffer *);
 static void	metrics_text_backfill(struct evbuffer *);
 static void	metrics_text_phone(struct evbuffer *);
+static void	metrics_text_conns(struct evbuffer *);
 static void	metrics_text_verify(struct evbuffer *,
 		    const struct mgmt_status *);
 static void	metrics_text_store(struct evbuffer *);
@@ -235,6 +237,7 @@ metrics_text_process(struct evbuffer *buf)
 	evbuffer_add_printf(buf, "phoneclaimd_store_ok %d\n", ok);
 	metrics_text_backfill(buf);
 	metrics_text_phone(buf);
+	metrics_text_conns(buf);
 }
 
 /* The Management API backfill: its state and counters. */
@@ -282,6 +285,23 @@ metrics_text_phone(struct evbuffer *buf)
 	    "phoneclaimd_phone_cache_total{result=\"hit\"} %llu\n"
 	    "phoneclaimd_phone_cache_total{result=\"miss\"} %llu\n",
 	    (unsigned long long)hits, (unsigned long long)misses);
+}
+
+/* Count an idle connection closed because max_connections were open. */
+void
+metrics_connection_closed(void)
+{
+	metrics.conns_closed++;
+}
+
+/* Connections closed to make room for new ones. */
+static void
+metrics_text_conns(struct evbuffer *buf)
+{
+	metrics_family(buf, "connections_closed_total", "counter",
+	    "Idle connections closed because max_connections were open.");
+	evbuffer_add_printf(buf, "phoneclaimd_connections_closed_total %llu\n",
+	    (unsigned long long)metrics.conns_closed);
 }
 
 /* Verifications and conflict removals through the Management API. */

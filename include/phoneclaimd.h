@@ -501,6 +501,7 @@ struct metrics_events {
 void		 metrics_init(struct store *);
 void		 metrics_free(void);
 void		 metrics_request(int, int, int64_t);
+void		 metrics_connection_closed(void);
 void		 metrics_log_stream(const struct metrics_events *);
 const struct metrics_events *metrics_events_totals(void);
 char		*metrics_text(void);

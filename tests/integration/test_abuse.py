@@ -16,6 +16,7 @@ pipelining, invalid UTF-8 and deep JSON nesting.
 import itertools
 import json
 import os
+import re
 import resource
 import select
 import selectors
@@ -84,9 +85,9 @@ def split_responses(data):
 
 class AbuseTests(DaemonTestCase):
     """One daemon: request_timeout 3 s, max_body_size 64 KiB, room for
-    IDLE connections (the default max_connections, 1024, would leave the
-    probes in the kernel's backlog behind them: see ConnectionCapTests in
-    test_limits.py)."""
+    IDLE connections, so that test_idle_connections sees them all held
+    open; test_idle_connections_over_the_default_cap starts its own daemon
+    with the default max_connections, 1024."""
 
     @classmethod
     def setUpClass(cls):
@@ -204,6 +205,45 @@ class AbuseTests(DaemonTestCase):
                                  (i, seconds))
         self.assertFree(phones)
         self.assertServes()
+
+    def test_idle_connections_over_the_default_cap(self):
+        """IDLE idle connections against the default max_connections
+        (1024): each one over it closes the one idle longest, so the
+        probes still get in."""
+        if self.nofile < 2 * IDLE + 256:
+            self.skipTest("RLIMIT_NOFILE %d is too low for %d connections" %
+                          (self.nofile, IDLE))
+        self.d = self.own_daemon(request_timeout=REQUEST_TIMEOUT,
+                                 pending_ttl=TTL)
+        socks = []
+
+        def hold():
+            try:
+                for _ in range(IDLE):
+                    socks.append(connect(self.d))
+                time.sleep(1.0)
+            except OSError:
+                pass
+
+        try:
+            self.attack("%d idle, max_connections 1024" % IDLE, hold)
+            self.assertEqual(len(socks), IDLE, "could not open them all")
+            sel = selectors.DefaultSelector()
+            for s in socks:
+                sel.register(s, selectors.EVENT_READ)
+            closed = sum(1 for key, _ in sel.select(1.0)
+                         if key.fileobj.recv(1) == b"")
+            sel.close()
+            # The probes' own connections made room too.
+            self.assertGreaterEqual(closed, IDLE - 1024)
+            text = self.d.request("GET", "/metrics").raw.decode()
+            m = re.search(r"phoneclaimd_connections_closed_total (\d+)",
+                          text)
+            self.assertGreaterEqual(int(m.group(1)), IDLE - 1024, text)
+        finally:
+            for s in socks:
+                s.close()
+            del self.d
 
     def test_idle_connections(self):
         """IDLE connections that send nothing are all held open without

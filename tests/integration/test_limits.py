@@ -181,7 +181,7 @@ class RequestTimeoutPhaseTests(LimitsCase):
 
 
 class ConnectionCapTests(LimitsCase):
-    """max_connections = 4: the 5th connection waits in the backlog."""
+    """max_connections = 4: a 5th closes the one idle longest."""
 
     conf = {"max_connections": 4}
 
@@ -190,27 +190,41 @@ class ConnectionCapTests(LimitsCase):
         time.sleep(0.5)		# let the daemon accept them
         return socks
 
-    def test_fifth_connection_waits_until_one_closes(self):
-        phone = fresh_number()
-        idle = self.open_idle(4)
+    def test_fifth_connection_closes_the_longest_idle_one(self):
+        first = connect(self.d)
+        time.sleep(0.3)
+        idle = [first] + self.open_idle(3)
         try:
             fifth = connect(self.d)
-            fifth.sendall(raw_claim_request(self.d, phone, fresh_user()))
-            readable, _, _ = select.select([fifth], [], [], 1.0)
-            early = fifth.recv(200) if readable else None
-            self.assertIsNone(early, "5th connection answered while 4 were "
-                              "open: %r" % early)
+            fifth.sendall(raw_claim_request(self.d, fresh_number(),
+                                            fresh_user()))
+            with fifth:
+                data = read_response(fifth, 5.0)
+            self.assertEqual(status_of(data), 200, data)
+            self.assertEqual(body_of(data).get("result"), "reserved", data)
+            # The first (idle longest) was closed; the others are open.
+            readable, _, _ = select.select([first], [], [], 2.0)
+            self.assertEqual(readable, [first], "oldest idle not closed")
+            self.assertEqual(first.recv(100), b"")
+            readable, _, _ = select.select(idle[1:], [], [], 0.2)
+            self.assertEqual(readable, [], "a newer idle one was closed")
         finally:
             for s in idle:
                 s.close()
-        with fifth:
-            start = time.monotonic()
-            data = read_response(fifth, 5.0)
-            waited = time.monotonic() - start
-        self.assertEqual(status_of(data), 200, data)
-        self.assertEqual(body_of(data).get("result"), "reserved", data)
-        self.assertLess(waited, 3.0, "answered %.1f s after the others "
-                        "closed" % waited)
+        text = self.d.request("GET", "/metrics").raw.decode()
+        self.assertRegex(text, r"phoneclaimd_connections_closed_total [1-9]")
+
+    def test_many_idle_connections_cannot_keep_a_client_out(self):
+        idle = self.open_idle(20)
+        try:
+            for _ in range(5):
+                start = time.monotonic()
+                reply = self.d.request("GET", "/healthz")
+                self.assertEqual(reply.status, 200)
+                self.assertLess(time.monotonic() - start, 2.0)
+        finally:
+            for s in idle:
+                s.close()
 
     def test_four_connections_are_allowed(self):
         idle = self.open_idle(3)

@@ -41,6 +41,7 @@ FAMILIES = {
     "store_ok": "gauge",
     "backfill_state": "gauge",
     "phone_cache_total": "counter",
+    "connections_closed_total": "counter",
     "claims": "gauge",
     "conflicts": "gauge",
     "events_total": "counter",
