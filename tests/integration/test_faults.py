@@ -421,6 +421,33 @@ class ClockTests(DaemonTestCase):
         self.assertEqual(status_of_lookup(d, n), [(u, "active")])
         self.assertEqual(d.stop(), 0, d.tail())
 
+    def test_dedup_pruning_follows_the_clock(self):
+        """With the prune running every second: a jump of half the
+        retention forward, or of a day back, forgets nothing; a jump past
+        the retention forgets the id (Auth0 keeps logs no longer)."""
+        retention = 3600
+        d = self.clock_daemon(dedup_retention=retention, pending_ttl=TTL,
+                              checkpoint_interval=1)
+        n, u = fresh_number(), fresh_user()
+        self.assertReserved(d.claim(n, u), TTL)
+        item = enrolment_event("prune-" + fresh_user(), u, n)
+        first = post_log_stream(d, [item])
+        self.assertEqual((first.status, first.get("applied")), (200, 1),
+                         str(first))
+        for offset in (retention // 2, -86400):
+            self.set_offset(offset)
+            time.sleep(3.0)		# three prune runs
+            again = post_log_stream(d, [item])
+            self.assertEqual((again.status, again.get("duplicates")),
+                             (200, 1), "offset %d: %s" % (offset, again))
+        self.set_offset(retention + 60)
+        time.sleep(3.0)
+        late = post_log_stream(d, [item])
+        self.assertEqual((late.status, late.get("duplicates")), (200, 0),
+                         str(late))
+        self.assertEqual(status_of_lookup(d, n), [(u, "active")])
+        self.assertEqual(d.stop(), 0, d.tail())
+
 
 if __name__ == "__main__":
     unittest.main()
