@@ -1641,6 +1641,17 @@ main(int argc, char *argv[])
 	if ((b->nscale > 0 && (b->target_arg != NULL || b->baseline)) ||
 	    (b->nscale == 0 && b->loader_path != NULL))
 		usage();
+	/*
+	 * The daemon runs in its state directory: a relative path would not
+	 * be found there, after what may be an hour of loading.  Check both
+	 * programs now.
+	 */
+	if (b->daemon_path != NULL &&
+	    (b->daemon_path = realpath(b->daemon_path, NULL)) == NULL)
+		err(1, "--daemon");
+	if (b->loader_path != NULL &&
+	    (b->loader_path = realpath(b->loader_path, NULL)) == NULL)
+		err(1, "--loader");
 	b->start_timeout = b->nscale > 0 ? BENCH_SCALE_START_TIMEOUT :
 	    BENCH_START_TIMEOUT;
 	b->duration = duration > 0 ? duration : b->quick ? 0.3 : 5;
