@@ -302,22 +302,28 @@ def raw_claim_request(daemon, phone, user, extra_headers=b"",
 # Load ------------------------------------------------------------------
 
 class Load:
-    """Client threads reserving fresh numbers until the daemon stops."""
+    """Client threads reserving fresh numbers until stopped (or until the
+    daemon stops).  With timed, each acknowledged pair also notes when it
+    was sent and answered (time.monotonic())."""
 
     MAX_PER_THREAD = 20000	# bounds memory if the daemon is very fast
 
-    def __init__(self, daemon, threads=8):
+    def __init__(self, daemon, threads=8, timeout=10, timed=False):
         self.daemon = daemon
+        self.timeout = timeout
+        self.timed = timed
         self.lock = threading.Lock()
-        self.acked = []		# (phone, user) answered "reserved"
+        self.acked = []		# (phone, user[, sent, answered]) "reserved"
         self.unexpected = []	# answers other than "reserved"
+        self.errors = []	# connections that failed (daemon stopped?)
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self.worker, daemon=True)
                         for _ in range(threads)]
 
     def worker(self):
         d = self.daemon
-        conn = http.client.HTTPConnection(d.host, d.port, timeout=10)
+        conn = http.client.HTTPConnection(d.host, d.port,
+                                          timeout=self.timeout)
         headers = {"Authorization": "Bearer " + d.api_token,
                    "Content-Type": "application/json"}
         try:
@@ -325,37 +331,58 @@ class Load:
                 if self.stop.is_set():
                     return
                 phone, user = fresh_number(), fresh_user()
+                sent = time.monotonic()
                 try:
                     conn.request("POST", "/v1/claims",
                                  claim_body(phone, user, "enrollment"),
                                  headers)
                     resp = conn.getresponse()
                     reply = Reply(resp.status, resp.headers, resp.read())
-                except (OSError, http.client.HTTPException):
-                    return	# the daemon has stopped
+                except (OSError, http.client.HTTPException) as e:
+                    with self.lock:
+                        self.errors.append((phone, repr(e)))
+                    return
+                done = time.monotonic()
                 with self.lock:
                     if reply.status == 200 and \
                             reply.get("result") == "reserved":
-                        self.acked.append((phone, user))
+                        self.acked.append((phone, user, sent, done)
+                                          if self.timed else (phone, user))
                     else:
                         self.unexpected.append((phone, str(reply)))
         finally:
             conn.close()
 
-    def run(self, delay, stop_daemon):
-        """Start the threads, call stop_daemon() after delay seconds, wait
-        for the threads and return the acknowledged (phone, user) pairs."""
+    def start(self):
         for t in self.threads:
             t.start()
-        time.sleep(delay)
-        stop_daemon()
+
+    def wait_for(self, n, timeout=30):
+        """Wait until n requests were acknowledged, or timeout seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if len(self.acked) >= n:
+                    return
+            time.sleep(0.05)
+
+    def finish(self, timeout=15):
+        """Stop the threads and wait for them."""
         self.stop.set()
         for t in self.threads:
-            t.join(15)
+            t.join(timeout)
         alive = [t for t in self.threads if t.is_alive()]
         if alive:
             raise AssertionError("%d client threads still running" %
                                  len(alive))
+
+    def run(self, delay, stop_daemon):
+        """Start the threads, call stop_daemon() after delay seconds, wait
+        for the threads and return the acknowledged (phone, user) pairs."""
+        self.start()
+        time.sleep(delay)
+        stop_daemon()
+        self.finish()
         return self.acked
 
 

@@ -206,6 +206,17 @@ class AbuseTests(DaemonTestCase):
         self.assertFree(phones)
         self.assertServes()
 
+    def hold_idle(self, socks):
+        """Open IDLE connections that send nothing (into socks), let the
+        probes run a second with all of them open; return when."""
+        try:
+            for _ in range(IDLE):
+                socks.append(connect(self.d))
+            time.sleep(1.0)
+        except OSError:
+            pass
+        return time.monotonic()
+
     def test_idle_connections_over_the_default_cap(self):
         """IDLE idle connections against the default max_connections
         (1024): each one over it closes the one idle longest, so the
@@ -216,17 +227,9 @@ class AbuseTests(DaemonTestCase):
         self.d = self.own_daemon(request_timeout=REQUEST_TIMEOUT,
                                  pending_ttl=TTL)
         socks = []
-
-        def hold():
-            try:
-                for _ in range(IDLE):
-                    socks.append(connect(self.d))
-                time.sleep(1.0)
-            except OSError:
-                pass
-
         try:
-            self.attack("%d idle, max_connections 1024" % IDLE, hold)
+            self.attack("%d idle, max_connections 1024" % IDLE,
+                        lambda: self.hold_idle(socks))
             self.assertEqual(len(socks), IDLE, "could not open them all")
             sel = selectors.DefaultSelector()
             for s in socks:
@@ -252,19 +255,9 @@ class AbuseTests(DaemonTestCase):
             self.skipTest("RLIMIT_NOFILE %d is too low for %d connections" %
                           (self.nofile, IDLE))
         socks = []
-
-        def hold():
-            try:
-                for _ in range(IDLE):
-                    socks.append(connect(self.d))
-                # The probes run while all of them are open.
-                time.sleep(1.0)
-            except OSError:
-                pass
-            return time.monotonic()
-
         try:
-            opened = self.attack("%d idle connections" % IDLE, hold)
+            opened = self.attack("%d idle connections" % IDLE,
+                                 lambda: self.hold_idle(socks))
             self.assertEqual(len(socks), IDLE, "could not open them all")
             status = self.d.ask("status")
             self.assertTrue(status["store"]["ok"], status)

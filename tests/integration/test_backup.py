@@ -18,7 +18,6 @@ them, so the number of log files and the size of the state directory stop
 growing.
 """
 
-import http.client
 import json
 import os
 import pwd
@@ -27,13 +26,12 @@ import socket
 import stat
 import subprocess
 import sys
-import threading
 import time
 import unittest
 
 import harness
-from harness import DaemonTestCase, Daemon, claim_body, fresh_number, \
-    fresh_user, Reply, check_reservations
+from harness import DaemonTestCase, Load, fresh_number, \
+    fresh_user, check_reservations
 
 CTL = os.environ.get("PHONECLAIMCTL")
 BUILDDIR = os.environ.get("TOP_BUILDDIR")
@@ -100,68 +98,6 @@ def dir_bytes(path):
     return total
 
 
-class ClaimLoad:
-    """Threads reserving fresh numbers over HTTP until stopped, noting
-    when each acknowledged request was sent and answered."""
-
-    def __init__(self, d, threads=6):
-        self.d = d
-        self.lock = threading.Lock()
-        self.acked = []		# (phone, user, sent, answered)
-        self.unexpected = []
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self.worker, daemon=True)
-                        for _ in range(threads)]
-
-    def worker(self):
-        d = self.d
-        conn = http.client.HTTPConnection(d.host, d.port, timeout=30)
-        headers = {"Authorization": "Bearer " + d.api_token,
-                   "Content-Type": "application/json"}
-        try:
-            while not self.stop.is_set():
-                phone, user = fresh_number(), fresh_user()
-                sent = time.monotonic()
-                try:
-                    conn.request("POST", "/v1/claims",
-                                 claim_body(phone, user, "enrollment"),
-                                 headers)
-                    resp = conn.getresponse()
-                    reply = Reply(resp.status, resp.headers, resp.read())
-                except (OSError, http.client.HTTPException) as e:
-                    with self.lock:
-                        self.unexpected.append((phone, repr(e)))
-                    return
-                done = time.monotonic()
-                with self.lock:
-                    if reply.status == 200 and \
-                            reply.get("result") == "reserved":
-                        self.acked.append((phone, user, sent, done))
-                    else:
-                        self.unexpected.append((phone, str(reply)))
-        finally:
-            conn.close()
-
-    def start(self):
-        for t in self.threads:
-            t.start()
-
-    def wait_for(self, n, timeout=30):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                if len(self.acked) >= n:
-                    return
-            time.sleep(0.05)
-
-    def finish(self):
-        self.stop.set()
-        for t in self.threads:
-            t.join(30)
-        if any(t.is_alive() for t in self.threads):
-            raise AssertionError("client threads still running")
-
-
 class BackupTests(DaemonTestCase):
 
     @classmethod
@@ -187,7 +123,7 @@ class BackupTests(DaemonTestCase):
     def test_backup_under_load_restores_every_acknowledged_claim(self):
         d = self.d
         target = self.backup_dir("bk-load")
-        load = ClaimLoad(d)
+        load = Load(d, threads=6, timeout=30, timed=True)
         load.start()
         try:
             load.wait_for(100)
@@ -203,7 +139,7 @@ class BackupTests(DaemonTestCase):
         self.assertEqual(sorted(res), ["bytes", "files", "result", "seconds"])
         self.assertEqual(res["files"], len(os.listdir(target)))
         self.assertEqual(res["bytes"], dir_bytes(target))
-        self.assertEqual(load.unexpected, [])
+        self.assertEqual((load.unexpected, load.errors), ([], []))
         # The loop served claims while the backup ran: some were both
         # sent and answered in the second half of it.
         half = t_cmd + (t_end - t_cmd) / 2
