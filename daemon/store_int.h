@@ -1,0 +1,112 @@
+/*
+ * What the store's files share (store.c, store_claims.c, store_events.c,
+ * store_backup.c): the databases, the record formats, the store and
+ * transaction structures and the helpers for keys, integers and errors.
+ * Nothing outside the store includes it.
+ */
+#ifndef STORE_INT_H
+#define STORE_INT_H
+
+#define STORE_DIR_MODE		0700
+#define STORE_FILE_MODE		0600
+
+/* Claim record, format 1. */
+#define CLAIM_FORMAT		1
+#define CLAIM_OFF_STATE		1
+#define CLAIM_OFF_SOURCE	2
+#define CLAIM_OFF_SINCE		3
+#define CLAIM_OFF_EXPIRES	11
+#define CLAIM_OFF_LAST4		19
+#define CLAIM_OFF_ENROL_LEN	23
+#define CLAIM_OFF_ENROL		25
+#define CLAIM_REC_MAX		(CLAIM_OFF_ENROL + ENROL_ID_MAX)
+#define CLAIM_KEY_MAX		(NUMKEY_LEN + USER_ID_MAX)
+
+/* Conflict record, format 2: the fixed part before the holders. */
+#define CONFLICT_FORMAT		2
+#define CONFLICT_FORMAT_1	1	/* no removal part */
+#define CONFLICT_RM_LEN		13	/* removal, at, code, method_len */
+#define CONFLICT_OFF_SINCE	1
+#define CONFLICT_OFF_LAST4	9
+#define CONFLICT_OFF_LOG_LEN	13
+#define CONFLICT_OFF_LOG	15
+
+/* A record that does not decode: reported like an errno. */
+#define STORE_CORRUPT		EBADMSG
+
+/* Reservation window record (limits.db), format 1. */
+#define LIMIT_FORMAT		1
+#define LIMIT_REC_LEN		13
+
+/* Verification record, format 1. */
+#define VERIFY_FORMAT		1
+#define VERIFY_REC_LEN		10
+
+/* Seen and watermark records: one big-endian int64. */
+#define STORE_TIME_LEN		8
+#define WATERMARK_KEY_MAX	(USER_ID_MAX + 1 + NUMKEY_LEN)
+
+enum store_db {
+	STORE_DB_CLAIMS,
+	STORE_DB_CLAIMS_USER,
+	STORE_DB_CLAIMS_EXPIRY,
+	STORE_DB_CLAIMS_ENROL,
+	STORE_DB_CONFLICTS,
+	STORE_DB_SEEN,
+	STORE_DB_SEEN_DATE,
+	STORE_DB_WATERMARKS,
+	STORE_DB_VERIFY,
+	STORE_DB_LIMITS,
+	STORE_DB_META,
+	STORE_DB_COUNT
+};
+
+struct store_flusher;
+struct store_backup;
+
+struct store {
+	char		*dir;
+	int		 lock_fd;	/* flock on <dir>/phoneclaimd.lock */
+	DB_ENV		*env;
+	DB		*db[STORE_DB_COUNT];
+	int		 env_open;
+	int		 failed;
+	void		(*fail_cb)(void *);
+	void		*fail_arg;
+	struct store_counts counts;	/* of committed data */
+	struct store_flusher *flusher;	/* NULL: flushes are synchronous */
+	struct store_backup *backup;	/* NULL: no backup running */
+	int		 counted;	/* counts are right: save them */
+	char		 limits_next[USER_ID_MAX];	/* prune from here */
+	size_t		 limits_next_len;		/* 0: the start */
+};
+
+/* A transaction and the changes it makes to the counts, if it commits. */
+struct store_txn {
+	struct store	*st;
+	DB_TXN		*tid;
+	int64_t		 d_claims;
+	int64_t		 d_active;
+	int64_t		 d_pending;
+	int64_t		 d_conflicts;
+	int64_t		 d_verify;
+};
+
+/* store.c */
+int	store_env_config(DB_ENV *, uint64_t);
+int	store_result(struct store *, int, const char *);
+int	store_cursor_done(struct store *, DBC *, int, const char *);
+void	store_dbt(DBT *, const void *, size_t);
+void	store_put_u16(unsigned char *, size_t);
+size_t	store_get_u16(const unsigned char *);
+void	store_put_i64(unsigned char *, int64_t);
+int64_t	store_get_i64(const unsigned char *);
+
+/* Index keys (store_claims.c, store_events.c), the backup's end. */
+int	store_user_key_cb(DB *, const DBT *, const DBT *, DBT *);
+int	store_expiry_key_cb(DB *, const DBT *, const DBT *, DBT *);
+int	store_enrol_key_cb(DB *, const DBT *, const DBT *, DBT *);
+int	store_seen_key_cb(DB *, const DBT *, const DBT *, DBT *);
+void	store_backup_stop(struct store *);
+
+#endif /* STORE_INT_H */
