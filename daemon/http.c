@@ -81,7 +81,9 @@ struct http_conn {
 	int			 busy;		/* requests being answered */
 	int			 closing;	/* chosen to make room */
 	int			 attached;	/* close callback set */
+	int			 idle;		/* on the idle list */
 	TAILQ_ENTRY(http_conn)	 entry;
+	TAILQ_ENTRY(http_conn)	 idle_entry;
 };
 TAILQ_HEAD(http_conns, http_conn);
 
@@ -117,6 +119,7 @@ struct http {
 	struct event			*flush_ev;
 	struct event			*attach_ev;
 	struct http_conns		 conns;
+	struct http_conns		 idle;		/* longest idle first */
 	size_t				 nconns;
 	size_t				 unattached;
 	int				 freeing;
@@ -167,7 +170,8 @@ static void	 http_listener_error_cb(struct evconnlistener *, void *);
 static void	 http_request_started(struct http *, struct evhttp_request *);
 static void	 http_request_done_cb(struct evhttp_request *, void *);
 static int	 http_make_room(struct http *);
-static struct http_conn *http_idlest(struct http *);
+static void	 http_idle_add(struct http *, struct http_conn *);
+static void	 http_idle_del(struct http *, struct http_conn *);
 static int	 http_framing_ok(struct evhttp_request *);
 static void	 http_route_cb(struct evhttp_request *, void *);
 static void	 http_flush_cb(evutil_socket_t, short, void *);
@@ -318,6 +322,7 @@ http_init(struct event_base *base, const struct conf *conf,
 	h->conf = conf;
 	h->store = store;
 	TAILQ_INIT(&h->conns);
+	TAILQ_INIT(&h->idle);
 	TAILQ_INIT(&h->pending);
 	TAILQ_INIT(&h->flushing);
 	if ((h->evh = evhttp_new(base)) == NULL)
@@ -520,6 +525,7 @@ http_attach_cb(evutil_socket_t fd, short events, void *arg)
 			continue;
 		}
 		c->attached = 1;
+		http_idle_add(h, c);
 		evhttp_connection_set_closecb(evcon, http_close_cb, c);
 	}
 	http_listener_update(h);
@@ -583,6 +589,7 @@ http_request_started(struct http *h, struct evhttp_request *req)
 		else
 			c->deadline = 0;
 		c->busy++;
+		http_idle_del(h, c);
 		evhttp_request_set_on_complete_cb(req, http_request_done_cb, c);
 		return;
 	}
@@ -601,6 +608,8 @@ http_request_done_cb(struct evhttp_request *req, void *arg)
 	if (c->busy > 0)
 		c->busy--;
 	c->since = http_now();
+	http_idle_del(c->http, c);
+	http_idle_add(c->http, c);
 	if (c->http->listener_off)
 		http_listener_update(c->http);
 }
@@ -616,11 +625,12 @@ http_make_room(struct http *h)
 {
 	struct http_conn	*oldest;
 
-	if ((oldest = http_idlest(h)) == NULL)
+	if ((oldest = TAILQ_FIRST(&h->idle)) == NULL)
 		return (0);
 	log_debug("%zu connections open: closing one idle for %llds",
 	    h->nconns, (long long)(http_now() - oldest->since) / 1000);
 	metrics_connection_closed();
+	http_idle_del(h, oldest);
 	oldest->closing = 1;
 	oldest->deadline = 0;
 	/* evhttp treats this like a read error and frees it. */
@@ -630,27 +640,34 @@ http_make_room(struct http *h)
 }
 
 /*
- * Return the connection that has gone longest without a request being
- * answered on it and has none in hand, or NULL if there is none.
+ * The idle list holds the connections with no request in hand, in the
+ * order they became idle (opened, or last answered), so that the one idle
+ * longest is first.  A connection being closed is not on it.
  */
-static struct http_conn *
-http_idlest(struct http *h)
+static void
+http_idle_add(struct http *h, struct http_conn *c)
 {
-	struct http_conn	*c, *oldest = NULL;
+	if (c->idle || c->busy > 0 || !c->attached || c->closing)
+		return;
+	TAILQ_INSERT_TAIL(&h->idle, c, idle_entry);
+	c->idle = 1;
+}
 
-	TAILQ_FOREACH(c, &h->conns, entry) {
-		if (c->busy > 0 || !c->attached || c->closing)
-			continue;
-		if (oldest == NULL || c->since < oldest->since)
-			oldest = c;
-	}
-	return (oldest);
+/* Take a connection off the idle list, if it is on it. */
+static void
+http_idle_del(struct http *h, struct http_conn *c)
+{
+	if (!c->idle)
+		return;
+	TAILQ_REMOVE(&h->idle, c, idle_entry);
+	c->idle = 0;
 }
 
 /* Forget a connection and drop our reference to its bufferevent. */
 static void
 http_conn_free(struct http *h, struct http_conn *c)
 {
+	http_idle_del(h, c);
 	TAILQ_REMOVE(&h->conns, c, entry);
 	h->nconns--;
 	evbuffer_remove_cb(bufferevent_get_input(c->bev), http_input_cb, c);
@@ -668,7 +685,7 @@ static void
 http_listener_update(struct http *h)
 {
 	int	full = h->nconns >= (size_t)h->conf->max_connections &&
-		    http_idlest(h) == NULL;
+		    TAILQ_EMPTY(&h->idle);
 
 	if (full && !h->listener_off) {
 		evconnlistener_disable(h->listener);

@@ -45,6 +45,7 @@
 #include <ftw.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -1550,6 +1551,8 @@ bench_json(struct bench *b, int ok)
 int
 main(int argc, char *argv[])
 {
+	static char			 daemon_abs[PATH_MAX];
+	static char			 loader_abs[PATH_MAX];
 	static const struct option	 longopts[] = {
 		{ "baseline", no_argument, NULL, 'b' },
 		{ "batches", required_argument, NULL, 'n' },
@@ -1647,10 +1650,10 @@ main(int argc, char *argv[])
 	 * programs now.
 	 */
 	if (b->daemon_path != NULL &&
-	    (b->daemon_path = realpath(b->daemon_path, NULL)) == NULL)
+	    (b->daemon_path = realpath(b->daemon_path, daemon_abs)) == NULL)
 		err(1, "--daemon");
 	if (b->loader_path != NULL &&
-	    (b->loader_path = realpath(b->loader_path, NULL)) == NULL)
+	    (b->loader_path = realpath(b->loader_path, loader_abs)) == NULL)
 		err(1, "--loader");
 	b->start_timeout = b->nscale > 0 ? BENCH_SCALE_START_TIMEOUT :
 	    BENCH_START_TIMEOUT;
