@@ -437,6 +437,7 @@ claims_limits_prune(int64_t now, size_t max, size_t *pruned, int *wrapped)
 	return (rv);
 }
 
+/* One stretch of that walk, in a transaction of its own. */
 static int
 claims_limits_prune_txn(struct store_txn *txn, void *arg)
 {
