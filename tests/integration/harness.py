@@ -50,6 +50,16 @@ _all_daemons = []
 
 # Environment ---------------------------------------------------------------
 
+def sanitized():
+    """True when the daemon under test is built with AddressSanitizer
+    (configure --enable-asan), which makes it several times slower."""
+    path = os.environ.get("PHONECLAIMD")
+    if not path:
+        return False
+    with open(path, "rb") as f:
+        return b"__asan_init" in f.read()
+
+
 def require_daemon():
     """Return the daemon's path; exit 77 (skip) when PHONECLAIMD is unset."""
     path = os.environ.get("PHONECLAIMD")
