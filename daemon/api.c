@@ -89,7 +89,7 @@ api_parse(const char *body, size_t len, struct api_body *r)
 	char		*cause;
 
 	memset(r, 0, sizeof *r);
-	root = json_parse(body, len, &cause);
+	root = json_parse_strict(body, len, &cause);
 	if (root == NULL) {
 		free(cause);
 		return ("invalid_json");

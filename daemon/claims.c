@@ -599,14 +599,17 @@ claims_expire(int64_t now, size_t max, size_t *released)
  * now, after every release we know of.
  */
 
-/* A user id is 1 to USER_ID_MAX bytes without C0 or C1 controls. */
+/*
+ * A user id is 1 to USER_ID_MAX bytes of well-formed UTF-8 without C0 or
+ * C1 controls.
+ */
 int
 claims_user_id_ok(const char *s)
 {
 	const unsigned char	*p = (const unsigned char *)s;
 	size_t			 len = strlen(s);
 
-	if (len == 0 || len > USER_ID_MAX)
+	if (len == 0 || len > USER_ID_MAX || !json_utf8_ok(s, len))
 		return (0);
 	for (; *p != '\0'; p++) {
 		if (*p < 0x20 || *p == 0x7f)

@@ -152,7 +152,6 @@ static void	control_flush_cb(evutil_socket_t, short, void *);
 static void	control_command(struct control_client *, char *);
 static int	control_split(char *, char **, int *);
 static const char *control_args(const struct control_cmd *, int, char **);
-static int	control_utf8_ok(const char *);
 static int	control_number(struct control_client *, const char *,
 		    char *);
 static int	control_user(struct control_client *, const char *);
@@ -790,39 +789,6 @@ control_args(const struct control_cmd *cmd, int argc, char **argv)
 	return (NULL);
 }
 
-/* Return 1 if s is well-formed UTF-8 (no overlong forms, no surrogates). */
-static int
-control_utf8_ok(const char *s)
-{
-	const unsigned char	*p = (const unsigned char *)s;
-	unsigned int		 cp, min;
-	int			 n, i;
-
-	while (*p != '\0') {
-		if (*p < 0x80) {
-			p++;
-			continue;
-		}
-		if ((*p & 0xe0) == 0xc0)
-			n = 1, cp = *p & 0x1f, min = 0x80;
-		else if ((*p & 0xf0) == 0xe0)
-			n = 2, cp = *p & 0x0f, min = 0x800;
-		else if ((*p & 0xf8) == 0xf0)
-			n = 3, cp = *p & 0x07, min = 0x10000;
-		else
-			return (0);
-		for (i = 1; i <= n; i++) {
-			if ((p[i] & 0xc0) != 0x80)
-				return (0);
-			cp = (cp << 6) | (p[i] & 0x3f);
-		}
-		if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-			return (0);
-		p += n + 1;
-	}
-	return (1);
-}
-
 /* Normalise a number argument into e164, or answer that it is invalid. */
 static int
 control_number(struct control_client *c, const char *arg, char *e164)
@@ -848,7 +814,7 @@ control_last4(const char *e164)
 static int
 control_user(struct control_client *c, const char *arg)
 {
-	if (!claims_user_id_ok(arg) || !control_utf8_ok(arg)) {
+	if (!claims_user_id_ok(arg)) {
 		control_error(c, "invalid_user_id");
 		return (-1);
 	}
@@ -1399,7 +1365,7 @@ control_cmd_backup(struct control_client *c, int argc, char **argv)
 	char		*cause;
 
 	(void)argc;
-	if (argv[0][0] != '/' || !control_utf8_ok(argv[0])) {
+	if (argv[0][0] != '/' || !json_utf8_ok(argv[0], strlen(argv[0]))) {
 		control_error(c, "invalid_directory");
 		return;
 	}

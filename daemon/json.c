@@ -3,8 +3,12 @@
  * first pass with the event parser checks the depth before the tree is
  * built.  yajl refuses bytes that never occur in UTF-8 but lets through
  * overlong forms, surrogates and code points over U+10FFFF (and makes
- * surrogates of lone \u escapes), so the first pass checks every string
- * and key against RFC 3629 itself.
+ * surrogates of lone \u escapes).  json_parse_strict, for the claim API,
+ * checks every string and key against RFC 3629 in that first pass.  The
+ * other parses do not: Auth0's log events carry text users typed, and
+ * JavaScript writes a lone surrogate in it as a \u escape, so refusing it
+ * would refuse a whole batch for one field; the fields that matter (user
+ * ids) are checked where they are used, and only that event is refused.
  */
 #include "config.h"
 
@@ -26,9 +30,11 @@ struct json_depth {
 	size_t	items;		/* values at depth 1 (elements of the top) */
 	size_t	max_items;	/* 0: no bound */
 	int	too_many;
+	int	strict;		/* strings and keys must be UTF-8 */
 };
 
-static int	json_utf8_ok(const unsigned char *, size_t);
+static struct yajl_val_s *json_parse_any(const char *, size_t, size_t, int,
+		    int *, char **);
 static int	json_item(struct json_depth *);
 static int	json_scalar_cb(void *);
 static int	json_bool_cb(void *, int);
@@ -37,16 +43,17 @@ static int	json_key_cb(void *, const unsigned char *, size_t);
 static int	json_string_cb(void *, const unsigned char *, size_t);
 static int	json_open_cb(void *);
 static int	json_close_cb(void *);
-static int	json_check(const char *, size_t, size_t, int *);
+static int	json_check(const char *, size_t, size_t, int, int *);
 static void	json_gen_value(yajl_gen, yajl_val, int);
 
 /*
- * Return 1 if s is well-formed UTF-8 (RFC 3629, section 4): shortest
- * forms only, no surrogates, nothing over U+10FFFF.
+ * Return 1 if the len bytes at p are well-formed UTF-8 (RFC 3629, section
+ * 4): shortest forms only, no surrogates, nothing over U+10FFFF.
  */
-static int
-json_utf8_ok(const unsigned char *s, size_t len)
+int
+json_utf8_ok(const char *p, size_t len)
 {
+	const unsigned char	*s = (const unsigned char *)p;
 	size_t		i = 0, n, k;
 	unsigned char	lo, hi;
 
@@ -122,22 +129,23 @@ json_number_cb(void *arg, const char *s, size_t len)
 
 /*
  * Refuse keys with a NUL byte ("\u0000"): the tree keeps strings
- * NUL-terminated, so "a\u0000b" would silently become "a".  And keys that
- * are not UTF-8.
+ * NUL-terminated, so "a\u0000b" would silently become "a".  And, in a
+ * strict parse, keys that are not UTF-8.
  */
 static int
 json_key_cb(void *arg, const unsigned char *s, size_t len)
 {
 	struct json_depth	*d = arg;
 
-	if (memchr(s, '\0', len) != NULL || !json_utf8_ok(s, len)) {
+	if (memchr(s, '\0', len) != NULL ||
+	    (d->strict && !json_utf8_ok((const char *)s, len))) {
 		d->bad = 1;
 		return (0);
 	}
 	return (1);
 }
 
-/* A string: no NUL byte either, UTF-8, and it counts as a value. */
+/* A string: the same rules, and it counts as a value. */
 static int
 json_string_cb(void *arg, const unsigned char *s, size_t len)
 {
@@ -171,11 +179,13 @@ json_close_cb(void *arg)
 
 /*
  * Return 0 if buf is JSON nested at most JSON_MAX_DEPTH deep without NUL
- * bytes in its strings, all of them UTF-8, and at most max_items values in its top-level
- * array or object (0: no bound), else -1 (*too_many says why).
+ * bytes in its strings (all UTF-8 if strict) and at most max_items values
+ * in its top-level array or object (0: no bound), else -1 (*too_many says
+ * why).
  */
 static int
-json_check(const char *buf, size_t len, size_t max_items, int *too_many)
+json_check(const char *buf, size_t len, size_t max_items, int strict,
+    int *too_many)
 {
 	static const yajl_callbacks	 cb = {
 		.yajl_null = json_scalar_cb,
@@ -194,6 +204,7 @@ json_check(const char *buf, size_t len, size_t max_items, int *too_many)
 
 	memset(&d, 0, sizeof d);
 	d.max_items = max_items;
+	d.strict = strict;
 	if ((h = yajl_alloc(&cb, NULL, &d)) == NULL)
 		fatalx("yajl_alloc");
 	ok = yajl_parse(h, (const unsigned char *)buf, len) == yajl_status_ok &&
@@ -211,7 +222,14 @@ json_check(const char *buf, size_t len, size_t max_items, int *too_many)
 struct yajl_val_s *
 json_parse(const char *buf, size_t len, char **cause)
 {
-	return (json_parse_items(buf, len, 0, NULL, cause));
+	return (json_parse_any(buf, len, 0, 0, NULL, cause));
+}
+
+/* Parse like json_parse; every string and key must also be UTF-8. */
+struct yajl_val_s *
+json_parse_strict(const char *buf, size_t len, char **cause)
+{
+	return (json_parse_any(buf, len, 0, 1, NULL, cause));
 }
 
 /*
@@ -220,6 +238,14 @@ json_parse(const char *buf, size_t len, char **cause)
  */
 struct yajl_val_s *
 json_parse_items(const char *buf, size_t len, size_t max_items,
+    int *too_many, char **cause)
+{
+	return (json_parse_any(buf, len, max_items, 0, too_many, cause));
+}
+
+/* The parses above: max_items 0 for no bound, strict for UTF-8. */
+static struct yajl_val_s *
+json_parse_any(const char *buf, size_t len, size_t max_items, int strict,
     int *too_many, char **cause)
 {
 	yajl_val	 v;
@@ -235,9 +261,11 @@ json_parse_items(const char *buf, size_t len, size_t max_items,
 		*cause = xstrdup("NUL byte in JSON text");
 		return (NULL);
 	}
-	if (json_check(buf, len, max_items, too_many) != 0) {
-		*cause = xstrdup("invalid JSON, too deeply nested, too many "
-		    "items, or a string with a NUL or not UTF-8");
+	if (json_check(buf, len, max_items, strict, too_many) != 0) {
+		*cause = xstrdup(strict ? "invalid JSON, too deeply nested, "
+		    "too many items, or a string with a NUL or not UTF-8" :
+		    "invalid JSON, too deeply nested, too many items, or a "
+		    "string with a NUL");
 		return (NULL);
 	}
 	copy = xmalloc(len + 1);

@@ -99,6 +99,8 @@ int		 hash_digest_equal(const unsigned char *, const unsigned char *);
 
 struct yajl_val_s;
 struct yajl_val_s *json_parse(const char *, size_t, char **);
+struct yajl_val_s *json_parse_strict(const char *, size_t, char **);
+int		 json_utf8_ok(const char *, size_t);
 struct yajl_val_s *json_parse_items(const char *, size_t, size_t, int *,
 		     char **);
 void		 json_free(struct yajl_val_s *);

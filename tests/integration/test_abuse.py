@@ -522,8 +522,10 @@ class AbuseTests(DaemonTestCase):
 
     def test_invalid_utf8(self):
         """Invalid UTF-8 in user_id, in the other strings of a claim, in a
-        key, and in a log-stream event: 400 invalid_json, nothing stored
-        (RFC 8259: JSON text is UTF-8)."""
+        key: 400 invalid_json (RFC 8259: JSON text is UTF-8).  In the user
+        id of a log-stream event: that event is ignored, like one with no
+        user id (or the body refused, for bytes yajl refuses itself).
+        Nothing is stored."""
         results = []
         lock = threading.Lock()
         cases = list(self.BAD_UTF8.items())
@@ -573,12 +575,53 @@ class AbuseTests(DaemonTestCase):
 
         self.attack("invalid UTF-8", lambda: run_threads(send, 3))
         self.assertGreaterEqual(len(results), 6 * len(cases))
+        def refused(what, status, body):
+            if (status, body) == (400, {"error": "invalid_json"}):
+                return True
+            # An event whose user id is not a valid one changes nothing
+            # and is counted ignored, as one without a user id is.
+            return "log-stream" in what and status == 200 and \
+                body.get("ignored") == 1 and body.get("applied") == 0
+
         wrong = [(what, status, body) for what, _, status, body in results
-                 if (status, body) != (400, {"error": "invalid_json"})]
+                 if not refused(what, status, body)]
         self.assertEqual(wrong, [], "invalid UTF-8 not refused as "
                          "invalid_json")
         self.assertFree(sorted({phone for _, phone, _, _ in results}))
         self.assertServes()
+
+    def test_one_bad_string_does_not_refuse_a_batch(self):
+        """A lone surrogate, as JavaScript escapes one, in a user id makes
+        that event ignored (it names no valid user); in a field the daemon
+        does not use, it changes nothing.  The rest of the batch is
+        applied (I6)."""
+        phones = [fresh_number() for _ in range(3)]
+        users = [fresh_user() for _ in range(3)]
+
+        def item(i, user, extra):
+            data = {"type": "gd_enrollment_complete",
+                    "date": "2026-11-28T00:00:00.000Z", "user_id": user,
+                    "details": {"authenticator": {
+                        "type": "phone", "phone_number": phones[i]}}}
+            data.update(extra)
+            return {"log_id": "9005%040d%d" % (os.getpid(), i),
+                    "data": data}
+
+        body = json.dumps([
+            item(0, users[0], {}),
+            item(1, users[1] + "@BAD@", {}),
+            item(2, users[2], {"user_agent": "x@BAD@"}),
+        ]).encode().replace(b"@BAD@", b"\\udc00")
+        data = self.exchange(self.request(
+            body, path=b"/v1/log-stream",
+            auth=self.d.log_stream_token.encode()))
+        self.assertEqual(status_of(data), 200, data)
+        got = body_of(data)
+        self.assertEqual((got["received"], got["applied"], got["ignored"],
+                          got["rejected"]), (3, 2, 1, 0), got)
+        self.assertEqual(self.holders(phones[0]), [users[0]])
+        self.assertEqual(self.holders(phones[1]), [])
+        self.assertEqual(self.holders(phones[2]), [users[2]])
 
     def test_deep_nesting(self):
         """Four clients post 60 KiB of nesting (arrays, objects, unclosed)

@@ -18,14 +18,32 @@
 #include "phoneclaimd.h"
 #include "xmalloc.h"
 
+static int	parses_with(yajl_val (*)(const char *, size_t, char **),
+		    const char *, size_t);
+
 /* Parse text and return 1 on success. */
 static int
 parses(const char *text, size_t len)
 {
+	return (parses_with(json_parse, text, len));
+}
+
+/* The same with json_parse_strict. */
+static int
+parses_strict(const char *text, size_t len)
+{
+	return (parses_with(json_parse_strict, text, len));
+}
+
+/* Return 1 if parse accepts the text, else 0 (with a cause). */
+static int
+parses_with(yajl_val (*parse)(const char *, size_t, char **),
+    const char *text, size_t len)
+{
 	yajl_val	 v;
 	char		*cause = NULL;
 
-	v = json_parse(text, len, &cause);
+	v = parse(text, len, &cause);
 	if (v == NULL) {
 		assert_non_null(cause);
 		free(cause);
@@ -125,7 +143,7 @@ test_item_bound(void **state)
 	json_free(v);
 }
 
-/* Wrap bytes in a JSON string, as a value and as a key. */
+/* Wrap bytes in a JSON string, as a value and as a key; parse strictly. */
 static int
 string_parses(const char *bytes, int as_key)
 {
@@ -134,7 +152,7 @@ string_parses(const char *bytes, int as_key)
 
 	n = snprintf(buf, sizeof buf, as_key ? "{\"%s\":1}" : "[\"%s\"]",
 	    bytes);
-	return (parses(buf, (size_t)n));
+	return (parses_strict(buf, (size_t)n));
 }
 
 static void
@@ -151,6 +169,7 @@ test_utf8(void **state)
 			    "\xf0\x8f\xbf\xbf", "\xf4\x90\x80\x80", "\xf5\x80\x80\x80",
 			    "\xf8\x88\x80\x80\x80", "\xe2\x82", "\xc3", "\x80", "\xff",
 			    "\xe2\x28\xa1", "\\udc00", NULL };
+	const char	*t;
 	size_t		 i;
 
 	(void)state;
@@ -162,6 +181,16 @@ test_utf8(void **state)
 		assert_false(string_parses(bad[i], 0));
 		assert_false(string_parses(bad[i], 1));
 	}
+	/*
+	 * The other parses leave UTF-8 to the callers: a lone surrogate, as
+	 * JavaScript writes one, does not refuse a whole log-stream batch.
+	 */
+	t = "[\"\\udc00\"]";
+	assert_true(parses(t, strlen(t)));
+	t = "{\"a\\ud800\":1}";
+	assert_true(parses(t, strlen(t)));
+	t = "[\"\xff\"]";
+	assert_false(parses(t, strlen(t)));
 }
 
 int
