@@ -226,6 +226,15 @@ def connect(daemon, timeout=5.0):
                                     timeout=timeout)
 
 
+def send_quietly(sock, data):
+    """Send data; False if the daemon has closed or reset the connection."""
+    try:
+        sock.sendall(data)
+        return True
+    except (BrokenPipeError, ConnectionResetError):
+        return False
+
+
 def wait_closed(sock, timeout):
     """Read until the peer closes or timeout passes.
 

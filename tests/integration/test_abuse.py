@@ -29,7 +29,8 @@ import unittest
 
 import harness
 from harness import DaemonTestCase, HealthProbe, body_of, claim_body, \
-    connect, fresh_number, fresh_user, read_response, status_of, wait_closed
+    connect, fresh_number, fresh_user, read_response, send_quietly, \
+    status_of, wait_closed
 
 harness.require_daemon()
 
@@ -59,15 +60,6 @@ def run_threads(target, count, *args):
         t.join(60)
     if any(t.is_alive() for t in threads):
         raise AssertionError("attack threads still running after 60 s")
-
-
-def send_quietly(sock, data):
-    """Send data; False if the daemon has closed or reset the connection."""
-    try:
-        sock.sendall(data)
-        return True
-    except (BrokenPipeError, ConnectionResetError):
-        return False
 
 
 def split_responses(data):

@@ -12,7 +12,7 @@ import unittest
 import harness
 from harness import DaemonTestCase, claim_body, connect, fresh_number, \
     fresh_user, raw_claim_request, read_response, status_of, body_of, \
-    wait_closed
+    send_quietly, wait_closed
 
 harness.require_daemon()
 
@@ -45,14 +45,6 @@ class LimitsCase(DaemonTestCase):
     def assertFree(self, phone):
         self.assertReserved(self.d.claim(phone, fresh_user()), TTL)
 
-    def send_quietly(self, sock, data):
-        """Send data; return False if the daemon has closed the connection."""
-        try:
-            sock.sendall(data)
-            return True
-        except (BrokenPipeError, ConnectionResetError):
-            return False
-
 
 class RequestTimeoutTests(LimitsCase):
     """request_timeout = 2: a request must be complete within 2 s."""
@@ -68,7 +60,7 @@ class RequestTimeoutTests(LimitsCase):
         for byte in data:
             if time.monotonic() - start > NEVER:
                 return None
-            if not self.send_quietly(sock, bytes([byte])):
+            if not send_quietly(sock, bytes([byte])):
                 return time.monotonic() - start
             closed, _ = wait_closed(sock, 0.5)
             if closed is not None:
@@ -165,7 +157,7 @@ class RequestTimeoutPhaseTests(LimitsCase):
                 if i not in socks:
                     socks[i] = connect(self.d)
                     opened[i] = time.monotonic()
-                self.send_quietly(socks[i], piece)
+                send_quietly(socks[i], piece)
                 took[i] = time.monotonic() - opened[i]
             answers = [read_response(socks[i], 5.0) for i in range(10)]
         finally:
@@ -323,7 +315,7 @@ class BodyAndHeaderLimitTests(LimitsCase):
             s.sendall(self.head(b"Transfer-Encoding: chunked\r\n"))
             for part in (body[:700], body[700:]):
                 time.sleep(0.1)
-                if not self.send_quietly(s, b"%x\r\n%s\r\n" % (len(part),
+                if not send_quietly(s, b"%x\r\n%s\r\n" % (len(part),
                                                                part)):
                     break
             data = read_response(s, 5.0)
@@ -348,7 +340,7 @@ class BodyAndHeaderLimitTests(LimitsCase):
         phone = fresh_number()
         request = raw_claim_request(self.d, phone, fresh_user(), extra)
         with connect(self.d) as s:
-            self.send_quietly(s, request)
+            send_quietly(s, request)
             data = read_response(s, 5.0)
             closed, _ = wait_closed(s, 5.0)
         status = status_of(data)
@@ -425,7 +417,7 @@ class RefusedRequestAftermathTests(LimitsCase):
         request = raw_claim_request(d, fresh_number(), fresh_user(),
                                     b"X-Big: " + b"v" * 20000 + b"\r\n")
         with connect(d) as s:
-            self.send_quietly(s, request)
+            send_quietly(s, request)
             read_response(s, 5.0)
         self.assertBigRequestAnswered(d)
 
