@@ -4,51 +4,62 @@
  * One transactional environment in the state directory, one btree file per
  * database:
  *
- *   claims.db         numkey[32] user_id  ->  claim record
- *   claims_user.db    user_id  ->  claims.db key         (secondary, dupsort)
- *   claims_expiry.db  expires[8]  ->  claims.db key      (secondary, dupsort,
+ *   numbers.db        numkey[16]  ->  number record (every claim on it)
+ *   numbers_user.db   uhash[8]  ->  numkey               (secondary, dupsort)
+ *   numbers_expiry.db expires[8]  ->  numkey             (secondary, dupsort,
  *                     pending claims only)
- *   claims_enrol.db   enrol_id  ->  claims.db key        (secondary, dupsort,
+ *   numbers_enrol.db  ehash[8]  ->  numkey               (secondary, dupsort,
  *                     claims with an enrolment id only)
- *   conflicts.db      numkey[32] user_id  ->  conflict record
+ *   conflicts.db      numkey[16] user_id  ->  conflict record
  *   seen.db           log_id  ->  seen[8]                (seconds)
  *   seen_date.db      seen[8]  ->  seen.db key           (secondary, dupsort)
- *   watermarks.db     user_id [ 0x00 numkey[32] ]  ->  date[8]
+ *   watermarks.db     user_id [ 0x00 numkey[16] ]  ->  date[8]
  *                     (milliseconds; user-wide, or for one number)
  *   verify.db         user_id  ->  verification request
  *   limits.db         user_id  ->  reservation window (start, count)
  *   meta.db           name  ->  value                    (no NULs stored)
  *
- * The number key comes first so that every claim on a number is adjacent and
- * one DB_SET_RANGE finds them all.  The user id follows as raw bytes with no
+ * A number key is the first 16 bytes of the number's HMAC-SHA256.  All the
+ * claims on a number share one record, so that the check-and-reserve reads
+ * one record and the key is stored once however many users hold it; the
+ * claims in it are in user id order.  The user and enrolment indexes are
+ * keyed by uhash and ehash, the SipHash-2-4 of the id under a random key
+ * kept in meta.db (index_key): 8 bytes instead of the id, and an index
+ * entry points at a 16-byte number key rather than a whole claim key.
+ * Ids that share a hash share an index key: a lookup reads the records it
+ * points at and keeps the claims whose id matches.  A record with several
+ * claims has several keys in an index (DB_DBT_MULTIPLE), each value once.
+ * This is schema 4 (issue 7): about half the disk of schema 3, which kept
+ * one record per claim under numkey[32] user_id and indexes that held that
+ * whole key; store_migrate.c converts an older store at open.
+ *
+ * A conflict key is the number key, then the user id as raw bytes with no
  * separator or NUL: it may contain any byte but NUL, and its length is the
- * key's length minus 32.  A watermark key needs the NUL separator: without
+ * key's length minus 16.  A watermark key needs the NUL separator: without
  * it, user "a" with a number key K would be the user-wide key of the user
  * "a" K.  With it, the first NUL ends the user id, so no user's per-number
  * key is another user's user-wide key.  Every secondary is maintained by BDB
- * itself (DB->associate): the user index takes the key's tail, the expiry
- * index the expiry field of pending records, the enrolment index a non-empty
- * enrol_id, the seen index the whole seen record; so they can never disagree
- * with their primary.  A secondary missing at open (a state directory of an
- * earlier release) is created and filled from its primary in the opening
- * transaction.  A secondary that exists is trusted: a release that does not
- * know an index must never write to a store that has it, which is what the
- * schema version in meta.db is for.  Schema 3 added verify.db (created
- * empty at open like any missing database) and the removal part of
- * conflict records (format 2; format 1 records still read, as "none").
+ * itself (DB->associate), from the record alone, so they can never disagree
+ * with their primary.  A secondary missing at open is created and filled
+ * from its primary in the opening transaction.  A secondary that exists is
+ * trusted: a release that does not know an index must never write to a
+ * store that has it, which is what the schema version in meta.db is for.
  *
  * Records are packed by hand, never struct images.  Integers are big-endian
  * so the files are portable between machines and so that the 8-byte expiry
  * and seen times sort in time order under BDB's default byte comparison
  * (times are non-negative: a negative expiry would sort last, and a negative
  * seen time is refused).  The first byte is a record format so that a later
- * release can read old records without a dump and reload.  Fixed fields have
- * fixed offsets, strings a 2-byte length; a claim record is 25 bytes plus the
- * enrolment id, since disk per claim matters at scale.  Seen and watermark
- * records are a bare 8-byte integer: there is nothing else they could hold.
+ * release can read old records without a dump and reload.  Disk per claim
+ * matters at scale: a claim in a number record is 8 bytes plus its ids,
+ * with 'since' in 32 bits (seconds until 2106) and an expiry only while
+ * pending.  Seen and watermark records are a bare 8-byte integer: there is
+ * nothing else they could hold.
  *
- *   claim, format 1:     format(1) state(1) source(1) since(8) expires(8)
- *                        last4(4, NUL padded) enrol_len(2) enrol_id
+ *   number, format 2:    format(1) last4(4, NUL padded), then per claim:
+ *                        state(1) source(1) since(4) [expires(8) if pending]
+ *                        user_len(1, or 2 with the top bit set) user_id
+ *                        enrol_len(1) enrol_id
  *   conflict, format 2:  format(1) since(8) last4(4) log_id_len(2) log_id
  *                        nholders(2) { holder_len(2) holder }...
  *                        removal(1) removal_at(8) removal_code(2)
@@ -86,6 +97,7 @@
 
 #include <sys/types.h>
 #include <sys/file.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 
 #include <db.h>
@@ -126,16 +138,17 @@
 
 #define STORE_META_SCHEMA	"schema_version"
 #define STORE_META_COUNTS	"counts"
+#define STORE_META_INDEX_KEY	"index_key"
 
 /* Opened in this order, closed in reverse: a secondary before its primary. */
 static const struct {
 	const char	*file;
 	int		 dupsort;
 } store_dbs[STORE_DB_COUNT] = {
-	{ "claims.db", 0 },
-	{ "claims_user.db", 1 },
-	{ "claims_expiry.db", 1 },
-	{ "claims_enrol.db", 1 },
+	{ "numbers.db", 0 },
+	{ "numbers_user.db", 1 },
+	{ "numbers_expiry.db", 1 },
+	{ "numbers_enrol.db", 1 },
 	{ "conflicts.db", 0 },
 	{ "seen.db", 0 },
 	{ "seen_date.db", 1 },
@@ -171,10 +184,12 @@ static int	store_reserve_regions(struct store *, char **);
 static int	store_reserve_region(const char *, unsigned long long, char **);
 static int	store_open_dbs(struct store *, char **);
 static int	store_open_db(struct store *, DB_TXN *, enum store_db);
+static int	store_index_key(struct store *, DB_TXN *);
+static int	store_first_key(DB *, DB_TXN *);
 static int	store_check_schema(struct store *, char **);
 static int	store_schema_ok(struct store *, const char *, long long *,
 		    char **);
-static int	store_schema_write(struct store_txn *, long long);
+static int	store_schema_write(struct store_txn *);
 static void	store_close_handles(struct store *);
 static void	*store_flusher_main(void *);
 static void	store_flusher_cb(evutil_socket_t, short, void *);
@@ -192,9 +207,9 @@ static const struct {
 	enum store_db	 secondary;
 	int		(*key_cb)(DB *, const DBT *, const DBT *, DBT *);
 } store_indexes[] = {
-	{ STORE_DB_CLAIMS, STORE_DB_CLAIMS_USER, store_user_key_cb },
-	{ STORE_DB_CLAIMS, STORE_DB_CLAIMS_EXPIRY, store_expiry_key_cb },
-	{ STORE_DB_CLAIMS, STORE_DB_CLAIMS_ENROL, store_enrol_key_cb },
+	{ STORE_DB_NUMBERS, STORE_DB_NUMBERS_USER, store_user_key_cb },
+	{ STORE_DB_NUMBERS, STORE_DB_NUMBERS_EXPIRY, store_expiry_key_cb },
+	{ STORE_DB_NUMBERS, STORE_DB_NUMBERS_ENROL, store_enrol_key_cb },
 	{ STORE_DB_SEEN, STORE_DB_SEEN_DATE, store_seen_key_cb }
 };
 
@@ -460,10 +475,14 @@ store_open_dbs(struct store *st, char **cause)
 		if ((ret = store_open_db(st, tid, i)) != 0)
 			goto fail;
 	}
+	what = "the index key in meta.db";
+	if ((ret = store_index_key(st, tid)) != 0)
+		goto fail;
 	for (i = 0; i < sizeof store_indexes / sizeof store_indexes[0]; i++) {
 		pdb = st->db[store_indexes[i].primary];
 		sdb = st->db[store_indexes[i].secondary];
 		what = store_dbs[store_indexes[i].secondary].file;
+		sdb->app_private = st;
 		ret = pdb->associate(pdb, tid, sdb, store_indexes[i].key_cb,
 		    DB_CREATE);
 		if (ret != 0)
@@ -500,6 +519,75 @@ store_open_db(struct store *st, DB_TXN *tid, enum store_db which)
 }
 
 /*
+ * Read the key of the user and enrolment indexes from meta.db into st, or
+ * make one for a store with no claims yet.  It is 16 random bytes, kept as
+ * hex; a store with claims and no key has lost its metadata (STORE_CORRUPT):
+ * its indexes could not be read.
+ */
+static int
+store_index_key(struct store *st, DB_TXN *tid)
+{
+	DB		*meta = st->db[STORE_DB_META];
+	DB		*num = st->db[STORE_DB_NUMBERS];
+	char		 hex[2 * INDEX_KEY_LEN + 1];
+	unsigned char	 rnd[INDEX_KEY_LEN];
+	DBT		 key, data;
+	size_t		 i;
+	unsigned int	 b;
+	int		 ret;
+
+	store_dbt(&key, STORE_META_INDEX_KEY, strlen(STORE_META_INDEX_KEY));
+	memset(&data, 0, sizeof data);
+	ret = meta->get(meta, tid, &key, &data, 0);
+	if (ret == 0) {
+		if (data.size != 2 * INDEX_KEY_LEN)
+			return (STORE_CORRUPT);
+		for (i = 0; i < INDEX_KEY_LEN; i++) {
+			memcpy(hex, (char *)data.data + 2 * i, 2);
+			hex[2] = '\0';
+			if (sscanf(hex, "%2x", &b) != 1)
+				return (STORE_CORRUPT);
+			st->index_key[i] = (unsigned char)b;
+		}
+		return (0);
+	}
+	if (ret != DB_NOTFOUND)
+		return (ret);
+	if ((ret = store_first_key(num, tid)) != DB_NOTFOUND)
+		return (ret == 0 ? STORE_CORRUPT : ret);
+	if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd)
+		return (errno);
+	for (i = 0; i < INDEX_KEY_LEN; i++)
+		snprintf(hex + 2 * i, 3, "%02x", rnd[i]);
+	memcpy(st->index_key, rnd, sizeof rnd);
+	explicit_bzero(rnd, sizeof rnd);
+	store_dbt(&key, STORE_META_INDEX_KEY, strlen(STORE_META_INDEX_KEY));
+	store_dbt(&data, hex, 2 * INDEX_KEY_LEN);
+	ret = meta->put(meta, tid, &key, &data, 0);
+	explicit_bzero(hex, sizeof hex);
+	return (ret);
+}
+
+/* 0 if db has a record, DB_NOTFOUND if it is empty, or an error. */
+static int
+store_first_key(DB *db, DB_TXN *tid)
+{
+	DBC	*dbc;
+	DBT	 key, data;
+	int	 ret, r;
+
+	if ((ret = db->cursor(db, tid, &dbc, 0)) != 0)
+		return (ret);
+	memset(&key, 0, sizeof key);
+	memset(&data, 0, sizeof data);
+	data.flags = DB_DBT_PARTIAL;
+	ret = dbc->get(dbc, &key, &data, DB_FIRST);
+	if ((r = dbc->close(dbc)) != 0 && (ret == 0 || ret == DB_NOTFOUND))
+		ret = r;
+	return (ret);
+}
+
+/*
  * Write the schema version into a new store, raise an older one to ours
  * (the open has just built any index it lacked), refuse a newer one.
  */
@@ -520,8 +608,14 @@ store_check_schema(struct store *st, char **cause)
 		return (-1);
 	}
 	free(value);
-	if (r == STORE_NOTFOUND || (r == STORE_OK && v < STORE_SCHEMA_VERSION))
-		r = store_schema_write(txn, v);
+	if ((r == STORE_OK && v < STORE_SCHEMA_VERSION) ||
+	    (r == STORE_NOTFOUND && store_file_exists(st, "claims.db"))) {
+		/* An older layout: migrate, in transactions of its own. */
+		store_txn_abort(txn);
+		return (store_migrate(st, v, cause));
+	}
+	if (r == STORE_NOTFOUND)
+		r = store_schema_write(txn);
 	if (r != STORE_OK) {
 		store_txn_abort(txn);
 		goto fail;
@@ -560,9 +654,9 @@ store_schema_ok(struct store *st, const char *value, long long *vp,
 	return (0);
 }
 
-/* Write our schema version over old (0: a new store). */
+/* Write our schema version into a new store. */
 static int
-store_schema_write(struct store_txn *txn, long long old)
+store_schema_write(struct store_txn *txn)
 {
 	char	version[32];
 	int	r;
@@ -570,13 +664,23 @@ store_schema_write(struct store_txn *txn, long long old)
 	snprintf(version, sizeof version, "%d", STORE_SCHEMA_VERSION);
 	if ((r = store_meta_put(txn, STORE_META_SCHEMA, version)) != STORE_OK)
 		return (r);
-	if (old == 0)
-		log_info("store: created in %s, schema version %s",
-		    txn->st->dir, version);
-	else
-		log_info("store: %s upgraded from schema version %lld to %s",
-		    txn->st->dir, old, version);
+	log_info("store: created in %s, schema version %s", txn->st->dir,
+	    version);
 	return (STORE_OK);
+}
+
+/* 1 if a file of that name is in the state directory. */
+int
+store_file_exists(struct store *st, const char *file)
+{
+	struct stat	 sb;
+	char		*path;
+	int		 r;
+
+	xasprintf(&path, "%s/%s", st->dir, file);
+	r = stat(path, &sb) == 0;
+	free(path);
+	return (r);
 }
 
 /* Close the store: databases, a final checkpoint, the environment. */
@@ -1137,10 +1241,7 @@ store_count_all(struct store *st, struct store_txn *txn)
 	time_t			 t0 = time(NULL);
 	int			 ret;
 
-	ret = store_count_db(st->db[STORE_DB_CLAIMS], tid, &c->claims);
-	if (ret == 0)
-		ret = store_count_db(st->db[STORE_DB_CLAIMS_EXPIRY], tid,
-		    &c->pending);
+	ret = store_claims_count(st, tid, &c->claims, &c->pending);
 	if (ret == 0)
 		ret = store_count_db(st->db[STORE_DB_CONFLICTS], tid,
 		    &c->conflicts);

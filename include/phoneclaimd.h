@@ -21,7 +21,7 @@
 #define PHONECLAIMD_CONF	"/etc/phoneclaimd/phoneclaimd.conf"
 
 /* Sizes of the things a claim is made of. */
-#define NUMKEY_LEN	32	/* HMAC-SHA256 of the E.164 number */
+#define NUMKEY_LEN	16	/* HMAC-SHA256 of the E.164 number, cut */
 #define USER_ID_MAX	512	/* bytes of UTF-8 */
 #define LAST4_LEN	4
 #define ENROL_ID_MAX	128
@@ -114,7 +114,7 @@ char		*json_text(struct yajl_val_s *, size_t *);
 #define STORE_EXISTS	-4	/* a seen log id was seen before */
 #define STORE_FULL	-5	/* too many verifications waiting */
 
-#define STORE_SCHEMA_VERSION	3
+#define STORE_SCHEMA_VERSION	4
 
 enum claim_state {
 	CLAIM_PENDING = 1,
