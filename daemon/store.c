@@ -185,7 +185,6 @@ static int	store_reserve_region(const char *, unsigned long long, char **);
 static int	store_open_dbs(struct store *, char **);
 static int	store_open_db(struct store *, DB_TXN *, enum store_db);
 static int	store_index_key(struct store *, DB_TXN *);
-static int	store_first_key(DB *, DB_TXN *);
 static int	store_check_schema(struct store *, char **);
 static int	store_schema_ok(struct store *, const char *, long long *,
 		    char **);
@@ -553,8 +552,10 @@ store_index_key(struct store *st, DB_TXN *tid)
 	}
 	if (ret != DB_NOTFOUND)
 		return (ret);
-	if ((ret = store_first_key(num, tid)) != DB_NOTFOUND)
-		return (ret == 0 ? STORE_CORRUPT : ret);
+	ret = store_end_key(num, tid, DB_FIRST, rnd, sizeof rnd, &i);
+	if (ret != DB_NOTFOUND)
+		return (ret == 0 || ret == DB_BUFFER_SMALL ? STORE_CORRUPT :
+		    ret);
 	if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd)
 		return (errno);
 	for (i = 0; i < INDEX_KEY_LEN; i++)
@@ -568,9 +569,14 @@ store_index_key(struct store *st, DB_TXN *tid)
 	return (ret);
 }
 
-/* 0 if db has a record, DB_NOTFOUND if it is empty, or an error. */
-static int
-store_first_key(DB *db, DB_TXN *tid)
+/*
+ * Read the first or the last key of db (op DB_FIRST or DB_LAST) into buf,
+ * of size bytes, and its length into *len: 0, DB_NOTFOUND if db is empty,
+ * DB_BUFFER_SMALL if the key is longer than size, or another error.
+ */
+int
+store_end_key(DB *db, DB_TXN *tid, u_int32_t op, void *buf, size_t size,
+    size_t *len)
 {
 	DBC	*dbc;
 	DBT	 key, data;
@@ -579,9 +585,13 @@ store_first_key(DB *db, DB_TXN *tid)
 	if ((ret = db->cursor(db, tid, &dbc, 0)) != 0)
 		return (ret);
 	memset(&key, 0, sizeof key);
+	key.data = buf;
+	key.ulen = (u_int32_t)size;
+	key.flags = DB_DBT_USERMEM;
 	memset(&data, 0, sizeof data);
 	data.flags = DB_DBT_PARTIAL;
-	ret = dbc->get(dbc, &key, &data, DB_FIRST);
+	if ((ret = dbc->get(dbc, &key, &data, op)) == 0)
+		*len = key.size;
 	if ((r = dbc->close(dbc)) != 0 && (ret == 0 || ret == DB_NOTFOUND))
 		ret = r;
 	return (ret);

@@ -122,28 +122,19 @@ migrate_claims(struct store *st, uint64_t *np, const char **what)
 {
 	DB		*old = NULL, *num = st->db[STORE_DB_NUMBERS];
 	DB_TXN		*tid;
-	DBC		*dbc;
-	DBT		 key, data;
 	unsigned char	 last[NUMKEY_LEN];
+	size_t		 len;
 	int		 have_last = 0, done = 0, ret, r;
 
 	if (!store_file_exists(st, "claims.db"))
 		return (0);
 	/* Resume after the last number already copied. */
-	if ((ret = num->cursor(num, NULL, &dbc, 0)) != 0)
-		return (ret);
-	memset(&key, 0, sizeof key);
-	memset(&data, 0, sizeof data);
-	data.flags = DB_DBT_PARTIAL;
-	ret = dbc->get(dbc, &key, &data, DB_LAST);
-	if (ret == 0 && key.size == NUMKEY_LEN) {
-		memcpy(last, key.data, NUMKEY_LEN);
+	ret = store_end_key(num, NULL, DB_LAST, last, sizeof last, &len);
+	if (ret == 0 && len == NUMKEY_LEN)
 		have_last = 1;
-	} else if (ret == 0)
-		ret = STORE_CORRUPT;
-	if ((r = dbc->close(dbc)) != 0 && (ret == 0 || ret == DB_NOTFOUND))
-		ret = r;
-	if (ret != 0 && ret != DB_NOTFOUND)
+	else if (ret == 0 || ret == DB_BUFFER_SMALL)
+		return (STORE_CORRUPT);
+	else if (ret != DB_NOTFOUND)
 		return (ret);
 	if (have_last)
 		log_info("store: resuming the migration of claims.db");
