@@ -2284,6 +2284,71 @@ test_migrate_schema3(void **state)
 	assert_int_equal(raw_count(f->dir, "numbers.db"), MIG_NUMBERS);
 }
 
+/*
+ * kill -9 during the migration: the next open recovers, resumes and ends
+ * with every claim, whatever the moment.  The child migrates; the parent
+ * kills it after a delay that grows each round, so that rounds land early
+ * in the copy, late in it, and (the last) after the migration ended.
+ */
+static void
+test_migrate_killed(void **state)
+{
+	struct fixture	*f = *state;
+	struct claim	 c, *arr;
+	static const int delays_ms[] = { 20, 40, 70, 100, 5000 };
+	char		*cause = NULL;
+	struct store	*st;
+	size_t		 i, n, claims, pending, r;
+	int		 status, killed = 0;
+	pid_t		 pid;
+
+	claims = pending = 0;
+	for (i = 0; i < MIG_NUMBERS; i++) {
+		claims += i % 10 == 0 ? 2 : 1;
+		pending += i % 7 == 0 ? (i % 10 == 0 ? 2 : 1) : 0;
+	}
+	for (r = 0; r < sizeof delays_ms / sizeof delays_ms[0]; r++) {
+		nftw(f->dir, rm_cb, 8, FTW_DEPTH | FTW_PHYS);
+		st_open(f);
+		store_close(f->st);
+		f->st = NULL;
+		mig_write_old(f);
+		fflush(NULL);
+		if ((pid = fork()) == -1)
+			fail_msg("fork: %s", strerror(errno));
+		if (pid == 0) {
+			st = store_open(f->dir, &cause);
+			_exit(st == NULL ? 1 : 0);
+		}
+		usleep((useconds_t)delays_ms[r] * 1000);
+		if (kill(pid, SIGKILL) == 0)
+			killed++;
+		assert_int_equal(waitpid(pid, &status, 0), pid);
+		assert_true(WIFSIGNALED(status) ||
+		    (WIFEXITED(status) && WEXITSTATUS(status) == 0));
+		print_message("round %zu: the migrating child %s after %d ms\n",
+		    r, WIFSIGNALED(status) ? "was killed" : "had finished",
+		    delays_ms[r]);
+
+		st_open(f);
+		assert_counts(f->st, claims, claims - pending, pending, 0);
+		for (i = 0; i < MIG_NUMBERS; i += 499) {
+			mig_claim(&c, i, 0);
+			n = get_by_number(f->st, c.numkey, &arr);
+			assert_int_equal(n, i % 10 == 0 ? 2 : 1);
+			assert_claim_equal(&arr[0], &c);
+			free(arr);
+			assert_int_equal(get_by_user(f->st, c.user_id, &arr), 1);
+			free(arr);
+		}
+		store_close(f->st);
+		f->st = NULL;
+		assert_int_equal(raw_count(f->dir, "numbers.db"), MIG_NUMBERS);
+	}
+	/* At least the first round must have hit the migration itself. */
+	assert_true(killed >= 1);
+}
+
 /* Record a conflict of user on the number of a seed. */
 static void
 put_conflict(struct store_txn *txn, int seed, const char *user)
@@ -2593,6 +2658,7 @@ main(void)
 		T(test_meta),
 		T(test_schema_newer_refused),
 		T(test_migrate_schema3),
+		T(test_migrate_killed),
 		T(test_schema_garbage_refused),
 		T(test_open_failure),
 		T(test_second_open_refused),
