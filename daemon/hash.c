@@ -26,6 +26,7 @@
 
 #define HASH_KEY_LEN	32
 #define HASH_CHECK_INPUT	"phoneclaimd hash key check"
+#define HASH_INDEX_INPUT	"phoneclaimd index key"
 
 static int	hash_create(const char *, char **);
 static int	hash_read(const char *, char **);
@@ -146,6 +147,28 @@ hash_check(char *out)
 		fatalx("hash_check: HMAC-SHA256 failed");
 	for (i = 0; i < sizeof mac; i++)
 		snprintf(out + 2 * i, 3, "%02x", mac[i]);
+}
+
+/*
+ * Write into out (STORE_INDEX_KEY_LEN bytes) the key of the store's user
+ * and enrolment indexes: the HMAC of another fixed string under the hash
+ * key, cut to 16 bytes.  Every daemon that holds the hash key derives the
+ * same one, as the members of a replication group must.
+ */
+void
+hash_index_key(unsigned char *out)
+{
+	unsigned char	 mac[HASH_DIGEST_LEN];
+	unsigned int	 len = sizeof mac;
+
+	if (!hash_ready)
+		fatalx("hash_index_key: no hash key");
+	if (HMAC(EVP_sha256(), hash_key, sizeof hash_key,
+	    (const unsigned char *)HASH_INDEX_INPUT, strlen(HASH_INDEX_INPUT),
+	    mac, &len) == NULL || len != sizeof mac)
+		fatalx("hash_index_key: HMAC-SHA256 failed");
+	memcpy(out, mac, STORE_INDEX_KEY_LEN);
+	explicit_bzero(mac, sizeof mac);
 }
 
 /* Forget the key. */

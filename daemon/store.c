@@ -23,8 +23,9 @@
  * claims on a number share one record, so that the check-and-reserve reads
  * one record and the key is stored once however many users hold it; the
  * claims in it are in user id order.  The user and enrolment indexes are
- * keyed by uhash and ehash, the SipHash-2-4 of the id under a random key
- * kept in meta.db (index_key): 8 bytes instead of the id, and an index
+ * keyed by uhash and ehash, the SipHash-2-4 of the id under a key derived
+ * from the hash key (so every member of a replication group, which shares
+ * the hash key, has the same): 8 bytes instead of the id, and an index
  * entry points at a 16-byte number key rather than a whole claim key.
  * Ids that share a hash share an index key: a lookup reads the records it
  * points at and keeps the claims whose id matches.  A record with several
@@ -138,7 +139,6 @@
 
 #define STORE_META_SCHEMA	"schema_version"
 #define STORE_META_COUNTS	"counts"
-#define STORE_META_INDEX_KEY	"index_key"
 
 /* Opened in this order, closed in reverse: a secondary before its primary. */
 static const struct {
@@ -184,7 +184,7 @@ static int	store_reserve_regions(struct store *, char **);
 static int	store_reserve_region(const char *, unsigned long long, char **);
 static int	store_open_dbs(struct store *, char **);
 static int	store_open_db(struct store *, DB_TXN *, enum store_db);
-static int	store_index_key(struct store *, DB_TXN *);
+static int	store_check_keys(struct store *, DB_TXN *, char **, int *);
 static int	store_check_schema(struct store *, char **);
 static int	store_schema_ok(struct store *, const char *, long long *,
 		    char **);
@@ -212,6 +212,17 @@ static const struct {
 	{ STORE_DB_SEEN, STORE_DB_SEEN_DATE, store_seen_key_cb }
 };
 
+/* The keys of the stores opened from now on: see store_set_keys. */
+enum store_keys {
+	STORE_KEYS_DEFAULT,	/* never set: a zero index key, no checks */
+	STORE_KEYS_LOADED,	/* the hash key is loaded */
+	STORE_KEYS_MISSING	/* there is no hash key yet */
+};
+static enum store_keys	store_keys = STORE_KEYS_DEFAULT;
+static char		store_hash_check[HASH_CHECK_LEN + 1];
+static const char	*store_key_file = "hash.key";
+unsigned char		store_index_key[STORE_INDEX_KEY_LEN];
+
 static uint64_t	store_cache_size = STORE_CACHE_SIZE;
 static uint32_t	store_log_file_size = STORE_LOG_FILE_SIZE;
 
@@ -236,6 +247,34 @@ void
 store_set_log_file_size(uint32_t bytes)
 {
 	store_log_file_size = bytes;
+}
+
+/*
+ * Say what the hash key is for the stores opened from now on.  index_key
+ * (STORE_INDEX_KEY_LEN bytes, derived from the hash key by hash_index_key)
+ * keys the user and enrolment indexes; check is hash_check's string, which
+ * the store keeps in meta.db; key_file names the key in messages.  With
+ * index_key NULL there is no key yet: a store that holds data is refused
+ * at open.  Either way the open refuses a key that is not the store's
+ * before it migrates or builds an index, which would key them wrongly.
+ * The daemon calls this before store_open and again once it has created a
+ * key; a program that never calls it gets a zero index key and no checks
+ * (the store's own unit tests).
+ */
+void
+store_set_keys(const unsigned char *index_key, const char *check,
+    const char *key_file)
+{
+	store_key_file = key_file;
+	if (index_key == NULL) {
+		store_keys = STORE_KEYS_MISSING;
+		explicit_bzero(store_index_key, sizeof store_index_key);
+		store_hash_check[0] = '\0';
+		return;
+	}
+	store_keys = STORE_KEYS_LOADED;
+	memcpy(store_index_key, index_key, STORE_INDEX_KEY_LEN);
+	snprintf(store_hash_check, sizeof store_hash_check, "%s", check);
 }
 
 /* Open (creating if needed) the store in dir; NULL and *cause on failure. */
@@ -474,14 +513,17 @@ store_open_dbs(struct store *st, char **cause)
 		if ((ret = store_open_db(st, tid, i)) != 0)
 			goto fail;
 	}
-	what = "the index key in meta.db";
-	if ((ret = store_index_key(st, tid)) != 0)
-		goto fail;
+	what = "meta.db";
+	if (store_check_keys(st, tid, cause, &ret) != 0) {
+		if (ret != 0)
+			goto fail;
+		tid->abort(tid);
+		return (-1);
+	}
 	for (i = 0; i < sizeof store_indexes / sizeof store_indexes[0]; i++) {
 		pdb = st->db[store_indexes[i].primary];
 		sdb = st->db[store_indexes[i].secondary];
 		what = store_dbs[store_indexes[i].secondary].file;
-		sdb->app_private = st;
 		ret = pdb->associate(pdb, tid, sdb, store_indexes[i].key_cb,
 		    DB_CREATE);
 		if (ret != 0)
@@ -518,55 +560,51 @@ store_open_db(struct store *st, DB_TXN *tid, enum store_db which)
 }
 
 /*
- * Read the key of the user and enrolment indexes from meta.db into st, or
- * make one for a store with no claims yet.  It is 16 random bytes, kept as
- * hex; a store with claims and no key has lost its metadata (STORE_CORRUPT):
- * its indexes could not be read.
+ * Check the keys the store is opened with against what it holds, before
+ * anything reads or builds an index or migrates: the hash key check in
+ * meta.db must be the loaded key's, and a store with data needs a key.
+ * 0, or -1 and *cause (naming the key file), or a Berkeley DB error.
  */
 static int
-store_index_key(struct store *st, DB_TXN *tid)
+store_check_keys(struct store *st, DB_TXN *tid, char **cause, int *dberr)
 {
 	DB		*meta = st->db[STORE_DB_META];
 	DB		*num = st->db[STORE_DB_NUMBERS];
-	char		 hex[2 * INDEX_KEY_LEN + 1];
-	unsigned char	 rnd[INDEX_KEY_LEN];
+	unsigned char	 k[NUMKEY_LEN];
 	DBT		 key, data;
-	size_t		 i;
-	unsigned int	 b;
-	int		 ret;
+	size_t		 len;
+	int		 ret, stored, data_held;
 
-	store_dbt(&key, STORE_META_INDEX_KEY, strlen(STORE_META_INDEX_KEY));
+	*dberr = 0;
+	if (store_keys == STORE_KEYS_DEFAULT)
+		return (0);
+	store_dbt(&key, STORE_META_HASH_CHECK, strlen(STORE_META_HASH_CHECK));
 	memset(&data, 0, sizeof data);
 	ret = meta->get(meta, tid, &key, &data, 0);
-	if (ret == 0) {
-		if (data.size != 2 * INDEX_KEY_LEN)
-			return (STORE_CORRUPT);
-		for (i = 0; i < INDEX_KEY_LEN; i++) {
-			memcpy(hex, (char *)data.data + 2 * i, 2);
-			hex[2] = '\0';
-			if (sscanf(hex, "%2x", &b) != 1)
-				return (STORE_CORRUPT);
-			st->index_key[i] = (unsigned char)b;
+	if (ret != 0 && ret != DB_NOTFOUND)
+		return (*dberr = ret);
+	stored = ret == 0;
+	if (store_keys == STORE_KEYS_LOADED) {
+		if (stored && (data.size != strlen(store_hash_check) ||
+		    memcmp(data.data, store_hash_check, data.size) != 0)) {
+			xasprintf(cause, "hash key %s is not the key the store "
+			    "in %s was made with: restore the right key",
+			    store_key_file, st->dir);
+			return (-1);
 		}
 		return (0);
 	}
-	if (ret != DB_NOTFOUND)
-		return (ret);
-	ret = store_end_key(num, tid, DB_FIRST, rnd, sizeof rnd, &i);
-	if (ret != DB_NOTFOUND)
-		return (ret == 0 || ret == DB_BUFFER_SMALL ? STORE_CORRUPT :
-		    ret);
-	if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd)
-		return (errno);
-	for (i = 0; i < INDEX_KEY_LEN; i++)
-		snprintf(hex + 2 * i, 3, "%02x", rnd[i]);
-	memcpy(st->index_key, rnd, sizeof rnd);
-	explicit_bzero(rnd, sizeof rnd);
-	store_dbt(&key, STORE_META_INDEX_KEY, strlen(STORE_META_INDEX_KEY));
-	store_dbt(&data, hex, 2 * INDEX_KEY_LEN);
-	ret = meta->put(meta, tid, &key, &data, 0);
-	explicit_bzero(hex, sizeof hex);
-	return (ret);
+	ret = store_end_key(num, tid, DB_FIRST, k, sizeof k, &len);
+	if (ret != 0 && ret != DB_NOTFOUND && ret != DB_BUFFER_SMALL)
+		return (*dberr = ret);
+	data_held = ret != DB_NOTFOUND || store_file_exists(st, "claims.db");
+	if (stored || data_held) {
+		xasprintf(cause, "hash key %s is missing, but the store in %s "
+		    "holds data keyed by it: restore the key (a new key would "
+		    "orphan every claim)", store_key_file, st->dir);
+		return (-1);
+	}
+	return (0);
 }
 
 /*

@@ -60,7 +60,7 @@ static uint64_t	store_siphash(const unsigned char *, const unsigned char *,
 		    size_t);
 static int	store_entry_next(const unsigned char **,
 		    const unsigned char *, struct store_entry *);
-static int	store_index_keys(DB *, const DBT *, DBT *, enum store_index);
+static int	store_index_keys(const DBT *, DBT *, enum store_index);
 static int	store_user_cmp(const char *, size_t, const char *, size_t);
 static int	store_claim_key(const unsigned char *, const char *,
 		    unsigned char *, size_t *);
@@ -109,9 +109,9 @@ store_le64(const unsigned char *p)
 /*
  * SipHash-2-4 (Aumasson and Bernstein) of len bytes at p under a 16-byte
  * key.  The user and enrolment indexes are keyed by it rather than by the
- * ids themselves: 8 bytes instead of ~30, whatever the id.  The key is
- * random and kept in meta.db, so that nobody who cannot read the store can
- * choose ids that pile up under one index key.
+ * ids themselves: 8 bytes instead of ~30, whatever the id.  The key comes
+ * from the hash key, so that nobody who does not hold it can choose ids
+ * that pile up under one index key.
  */
 static uint64_t
 store_siphash(const unsigned char *key, const unsigned char *p, size_t len)
@@ -147,10 +147,9 @@ store_siphash(const unsigned char *key, const unsigned char *p, size_t len)
 
 /* The index key of an id: its SipHash under the store's key, big-endian. */
 void
-store_index_hash(const struct store *st, const void *id, size_t len,
-    unsigned char *out)
+store_index_hash(const void *id, size_t len, unsigned char *out)
 {
-	store_put_i64(out, (int64_t)store_siphash(st->index_key, id, len));
+	store_put_i64(out, (int64_t)store_siphash(store_index_key, id, len));
 }
 
 /*
@@ -211,24 +210,27 @@ store_entry_next(const unsigned char **pp, const unsigned char *end,
 int
 store_user_key_cb(DB *sdb, const DBT *pkey, const DBT *pdata, DBT *skey)
 {
+	(void)sdb;
 	(void)pkey;
-	return (store_index_keys(sdb, pdata, skey, STORE_INDEX_USER));
+	return (store_index_keys(pdata, skey, STORE_INDEX_USER));
 }
 
 /* Keys of numbers_expiry.db: the expiry of each pending claim. */
 int
 store_expiry_key_cb(DB *sdb, const DBT *pkey, const DBT *pdata, DBT *skey)
 {
+	(void)sdb;
 	(void)pkey;
-	return (store_index_keys(sdb, pdata, skey, STORE_INDEX_EXPIRY));
+	return (store_index_keys(pdata, skey, STORE_INDEX_EXPIRY));
 }
 
 /* Keys of numbers_enrol.db: the index hash of each enrolment id. */
 int
 store_enrol_key_cb(DB *sdb, const DBT *pkey, const DBT *pdata, DBT *skey)
 {
+	(void)sdb;
 	(void)pkey;
-	return (store_index_keys(sdb, pdata, skey, STORE_INDEX_ENROL));
+	return (store_index_keys(pdata, skey, STORE_INDEX_ENROL));
 }
 
 /*
@@ -238,9 +240,8 @@ store_enrol_key_cb(DB *sdb, const DBT *pkey, const DBT *pdata, DBT *skey)
  * with the keys after it, which Berkeley DB frees.
  */
 static int
-store_index_keys(DB *sdb, const DBT *pdata, DBT *skey, enum store_index kind)
+store_index_keys(const DBT *pdata, DBT *skey, enum store_index kind)
 {
-	const struct store	*st = sdb->app_private;
 	const unsigned char	*p = pdata->data, *end = p + pdata->size;
 	unsigned char		*keys = NULL, k[STORE_TIME_LEN];
 	struct store_entry	 e;
@@ -256,9 +257,9 @@ store_index_keys(DB *sdb, const DBT *pdata, DBT *skey, enum store_index kind)
 			return (STORE_CORRUPT);
 		}
 		if (kind == STORE_INDEX_USER)
-			store_index_hash(st, e.user, e.ulen, k);
+			store_index_hash(e.user, e.ulen, k);
 		else if (kind == STORE_INDEX_ENROL && e.elen > 0)
-			store_index_hash(st, e.enrol, e.elen, k);
+			store_index_hash(e.enrol, e.elen, k);
 		else if (kind == STORE_INDEX_EXPIRY && e.expires != NULL)
 			memcpy(k, e.expires, sizeof k);
 		else
@@ -567,7 +568,7 @@ store_claims_by_index(struct store_txn *txn, enum store_db which,
 		return (STORE_OK);
 	if ((ret = db->cursor(db, txn->tid, &dbc, 0)) != 0)
 		return (store_result(st, ret, what));
-	store_index_hash(st, key, len, h);
+	store_index_hash(key, len, h);
 	store_dbt(&skey, h, sizeof h);
 	memset(&pkey, 0, sizeof pkey);
 	memset(&data, 0, sizeof data);

@@ -26,7 +26,6 @@
 #define CLAIM_KEY_MAX		(NUMKEY_LEN + USER_ID_MAX)
 
 /* The keys of the user and enrolment indexes: a keyed 64-bit hash. */
-#define INDEX_KEY_LEN		16	/* SipHash-2-4 key, in meta.db */
 #define INDEX_HASH_LEN		8
 
 /* Conflict record, format 2: the fixed part before the holders. */
@@ -86,7 +85,6 @@ struct store {
 	int		 counted;	/* counts are right: save them */
 	char		 limits_next[USER_ID_MAX];	/* prune from here */
 	size_t		 limits_next_len;		/* 0: the start */
-	unsigned char	 index_key[INDEX_KEY_LEN];	/* of the indexes */
 };
 
 /* A transaction and the changes it makes to the counts, if it commits. */
@@ -101,6 +99,7 @@ struct store_txn {
 };
 
 /* store.c */
+extern unsigned char	store_index_key[STORE_INDEX_KEY_LEN];
 int	store_env_config(DB_ENV *, uint64_t);
 int	store_file_exists(struct store *, const char *);
 int	store_end_key(DB *, DB_TXN *, u_int32_t, void *, size_t, size_t *);
@@ -116,8 +115,7 @@ int64_t	store_get_i64(const unsigned char *);
 int	store_user_key_cb(DB *, const DBT *, const DBT *, DBT *);
 int	store_expiry_key_cb(DB *, const DBT *, const DBT *, DBT *);
 int	store_enrol_key_cb(DB *, const DBT *, const DBT *, DBT *);
-void	store_index_hash(const struct store *, const void *, size_t,
-	    unsigned char *);
+void	store_index_hash(const void *, size_t, unsigned char *);
 int	store_claims_count(struct store *, DB_TXN *, uint64_t *, uint64_t *);
 int	store_number_pack(const struct claim *, size_t, unsigned char **,
 	    size_t *);

@@ -22,6 +22,11 @@ interfaces:
   * the release watermarks (I4): a late enrolment event, dated before an
     unenrolment or a user deletion of the old store, stays stale;
   * the counts, and nothing left of the old files.
+
+And the key: the indexes of schema 4 are keyed by a hash whose key comes
+from hash.key, so a wrong or missing hash.key must stop the start before
+the migration writes anything (it would build every index under the wrong
+key).
 """
 
 import datetime
@@ -60,6 +65,15 @@ def load_fixture(state_dir):
     os.chmod(key, 0o600)
 
 
+def write_key(path, key):
+    """Write a 32-byte hash key, mode 0600."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, key)
+    finally:
+        os.close(fd)
+
+
 def fresh_id(item):
     """The item with a log id the fixture's seen ids cannot hold (the
     helpers of test_logstream count from the same start as the run that
@@ -87,13 +101,15 @@ class MigrationTests(DaemonTestCase):
             self.skipTest("FAKECLOCK is not set (run through make check)")
         self.shim = shim
 
-    def old_daemon(self, **conf):
+    def old_daemon(self, start=True, **conf):
         """A daemon on a copy of the old store, its clock a minute after
         the fixture was made."""
         conf.setdefault("pending_ttl", str(self.exp["pending_ttl"]))
         conf.setdefault("max_users_per_number", "2")
         d = self.own_daemon(start=False, **conf)
         load_fixture(d.state_dir)
+        if not start:
+            return d
         self.offset_file = d.path("clock-offset")
         self.set_clock(self.exp["generated"] + 60)
         real = d.command
@@ -178,6 +194,32 @@ class MigrationTests(DaemonTestCase):
         self.assertNotIn("migrat", d.log_text(since))
         self.assertEqual(d.ask("status")["claims"],
                          {"active": 4, "pending": 1})
+        for phone, holders in self.exp["numbers"].items():
+            self.assertEqual(self.holders(d, phone), holders, phone)
+
+    def assertRefused(self, d, *words):
+        """Starting exits 1, naming words, and the old store is untouched."""
+        r = d.run("-f", "-c", d.conf_path, timeout=60)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        for w in words:
+            self.assertIn(w, r.stderr)
+        self.assertNotIn("migrating", r.stderr)
+        names = set(os.listdir(d.state_dir))
+        for name in OLD_FILES:
+            self.assertIn(name, names)
+
+    def test_wrong_or_missing_key_refused_before_migrating(self):
+        d = self.old_daemon(start=False)
+        key = os.path.join(d.state_dir, "hash.key")
+        with open(key, "rb") as f:
+            right = f.read()
+        write_key(key, secrets.token_bytes(32))
+        self.assertRefused(d, key, "not the key")
+        os.unlink(key)
+        self.assertRefused(d, key, "missing")
+        write_key(key, right)
+        d.start()
+        self.assertIn("migrated to schema version 4", d.log_text())
         for phone, holders in self.exp["numbers"].items():
             self.assertEqual(self.holders(d, phone), holders, phone)
 

@@ -66,6 +66,11 @@ test_key_reused_and_hmac(void **state)
 	assert_memory_equal(a, want, NUMKEY_LEN);
 	hash_number("+447700900124", b);
 	assert_memory_not_equal(a, b, NUMKEY_LEN);
+	/* The index key: 16 bytes of the HMAC of its own fixed string. */
+	hash_index_key(a);
+	HMAC(EVP_sha256(), key, 32, (const unsigned char *)
+	    "phoneclaimd index key", 21, want, &len);
+	assert_memory_equal(a, want, STORE_INDEX_KEY_LEN);
 	hash_free();
 	unit_rmtree(dir);
 	free(path);
