@@ -30,6 +30,7 @@
 
 static int	hash_create(const char *, char **);
 static int	hash_read(const char *, char **);
+static void	hash_hmac(const char *, const char *, unsigned char *);
 
 static unsigned char	hash_key[HASH_KEY_LEN];
 static int		hash_ready;
@@ -126,6 +127,20 @@ hash_load(const char *path, char **cause)
 	return (0);
 }
 
+/* HMAC-SHA256 of a string under the key, into mac (HASH_DIGEST_LEN). */
+static void
+hash_hmac(const char *who, const char *s, unsigned char *mac)
+{
+	unsigned int	len = HASH_DIGEST_LEN;
+
+	if (!hash_ready)
+		fatalx("%s: no hash key", who);
+	if (HMAC(EVP_sha256(), hash_key, sizeof hash_key,
+	    (const unsigned char *)s, strlen(s), mac, &len) == NULL ||
+	    len != HASH_DIGEST_LEN)
+		fatalx("%s: HMAC-SHA256 failed", who);
+}
+
 /*
  * Write into out (HASH_CHECK_LEN + 1 bytes) the hex HMAC of a fixed string
  * under the key: the store keeps it, so that a start with another key (a
@@ -136,15 +151,9 @@ void
 hash_check(char *out)
 {
 	unsigned char	 mac[HASH_DIGEST_LEN];
-	unsigned int	 len = sizeof mac;
 	size_t		 i;
 
-	if (!hash_ready)
-		fatalx("hash_check: no hash key");
-	if (HMAC(EVP_sha256(), hash_key, sizeof hash_key,
-	    (const unsigned char *)HASH_CHECK_INPUT, strlen(HASH_CHECK_INPUT),
-	    mac, &len) == NULL || len != sizeof mac)
-		fatalx("hash_check: HMAC-SHA256 failed");
+	hash_hmac("hash_check", HASH_CHECK_INPUT, mac);
 	for (i = 0; i < sizeof mac; i++)
 		snprintf(out + 2 * i, 3, "%02x", mac[i]);
 }
@@ -159,14 +168,8 @@ void
 hash_index_key(unsigned char *out)
 {
 	unsigned char	 mac[HASH_DIGEST_LEN];
-	unsigned int	 len = sizeof mac;
 
-	if (!hash_ready)
-		fatalx("hash_index_key: no hash key");
-	if (HMAC(EVP_sha256(), hash_key, sizeof hash_key,
-	    (const unsigned char *)HASH_INDEX_INPUT, strlen(HASH_INDEX_INPUT),
-	    mac, &len) == NULL || len != sizeof mac)
-		fatalx("hash_index_key: HMAC-SHA256 failed");
+	hash_hmac("hash_index_key", HASH_INDEX_INPUT, mac);
 	memcpy(out, mac, STORE_INDEX_KEY_LEN);
 	explicit_bzero(mac, sizeof mac);
 }
@@ -189,14 +192,8 @@ void
 hash_number(const char *e164, unsigned char *out)
 {
 	unsigned char	mac[HASH_DIGEST_LEN];
-	unsigned int	len = sizeof mac;
 
-	if (!hash_ready)
-		fatalx("hash_number: no hash key");
-	if (HMAC(EVP_sha256(), hash_key, sizeof hash_key,
-	    (const unsigned char *)e164, strlen(e164), mac, &len) == NULL ||
-	    len != sizeof mac)
-		fatalx("hash_number: HMAC-SHA256 failed");
+	hash_hmac("hash_number", e164, mac);
 	memcpy(out, mac, NUMKEY_LEN);
 }
 

@@ -320,34 +320,18 @@ class ClockTests(DaemonTestCase):
     """The wall clock jumps under a running daemon (fakeclock.so)."""
 
     def setUp(self):
-        shim = os.environ.get("FAKECLOCK")
-        if not shim or not os.path.exists(shim):
+        if harness.fakeclock_shim() is None:
             self.skipTest("FAKECLOCK is not set (run through make check)")
-        self.shim = shim
 
     def clock_daemon(self, **conf):
         d = self.own_daemon(start=False, **conf)
         self.offset_file = d.path("clock-offset")
-        self.set_offset(0)
-        real = d.command
-        env = {"LD_PRELOAD": self.shim,
-               "FAKECLOCK_FILE": self.offset_file,
-               # An ASan daemon: the shim comes before its runtime.
-               "ASAN_OPTIONS": "verify_asan_link_order=0:" +
-               os.environ.get("ASAN_OPTIONS", "")}
-
-        def command(*args):
-            return ["env"] + ["%s=%s" % kv for kv in env.items()] + \
-                real(*args)
-        d.command = command
+        harness.use_fakeclock(d, self.offset_file)
         d.start()
         return d
 
     def set_offset(self, seconds):
-        tmp = self.offset_file + ".tmp"
-        with open(tmp, "w") as f:
-            f.write("%d\n" % seconds)
-        os.rename(tmp, self.offset_file)
+        harness.set_fakeclock(self.offset_file, seconds)
 
     def test_the_shim_moves_the_clock(self):
         d = self.clock_daemon(pending_ttl=TTL)

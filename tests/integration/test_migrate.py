@@ -96,10 +96,8 @@ class MigrationTests(DaemonTestCase):
             cls.exp = json.load(f)
 
     def setUp(self):
-        shim = os.environ.get("FAKECLOCK")
-        if not shim or not os.path.exists(shim):
+        if harness.fakeclock_shim() is None:
             self.skipTest("FAKECLOCK is not set (run through make check)")
-        self.shim = shim
 
     def old_daemon(self, start=True, **conf):
         """A daemon on a copy of the old store, its clock a minute after
@@ -111,25 +109,14 @@ class MigrationTests(DaemonTestCase):
         if not start:
             return d
         self.offset_file = d.path("clock-offset")
+        harness.use_fakeclock(d, self.offset_file)
         self.set_clock(self.exp["generated"] + 60)
-        real = d.command
-        env = {"LD_PRELOAD": self.shim, "FAKECLOCK_FILE": self.offset_file,
-               "ASAN_OPTIONS": "verify_asan_link_order=0:" +
-               os.environ.get("ASAN_OPTIONS", "")}
-
-        def command(*args):
-            return ["env"] + ["%s=%s" % kv for kv in env.items()] + \
-                real(*args)
-        d.command = command
         d.start()
         return d
 
     def set_clock(self, when):
         """Make the daemon's wall clock read 'when' (seconds)."""
-        tmp = self.offset_file + ".tmp"
-        with open(tmp, "w") as f:
-            f.write("%d\n" % (when - int(time.time())))
-        os.rename(tmp, self.offset_file)
+        harness.set_fakeclock(self.offset_file, when - int(time.time()))
 
     def holders(self, d, phone):
         return sorted([c["user_id"], c["state"]]
