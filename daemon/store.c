@@ -176,6 +176,7 @@ static int	store_schema_ok(struct store *, const char *, long long *,
 		    char **);
 static int	store_schema_write(struct store_txn *, long long);
 static void	store_close_handles(struct store *);
+static void	store_close_dbs(struct store *);
 static void	*store_flusher_main(void *);
 static void	store_flusher_cb(evutil_socket_t, short, void *);
 static void	store_errcall_cb(const DB_ENV *, const char *, const char *);
@@ -236,11 +237,14 @@ store_open(const char *dir, char **cause)
 	st = xcalloc(1, sizeof *st);
 	st->dir = xstrdup(dir);
 	st->lock_fd = -1;
+	st->db_create = DB_CREATE;
+	/* In a replication group the databases open once the role is known. */
 	if (store_lock(st, cause) != 0 ||
 	    store_open_env(st, cause) != 0 ||
+	    (repl_enabled() ? repl_start(st->env, cause) != 0 :
 	    store_open_dbs(st, cause) != 0 ||
 	    store_check_schema(st, cause) != 0 ||
-	    store_count_init(st, cause) != 0) {
+	    store_count_init(st, cause) != 0)) {
 		store_close_handles(st);
 		if (st->lock_fd != -1)
 			close(st->lock_fd);
@@ -250,6 +254,82 @@ store_open(const char *dir, char **cause)
 	}
 	log_debug("store: opened %s", dir);
 	return (st);
+}
+
+/*
+ * Replication (repl.c): open the databases for a role.  The master may
+ * create and upgrade them and keeps the counts as a single store does; a
+ * replica only reads what replication brought (the files may not be there
+ * yet: STORE_NOTFOUND, try again) and counts its records afresh, here and
+ * at each store_recount, since replication changes them underneath.
+ */
+int
+store_repl_open(struct store *st, int master, char **cause)
+{
+	struct store_txn	*txn;
+	char			*value = NULL;
+	long long		 v;
+	int			 r;
+
+	*cause = NULL;
+	store_repl_close(st);
+	st->db_create = master ? DB_CREATE : 0;
+	if (store_open_dbs(st, cause) != 0) {
+		store_close_dbs(st);
+		return (STORE_NOTFOUND);
+	}
+	if (master) {
+		if (store_check_schema(st, cause) != 0 ||
+		    store_count_init(st, cause) != 0) {
+			store_close_dbs(st);
+			return (STORE_ERROR);
+		}
+		return (STORE_OK);
+	}
+	if (store_txn_begin(st, &txn) != STORE_OK)
+		goto fail;
+	r = store_meta_get(txn, STORE_META_SCHEMA, &value);
+	if (r == STORE_OK && store_schema_ok(st, value, &v, cause) != 0) {
+		free(value);
+		store_txn_abort(txn);
+		store_close_dbs(st);
+		return (STORE_ERROR);
+	}
+	free(value);
+	store_txn_abort(txn);
+	if (store_recount(st) != STORE_OK)
+		goto fail;
+	return (STORE_OK);
+fail:
+	store_close_dbs(st);
+	xasprintf(cause, "cannot read the replicated store in %s", st->dir);
+	return (STORE_NOTFOUND);
+}
+
+/* Close the databases (the role changed, or none is known). */
+void
+store_repl_close(struct store *st)
+{
+	if (st->dbs_open && st->counted && repl_writable() && !st->failed)
+		store_count_save(st);
+	st->counted = 0;
+	store_close_dbs(st);
+}
+
+/* Count the records again (a replica's counts follow replication). */
+int
+store_recount(struct store *st)
+{
+	struct store_txn	*txn;
+	int			 r;
+
+	if ((r = store_txn_begin(st, &txn)) != STORE_OK)
+		return (r);
+	memset(&st->counts, 0, sizeof st->counts);
+	r = store_count_all(st, txn);
+	store_txn_abort(txn);
+	st->counts.active = st->counts.claims - st->counts.pending;
+	return (r);
 }
 
 /*
@@ -324,6 +404,7 @@ store_open_env(struct store *st, char **cause)
 	flags = DB_CREATE | DB_INIT_TXN | DB_INIT_LOCK | DB_INIT_LOG |
 	    DB_INIT_MPOOL | DB_RECOVER;
 	if ((ret = env->set_event_notify(env, store_event_cb)) != 0 ||
+	    (ret = repl_env_prepare(env, &flags)) != 0 ||
 	    (ret = store_env_config(env, store_cache_size)) != 0 ||
 	    (ret = env->open(env, st->dir, flags, STORE_FILE_MODE)) != 0) {
 		if (ret == DB_RUNRECOVERY)
@@ -465,13 +546,14 @@ store_open_dbs(struct store *st, char **cause)
 		sdb = st->db[store_indexes[i].secondary];
 		what = store_dbs[store_indexes[i].secondary].file;
 		ret = pdb->associate(pdb, tid, sdb, store_indexes[i].key_cb,
-		    DB_CREATE);
+		    st->db_create);
 		if (ret != 0)
 			goto fail;
 	}
 	what = "databases";
 	if ((ret = tid->commit(tid, 0)) != 0)
 		goto failed;
+	st->dbs_open = 1;
 	return (0);
 
 fail:
@@ -495,8 +577,21 @@ store_open_db(struct store *st, DB_TXN *tid, enum store_db which)
 	if (store_dbs[which].dupsort &&
 	    (ret = db->set_flags(db, DB_DUPSORT)) != 0)
 		return (ret);
-	return (db->open(db, tid, store_dbs[which].file, NULL, DB_BTREE,
-	    DB_CREATE, STORE_FILE_MODE));
+	ret = db->open(db, tid, store_dbs[which].file, NULL, DB_BTREE,
+	    st->db_create, STORE_FILE_MODE);
+	/*
+	 * repmgr needs DB_THREAD on the environment, and Berkeley DB then
+	 * opens every database free-threaded, which demands allocated DBTs
+	 * on every read.  These handles stay on the event-loop thread as
+	 * without replication: their handle mutex is what makes them
+	 * "threaded" (DB_IS_THREADED), so keep it aside while they are open
+	 * and give it back for close to free.
+	 */
+	if (ret == 0 && repl_enabled()) {
+		st->db_mutex[which] = db->mutex;
+		db->mutex = 0;
+	}
+	return (ret);
 }
 
 /*
@@ -602,22 +697,15 @@ store_close(struct store *st)
 static void
 store_close_handles(struct store *st)
 {
-	int	i, ret;
+	int	ret;
 
-	if (st->env_open && !st->failed && st->counted)
+	if (st->env_open && !st->failed && st->counted && st->dbs_open &&
+	    repl_writable())
 		store_count_save(st);
-	for (i = STORE_DB_COUNT - 1; i >= 0; i--) {
-		if (st->db[i] == NULL)
-			continue;
-		ret = st->db[i]->close(st->db[i], 0);
-		if (ret != 0 && !st->failed)
-			log_warnx("store: closing %s: %s", store_dbs[i].file,
-			    db_strerror(ret));
-		st->db[i] = NULL;
-	}
+	store_close_dbs(st);
 	if (st->env == NULL)
 		return;
-	if (st->env_open && !st->failed) {
+	if (st->env_open && !st->failed && repl_writable()) {
 		ret = st->env->txn_checkpoint(st->env, 0, 0, DB_FORCE);
 		if (ret != 0)
 			log_warnx("store: final checkpoint: %s",
@@ -629,12 +717,41 @@ store_close_handles(struct store *st)
 	st->env = NULL;
 }
 
+/* Close the databases, in reverse order. */
+static void
+store_close_dbs(struct store *st)
+{
+	int	i, ret;
+
+	st->dbs_open = 0;
+	for (i = STORE_DB_COUNT - 1; i >= 0; i--) {
+		if (st->db[i] == NULL)
+			continue;
+		if (st->db_mutex[i] != 0) {
+			st->db[i]->mutex = st->db_mutex[i];
+			st->db_mutex[i] = 0;
+		}
+		ret = st->db[i]->close(st->db[i], 0);
+		if (ret != 0 && !st->failed)
+			log_warnx("store: closing %s: %s", store_dbs[i].file,
+			    db_strerror(ret));
+		st->db[i] = NULL;
+	}
+}
+
 /* Register the function called once when the environment fails. */
 void
 store_set_fail_cb(struct store *st, void (*cb)(void *), void *arg)
 {
 	st->fail_cb = cb;
 	st->fail_arg = arg;
+}
+
+/* Return 1 while the databases are open (always, without replication). */
+int
+store_ready(struct store *st)
+{
+	return (st->dbs_open);
 }
 
 /* Return 1 once the environment has failed and needs recovery. */
@@ -665,7 +782,10 @@ store_event_cb(DB_ENV *env, u_int32_t event, void *info)
 {
 	struct store	*st = env->app_private;
 
-	(void)info;
+	if (event != DB_EVENT_PANIC && event != DB_EVENT_WRITE_FAILED) {
+		repl_event(env, event, info);
+		return;
+	}
 	if (event == DB_EVENT_PANIC && st != NULL)
 		store_fail(st, "panic");
 	else if (event == DB_EVENT_WRITE_FAILED)
@@ -706,6 +826,11 @@ store_result(struct store *st, int ret, const char *what)
 	case DB_RUNRECOVERY:
 		store_fail(st, what);
 		return (STORE_ERROR);
+	case DB_REP_HANDLE_DEAD:
+		/* Replication rolled back under the handles: reopen them. */
+		log_info("store: %s: %s", what, db_strerror(ret));
+		repl_handles_dead();
+		return (STORE_ERROR);
 	default:
 		log_warnx("store: %s: %s", what, db_strerror(ret));
 		return (STORE_ERROR);
@@ -735,7 +860,7 @@ store_txn_begin(struct store *st, struct store_txn **txnp)
 	int	 r;
 
 	*txnp = NULL;
-	if (st->failed)
+	if (st->failed || !st->dbs_open)
 		return (STORE_ERROR);
 	r = store_result(st, st->env->txn_begin(st->env, NULL, &tid, 0),
 	    "begin transaction");
@@ -758,7 +883,8 @@ store_txn_commit(struct store_txn *txn)
 {
 	struct store	*st = txn->st;
 	DB_TXN		*tid = txn->tid;
-	int		 r;
+	unsigned long	 perm = repl_perm_failures();
+	int		 r, acked;
 
 	if (st->failed) {
 		free(txn);
@@ -766,6 +892,13 @@ store_txn_commit(struct store_txn *txn)
 		return (STORE_ERROR);
 	}
 	r = store_result(st, tid->commit(tid, DB_TXN_NOSYNC), "commit");
+	/*
+	 * Committed here, but too few replicas acknowledged it (repl.c): it
+	 * may not survive a failover, so it must not be answered 2xx.
+	 */
+	acked = repl_perm_failures() == perm;
+	if (r == STORE_OK && !acked)
+		log_warnx("store: commit not acknowledged by enough replicas");
 	if (r == STORE_OK) {
 		st->counts.claims += (uint64_t)txn->d_claims;
 		st->counts.active += (uint64_t)txn->d_active;
@@ -774,7 +907,7 @@ store_txn_commit(struct store_txn *txn)
 		st->counts.verify += (uint64_t)txn->d_verify;
 	}
 	free(txn);
-	return (r == STORE_OK ? STORE_OK : STORE_ERROR);
+	return (r == STORE_OK && acked ? STORE_OK : STORE_ERROR);
 }
 
 /*
@@ -960,7 +1093,8 @@ store_checkpoint(struct store *st)
 
 	if (st->failed)
 		return (STORE_ERROR);
-	ret = st->env->txn_checkpoint(st->env, 0, 0, 0);
+	/* A replica checkpoints when the master's checkpoint arrives. */
+	ret = repl_writable() ? st->env->txn_checkpoint(st->env, 0, 0, 0) : 0;
 	if (ret == 0 && st->backup == NULL)
 		ret = st->env->log_archive(st->env, NULL, DB_ARCH_REMOVE);
 	r = store_result(st, ret, "checkpoint");
