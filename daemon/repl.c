@@ -246,7 +246,11 @@ repl_policy(const char *name)
 
 /*
  * Before the environment opens: the flags replication needs, priority,
- * acknowledgements and timeouts (repmgr's are in microseconds).
+ * acknowledgements and timeouts (repmgr's are in microseconds).  The
+ * checkpoint delay (30 s by default: the master sleeps that long in every
+ * checkpoint, to let the replicas flush their caches first) would stop
+ * the event loop for as long: without it a replica flushes when the
+ * checkpoint record arrives.
  */
 int
 repl_env_prepare(DB_ENV *env, u_int32_t *flags)
@@ -275,6 +279,7 @@ repl_env_prepare(DB_ENV *env, u_int32_t *flags)
 	    3 * hb)) != 0 ||
 	    (ret = env->rep_set_timeout(env, DB_REP_CONNECTION_RETRY,
 	    2 * hb)) != 0 ||
+	    (ret = env->rep_set_timeout(env, DB_REP_CHECKPOINT_DELAY, 0)) != 0 ||
 	    (ret = env->rep_set_config(env, DB_REPMGR_CONF_2SITE_STRICT,
 	    1)) != 0)
 		return (ret);
