@@ -281,7 +281,8 @@ repl_env_prepare(DB_ENV *env, u_int32_t *flags)
 	    2 * hb)) != 0 ||
 	    (ret = env->rep_set_timeout(env, DB_REP_CHECKPOINT_DELAY, 0)) != 0 ||
 	    (ret = env->rep_set_config(env, DB_REPMGR_CONF_2SITE_STRICT,
-	    1)) != 0)
+	    1)) != 0 ||
+	    (ret = env->rep_set_config(env, DB_REP_CONF_BULK, 1)) != 0)
 		return (ret);
 	return (0);
 }

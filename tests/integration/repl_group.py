@@ -48,10 +48,12 @@ class Group:
         key = secrets.token_bytes(32)
         self.nodes = []
         for i in range(n):
+            settings = {"repl_heartbeat": HEARTBEAT_MS,
+                        "repl_election_timeout": ELECTION_MS,
+                        "repl_ack_timeout": ACK_MS}
+            settings.update(conf)
             d = Daemon(listen=self.api[i], repl_local=self.repl[i],
-                       repl_heartbeat=HEARTBEAT_MS,
-                       repl_election_timeout=ELECTION_MS,
-                       repl_ack_timeout=ACK_MS, **conf)
+                       **settings)
             if priorities is not None:
                 d.conf["repl_priority"] = priorities[i]
             if self.nodes:
