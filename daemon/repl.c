@@ -86,7 +86,6 @@ struct repl {
 	pthread_mutex_t		 mu;
 	/* Under mu: written by repmgr's threads. */
 	int			 role;		/* enum repl_role */
-	int			 master_eid;	/* DB_EID_INVALID: none */
 	int			 startup_done;
 	uint64_t		 perm_failed;
 	/* The loop's. */
@@ -116,6 +115,7 @@ static void	repl_retry_cb(evutil_socket_t, short, void *);
 static void	repl_update(void);
 static const char *repl_event_name(u_int32_t);
 static int	repl_site_address(int, char *, size_t);
+static int	repl_master_eid(void);
 static const struct conf_peer *repl_peer_by_repl(const char *);
 static int	repl_socket_cb(CURL *, curl_socket_t, int, void *, void *);
 static int	repl_timer_cb(CURLM *, long, void *);
@@ -153,7 +153,6 @@ repl_init(struct event_base *base, const struct conf *conf, char **cause)
 	r->conf = conf;
 	r->base = base;
 	r->role = r->loop_role = REPL_ROLE_NONE;
-	r->master_eid = DB_EID_INVALID;
 	TAILQ_INIT(&r->xfers);
 	pthread_mutex_init(&r->mu, NULL);
 	if (pipe2(r->fds, O_CLOEXEC | O_NONBLOCK) != 0) {
@@ -357,6 +356,7 @@ repl_event(DB_ENV *env, u_int32_t event, void *info)
 	ssize_t		 n;
 
 	(void)env;
+	(void)info;
 	if (r == NULL)
 		return;
 	pthread_mutex_lock(&r->mu);
@@ -366,14 +366,6 @@ repl_event(DB_ENV *env, u_int32_t event, void *info)
 		break;
 	case DB_EVENT_REP_CLIENT:
 		r->role = REPL_ROLE_REPLICA;
-		break;
-	case DB_EVENT_REP_NEWMASTER:
-		/* Ignored while this site is the master (it may be us). */
-		if (info != NULL)
-			r->master_eid = *(int *)info;
-		break;
-	case DB_EVENT_REP_MASTER_FAILURE:
-		r->master_eid = DB_EID_INVALID;
 		break;
 	case DB_EVENT_REP_STARTUPDONE:
 		r->startup_done = 1;
@@ -414,22 +406,52 @@ repl_writable(void)
 }
 
 /*
+ * The master this replica can forward to: the one repmgr names, if this
+ * site is connected to it.  repmgr keeps naming a master it has lost
+ * until an election settles, and does not announce the same master again
+ * when a connection to it comes back: so the connection is what counts.
+ */
+static int
+repl_master_eid(void)
+{
+	struct repl	*r = repl;
+	DB_REP_STAT	*sp;
+	DB_REPMGR_SITE	*list = NULL;
+	u_int		 n = 0, i;
+	int		 eid, connected = 0;
+
+	if (r->env == NULL || !r->started ||
+	    r->env->rep_stat(r->env, &sp, 0) != 0)
+		return (DB_EID_INVALID);
+	eid = (int)sp->st_master;
+	free(sp);
+	if (eid == DB_EID_INVALID ||
+	    r->env->repmgr_site_list(r->env, &n, &list) != 0)
+		return (DB_EID_INVALID);
+	for (i = 0; i < n; i++) {
+		if (list[i].eid == eid)
+			connected = list[i].status == DB_REPMGR_CONNECTED;
+	}
+	free(list);
+	return (connected ? eid : DB_EID_INVALID);
+}
+
+/*
  * Return 1 if this node serves: no replication, the master, or a replica
- * that knows the master.
+ * connected to the master.
  */
 int
 repl_serving(void)
 {
-	int	ok;
+	int	role;
 
 	if (repl == NULL)
 		return (1);
 	pthread_mutex_lock(&repl->mu);
-	ok = repl->role == REPL_ROLE_MASTER ||
-	    (repl->role == REPL_ROLE_REPLICA &&
-	    repl->master_eid != DB_EID_INVALID);
+	role = repl->role;
 	pthread_mutex_unlock(&repl->mu);
-	return (ok);
+	return (role == REPL_ROLE_MASTER || (role == REPL_ROLE_REPLICA &&
+	    repl_master_eid() != DB_EID_INVALID));
 }
 
 /* The store met a dead handle (a rollback): reopen them from the loop. */
@@ -600,7 +622,6 @@ repl_info(struct repl_info *ri)
 	ri->enabled = 1;
 	pthread_mutex_lock(&r->mu);
 	ri->role = r->role;
-	eid = r->master_eid;
 	ri->ready = r->role == REPL_ROLE_MASTER ||
 	    (r->role == REPL_ROLE_REPLICA && r->startup_done);
 	ri->perm_failed = r->perm_failed;
@@ -611,7 +632,8 @@ repl_info(struct repl_info *ri)
 	if (ri->role == REPL_ROLE_MASTER)
 		snprintf(ri->master, sizeof ri->master, "%s",
 		    r->conf->repl_local);
-	else if (repl_site_address(eid, ri->master, sizeof ri->master) != 0)
+	else if ((eid = repl_master_eid()) == DB_EID_INVALID ||
+	    repl_site_address(eid, ri->master, sizeof ri->master) != 0)
 		ri->master[0] = '\0';
 	if (r->env != NULL && r->started &&
 	    r->env->rep_stat(r->env, &sp, 0) == 0) {
@@ -680,7 +702,6 @@ repl_forward(struct http *h, struct evhttp_request *req, int token)
 		return (0);
 	pthread_mutex_lock(&r->mu);
 	role = r->role;
-	eid = r->master_eid;
 	pthread_mutex_unlock(&r->mu);
 	if (role == REPL_ROLE_MASTER)
 		return (0);
@@ -690,6 +711,7 @@ repl_forward(struct http *h, struct evhttp_request *req, int token)
 	}
 	in = evhttp_request_get_input_headers(req);
 	if (evhttp_find_header(in, REPL_FORWARD_HEADER) != NULL ||
+	    (eid = repl_master_eid()) == DB_EID_INVALID ||
 	    repl_site_address(eid, master, sizeof master) != 0 ||
 	    (p = repl_peer_by_repl(master)) == NULL) {
 		r->unavailable++;

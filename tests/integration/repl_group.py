@@ -12,7 +12,9 @@ import json
 import os
 import secrets
 import socket
+import sys
 import time
+import unittest
 
 import harness
 from harness import Daemon, write_secret
@@ -41,7 +43,7 @@ def free_ports(n):
 class Group:
     """n nodes configured as one replication group (not started)."""
 
-    def __init__(self, n=3, priorities=None, **conf):
+    def __init__(self, n=3, priorities=None, netcut=None, **conf):
         ports = free_ports(2 * n)
         self.api = ["127.0.0.1:%d" % p for p in ports[:n]]
         self.repl = ["127.0.0.1:%d" % p for p in ports[n:]]
@@ -68,11 +70,51 @@ class Group:
             os.write(fd, key)
             os.close(fd)
             d.conf["hash_key_file"] = keyfile
+            if netcut is not None:
+                self.wrap_netcut(d, netcut)
             self.nodes.append(d)
         for i, d in enumerate(self.nodes):
             d.write_conf(d.conf_lines() + [
                 "repl_peer = %s %s" % (self.repl[j], self.api[j])
                 for j in range(n) if j != i])
+
+    @staticmethod
+    def wrap_netcut(d, shim):
+        """Run d under the netcut shim (tests/tools/netcut.c), reading the
+        ports to cut from d.cut_file."""
+        d.cut_file = d.path("netcut")
+        harness.write_file(d.cut_file, "")
+        env = {"LD_PRELOAD": shim, "NETCUT_FILE": d.cut_file,
+               "ASAN_OPTIONS": "verify_asan_link_order=0:" +
+               os.environ.get("ASAN_OPTIONS", "")}
+        real = d.command
+
+        def command(*args):
+            return ["env"] + ["%s=%s" % kv for kv in env.items()] + \
+                real(*args)
+        d.command = command
+
+    @staticmethod
+    def port(addr):
+        return addr.rsplit(":", 1)[1]
+
+    def partition(self, minority):
+        """Cut the nodes in minority off from the others (both ways, the
+        replication ports and, from the minority, the others' APIs)."""
+        inside = [self.nodes.index(d) for d in minority]
+        outside = [i for i in range(len(self.nodes)) if i not in inside]
+        for i, d in enumerate(self.nodes):
+            if i in inside:
+                ports = [self.port(self.repl[j]) for j in outside] + \
+                    [self.port(self.api[j]) for j in outside] + \
+                    [self.port(self.repl[i])]
+            else:
+                ports = [self.port(self.repl[j]) for j in inside]
+            harness.write_file(d.cut_file, " ".join(ports) + "\n")
+
+    def heal(self):
+        for d in self.nodes:
+            harness.write_file(d.cut_file, "")
 
     def start(self, nodes=None):
         for d in nodes if nodes is not None else self.nodes:
@@ -124,3 +166,39 @@ class Group:
 
     def replicas(self, master):
         return [d for d in self.nodes if d is not master and d.running()]
+
+
+class GroupTestCase(unittest.TestCase):
+    """A fresh three-node group per test; logs printed if it fails."""
+
+    def make_group(self):
+        return Group(3, pending_ttl=3600)
+
+    def setUp(self):
+        self.group = self.make_group()
+        self.addCleanup(self.finish_group)
+        self.group.start()
+        self.master = self.group.wait_master()
+
+    def run(self, result=None):
+        self._before = None
+        if result is not None:
+            self._before = len(result.failures) + len(result.errors)
+            self._result = result
+        return super().run(result)
+
+    def finish_group(self):
+        self.group.stop()
+        failed = self._before is None or \
+            len(self._result.failures) + len(self._result.errors) > \
+            self._before
+        problems = []
+        for d in self.group.nodes:
+            d.check_log()
+            problems += [p for p in d.problems if "exited" not in p]
+        for d in self.group.nodes:
+            if failed or problems:
+                print("---- %s\n%s" % (d.dir, d.tail(40)), file=sys.stderr)
+            else:
+                d.remove()
+        self.assertEqual(problems, [])

@@ -23,7 +23,7 @@ import unittest
 import harness
 from harness import (DaemonTestCase, Load, check_reservations, claim_body,
                      fresh_number, fresh_user)
-from repl_group import Group
+from repl_group import Group, GroupTestCase
 
 harness.require_daemon()
 
@@ -84,39 +84,6 @@ class ReplConfigTests(DaemonTestCase):
         self.assertNotIn("replication", d.ask("status"))
         self.assertNotIn("phoneclaimd_repl_",
                          d.request("GET", "/metrics").raw.decode())
-
-
-class GroupTestCase(unittest.TestCase):
-    """A fresh three-node group per test; logs printed if it fails."""
-
-    def setUp(self):
-        self.group = Group(3, pending_ttl=3600)
-        self.addCleanup(self.finish_group)
-        self.group.start()
-        self.master = self.group.wait_master()
-
-    def run(self, result=None):
-        self._before = None
-        if result is not None:
-            self._before = len(result.failures) + len(result.errors)
-            self._result = result
-        return super().run(result)
-
-    def finish_group(self):
-        self.group.stop()
-        failed = self._before is None or \
-            len(self._result.failures) + len(self._result.errors) > \
-            self._before
-        problems = []
-        for d in self.group.nodes:
-            d.check_log()
-            problems += [p for p in d.problems if "exited" not in p]
-        for d in self.group.nodes:
-            if failed or problems:
-                print("---- %s\n%s" % (d.dir, d.tail(40)), file=sys.stderr)
-            else:
-                d.remove()
-        self.assertEqual(problems, [])
 
 
 class ReplGroupTests(GroupTestCase):
