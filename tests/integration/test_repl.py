@@ -13,9 +13,15 @@ group on loopback ports (issue 9).
   503, and a master without a quorum answers 503: never 2xx.
 """
 
+import http.client
 import json
+import os
+import shutil
 import signal
+import ssl
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 import unittest
@@ -272,6 +278,53 @@ class ReplFailoverTests(GroupTestCase):
         new = g.wait_master()
         r = new.claim(fresh_number(), fresh_user())
         self.assertEqual((r.status, r.get("result")), (200, "reserved"))
+
+
+
+@unittest.skipUnless(shutil.which("openssl"), "no openssl command")
+class ReplTlsTests(GroupTestCase):
+    """Members that serve HTTPS forward over HTTPS, verifying the master's
+    certificate against repl_ca_file."""
+
+    def make_group(self):
+        self.pki = tempfile.mkdtemp(prefix="pcd-pki-")
+        self.addCleanup(shutil.rmtree, self.pki, True)
+        self.cert = os.path.join(self.pki, "cert.pem")
+        key = os.path.join(self.pki, "key.pem")
+        r = subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+             "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out",
+             self.cert, "-days", "2", "-subj", "/CN=phoneclaimd test",
+             "-addext", "subjectAltName = IP:127.0.0.1"],
+            capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        os.chmod(key, 0o600)
+        return Group(3, tls_cert_file=self.cert, tls_key_file=key,
+                     repl_ca_file=self.cert)
+
+    def https_claim(self, d, phone, user):
+        ctx = ssl.create_default_context(cafile=self.cert)
+        conn = http.client.HTTPSConnection(d.host, d.port, context=ctx,
+                                           timeout=10)
+        try:
+            conn.request("POST", "/v1/claims", claim_body(phone, user),
+                         {"Authorization": "Bearer " + d.api_token,
+                          "Content-Type": "application/json"})
+            resp = conn.getresponse()
+            return resp.status, json.loads(resp.read())
+        finally:
+            conn.close()
+
+    def test_forwarding_over_https(self):
+        g, m = self.group, self.master
+        replica = g.replicas(m)[0]
+        phone, user = fresh_number(), fresh_user()
+        self.assertEqual(self.https_claim(replica, phone, user),
+                         (200, {"result": "reserved", "expires_in": 600}))
+        self.assertEqual(self.https_claim(m, phone, fresh_user()),
+                         (409, {"result": "taken"}))
+        self.assertEqual(
+            replica.ask("status")["replication"]["forwarded"], 1)
 
 
 if __name__ == "__main__":
