@@ -86,7 +86,6 @@ struct repl {
 	pthread_mutex_t		 mu;
 	/* Under mu: written by repmgr's threads. */
 	int			 role;		/* enum repl_role */
-	int			 startup_done;
 	uint64_t		 perm_failed;
 	/* The loop's. */
 	int			 fds[2];
@@ -116,6 +115,7 @@ static void	repl_update(void);
 static const char *repl_event_name(u_int32_t);
 static int	repl_site_address(int, char *, size_t);
 static int	repl_master_eid(void);
+static int	repl_caught_up(void);
 static const struct conf_peer *repl_peer_by_repl(const char *);
 static int	repl_socket_cb(CURL *, curl_socket_t, int, void *, void *);
 static int	repl_timer_cb(CURLM *, long, void *);
@@ -367,9 +367,6 @@ repl_event(DB_ENV *env, u_int32_t event, void *info)
 	case DB_EVENT_REP_CLIENT:
 		r->role = REPL_ROLE_REPLICA;
 		break;
-	case DB_EVENT_REP_STARTUPDONE:
-		r->startup_done = 1;
-		break;
 	case DB_EVENT_REP_PERM_FAILED:
 		r->perm_failed++;
 		repl_thread_perm_failed++;
@@ -403,6 +400,26 @@ repl_writable(void)
 	role = repl->role;
 	pthread_mutex_unlock(&repl->mu);
 	return (role == REPL_ROLE_MASTER);
+}
+
+/*
+ * Return 1 if this replica has synchronised with its master and applies
+ * live records (it may serve reads).  repmgr clears that whenever the
+ * replica must synchronise again (a new master) and raises STARTUPDONE
+ * when it is done, which wakes repl_update.
+ */
+static int
+repl_caught_up(void)
+{
+	DB_REP_STAT	*sp;
+	int		 done;
+
+	if (repl->env == NULL || !repl->started ||
+	    repl->env->rep_stat(repl->env, &sp, 0) != 0)
+		return (0);
+	done = sp->st_startup_complete != 0;
+	free(sp);
+	return (done);
 }
 
 /*
@@ -549,9 +566,9 @@ repl_update(void)
 		return;
 	pthread_mutex_lock(&r->mu);
 	role = r->role;
-	ready = role == REPL_ROLE_MASTER ||
-	    (role == REPL_ROLE_REPLICA && r->startup_done);
 	pthread_mutex_unlock(&r->mu);
+	ready = role == REPL_ROLE_MASTER ||
+	    (role == REPL_ROLE_REPLICA && repl_caught_up());
 	if (role == r->loop_role && ready == r->loop_ready && !r->dead)
 		return;
 	r->dead = 0;
@@ -622,10 +639,10 @@ repl_info(struct repl_info *ri)
 	ri->enabled = 1;
 	pthread_mutex_lock(&r->mu);
 	ri->role = r->role;
-	ri->ready = r->role == REPL_ROLE_MASTER ||
-	    (r->role == REPL_ROLE_REPLICA && r->startup_done);
 	ri->perm_failed = r->perm_failed;
 	pthread_mutex_unlock(&r->mu);
+	ri->ready = ri->role == REPL_ROLE_MASTER ||
+	    (ri->role == REPL_ROLE_REPLICA && repl_caught_up());
 	ri->forwarded = r->forwarded;
 	ri->forward_failed = r->forward_failed;
 	ri->unavailable = r->unavailable;
