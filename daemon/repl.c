@@ -249,7 +249,12 @@ repl_policy(const char *name)
  * checkpoint delay (30 s by default: the master sleeps that long in every
  * checkpoint, to let the replicas flush their caches first) would stop
  * the event loop for as long: without it a replica flushes when the
- * checkpoint record arrives.
+ * checkpoint record arrives.  Bulk transfer sends a transaction's log
+ * records as one message when it commits (without it, Nagle held the
+ * commit record back for the replica's delayed ACK: 40 ms a commit).
+ * (DB_REP_CONF_NOWAIT, to fail reads at once while a replica
+ * synchronises, also failed the new master's first operations: a replica
+ * closes its store while it synchronises instead.)
  */
 int
 repl_env_prepare(DB_ENV *env, u_int32_t *flags)

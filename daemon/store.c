@@ -826,6 +826,10 @@ store_result(struct store *st, int ret, const char *what)
 	case DB_RUNRECOVERY:
 		store_fail(st, what);
 		return (STORE_ERROR);
+	case DB_REP_LOCKOUT:
+		/* A replica synchronising with its master (repl.c). */
+		log_debug("store: %s: %s", what, db_strerror(ret));
+		return (STORE_ERROR);
 	case DB_REP_HANDLE_DEAD:
 		/* Replication rolled back under the handles: reopen them. */
 		log_info("store: %s: %s", what, db_strerror(ret));
