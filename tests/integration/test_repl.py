@@ -146,6 +146,16 @@ class ReplGroupTests(GroupTestCase):
         self.assertGreaterEqual(
             replica.ask("status")["replication"]["forwarded"], 2)
 
+    def test_backup_of_a_replica(self):
+        g, m = self.group, self.master
+        replica = g.replicas(m)[0]
+        r = replica.claim(fresh_number(), fresh_user())
+        self.assertEqual(r.status, 200, str(r))
+        target = replica.path("bk")
+        ans = replica.ask("backup " + target, timeout=60)
+        self.assertEqual(ans.get("result"), "done", ans)
+        self.assertIn("claims.db", os.listdir(target))
+
     def test_status_and_metrics(self):
         g, m = self.group, self.master
         maddr = g.repl[g.nodes.index(m)]
