@@ -126,6 +126,7 @@
 
 #define STORE_META_SCHEMA	"schema_version"
 #define STORE_META_COUNTS	"counts"
+#define STORE_META_ACKED	"repl_acked"	/* a write to wait for acks */
 
 /* Opened in this order, closed in reverse: a secondary before its primary. */
 static const struct {
@@ -273,6 +274,7 @@ store_repl_open(struct store *st, int master, char **cause)
 
 	*cause = NULL;
 	store_repl_close(st);
+	st->unacked = 0;
 	st->db_create = master ? DB_CREATE : 0;
 	if (store_open_dbs(st, cause) != 0) {
 		store_close_dbs(st);
@@ -895,6 +897,19 @@ store_txn_commit(struct store_txn *txn)
 		(void)tid->abort(tid);
 		return (STORE_ERROR);
 	}
+	/*
+	 * After a commit that too few replicas acknowledged, a transaction
+	 * that writes nothing would be answered 2xx on data a failover may
+	 * lose (a log-stream batch redelivered after its 503 is all
+	 * duplicates).  Make it write, and so wait for the acknowledgements,
+	 * which cover every earlier commit, until one is acknowledged.
+	 */
+	if (st->unacked && store_meta_put(txn, STORE_META_ACKED, "") !=
+	    STORE_OK) {
+		free(txn);
+		(void)tid->abort(tid);
+		return (STORE_ERROR);
+	}
 	r = store_result(st, tid->commit(tid, DB_TXN_NOSYNC), "commit");
 	/*
 	 * Committed here, but too few replicas acknowledged it (repl.c): it
@@ -903,6 +918,8 @@ store_txn_commit(struct store_txn *txn)
 	acked = repl_perm_failures() == perm;
 	if (r == STORE_OK && !acked)
 		log_warnx("store: commit not acknowledged by enough replicas");
+	if (r == STORE_OK)
+		st->unacked = !acked;
 	if (r == STORE_OK) {
 		st->counts.claims += (uint64_t)txn->d_claims;
 		st->counts.active += (uint64_t)txn->d_active;

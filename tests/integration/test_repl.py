@@ -269,6 +269,17 @@ class ReplFailoverTests(GroupTestCase):
             self.assertEqual((r.status, r.json),
                              (503, {"error": "unavailable"}), str(r))
         self.assertGreater(m.ask("status")["replication"]["perm_failed"], 0)
+        # A batch answered 503 was committed here all the same: delivered
+        # again, its events are duplicates and change nothing, and still
+        # the answer must not be 2xx (a failover may lose the first).
+        batch = json.dumps([{"log_id": "90020261128000000001", "data": {
+            "type": "s", "date": "2026-11-28T00:00:00.000Z"}}]).encode()
+        for _ in range(2):
+            r = m.request("POST", "/v1/log-stream", batch, {
+                "Authorization": m.log_stream_token,
+                "Content-Type": "application/json"})
+            self.assertEqual((r.status, r.json),
+                             (503, {"error": "unavailable"}), str(r))
         # A lone replica: no master to forward to.
         m.stop()
         a.start()
