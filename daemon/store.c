@@ -269,7 +269,7 @@ store_repl_open(struct store *st, int master, char **cause)
 {
 	struct store_txn	*txn;
 	char			*value = NULL;
-	long long		 v;
+	long long		 v = 0;
 	int			 r;
 
 	*cause = NULL;
@@ -299,6 +299,14 @@ store_repl_open(struct store *st, int master, char **cause)
 	}
 	free(value);
 	store_txn_abort(txn);
+	/* An older layout is the master's to upgrade: wait for it. */
+	if (r != STORE_OK || v < STORE_SCHEMA_VERSION) {
+		store_close_dbs(st);
+		xasprintf(cause, "the replicated store in %s has no schema or "
+		    "an older one: waiting for the master to upgrade it",
+		    st->dir);
+		return (STORE_NOTFOUND);
+	}
 	if (store_recount(st) != STORE_OK)
 		goto fail;
 	return (STORE_OK);
