@@ -26,9 +26,11 @@
 
 #define HASH_KEY_LEN	32
 #define HASH_CHECK_INPUT	"phoneclaimd hash key check"
+#define HASH_INDEX_INPUT	"phoneclaimd index key"
 
 static int	hash_create(const char *, char **);
 static int	hash_read(const char *, char **);
+static void	hash_hmac(const char *, const char *, unsigned char *);
 
 static unsigned char	hash_key[HASH_KEY_LEN];
 static int		hash_ready;
@@ -125,6 +127,20 @@ hash_load(const char *path, char **cause)
 	return (0);
 }
 
+/* HMAC-SHA256 of a string under the key, into mac (HASH_DIGEST_LEN). */
+static void
+hash_hmac(const char *who, const char *s, unsigned char *mac)
+{
+	unsigned int	len = HASH_DIGEST_LEN;
+
+	if (!hash_ready)
+		fatalx("%s: no hash key", who);
+	if (HMAC(EVP_sha256(), hash_key, sizeof hash_key,
+	    (const unsigned char *)s, strlen(s), mac, &len) == NULL ||
+	    len != HASH_DIGEST_LEN)
+		fatalx("%s: HMAC-SHA256 failed", who);
+}
+
 /*
  * Write into out (HASH_CHECK_LEN + 1 bytes) the hex HMAC of a fixed string
  * under the key: the store keeps it, so that a start with another key (a
@@ -135,17 +151,27 @@ void
 hash_check(char *out)
 {
 	unsigned char	 mac[HASH_DIGEST_LEN];
-	unsigned int	 len = sizeof mac;
 	size_t		 i;
 
-	if (!hash_ready)
-		fatalx("hash_check: no hash key");
-	if (HMAC(EVP_sha256(), hash_key, sizeof hash_key,
-	    (const unsigned char *)HASH_CHECK_INPUT, strlen(HASH_CHECK_INPUT),
-	    mac, &len) == NULL || len != sizeof mac)
-		fatalx("hash_check: HMAC-SHA256 failed");
+	hash_hmac("hash_check", HASH_CHECK_INPUT, mac);
 	for (i = 0; i < sizeof mac; i++)
 		snprintf(out + 2 * i, 3, "%02x", mac[i]);
+}
+
+/*
+ * Write into out (STORE_INDEX_KEY_LEN bytes) the key of the store's user
+ * and enrolment indexes: the HMAC of another fixed string under the hash
+ * key, cut to 16 bytes.  Every daemon that holds the hash key derives the
+ * same one, as the members of a replication group must.
+ */
+void
+hash_index_key(unsigned char *out)
+{
+	unsigned char	 mac[HASH_DIGEST_LEN];
+
+	hash_hmac("hash_index_key", HASH_INDEX_INPUT, mac);
+	memcpy(out, mac, STORE_INDEX_KEY_LEN);
+	explicit_bzero(mac, sizeof mac);
 }
 
 /* Forget the key. */
@@ -156,18 +182,19 @@ hash_free(void)
 	hash_ready = 0;
 }
 
-/* Compute the key of a number given as an E.164 string. */
+/*
+ * Compute the key of a number given as an E.164 string: the first 16 bytes
+ * of its HMAC-SHA256.  128 bits keep two numbers apart as surely as 256
+ * (a collision among 10^9 numbers has odds of about 10^-21) and take half
+ * the disk in every key and index that holds them.
+ */
 void
 hash_number(const char *e164, unsigned char *out)
 {
-	unsigned int	len = NUMKEY_LEN;
+	unsigned char	mac[HASH_DIGEST_LEN];
 
-	if (!hash_ready)
-		fatalx("hash_number: no hash key");
-	if (HMAC(EVP_sha256(), hash_key, sizeof hash_key,
-	    (const unsigned char *)e164, strlen(e164), out, &len) == NULL ||
-	    len != NUMKEY_LEN)
-		fatalx("hash_number: HMAC-SHA256 failed");
+	hash_hmac("hash_number", e164, mac);
+	memcpy(out, mac, NUMKEY_LEN);
 }
 
 /* Compute the SHA-256 digest of a buffer (used for tokens). */

@@ -28,7 +28,6 @@
 #define EXPIRE_BATCHES		20	/* transactions per run at most */
 #define LIMITS_BATCH		1000	/* reservation windows per transaction */
 #define STOP_GRACE_MS		250	/* to finish answers in flight */
-#define STORE_META_HASH_CHECK	"hash_key_check"	/* in meta.db */
 
 struct main_state {
 	struct event_base	*base;
@@ -49,6 +48,8 @@ static void	main_store_failed(void *);
 static int	main_load_tokens(struct main_state *, char **);
 static int	main_reload(struct main_state *);
 static int	main_check(struct conf *);
+static int	main_hash_load(struct main_state *, char **);
+static void	main_store_keys(const char *);
 static int	main_hash_init(struct main_state *, char **);
 static void	main_start(struct main_state *);
 static void	main_die(int, char *) __attribute__((noreturn));
@@ -417,8 +418,42 @@ main_ready(struct main_state *m)
 }
 
 /*
- * Load the hash key, creating it only for a store that holds nothing keyed
- * by it, and check it against the store.  A new key over existing claims
+ * Load the hash key if it exists, before the store opens: the store derives
+ * the key of its indexes from it, and checks it against its own record of
+ * the key before it migrates or builds an index.  0, or -1 and *cause (a
+ * key file that is not private or not 32 bytes).
+ */
+static int
+main_hash_load(struct main_state *m, char **cause)
+{
+	const char	*path = m->conf->hash_key_file;
+
+	if (access(path, F_OK) != 0 && errno == ENOENT) {
+		store_set_keys(NULL, NULL, path);
+		return (0);
+	}
+	if (hash_load(path, cause) != 0)
+		return (-1);
+	main_store_keys(path);
+	return (0);
+}
+
+/* Give the store the keys that come from the loaded hash key. */
+static void
+main_store_keys(const char *path)
+{
+	unsigned char	ikey[STORE_INDEX_KEY_LEN];
+	char		check[HASH_CHECK_LEN + 1];
+
+	hash_index_key(ikey);
+	hash_check(check);
+	store_set_keys(ikey, check, path);
+	explicit_bzero(ikey, sizeof ikey);
+}
+
+/*
+ * Create the hash key if it is missing, only for a store that holds
+ * nothing keyed by it, and check it against the store.  A new key over existing claims
  * would silently orphan every one of them (each number would hash to a key
  * no claim has): so a missing key, or one that is not the key the store was
  * made with, is fatal and names the file.  The store keeps a check value of
@@ -452,9 +487,12 @@ main_hash_init(struct main_state *m, char **cause)
 		    "orphan every claim)", path, m->conf->state_dir);
 		goto fail;
 	}
-	if ((missing ? hash_init(path, cause) : hash_load(path, cause)) != 0) {
-		status = EXIT_CONFIG;
-		goto fail;
+	if (missing) {
+		if (hash_init(path, cause) != 0) {
+			status = EXIT_CONFIG;
+			goto fail;
+		}
+		main_store_keys(path);
 	}
 	hash_check(check);
 	if (stored != NULL && strcmp(stored, check) != 0) {
@@ -504,6 +542,19 @@ main_start(struct main_state *m)
 	store_set_log_file_size((uint32_t)m->conf->log_file_size);
 	if (repl_init(m->base, m->conf, &cause) != 0)
 		main_die(EXIT_RUNTIME, cause);
+	/*
+	 * Every member of a group must hash numbers with the same key: it is
+	 * made once and copied, never created here.  Checked against the
+	 * store when the role is known (main_repl_cb).
+	 */
+	if (repl_enabled() && access(m->conf->hash_key_file, F_OK) != 0) {
+		xasprintf(&cause, "%s: %s (in a replication group, create the "
+		    "hash key once and copy it to every member)",
+		    m->conf->hash_key_file, strerror(errno));
+		main_die(EXIT_CONFIG, cause);
+	}
+	if (main_hash_load(m, &cause) != 0)
+		main_die(EXIT_CONFIG, cause);
 	if ((m->store = store_open(m->conf->state_dir, &cause)) == NULL)
 		main_die(EXIT_RUNTIME, cause);
 	store_set_fail_cb(m->store, main_store_failed, m);
@@ -511,22 +562,7 @@ main_start(struct main_state *m)
 	if (deadletter_open(path, 0, &cause) != 0)
 		main_die(EXIT_RUNTIME, cause);
 	free(path);
-	if (repl_enabled()) {
-		/*
-		 * Every member must hash numbers with the same key: it is made
-		 * once and copied, never created here.  Checked against the
-		 * store when the role is known (main_repl_cb).
-		 */
-		if (hash_load(m->conf->hash_key_file, &cause) != 0) {
-			char	*why = cause;
-
-			xasprintf(&cause, "%s (in a replication group, create "
-			    "the hash key once and copy it to every member)",
-			    why);
-			free(why);
-			main_die(EXIT_CONFIG, cause);
-		}
-	} else if ((status = main_hash_init(m, &cause)) != 0)
+	if (!repl_enabled() && (status = main_hash_init(m, &cause)) != 0)
 		main_die(status, cause);
 	claims_init(m->store, m->conf);
 	if (claims_exempt_load(m->conf->exempt_numbers_file,

@@ -4,51 +4,63 @@
  * One transactional environment in the state directory, one btree file per
  * database:
  *
- *   claims.db         numkey[32] user_id  ->  claim record
- *   claims_user.db    user_id  ->  claims.db key         (secondary, dupsort)
- *   claims_expiry.db  expires[8]  ->  claims.db key      (secondary, dupsort,
+ *   numbers.db        numkey[16]  ->  number record (every claim on it)
+ *   numbers_user.db   uhash[8]  ->  numkey               (secondary, dupsort)
+ *   numbers_expiry.db expires[8]  ->  numkey             (secondary, dupsort,
  *                     pending claims only)
- *   claims_enrol.db   enrol_id  ->  claims.db key        (secondary, dupsort,
+ *   numbers_enrol.db  ehash[8]  ->  numkey               (secondary, dupsort,
  *                     claims with an enrolment id only)
- *   conflicts.db      numkey[32] user_id  ->  conflict record
+ *   conflicts.db      numkey[16] user_id  ->  conflict record
  *   seen.db           log_id  ->  seen[8]                (seconds)
  *   seen_date.db      seen[8]  ->  seen.db key           (secondary, dupsort)
- *   watermarks.db     user_id [ 0x00 numkey[32] ]  ->  date[8]
+ *   watermarks.db     user_id [ 0x00 numkey[16] ]  ->  date[8]
  *                     (milliseconds; user-wide, or for one number)
  *   verify.db         user_id  ->  verification request
  *   limits.db         user_id  ->  reservation window (start, count)
  *   meta.db           name  ->  value                    (no NULs stored)
  *
- * The number key comes first so that every claim on a number is adjacent and
- * one DB_SET_RANGE finds them all.  The user id follows as raw bytes with no
+ * A number key is the first 16 bytes of the number's HMAC-SHA256.  All the
+ * claims on a number share one record, so that the check-and-reserve reads
+ * one record and the key is stored once however many users hold it; the
+ * claims in it are in user id order.  The user and enrolment indexes are
+ * keyed by uhash and ehash, the SipHash-2-4 of the id under a key derived
+ * from the hash key (so every member of a replication group, which shares
+ * the hash key, has the same): 8 bytes instead of the id, and an index
+ * entry points at a 16-byte number key rather than a whole claim key.
+ * Ids that share a hash share an index key: a lookup reads the records it
+ * points at and keeps the claims whose id matches.  A record with several
+ * claims has several keys in an index (DB_DBT_MULTIPLE), each value once.
+ * This is schema 4 (issue 7): about half the disk of schema 3, which kept
+ * one record per claim under numkey[32] user_id and indexes that held that
+ * whole key; store_migrate.c converts an older store at open.
+ *
+ * A conflict key is the number key, then the user id as raw bytes with no
  * separator or NUL: it may contain any byte but NUL, and its length is the
- * key's length minus 32.  A watermark key needs the NUL separator: without
+ * key's length minus 16.  A watermark key needs the NUL separator: without
  * it, user "a" with a number key K would be the user-wide key of the user
  * "a" K.  With it, the first NUL ends the user id, so no user's per-number
  * key is another user's user-wide key.  Every secondary is maintained by BDB
- * itself (DB->associate): the user index takes the key's tail, the expiry
- * index the expiry field of pending records, the enrolment index a non-empty
- * enrol_id, the seen index the whole seen record; so they can never disagree
- * with their primary.  A secondary missing at open (a state directory of an
- * earlier release) is created and filled from its primary in the opening
- * transaction.  A secondary that exists is trusted: a release that does not
- * know an index must never write to a store that has it, which is what the
- * schema version in meta.db is for.  Schema 3 added verify.db (created
- * empty at open like any missing database) and the removal part of
- * conflict records (format 2; format 1 records still read, as "none").
+ * itself (DB->associate), from the record alone, so they can never disagree
+ * with their primary.  A secondary missing at open is created and filled
+ * from its primary in the opening transaction.  A secondary that exists is
+ * trusted: a release that does not know an index must never write to a
+ * store that has it, which is what the schema version in meta.db is for.
  *
  * Records are packed by hand, never struct images.  Integers are big-endian
  * so the files are portable between machines and so that the 8-byte expiry
  * and seen times sort in time order under BDB's default byte comparison
  * (times are non-negative: a negative expiry would sort last, and a negative
  * seen time is refused).  The first byte is a record format so that a later
- * release can read old records without a dump and reload.  Fixed fields have
- * fixed offsets, strings a 2-byte length; a claim record is 25 bytes plus the
- * enrolment id, since disk per claim matters at scale.  Seen and watermark
- * records are a bare 8-byte integer: there is nothing else they could hold.
+ * release can read old records without a dump and reload.  Disk per claim
+ * matters at scale: a claim in a number record is 8 bytes plus its ids,
+ * with 'since' in 32 bits (seconds until 2106) and an expiry only while
+ * pending.  Seen and watermark records are a bare 8-byte integer: there is
+ * nothing else they could hold.
  *
- *   claim, format 1:     format(1) state(1) source(1) since(8) expires(8)
- *                        last4(4, NUL padded) enrol_len(2) enrol_id
+ *   number, format 2:    format(1) last4(4, NUL padded), then per claim:
+ *                        state(1) source(1) since(4) [expires(8) if pending]
+ *                        user_len(1, or 2 with the top bit set) user_id
+ *                        enrol_len(1) enrol_id
  *   conflict, format 2:  format(1) since(8) last4(4) log_id_len(2) log_id
  *                        nholders(2) { holder_len(2) holder }...
  *                        removal(1) removal_at(8) removal_code(2)
@@ -86,6 +98,7 @@
 
 #include <sys/types.h>
 #include <sys/file.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 
 #include <db.h>
@@ -133,10 +146,10 @@ static const struct {
 	const char	*file;
 	int		 dupsort;
 } store_dbs[STORE_DB_COUNT] = {
-	{ "claims.db", 0 },
-	{ "claims_user.db", 1 },
-	{ "claims_expiry.db", 1 },
-	{ "claims_enrol.db", 1 },
+	{ "numbers.db", 0 },
+	{ "numbers_user.db", 1 },
+	{ "numbers_expiry.db", 1 },
+	{ "numbers_enrol.db", 1 },
 	{ "conflicts.db", 0 },
 	{ "seen.db", 0 },
 	{ "seen_date.db", 1 },
@@ -172,10 +185,11 @@ static int	store_reserve_regions(struct store *, char **);
 static int	store_reserve_region(const char *, unsigned long long, char **);
 static int	store_open_dbs(struct store *, char **);
 static int	store_open_db(struct store *, DB_TXN *, enum store_db);
+static int	store_check_keys(struct store *, DB_TXN *, char **, int *);
 static int	store_check_schema(struct store *, char **);
 static int	store_schema_ok(struct store *, const char *, long long *,
 		    char **);
-static int	store_schema_write(struct store_txn *, long long);
+static int	store_schema_write(struct store_txn *);
 static void	store_close_handles(struct store *);
 static void	store_close_dbs(struct store *);
 static void	*store_flusher_main(void *);
@@ -194,11 +208,22 @@ static const struct {
 	enum store_db	 secondary;
 	int		(*key_cb)(DB *, const DBT *, const DBT *, DBT *);
 } store_indexes[] = {
-	{ STORE_DB_CLAIMS, STORE_DB_CLAIMS_USER, store_user_key_cb },
-	{ STORE_DB_CLAIMS, STORE_DB_CLAIMS_EXPIRY, store_expiry_key_cb },
-	{ STORE_DB_CLAIMS, STORE_DB_CLAIMS_ENROL, store_enrol_key_cb },
+	{ STORE_DB_NUMBERS, STORE_DB_NUMBERS_USER, store_user_key_cb },
+	{ STORE_DB_NUMBERS, STORE_DB_NUMBERS_EXPIRY, store_expiry_key_cb },
+	{ STORE_DB_NUMBERS, STORE_DB_NUMBERS_ENROL, store_enrol_key_cb },
 	{ STORE_DB_SEEN, STORE_DB_SEEN_DATE, store_seen_key_cb }
 };
+
+/* The keys of the stores opened from now on: see store_set_keys. */
+enum store_keys {
+	STORE_KEYS_DEFAULT,	/* never set: a zero index key, no checks */
+	STORE_KEYS_LOADED,	/* the hash key is loaded */
+	STORE_KEYS_MISSING	/* there is no hash key yet */
+};
+static enum store_keys	store_keys = STORE_KEYS_DEFAULT;
+static char		store_hash_check[HASH_CHECK_LEN + 1];
+static const char	*store_key_file = "hash.key";
+unsigned char		store_index_key[STORE_INDEX_KEY_LEN];
 
 static uint64_t	store_cache_size = STORE_CACHE_SIZE;
 static uint32_t	store_log_file_size = STORE_LOG_FILE_SIZE;
@@ -224,6 +249,34 @@ void
 store_set_log_file_size(uint32_t bytes)
 {
 	store_log_file_size = bytes;
+}
+
+/*
+ * Say what the hash key is for the stores opened from now on.  index_key
+ * (STORE_INDEX_KEY_LEN bytes, derived from the hash key by hash_index_key)
+ * keys the user and enrolment indexes; check is hash_check's string, which
+ * the store keeps in meta.db; key_file names the key in messages.  With
+ * index_key NULL there is no key yet: a store that holds data is refused
+ * at open.  Either way the open refuses a key that is not the store's
+ * before it migrates or builds an index, which would key them wrongly.
+ * The daemon calls this before store_open and again once it has created a
+ * key; a program that never calls it gets a zero index key and no checks
+ * (the store's own unit tests).
+ */
+void
+store_set_keys(const unsigned char *index_key, const char *check,
+    const char *key_file)
+{
+	store_key_file = key_file;
+	if (index_key == NULL) {
+		store_keys = STORE_KEYS_MISSING;
+		explicit_bzero(store_index_key, sizeof store_index_key);
+		store_hash_check[0] = '\0';
+		return;
+	}
+	store_keys = STORE_KEYS_LOADED;
+	memcpy(store_index_key, index_key, STORE_INDEX_KEY_LEN);
+	snprintf(store_hash_check, sizeof store_hash_check, "%s", check);
 }
 
 /* Open (creating if needed) the store in dir; NULL and *cause on failure. */
@@ -551,6 +604,13 @@ store_open_dbs(struct store *st, char **cause)
 		if ((ret = store_open_db(st, tid, i)) != 0)
 			goto fail;
 	}
+	what = "meta.db";
+	if (store_check_keys(st, tid, cause, &ret) != 0) {
+		if (ret != 0)
+			goto fail;
+		tid->abort(tid);
+		return (-1);
+	}
 	for (i = 0; i < sizeof store_indexes / sizeof store_indexes[0]; i++) {
 		pdb = st->db[store_indexes[i].primary];
 		sdb = st->db[store_indexes[i].secondary];
@@ -605,6 +665,82 @@ store_open_db(struct store *st, DB_TXN *tid, enum store_db which)
 }
 
 /*
+ * Check the keys the store is opened with against what it holds, before
+ * anything reads or builds an index or migrates: the hash key check in
+ * meta.db must be the loaded key's, and a store with data needs a key.
+ * 0, or -1 and *cause (naming the key file), or a Berkeley DB error.
+ */
+static int
+store_check_keys(struct store *st, DB_TXN *tid, char **cause, int *dberr)
+{
+	DB		*meta = st->db[STORE_DB_META];
+	DB		*num = st->db[STORE_DB_NUMBERS];
+	unsigned char	 k[NUMKEY_LEN];
+	DBT		 key, data;
+	size_t		 len;
+	int		 ret, stored, data_held;
+
+	*dberr = 0;
+	if (store_keys == STORE_KEYS_DEFAULT)
+		return (0);
+	store_dbt(&key, STORE_META_HASH_CHECK, strlen(STORE_META_HASH_CHECK));
+	memset(&data, 0, sizeof data);
+	ret = meta->get(meta, tid, &key, &data, 0);
+	if (ret != 0 && ret != DB_NOTFOUND)
+		return (*dberr = ret);
+	stored = ret == 0;
+	if (store_keys == STORE_KEYS_LOADED) {
+		if (stored && (data.size != strlen(store_hash_check) ||
+		    memcmp(data.data, store_hash_check, data.size) != 0)) {
+			xasprintf(cause, "hash key %s is not the key the store "
+			    "in %s was made with: restore the right key",
+			    store_key_file, st->dir);
+			return (-1);
+		}
+		return (0);
+	}
+	ret = store_end_key(num, tid, DB_FIRST, k, sizeof k, &len);
+	if (ret != 0 && ret != DB_NOTFOUND && ret != DB_BUFFER_SMALL)
+		return (*dberr = ret);
+	data_held = ret != DB_NOTFOUND || store_file_exists(st, "claims.db");
+	if (stored || data_held) {
+		xasprintf(cause, "hash key %s is missing, but the store in %s "
+		    "holds data keyed by it: restore the key (a new key would "
+		    "orphan every claim)", store_key_file, st->dir);
+		return (-1);
+	}
+	return (0);
+}
+
+/*
+ * Read the first or the last key of db (op DB_FIRST or DB_LAST) into buf,
+ * of size bytes, and its length into *len: 0, DB_NOTFOUND if db is empty,
+ * DB_BUFFER_SMALL if the key is longer than size, or another error.
+ */
+int
+store_end_key(DB *db, DB_TXN *tid, u_int32_t op, void *buf, size_t size,
+    size_t *len)
+{
+	DBC	*dbc;
+	DBT	 key, data;
+	int	 ret, r;
+
+	if ((ret = db->cursor(db, tid, &dbc, 0)) != 0)
+		return (ret);
+	memset(&key, 0, sizeof key);
+	key.data = buf;
+	key.ulen = (u_int32_t)size;
+	key.flags = DB_DBT_USERMEM;
+	memset(&data, 0, sizeof data);
+	data.flags = DB_DBT_PARTIAL;
+	if ((ret = dbc->get(dbc, &key, &data, op)) == 0)
+		*len = key.size;
+	if ((r = dbc->close(dbc)) != 0 && (ret == 0 || ret == DB_NOTFOUND))
+		ret = r;
+	return (ret);
+}
+
+/*
  * Write the schema version into a new store, raise an older one to ours
  * (the open has just built any index it lacked), refuse a newer one.
  */
@@ -625,8 +761,14 @@ store_check_schema(struct store *st, char **cause)
 		return (-1);
 	}
 	free(value);
-	if (r == STORE_NOTFOUND || (r == STORE_OK && v < STORE_SCHEMA_VERSION))
-		r = store_schema_write(txn, v);
+	if ((r == STORE_OK && v < STORE_SCHEMA_VERSION) ||
+	    (r == STORE_NOTFOUND && store_file_exists(st, "claims.db"))) {
+		/* An older layout: migrate, in transactions of its own. */
+		store_txn_abort(txn);
+		return (store_migrate(st, v, cause));
+	}
+	if (r == STORE_NOTFOUND)
+		r = store_schema_write(txn);
 	if (r != STORE_OK) {
 		store_txn_abort(txn);
 		goto fail;
@@ -665,9 +807,9 @@ store_schema_ok(struct store *st, const char *value, long long *vp,
 	return (0);
 }
 
-/* Write our schema version over old (0: a new store). */
+/* Write our schema version into a new store. */
 static int
-store_schema_write(struct store_txn *txn, long long old)
+store_schema_write(struct store_txn *txn)
 {
 	char	version[32];
 	int	r;
@@ -675,13 +817,23 @@ store_schema_write(struct store_txn *txn, long long old)
 	snprintf(version, sizeof version, "%d", STORE_SCHEMA_VERSION);
 	if ((r = store_meta_put(txn, STORE_META_SCHEMA, version)) != STORE_OK)
 		return (r);
-	if (old == 0)
-		log_info("store: created in %s, schema version %s",
-		    txn->st->dir, version);
-	else
-		log_info("store: %s upgraded from schema version %lld to %s",
-		    txn->st->dir, old, version);
+	log_info("store: created in %s, schema version %s", txn->st->dir,
+	    version);
 	return (STORE_OK);
+}
+
+/* 1 if a file of that name is in the state directory. */
+int
+store_file_exists(struct store *st, const char *file)
+{
+	struct stat	 sb;
+	char		*path;
+	int		 r;
+
+	xasprintf(&path, "%s/%s", st->dir, file);
+	r = stat(path, &sb) == 0;
+	free(path);
+	return (r);
 }
 
 /* Close the store: databases, a final checkpoint, the environment. */
@@ -1300,10 +1452,7 @@ store_count_all(struct store *st, struct store_txn *txn)
 	time_t			 t0 = time(NULL);
 	int			 ret;
 
-	ret = store_count_db(st->db[STORE_DB_CLAIMS], tid, &c->claims);
-	if (ret == 0)
-		ret = store_count_db(st->db[STORE_DB_CLAIMS_EXPIRY], tid,
-		    &c->pending);
+	ret = store_claims_count(st, tid, &c->claims, &c->pending);
 	if (ret == 0)
 		ret = store_count_db(st->db[STORE_DB_CONFLICTS], tid,
 		    &c->conflicts);

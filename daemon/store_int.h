@@ -10,17 +10,23 @@
 #define STORE_DIR_MODE		0700
 #define STORE_FILE_MODE		0600
 
-/* Claim record, format 1. */
-#define CLAIM_FORMAT		1
-#define CLAIM_OFF_STATE		1
-#define CLAIM_OFF_SOURCE	2
-#define CLAIM_OFF_SINCE		3
-#define CLAIM_OFF_EXPIRES	11
-#define CLAIM_OFF_LAST4		19
-#define CLAIM_OFF_ENROL_LEN	23
-#define CLAIM_OFF_ENROL		25
-#define CLAIM_REC_MAX		(CLAIM_OFF_ENROL + ENROL_ID_MAX)
+/*
+ * Number record, format 2 (numbers.db): the claims on one number.  The
+ * fixed part, then one entry per holder in user id order; an entry is
+ * state(1) source(1) since(4) [expires(8), pending only] user_len(1 or 2)
+ * user_id enrol_len(1) enrol_id.  A user_len below 0x80 is one byte; a
+ * longer one is two, big-endian, with the top bit set.
+ */
+#define NUMBER_FORMAT		2
+#define NUMBER_OFF_LAST4	1
+#define NUMBER_OFF_ENTRIES	(NUMBER_OFF_LAST4 + LAST4_LEN)
+#define NUMBER_ENTRY_FIXED	6	/* state, source, since */
+#define NUMBER_ENTRY_MAX	(NUMBER_ENTRY_FIXED + 8 + 2 + USER_ID_MAX + \
+				    1 + ENROL_ID_MAX)
 #define CLAIM_KEY_MAX		(NUMKEY_LEN + USER_ID_MAX)
+
+/* The keys of the user and enrolment indexes: a keyed 64-bit hash. */
+#define INDEX_HASH_LEN		8
 
 /* Conflict record, format 2: the fixed part before the holders. */
 #define CONFLICT_FORMAT		2
@@ -47,10 +53,10 @@
 #define WATERMARK_KEY_MAX	(USER_ID_MAX + 1 + NUMKEY_LEN)
 
 enum store_db {
-	STORE_DB_CLAIMS,
-	STORE_DB_CLAIMS_USER,
-	STORE_DB_CLAIMS_EXPIRY,
-	STORE_DB_CLAIMS_ENROL,
+	STORE_DB_NUMBERS,
+	STORE_DB_NUMBERS_USER,
+	STORE_DB_NUMBERS_EXPIRY,
+	STORE_DB_NUMBERS_ENROL,
 	STORE_DB_CONFLICTS,
 	STORE_DB_SEEN,
 	STORE_DB_SEEN_DATE,
@@ -97,7 +103,10 @@ struct store_txn {
 };
 
 /* store.c */
+extern unsigned char	store_index_key[STORE_INDEX_KEY_LEN];
 int	store_env_config(DB_ENV *, uint64_t);
+int	store_file_exists(struct store *, const char *);
+int	store_end_key(DB *, DB_TXN *, u_int32_t, void *, size_t, size_t *);
 int	store_result(struct store *, int, const char *);
 int	store_cursor_done(struct store *, DBC *, int, const char *);
 void	store_dbt(DBT *, const void *, size_t);
@@ -106,11 +115,18 @@ size_t	store_get_u16(const unsigned char *);
 void	store_put_i64(unsigned char *, int64_t);
 int64_t	store_get_i64(const unsigned char *);
 
-/* Index keys (store_claims.c, store_events.c), the backup's end. */
+/* store_claims.c: index keys, counting, the record of a number. */
 int	store_user_key_cb(DB *, const DBT *, const DBT *, DBT *);
 int	store_expiry_key_cb(DB *, const DBT *, const DBT *, DBT *);
 int	store_enrol_key_cb(DB *, const DBT *, const DBT *, DBT *);
+void	store_index_hash(const void *, size_t, unsigned char *);
+int	store_claims_count(struct store *, DB_TXN *, uint64_t *, uint64_t *);
+int	store_number_pack(const struct claim *, size_t, unsigned char **,
+	    size_t *);
+
+/* store_events.c, store_backup.c, store_migrate.c */
 int	store_seen_key_cb(DB *, const DBT *, const DBT *, DBT *);
 void	store_backup_stop(struct store *);
+int	store_migrate(struct store *, long long, char **);
 
 #endif /* STORE_INT_H */

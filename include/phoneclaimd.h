@@ -21,7 +21,7 @@
 #define PHONECLAIMD_CONF	"/etc/phoneclaimd/phoneclaimd.conf"
 
 /* Sizes of the things a claim is made of. */
-#define NUMKEY_LEN	32	/* HMAC-SHA256 of the E.164 number */
+#define NUMKEY_LEN	16	/* HMAC-SHA256 of the E.164 number, cut */
 #define USER_ID_MAX	512	/* bytes of UTF-8 */
 #define LAST4_LEN	4
 #define ENROL_ID_MAX	128
@@ -103,12 +103,15 @@ const char	*conf_mode_name(int);
 /* hash.c */
 #define HASH_DIGEST_LEN	32
 #define HASH_CHECK_LEN	(2 * HASH_DIGEST_LEN)	/* hex, without the NUL */
+#define STORE_INDEX_KEY_LEN	16	/* SipHash key of the store's indexes */
+#define STORE_META_HASH_CHECK	"hash_key_check"	/* in meta.db */
 
 int		 hash_init(const char *, char **);
 int		 hash_load(const char *, char **);
 void		 hash_check(char *);
 void		 hash_free(void);
 void		 hash_number(const char *, unsigned char *);
+void		 hash_index_key(unsigned char *);
 void		 hash_digest(const void *, size_t, unsigned char *);
 int		 hash_digest_equal(const unsigned char *, const unsigned char *);
 
@@ -132,7 +135,7 @@ char		*json_text(struct yajl_val_s *, size_t *);
 #define STORE_EXISTS	-4	/* a seen log id was seen before */
 #define STORE_FULL	-5	/* too many verifications waiting */
 
-#define STORE_SCHEMA_VERSION	3
+#define STORE_SCHEMA_VERSION	4
 
 enum claim_state {
 	CLAIM_PENDING = 1,
@@ -208,6 +211,8 @@ struct store_backup_result {
 };
 
 void		 store_set_cache_size(uint64_t);
+void		 store_set_keys(const unsigned char *, const char *,
+		    const char *);
 void		 store_set_log_file_size(uint32_t);
 struct store	*store_open(const char *, char **);
 void		 store_close(struct store *);

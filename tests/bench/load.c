@@ -158,7 +158,8 @@ main(int argc, char *argv[])
 {
 	struct store		*st;
 	struct store_counts	 counts;
-	char			*cause, *end;
+	unsigned char		 ikey[STORE_INDEX_KEY_LEN];
+	char			*cause, *end, check[HASH_CHECK_LEN + 1];
 	unsigned long long	 n;
 	uint64_t		 done, next;
 	double			 t0, t1, tlast;
@@ -193,13 +194,16 @@ main(int argc, char *argv[])
 	log_init(1, LOG_LEVEL_WARNING);
 
 	t0 = load_now();
-	if ((st = store_open(argv[0], &cause)) == NULL) {
+	/* The key first: the store derives its index key from it. */
+	if (hash_init(argv[1], &cause) != 0) {
 		fprintf(stderr, "bench-load: %s\n", cause);
 		return (1);
 	}
-	if (hash_init(argv[1], &cause) != 0) {
+	hash_index_key(ikey);
+	hash_check(check);
+	store_set_keys(ikey, check, argv[1]);
+	if ((st = store_open(argv[0], &cause)) == NULL) {
 		fprintf(stderr, "bench-load: %s\n", cause);
-		store_close(st);
 		return (1);
 	}
 	printf("bench-load: store opened in %.3f s; %llu claims, %ld%% "

@@ -457,6 +457,37 @@ def _die_with_parent():
         pass
 
 
+def fakeclock_shim():
+    """The path of tests/tools/fakeclock.so (FAKECLOCK), or None."""
+    shim = os.environ.get("FAKECLOCK")
+    return shim if shim and os.path.exists(shim) else None
+
+
+def use_fakeclock(daemon, offset_file, seconds=0):
+    """Run daemon under fakeclock.so from its next start: its wall clock
+    is moved by the number of seconds in offset_file, written here first
+    and by set_fakeclock later (the monotonic clocks are left alone)."""
+    set_fakeclock(offset_file, seconds)
+    real = daemon.command
+    env = {"LD_PRELOAD": fakeclock_shim(), "FAKECLOCK_FILE": offset_file,
+           # An ASan daemon: the shim comes before its runtime.
+           "ASAN_OPTIONS": "verify_asan_link_order=0:" +
+           os.environ.get("ASAN_OPTIONS", "")}
+
+    def command(*args):
+        return ["env"] + ["%s=%s" % kv for kv in env.items()] + \
+            real(*args)
+    daemon.command = command
+
+
+def set_fakeclock(offset_file, seconds):
+    """Move the clock of a daemon under fakeclock.so, at once."""
+    tmp = offset_file + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("%d\n" % seconds)
+    os.rename(tmp, offset_file)
+
+
 class DaemonError(Exception):
     """The daemon failed to start."""
 

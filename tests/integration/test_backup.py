@@ -45,8 +45,8 @@ LOADED = 200000		# claims written by bench-load before the start
 LOAD_TIMEOUT = 240	# seconds bench-load may take on a busy machine
 CTL_TIMEOUT = 180	# seconds a backup may take on a busy machine
 LOG_FILE_SIZE = 262144	# bytes, for DiskTests
-STATE_FILES = {"claims.db", "claims_user.db", "claims_expiry.db",
-               "claims_enrol.db", "conflicts.db", "seen.db", "seen_date.db",
+STATE_FILES = {"numbers.db", "numbers_user.db", "numbers_expiry.db",
+               "numbers_enrol.db", "conflicts.db", "seen.db", "seen_date.db",
                "watermarks.db", "verify.db", "limits.db", "meta.db",
                "hash.key"}
 

@@ -127,7 +127,7 @@ class BenchTests(DaemonTestCase):
             self.assertTrue(50 <= sc[key] <= 2000, "%s %r" % (key, sc))
         self.assertGreater(sc["log_bytes"], 0)
         self.assertGreater(sc["dir_bytes"], sc["db_bytes"])
-        self.assertIn("claims.db", sc["files"])
+        self.assertIn("numbers.db", sc["files"])
         self.assertEqual(sum(sc["files"].values()), sc["db_bytes"])
         for key in ("start_s", "restart_s", "load_s", "load_per_s",
                     "rss_kb_start", "rss_kb_after", "hwm_kb"):

@@ -225,23 +225,23 @@ class StoreFileTests(DaemonTestCase):
     def test_claims_db_unreadable(self):
         # Root reads any file: a directory in its place cannot be read.
         d, held = self.make_store()
-        path = os.path.join(d.state_dir, "claims.db")
+        path = os.path.join(d.state_dir, "numbers.db")
         os.rename(path, path + ".saved")
         os.mkdir(path)
-        self.assertFatal(d, "claims.db")
+        self.assertFatal(d, "numbers.db")
         self.assertEqual(os.listdir(path), [], "something wrote in it")
         os.rmdir(path)
         os.rename(path + ".saved", path)
         self.assertIntact(d, held)
 
     def test_claims_db_unreadable_without_root_powers(self):
-        # Mode 000 on claims.db, the daemon started without the
+        # Mode 000 on numbers.db, the daemon started without the
         # capabilities that let root ignore file modes.
         setpriv = shutil.which("setpriv")
         if os.geteuid() != 0 or setpriv is None:
             self.skipTest("needs root and setpriv")
         d, held = self.make_store()
-        path = os.path.join(d.state_dir, "claims.db")
+        path = os.path.join(d.state_dir, "numbers.db")
         os.chmod(path, 0)
         real = d.command
 
@@ -250,7 +250,7 @@ class StoreFileTests(DaemonTestCase):
                     "--bounding-set=-dac_override,-dac_read_search"] + \
                 real(*args)
         d.command = command
-        stderr = self.assertFatal(d, "claims.db")
+        stderr = self.assertFatal(d, "numbers.db")
         self.assertIn("Permission denied", stderr)
         os.chmod(path, 0o600)
         d.command = real
@@ -258,16 +258,16 @@ class StoreFileTests(DaemonTestCase):
 
     def test_claims_db_garbage(self):
         d, _ = self.make_store()
-        path = os.path.join(d.state_dir, "claims.db")
+        path = os.path.join(d.state_dir, "numbers.db")
         with open(path, "r+b") as f:
             f.write(os.urandom(4096))
-        self.assertFatal(d, "claims.db")
+        self.assertFatal(d, "numbers.db")
 
     def test_claims_db_truncated(self):
         d, _ = self.make_store()
-        path = os.path.join(d.state_dir, "claims.db")
+        path = os.path.join(d.state_dir, "numbers.db")
         os.truncate(path, 100)
-        self.assertFatal(d, "claims.db")
+        self.assertFatal(d, "numbers.db")
 
     def test_log_file_garbage(self):
         d, _ = self.make_store()
@@ -320,34 +320,18 @@ class ClockTests(DaemonTestCase):
     """The wall clock jumps under a running daemon (fakeclock.so)."""
 
     def setUp(self):
-        shim = os.environ.get("FAKECLOCK")
-        if not shim or not os.path.exists(shim):
+        if harness.fakeclock_shim() is None:
             self.skipTest("FAKECLOCK is not set (run through make check)")
-        self.shim = shim
 
     def clock_daemon(self, **conf):
         d = self.own_daemon(start=False, **conf)
         self.offset_file = d.path("clock-offset")
-        self.set_offset(0)
-        real = d.command
-        env = {"LD_PRELOAD": self.shim,
-               "FAKECLOCK_FILE": self.offset_file,
-               # An ASan daemon: the shim comes before its runtime.
-               "ASAN_OPTIONS": "verify_asan_link_order=0:" +
-               os.environ.get("ASAN_OPTIONS", "")}
-
-        def command(*args):
-            return ["env"] + ["%s=%s" % kv for kv in env.items()] + \
-                real(*args)
-        d.command = command
+        harness.use_fakeclock(d, self.offset_file)
         d.start()
         return d
 
     def set_offset(self, seconds):
-        tmp = self.offset_file + ".tmp"
-        with open(tmp, "w") as f:
-            f.write("%d\n" % seconds)
-        os.rename(tmp, self.offset_file)
+        harness.set_fakeclock(self.offset_file, seconds)
 
     def test_the_shim_moves_the_clock(self):
         d = self.clock_daemon(pending_ttl=TTL)

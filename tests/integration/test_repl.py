@@ -154,7 +154,7 @@ class ReplGroupTests(GroupTestCase):
         target = replica.path("bk")
         ans = replica.ask("backup " + target, timeout=60)
         self.assertEqual(ans.get("result"), "done", ans)
-        self.assertIn("claims.db", os.listdir(target))
+        self.assertIn("meta.db", os.listdir(target))
 
     def test_status_and_metrics(self):
         g, m = self.group, self.master

@@ -58,12 +58,19 @@ test_key_reused_and_hmac(void **state)
 	assert_int_equal(hash_init(path, &cause), 0);
 	hash_number("+447700900123", a);
 	hash_number("+447700900123", b);
-	assert_memory_equal(a, b, 32);
+	assert_memory_equal(a, b, NUMKEY_LEN);
+	/* The key of a number is the first 16 bytes of its HMAC-SHA256. */
 	HMAC(EVP_sha256(), key, 32, (const unsigned char *)"+447700900123",
 	    13, want, &len);
-	assert_memory_equal(a, want, 32);
+	assert_int_equal(NUMKEY_LEN, 16);
+	assert_memory_equal(a, want, NUMKEY_LEN);
 	hash_number("+447700900124", b);
-	assert_memory_not_equal(a, b, 32);
+	assert_memory_not_equal(a, b, NUMKEY_LEN);
+	/* The index key: 16 bytes of the HMAC of its own fixed string. */
+	hash_index_key(a);
+	HMAC(EVP_sha256(), key, 32, (const unsigned char *)
+	    "phoneclaimd index key", 21, want, &len);
+	assert_memory_equal(a, want, STORE_INDEX_KEY_LEN);
 	hash_free();
 	unit_rmtree(dir);
 	free(path);

@@ -311,7 +311,7 @@ test_reopen_keeps_data(void **state)
 	assert_int_equal(n, 2);
 	free(arr);
 
-	snprintf(path, sizeof path, "%s/claims.db", f->dir);
+	snprintf(path, sizeof path, "%s/numbers.db", f->dir);
 	assert_int_equal(stat(path, &sb), 0);
 	assert_int_equal(sb.st_mode & 077, 0);
 }
@@ -569,8 +569,9 @@ test_enrol_id_round_trip(void **state)
 	c[0].enrol_id[0] = '|';
 	c[0].source = CLAIM_SRC_IMPORT;
 	snprintf(c[0].last4, sizeof c[0].last4, "0012");
-	mkclaim(&c[1], k, "v", CLAIM_ACTIVE, -1, 0);
-	snprintf(c[1].last4, sizeof c[1].last4, "9");
+	/* The last 4 digits are the number's: a claim without them gets them. */
+	mkclaim(&c[1], k, "v", CLAIM_ACTIVE, 0, 0);
+	c[1].last4[0] = '\0';
 	c[1].source = CLAIM_SRC_ADMIN;
 	put_claims(f->st, c, 2);
 	st_reopen(f);
@@ -578,6 +579,7 @@ test_enrol_id_round_trip(void **state)
 	assert_int_equal(get_by_number(f->st, k, &arr), 2);
 	assert_int_equal(strlen(arr[0].enrol_id), ENROL_ID_MAX);
 	assert_claim_equal(&arr[0], &c[0]);
+	snprintf(c[1].last4, sizeof c[1].last4, "0012");
 	assert_claim_equal(&arr[1], &c[1]);
 	free(arr);
 }
@@ -600,6 +602,11 @@ test_invalid_claim(void **state)
 	assert_int_equal(store_claim_put(txn, &c), STORE_ERROR);
 	mkclaim(&c, k, "u", CLAIM_ACTIVE, 1, 0);
 	memset(c.enrol_id, 'e', sizeof c.enrol_id);
+	assert_int_equal(store_claim_put(txn, &c), STORE_ERROR);
+	/* 'since' is kept in 32 bits: 1970 to 2106. */
+	mkclaim(&c, k, "u", CLAIM_ACTIVE, -1, 0);
+	assert_int_equal(store_claim_put(txn, &c), STORE_ERROR);
+	mkclaim(&c, k, "u", CLAIM_ACTIVE, INT64_C(4294967296), 0);
 	assert_int_equal(store_claim_put(txn, &c), STORE_ERROR);
 	assert_int_equal(store_txn_commit(txn), STORE_OK);
 	assert_int_equal(get_by_number(f->st, k, &arr), 0);
@@ -1255,19 +1262,18 @@ deadlock_child(const char *dir, int go, int ready)
 	DB		*claims, *meta;
 	DB_TXN		*tid;
 	DBT		 key, data;
-	unsigned char	 kbuf[NUMKEY_LEN + 6];
+	unsigned char	 kbuf[NUMKEY_LEN];
 	char		 b;
 
 	if (read(go, &b, 1) != 1 || db_env_create(&env, 0) != 0 ||
 	    env->open(env, dir, 0, 0) != 0 || db_create(&claims, env, 0) != 0 ||
-	    claims->open(claims, NULL, "claims.db", NULL, DB_BTREE,
+	    claims->open(claims, NULL, "numbers.db", NULL, DB_BTREE,
 	    DB_AUTO_COMMIT, 0) != 0 || db_create(&meta, env, 0) != 0 ||
 	    meta->open(meta, NULL, "meta.db", NULL, DB_BTREE, DB_AUTO_COMMIT,
 	    0) != 0 || env->txn_begin(env, NULL, &tid, 0) != 0 ||
 	    tid->set_priority(tid, UINT32_MAX) != 0)
 		return (1);
 	numkey(kbuf, 600);
-	memcpy(kbuf + NUMKEY_LEN, "victim", 6);
 	memset(&key, 0, sizeof key);
 	memset(&data, 0, sizeof data);
 	key.data = kbuf;
@@ -1493,9 +1499,9 @@ test_delete_active(void **state)
 	assert_int_equal(get_by_enrol(f->st, "sms|dev_2", &arr), 0);
 	store_close(f->st);
 	f->st = NULL;
-	assert_int_equal(raw_count(f->dir, "claims_user.db"), 0);
-	assert_int_equal(raw_count(f->dir, "claims_expiry.db"), 0);
-	assert_int_equal(raw_count(f->dir, "claims_enrol.db"), 0);
+	assert_int_equal(raw_count(f->dir, "numbers_user.db"), 0);
+	assert_int_equal(raw_count(f->dir, "numbers_expiry.db"), 0);
+	assert_int_equal(raw_count(f->dir, "numbers_enrol.db"), 0);
 }
 
 /* Add a seen log id in a transaction of its own; return the result. */
@@ -1858,8 +1864,9 @@ test_by_enrol(void **state)
 	assert_int_equal(get_by_enrol(f->st, big, &arr), 0);
 	store_close(f->st);
 	f->st = NULL;
-	assert_int_equal(raw_count(f->dir, "claims.db"), 5);
-	assert_int_equal(raw_count(f->dir, "claims_enrol.db"), 4);
+	/* One record per number; one index key per number and id. */
+	assert_int_equal(raw_count(f->dir, "numbers.db"), 4);
+	assert_int_equal(raw_count(f->dir, "numbers_enrol.db"), 4);
 }
 
 /* Changing a claim's enrolment id moves it in the index; delete drops it. */
@@ -1907,8 +1914,8 @@ test_by_enrol_moves(void **state)
 	store_close(f->st);
 	f->st = NULL;
 	/* Of the 2 claims left, only u1 on k[2] has an enrolment id. */
-	assert_int_equal(raw_count(f->dir, "claims.db"), 2);
-	assert_int_equal(raw_count(f->dir, "claims_enrol.db"), 1);
+	assert_int_equal(raw_count(f->dir, "numbers.db"), 2);
+	assert_int_equal(raw_count(f->dir, "numbers_enrol.db"), 1);
 }
 
 /* Fill the i-th claim of the big transaction: distinct, scattered keys. */
@@ -2016,9 +2023,9 @@ test_reopen_new_data(void **state)
 }
 
 /*
- * A state directory of the previous release has neither claims_enrol.db
- * nor seen_date.db: the open builds them from claims.db and seen.db, with
- * not a word from Berkeley DB.
+ * A state directory that lacks an index (numbers_enrol.db, seen_date.db)
+ * gets it built at open from its primary, with not a word from Berkeley
+ * DB.
  */
 static void
 test_missing_indexes_built(void **state)
@@ -2042,7 +2049,7 @@ test_missing_indexes_built(void **state)
 	assert_int_equal(seen_add(f->st, "c", 10), STORE_OK);
 	store_close(f->st);
 	f->st = NULL;
-	snprintf(path, sizeof path, "%s/claims_enrol.db", f->dir);
+	snprintf(path, sizeof path, "%s/numbers_enrol.db", f->dir);
 	assert_int_equal(unlink(path), 0);
 	snprintf(path, sizeof path, "%s/seen_date.db", f->dir);
 	assert_int_equal(unlink(path), 0);
@@ -2067,7 +2074,8 @@ test_missing_indexes_built(void **state)
 	st_reopen(f);
 	store_close(f->st);
 	f->st = NULL;
-	assert_int_equal(raw_count(f->dir, "claims_enrol.db"), 2);
+	/* Two claims of one number with one enrolment id: one key. */
+	assert_int_equal(raw_count(f->dir, "numbers_enrol.db"), 1);
 	assert_int_equal(raw_count(f->dir, "seen_date.db"), 1);
 }
 
@@ -2104,6 +2112,241 @@ assert_counts(struct store *st, uint64_t claims, uint64_t active,
 	assert_int_equal(c.active, active);
 	assert_int_equal(c.pending, pending);
 	assert_int_equal(c.conflicts, conflicts);
+}
+
+/*
+ * The migration from schema 3: claims.db (numkey[32] user -> record format
+ * 1) written here with BDB itself, as the release before wrote it.
+ */
+#define MIG_NUMBERS	12000	/* over the 10,000 claims of a batch */
+#define MIG_RESUMED	5	/* numbers copied before the "crash" */
+
+/* The number key of the i-th number of the migration test. */
+static void
+mig_numkey(unsigned char *k, size_t i)
+{
+	memset(k, 0x5a, NUMKEY_LEN);
+	k[0] = (unsigned char)(i >> 8);
+	k[1] = (unsigned char)i;
+}
+
+/* The j-th claim (0 or 1) on the i-th number; every 10th has two. */
+static void
+mig_claim(struct claim *c, size_t i, int j)
+{
+	unsigned char	k[NUMKEY_LEN];
+	char		user[32];
+
+	mig_numkey(k, i);
+	snprintf(user, sizeof user, "auth0|m%zu%s", i, j ? "b" : "a");
+	mkclaim(c, k, user, i % 7 == 0 ? CLAIM_PENDING : CLAIM_ACTIVE,
+	    1000 + (int64_t)i, i % 7 == 0 ? 5000 + (int64_t)i : 0);
+	if (i % 3 == 0)
+		snprintf(c->enrol_id, sizeof c->enrol_id, "phone|dev_%zu%d",
+		    i, j);
+}
+
+/* Write a big-endian 64-bit integer. */
+static void
+put_be64(unsigned char *p, int64_t v)
+{
+	int	i;
+
+	for (i = 7; i >= 0; i--, v = (int64_t)((uint64_t)v >> 8))
+		p[i] = (unsigned char)v;
+}
+
+/* Write claims.db of schema 3 and set the schema version, store closed. */
+static void
+mig_write_old(struct fixture *f)
+{
+	DB_ENV		*env;
+	DB_TXN		*tid;
+	DB		*db;
+	DBT		 key, data;
+	struct claim	 c;
+	unsigned char	 kbuf[32 + 32], rec[25 + ENROL_ID_MAX];
+	size_t		 i, ulen, elen;
+	int		 j;
+
+	assert_int_equal(db_env_create(&env, 0), 0);
+	assert_int_equal(env->set_lk_max_locks(env, 100000), 0);
+	assert_int_equal(env->set_lk_max_objects(env, 100000), 0);
+	assert_int_equal(env->open(env, f->dir, DB_CREATE | DB_INIT_TXN |
+	    DB_INIT_LOCK | DB_INIT_LOG | DB_INIT_MPOOL | DB_RECOVER, 0600), 0);
+	assert_int_equal(db_create(&db, env, 0), 0);
+	assert_int_equal(env->txn_begin(env, NULL, &tid, 0), 0);
+	assert_int_equal(db->open(db, tid, "claims.db", NULL, DB_BTREE,
+	    DB_CREATE, 0600), 0);
+	for (i = 0; i < MIG_NUMBERS; i++) {
+		for (j = 0; j < (i % 10 == 0 ? 2 : 1); j++) {
+			mig_claim(&c, i, j);
+			ulen = strlen(c.user_id);
+			elen = strlen(c.enrol_id);
+			/* The old 32-byte key: the new 16 bytes, then more. */
+			memcpy(kbuf, c.numkey, NUMKEY_LEN);
+			memset(kbuf + NUMKEY_LEN, 0xee, 32 - NUMKEY_LEN);
+			memcpy(kbuf + 32, c.user_id, ulen);
+			memset(rec, 0, sizeof rec);
+			rec[0] = 1;
+			rec[1] = (unsigned char)c.state;
+			rec[2] = (unsigned char)c.source;
+			put_be64(rec + 3, c.since);
+			put_be64(rec + 11, c.expires);
+			memcpy(rec + 19, c.last4, strlen(c.last4));
+			rec[23] = (unsigned char)(elen >> 8);
+			rec[24] = (unsigned char)elen;
+			memcpy(rec + 25, c.enrol_id, elen);
+			memset(&key, 0, sizeof key);
+			memset(&data, 0, sizeof data);
+			key.data = kbuf;
+			key.size = (u_int32_t)(32 + ulen);
+			data.data = rec;
+			data.size = (u_int32_t)(25 + elen);
+			assert_int_equal(db->put(db, tid, &key, &data, 0), 0);
+		}
+	}
+	assert_int_equal(tid->commit(tid, 0), 0);
+	assert_int_equal(db->close(db, 0), 0);
+	assert_int_equal(env->close(env, 0), 0);
+	raw_meta_put(f, "schema_version", "3");
+}
+
+/*
+ * A store of schema 3 is migrated at open: every claim, with its indexes
+ * and counts; the old files go.  The migration resumes after a crash: the
+ * first numbers were copied already (with a mark the old file has not),
+ * and the open copies only the rest.
+ */
+static void
+test_migrate_schema3(void **state)
+{
+	struct fixture	*f = *state;
+	struct claim	 c, want[MIG_RESUMED], *arr;
+	char		 path[192], user[32];
+	struct stat	 sb;
+	size_t		 i, n, claims = 0, pending = 0;
+	int		 j;
+
+	st_open(f);
+	for (i = 0; i < MIG_RESUMED; i++) {
+		mig_claim(&want[i], i, 0);
+		want[i].since = 7;
+	}
+	put_claims(f->st, want, MIG_RESUMED);
+	store_close(f->st);
+	f->st = NULL;
+	mig_write_old(f);
+	for (i = 0; i < MIG_NUMBERS; i++)
+		for (j = 0; j < (i % 10 == 0 ? 2 : 1); j++) {
+			claims++;
+			pending += i % 7 == 0;
+		}
+	/* The resumed numbers keep what the "first run" wrote. */
+	for (i = 0; i < MIG_RESUMED; i++) {
+		claims -= i % 10 == 0;
+		pending -= i % 10 == 0 && i % 7 == 0;
+	}
+
+	st_open(f);
+	assert_counts(f->st, claims, claims - pending, pending, 0);
+	for (i = 0; i < MIG_NUMBERS; i += 997) {
+		n = get_by_number(f->st, (mig_claim(&c, i, 0), c.numkey), &arr);
+		assert_int_equal(n, i >= MIG_RESUMED && i % 10 == 0 ? 2 : 1);
+		if (i < MIG_RESUMED)
+			assert_claim_equal(&arr[0], &want[i]);
+		else
+			assert_claim_equal(&arr[0], &c);
+		free(arr);
+		assert_int_equal(get_by_user(f->st, c.user_id, &arr), 1);
+		free(arr);
+		if (c.enrol_id[0] != '\0') {
+			assert_int_equal(get_by_enrol(f->st, c.enrol_id, &arr),
+			    1);
+			assert_claim_equal(&arr[0], i < MIG_RESUMED ? &want[i] :
+			    &c);
+			free(arr);
+		}
+	}
+	snprintf(user, sizeof user, "auth0|m%zub", (size_t)10);
+	assert_int_equal(get_by_user(f->st, user, &arr), 1);
+	free(arr);
+	/* Every pending claim is in the expiry index. */
+	n = get_expired(f->st, 5000 + MIG_NUMBERS, MIG_NUMBERS, &arr);
+	free(arr);
+	assert_true(n >= pending);
+	st_reopen(f);
+	assert_counts(f->st, claims, claims - pending, pending, 0);
+	store_close(f->st);
+	f->st = NULL;
+	snprintf(path, sizeof path, "%s/claims.db", f->dir);
+	assert_int_equal(stat(path, &sb), -1);
+	assert_int_equal(raw_count(f->dir, "numbers.db"), MIG_NUMBERS);
+}
+
+/*
+ * kill -9 during the migration: the next open recovers, resumes and ends
+ * with every claim, whatever the moment.  The child migrates; the parent
+ * kills it after a delay that grows each round, so that rounds land early
+ * in the copy, late in it, and (the last) after the migration ended.
+ */
+static void
+test_migrate_killed(void **state)
+{
+	struct fixture	*f = *state;
+	struct claim	 c, *arr;
+	static const int delays_ms[] = { 20, 40, 70, 100, 5000 };
+	char		*cause = NULL;
+	struct store	*st;
+	size_t		 i, n, claims, pending, r;
+	int		 status, killed = 0;
+	pid_t		 pid;
+
+	claims = pending = 0;
+	for (i = 0; i < MIG_NUMBERS; i++) {
+		claims += i % 10 == 0 ? 2 : 1;
+		pending += i % 7 == 0 ? (i % 10 == 0 ? 2 : 1) : 0;
+	}
+	for (r = 0; r < sizeof delays_ms / sizeof delays_ms[0]; r++) {
+		nftw(f->dir, rm_cb, 8, FTW_DEPTH | FTW_PHYS);
+		st_open(f);
+		store_close(f->st);
+		f->st = NULL;
+		mig_write_old(f);
+		fflush(NULL);
+		if ((pid = fork()) == -1)
+			fail_msg("fork: %s", strerror(errno));
+		if (pid == 0) {
+			st = store_open(f->dir, &cause);
+			_exit(st == NULL ? 1 : 0);
+		}
+		usleep((useconds_t)delays_ms[r] * 1000);
+		if (kill(pid, SIGKILL) == 0)
+			killed++;
+		assert_int_equal(waitpid(pid, &status, 0), pid);
+		assert_true(WIFSIGNALED(status) ||
+		    (WIFEXITED(status) && WEXITSTATUS(status) == 0));
+		print_message("round %zu: the migrating child %s after %d ms\n",
+		    r, WIFSIGNALED(status) ? "was killed" : "had finished",
+		    delays_ms[r]);
+
+		st_open(f);
+		assert_counts(f->st, claims, claims - pending, pending, 0);
+		for (i = 0; i < MIG_NUMBERS; i += 499) {
+			mig_claim(&c, i, 0);
+			n = get_by_number(f->st, c.numkey, &arr);
+			assert_int_equal(n, i % 10 == 0 ? 2 : 1);
+			assert_claim_equal(&arr[0], &c);
+			free(arr);
+			assert_int_equal(get_by_user(f->st, c.user_id, &arr), 1);
+			free(arr);
+		}
+		store_close(f->st);
+		f->st = NULL;
+		assert_int_equal(raw_count(f->dir, "numbers.db"), MIG_NUMBERS);
+	}
+	/* At least the first round must have hit the migration itself. */
+	assert_true(killed >= 1);
 }
 
 /* Record a conflict of user on the number of a seed. */
@@ -2414,6 +2657,8 @@ main(void)
 		T(test_conflicts),
 		T(test_meta),
 		T(test_schema_newer_refused),
+		T(test_migrate_schema3),
+		T(test_migrate_killed),
 		T(test_schema_garbage_refused),
 		T(test_open_failure),
 		T(test_second_open_refused),

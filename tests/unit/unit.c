@@ -75,13 +75,20 @@ struct unit_claims *
 unit_claims_open(void)
 {
 	struct unit_claims	*u;
-	char			*cause = NULL, *key;
+	unsigned char		 ikey[STORE_INDEX_KEY_LEN];
+	char			*cause = NULL, *key, check[HASH_CHECK_LEN + 1];
 
 	u = xcalloc(1, sizeof *u);
 	u->dir = unit_tmpdir();
 	xasprintf(&key, "%s/hash.key", u->dir);
-	if (hash_init(key, &cause) != 0 ||
-	    (u->store = store_open(u->dir, &cause)) == NULL) {
+	if (hash_init(key, &cause) != 0) {
+		fprintf(stderr, "unit_claims_open: %s\n", cause);
+		exit(99);
+	}
+	hash_index_key(ikey);
+	hash_check(check);
+	store_set_keys(ikey, check, key);
+	if ((u->store = store_open(u->dir, &cause)) == NULL) {
 		fprintf(stderr, "unit_claims_open: %s\n", cause);
 		exit(99);
 	}
