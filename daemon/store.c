@@ -331,6 +331,9 @@ store_repl_open(struct store *st, int master, char **cause)
 	st->db_create = master ? DB_CREATE : 0;
 	if (store_open_dbs(st, cause) != 0) {
 		store_close_dbs(st);
+		/* A wrong or missing hash key is fatal; missing files are not. */
+		if (*cause != NULL && strstr(*cause, "hash key") != NULL)
+			return (STORE_ERROR);
 		return (STORE_NOTFOUND);
 	}
 	if (master) {

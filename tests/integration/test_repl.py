@@ -146,6 +146,18 @@ class ReplGroupTests(GroupTestCase):
         self.assertGreaterEqual(
             replica.ask("status")["replication"]["forwarded"], 2)
 
+    def test_member_with_another_hash_key_stops(self):
+        g, m = self.group, self.master
+        d = g.replicas(m)[0]
+        d.stop()
+        with open(d.conf["hash_key_file"], "wb") as f:
+            f.write(os.urandom(32))
+        since = d.log_size()
+        d.start()
+        d.proc.wait(30)
+        self.assertEqual(d.proc.returncode, 1)
+        self.assertIn("is not the key the store", d.log_text(since))
+
     def test_backup_of_a_replica(self):
         g, m = self.group, self.master
         replica = g.replicas(m)[0]
