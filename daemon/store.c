@@ -938,6 +938,16 @@ store_errcall_cb(const DB_ENV *env, const char *prefix, const char *msg)
 	(void)prefix;
 	if (st != NULL && st->failed)
 		return;
+	/*
+	 * A master copying its store to a new member reads every file of the
+	 * state directory: that the lock file or the dead-letter file is no
+	 * database is no news.
+	 */
+	if (repl_enabled() && strstr(msg, "fop_read_meta") != NULL &&
+	    strstr(msg, "unexpected file type or format") != NULL) {
+		log_debug("store: Berkeley DB: %s", msg);
+		return;
+	}
 	log_warnx("store: Berkeley DB: %s", msg);
 }
 
