@@ -4,7 +4,8 @@ keys) migrated to schema 4 (numbers.db, one record per number, 16-byte
 keys, hashed user and enrolment indexes) at the first start.
 
 The old store is tests/fixtures/store-schema3/, made by the release before
-with tests/tools/make-store-schema3.py and kept as db_dump text; its
+with tests/tools/make-store-schema3.py and kept as db_dump text, with its
+hash key in hex (test-hash-key.hex, a key made for the fixture only); its
 expected.json says what it holds.  Each test loads it into a new state
 directory with db5.3_load and starts the daemon on it, with the wall clock
 moved back to the day the fixture was made (tests/tools/fakeclock.so), so
@@ -52,6 +53,15 @@ NEW_FILES = ("numbers.db", "numbers_user.db", "numbers_expiry.db",
              "numbers_enrol.db")
 
 
+def write_key(path, key):
+    """Write a 32-byte hash key, mode 0600."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, key)
+    finally:
+        os.close(fd)
+
+
 def load_fixture(state_dir):
     """Write the schema-3 store into state_dir (empty) with db5.3_load."""
     for name in sorted(os.listdir(FIXTURE)):
@@ -60,18 +70,10 @@ def load_fixture(state_dir):
         subprocess.run(["db5.3_load", "-h", state_dir, "-f",
                         os.path.join(FIXTURE, name), name[:-5] + ".db"],
                        check=True)
-    key = os.path.join(state_dir, "hash.key")
-    shutil.copy(os.path.join(FIXTURE, "hash.key"), key)
-    os.chmod(key, 0o600)
-
-
-def write_key(path, key):
-    """Write a 32-byte hash key, mode 0600."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, key)
-    finally:
-        os.close(fd)
+    # The fixture's key is kept as hex: *.key files are never committed.
+    with open(os.path.join(FIXTURE, "test-hash-key.hex")) as f:
+        write_key(os.path.join(state_dir, "hash.key"),
+                  bytes.fromhex(f.read().strip()))
 
 
 def fresh_id(item):

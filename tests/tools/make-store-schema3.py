@@ -14,8 +14,8 @@ It starts that daemon on a new state directory, makes every kind of record
 through the daemon's own interfaces (reservations, log events, admin
 claims, a conflict, watermarks, a reservation window), stops it cleanly,
 and dumps each database with db5.3_dump.  expected.json says what the test
-must find after the migration.  hash.key is a key made for this fixture
-only; it protects nothing.
+must find after the migration.  test-hash-key.hex is the hash key in hex,
+made for this fixture only; it protects nothing.
 """
 
 import json
@@ -115,8 +115,9 @@ def main():
                            stdout=f, check=True)
     with open(os.path.join(d.state_dir, "hash.key"), "rb") as f:
         key = f.read()
-    with open(os.path.join(out, "hash.key"), "wb") as f:
-        f.write(key)
+    # As hex: *.key files are never committed (.gitignore).
+    with open(os.path.join(out, "test-hash-key.hex"), "w") as f:
+        f.write(key.hex() + "\n")
     with open(os.path.join(out, "expected.json"), "w") as f:
         json.dump(exp, f, indent=1, sort_keys=True)
         f.write("\n")
