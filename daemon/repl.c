@@ -8,9 +8,9 @@
  * needs a majority of it (a lone node never makes itself master, and the
  * 2SITE_STRICT setting keeps that true for a group of two).
  *
- * Durability: commits send their log records to the replicas as they are
- * written, and a commit waits, inside txn->commit, for the replicas that
- * the acknowledgement policy asks for (quorum by default: one of two
+ * Durability: a commit sends the transaction's log records to the
+ * replicas in one message (bulk transfer) and waits, inside txn->commit,
+ * for the replicas that the acknowledgement policy asks for (quorum by default: one of two
  * peers).  If they do not answer within repl_ack_timeout, or too few are
  * connected, repmgr raises DB_EVENT_REP_PERM_FAILED in the committing
  * thread before commit returns: repl_perm_failures() counts those per
