@@ -62,6 +62,13 @@
 #define REPL_FORWARD_HEADER	"X-Phoneclaimd-Forwarded"
 #define REPL_RETRY_MS		500	/* reopen the store after a failure */
 #define REPL_BODY_MAX		(1024 * 1024)	/* of a master's answer */
+/*
+ * Mutexes beyond Berkeley DB's estimate.  A demoted master's rollback
+ * (replication undoing its unacknowledged commits) took some 40,000 of
+ * the ~57,000 the environment has with our lock table, and the reopening
+ * of the databases then failed for want of one ("resize mutex region").
+ */
+#define REPL_MUTEXES		200000
 
 /* One forwarded request. */
 struct repl_xfer {
@@ -286,7 +293,8 @@ repl_env_prepare(DB_ENV *env, u_int32_t *flags)
 	    (ret = env->rep_set_timeout(env, DB_REP_CHECKPOINT_DELAY, 0)) != 0 ||
 	    (ret = env->rep_set_config(env, DB_REPMGR_CONF_2SITE_STRICT,
 	    1)) != 0 ||
-	    (ret = env->rep_set_config(env, DB_REP_CONF_BULK, 1)) != 0)
+	    (ret = env->rep_set_config(env, DB_REP_CONF_BULK, 1)) != 0 ||
+	    (ret = env->mutex_set_increment(env, REPL_MUTEXES)) != 0)
 		return (ret);
 	return (0);
 }
