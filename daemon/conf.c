@@ -33,7 +33,8 @@ enum conf_type {
 	CONF_MODE,
 	CONF_LEVEL,
 	CONF_REGION,
-	CONF_ADDRESS
+	CONF_ADDRESS,
+	CONF_PEER		/* repeatable: appended to repl_peers */
 };
 
 struct conf_key {
@@ -107,8 +108,27 @@ static const struct conf_key conf_keys[] = {
 	  offsetof(struct conf, backfill_since), 0, 0, NULL, 0 },
 	{ "on_conflict", CONF_STRING, offsetof(struct conf, on_conflict), 0, 0,
 	  "report", 0 },
+	{ "repl_local", CONF_ADDRESS, offsetof(struct conf, repl_local), 0, 0,
+	  NULL, 0 },
+	{ "repl_peer", CONF_PEER, offsetof(struct conf, repl_peers), 0, 0,
+	  NULL, 0 },
+	{ "repl_priority", CONF_NUMBER, offsetof(struct conf, repl_priority),
+	  0, 1000000, "100", 0 },
+	{ "repl_ack_policy", CONF_STRING,
+	  offsetof(struct conf, repl_ack_policy), 0, 0, "quorum", 0 },
+	{ "repl_ack_timeout", CONF_NUMBER,
+	  offsetof(struct conf, repl_ack_timeout), 10, 600000, "1000", 0 },
+	{ "repl_election_timeout", CONF_NUMBER,
+	  offsetof(struct conf, repl_election_timeout), 100, 600000, "2000",
+	  0 },
+	{ "repl_heartbeat", CONF_NUMBER, offsetof(struct conf, repl_heartbeat),
+	  50, 600000, "1000", 0 },
+	{ "repl_ca_file", CONF_PATH, offsetof(struct conf, repl_ca_file), 0, 0,
+	  NULL, 0 },
 };
 #define CONF_NKEYS (sizeof conf_keys / sizeof conf_keys[0])
+
+static int	conf_lineno;	/* of the line being parsed, for repl_peer */
 
 static const char *conf_level_names[] = { "error", "warning", "info",
     "debug" };
@@ -119,7 +139,10 @@ static int	conf_set(struct conf *, const struct conf_key *,
 		    const char *, char **);
 static int	conf_set_number(const struct conf_key *, const char *,
 		    long long *, char **);
-static int	conf_set_address(const char *, char **);
+static int	conf_set_address(const char *, const char *, char **);
+static int	conf_add_peer(struct conf *, const char *, char **);
+static int	conf_check_repl(struct conf *, const char *, const int *,
+		    char **);
 static int	conf_lookup_name(const char **, size_t, const char *);
 static int	conf_parse_line(struct conf *, char *, int, int *, char **);
 static int	conf_finish(struct conf *, const char *, const int *,
@@ -201,7 +224,7 @@ conf_set_number(const struct conf_key *k, const char *value, long long *out,
 
 /* Check that an address is host:port or [v6]:port with a valid port. */
 static int
-conf_set_address(const char *value, char **cause)
+conf_set_address(const char *name, const char *value, char **cause)
 {
 	const char	*colon, *end;
 	char		*e;
@@ -224,8 +247,56 @@ conf_set_address(const char *value, char **cause)
 		goto bad;
 	return (0);
 bad:
-	xasprintf(cause, "listen: expected host:port or [address]:port: %s",
-	    value);
+	xasprintf(cause, "%s: expected host:port or [address]:port: %s",
+	    name, value);
+	return (-1);
+}
+
+/*
+ * repl_peer = REPL-ADDRESS API-ADDRESS: a member of the replication group,
+ * by the address its replication manager listens on and the address of its
+ * HTTP API (where a replica forwards writes while that peer is master).
+ */
+static int
+conf_add_peer(struct conf *c, const char *value, char **cause)
+{
+	struct conf_peer	*p;
+	char			*copy, *repl, *api, *extra, *save;
+	size_t			 i;
+
+	copy = xstrdup(value);
+	repl = strtok_r(copy, " \t", &save);
+	api = strtok_r(NULL, " \t", &save);
+	extra = strtok_r(NULL, " \t", &save);
+	if (repl == NULL || api == NULL || extra != NULL) {
+		xasprintf(cause, "repl_peer: expected the peer's replication "
+		    "address and its API address (host:port host:port): %s",
+		    value);
+		goto fail;
+	}
+	if (conf_set_address("repl_peer", repl, cause) != 0 ||
+	    conf_set_address("repl_peer", api, cause) != 0)
+		goto fail;
+	for (i = 0; i < c->repl_npeers; i++) {
+		if (strcmp(c->repl_peers[i].repl, repl) == 0) {
+			xasprintf(cause, "repl_peer: %s is already a peer "
+			    "(line %d)", repl, c->repl_peers[i].line);
+			goto fail;
+		}
+	}
+	if (c->repl_npeers == CONF_PEERS_MAX) {
+		xasprintf(cause, "repl_peer: at most %d peers",
+		    CONF_PEERS_MAX);
+		goto fail;
+	}
+	p = &c->repl_peers[c->repl_npeers++];
+	p->repl = xstrdup(repl);
+	p->api = xstrdup(api);
+	p->line = conf_lineno;
+	free(copy);
+	return (0);
+fail:
+	free(copy);
 	return (-1);
 }
 
@@ -271,9 +342,11 @@ conf_set(struct conf *c, const struct conf_key *k, const char *value,
 		}
 		break;
 	case CONF_ADDRESS:
-		if (conf_set_address(value, cause) != 0)
+		if (conf_set_address(k->name, value, cause) != 0)
 			return (-1);
 		break;
+	case CONF_PEER:
+		return (conf_add_peer(c, value, cause));
 	case CONF_PATH:
 	case CONF_SECRET_PATH:
 		if (*value != '/') {
@@ -321,7 +394,7 @@ conf_parse_line(struct conf *c, char *line, int lineno, int *seen,
 		xasprintf(cause, "unknown key: %s", key);
 		return (-1);
 	}
-	if (seen[k - conf_keys] != 0) {
+	if (seen[k - conf_keys] != 0 && k->type != CONF_PEER) {
 		xasprintf(cause, "%s: already set on line %d", key,
 		    seen[k - conf_keys]);
 		return (-1);
@@ -330,9 +403,11 @@ conf_parse_line(struct conf *c, char *line, int lineno, int *seen,
 		xasprintf(cause, "%s: missing value", key);
 		return (-1);
 	}
+	conf_lineno = lineno;
 	if (conf_set(c, k, value, cause) != 0)
 		return (-1);
-	seen[k - conf_keys] = lineno;
+	if (seen[k - conf_keys] == 0)
+		seen[k - conf_keys] = lineno;
 	return (0);
 }
 
@@ -363,6 +438,8 @@ conf_finish(struct conf *c, const char *path, const int *seen, char **cause)
 	    cause) != 0)
 		return (-1);
 	if (conf_check_auth0(c, path, seen, cause) != 0)
+		return (-1);
+	if (conf_check_repl(c, path, seen, cause) != 0)
 		return (-1);
 	if (c->hash_key_file == NULL)
 		xasprintf(&c->hash_key_file, "%s/hash.key", c->state_dir);
@@ -411,6 +488,49 @@ conf_check_auth0(struct conf *c, const char *path, const int *seen,
 		xasprintf(cause, "%s:%d: on_conflict: expected report, or "
 		    "remove with auth0_domain set: %s", path,
 		    CONF_LINE(seen, "on_conflict"), c->on_conflict);
+		return (-1);
+	}
+	return (0);
+}
+
+/*
+ * The replication keys: repl_local and at least one repl_peer go together,
+ * no peer is the local site, and the acknowledgement policy is one that
+ * repmgr knows.
+ */
+static int
+conf_check_repl(struct conf *c, const char *path, const int *seen,
+    char **cause)
+{
+	static const char	*policies[] = { "quorum", "all", "one" };
+	size_t			 i;
+
+	if (c->repl_local == NULL && c->repl_npeers == 0)
+		return (0);
+	if (c->repl_local == NULL) {
+		xasprintf(cause, "%s:%d: repl_peer is set but repl_local is "
+		    "not: set both or neither", path, c->repl_peers[0].line);
+		return (-1);
+	}
+	if (c->repl_npeers == 0) {
+		xasprintf(cause, "%s:%d: repl_local is set but no repl_peer "
+		    "is: a replication group needs its other members", path,
+		    CONF_LINE(seen, "repl_local"));
+		return (-1);
+	}
+	for (i = 0; i < c->repl_npeers; i++) {
+		if (strcmp(c->repl_peers[i].repl, c->repl_local) == 0 ||
+		    strcmp(c->repl_peers[i].api, c->listen) == 0) {
+			xasprintf(cause, "%s:%d: repl_peer: %s is this node "
+			    "(repl_local or listen)", path,
+			    c->repl_peers[i].line, c->repl_peers[i].repl);
+			return (-1);
+		}
+	}
+	if (conf_lookup_name(policies, 3, c->repl_ack_policy) == -1) {
+		xasprintf(cause, "%s:%d: repl_ack_policy: expected quorum, all "
+		    "or one: %s", path, CONF_LINE(seen, "repl_ack_policy"),
+		    c->repl_ack_policy);
 		return (-1);
 	}
 	return (0);
@@ -538,6 +658,10 @@ conf_free(struct conf *c)
 		default:
 			break;
 		}
+	}
+	for (i = 0; i < c->repl_npeers; i++) {
+		free(c->repl_peers[i].repl);
+		free(c->repl_peers[i].api);
 	}
 	free(c->path);
 	free(c);

@@ -169,6 +169,7 @@ static const char *control_state_name(int);
 static void	control_gen_claim(yajl_gen, const struct claim *, int);
 static void	control_cmd_status(struct control_client *, int, char **);
 static void	control_gen_events(yajl_gen);
+static void	control_gen_repl(yajl_gen);
 static void	control_cmd_lookup(struct control_client *, int, char **);
 static void	control_cmd_user(struct control_client *, int, char **);
 static void	control_cmd_conflicts(struct control_client *, int, char **);
@@ -712,6 +713,11 @@ control_command(struct control_client *c, char *line)
 		control_error(c, "forbidden");
 		return;
 	}
+	/* Only the master writes; a backup only reads. */
+	if (cmd->mutates && cmd->fn != control_cmd_backup && !repl_writable()) {
+		control_error(c, "not_master");
+		return;
+	}
 	if ((error = control_args(cmd, argc - 1, argv + 1)) != NULL) {
 		control_error(c, error);
 		return;
@@ -1011,7 +1017,44 @@ control_cmd_status(struct control_client *c, int argc, char **argv)
 	yajl_gen_bool(g, ok);
 	control_gen_int(g, "claims", (long long)counts.claims);
 	yajl_gen_map_close(g);
+	control_gen_repl(g);
 	control_send(c, g, 0);
+}
+
+/* The replication member of status (DESIGN section 5), if in a group. */
+static void
+control_gen_repl(yajl_gen g)
+{
+	struct repl_info	ri;
+	char			lsn[32];
+	size_t			i;
+
+	repl_info(&ri);
+	if (!ri.enabled)
+		return;
+	control_gen_key(g, "replication");
+	yajl_gen_map_open(g);
+	control_gen_str(g, "role", repl_role_name(ri.role));
+	control_gen_str(g, "master", ri.master[0] != '\0' ? ri.master : NULL);
+	control_gen_key(g, "ready");
+	yajl_gen_bool(g, ri.ready);
+	control_gen_key(g, "peers");
+	yajl_gen_array_open(g);
+	for (i = 0; i < ri.npeers; i++) {
+		yajl_gen_map_open(g);
+		control_gen_str(g, "address", ri.peers[i].repl);
+		control_gen_str(g, "api", ri.peers[i].api);
+		control_gen_key(g, "connected");
+		yajl_gen_bool(g, ri.peers[i].connected);
+		yajl_gen_map_close(g);
+	}
+	yajl_gen_array_close(g);
+	control_gen_int(g, "lag", (long long)ri.lag);
+	snprintf(lsn, sizeof lsn, "%u/%u", ri.lsn_file, ri.lsn_offset);
+	control_gen_str(g, "lsn", lsn);
+	control_gen_int(g, "perm_failed", (long long)ri.perm_failed);
+	control_gen_int(g, "forwarded", (long long)ri.forwarded);
+	yajl_gen_map_close(g);
 }
 
 /* The events and last_event members of status. */

@@ -103,6 +103,7 @@ struct http_route {
 	const char	*allow;
 	void		(*cb)(struct evhttp_request *, void *);
 	int		 endpoint;	/* enum metrics_endpoint */
+	int		 token;		/* a write: its token; else -1 */
 };
 
 struct http {
@@ -143,13 +144,13 @@ static struct http	*http_instance;
  */
 static const struct http_route http_routes[] = {
 	{ "/v1/claims", EVHTTP_REQ_POST, "POST", api_claims_cb,
-	  METRICS_EP_CLAIMS },
+	  METRICS_EP_CLAIMS, HTTP_TOKEN_API },
 	{ "/v1/log-stream", EVHTTP_REQ_POST, "POST", logstream_http_cb,
-	  METRICS_EP_LOG_STREAM },
+	  METRICS_EP_LOG_STREAM, HTTP_TOKEN_LOG_STREAM },
 	{ "/healthz", EVHTTP_REQ_GET | EVHTTP_REQ_HEAD, "GET, HEAD",
-	  api_healthz_cb, METRICS_EP_HEALTHZ },
+	  api_healthz_cb, METRICS_EP_HEALTHZ, -1 },
 	{ "/metrics", EVHTTP_REQ_GET | EVHTTP_REQ_HEAD, "GET, HEAD",
-	  metrics_http_cb, METRICS_EP_METRICS },
+	  metrics_http_cb, METRICS_EP_METRICS, -1 },
 };
 
 static int64_t	 http_now(void);
@@ -422,11 +423,16 @@ http_conf(struct http *h)
 	return (h->conf);
 }
 
-/* Return 1 while the store accepts commits. */
+/*
+ * Return 1 while the store accepts commits; in a replication group, while
+ * this node is the master, or a replica with the store open that knows a
+ * master to forward writes to.
+ */
 int
 http_store_ok(struct http *h)
 {
-	return (!store_failed(h->store));
+	return (!store_failed(h->store) && store_ready(h->store) &&
+	    repl_serving());
 }
 
 /* Replace the tokens; only their digests are kept. */
@@ -800,7 +806,8 @@ http_route_cb(struct evhttp_request *req, void *arg)
 			evhttp_add_header(evhttp_request_get_output_headers(req),
 			    "Allow", http_routes[i].allow);
 			http_error(h, req, 405, "method_not_allowed");
-		} else
+		} else if (http_routes[i].token < 0 ||
+		    !repl_forward(h, req, http_routes[i].token))
 			http_routes[i].cb(req, h);
 		h->cur_req = NULL;
 		return;

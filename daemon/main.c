@@ -59,6 +59,7 @@ static void	main_notify_ready(struct main_state *, const char *);
 static void	main_notify_reloading(void);
 static void	main_run(struct main_state *);
 static void	main_stop(struct main_state *);
+static void	main_repl_cb(void *, int, int);
 
 static struct event	*main_fail_ev;
 static int		 main_ready_fd = -1;	/* to the waiting parent */
@@ -181,6 +182,9 @@ main_expire_cb(evutil_socket_t fd, short events, void *arg)
 
 	(void)fd;
 	(void)events;
+	/* Only the master writes; a replica gets the result. */
+	if (!repl_writable())
+		return;
 	for (i = 0; i < EXPIRE_BATCHES; i++) {
 		if (claims_expire((int64_t)time(NULL), EXPIRE_BATCH,
 		    &released) != STORE_OK)
@@ -211,6 +215,12 @@ main_checkpoint_cb(evutil_socket_t fd, short events, void *arg)
 
 	(void)fd;
 	(void)events;
+	if (!repl_writable()) {
+		/* A replica: its counts follow what replication applied. */
+		(void)store_recount(m->store);
+		store_checkpoint(m->store);
+		return;
+	}
 	for (i = 0; i < EXPIRE_BATCHES; i++) {
 		if (logstream_prune((int64_t)time(NULL),
 		    m->conf->dedup_retention, &pruned) != STORE_OK)
@@ -491,7 +501,8 @@ main_hash_init(struct main_state *m, char **cause)
 		    m->conf->state_dir);
 		goto fail;
 	}
-	if (stored == NULL) {
+	/* A replica gets the check value from the master. */
+	if (stored == NULL && repl_writable()) {
 		if (store_meta_put(txn, STORE_META_HASH_CHECK, check) !=
 		    STORE_OK) {
 			store_txn_abort(txn);
@@ -529,6 +540,19 @@ main_start(struct main_state *m)
 
 	store_set_cache_size((uint64_t)m->conf->cache_size);
 	store_set_log_file_size((uint32_t)m->conf->log_file_size);
+	if (repl_init(m->base, m->conf, &cause) != 0)
+		main_die(EXIT_RUNTIME, cause);
+	/*
+	 * Every member of a group must hash numbers with the same key: it is
+	 * made once and copied, never created here.  Checked against the
+	 * store when the role is known (main_repl_cb).
+	 */
+	if (repl_enabled() && access(m->conf->hash_key_file, F_OK) != 0) {
+		xasprintf(&cause, "%s: %s (in a replication group, create the "
+		    "hash key once and copy it to every member)",
+		    m->conf->hash_key_file, strerror(errno));
+		main_die(EXIT_CONFIG, cause);
+	}
 	if (main_hash_load(m, &cause) != 0)
 		main_die(EXIT_CONFIG, cause);
 	if ((m->store = store_open(m->conf->state_dir, &cause)) == NULL)
@@ -538,7 +562,7 @@ main_start(struct main_state *m)
 	if (deadletter_open(path, 0, &cause) != 0)
 		main_die(EXIT_RUNTIME, cause);
 	free(path);
-	if ((status = main_hash_init(m, &cause)) != 0)
+	if (!repl_enabled() && (status = main_hash_init(m, &cause)) != 0)
 		main_die(status, cause);
 	claims_init(m->store, m->conf);
 	if (claims_exempt_load(m->conf->exempt_numbers_file,
@@ -561,6 +585,47 @@ main_start(struct main_state *m)
 	if ((m->control = control_init(m->base, m->conf, m->store,
 	    &cause)) == NULL)
 		main_die(EXIT_RUNTIME, cause);
+	repl_set_hook(main_repl_cb, m);
+}
+
+/*
+ * The replication role changed (repl.c): open the store's databases for
+ * it once this node is the master or a replica that has caught up, else
+ * close them (requests get 503 meanwhile).  The hash key must be the one
+ * the group's store was made with.
+ */
+static void
+main_repl_cb(void *arg, int role, int ready)
+{
+	struct main_state	*m = arg;
+	char			*cause;
+	int			 r;
+
+	if (!ready) {
+		store_repl_close(m->store);
+		log_info("replication: %s; the store is closed until a master "
+		    "is known", repl_role_name(role));
+		return;
+	}
+	r = store_repl_open(m->store, role == REPL_ROLE_MASTER, &cause);
+	if (r == STORE_NOTFOUND) {
+		log_debug("replication: store not ready yet: %s",
+		    cause != NULL ? cause : "try again");
+		free(cause);
+		repl_retry();
+		return;
+	}
+	if (r == STORE_OK && main_hash_init(m, &cause) != 0)
+		r = STORE_ERROR;
+	if (r != STORE_OK) {
+		log_warnx("replication: %s", cause != NULL ? cause :
+		    "cannot open the store");
+		free(cause);
+		m->exit_status = EXIT_RUNTIME;
+		event_base_loopexit(m->base, NULL);
+		return;
+	}
+	log_info("replication: %s, the store is open", repl_role_name(role));
 }
 
 /* Run the loop with its signals and timers until told to stop. */
@@ -613,6 +678,7 @@ main_stop(struct main_state *m)
 	events_free();
 	claims_free();
 	store_close(m->store);
+	repl_free();
 	hash_free();
 	phone_cache_free();
 	event_base_free(m->base);

@@ -76,6 +76,7 @@ static void	metrics_text_process(struct evbuffer *);
 static void	metrics_text_backfill(struct evbuffer *);
 static void	metrics_text_phone(struct evbuffer *);
 static void	metrics_text_conns(struct evbuffer *);
+static void	metrics_text_repl(struct evbuffer *);
 static void	metrics_text_verify(struct evbuffer *,
 		    const struct mgmt_status *);
 static void	metrics_text_store(struct evbuffer *);
@@ -238,6 +239,62 @@ metrics_text_process(struct evbuffer *buf)
 	metrics_text_backfill(buf);
 	metrics_text_phone(buf);
 	metrics_text_conns(buf);
+	metrics_text_repl(buf);
+}
+
+/* Replication, in a group only: role, master, peers, lag, forwarding. */
+static void
+metrics_text_repl(struct evbuffer *buf)
+{
+	struct repl_info	ri;
+	size_t			i;
+
+	repl_info(&ri);
+	if (!ri.enabled)
+		return;
+	metrics_family(buf, "repl_role", "gauge",
+	    "1 for this node's replication role.");
+	evbuffer_add_printf(buf, "phoneclaimd_repl_role{role=\"%s\"} 1\n",
+	    repl_role_name(ri.role));
+	metrics_family(buf, "repl_master", "gauge",
+	    "1 with the master's replication address; absent without one.");
+	if (ri.master[0] != '\0') {
+		evbuffer_add_printf(buf, "phoneclaimd_repl_master{address=\"");
+		metrics_label(buf, ri.master);
+		evbuffer_add_printf(buf, "\"} 1\n");
+	}
+	metrics_family(buf, "repl_peer_connected", "gauge",
+	    "1 while connected to the peer, else 0.");
+	for (i = 0; i < ri.npeers; i++) {
+		evbuffer_add_printf(buf,
+		    "phoneclaimd_repl_peer_connected{address=\"");
+		metrics_label(buf, ri.peers[i].repl);
+		evbuffer_add_printf(buf, "\"} %d\n", ri.peers[i].connected);
+	}
+	metrics_family(buf, "repl_lag_records", "gauge",
+	    "Log records received and waiting to be applied (a replica).");
+	evbuffer_add_printf(buf, "phoneclaimd_repl_lag_records %llu\n",
+	    (unsigned long long)ri.lag);
+	metrics_family(buf, "repl_lsn_file", "gauge",
+	    "The log file of this node's next log record: compare nodes.");
+	evbuffer_add_printf(buf, "phoneclaimd_repl_lsn_file %u\n", ri.lsn_file);
+	metrics_family(buf, "repl_lsn_offset", "gauge",
+	    "The offset of this node's next log record in its log file.");
+	evbuffer_add_printf(buf, "phoneclaimd_repl_lsn_offset %u\n",
+	    ri.lsn_offset);
+	metrics_family(buf, "repl_perm_failed_total", "counter",
+	    "Commits too few replicas acknowledged (answered 503).");
+	evbuffer_add_printf(buf, "phoneclaimd_repl_perm_failed_total %llu\n",
+	    (unsigned long long)ri.perm_failed);
+	metrics_family(buf, "repl_forwarded_total", "counter",
+	    "Writes forwarded to the master, by outcome.");
+	evbuffer_add_printf(buf,
+	    "phoneclaimd_repl_forwarded_total{outcome=\"relayed\"} %llu\n"
+	    "phoneclaimd_repl_forwarded_total{outcome=\"failed\"} %llu\n"
+	    "phoneclaimd_repl_forwarded_total{outcome=\"no_master\"} %llu\n",
+	    (unsigned long long)ri.forwarded,
+	    (unsigned long long)ri.forward_failed,
+	    (unsigned long long)ri.unavailable);
 }
 
 /* The Management API backfill: its state and counters. */

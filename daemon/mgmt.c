@@ -35,6 +35,7 @@
 #include "phoneclaimd.h"
 #include "xmalloc.h"
 
+#define MGMT_REPLICA_WAIT	5	/* s: a replica checks its role again */
 #define MGMT_TIMEOUT		30L	/* seconds, whole request */
 #define MGMT_CONNECT_TIMEOUT	10L
 #define MGMT_BODY_MAX		(16 * 1024 * 1024)
@@ -664,6 +665,12 @@ mgmt_run_cb(evutil_socket_t fd, short events, void *arg)
 	mgmt->backing_off = 0;
 	if (mgmt->xfer != NULL)
 		return;
+	/* What the Management API says is written: the master's job. */
+	if (!repl_writable()) {
+		mgmt->again = 1;
+		mgmt_schedule(MGMT_REPLICA_WAIT);
+		return;
+	}
 	if (mgmt->st.state != MGMT_IDLE) {
 		mgmt->job = MGMT_JOB_BACKFILL;
 		mgmt_step();

@@ -139,6 +139,7 @@
 
 #define STORE_META_SCHEMA	"schema_version"
 #define STORE_META_COUNTS	"counts"
+#define STORE_META_ACKED	"repl_acked"	/* a write to wait for acks */
 
 /* Opened in this order, closed in reverse: a secondary before its primary. */
 static const struct {
@@ -190,6 +191,7 @@ static int	store_schema_ok(struct store *, const char *, long long *,
 		    char **);
 static int	store_schema_write(struct store_txn *);
 static void	store_close_handles(struct store *);
+static void	store_close_dbs(struct store *);
 static void	*store_flusher_main(void *);
 static void	store_flusher_cb(evutil_socket_t, short, void *);
 static void	store_errcall_cb(const DB_ENV *, const char *, const char *);
@@ -289,11 +291,14 @@ store_open(const char *dir, char **cause)
 	st = xcalloc(1, sizeof *st);
 	st->dir = xstrdup(dir);
 	st->lock_fd = -1;
+	st->db_create = DB_CREATE;
+	/* In a replication group the databases open once the role is known. */
 	if (store_lock(st, cause) != 0 ||
 	    store_open_env(st, cause) != 0 ||
+	    (repl_enabled() ? repl_start(st->env, cause) != 0 :
 	    store_open_dbs(st, cause) != 0 ||
 	    store_check_schema(st, cause) != 0 ||
-	    store_count_init(st, cause) != 0) {
+	    store_count_init(st, cause) != 0)) {
 		store_close_handles(st);
 		if (st->lock_fd != -1)
 			close(st->lock_fd);
@@ -303,6 +308,94 @@ store_open(const char *dir, char **cause)
 	}
 	log_debug("store: opened %s", dir);
 	return (st);
+}
+
+/*
+ * Replication (repl.c): open the databases for a role.  The master may
+ * create and upgrade them and keeps the counts as a single store does; a
+ * replica only reads what replication brought (the files may not be there
+ * yet: STORE_NOTFOUND, try again) and counts its records afresh, here and
+ * at each store_recount, since replication changes them underneath.
+ */
+int
+store_repl_open(struct store *st, int master, char **cause)
+{
+	struct store_txn	*txn;
+	char			*value = NULL;
+	long long		 v = 0;
+	int			 r;
+
+	*cause = NULL;
+	store_repl_close(st);
+	st->unacked = 0;
+	st->db_create = master ? DB_CREATE : 0;
+	if (store_open_dbs(st, cause) != 0) {
+		store_close_dbs(st);
+		/* A wrong or missing hash key is fatal; missing files are not. */
+		if (*cause != NULL && strstr(*cause, "hash key") != NULL)
+			return (STORE_ERROR);
+		return (STORE_NOTFOUND);
+	}
+	if (master) {
+		if (store_check_schema(st, cause) != 0 ||
+		    store_count_init(st, cause) != 0) {
+			store_close_dbs(st);
+			return (STORE_ERROR);
+		}
+		return (STORE_OK);
+	}
+	if (store_txn_begin(st, &txn) != STORE_OK)
+		goto fail;
+	r = store_meta_get(txn, STORE_META_SCHEMA, &value);
+	if (r == STORE_OK && store_schema_ok(st, value, &v, cause) != 0) {
+		free(value);
+		store_txn_abort(txn);
+		store_close_dbs(st);
+		return (STORE_ERROR);
+	}
+	free(value);
+	store_txn_abort(txn);
+	/* An older layout is the master's to upgrade: wait for it. */
+	if (r != STORE_OK || v < STORE_SCHEMA_VERSION) {
+		store_close_dbs(st);
+		xasprintf(cause, "the replicated store in %s has no schema or "
+		    "an older one: waiting for the master to upgrade it",
+		    st->dir);
+		return (STORE_NOTFOUND);
+	}
+	if (store_recount(st) != STORE_OK)
+		goto fail;
+	return (STORE_OK);
+fail:
+	store_close_dbs(st);
+	xasprintf(cause, "cannot read the replicated store in %s", st->dir);
+	return (STORE_NOTFOUND);
+}
+
+/* Close the databases (the role changed, or none is known). */
+void
+store_repl_close(struct store *st)
+{
+	if (st->dbs_open && st->counted && repl_writable() && !st->failed)
+		store_count_save(st);
+	st->counted = 0;
+	store_close_dbs(st);
+}
+
+/* Count the records again (a replica's counts follow replication). */
+int
+store_recount(struct store *st)
+{
+	struct store_txn	*txn;
+	int			 r;
+
+	if ((r = store_txn_begin(st, &txn)) != STORE_OK)
+		return (r);
+	memset(&st->counts, 0, sizeof st->counts);
+	r = store_count_all(st, txn);
+	store_txn_abort(txn);
+	st->counts.active = st->counts.claims - st->counts.pending;
+	return (r);
 }
 
 /*
@@ -377,6 +470,7 @@ store_open_env(struct store *st, char **cause)
 	flags = DB_CREATE | DB_INIT_TXN | DB_INIT_LOCK | DB_INIT_LOG |
 	    DB_INIT_MPOOL | DB_RECOVER;
 	if ((ret = env->set_event_notify(env, store_event_cb)) != 0 ||
+	    (ret = repl_env_prepare(env, &flags)) != 0 ||
 	    (ret = store_env_config(env, store_cache_size)) != 0 ||
 	    (ret = env->open(env, st->dir, flags, STORE_FILE_MODE)) != 0) {
 		if (ret == DB_RUNRECOVERY)
@@ -525,13 +619,14 @@ store_open_dbs(struct store *st, char **cause)
 		sdb = st->db[store_indexes[i].secondary];
 		what = store_dbs[store_indexes[i].secondary].file;
 		ret = pdb->associate(pdb, tid, sdb, store_indexes[i].key_cb,
-		    DB_CREATE);
+		    st->db_create);
 		if (ret != 0)
 			goto fail;
 	}
 	what = "databases";
 	if ((ret = tid->commit(tid, 0)) != 0)
 		goto failed;
+	st->dbs_open = 1;
 	return (0);
 
 fail:
@@ -555,8 +650,21 @@ store_open_db(struct store *st, DB_TXN *tid, enum store_db which)
 	if (store_dbs[which].dupsort &&
 	    (ret = db->set_flags(db, DB_DUPSORT)) != 0)
 		return (ret);
-	return (db->open(db, tid, store_dbs[which].file, NULL, DB_BTREE,
-	    DB_CREATE, STORE_FILE_MODE));
+	ret = db->open(db, tid, store_dbs[which].file, NULL, DB_BTREE,
+	    st->db_create, STORE_FILE_MODE);
+	/*
+	 * repmgr needs DB_THREAD on the environment, and Berkeley DB then
+	 * opens every database free-threaded, which demands allocated DBTs
+	 * on every read.  These handles stay on the event-loop thread as
+	 * without replication: their handle mutex is what makes them
+	 * "threaded" (DB_IS_THREADED), so keep it aside while they are open
+	 * and give it back for close to free.
+	 */
+	if (ret == 0 && repl_enabled()) {
+		st->db_mutex[which] = db->mutex;
+		db->mutex = 0;
+	}
+	return (ret);
 }
 
 /*
@@ -754,22 +862,15 @@ store_close(struct store *st)
 static void
 store_close_handles(struct store *st)
 {
-	int	i, ret;
+	int	ret;
 
-	if (st->env_open && !st->failed && st->counted)
+	if (st->env_open && !st->failed && st->counted && st->dbs_open &&
+	    repl_writable())
 		store_count_save(st);
-	for (i = STORE_DB_COUNT - 1; i >= 0; i--) {
-		if (st->db[i] == NULL)
-			continue;
-		ret = st->db[i]->close(st->db[i], 0);
-		if (ret != 0 && !st->failed)
-			log_warnx("store: closing %s: %s", store_dbs[i].file,
-			    db_strerror(ret));
-		st->db[i] = NULL;
-	}
+	store_close_dbs(st);
 	if (st->env == NULL)
 		return;
-	if (st->env_open && !st->failed) {
+	if (st->env_open && !st->failed && repl_writable()) {
 		ret = st->env->txn_checkpoint(st->env, 0, 0, DB_FORCE);
 		if (ret != 0)
 			log_warnx("store: final checkpoint: %s",
@@ -781,12 +882,41 @@ store_close_handles(struct store *st)
 	st->env = NULL;
 }
 
+/* Close the databases, in reverse order. */
+static void
+store_close_dbs(struct store *st)
+{
+	int	i, ret;
+
+	st->dbs_open = 0;
+	for (i = STORE_DB_COUNT - 1; i >= 0; i--) {
+		if (st->db[i] == NULL)
+			continue;
+		if (st->db_mutex[i] != 0) {
+			st->db[i]->mutex = st->db_mutex[i];
+			st->db_mutex[i] = 0;
+		}
+		ret = st->db[i]->close(st->db[i], 0);
+		if (ret != 0 && !st->failed)
+			log_warnx("store: closing %s: %s", store_dbs[i].file,
+			    db_strerror(ret));
+		st->db[i] = NULL;
+	}
+}
+
 /* Register the function called once when the environment fails. */
 void
 store_set_fail_cb(struct store *st, void (*cb)(void *), void *arg)
 {
 	st->fail_cb = cb;
 	st->fail_arg = arg;
+}
+
+/* Return 1 while the databases are open (always, without replication). */
+int
+store_ready(struct store *st)
+{
+	return (st->dbs_open);
 }
 
 /* Return 1 once the environment has failed and needs recovery. */
@@ -808,6 +938,16 @@ store_errcall_cb(const DB_ENV *env, const char *prefix, const char *msg)
 	(void)prefix;
 	if (st != NULL && st->failed)
 		return;
+	/*
+	 * A master copying its store to a new member reads every file of the
+	 * state directory: that the lock file or the dead-letter file is no
+	 * database is no news.
+	 */
+	if (repl_enabled() && strstr(msg, "fop_read_meta") != NULL &&
+	    strstr(msg, "unexpected file type or format") != NULL) {
+		log_debug("store: Berkeley DB: %s", msg);
+		return;
+	}
 	log_warnx("store: Berkeley DB: %s", msg);
 }
 
@@ -817,7 +957,10 @@ store_event_cb(DB_ENV *env, u_int32_t event, void *info)
 {
 	struct store	*st = env->app_private;
 
-	(void)info;
+	if (event != DB_EVENT_PANIC && event != DB_EVENT_WRITE_FAILED) {
+		repl_event(env, event, info);
+		return;
+	}
 	if (event == DB_EVENT_PANIC && st != NULL)
 		store_fail(st, "panic");
 	else if (event == DB_EVENT_WRITE_FAILED)
@@ -858,6 +1001,15 @@ store_result(struct store *st, int ret, const char *what)
 	case DB_RUNRECOVERY:
 		store_fail(st, what);
 		return (STORE_ERROR);
+	case DB_REP_LOCKOUT:
+		/* A replica synchronising with its master (repl.c). */
+		log_debug("store: %s: %s", what, db_strerror(ret));
+		return (STORE_ERROR);
+	case DB_REP_HANDLE_DEAD:
+		/* Replication rolled back under the handles: reopen them. */
+		log_info("store: %s: %s", what, db_strerror(ret));
+		repl_handles_dead();
+		return (STORE_ERROR);
 	default:
 		log_warnx("store: %s: %s", what, db_strerror(ret));
 		return (STORE_ERROR);
@@ -887,7 +1039,7 @@ store_txn_begin(struct store *st, struct store_txn **txnp)
 	int	 r;
 
 	*txnp = NULL;
-	if (st->failed)
+	if (st->failed || !st->dbs_open)
 		return (STORE_ERROR);
 	r = store_result(st, st->env->txn_begin(st->env, NULL, &tid, 0),
 	    "begin transaction");
@@ -910,14 +1062,37 @@ store_txn_commit(struct store_txn *txn)
 {
 	struct store	*st = txn->st;
 	DB_TXN		*tid = txn->tid;
-	int		 r;
+	unsigned long	 perm = repl_perm_failures();
+	int		 r, acked;
 
 	if (st->failed) {
 		free(txn);
 		(void)tid->abort(tid);
 		return (STORE_ERROR);
 	}
+	/*
+	 * After a commit that too few replicas acknowledged, a transaction
+	 * that writes nothing would be answered 2xx on data a failover may
+	 * lose (a log-stream batch redelivered after its 503 is all
+	 * duplicates).  Make it write, and so wait for the acknowledgements,
+	 * which cover every earlier commit, until one is acknowledged.
+	 */
+	if (st->unacked && store_meta_put(txn, STORE_META_ACKED, "") !=
+	    STORE_OK) {
+		free(txn);
+		(void)tid->abort(tid);
+		return (STORE_ERROR);
+	}
 	r = store_result(st, tid->commit(tid, DB_TXN_NOSYNC), "commit");
+	/*
+	 * Committed here, but too few replicas acknowledged it (repl.c): it
+	 * may not survive a failover, so it must not be answered 2xx.
+	 */
+	acked = repl_perm_failures() == perm;
+	if (r == STORE_OK && !acked)
+		log_warnx("store: commit not acknowledged by enough replicas");
+	if (r == STORE_OK)
+		st->unacked = !acked;
 	if (r == STORE_OK) {
 		st->counts.claims += (uint64_t)txn->d_claims;
 		st->counts.active += (uint64_t)txn->d_active;
@@ -926,7 +1101,7 @@ store_txn_commit(struct store_txn *txn)
 		st->counts.verify += (uint64_t)txn->d_verify;
 	}
 	free(txn);
-	return (r == STORE_OK ? STORE_OK : STORE_ERROR);
+	return (r == STORE_OK && acked ? STORE_OK : STORE_ERROR);
 }
 
 /*
@@ -1112,7 +1287,8 @@ store_checkpoint(struct store *st)
 
 	if (st->failed)
 		return (STORE_ERROR);
-	ret = st->env->txn_checkpoint(st->env, 0, 0, 0);
+	/* A replica checkpoints when the master's checkpoint arrives. */
+	ret = repl_writable() ? st->env->txn_checkpoint(st->env, 0, 0, 0) : 0;
 	if (ret == 0 && st->backup == NULL)
 		ret = st->env->log_archive(st->env, NULL, DB_ARCH_REMOVE);
 	r = store_result(st, ret, "checkpoint");

@@ -38,6 +38,15 @@ enum conf_mode {
 	CONF_MODE_MONITOR
 };
 
+#define CONF_PEERS_MAX	8
+
+/* A member of the replication group: its repmgr and API addresses. */
+struct conf_peer {
+	char		*repl;
+	char		*api;
+	int		 line;
+};
+
 struct conf {
 	char		*path;
 	char		*listen;
@@ -71,6 +80,15 @@ struct conf {
 	int64_t		 backfill_since_t;	/* the same, seconds */
 	char		*on_conflict;		/* "report" or "remove" */
 	int		 on_conflict_remove;
+	char		*repl_local;		/* NULL: no replication */
+	struct conf_peer repl_peers[CONF_PEERS_MAX];
+	size_t		 repl_npeers;
+	long long	 repl_priority;
+	char		*repl_ack_policy;	/* quorum, all, one */
+	long long	 repl_ack_timeout;	/* ms */
+	long long	 repl_election_timeout;	/* ms */
+	long long	 repl_heartbeat;	/* ms */
+	char		*repl_ca_file;		/* to verify peers' TLS */
 };
 
 struct conf	*conf_load(const char *, char **);
@@ -200,6 +218,7 @@ struct store	*store_open(const char *, char **);
 void		 store_close(struct store *);
 void		 store_set_fail_cb(struct store *, void (*)(void *), void *);
 int		 store_failed(struct store *);
+int		 store_ready(struct store *);
 int		 store_txn_begin(struct store *, struct store_txn **);
 int		 store_txn_commit(struct store_txn *);
 void		 store_txn_abort(struct store_txn *);
@@ -209,6 +228,9 @@ int		 store_flusher_start(struct store *, struct event_base *,
 void		 store_flusher_stop(struct store *);
 int		 store_flush_async(struct store *);
 int		 store_checkpoint(struct store *);
+int		 store_repl_open(struct store *, int, char **);
+void		 store_repl_close(struct store *);
+int		 store_recount(struct store *);
 int		 store_backup_start(struct store *, struct event_base *,
 		     const char *, const char *,
 		     void (*)(const struct store_backup_result *, void *),
@@ -577,6 +599,51 @@ void		 notify_init(void);
 void		 notify_send(const char *, ...)
 		     __attribute__((format(printf, 1, 2)));
 void		 notify_free(void);
+
+/* repl.c */
+enum repl_role {
+	REPL_ROLE_NONE = 0,	/* starting, or between masters */
+	REPL_ROLE_MASTER,
+	REPL_ROLE_REPLICA
+};
+
+/* What status and /metrics show of replication. */
+struct repl_info {
+	int		 enabled;
+	int		 role;		/* enum repl_role */
+	int		 ready;		/* the store is open for this role */
+	char		 master[300];	/* repl address, or "" */
+	struct {
+		char	 repl[300];
+		char	 api[300];
+		int	 connected;
+	}		 peers[CONF_PEERS_MAX];
+	size_t		 npeers;
+	uint64_t	 lag;		/* log records waiting to be applied */
+	uint32_t	 lsn_file;	/* the next log record's LSN */
+	uint32_t	 lsn_offset;
+	uint64_t	 perm_failed;
+	uint64_t	 forwarded;
+	uint64_t	 forward_failed;
+	uint64_t	 unavailable;
+};
+
+struct __db_env;
+int		 repl_enabled(void);
+int		 repl_init(struct event_base *, const struct conf *, char **);
+void		 repl_free(void);
+void		 repl_set_hook(void (*)(void *, int, int), void *);
+int		 repl_env_prepare(struct __db_env *, u_int32_t *);
+int		 repl_start(struct __db_env *, char **);
+void		 repl_event(struct __db_env *, u_int32_t, void *);
+unsigned long	 repl_perm_failures(void);
+int		 repl_writable(void);
+int		 repl_serving(void);
+void		 repl_handles_dead(void);
+void		 repl_retry(void);
+void		 repl_info(struct repl_info *);
+const char	*repl_role_name(int);
+int		 repl_forward(struct http *, struct evhttp_request *, int);
 
 /* api.c */
 /* A claim request's body: what POST /v1/claims sent. */

@@ -262,6 +262,58 @@ test_missing_file(void **state)
 	free(cause);
 }
 
+/* The replication keys: peers repeat, and each error names its line. */
+static void
+test_repl_keys(void **state)
+{
+	struct fixture	*f = *state;
+	char		*path, *cause = NULL;
+	struct conf	*c;
+
+	path = write_conf(f, "");
+	c = conf_load(path, &cause);
+	assert_non_null(c);
+	assert_null(c->repl_local);
+	assert_int_equal(c->repl_npeers, 0);
+	assert_int_equal(c->repl_priority, 100);
+	assert_string_equal(c->repl_ack_policy, "quorum");
+	assert_int_equal(c->repl_ack_timeout, 1000);
+	conf_free(c);
+	free(path);
+
+	path = write_conf(f, "repl_local = 127.0.0.1:7001\n"
+	    "repl_peer = 127.0.0.1:7002 127.0.0.1:8082\n"
+	    "repl_peer =\t[::1]:7003   [::1]:8083\n"
+	    "repl_priority = 0\nrepl_ack_policy = all\n");
+	c = conf_load(path, &cause);
+	assert_non_null(c);
+	assert_string_equal(c->repl_local, "127.0.0.1:7001");
+	assert_int_equal(c->repl_npeers, 2);
+	assert_string_equal(c->repl_peers[0].repl, "127.0.0.1:7002");
+	assert_string_equal(c->repl_peers[0].api, "127.0.0.1:8082");
+	assert_int_equal(c->repl_peers[0].line, 5);
+	assert_string_equal(c->repl_peers[1].repl, "[::1]:7003");
+	assert_string_equal(c->repl_peers[1].api, "[::1]:8083");
+	assert_int_equal(c->repl_peers[1].line, 6);
+	assert_int_equal(c->repl_priority, 0);
+	conf_free(c);
+	free(path);
+
+	expect_error(f, "repl_local = 127.0.0.1:7001\n"
+	    "repl_peer = 127.0.0.1:7002 nowhere\n",
+	    "test.conf:5: repl_peer: expected host:port");
+	expect_error(f, "repl_peer = 127.0.0.1:7002 127.0.0.1:8082\n",
+	    "test.conf:4: repl_peer is set but repl_local is not");
+	expect_error(f, "repl_local = 127.0.0.1:7001\n"
+	    "repl_peer = 127.0.0.1:7002 127.0.0.1:8082\n"
+	    "repl_peer = 127.0.0.1:7003 127.0.0.1:8080\n",
+	    "test.conf:6: repl_peer: 127.0.0.1:7003 is this node");
+	expect_error(f, "repl_local = 127.0.0.1:7001\n"
+	    "repl_peer = 127.0.0.1:7002 127.0.0.1:8082\n"
+	    "repl_ack_timeout = 5\n",
+	    "test.conf:6: repl_ack_timeout: 5 is out of range");
+}
+
 static void
 test_key_names(void **state)
 {
@@ -304,6 +356,8 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_secret_file_must_be_private,
 		    setup, teardown),
 		cmocka_unit_test_setup_teardown(test_read_secret, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_repl_keys, setup,
 		    teardown),
 		cmocka_unit_test(test_missing_file),
 		cmocka_unit_test(test_key_names),

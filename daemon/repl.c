@@ -1,0 +1,997 @@
+/*
+ * Replication: a group of phoneclaimd nodes on Berkeley DB's replication
+ * manager (repmgr), configured by repl_local and repl_peer.
+ *
+ * repmgr elects one master; only the master writes.  The group is static:
+ * every site, this one included, is configured as a "legacy" site, so that
+ * each node knows the whole group from its configuration and an election
+ * needs a majority of it (a lone node never makes itself master, and the
+ * 2SITE_STRICT setting keeps that true for a group of two).
+ *
+ * Durability: a commit sends the transaction's log records to the
+ * replicas in one message (bulk transfer) and waits, inside txn->commit,
+ * for the replicas that the acknowledgement policy asks for (quorum by default: one of two
+ * peers).  If they do not answer within repl_ack_timeout, or too few are
+ * connected, repmgr raises DB_EVENT_REP_PERM_FAILED in the committing
+ * thread before commit returns: repl_perm_failures() counts those per
+ * thread, and store_txn_commit turns such a commit into STORE_ERROR, so the
+ * request is answered 503, never 2xx.  The master then flushes its own log
+ * before any reply goes out, as without replication.  So a 2xx means: on
+ * the master's disk and received by a quorum, and an election always picks
+ * a site holding every such commit.  (A replica acknowledges once the
+ * record is in its log buffer: the master commits with DB_TXN_NOSYNC, so it
+ * does not ask the replicas to flush.  Losing the master's disk and the
+ * memory of the acknowledging replicas at once loses the newest commits.)
+ *
+ * A replica forwards writes (POST /v1/claims, /v1/log-stream) to the
+ * master's API address, given by the master's repl_peer line, and relays
+ * its answer; with no master known it answers 503 at once.  The forwarding
+ * uses libcurl's multi interface on the event loop, like mgmt.c.
+ *
+ * repmgr calls the event callback on its own threads.  The callback only
+ * updates the shared state under a mutex and writes the event's number to
+ * a pipe; the loop reads the pipe, logs, and lets main reopen the store's
+ * handles for the new role (repl_set_hook).
+ */
+#include "config.h"
+
+#include <sys/types.h>
+#include <sys/queue.h>
+
+#include <db.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+
+#include "log.h"
+#include "phoneclaimd.h"
+#include "xmalloc.h"
+
+#define REPL_THREADS		3	/* repmgr message threads */
+#define REPL_FORWARD_HEADER	"X-Phoneclaimd-Forwarded"
+#define REPL_RETRY_MS		500	/* reopen the store after a failure */
+#define REPL_BODY_MAX		(1024 * 1024)	/* of a master's answer */
+/*
+ * Mutexes beyond Berkeley DB's estimate.  A demoted master's rollback
+ * (replication undoing its unacknowledged commits) took some 40,000 of
+ * the ~57,000 the environment has with our lock table, and the reopening
+ * of the databases then failed for want of one ("resize mutex region").
+ */
+#define REPL_MUTEXES		200000
+
+/* One forwarded request. */
+struct repl_xfer {
+	CURL			*easy;
+	struct http		*http;
+	struct http_ctx		 ctx;
+	struct curl_slist	*headers;
+	char			*body;		/* the request's */
+	struct evbuffer		*answer;
+	char			 ctype[128];
+	char			 retry_after[32];
+	char			 error[CURL_ERROR_SIZE];
+	TAILQ_ENTRY(repl_xfer)	 entry;
+};
+TAILQ_HEAD(repl_xfers, repl_xfer);
+
+struct repl {
+	const struct conf	*conf;
+	struct event_base	*base;
+	DB_ENV			*env;
+	int			 started;
+	pthread_mutex_t		 mu;
+	/* Under mu: written by repmgr's threads. */
+	int			 role;		/* enum repl_role */
+	uint64_t		 perm_failed;
+	/* The loop's. */
+	int			 fds[2];
+	struct event		*pipe_ev;
+	struct event		*retry_ev;
+	int			 loop_role;	/* what the hook was told */
+	int			 loop_ready;
+	void			(*hook)(void *, int, int);
+	void			*hook_arg;
+	int			 dead;		/* handles to reopen */
+	CURLM			*multi;
+	struct event		*curl_ev;
+	struct repl_xfers	 xfers;
+	uint64_t		 forwarded;
+	uint64_t		 forward_failed;
+	uint64_t		 unavailable;
+};
+
+static struct repl	*repl;
+static _Thread_local unsigned long repl_thread_perm_failed;
+
+static int	repl_split(const char *, char *, size_t, u_int *);
+static int	repl_policy(const char *);
+static void	repl_pipe_cb(evutil_socket_t, short, void *);
+static void	repl_retry_cb(evutil_socket_t, short, void *);
+static void	repl_update(void);
+static const char *repl_event_name(u_int32_t);
+static int	repl_site_address(int, char *, size_t);
+static int	repl_master_eid(void);
+static int	repl_caught_up(void);
+static const struct conf_peer *repl_peer_by_repl(const char *);
+static int	repl_socket_cb(CURL *, curl_socket_t, int, void *, void *);
+static int	repl_timer_cb(CURLM *, long, void *);
+static void	repl_sock_event_cb(evutil_socket_t, short, void *);
+static void	repl_curl_timeout_cb(evutil_socket_t, short, void *);
+static void	repl_check(void);
+static size_t	repl_write_cb(char *, size_t, size_t, void *);
+static size_t	repl_header_cb(char *, size_t, size_t, void *);
+static void	repl_done(struct repl_xfer *, CURLcode);
+static void	repl_xfer_free(struct repl_xfer *);
+
+/* Return 1 if the configuration makes this node a member of a group. */
+int
+repl_enabled(void)
+{
+	return (repl != NULL);
+}
+
+/*
+ * Set up replication for conf (nothing without repl_local): the pipe from
+ * repmgr's threads to the loop and the forwarding client.
+ */
+int
+repl_init(struct event_base *base, const struct conf *conf, char **cause)
+{
+	struct repl	*r;
+
+	if (conf->repl_local == NULL)
+		return (0);
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0) {
+		xasprintf(cause, "curl_global_init failed");
+		return (-1);
+	}
+	r = xcalloc(1, sizeof *r);
+	r->conf = conf;
+	r->base = base;
+	r->role = r->loop_role = REPL_ROLE_NONE;
+	TAILQ_INIT(&r->xfers);
+	pthread_mutex_init(&r->mu, NULL);
+	if (pipe2(r->fds, O_CLOEXEC | O_NONBLOCK) != 0) {
+		xasprintf(cause, "replication: pipe: %s", strerror(errno));
+		free(r);
+		return (-1);
+	}
+	r->pipe_ev = event_new(base, r->fds[0], EV_READ | EV_PERSIST,
+	    repl_pipe_cb, r);
+	r->retry_ev = evtimer_new(base, repl_retry_cb, r);
+	r->curl_ev = evtimer_new(base, repl_curl_timeout_cb, r);
+	if (r->pipe_ev == NULL || r->retry_ev == NULL || r->curl_ev == NULL ||
+	    event_add(r->pipe_ev, NULL) != 0)
+		fatalx("replication: event_new");
+	if ((r->multi = curl_multi_init()) == NULL)
+		fatalx("curl_multi_init");
+	curl_multi_setopt(r->multi, CURLMOPT_SOCKETFUNCTION, repl_socket_cb);
+	curl_multi_setopt(r->multi, CURLMOPT_TIMERFUNCTION, repl_timer_cb);
+	repl = r;
+	return (0);
+}
+
+/* Stop forwarding and free everything (after the store is closed). */
+void
+repl_free(void)
+{
+	struct repl		*r = repl;
+	struct repl_xfer	*x;
+
+	if (r == NULL)
+		return;
+	while ((x = TAILQ_FIRST(&r->xfers)) != NULL)
+		repl_xfer_free(x);
+	curl_multi_cleanup(r->multi);
+	event_free(r->pipe_ev);
+	event_free(r->retry_ev);
+	event_free(r->curl_ev);
+	close(r->fds[0]);
+	close(r->fds[1]);
+	pthread_mutex_destroy(&r->mu);
+	free(r);
+	repl = NULL;
+	curl_global_cleanup();
+}
+
+/* Call hook(arg, role, ready) on the loop whenever the role changes. */
+void
+repl_set_hook(void (*hook)(void *, int, int), void *arg)
+{
+	if (repl == NULL)
+		return;
+	repl->hook = hook;
+	repl->hook_arg = arg;
+	/* Events may have come before the hook. */
+	repl_update();
+}
+
+/* Split host:port or [v6]:port into host and port. */
+static int
+repl_split(const char *addr, char *host, size_t size, u_int *port)
+{
+	const char	*colon = strrchr(addr, ':');
+	size_t		 len;
+
+	if (colon == NULL)
+		return (-1);
+	len = (size_t)(colon - addr);
+	if (addr[0] == '[' && len >= 2) {
+		addr++;
+		len -= 2;
+	}
+	if (len >= size)
+		return (-1);
+	memcpy(host, addr, len);
+	host[len] = '\0';
+	*port = (u_int)strtoul(colon + 1, NULL, 10);
+	return (0);
+}
+
+/* The repmgr acknowledgement policy named by repl_ack_policy. */
+static int
+repl_policy(const char *name)
+{
+	if (strcmp(name, "all") == 0)
+		return (DB_REPMGR_ACKS_ALL);
+	if (strcmp(name, "one") == 0)
+		return (DB_REPMGR_ACKS_ONE_PEER);
+	return (DB_REPMGR_ACKS_QUORUM);
+}
+
+/*
+ * Before the environment opens: the flags replication needs, priority,
+ * acknowledgements and timeouts (repmgr's are in microseconds).  The
+ * checkpoint delay (30 s by default: the master sleeps that long in every
+ * checkpoint, to let the replicas flush their caches first) would stop
+ * the event loop for as long: without it a replica flushes when the
+ * checkpoint record arrives.  Bulk transfer sends a transaction's log
+ * records as one message when it commits (without it, Nagle held the
+ * commit record back for the replica's delayed ACK: 40 ms a commit).
+ * (DB_REP_CONF_NOWAIT, to fail reads at once while a replica
+ * synchronises, also failed the new master's first operations: a replica
+ * closes its store while it synchronises instead.)
+ */
+int
+repl_env_prepare(DB_ENV *env, u_int32_t *flags)
+{
+	const struct conf	*c;
+	u_int32_t		 hb;
+	int			 ret;
+
+	if (repl == NULL)
+		return (0);
+	c = repl->conf;
+	*flags |= DB_INIT_REP | DB_THREAD;
+	hb = (u_int32_t)c->repl_heartbeat * 1000;
+	if ((ret = env->rep_set_priority(env,
+	    (u_int32_t)c->repl_priority)) != 0 ||
+	    (ret = env->repmgr_set_ack_policy(env,
+	    repl_policy(c->repl_ack_policy))) != 0 ||
+	    (ret = env->rep_set_timeout(env, DB_REP_ACK_TIMEOUT,
+	    (db_timeout_t)c->repl_ack_timeout * 1000)) != 0 ||
+	    (ret = env->rep_set_timeout(env, DB_REP_ELECTION_TIMEOUT,
+	    (db_timeout_t)c->repl_election_timeout * 1000)) != 0 ||
+	    (ret = env->rep_set_timeout(env, DB_REP_ELECTION_RETRY,
+	    (db_timeout_t)c->repl_election_timeout * 1000)) != 0 ||
+	    (ret = env->rep_set_timeout(env, DB_REP_HEARTBEAT_SEND, hb)) != 0 ||
+	    (ret = env->rep_set_timeout(env, DB_REP_HEARTBEAT_MONITOR,
+	    3 * hb)) != 0 ||
+	    (ret = env->rep_set_timeout(env, DB_REP_CONNECTION_RETRY,
+	    2 * hb)) != 0 ||
+	    (ret = env->rep_set_timeout(env, DB_REP_CHECKPOINT_DELAY, 0)) != 0 ||
+	    (ret = env->rep_set_config(env, DB_REPMGR_CONF_2SITE_STRICT,
+	    1)) != 0 ||
+	    (ret = env->rep_set_config(env, DB_REP_CONF_BULK, 1)) != 0 ||
+	    (ret = env->mutex_set_increment(env, REPL_MUTEXES)) != 0)
+		return (ret);
+	return (0);
+}
+
+/*
+ * After the environment opened: name the sites and start repmgr, which
+ * holds an election or finds the master.  The store's databases are
+ * opened later, by the hook, once the role is known.
+ */
+int
+repl_start(DB_ENV *env, char **cause)
+{
+	const struct conf	*c = repl->conf;
+	DB_SITE			*site;
+	char			 host[256];
+	u_int			 port;
+	size_t			 i;
+	int			 ret;
+
+	repl->env = env;
+	if (repl_split(c->repl_local, host, sizeof host, &port) != 0 ||
+	    (ret = env->repmgr_site(env, host, port, &site, 0)) != 0) {
+		xasprintf(cause, "replication: bad repl_local %s",
+		    c->repl_local);
+		return (-1);
+	}
+	if ((ret = site->set_config(site, DB_LOCAL_SITE, 1)) != 0 ||
+	    (ret = site->set_config(site, DB_LEGACY, 1)) != 0) {
+		(void)site->close(site);
+		goto fail;
+	}
+	if ((ret = site->close(site)) != 0)
+		goto fail;
+	for (i = 0; i < c->repl_npeers; i++) {
+		if (repl_split(c->repl_peers[i].repl, host, sizeof host,
+		    &port) != 0 ||
+		    (ret = env->repmgr_site(env, host, port, &site, 0)) != 0) {
+			xasprintf(cause, "replication: bad repl_peer %s",
+			    c->repl_peers[i].repl);
+			return (-1);
+		}
+		if ((ret = site->set_config(site, DB_LEGACY, 1)) != 0) {
+			(void)site->close(site);
+			goto fail;
+		}
+		if ((ret = site->close(site)) != 0)
+			goto fail;
+	}
+	ret = env->repmgr_start(env, REPL_THREADS, DB_REP_ELECTION);
+	if (ret != 0 && ret != DB_REP_IGNORE)
+		goto fail;
+	repl->started = 1;
+	log_info("replication: %s in a group of %zu, priority %lld, "
+	    "acknowledgements %s", c->repl_local, c->repl_npeers + 1,
+	    c->repl_priority, c->repl_ack_policy);
+	return (0);
+fail:
+	xasprintf(cause, "replication: cannot start on %s: %s", c->repl_local,
+	    db_strerror(ret));
+	return (-1);
+}
+
+/*
+ * The environment's event callback passes replication events here.  It
+ * runs on repmgr's threads or, for a failed acknowledgement, on the
+ * committing thread: no logging here, only state and the pipe.
+ */
+void
+repl_event(DB_ENV *env, u_int32_t event, void *info)
+{
+	struct repl	*r = repl;
+	ssize_t		 n;
+
+	(void)env;
+	(void)info;
+	if (r == NULL)
+		return;
+	pthread_mutex_lock(&r->mu);
+	switch (event) {
+	case DB_EVENT_REP_MASTER:
+		r->role = REPL_ROLE_MASTER;
+		break;
+	case DB_EVENT_REP_CLIENT:
+		r->role = REPL_ROLE_REPLICA;
+		break;
+	case DB_EVENT_REP_PERM_FAILED:
+		r->perm_failed++;
+		repl_thread_perm_failed++;
+		break;
+	default:
+		break;
+	}
+	pthread_mutex_unlock(&r->mu);
+	do
+		n = write(r->fds[1], &event, sizeof event);
+	while (n == -1 && errno == EINTR);
+	/* A full pipe already holds a wake-up: the event is only logged. */
+}
+
+/* Failed acknowledgements on this thread so far (see store_txn_commit). */
+unsigned long
+repl_perm_failures(void)
+{
+	return (repl_thread_perm_failed);
+}
+
+/* Return 1 if this node may write: no replication, or the master. */
+int
+repl_writable(void)
+{
+	int	role;
+
+	if (repl == NULL)
+		return (1);
+	pthread_mutex_lock(&repl->mu);
+	role = repl->role;
+	pthread_mutex_unlock(&repl->mu);
+	return (role == REPL_ROLE_MASTER);
+}
+
+/*
+ * Return 1 if this replica has synchronised with its master and applies
+ * live records (it may serve reads).  repmgr clears that whenever the
+ * replica must synchronise again (a new master) and raises STARTUPDONE
+ * when it is done, which wakes repl_update.
+ */
+static int
+repl_caught_up(void)
+{
+	DB_REP_STAT	*sp;
+	int		 done;
+
+	if (repl->env == NULL || !repl->started ||
+	    repl->env->rep_stat(repl->env, &sp, 0) != 0)
+		return (0);
+	done = sp->st_startup_complete != 0;
+	free(sp);
+	return (done);
+}
+
+/*
+ * The master this replica can forward to: the one repmgr names, if this
+ * site is connected to it.  repmgr keeps naming a master it has lost
+ * until an election settles, and does not announce the same master again
+ * when a connection to it comes back: so the connection is what counts.
+ */
+static int
+repl_master_eid(void)
+{
+	struct repl	*r = repl;
+	DB_REP_STAT	*sp;
+	DB_REPMGR_SITE	*list = NULL;
+	u_int		 n = 0, i;
+	int		 eid, connected = 0;
+
+	if (r->env == NULL || !r->started ||
+	    r->env->rep_stat(r->env, &sp, 0) != 0)
+		return (DB_EID_INVALID);
+	eid = (int)sp->st_master;
+	free(sp);
+	if (eid == DB_EID_INVALID ||
+	    r->env->repmgr_site_list(r->env, &n, &list) != 0)
+		return (DB_EID_INVALID);
+	for (i = 0; i < n; i++) {
+		if (list[i].eid == eid)
+			connected = list[i].status == DB_REPMGR_CONNECTED;
+	}
+	free(list);
+	return (connected ? eid : DB_EID_INVALID);
+}
+
+/*
+ * Return 1 if this node serves: no replication, the master, or a replica
+ * connected to the master.
+ */
+int
+repl_serving(void)
+{
+	int	role;
+
+	if (repl == NULL)
+		return (1);
+	pthread_mutex_lock(&repl->mu);
+	role = repl->role;
+	pthread_mutex_unlock(&repl->mu);
+	return (role == REPL_ROLE_MASTER || (role == REPL_ROLE_REPLICA &&
+	    repl_master_eid() != DB_EID_INVALID));
+}
+
+/* The store met a dead handle (a rollback): reopen them from the loop. */
+void
+repl_handles_dead(void)
+{
+	if (repl == NULL)
+		return;
+	repl->dead = 1;
+	event_active(repl->pipe_ev, EV_TIMEOUT, 0);
+}
+
+/* Name an event for the log. */
+static const char *
+repl_event_name(u_int32_t event)
+{
+	switch (event) {
+	case DB_EVENT_REP_MASTER:
+		return ("this site is now the master");
+	case DB_EVENT_REP_CLIENT:
+		return ("this site is now a replica");
+	case DB_EVENT_REP_NEWMASTER:
+		return ("a new master was elected");
+	case DB_EVENT_REP_MASTER_FAILURE:
+		return ("the master is lost");
+	case DB_EVENT_REP_STARTUPDONE:
+		return ("this replica has caught up with the master");
+	case DB_EVENT_REP_DUPMASTER:
+		return ("two masters met: this one steps down");
+	case DB_EVENT_REP_ELECTION_FAILED:
+		return ("an election failed");
+	case DB_EVENT_REP_CONNECT_ESTD:
+		return ("connected to a peer");
+	case DB_EVENT_REP_CONNECT_BROKEN:
+		return ("lost the connection to a peer");
+	case DB_EVENT_REP_PERM_FAILED:
+		return ("a commit was not acknowledged by enough replicas");
+	case DB_EVENT_REP_INIT_DONE:
+		return ("this replica was copied from the master");
+	case DB_EVENT_REP_JOIN_FAILURE:
+		return ("this site could not join the group");
+	default:
+		return (NULL);
+	}
+}
+
+/* repmgr said something: log it and bring the loop's view up to date. */
+static void
+repl_pipe_cb(evutil_socket_t fd, short events, void *arg)
+{
+	u_int32_t	 ev[64];
+	const char	*name;
+	ssize_t		 n;
+	size_t		 i;
+
+	(void)arg;
+	if (events & EV_READ) {
+		while ((n = read(fd, ev, sizeof ev)) > 0) {
+			for (i = 0; i < (size_t)n / sizeof ev[0]; i++) {
+				if ((name = repl_event_name(ev[i])) == NULL)
+					continue;
+				if (ev[i] == DB_EVENT_REP_CONNECT_ESTD ||
+				    ev[i] == DB_EVENT_REP_CONNECT_BROKEN)
+					log_debug("replication: %s", name);
+				else
+					log_info("replication: %s", name);
+			}
+		}
+	}
+	repl_update();
+}
+
+/* A failed reopen: try again. */
+static void
+repl_retry_cb(evutil_socket_t fd, short events, void *arg)
+{
+	(void)fd;
+	(void)events;
+	(void)arg;
+	repl_update();
+}
+
+/*
+ * Tell the hook about the role: a master, or a replica that has caught up
+ * (ready), may open the store; anything else closes it.  A hook that fails
+ * (the files are not replicated yet) is asked again shortly.
+ */
+static void
+repl_update(void)
+{
+	struct repl	*r = repl;
+	int		 role, ready;
+
+	if (r == NULL || r->hook == NULL)
+		return;
+	pthread_mutex_lock(&r->mu);
+	role = r->role;
+	pthread_mutex_unlock(&r->mu);
+	ready = role == REPL_ROLE_MASTER ||
+	    (role == REPL_ROLE_REPLICA && repl_caught_up());
+	if (role == r->loop_role && ready == r->loop_ready && !r->dead)
+		return;
+	r->dead = 0;
+	r->loop_role = role;
+	r->loop_ready = ready;
+	r->hook(r->hook_arg, role, ready);
+}
+
+/* The hook could not open the store: call it again in a moment. */
+void
+repl_retry(void)
+{
+	struct timeval	tv = { 0, REPL_RETRY_MS * 1000 };
+
+	if (repl == NULL)
+		return;
+	repl->loop_ready = -1;
+	evtimer_add(repl->retry_ev, &tv);
+}
+
+/* The repl address of site eid, host:port. */
+static int
+repl_site_address(int eid, char *buf, size_t size)
+{
+	DB_SITE		*site;
+	const char	*host;
+	u_int		 port;
+	int		 ok;
+
+	if (repl->env == NULL || eid == DB_EID_INVALID ||
+	    repl->env->repmgr_site_by_eid(repl->env, eid, &site) != 0)
+		return (-1);
+	ok = site->get_address(site, &host, &port) == 0;
+	if (ok)
+		snprintf(buf, size, strchr(host, ':') != NULL ? "[%s]:%u" :
+		    "%s:%u", host, port);
+	(void)site->close(site);
+	return (ok ? 0 : -1);
+}
+
+/* The configured peer with this repl address, or NULL. */
+static const struct conf_peer *
+repl_peer_by_repl(const char *addr)
+{
+	size_t	i;
+
+	for (i = 0; i < repl->conf->repl_npeers; i++) {
+		if (strcmp(repl->conf->repl_peers[i].repl, addr) == 0)
+			return (&repl->conf->repl_peers[i]);
+	}
+	return (NULL);
+}
+
+/* What status and /metrics show. */
+void
+repl_info(struct repl_info *ri)
+{
+	struct repl		*r = repl;
+	DB_REPMGR_SITE		*list = NULL;
+	DB_REP_STAT		*sp;
+	const struct conf_peer	*p;
+	u_int			 n = 0, i, j;
+	int			 eid;
+
+	memset(ri, 0, sizeof *ri);
+	if (r == NULL)
+		return;
+	ri->enabled = 1;
+	pthread_mutex_lock(&r->mu);
+	ri->role = r->role;
+	ri->perm_failed = r->perm_failed;
+	pthread_mutex_unlock(&r->mu);
+	ri->ready = ri->role == REPL_ROLE_MASTER ||
+	    (ri->role == REPL_ROLE_REPLICA && repl_caught_up());
+	ri->forwarded = r->forwarded;
+	ri->forward_failed = r->forward_failed;
+	ri->unavailable = r->unavailable;
+	if (ri->role == REPL_ROLE_MASTER)
+		snprintf(ri->master, sizeof ri->master, "%s",
+		    r->conf->repl_local);
+	else if ((eid = repl_master_eid()) == DB_EID_INVALID ||
+	    repl_site_address(eid, ri->master, sizeof ri->master) != 0)
+		ri->master[0] = '\0';
+	if (r->env != NULL && r->started &&
+	    r->env->rep_stat(r->env, &sp, 0) == 0) {
+		ri->lag = (uint64_t)sp->st_log_queued;
+		ri->lsn_file = sp->st_next_lsn.file;
+		ri->lsn_offset = sp->st_next_lsn.offset;
+		free(sp);
+	}
+	if (r->env != NULL && r->started)
+		(void)r->env->repmgr_site_list(r->env, &n, &list);
+	for (i = 0; i < r->conf->repl_npeers && i < CONF_PEERS_MAX; i++) {
+		p = &r->conf->repl_peers[i];
+		snprintf(ri->peers[i].repl, sizeof ri->peers[i].repl, "%s",
+		    p->repl);
+		snprintf(ri->peers[i].api, sizeof ri->peers[i].api, "%s",
+		    p->api);
+		for (j = 0; j < n; j++) {
+			char	addr[300];
+
+			snprintf(addr, sizeof addr, strchr(list[j].host, ':') ?
+			    "[%s]:%u" : "%s:%u", list[j].host, list[j].port);
+			if (strcmp(addr, p->repl) == 0)
+				ri->peers[i].connected = list[j].status ==
+				    DB_REPMGR_CONNECTED;
+		}
+	}
+	ri->npeers = i;
+	free(list);
+}
+
+/* The name of a role. */
+const char *
+repl_role_name(int role)
+{
+	switch (role) {
+	case REPL_ROLE_MASTER:
+		return ("master");
+	case REPL_ROLE_REPLICA:
+		return ("replica");
+	default:
+		return ("starting");
+	}
+}
+
+/*
+ * A write arrived (POST /v1/claims or /v1/log-stream, its method checked).
+ * On the master, or without replication, return 0: handle it here.  On a
+ * replica answer it (return 1): 401 for a wrong token, 503 while no
+ * master is known or for a request another node already forwarded, else
+ * forward it to the master and relay the answer.
+ */
+int
+repl_forward(struct http *h, struct evhttp_request *req, int token)
+{
+	struct repl		*r = repl;
+	struct repl_xfer	*x;
+	const struct conf_peer	*p;
+	struct evkeyvalq	*in;
+	struct evbuffer		*buf;
+	const char		*v, *path;
+	char			 master[300], *hdr, *url;
+	size_t			 len;
+	int			 role, eid;
+
+	if (r == NULL)
+		return (0);
+	pthread_mutex_lock(&r->mu);
+	role = r->role;
+	pthread_mutex_unlock(&r->mu);
+	if (role == REPL_ROLE_MASTER)
+		return (0);
+	if (!http_authorised(h, req, token)) {
+		http_error(h, req, 401, "unauthorized");
+		return (1);
+	}
+	in = evhttp_request_get_input_headers(req);
+	if (evhttp_find_header(in, REPL_FORWARD_HEADER) != NULL ||
+	    (eid = repl_master_eid()) == DB_EID_INVALID ||
+	    repl_site_address(eid, master, sizeof master) != 0 ||
+	    (p = repl_peer_by_repl(master)) == NULL) {
+		r->unavailable++;
+		evhttp_add_header(evhttp_request_get_output_headers(req),
+		    "Retry-After", "1");
+		http_error(h, req, 503, "unavailable");
+		return (1);
+	}
+	x = xcalloc(1, sizeof *x);
+	x->http = h;
+	if ((x->easy = curl_easy_init()) == NULL ||
+	    (x->answer = evbuffer_new()) == NULL)
+		fatalx("replication: cannot make a transfer");
+	buf = evhttp_request_get_input_buffer(req);
+	len = evbuffer_get_length(buf);
+	x->body = xmalloc(len + 1);
+	evbuffer_copyout(buf, x->body, len);
+	x->body[len] = '\0';
+	path = evhttp_request_get_uri(req);
+	xasprintf(&url, "%s://%s%s", r->conf->tls_cert_file != NULL ?
+	    "https" : "http", p->api, path);
+	if ((v = evhttp_find_header(in, "Authorization")) != NULL) {
+		xasprintf(&hdr, "Authorization: %s", v);
+		x->headers = curl_slist_append(x->headers, hdr);
+		explicit_bzero(hdr, strlen(hdr));
+		free(hdr);
+	}
+	v = evhttp_find_header(in, "Content-Type");
+	xasprintf(&hdr, "Content-Type: %s", v != NULL ? v :
+	    "application/json");
+	x->headers = curl_slist_append(x->headers, hdr);
+	free(hdr);
+	xasprintf(&hdr, "%s: %s", REPL_FORWARD_HEADER, r->conf->repl_local);
+	x->headers = curl_slist_append(x->headers, hdr);
+	free(hdr);
+	/* No "Expect: 100-continue": the master answers at once. */
+	x->headers = curl_slist_append(x->headers, "Expect:");
+	curl_easy_setopt(x->easy, CURLOPT_URL, url);
+	free(url);
+	curl_easy_setopt(x->easy, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(x->easy, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(x->easy, CURLOPT_TIMEOUT, (long)r->conf->request_timeout);
+	curl_easy_setopt(x->easy, CURLOPT_POST, 1L);
+	curl_easy_setopt(x->easy, CURLOPT_POSTFIELDS, x->body);
+	curl_easy_setopt(x->easy, CURLOPT_POSTFIELDSIZE_LARGE,
+	    (curl_off_t)len);
+	curl_easy_setopt(x->easy, CURLOPT_HTTPHEADER, x->headers);
+	curl_easy_setopt(x->easy, CURLOPT_SSL_VERIFYPEER, 1L);
+	curl_easy_setopt(x->easy, CURLOPT_SSL_VERIFYHOST, 2L);
+	if (r->conf->repl_ca_file != NULL)
+		curl_easy_setopt(x->easy, CURLOPT_CAINFO,
+		    r->conf->repl_ca_file);
+	curl_easy_setopt(x->easy, CURLOPT_ERRORBUFFER, x->error);
+	curl_easy_setopt(x->easy, CURLOPT_WRITEFUNCTION, repl_write_cb);
+	curl_easy_setopt(x->easy, CURLOPT_WRITEDATA, x);
+	curl_easy_setopt(x->easy, CURLOPT_HEADERFUNCTION, repl_header_cb);
+	curl_easy_setopt(x->easy, CURLOPT_HEADERDATA, x);
+	curl_easy_setopt(x->easy, CURLOPT_PRIVATE, x);
+	http_suspend(h, req, &x->ctx);
+	TAILQ_INSERT_TAIL(&r->xfers, x, entry);
+	if (curl_multi_add_handle(r->multi, x->easy) != CURLM_OK)
+		fatalx("curl_multi_add_handle");
+	return (1);
+}
+
+/* Keep the master's answer, up to a bound. */
+static size_t
+repl_write_cb(char *p, size_t size, size_t n, void *arg)
+{
+	struct repl_xfer	*x = arg;
+
+	if (evbuffer_get_length(x->answer) + size * n > REPL_BODY_MAX)
+		return (0);
+	evbuffer_add(x->answer, p, size * n);
+	return (size * n);
+}
+
+/* Keep the headers worth relaying: Content-Type and Retry-After. */
+static size_t
+repl_header_cb(char *p, size_t size, size_t n, void *arg)
+{
+	struct repl_xfer	*x = arg;
+	size_t			 len = size * n, vlen;
+	const char		*v;
+	char			*dst;
+	size_t			 dsize;
+
+	if (len > 13 && strncasecmp(p, "Content-Type:", 13) == 0) {
+		v = p + 13;
+		dst = x->ctype;
+		dsize = sizeof x->ctype;
+	} else if (len > 12 && strncasecmp(p, "Retry-After:", 12) == 0) {
+		v = p + 12;
+		dst = x->retry_after;
+		dsize = sizeof x->retry_after;
+	} else
+		return (len);
+	while (v < p + len && (*v == ' ' || *v == '\t'))
+		v++;
+	vlen = (size_t)(p + len - v);
+	while (vlen > 0 && (v[vlen - 1] == '\r' || v[vlen - 1] == '\n' ||
+	    v[vlen - 1] == ' '))
+		vlen--;
+	if (vlen < dsize) {
+		memcpy(dst, v, vlen);
+		dst[vlen] = '\0';
+	}
+	return (len);
+}
+
+/* The master answered, or could not be reached: answer the client. */
+static void
+repl_done(struct repl_xfer *x, CURLcode rc)
+{
+	struct repl		*r = repl;
+	struct evhttp_request	*req = x->ctx.req;
+	struct evkeyvalq	*out = evhttp_request_get_output_headers(req);
+	long			 code = 0;
+	char			*body;
+	size_t			 len;
+
+	http_resume(x->http, &x->ctx);
+	curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
+	if (rc != CURLE_OK || code < 200 || code > 599) {
+		r->forward_failed++;
+		log_warnx("replication: forwarding to the master failed: %s",
+		    rc != CURLE_OK ? (x->error[0] != '\0' ? x->error :
+		    curl_easy_strerror(rc)) : "no HTTP answer");
+		evhttp_add_header(out, "Retry-After", "1");
+		http_error(x->http, req, 503, "unavailable");
+	} else {
+		r->forwarded++;
+		if (x->retry_after[0] != '\0')
+			evhttp_add_header(out, "Retry-After", x->retry_after);
+		if (code == 401)
+			evhttp_add_header(out, "WWW-Authenticate", "Bearer");
+		len = evbuffer_get_length(x->answer);
+		body = xmalloc(len + 1);
+		evbuffer_remove(x->answer, body, len);
+		body[len] = '\0';
+		http_reply_now(x->http, req, (int)code, x->ctype[0] != '\0' ?
+		    x->ctype : "application/json", body);
+		free(body);
+	}
+	http_resumed(x->http);
+	repl_xfer_free(x);
+}
+
+/* Forget a transfer. */
+static void
+repl_xfer_free(struct repl_xfer *x)
+{
+	TAILQ_REMOVE(&repl->xfers, x, entry);
+	curl_multi_remove_handle(repl->multi, x->easy);
+	curl_easy_cleanup(x->easy);
+	curl_slist_free_all(x->headers);
+	evbuffer_free(x->answer);
+	free(x->body);
+	free(x);
+}
+
+/* libcurl wants a socket watched (or no longer). */
+static int
+repl_socket_cb(CURL *easy, curl_socket_t s, int what, void *userp,
+    void *socketp)
+{
+	struct event	*ev = socketp;
+	short		 flags = EV_PERSIST;
+
+	(void)easy;
+	(void)userp;
+	if (what == CURL_POLL_REMOVE) {
+		if (ev != NULL)
+			event_free(ev);
+		curl_multi_assign(repl->multi, s, NULL);
+		return (0);
+	}
+	if (what & CURL_POLL_IN)
+		flags |= EV_READ;
+	if (what & CURL_POLL_OUT)
+		flags |= EV_WRITE;
+	if (ev != NULL)
+		event_free(ev);
+	if ((ev = event_new(repl->base, s, flags, repl_sock_event_cb,
+	    NULL)) == NULL || event_add(ev, NULL) != 0)
+		fatalx("replication: event_new");
+	curl_multi_assign(repl->multi, s, ev);
+	return (0);
+}
+
+/* libcurl wants to be called back after timeout_ms (-1: never). */
+static int
+repl_timer_cb(CURLM *multi, long timeout_ms, void *userp)
+{
+	struct timeval	tv;
+
+	(void)multi;
+	(void)userp;
+	if (timeout_ms < 0) {
+		evtimer_del(repl->curl_ev);
+		return (0);
+	}
+	tv.tv_sec = timeout_ms / 1000;
+	tv.tv_usec = (timeout_ms % 1000) * 1000;
+	evtimer_add(repl->curl_ev, &tv);
+	return (0);
+}
+
+/* A socket of a transfer is ready. */
+static void
+repl_sock_event_cb(evutil_socket_t fd, short events, void *arg)
+{
+	int	running, flags = 0;
+
+	(void)arg;
+	if (events & EV_READ)
+		flags |= CURL_CSELECT_IN;
+	if (events & EV_WRITE)
+		flags |= CURL_CSELECT_OUT;
+	curl_multi_socket_action(repl->multi, fd, flags, &running);
+	repl_check();
+}
+
+/* libcurl's timer went off. */
+static void
+repl_curl_timeout_cb(evutil_socket_t fd, short events, void *arg)
+{
+	int	running;
+
+	(void)fd;
+	(void)events;
+	(void)arg;
+	curl_multi_socket_action(repl->multi, CURL_SOCKET_TIMEOUT, 0,
+	    &running);
+	repl_check();
+}
+
+/* Answer the transfers that have ended. */
+static void
+repl_check(void)
+{
+	CURLMsg			*msg;
+	struct repl_xfer	*x;
+	int			 left;
+
+	while ((msg = curl_multi_info_read(repl->multi, &left)) != NULL) {
+		if (msg->msg != CURLMSG_DONE)
+			continue;
+		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE,
+		    (char **)&x);
+		repl_done(x, msg->data.result);
+	}
+}

@@ -1,0 +1,364 @@
+"""
+High availability: three phoneclaimd nodes in one Berkeley DB replication
+group on loopback ports (issue 9).
+
+- The replication keys are checked like the others (file:line).
+- Writes are accepted on every node: a replica forwards them to the master
+  and relays its answer; reads (lookup, /healthz) are answered by each
+  node; status and /metrics show role, master, peers and lag.
+- kill -9 of the master under load on two nodes: a new master is elected,
+  no acknowledged reservation is lost, no number is held by two users, and
+  the old master rejoins as a replica.
+- Without a master (two of three nodes stopped) a replica answers writes
+  503, and a master without a quorum answers 503: never 2xx.
+"""
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+import harness
+from harness import (DaemonTestCase, Load, check_reservations, claim_body,
+                     fresh_number, fresh_user)
+from repl_group import Group, GroupTestCase
+
+harness.require_daemon()
+
+
+class ReplConfigTests(DaemonTestCase):
+
+    def check_error(self, lines, want):
+        d = self.new_daemon(start=False)
+        d.write_conf(d.conf_lines() + lines)
+        r = d.run("-n", "-c", d.conf_path)
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn(want, r.stderr)
+        return d
+
+    def test_peer_without_local(self):
+        d = self.check_error(["repl_peer = 127.0.0.1:7002 127.0.0.1:8082"],
+                             "repl_peer is set but repl_local is not")
+        self.assertIn(d.conf_path + ":", d.run("-n", "-c",
+                                               d.conf_path).stderr)
+
+    def test_local_without_peer(self):
+        self.check_error(["repl_local = 127.0.0.1:7001"],
+                         "no repl_peer")
+
+    def test_peer_needs_two_addresses(self):
+        self.check_error(["repl_local = 127.0.0.1:7001",
+                          "repl_peer = 127.0.0.1:7002"],
+                         "repl_peer: expected the peer's replication address")
+
+    def test_peer_is_not_this_node(self):
+        self.check_error(["repl_local = 127.0.0.1:7001",
+                          "repl_peer = 127.0.0.1:7001 127.0.0.1:8082"],
+                         "is this node")
+
+    def test_duplicate_peer(self):
+        self.check_error(["repl_local = 127.0.0.1:7001",
+                          "repl_peer = 127.0.0.1:7002 127.0.0.1:8082",
+                          "repl_peer = 127.0.0.1:7002 127.0.0.1:8083"],
+                         "already a peer")
+
+    def test_ack_policy(self):
+        self.check_error(["repl_local = 127.0.0.1:7001",
+                          "repl_peer = 127.0.0.1:7002 127.0.0.1:8082",
+                          "repl_ack_policy = some"],
+                         "repl_ack_policy: expected quorum")
+
+    def test_good_group_config(self):
+        d = self.new_daemon(start=False)
+        d.write_conf(d.conf_lines() + [
+            "repl_local = 127.0.0.1:7001",
+            "repl_peer = 127.0.0.1:7002 127.0.0.1:8082",
+            "repl_peer = [::1]:7003 [::1]:8083"])
+        r = d.run("-n", "-c", d.conf_path)
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+    def test_no_status_member_without_replication(self):
+        d = self.new_daemon()
+        self.assertNotIn("replication", d.ask("status"))
+        self.assertNotIn("phoneclaimd_repl_",
+                         d.request("GET", "/metrics").raw.decode())
+
+
+class ReplGroupTests(GroupTestCase):
+
+    def test_writes_on_any_node(self):
+        g, m = self.group, self.master
+        phones = []
+        for d in g.nodes:
+            phone, user = fresh_number(), fresh_user()
+            r = d.claim(phone, user)
+            self.assertEqual(r.status, 200, str(r))
+            self.assertEqual(r.get("result"), "reserved")
+            self.assertIn("application/json", r.content_type)
+            phones.append((phone, user))
+        # Each taken through every other node.
+        for phone, user in phones:
+            for d in g.nodes:
+                r = d.claim(phone, fresh_user())
+                self.assertEqual((r.status, r.json),
+                                 (409, {"result": "taken"}))
+                r = d.claim(phone, user)
+                self.assertEqual((r.status, r.get("result")), (200, "owned"))
+        # Read on every node: the replicas have what the master committed.
+        for d in g.nodes:
+            for phone, user in phones:
+                deadline = time.monotonic() + 5
+                while True:
+                    ans = d.ask("lookup " + phone)
+                    holders = [c["user_id"] for c in ans.get("claims", [])]
+                    if holders == [user] or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.05)
+                self.assertEqual(holders, [user], d.dir)
+            self.assertEqual(d.request("GET", "/healthz").status, 200)
+
+    def test_replica_checks_the_token_and_relays_errors(self):
+        g = self.group
+        replica = g.replicas(self.master)[0]
+        r = replica.claim(fresh_number(), fresh_user(), token="wrong")
+        self.assertEqual(r.status, 401)
+        self.assertEqual(r.headers.get("WWW-Authenticate"), "Bearer")
+        r = replica.claim("12", fresh_user())
+        self.assertEqual((r.status, r.json),
+                         (400, {"error": "invalid_phone_number"}))
+        # A log-stream batch through a replica is applied by the master.
+        r = replica.request("POST", "/v1/log-stream", b"[]", {
+            "Authorization": replica.log_stream_token,
+            "Content-Type": "application/json"})
+        self.assertEqual(r.status, 200, str(r))
+        self.assertEqual(r.get("received"), 0)
+        # Writes from the status socket are the master's.
+        self.assertEqual(replica.ask("release +12015550199"),
+                         {"error": "not_master"})
+        self.assertGreaterEqual(
+            replica.ask("status")["replication"]["forwarded"], 2)
+
+    def test_member_with_another_hash_key_stops(self):
+        g, m = self.group, self.master
+        d = g.replicas(m)[0]
+        d.stop()
+        with open(d.conf["hash_key_file"], "wb") as f:
+            f.write(os.urandom(32))
+        since = d.log_size()
+        d.start()
+        d.proc.wait(30)
+        self.assertEqual(d.proc.returncode, 1)
+        self.assertIn("is not the key the store", d.log_text(since))
+
+    def test_backup_of_a_replica(self):
+        g, m = self.group, self.master
+        replica = g.replicas(m)[0]
+        r = replica.claim(fresh_number(), fresh_user())
+        self.assertEqual(r.status, 200, str(r))
+        target = replica.path("bk")
+        ans = replica.ask("backup " + target, timeout=60)
+        self.assertEqual(ans.get("result"), "done", ans)
+        self.assertIn("meta.db", os.listdir(target))
+
+    def test_status_and_metrics(self):
+        g, m = self.group, self.master
+        maddr = g.repl[g.nodes.index(m)]
+        for i, d in enumerate(g.nodes):
+            rep = d.ask("status")["replication"]
+            self.assertEqual(rep["role"], "master" if d is m else "replica")
+            self.assertEqual(rep["master"], maddr)
+            self.assertEqual(sorted(p["address"] for p in rep["peers"]),
+                             sorted(a for j, a in enumerate(g.repl)
+                                    if j != i))
+            self.assertIn("lag", rep)
+            text = d.request("GET", "/metrics").raw.decode()
+            self.assertIn('phoneclaimd_repl_role{role="%s"} 1' %
+                          rep["role"], text)
+            self.assertIn('phoneclaimd_repl_master{address="%s"} 1' % maddr,
+                          text)
+            self.assertIn("phoneclaimd_repl_lag_records ", text)
+            self.assertIn("phoneclaimd_repl_peer_connected{address=", text)
+
+
+class ReplFailoverTests(GroupTestCase):
+
+    def contend(self, nodes, phones, rounds=3):
+        """Threads on every node claim the same numbers for different users;
+        return {phone: set of users answered reserved or owned}."""
+        winners = {p: set() for p in phones}
+        lock = threading.Lock()
+
+        def worker(d):
+            for _ in range(rounds):
+                for phone in phones:
+                    user = fresh_user()
+                    try:
+                        r = d.claim(phone, user)
+                    except OSError:
+                        return
+                    if r.status == 200:
+                        with lock:
+                            winners[phone].add(user)
+        threads = [threading.Thread(target=worker, args=(d,), daemon=True)
+                   for d in nodes for _ in range(2)]
+        for t in threads:
+            t.start()
+        return threads, winners
+
+    def test_kill_master_under_load(self):
+        g, old = self.group, self.master
+        replica = g.replicas(old)[0]
+        loads = [Load(old, 4), Load(replica, 4)]
+        phones = [fresh_number() for _ in range(20)]
+        for load in loads:
+            load.start()
+        threads, winners = self.contend(g.nodes, phones)
+        loads[0].wait_for(50, timeout=20)
+        loads[1].wait_for(50, timeout=20)
+        old.kill()
+        t0 = time.monotonic()
+        new = g.wait_master(exclude=old)
+        elected = time.monotonic() - t0
+        # The load on the surviving replica goes on through the new master.
+        n = len(loads[1].acked)
+        loads[1].wait_for(n + 20, timeout=20)
+        for load in loads:
+            load.finish()
+        for t in threads:
+            t.join(30)
+        acked = loads[0].acked + loads[1].acked
+        print("repl: new master after %.1f s; %d reservations acknowledged "
+              "(%d after the kill)" % (elected, len(acked),
+                                       len(loads[1].acked) - n))
+        self.assertGreater(len(loads[1].acked), n,
+                           "no write accepted after the failover")
+        failures = check_reservations(new, acked)
+        self.assertEqual(failures[:10], [], "%d of %d acknowledged "
+                         "reservations lost" % (len(failures), len(acked)))
+        # No number held by two users: at most one winner ever, and the
+        # store agrees.
+        for phone in phones:
+            holders = [c["user_id"] for c in
+                       new.ask("lookup " + phone)["claims"]]
+            self.assertLessEqual(len(holders), 1, phone)
+            self.assertLessEqual(len(winners[phone]), 1, (phone, winners))
+            if winners[phone]:
+                self.assertEqual(set(holders), winners[phone])
+        # The old master rejoins as a replica of the new one.
+        old.start()
+        self.assertIs(g.wait_master(), new)
+        rep = old.ask("status")["replication"]
+        self.assertEqual(rep["role"], "replica")
+        phone, user = acked[-1]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            holders = [c["user_id"] for c in
+                       old.ask("lookup " + phone).get("claims", [])]
+            if holders == [user]:
+                break
+            time.sleep(0.1)
+        self.assertEqual(holders, [user])
+        r = old.claim(fresh_number(), fresh_user())
+        self.assertEqual((r.status, r.get("result")), (200, "reserved"))
+
+    def test_no_quorum_no_2xx(self):
+        g, m = self.group, self.master
+        a, b = g.replicas(m)
+        # The master alone: it commits, but no replica acknowledges.
+        a.stop()
+        b.stop()
+        time.sleep(0.5)
+        for _ in range(3):
+            r = m.claim(fresh_number(), fresh_user())
+            self.assertEqual((r.status, r.json),
+                             (503, {"error": "unavailable"}), str(r))
+        self.assertGreater(m.ask("status")["replication"]["perm_failed"], 0)
+        # A batch answered 503 was committed here all the same: delivered
+        # again, its events are duplicates and change nothing, and still
+        # the answer must not be 2xx (a failover may lose the first).
+        batch = json.dumps([{"log_id": "90020261128000000001", "data": {
+            "type": "s", "date": "2026-11-28T00:00:00.000Z"}}]).encode()
+        for _ in range(2):
+            r = m.request("POST", "/v1/log-stream", batch, {
+                "Authorization": m.log_stream_token,
+                "Content-Type": "application/json"})
+            self.assertEqual((r.status, r.json),
+                             (503, {"error": "unavailable"}), str(r))
+        # A lone replica: no master to forward to.
+        m.stop()
+        a.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            rep = g.status(a)
+            if rep and rep["replication"]["role"] == "replica":
+                break
+            time.sleep(0.1)
+        r = a.claim(fresh_number(), fresh_user())
+        self.assertEqual((r.status, r.json),
+                         (503, {"error": "unavailable"}), str(r))
+        self.assertEqual(r.headers.get("Retry-After"), "1")
+        self.assertEqual(a.request("GET", "/healthz").status, 503)
+        # Back to a majority: a master again, and writes succeed.
+        b.start()
+        new = g.wait_master()
+        r = new.claim(fresh_number(), fresh_user())
+        self.assertEqual((r.status, r.get("result")), (200, "reserved"))
+
+
+
+@unittest.skipUnless(shutil.which("openssl"), "no openssl command")
+class ReplTlsTests(GroupTestCase):
+    """Members that serve HTTPS forward over HTTPS, verifying the master's
+    certificate against repl_ca_file."""
+
+    def make_group(self):
+        self.pki = tempfile.mkdtemp(prefix="pcd-pki-")
+        self.addCleanup(shutil.rmtree, self.pki, True)
+        self.cert = os.path.join(self.pki, "cert.pem")
+        key = os.path.join(self.pki, "key.pem")
+        r = subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+             "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out",
+             self.cert, "-days", "2", "-subj", "/CN=phoneclaimd test",
+             "-addext", "subjectAltName = IP:127.0.0.1"],
+            capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        os.chmod(key, 0o600)
+        return Group(3, tls_cert_file=self.cert, tls_key_file=key,
+                     repl_ca_file=self.cert)
+
+    def https_claim(self, d, phone, user):
+        ctx = ssl.create_default_context(cafile=self.cert)
+        conn = http.client.HTTPSConnection(d.host, d.port, context=ctx,
+                                           timeout=10)
+        try:
+            conn.request("POST", "/v1/claims", claim_body(phone, user),
+                         {"Authorization": "Bearer " + d.api_token,
+                          "Content-Type": "application/json"})
+            resp = conn.getresponse()
+            return resp.status, json.loads(resp.read())
+        finally:
+            conn.close()
+
+    def test_forwarding_over_https(self):
+        g, m = self.group, self.master
+        replica = g.replicas(m)[0]
+        phone, user = fresh_number(), fresh_user()
+        self.assertEqual(self.https_claim(replica, phone, user),
+                         (200, {"result": "reserved", "expires_in": 600}))
+        self.assertEqual(self.https_claim(m, phone, fresh_user()),
+                         (409, {"result": "taken"}))
+        self.assertEqual(
+            replica.ask("status")["replication"]["forwarded"], 1)
+
+
+if __name__ == "__main__":
+    unittest.main()
