@@ -652,19 +652,37 @@ store_open_db(struct store *st, DB_TXN *tid, enum store_db which)
 		return (ret);
 	ret = db->open(db, tid, store_dbs[which].file, NULL, DB_BTREE,
 	    st->db_create, STORE_FILE_MODE);
-	/*
-	 * repmgr needs DB_THREAD on the environment, and Berkeley DB then
-	 * opens every database free-threaded, which demands allocated DBTs
-	 * on every read.  These handles stay on the event-loop thread as
-	 * without replication: their handle mutex is what makes them
-	 * "threaded" (DB_IS_THREADED), so keep it aside while they are open
-	 * and give it back for close to free.
-	 */
-	if (ret == 0 && repl_enabled()) {
-		st->db_mutex[which] = db->mutex;
-		db->mutex = 0;
-	}
+	if (ret == 0)
+		st->db_mutex[which] = store_unthread(db);
 	return (ret);
+}
+
+/*
+ * repmgr needs DB_THREAD on the environment, and Berkeley DB then opens
+ * every database free-threaded, which demands allocated DBTs on every
+ * read.  The store's handles stay on one thread as without replication:
+ * their handle mutex is what makes them "threaded" (DB_IS_THREADED), so
+ * keep it aside while they are open; store_rethread gives it back for
+ * close to free.  Returns the mutex kept aside (0: none).
+ */
+db_mutex_t
+store_unthread(DB *db)
+{
+	db_mutex_t	m;
+
+	if (!repl_enabled())
+		return (0);
+	m = db->mutex;
+	db->mutex = 0;
+	return (m);
+}
+
+/* Give a handle back the mutex that store_unthread kept aside. */
+void
+store_rethread(DB *db, db_mutex_t m)
+{
+	if (m != 0)
+		db->mutex = m;
 }
 
 /*
@@ -892,10 +910,8 @@ store_close_dbs(struct store *st)
 	for (i = STORE_DB_COUNT - 1; i >= 0; i--) {
 		if (st->db[i] == NULL)
 			continue;
-		if (st->db_mutex[i] != 0) {
-			st->db[i]->mutex = st->db_mutex[i];
-			st->db_mutex[i] = 0;
-		}
+		store_rethread(st->db[i], st->db_mutex[i]);
+		st->db_mutex[i] = 0;
 		ret = st->db[i]->close(st->db[i], 0);
 		if (ret != 0 && !st->failed)
 			log_warnx("store: closing %s: %s", store_dbs[i].file,

@@ -107,6 +107,8 @@ extern unsigned char	store_index_key[STORE_INDEX_KEY_LEN];
 int	store_env_config(DB_ENV *, uint64_t);
 int	store_file_exists(struct store *, const char *);
 int	store_end_key(DB *, DB_TXN *, u_int32_t, void *, size_t, size_t *);
+db_mutex_t store_unthread(DB *);
+void	store_rethread(DB *, db_mutex_t);
 int	store_result(struct store *, int, const char *);
 int	store_cursor_done(struct store *, DBC *, int, const char *);
 void	store_dbt(DBT *, const void *, size_t);

@@ -124,6 +124,7 @@ migrate_claims(struct store *st, uint64_t *np, const char **what)
 	DB_TXN		*tid;
 	unsigned char	 last[NUMKEY_LEN];
 	size_t		 len;
+	db_mutex_t	 mu = 0;
 	int		 have_last = 0, done = 0, ret, r;
 
 	if (!store_file_exists(st, "claims.db"))
@@ -148,6 +149,7 @@ migrate_claims(struct store *st, uint64_t *np, const char **what)
 		tid->abort(tid);
 		goto out;
 	}
+	mu = store_unthread(old);
 	if ((ret = tid->commit(tid, DB_TXN_NOSYNC)) != 0)
 		goto out;
 	*what = "numbers.db";
@@ -163,6 +165,7 @@ migrate_claims(struct store *st, uint64_t *np, const char **what)
 			break;
 	}
 out:
+	store_rethread(old, mu);
 	if ((r = old->close(old, 0)) != 0 && ret == 0)
 		ret = r;
 	return (ret);

@@ -41,6 +41,7 @@ import unittest
 
 import harness
 from harness import DaemonTestCase, fresh_user
+import repl_group
 import test_logstream as ls
 
 harness.require_daemon()
@@ -273,6 +274,77 @@ class MigrationTests(DaemonTestCase):
         counts = self.post(d, [fresh_id(ls.enrolled(u5, p5))])
         self.assertEqual(counts["applied"], 1, counts)
         self.assertEqual(self.holders(d, p5), [[u5, "active"]])
+
+
+class GroupMigrationTests(unittest.TestCase):
+    """A single daemon's store of schema 3 becomes a replication group:
+    its member is elected (its log is the most recent), migrates, and the
+    two new, empty members are copied from it (docs/ha.md)."""
+
+    def setUp(self):
+        if shutil.which("db5.3_load") is None:
+            self.skipTest("db5.3_load is not installed")
+        with open(os.path.join(FIXTURE, "expected.json")) as f:
+            self.exp = json.load(f)
+        with open(os.path.join(FIXTURE, "test-hash-key.hex")) as f:
+            key = bytes.fromhex(f.read().strip())
+        self.group = repl_group.Group(
+            3, pending_ttl=str(self.exp["pending_ttl"]),
+            max_users_per_number="2")
+        self.addCleanup(self.stop)
+        for d in self.group.nodes:
+            write_key(d.conf["hash_key_file"], key)
+        load_fixture(self.group.nodes[0].state_dir)
+        os.unlink(os.path.join(self.group.nodes[0].state_dir, "hash.key"))
+
+    def stop(self):
+        self.group.stop()
+        for d in self.group.nodes:
+            if not d.problems:
+                d.remove()
+
+    def test_old_single_store_becomes_the_group(self):
+        g = self.group
+        # The single daemon has served for a while (its log is long, as a
+        # real one's is): run it alone on the old store first, with the
+        # group's keys left out.
+        first = g.nodes[0]
+        lines = [l for l in first.conf_lines()
+                 if not l.startswith(("repl_", "hash_key_file"))]
+        first.write_conf(lines + ["hash_key_file = " +
+                                  first.conf["hash_key_file"]])
+        first.start()
+        self.assertIn("migrated to schema version 4", first.log_text())
+        served = [(harness.fresh_number(), fresh_user()) for _ in range(200)]
+        for phone, user in served:
+            self.assertEqual(first.claim(phone, user).status, 200)
+        first.stop()
+        first.write_conf(first.conf_lines() + [
+            "repl_peer = %s %s" % (g.repl[j], g.api[j]) for j in (1, 2)])
+        g.start()
+        master = g.wait_master()
+        self.assertIs(master, g.nodes[0],
+                      "the member with the data must win the election")
+        for d in g.nodes:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                got = sorted([c["user_id"], c["state"]] for c in
+                             d.ask("lookup +14155550104")["claims"])
+                if got == self.exp["numbers"]["+14155550104"]:
+                    break
+                time.sleep(0.2)
+            for phone, holders in self.exp["numbers"].items():
+                got = sorted([c["user_id"], c["state"]]
+                             for c in d.ask("lookup " + phone)["claims"])
+                self.assertEqual(got, holders, (d.dir, phone))
+            self.assertNotIn("claims.db", os.listdir(d.state_dir))
+            phone, user = served[-1]
+            got = [c["user_id"] for c in d.ask("lookup " + phone)["claims"]]
+            self.assertEqual(got, [user], d.dir)
+        # A write through a replica reaches the migrated store.
+        replica = g.replicas(master)[0]
+        r = replica.claim("+14155550104", fresh_user())
+        self.assertEqual((r.status, r.get("result")), (409, "taken"))
 
 
 if __name__ == "__main__":
