@@ -114,6 +114,7 @@ struct repl {
 static struct repl	*repl;
 static _Thread_local unsigned long repl_thread_perm_failed;
 
+static int	repl_role_now(void);
 static int	repl_split(const char *, char *, size_t, u_int *);
 static int	repl_policy(const char *);
 static void	repl_pipe_cb(evutil_socket_t, short, void *);
@@ -401,18 +402,23 @@ repl_perm_failures(void)
 	return (repl_thread_perm_failed);
 }
 
+/* The role now (repmgr's threads change it); repl must be set. */
+static int
+repl_role_now(void)
+{
+	int	role;
+
+	pthread_mutex_lock(&repl->mu);
+	role = repl->role;
+	pthread_mutex_unlock(&repl->mu);
+	return (role);
+}
+
 /* Return 1 if this node may write: no replication, or the master. */
 int
 repl_writable(void)
 {
-	int	role;
-
-	if (repl == NULL)
-		return (1);
-	pthread_mutex_lock(&repl->mu);
-	role = repl->role;
-	pthread_mutex_unlock(&repl->mu);
-	return (role == REPL_ROLE_MASTER);
+	return (repl == NULL || repl_role_now() == REPL_ROLE_MASTER);
 }
 
 /*
@@ -477,9 +483,7 @@ repl_serving(void)
 
 	if (repl == NULL)
 		return (1);
-	pthread_mutex_lock(&repl->mu);
-	role = repl->role;
-	pthread_mutex_unlock(&repl->mu);
+	role = repl_role_now();
 	return (role == REPL_ROLE_MASTER || (role == REPL_ROLE_REPLICA &&
 	    repl_master_eid() != DB_EID_INVALID));
 }

@@ -187,6 +187,7 @@ static int	store_open_dbs(struct store *, char **);
 static int	store_open_db(struct store *, DB_TXN *, enum store_db);
 static int	store_check_keys(struct store *, DB_TXN *, char **, int *);
 static int	store_check_schema(struct store *, char **);
+static int	store_schema_get(struct store_txn *, long long *, char **);
 static int	store_schema_ok(struct store *, const char *, long long *,
 		    char **);
 static int	store_schema_write(struct store_txn *);
@@ -321,8 +322,7 @@ int
 store_repl_open(struct store *st, int master, char **cause)
 {
 	struct store_txn	*txn;
-	char			*value = NULL;
-	long long		 v = 0;
+	long long		 v;
 	int			 r;
 
 	*cause = NULL;
@@ -346,14 +346,12 @@ store_repl_open(struct store *st, int master, char **cause)
 	}
 	if (store_txn_begin(st, &txn) != STORE_OK)
 		goto fail;
-	r = store_meta_get(txn, STORE_META_SCHEMA, &value);
-	if (r == STORE_OK && store_schema_ok(st, value, &v, cause) != 0) {
-		free(value);
+	if ((r = store_schema_get(txn, &v, cause)) == STORE_ERROR &&
+	    *cause != NULL) {
 		store_txn_abort(txn);
 		store_close_dbs(st);
 		return (STORE_ERROR);
 	}
-	free(value);
 	store_txn_abort(txn);
 	/* An older layout is the master's to upgrade: wait for it. */
 	if (r != STORE_OK || v < STORE_SCHEMA_VERSION) {
@@ -769,19 +767,16 @@ static int
 store_check_schema(struct store *st, char **cause)
 {
 	struct store_txn	*txn;
-	char			*value = NULL;
-	long long		 v = 0;
+	long long		 v;
 	int			 r;
 
 	if (store_txn_begin(st, &txn) != STORE_OK)
 		goto fail;
-	r = store_meta_get(txn, STORE_META_SCHEMA, &value);
-	if (r == STORE_OK && store_schema_ok(st, value, &v, cause) != 0) {
-		free(value);
+	if ((r = store_schema_get(txn, &v, cause)) == STORE_ERROR &&
+	    *cause != NULL) {
 		store_txn_abort(txn);
 		return (-1);
 	}
-	free(value);
 	if ((r == STORE_OK && v < STORE_SCHEMA_VERSION) ||
 	    (r == STORE_NOTFOUND && store_file_exists(st, "claims.db"))) {
 		/* An older layout: migrate, in transactions of its own. */
@@ -801,6 +796,25 @@ store_check_schema(struct store *st, char **cause)
 fail:
 	xasprintf(cause, "cannot read or write the metadata in %s", st->dir);
 	return (-1);
+}
+
+/*
+ * Read the schema version in a transaction: STORE_OK and *vp, or
+ * STORE_NOTFOUND (none yet, *vp 0), or STORE_ERROR with *cause set if it
+ * is newer than ours or not a version, or another failure (no cause).
+ */
+static int
+store_schema_get(struct store_txn *txn, long long *vp, char **cause)
+{
+	char	*value = NULL;
+	int	 r;
+
+	*vp = 0;
+	r = store_meta_get(txn, STORE_META_SCHEMA, &value);
+	if (r == STORE_OK && store_schema_ok(txn->st, value, vp, cause) != 0)
+		r = STORE_ERROR;
+	free(value);
+	return (r);
 }
 
 /* Check a stored schema version against ours. */

@@ -276,7 +276,7 @@ class MigrationTests(DaemonTestCase):
         self.assertEqual(self.holders(d, p5), [[u5, "active"]])
 
 
-class GroupMigrationTests(unittest.TestCase):
+class GroupMigrationTests(repl_group.GroupTestCase):
     """A single daemon's store of schema 3 becomes a replication group:
     its member is elected (its log is the most recent), migrates, and the
     two new, empty members are copied from it (docs/ha.md)."""
@@ -288,20 +288,15 @@ class GroupMigrationTests(unittest.TestCase):
             self.exp = json.load(f)
         with open(os.path.join(FIXTURE, "test-hash-key.hex")) as f:
             key = bytes.fromhex(f.read().strip())
+        # Not GroupTestCase's setUp: the group starts in the test.
         self.group = repl_group.Group(
             3, pending_ttl=str(self.exp["pending_ttl"]),
             max_users_per_number="2")
-        self.addCleanup(self.stop)
+        self.addCleanup(self.finish_group)
         for d in self.group.nodes:
             write_key(d.conf["hash_key_file"], key)
         load_fixture(self.group.nodes[0].state_dir)
         os.unlink(os.path.join(self.group.nodes[0].state_dir, "hash.key"))
-
-    def stop(self):
-        self.group.stop()
-        for d in self.group.nodes:
-            if not d.problems:
-                d.remove()
 
     def test_old_single_store_becomes_the_group(self):
         g = self.group
