@@ -116,8 +116,10 @@ static const struct conf_key conf_keys[] = {
 	  0, 1000000, "100", 0 },
 	{ "repl_ack_policy", CONF_STRING,
 	  offsetof(struct conf, repl_ack_policy), 0, 0, "quorum", 0 },
+	{ "repl_ack_durability", CONF_STRING,
+	  offsetof(struct conf, repl_ack_durability), 0, 0, "disk", 0 },
 	{ "repl_ack_timeout", CONF_NUMBER,
-	  offsetof(struct conf, repl_ack_timeout), 10, 600000, "1000", 0 },
+	  offsetof(struct conf, repl_ack_timeout), 10, 600000, "5000", 0 },
 	{ "repl_election_timeout", CONF_NUMBER,
 	  offsetof(struct conf, repl_election_timeout), 100, 600000, "2000",
 	  0 },
@@ -503,6 +505,7 @@ conf_check_repl(struct conf *c, const char *path, const int *seen,
     char **cause)
 {
 	static const char	*policies[] = { "quorum", "all", "one" };
+	static const char	*durabilities[] = { "disk", "memory" };
 	size_t			 i;
 
 	if (c->repl_local == NULL && c->repl_npeers == 0)
@@ -531,6 +534,12 @@ conf_check_repl(struct conf *c, const char *path, const int *seen,
 		xasprintf(cause, "%s:%d: repl_ack_policy: expected quorum, all "
 		    "or one: %s", path, CONF_LINE(seen, "repl_ack_policy"),
 		    c->repl_ack_policy);
+		return (-1);
+	}
+	if (conf_lookup_name(durabilities, 2, c->repl_ack_durability) == -1) {
+		xasprintf(cause, "%s:%d: repl_ack_durability: expected disk or "
+		    "memory: %s", path, CONF_LINE(seen, "repl_ack_durability"),
+		    c->repl_ack_durability);
 		return (-1);
 	}
 	return (0);

@@ -87,6 +87,7 @@ TAILQ_HEAD(repl_xfers, repl_xfer);
 
 struct repl {
 	const struct conf	*conf;
+	int			 sync_commits;	/* repl_ack_durability disk */
 	struct event_base	*base;
 	DB_ENV			*env;
 	int			 started;
@@ -159,6 +160,7 @@ repl_init(struct event_base *base, const struct conf *conf, char **cause)
 	}
 	r = xcalloc(1, sizeof *r);
 	r->conf = conf;
+	r->sync_commits = strcmp(conf->repl_ack_durability, "disk") == 0;
 	r->base = base;
 	r->role = r->loop_role = REPL_ROLE_NONE;
 	TAILQ_INIT(&r->xfers);
@@ -412,6 +414,20 @@ repl_role_now(void)
 	role = repl->role;
 	pthread_mutex_unlock(&repl->mu);
 	return (role);
+}
+
+/*
+ * Return 1 if commits must be synchronous (repl_ack_durability = disk):
+ * a commit flushed on the master carries Berkeley DB's flush flag to the
+ * replicas, which then flush their log before they acknowledge it, so
+ * that a 2xx is on the disks of a quorum.  With "memory", commits leave
+ * the master unflushed (its own flush comes once per batch) and a replica
+ * acknowledges a record once it is in its log buffer.
+ */
+int
+repl_sync_commits(void)
+{
+	return (repl != NULL && repl->sync_commits);
 }
 
 /* Return 1 if this node may write: no replication, or the master. */

@@ -1113,7 +1113,13 @@ store_txn_commit(struct store_txn *txn)
 		(void)tid->abort(tid);
 		return (STORE_ERROR);
 	}
-	r = store_result(st, tid->commit(tid, DB_TXN_NOSYNC), "commit");
+	/*
+	 * In a group whose acknowledgements mean disk (repl_sync_commits),
+	 * the commit is flushed here, which makes the replicas flush before
+	 * they acknowledge it; otherwise the batch's flush comes later.
+	 */
+	r = store_result(st, tid->commit(tid, repl_sync_commits() ?
+	    DB_TXN_SYNC : DB_TXN_NOSYNC), "commit");
 	/*
 	 * Committed here, but too few replicas acknowledged it (repl.c): it
 	 * may not survive a failover, so it must not be answered 2xx.

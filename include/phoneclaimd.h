@@ -85,6 +85,7 @@ struct conf {
 	size_t		 repl_npeers;
 	long long	 repl_priority;
 	char		*repl_ack_policy;	/* quorum, all, one */
+	char		*repl_ack_durability;	/* disk, memory */
 	long long	 repl_ack_timeout;	/* ms */
 	long long	 repl_election_timeout;	/* ms */
 	long long	 repl_heartbeat;	/* ms */
@@ -630,6 +631,7 @@ struct repl_info {
 
 struct __db_env;
 int		 repl_enabled(void);
+int		 repl_sync_commits(void);
 int		 repl_init(struct event_base *, const struct conf *, char **);
 void		 repl_free(void);
 void		 repl_set_hook(void (*)(void *, int, int), void *);

@@ -76,6 +76,12 @@ class ReplConfigTests(DaemonTestCase):
                           "repl_ack_policy = some"],
                          "repl_ack_policy: expected quorum")
 
+    def test_ack_durability(self):
+        self.check_error(["repl_local = 127.0.0.1:7001",
+                          "repl_peer = 127.0.0.1:7002 127.0.0.1:8082",
+                          "repl_ack_durability = flash"],
+                         "repl_ack_durability: expected disk or memory")
+
     def test_good_group_config(self):
         d = self.new_daemon(start=False)
         d.write_conf(d.conf_lines() + [
@@ -315,6 +321,50 @@ class ReplFailoverTests(GroupTestCase):
 
 
 @unittest.skipUnless(shutil.which("openssl"), "no openssl command")
+class ReplAckDurabilityTests(unittest.TestCase):
+    """repl_ack_durability: with disk, the replicas flush their log for
+    the commits they acknowledge; with memory they do not.  Observed with
+    db5.3_stat -l on a replica's environment while it runs: its count of
+    log flushes, across the same 60 sequential claims on the master."""
+
+    CLAIMS = 60
+
+    def flushes(self, d):
+        out = subprocess.run(["db5.3_stat", "-h", d.state_dir, "-l"],
+                             capture_output=True, text=True, timeout=30)
+        for line in out.stdout.splitlines():
+            if line.endswith("Total log file flushes"):
+                return int(line.split()[0])
+        raise AssertionError("db5.3_stat -l: %s" % out.stdout[-300:])
+
+    def replica_flushes(self, durability):
+        g = Group(3, repl_ack_durability=durability)
+        try:
+            g.start()
+            m = g.wait_master()
+            reps = g.replicas(m)
+            before = [self.flushes(d) for d in reps]
+            for _ in range(self.CLAIMS):
+                r = m.claim(harness.fresh_number(), harness.fresh_user())
+                self.assertEqual(r.status, 200, r)
+            return min(self.flushes(d) - b for d, b in zip(reps, before))
+        finally:
+            g.stop()
+            for d in g.nodes:
+                d.check_log()
+                if not d.problems:
+                    d.remove()
+
+    def test_disk_flushes_the_replicas(self):
+        if shutil.which("db5.3_stat") is None:
+            self.skipTest("db5.3_stat is not installed")
+        disk = self.replica_flushes("disk")
+        memory = self.replica_flushes("memory")
+        # Every acknowledged commit was flushed by both replicas.
+        self.assertGreaterEqual(disk, self.CLAIMS)
+        self.assertGreater(disk, 3 * memory, (disk, memory))
+
+
 class ReplTlsTests(GroupTestCase):
     """Members that serve HTTPS forward over HTTPS, verifying the master's
     certificate against repl_ca_file."""

@@ -277,14 +277,16 @@ test_repl_keys(void **state)
 	assert_int_equal(c->repl_npeers, 0);
 	assert_int_equal(c->repl_priority, 100);
 	assert_string_equal(c->repl_ack_policy, "quorum");
-	assert_int_equal(c->repl_ack_timeout, 1000);
+	assert_string_equal(c->repl_ack_durability, "disk");
+	assert_int_equal(c->repl_ack_timeout, 5000);
 	conf_free(c);
 	free(path);
 
 	path = write_conf(f, "repl_local = 127.0.0.1:7001\n"
 	    "repl_peer = 127.0.0.1:7002 127.0.0.1:8082\n"
 	    "repl_peer =\t[::1]:7003   [::1]:8083\n"
-	    "repl_priority = 0\nrepl_ack_policy = all\n");
+	    "repl_priority = 0\nrepl_ack_policy = all\n"
+	    "repl_ack_durability = memory\n");
 	c = conf_load(path, &cause);
 	assert_non_null(c);
 	assert_string_equal(c->repl_local, "127.0.0.1:7001");
@@ -296,6 +298,7 @@ test_repl_keys(void **state)
 	assert_string_equal(c->repl_peers[1].api, "[::1]:8083");
 	assert_int_equal(c->repl_peers[1].line, 6);
 	assert_int_equal(c->repl_priority, 0);
+	assert_string_equal(c->repl_ack_durability, "memory");
 	conf_free(c);
 	free(path);
 
