@@ -200,6 +200,8 @@ static void	store_event_cb(DB_ENV *, u_int32_t, void *);
 static void	store_fail(struct store *, const char *);
 static int	store_count_db(DB *, DB_TXN *, uint64_t *);
 static int	store_count_init(struct store *, char **);
+static int	store_txn_commit_local(struct store_txn *);
+static int	store_txn_commit_acked(struct store_txn *, int);
 static int	store_count_all(struct store *, struct store_txn *);
 static void	store_count_save(struct store *);
 
@@ -326,9 +328,24 @@ store_repl_open(struct store *st, int master, char **cause)
 	int			 r;
 
 	*cause = NULL;
-	store_repl_close(st);
 	st->unacked = 0;
 	st->db_create = master ? DB_CREATE : 0;
+	/*
+	 * A replica that becomes the master keeps its handles: only a
+	 * rollback on a replica kills them, and closing them while repmgr
+	 * settles the new role fails (its lockout kills their lockers).  If
+	 * they turn out dead, reopen them.
+	 */
+	if (master && st->dbs_open && !st->failed) {
+		if (store_check_schema(st, cause) == 0 &&
+		    store_count_init(st, cause) == 0)
+			return (STORE_OK);
+		log_debug("store: reopening the databases for the master: %s",
+		    *cause != NULL ? *cause : "dead handles");
+		free(*cause);
+		*cause = NULL;
+	}
+	store_repl_close(st);
 	if (store_open_dbs(st, cause) != 0) {
 		store_close_dbs(st);
 		/* A wrong or missing hash key is fatal; missing files are not. */
@@ -593,14 +610,32 @@ store_open_dbs(struct store *st, char **cause)
 	DB_TXN		*tid;
 	const char	*what = "databases";
 	size_t		 i;
-	int		 ret;
+	int		 ret, each = repl_enabled();
 
-	if ((ret = st->env->txn_begin(st->env, NULL, &tid, 0)) != 0) {
+	/*
+	 * Alone, one transaction opens (or creates) every database.  In a
+	 * group, repmgr's threads work in the environment meanwhile (a new
+	 * master walks every file to copy it to a new member): each open
+	 * commits on its own, and the keys and indexes follow in a
+	 * transaction that never waits for a lock.  (With every open in one
+	 * transaction, a new master's open could be chosen to break a lock
+	 * deadlock with that walk; closing the handles of the aborted
+	 * transaction then failed the same way, and the next open hung.)
+	 */
+	if (each) {
+		for (i = 0; i < STORE_DB_COUNT; i++) {
+			what = store_dbs[i].file;
+			if ((ret = store_open_db(st, NULL, i)) != 0)
+				goto failed;
+		}
+	}
+	if ((ret = st->env->txn_begin(st->env, NULL, &tid,
+	    each ? DB_TXN_NOWAIT : 0)) != 0) {
 		xasprintf(cause, "cannot begin a transaction in %s: %s",
 		    st->dir, db_strerror(ret));
 		return (-1);
 	}
-	for (i = 0; i < STORE_DB_COUNT; i++) {
+	for (i = 0; !each && i < STORE_DB_COUNT; i++) {
 		what = store_dbs[i].file;
 		if ((ret = store_open_db(st, tid, i)) != 0)
 			goto fail;
@@ -649,7 +684,8 @@ store_open_db(struct store *st, DB_TXN *tid, enum store_db which)
 	    (ret = db->set_flags(db, DB_DUPSORT)) != 0)
 		return (ret);
 	ret = db->open(db, tid, store_dbs[which].file, NULL, DB_BTREE,
-	    st->db_create, STORE_FILE_MODE);
+	    st->db_create | (tid == NULL ? DB_AUTO_COMMIT : 0),
+	    STORE_FILE_MODE);
 	if (ret == 0)
 		st->db_mutex[which] = store_unthread(db);
 	return (ret);
@@ -789,7 +825,8 @@ store_check_schema(struct store *st, char **cause)
 		store_txn_abort(txn);
 		goto fail;
 	}
-	if (store_txn_commit(txn) != STORE_OK || store_flush(st) != STORE_OK)
+	if (store_txn_commit_local(txn) != STORE_OK ||
+	    store_flush(st) != STORE_OK)
 		goto fail;
 	return (0);
 
@@ -1090,6 +1127,24 @@ store_txn_begin(struct store *st, struct store_txn **txnp)
 int
 store_txn_commit(struct store_txn *txn)
 {
+	return (store_txn_commit_acked(txn, 1));
+}
+
+/*
+ * Commit the store's own bookkeeping at open (the schema, the counts),
+ * which answers no request: committed here is enough.  A new master must
+ * not give up its store because a replica left as it took over.
+ */
+static int
+store_txn_commit_local(struct store_txn *txn)
+{
+	return (store_txn_commit_acked(txn, 0));
+}
+
+/* Commit; with need_ack, a commit too few replicas acknowledged fails. */
+static int
+store_txn_commit_acked(struct store_txn *txn, int need_ack)
+{
 	struct store	*st = txn->st;
 	DB_TXN		*tid = txn->tid;
 	unsigned long	 perm = repl_perm_failures();
@@ -1137,7 +1192,8 @@ store_txn_commit(struct store_txn *txn)
 		st->counts.verify += (uint64_t)txn->d_verify;
 	}
 	free(txn);
-	return (r == STORE_OK && acked ? STORE_OK : STORE_ERROR);
+	return (r == STORE_OK && (acked || !need_ack) ? STORE_OK :
+	    STORE_ERROR);
 }
 
 /*
@@ -1478,7 +1534,8 @@ store_count_init(struct store *st, char **cause)
 		store_txn_abort(txn);
 		goto fail;
 	}
-	if (store_txn_commit(txn) != STORE_OK || store_flush(st) != STORE_OK)
+	if (store_txn_commit_local(txn) != STORE_OK ||
+	    store_flush(st) != STORE_OK)
 		goto fail;
 	c->active = c->claims - c->pending;
 	st->counted = 1;

@@ -298,11 +298,6 @@ class GroupMigrationTests(repl_group.GroupTestCase):
         load_fixture(self.group.nodes[0].state_dir)
         os.unlink(os.path.join(self.group.nodes[0].state_dir, "hash.key"))
 
-    @unittest.skip("known race, issue 9: a member whose state directory "
-                   "holds data opens its store as a replica at start; "
-                   "elected master at once, it closed a database handle "
-                   "while repmgr held locks (DB_LOCK_DEADLOCK) and its "
-                   "loop then hung; 2 runs in 10 under load")
     def test_old_single_store_becomes_the_group(self):
         g = self.group
         # The single daemon has served for a while (its log is long, as a

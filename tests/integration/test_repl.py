@@ -275,6 +275,54 @@ class ReplFailoverTests(GroupTestCase):
         r = old.claim(fresh_number(), fresh_user())
         self.assertEqual((r.status, r.get("result")), (200, "reserved"))
 
+    def test_whole_group_restarts(self):
+        """Every member stops and all start again at once, twice; the
+        second time one member comes back empty (its disk replaced).  The
+        one elected opens its store as the master while repmgr brings the
+        others up to date, copying every file to the empty one: that once
+        made a database open fail with DB_LOCK_DEADLOCK and then hang the
+        new master's event loop."""
+        g = self.group
+        held = []
+        for i in range(60):
+            phone, user = fresh_number(), fresh_user()
+            r = g.nodes[i % 3].claim(phone, user)
+            self.assertEqual((r.status, r.get("result")), (200, "reserved"),
+                             str(r))
+            held.append((phone, user))
+        for cycle in range(2):
+            g.stop()
+            if cycle == 1:
+                empty = g.nodes[2]
+                shutil.rmtree(empty.state_dir)
+                os.mkdir(empty.state_dir, 0o700)
+            g.start()
+            m = g.wait_master()
+            for d in g.nodes:
+                self.assertIsNotNone(g.status(d), d.dir)
+                deadline = time.monotonic() + 10
+                phone, user = held[-1]
+                while time.monotonic() < deadline:
+                    got = [c["user_id"] for c in
+                           d.ask("lookup " + phone).get("claims", [])]
+                    if got == [user]:
+                        break
+                    time.sleep(0.1)
+                for phone, user in held:
+                    got = [(c["user_id"], c["state"]) for c in
+                           d.ask("lookup " + phone).get("claims", [])]
+                    self.assertEqual(got, [(user, "pending")],
+                                     (cycle, d.dir, phone))
+                r = d.claim(held[0][0], fresh_user())
+                self.assertEqual((r.status, r.json),
+                                 (409, {"result": "taken"}), d.dir)
+            phone, user = fresh_number(), fresh_user()
+            r = g.replicas(m)[0].claim(phone, user)
+            self.assertEqual((r.status, r.get("result")), (200, "reserved"))
+            held.append((phone, user))
+            self.assertEqual(m.ask("status")["claims"]["pending"],
+                             len(held), "the new master's counts")
+
     def test_no_quorum_no_2xx(self):
         g, m = self.group, self.master
         a, b = g.replicas(m)
@@ -321,6 +369,67 @@ class ReplFailoverTests(GroupTestCase):
 
 
 @unittest.skipUnless(shutil.which("openssl"), "no openssl command")
+class ReplFromSingleTests(GroupTestCase):
+    """A single daemon with data becomes a group with two empty members
+    (docs/ha.md).  Its member wins the election and, first master of the
+    group, creates repmgr's own databases and copies every file to the new
+    members while it opens its store: that once made an open fail with
+    DB_LOCK_DEADLOCK, and the next open hung the event loop."""
+
+    def setUp(self):
+        # Not GroupTestCase's setUp: the group starts in the test.
+        self.group = Group(3, pending_ttl=3600)
+        self.addCleanup(self.finish_group)
+
+    def test_single_daemon_becomes_the_group(self):
+        g = self.group
+        first = g.nodes[0]
+        lines = [l for l in first.conf_lines()
+                 if not l.startswith(("repl_", "hash_key_file"))]
+        # Small log files, checkpointed each second: as in a daemon that
+        # has run for a while, the first log files are gone, so the new
+        # members cannot replay the log from its start and the master
+        # copies them its files.
+        first.write_conf(lines + [
+            "hash_key_file = " + first.conf["hash_key_file"],
+            "log_file_size = 65536", "checkpoint_interval = 1"])
+        first.start()
+        held = [(fresh_number(), fresh_user()) for _ in range(300)]
+        with first.client() as c:
+            for phone, user in held:
+                r = c.claim(phone, user)
+                self.assertEqual((r.status, r.get("result")),
+                                 (200, "reserved"))
+        log1 = os.path.join(first.state_dir, "log.0000000001")
+        deadline = time.monotonic() + 20
+        while os.path.exists(log1) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self.assertFalse(os.path.exists(log1), "the first log is kept")
+        first.stop()
+        first.write_conf(first.conf_lines() + [
+            "repl_peer = %s %s" % (g.repl[j], g.api[j]) for j in (1, 2)])
+        g.start()
+        m = g.wait_master()
+        self.assertIs(m, first, "the member with the data must win")
+        for d in g.nodes:
+            phone, user = held[-1]
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                got = [c["user_id"] for c in
+                       d.ask("lookup " + phone).get("claims", [])]
+                if got == [user]:
+                    break
+                time.sleep(0.1)
+            for phone, user in held[::10]:
+                got = [c["user_id"] for c in
+                       d.ask("lookup " + phone).get("claims", [])]
+                self.assertEqual(got, [user], (d.dir, phone))
+            self.assertEqual(d.ask("status")["claims"]["pending"],
+                             len(held), d.dir)
+        r = g.replicas(m)[0].claim(held[0][0], fresh_user())
+        self.assertEqual((r.status, r.json), (409, {"result": "taken"}))
+
+
 class ReplAckDurabilityTests(unittest.TestCase):
     """repl_ack_durability: with disk, the replicas flush their log for
     the commits they acknowledge; with memory they do not.  Observed with
