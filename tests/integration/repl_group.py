@@ -27,6 +27,18 @@ ACK_MS = 500
 ELECT_TIMEOUT = 30.0	# seconds to wait for a master (ASan is slow)
 
 
+def wait_holders(d, phone, want, timeout=10.0):
+    """Poll node d's lookup of phone until its holders' user ids are want
+    (replication may still be on its way); return the last ids seen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = [c["user_id"] for c in
+               d.ask("lookup " + phone).get("claims", [])]
+        if got == want or time.monotonic() > deadline:
+            return got
+        time.sleep(0.05)
+
+
 def free_ports(n):
     """Return n distinct TCP ports free on 127.0.0.1 right now."""
     socks, ports = [], []

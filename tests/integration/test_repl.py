@@ -29,7 +29,7 @@ import unittest
 import harness
 from harness import (DaemonTestCase, Load, check_reservations, claim_body,
                      fresh_number, fresh_user)
-from repl_group import Group, GroupTestCase
+from repl_group import Group, GroupTestCase, wait_holders
 
 harness.require_daemon()
 
@@ -121,14 +121,8 @@ class ReplGroupTests(GroupTestCase):
         # Read on every node: the replicas have what the master committed.
         for d in g.nodes:
             for phone, user in phones:
-                deadline = time.monotonic() + 5
-                while True:
-                    ans = d.ask("lookup " + phone)
-                    holders = [c["user_id"] for c in ans.get("claims", [])]
-                    if holders == [user] or time.monotonic() > deadline:
-                        break
-                    time.sleep(0.05)
-                self.assertEqual(holders, [user], d.dir)
+                self.assertEqual(wait_holders(d, phone, [user], 5), [user],
+                                 d.dir)
             self.assertEqual(d.request("GET", "/healthz").status, 200)
 
     def test_replica_checks_the_token_and_relays_errors(self):
@@ -264,14 +258,7 @@ class ReplFailoverTests(GroupTestCase):
         rep = old.ask("status")["replication"]
         self.assertEqual(rep["role"], "replica")
         phone, user = acked[-1]
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            holders = [c["user_id"] for c in
-                       old.ask("lookup " + phone).get("claims", [])]
-            if holders == [user]:
-                break
-            time.sleep(0.1)
-        self.assertEqual(holders, [user])
+        self.assertEqual(wait_holders(old, phone, [user]), [user])
         r = old.claim(fresh_number(), fresh_user())
         self.assertEqual((r.status, r.get("result")), (200, "reserved"))
 
@@ -300,14 +287,8 @@ class ReplFailoverTests(GroupTestCase):
             m = g.wait_master()
             for d in g.nodes:
                 self.assertIsNotNone(g.status(d), d.dir)
-                deadline = time.monotonic() + 10
                 phone, user = held[-1]
-                while time.monotonic() < deadline:
-                    got = [c["user_id"] for c in
-                           d.ask("lookup " + phone).get("claims", [])]
-                    if got == [user]:
-                        break
-                    time.sleep(0.1)
+                wait_holders(d, phone, [user])
                 for phone, user in held:
                     got = [(c["user_id"], c["state"]) for c in
                            d.ask("lookup " + phone).get("claims", [])]
@@ -413,13 +394,7 @@ class ReplFromSingleTests(GroupTestCase):
         self.assertIs(m, first, "the member with the data must win")
         for d in g.nodes:
             phone, user = held[-1]
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                got = [c["user_id"] for c in
-                       d.ask("lookup " + phone).get("claims", [])]
-                if got == [user]:
-                    break
-                time.sleep(0.1)
+            wait_holders(d, phone, [user], 20)
             for phone, user in held[::10]:
                 got = [c["user_id"] for c in
                        d.ask("lookup " + phone).get("claims", [])]
