@@ -739,6 +739,9 @@ class ValgrindDaemon(Daemon):
     def command(self, *args):
         return [shutil.which("valgrind") or "valgrind", "--leak-check=full",
                 "--errors-for-leak-kinds=definite,indirect",
+                "--suppressions=" + os.path.join(
+                    os.path.dirname(os.path.abspath(__file__)),
+                    "valgrind.supp"),
                 "--error-exitcode=99", "--child-silent-after-fork=yes",
                 "--log-file=" + self.path("valgrind.log"),
                 require_daemon()] + list(args)
