@@ -85,10 +85,25 @@ class Group:
             if netcut is not None:
                 self.wrap_netcut(d, netcut)
             self.nodes.append(d)
-        for i, d in enumerate(self.nodes):
-            d.write_conf(d.conf_lines() + [
-                "repl_peer = %s %s" % (self.repl[j], self.api[j])
-                for j in range(n) if j != i])
+        for d in self.nodes:
+            self.configure_member(d)
+
+    def configure_member(self, d):
+        """Write d's configuration as a member: a repl_peer line for every
+        other node."""
+        i = self.nodes.index(d)
+        d.write_conf(d.conf_lines() + [
+            "repl_peer = %s %s" % (self.repl[j], self.api[j])
+            for j in range(len(self.nodes)) if j != i])
+
+    @staticmethod
+    def configure_alone(d, extra=()):
+        """Write d's configuration as a single daemon (no replication
+        keys) with the group's hash key, and the extra lines."""
+        lines = [l for l in d.conf_lines()
+                 if not l.startswith(("repl_", "hash_key_file"))]
+        d.write_conf(lines + ["hash_key_file = " + d.conf["hash_key_file"]] +
+                     list(extra))
 
     @staticmethod
     def wrap_netcut(d, shim):

@@ -304,18 +304,14 @@ class GroupMigrationTests(repl_group.GroupTestCase):
         # real one's is): run it alone on the old store first, with the
         # group's keys left out.
         first = g.nodes[0]
-        lines = [l for l in first.conf_lines()
-                 if not l.startswith(("repl_", "hash_key_file"))]
-        first.write_conf(lines + ["hash_key_file = " +
-                                  first.conf["hash_key_file"]])
+        g.configure_alone(first)
         first.start()
         self.assertIn("migrated to schema version 4", first.log_text())
         served = [(harness.fresh_number(), fresh_user()) for _ in range(200)]
         for phone, user in served:
             self.assertEqual(first.claim(phone, user).status, 200)
         first.stop()
-        first.write_conf(first.conf_lines() + [
-            "repl_peer = %s %s" % (g.repl[j], g.api[j]) for j in (1, 2)])
+        g.configure_member(first)
         g.start()
         master = g.wait_master()
         self.assertIs(master, g.nodes[0],

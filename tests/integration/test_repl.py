@@ -365,15 +365,12 @@ class ReplFromSingleTests(GroupTestCase):
     def test_single_daemon_becomes_the_group(self):
         g = self.group
         first = g.nodes[0]
-        lines = [l for l in first.conf_lines()
-                 if not l.startswith(("repl_", "hash_key_file"))]
         # Small log files, checkpointed each second: as in a daemon that
         # has run for a while, the first log files are gone, so the new
         # members cannot replay the log from its start and the master
         # copies them its files.
-        first.write_conf(lines + [
-            "hash_key_file = " + first.conf["hash_key_file"],
-            "log_file_size = 65536", "checkpoint_interval = 1"])
+        g.configure_alone(first, ["log_file_size = 65536",
+                                  "checkpoint_interval = 1"])
         first.start()
         held = [(fresh_number(), fresh_user()) for _ in range(300)]
         with first.client() as c:
@@ -387,8 +384,7 @@ class ReplFromSingleTests(GroupTestCase):
             time.sleep(0.2)
         self.assertFalse(os.path.exists(log1), "the first log is kept")
         first.stop()
-        first.write_conf(first.conf_lines() + [
-            "repl_peer = %s %s" % (g.repl[j], g.api[j]) for j in (1, 2)])
+        g.configure_member(first)
         g.start()
         m = g.wait_master()
         self.assertIs(m, first, "the member with the data must win")
