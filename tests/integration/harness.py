@@ -119,6 +119,16 @@ def fresh_user():
     return "auth0|" + secrets.token_hex(12)
 
 
+def auth0_date(seconds=0.0):
+    """The date seconds from now, as Auth0 writes one in a log event
+    (2026-11-27T10:30:00.123Z).  Tests date their events from the clock
+    of the run, never with a fixed date: the suite must pass on any day
+    (make check TEST_CLOCK_OFFSET=N proves it)."""
+    when = time.time() + seconds
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when)) + \
+        ".%03dZ" % (int(when * 1000) % 1000)
+
+
 def digits(text):
     """Return the ASCII digits of text."""
     return re.sub(r"[^0-9]", "", text)
@@ -463,21 +473,40 @@ def fakeclock_shim():
     return shim if shim and os.path.exists(shim) else None
 
 
+def preload(daemon, shim, **env):
+    """Run daemon under the LD_PRELOAD shim from its next start, with env
+    added to its environment.  Shims add up: a daemon may be under
+    fakeclock.so and netcut.so at once, and both stay under the
+    suite-wide fakeclock.so of "make check TEST_CLOCK_OFFSET=N"."""
+    shims = getattr(daemon, "preloads", [])
+    if not shims:
+        real = daemon.command
+
+        def command(*args):
+            libs = daemon.preloads + \
+                [p for p in os.environ.get("LD_PRELOAD", "").split(":")
+                 if p and p not in daemon.preloads]
+            pairs = dict(daemon.preload_env, LD_PRELOAD=":".join(libs),
+                         # An ASan daemon: the shims come before its
+                         # runtime.
+                         ASAN_OPTIONS="verify_asan_link_order=0:" +
+                         os.environ.get("ASAN_OPTIONS", ""))
+            return ["env"] + ["%s=%s" % kv for kv in pairs.items()] + \
+                real(*args)
+        daemon.command = command
+        daemon.preloads = []
+        daemon.preload_env = {}
+    if shim not in daemon.preloads:
+        daemon.preloads.append(shim)
+    daemon.preload_env.update(env)
+
+
 def use_fakeclock(daemon, offset_file, seconds=0):
     """Run daemon under fakeclock.so from its next start: its wall clock
     is moved by the number of seconds in offset_file, written here first
     and by set_fakeclock later (the monotonic clocks are left alone)."""
     set_fakeclock(offset_file, seconds)
-    real = daemon.command
-    env = {"LD_PRELOAD": fakeclock_shim(), "FAKECLOCK_FILE": offset_file,
-           # An ASan daemon: the shim comes before its runtime.
-           "ASAN_OPTIONS": "verify_asan_link_order=0:" +
-           os.environ.get("ASAN_OPTIONS", "")}
-
-    def command(*args):
-        return ["env"] + ["%s=%s" % kv for kv in env.items()] + \
-            real(*args)
-    daemon.command = command
+    preload(daemon, fakeclock_shim(), FAKECLOCK_FILE=offset_file)
 
 
 def set_fakeclock(offset_file, seconds):

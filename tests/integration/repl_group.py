@@ -111,15 +111,7 @@ class Group:
         ports to cut from d.cut_file."""
         d.cut_file = d.path("netcut")
         harness.write_file(d.cut_file, "")
-        env = {"LD_PRELOAD": shim, "NETCUT_FILE": d.cut_file,
-               "ASAN_OPTIONS": "verify_asan_link_order=0:" +
-               os.environ.get("ASAN_OPTIONS", "")}
-        real = d.command
-
-        def command(*args):
-            return ["env"] + ["%s=%s" % kv for kv in env.items()] + \
-                real(*args)
-        d.command = command
+        harness.preload(d, shim, NETCUT_FILE=d.cut_file)
 
     @staticmethod
     def port(addr):

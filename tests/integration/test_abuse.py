@@ -557,7 +557,7 @@ class AbuseTests(DaemonTestCase):
                                         status_of(data), body_of(data)))
                 item = {"log_id": "9004%040d" % len(results),
                         "data": {"type": "gd_enrollment_complete",
-                                 "date": "2026-11-28T00:00:00.000Z",
+                                 "date": harness.auth0_date(),
                                  "user_id": "@USER@",
                                  "details": {"authenticator": {
                                      "type": "phone",
@@ -598,7 +598,7 @@ class AbuseTests(DaemonTestCase):
 
         def item(i, user, extra):
             data = {"type": "gd_enrollment_complete",
-                    "date": "2026-11-28T00:00:00.000Z", "user_id": user,
+                    "date": harness.auth0_date(), "user_id": user,
                     "details": {"authenticator": {
                         "type": "phone", "phone_number": phones[i]}}}
             data.update(extra)

@@ -8,7 +8,6 @@ export and exit statuses.  No answer and no log line shows a full number.
 """
 
 import csv
-import datetime
 import io
 import itertools
 import json
@@ -68,11 +67,6 @@ def masked(phone):
 def new_log_id():
     """A fresh log id that sorts after those of earlier tests."""
     return "90020261128" + "%045d" % next(_log_counter)
-
-
-def iso_now():
-    return datetime.datetime.now(datetime.timezone.utc).strftime(
-        "%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 class StatusClient:
@@ -269,7 +263,7 @@ class CommandTests(ControlCase):
 
     def test_status_shows_the_log_stream(self):
         lid = new_log_id()
-        date = iso_now()
+        date = harness.auth0_date()
         item = {"log_id": lid, "data": {"type": "s", "date": date,
                                         "user_id": fresh_user(),
                                         "log_id": lid}}

@@ -42,7 +42,7 @@ def enrolment_event(log_id, user, phone):
     """A gd_enrollment_complete log-stream item for user's phone."""
     return {"log_id": log_id, "data": {
         "log_id": log_id, "type": "gd_enrollment_complete",
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+        "date": harness.auth0_date(),
         "description": "Guardian - Enrollment complete (sms)",
         "user_id": user,
         "details": {"authenticator": {"type": "phone",

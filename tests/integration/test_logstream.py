@@ -307,6 +307,7 @@ def fixture_values(user=None, phone=None, **more):
         suffix = "" if i == 1 else "_%d" % i
         values["LOG_ID" + suffix] = new_log_id()
         values["DATE" + suffix] = at(i - 5)
+        values["DATE_MS" + suffix] = int((time.time() + i - 5) * 1000)
     values.update(more)
     return values
 

@@ -320,7 +320,7 @@ class ReplFailoverTests(GroupTestCase):
         # again, its events are duplicates and change nothing, and still
         # the answer must not be 2xx (a failover may lose the first).
         batch = json.dumps([{"log_id": "90020261128000000001", "data": {
-            "type": "s", "date": "2026-11-28T00:00:00.000Z"}}]).encode()
+            "type": "s", "date": harness.auth0_date()}}]).encode()
         for _ in range(2):
             r = m.request("POST", "/v1/log-stream", batch, {
                 "Authorization": m.log_stream_token,

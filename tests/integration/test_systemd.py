@@ -589,7 +589,7 @@ class SyscallFilterTests(DaemonTestCase):
         self.assertResult(d.claim(phone, user,
                                   "second-factor-authentication"), "owned")
         body = ('[{"log_id":"90020251127000000001","data":{"type":"sdu",'
-                '"user_id":"%s","date":"2025-11-27T00:00:00.000Z"}}]' % user)
+                '"user_id":"%s","date":"%s"}}]' % (user, harness.auth0_date()))
         reply = d.request("POST", "/v1/log-stream", body.encode(),
                           {"Authorization": d.log_stream_token})
         self.assertEqual(reply.status, 200, str(reply))
