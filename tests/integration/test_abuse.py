@@ -7,6 +7,13 @@ each attack is printed.  The probe runs in a process of its own, so that
 the attack's threads do not delay it on the GIL.  The answer to each
 attack is asserted too, and that it changed nothing.
 
+A real attacker does not share the daemon's CPU; here it does, on a small
+machine where make -j2 runs another test beside this one.  So the attack
+threads run at a lower priority (nice 10), and an attack whose worst
+probe is over the limit is run again, up to TRIES times: a stall that the
+daemon causes comes back every time, a moment when the scheduler gave the
+machine to someone else does not.  Every try is printed.
+
 test_limits.py checks most limits one request at a time; this file adds
 the attacks at scale and at the same time as the probes: slowloris, 2,000
 idle connections, header floods, bodies over the limit, chunked bodies,
@@ -39,6 +46,8 @@ PROBE_LIMIT = 0.100	# seconds for a /healthz answer during an attack
 # it checks memory, the plain build (the README's test command) the bound.
 if harness.sanitized():
     PROBE_LIMIT = 0.300
+TRIES = 3		# runs of an attack before a slow probe fails it
+ATTACK_NICE = 10	# the attack threads' priority, below the daemon's
 REQUEST_TIMEOUT = 3
 CLOSE_LIMIT = REQUEST_TIMEOUT + 3.0	# the tick is once a second; slack
 MAX_BODY = 65536
@@ -51,8 +60,21 @@ def report(text):
     print("abuse: " + text, file=sys.stderr, flush=True)
 
 
+def _niced(target):
+    """target, run at ATTACK_NICE in its own thread (Linux sets a nice
+    value per thread), so that it yields the CPU to the daemon."""
+    def run(*args):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
+                           ATTACK_NICE)
+        except OSError:
+            pass
+        target(*args)
+    return run
+
+
 def run_threads(target, count, *args):
-    threads = [threading.Thread(target=target, args=(i,) + args,
+    threads = [threading.Thread(target=_niced(target), args=(i,) + args,
                                 daemon=True) for i in range(count)]
     for t in threads:
         t.start()
@@ -111,24 +133,29 @@ class AbuseTests(DaemonTestCase):
 
     # Helpers.
 
-    def attack(self, name, fn):
-        """Run fn() under the health probe; assert every probe was fast."""
-        with HealthProbe(self.d) as probe:
-            result = fn()
-            # The probe's first connection may come late on a busy machine.
-            deadline = time.monotonic() + 2.0
-            while len(probe.times) < 5 and time.monotonic() < deadline:
-                time.sleep(0.01)
-        WORST[name] = probe.summary()
-        report("%s: %s" % (name, probe.summary()))
-        self.assertEqual(probe.failures[:3], [], "health probes failed")
-        self.assertGreaterEqual(len(probe.times), 5, "too few probes")
-        self.assertLessEqual(probe.worst, PROBE_LIMIT,
-                             "a /healthz probe took %.0f ms during %s (%s; "
-                             "load average %.1f)" %
-                             (1000 * probe.worst, name, probe.summary(),
-                              os.getloadavg()[0]))
-        return result
+    def attack(self, name, fn, tries=TRIES):
+        """Run fn() under the health probe; assert every probe was fast.
+        fn runs again (up to tries times in all) while the worst probe is
+        over the limit; the caller's checks see every run's results."""
+        for attempt in range(1, tries + 1):
+            with HealthProbe(self.d) as probe:
+                result = fn()
+                # The probe's first connection may come late on a busy
+                # machine.
+                deadline = time.monotonic() + 2.0
+                while len(probe.times) < 5 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            label = name if attempt == 1 else "%s (try %d)" % (name, attempt)
+            WORST[label] = probe.summary()
+            report("%s: %s" % (label, probe.summary()))
+            self.assertEqual(probe.failures[:3], [], "health probes failed")
+            self.assertGreaterEqual(len(probe.times), 5, "too few probes")
+            if probe.worst <= PROBE_LIMIT:
+                return result
+        self.fail("a /healthz probe took %.0f ms during %s in each of %d "
+                  "tries (last: %s; load average %.1f)" %
+                  (1000 * probe.worst, name, tries, probe.summary(),
+                   os.getloadavg()[0]))
 
     def head(self, extra=b"", path=b"/v1/claims", auth=None):
         """Request line and headers up to (not including) the blank line."""
@@ -169,8 +196,9 @@ class AbuseTests(DaemonTestCase):
         (plus the once-a-second tick) without an answer, nothing is
         claimed."""
         phones = [fresh_number() for _ in range(8)]
-        cut = [None] * 8
-        answers = [b""] * 8
+        cuts = []		# (connection, seconds or None), every run
+        answers = []		# whatever a slow connection got back
+        lock = threading.Lock()
 
         def slow(i):
             body = claim_body(phones[i], fresh_user(), "enrollment")
@@ -189,13 +217,16 @@ class AbuseTests(DaemonTestCase):
                         break
                     sent += 1
                 closed, data = wait_closed(s, CLOSE_LIMIT + 2)
-                answers[i] = data
-                if closed is not None:
-                    cut[i] = time.monotonic() - start
+                with lock:
+                    if data:
+                        answers.append(data)
+                    cuts.append((i, None if closed is None else
+                                 time.monotonic() - start))
 
         self.attack("slowloris", lambda: run_threads(slow, 8))
-        self.assertEqual(answers, [b""] * 8, "slow requests were answered")
-        for i, seconds in enumerate(cut):
+        self.assertEqual(answers, [], "slow requests were answered")
+        self.assertGreaterEqual(len(cuts), 8)
+        for i, seconds in cuts:
             self.assertIsNotNone(seconds, "slow connection %d never cut" % i)
             self.assertLessEqual(seconds, CLOSE_LIMIT,
                                  "slow connection %d cut after %.1f s" %
@@ -232,7 +263,7 @@ class AbuseTests(DaemonTestCase):
         socks = []
         try:
             self.attack("%d idle, max_connections 1024" % IDLE,
-                        lambda: self.hold_idle(socks, 100))
+                        lambda: self.hold_idle(socks, 100), tries=1)
             self.assertEqual(len(socks), IDLE, "could not open them all")
             sel = selectors.DefaultSelector()
             for s in socks:
@@ -260,7 +291,7 @@ class AbuseTests(DaemonTestCase):
         socks = []
         try:
             opened = self.attack("%d idle connections" % IDLE,
-                                 lambda: self.hold_idle(socks))
+                                 lambda: self.hold_idle(socks), tries=1)
             self.assertEqual(len(socks), IDLE, "could not open them all")
             status = self.d.ask("status")
             self.assertTrue(status["store"]["ok"], status)
@@ -681,20 +712,25 @@ class FileLimitTests(DaemonTestCase):
                 socks.append(connect(d))
             time.sleep(1.0)
 
-        try:
-            with HealthProbe(d) as probe:
-                hold()
-        finally:
-            for s in socks:
-                s.close()
-        report("%d idle connections, soft limit 1024: %s" %
-               (self.CONNECTIONS, probe.summary()))
-        self.assertNotIn("Too many open files", d.log_text())
-        self.assertNotIn("not accepting more", d.log_text())
-        self.assertEqual(probe.failures[:3], [])
-        self.assertLessEqual(probe.worst, PROBE_LIMIT, "%s; load average "
-                             "%.1f" % (probe.summary(), os.getloadavg()[0]))
-
+        for attempt in range(1, TRIES + 1):
+            try:
+                with HealthProbe(d) as probe:
+                    hold()
+            finally:
+                for s in socks:
+                    s.close()
+                socks.clear()
+            report("%d idle connections, soft limit 1024 (try %d): %s" %
+                   (self.CONNECTIONS, attempt, probe.summary()))
+            self.assertNotIn("Too many open files", d.log_text())
+            self.assertNotIn("not accepting more", d.log_text())
+            self.assertEqual(probe.failures[:3], [])
+            if probe.worst <= PROBE_LIMIT:
+                return
+        self.fail("a /healthz probe took %.0f ms in each of %d tries (last: "
+                  "%s; load average %.1f)" % (1000 * probe.worst, TRIES,
+                                              probe.summary(),
+                                              os.getloadavg()[0]))
 
 if __name__ == "__main__":
     unittest.main()
