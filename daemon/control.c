@@ -58,6 +58,7 @@
 #include <event2/listener.h>
 #include <yajl/yajl_gen.h>
 
+#include "commands.h"
 #include "log.h"
 #include "phone.h"
 #include "phoneclaimd.h"
@@ -118,13 +119,9 @@ struct control {
 	char			*backup_dir;	/* of the running backup */
 };
 
+/* The handler of a command; its arguments are in commands.c's table. */
 struct control_cmd {
 	const char	*name;
-	const char	*usage;
-	int		 min_args;
-	int		 max_args;	/* the last one takes the rest */
-	int		 join;		/* ... joined by spaces */
-	int		 mutates;
 	void		(*fn)(struct control_client *, int, char **);
 };
 
@@ -151,7 +148,7 @@ static size_t	control_pending(struct control_client *);
 static void	control_flush_cb(evutil_socket_t, short, void *);
 static void	control_command(struct control_client *, char *);
 static int	control_split(char *, char **, int *);
-static const char *control_args(const struct control_cmd *, int, char **);
+static const char *control_args(const struct command_info *, int, char **);
 static int	control_number(struct control_client *, const char *,
 		    char *);
 static int	control_user(struct control_client *, const char *);
@@ -187,18 +184,16 @@ static void	control_cmd_backfill(struct control_client *, int, char **);
 static void	control_gen_backfill(yajl_gen, const struct store_counts *);
 
 static const struct control_cmd control_cmds[] = {
-	{ "status", "status", 0, 0, 0, 0, control_cmd_status },
-	{ "lookup", "lookup <number>", 1, 1, 1, 0, control_cmd_lookup },
-	{ "user", "user <user_id>", 1, 1, 1, 0, control_cmd_user },
-	{ "conflicts", "conflicts", 0, 0, 0, 0, control_cmd_conflicts },
-	{ "release", "release <number> [<user_id>]", 1, 2, 1, 1,
-	  control_cmd_release },
-	{ "claim", "claim <number> <user_id>", 2, 2, 1, 1,
-	  control_cmd_claim },
-	{ "export", "export", 0, 0, 0, 0, control_cmd_export },
-	{ "backfill", "backfill", 0, 0, 0, 1, control_cmd_backfill },
-	{ "backup", "backup <directory>", 1, 1, 1, 1, control_cmd_backup },
-	{ "help", "help", 0, 0, 0, 0, control_cmd_help },
+	{ "status", control_cmd_status },
+	{ "lookup", control_cmd_lookup },
+	{ "user", control_cmd_user },
+	{ "conflicts", control_cmd_conflicts },
+	{ "release", control_cmd_release },
+	{ "claim", control_cmd_claim },
+	{ "export", control_cmd_export },
+	{ "backfill", control_cmd_backfill },
+	{ "backup", control_cmd_backup },
+	{ "help", control_cmd_help },
 };
 
 /* Seconds on the monotonic clock. */
@@ -687,6 +682,7 @@ control_flush_cb(evutil_socket_t fd, short events, void *arg)
 static void
 control_command(struct control_client *c, char *line)
 {
+	const struct command_info	*info;
 	const struct control_cmd	*cmd = NULL;
 	const char			*error;
 	char				*argv[CONTROL_MAX_WORDS];
@@ -703,26 +699,26 @@ control_command(struct control_client *c, char *line)
 		if (strcmp(argv[0], control_cmds[i].name) == 0)
 			cmd = &control_cmds[i];
 	}
-	if (cmd == NULL) {
+	if (cmd == NULL || (info = command_find(cmd->name)) == NULL) {
 		control_error(c, "unknown_command");
 		return;
 	}
-	if (cmd->mutates && c->uid != 0 && c->uid != c->ctl->uid) {
+	if (info->admin && c->uid != 0 && c->uid != c->ctl->uid) {
 		log_info("status socket: uid %u pid %ld may not %s",
 		    (unsigned)c->uid, (long)c->pid, cmd->name);
 		control_error(c, "forbidden");
 		return;
 	}
 	/* Only the master writes; a backup only reads. */
-	if (cmd->mutates && cmd->fn != control_cmd_backup && !repl_writable()) {
+	if (info->admin && cmd->fn != control_cmd_backup && !repl_writable()) {
 		control_error(c, "not_master");
 		return;
 	}
-	if ((error = control_args(cmd, argc - 1, argv + 1)) != NULL) {
+	if ((error = control_args(info, argc - 1, argv + 1)) != NULL) {
 		control_error(c, error);
 		return;
 	}
-	cmd->fn(c, argc - 1 < cmd->max_args ? argc - 1 : cmd->max_args,
+	cmd->fn(c, argc - 1 < info->max_args ? argc - 1 : info->max_args,
 	    argv + 1);
 }
 
@@ -774,17 +770,15 @@ control_split(char *line, char **argv, int *argc)
  * spaces, a user id with a space, unquoted).  An error code, or NULL.
  */
 static const char *
-control_args(const struct control_cmd *cmd, int argc, char **argv)
+control_args(const struct command_info *cmd, int argc, char **argv)
 {
-	char	*last;
-	int	 i;
+	const char	*error;
+	char		*last;
+	int		 i;
 
-	if (argc < cmd->min_args)
-		return ("missing_argument");
-	if (argc <= cmd->max_args)
-		return (NULL);
-	if (!cmd->join)
-		return ("invalid_argument");
+	if ((error = command_check_args(cmd, argc)) != NULL ||
+	    argc <= cmd->max_args)
+		return (error);
 	/* The words are in order in the line: pull each one back. */
 	last = argv[cmd->max_args - 1];
 	for (i = cmd->max_args; i < argc; i++) {
@@ -799,12 +793,20 @@ control_args(const struct control_cmd *cmd, int argc, char **argv)
 static int
 control_number(struct control_client *c, const char *arg, char *e164)
 {
-	if (phone_normalise(arg, strlen(arg), c->ctl->conf->default_region,
-	    e164) != 0) {
-		control_error(c, "invalid_phone_number");
-		return (-1);
-	}
-	return (0);
+	const char	*region = c->ctl->conf->default_region;
+	yajl_gen	 g;
+
+	if (phone_normalise(arg, strlen(arg), region, e164) == 0)
+		return (0);
+	g = control_gen();
+	control_gen_str(g, "error", "invalid_phone_number");
+	/* The likeliest mistake gets its own words. */
+	if (arg[strspn(arg, " \t")] != '+' &&
+	    (region == NULL || *region == '\0'))
+		control_gen_str(g, "detail", "the number has no leading + "
+		    "and no default_region is set");
+	control_send(c, g, 0);
+	return (-1);
 }
 
 /* The last digits of an E.164 number, all that may be shown of it. */
@@ -1321,12 +1323,20 @@ control_cmd_help(struct control_client *c, int argc, char **argv)
 	(void)argv;
 	control_gen_key(g, "commands");
 	yajl_gen_array_open(g);
-	for (i = 0; i < sizeof control_cmds / sizeof control_cmds[0]; i++)
-		control_gen_str(g, NULL, control_cmds[i].usage);
+	for (i = 0; i < command_count; i++) {
+		const struct command_info	*info = &command_table[i];
+
+		if (info->where != COMMAND_SOCKET)
+			continue;
+		yajl_gen_map_open(g);
+		control_gen_str(g, "name", info->name);
+		control_gen_str(g, "args", info->args);
+		control_gen_str(g, "summary", info->summary);
+		control_gen_key(g, "admin");
+		yajl_gen_bool(g, info->admin);
+		yajl_gen_map_close(g);
+	}
 	yajl_gen_array_close(g);
-	control_gen_str(g, "quoting", "write an argument that holds blanks "
-	    "in double quotes, with \\\" and \\\\ inside");
-	control_gen_str(g, "export", "one line per claim, then {\"end\":N}");
 	control_send(c, g, 0);
 }
 

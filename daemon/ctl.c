@@ -2,12 +2,16 @@
  * phoneclaimctl: the command-line client of the status socket (DESIGN
  * section 5).
  *
- * It sends one command line and prints the daemon's one-line JSON answer,
- * pretty when standard output is a terminal.  Two commands are its own:
- * import reads a CSV file of number,user_id lines and sends a claim for
- * each over one connection, a window of them in flight at a time; export
- * turns the daemon's stream of claims into CSV.  Neither ever prints a
- * full phone number.  backup sends the directory as an absolute path (the
+ * It sends one command line and prints the daemon's one-line JSON answer:
+ * as aligned text when standard output is a terminal, as the line itself
+ * with -j or when it is not (for scripts).  The command list and the
+ * argument counts come from commands.c, shared with the daemon; a command
+ * that is not there, or has the wrong number of arguments, is a usage
+ * error found before connecting.  Three commands are its own: help prints
+ * the usage without asking the daemon; import reads a CSV file of
+ * number,user_id lines and sends a claim for each over one connection, a
+ * window of them in flight at a time; export turns the daemon's stream of
+ * claims into CSV.  None ever prints a full phone number.  backup sends the directory as an absolute path (the
  * daemon does not share our working directory) and waits for the end of
  * the backup however long it takes.
  *
@@ -22,6 +26,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <getopt.h>
 #include <limits.h>
 #include <poll.h>
 #include <stdarg.h>
@@ -31,8 +36,9 @@
 #include <strings.h>
 #include <unistd.h>
 
-#include <yajl/yajl_gen.h>
 #include <yajl/yajl_tree.h>
+
+#include "commands.h"
 
 /* The daemon's default status_socket (conf.c). */
 #define CTL_SOCKET_DEFAULT	"/run/phoneclaimd/status.sock"
@@ -46,6 +52,8 @@
 #define CTL_EXIT_OK		0
 #define CTL_EXIT_ERROR		1
 #define CTL_EXIT_FAIL		2
+
+#define CTL_CELL_MAX		256	/* bytes of one table cell */
 
 /* A connection and the bytes read from it that no line took yet. */
 struct ctl_conn {
@@ -77,6 +85,8 @@ struct ctl_import {
 	int		 stop;		/* forbidden, unavailable */
 };
 
+static int	ctl_json;	/* -j: the answer as it came */
+
 static void	ctl_usage(FILE *);
 static void	ctl_fail(const char *, ...)
 		    __attribute__((format(printf, 1, 2), noreturn));
@@ -88,8 +98,14 @@ static int	ctl_build(char *, size_t, int, char **);
 static yajl_val	ctl_parse(const char *);
 static int	ctl_has(yajl_val, const char *);
 static const char *ctl_str(yajl_val, const char *);
-static void	ctl_gen_value(yajl_gen, yajl_val);
 static void	ctl_print(const char *, yajl_val);
+static void	ctl_scalar(char *, size_t, yajl_val);
+static int	ctl_is_scalar(yajl_val);
+static void	ctl_cell(char *, size_t, yajl_val);
+static size_t	ctl_width(const char *);
+static void	ctl_text_table(yajl_val, int);
+static void	ctl_text_object(yajl_val, int);
+static void	ctl_text(yajl_val);
 static int	ctl_command(struct ctl_conn *, int, char **);
 static int	ctl_csv_split(char *, char **, int);
 static void	ctl_trim(char **);
@@ -105,44 +121,40 @@ static void	ctl_csv_write(const char *);
 static int	ctl_export_row(yajl_val, unsigned long *);
 static int	ctl_export(struct ctl_conn *);
 static int	ctl_backup(struct ctl_conn *, const char *);
+static void	ctl_check(int, char **);
 
-/* Print usage to f. */
+/* Print usage to f, the commands from the shared table. */
 static void
 ctl_usage(FILE *f)
 {
-	fprintf(f, "usage: phoneclaimctl [-h] [-s socket] command [args]\n"
+	const struct command_info	*cmd;
+	char				 words[64];
+	unsigned			 i;
+
+	fprintf(f, "usage: phoneclaimctl [-hjV] [-s socket] command [args]\n"
 	    "\n"
-	    "  -s socket  status socket (default: $%s, else %s)\n"
-	    "  -h         this help\n"
+	    "  -s, --socket=PATH  status socket (default: $%s,\n"
+	    "                     else %s)\n"
+	    "  -j, --json         print the daemon's JSON answer as it came "
+	    "(the default\n"
+	    "                     when standard output is not a terminal)\n"
+	    "  -h, --help         this help\n"
+	    "  -V, --version      the version\n"
 	    "\n"
-	    "commands:\n"
-	    "  status                        the daemon, its claims, "
-	    "the log stream, the store\n"
-	    "  lookup <number>               who holds a number\n"
-	    "  user <user_id>                the numbers a user holds\n"
-	    "  conflicts                     numbers used by more users "
-	    "than allowed\n"
-	    "  release <number> [<user_id>]  free a number, of one user or "
-	    "of all (*)\n"
-	    "  claim <number> <user_id>      assign a number to a user (*)\n"
-	    "  import FILE                   claim each number,user_id line "
-	    "of a CSV file\n"
-	    "                                (- for standard input) (*)\n"
-	    "  export                        every claim as CSV: "
-	    "user_id,last4,state,since\n"
-	    "  backfill                      read missed events from Auth0 "
-	    "now (*)\n"
-	    "  backup DIR                    a hot backup of the store and the "
-	    "hash key into\n"
-	    "                                DIR, new or empty (*)\n"
-	    "  help                          the daemon's list of commands\n"
-	    "\n"
+	    "commands:\n", CTL_SOCKET_ENV, CTL_SOCKET_DEFAULT);
+	for (i = 0; i < command_count; i++) {
+		cmd = &command_table[i];
+		snprintf(words, sizeof words, "%s%s%s", cmd->name,
+		    *cmd->args != '\0' ? " " : "", cmd->args);
+		fprintf(f, "  %-30s%s%s\n", words, cmd->summary,
+		    cmd->admin ? " (*)" : "");
+	}
+	fprintf(f, "\n"
 	    "(*) for root or the daemon's user only.  Numbers are shown by "
 	    "their last\n"
 	    "digits only.  Exit status: 0 success, 1 the daemon answered an "
 	    "error or an\n"
-	    "import line was refused, 2 usage error or no answer.\n",
-	    CTL_SOCKET_ENV, CTL_SOCKET_DEFAULT);
+	    "import line was refused, 2 usage error or no answer.\n");
 }
 
 /* Print a message and exit 2. */
@@ -322,59 +334,203 @@ ctl_str(yajl_val v, const char *key)
 	return (YAJL_GET_STRING(yajl_tree_get(v, path, yajl_t_string)));
 }
 
-/* Generate a parsed value again (for pretty printing). */
-static void
-ctl_gen_value(yajl_gen g, yajl_val v)
-{
-	size_t	i;
-
-	if (YAJL_IS_STRING(v))
-		yajl_gen_string(g, (const unsigned char *)v->u.string,
-		    strlen(v->u.string));
-	else if (YAJL_IS_NUMBER(v))
-		yajl_gen_number(g, v->u.number.r, strlen(v->u.number.r));
-	else if (YAJL_IS_OBJECT(v)) {
-		yajl_gen_map_open(g);
-		for (i = 0; i < v->u.object.len; i++) {
-			yajl_gen_string(g,
-			    (const unsigned char *)v->u.object.keys[i],
-			    strlen(v->u.object.keys[i]));
-			ctl_gen_value(g, v->u.object.values[i]);
-		}
-		yajl_gen_map_close(g);
-	} else if (YAJL_IS_ARRAY(v)) {
-		yajl_gen_array_open(g);
-		for (i = 0; i < v->u.array.len; i++)
-			ctl_gen_value(g, v->u.array.values[i]);
-		yajl_gen_array_close(g);
-	} else if (YAJL_IS_TRUE(v) || YAJL_IS_FALSE(v))
-		yajl_gen_bool(g, YAJL_IS_TRUE(v));
-	else
-		yajl_gen_null(g);
-}
-
-/* Print an answer: indented on a terminal, else the line as it came. */
+/*
+ * Print an answer: as text on a terminal, else (or with -j) the line as it
+ * came.  An error goes to standard error as text.
+ */
 static void
 ctl_print(const char *line, yajl_val v)
 {
-	const unsigned char	*buf;
-	size_t			 len;
-	yajl_gen		 g;
+	const char	*error, *detail;
 
-	if (!isatty(STDOUT_FILENO)) {
+	if (ctl_json || !isatty(STDOUT_FILENO)) {
 		printf("%s\n", line);
 		return;
 	}
-	if ((g = yajl_gen_alloc(NULL)) == NULL)
-		ctl_fail("out of memory");
-	yajl_gen_config(g, yajl_gen_beautify, 1);
-	yajl_gen_config(g, yajl_gen_indent_string, "  ");
-	ctl_gen_value(g, v);
-	yajl_gen_get_buf(g, &buf, &len);
-	fwrite(buf, 1, len, stdout);
-	if (len == 0 || buf[len - 1] != '\n')
-		putchar('\n');
-	yajl_gen_free(g);
+	if ((error = ctl_str(v, "error")) != NULL) {
+		detail = ctl_str(v, "detail");
+		fprintf(stderr, "phoneclaimctl: %s%s%s\n", error,
+		    detail != NULL ? ": " : "", detail != NULL ? detail : "");
+		return;
+	}
+	ctl_text(v);
+}
+
+/* A scalar as text: null is "-", booleans are yes and no. */
+static void
+ctl_scalar(char *out, size_t size, yajl_val v)
+{
+	if (YAJL_IS_STRING(v))
+		snprintf(out, size, "%s", *v->u.string != '\0' ?
+		    v->u.string : "\"\"");
+	else if (YAJL_IS_NUMBER(v))
+		snprintf(out, size, "%s", v->u.number.r);
+	else if (YAJL_IS_TRUE(v))
+		snprintf(out, size, "yes");
+	else if (YAJL_IS_FALSE(v))
+		snprintf(out, size, "no");
+	else
+		snprintf(out, size, "-");
+}
+
+/* Return 1 if v is neither an object nor an array. */
+static int
+ctl_is_scalar(yajl_val v)
+{
+	return (v == NULL || (!YAJL_IS_OBJECT(v) && !YAJL_IS_ARRAY(v)));
+}
+
+/*
+ * A value as one table cell: a scalar as ctl_scalar writes it, an array
+ * of scalars joined by commas, an object as key=value pairs.
+ */
+static void
+ctl_cell(char *out, size_t size, yajl_val v)
+{
+	char	part[CTL_CELL_MAX];
+	size_t	i, n, off = 0;
+
+	out[0] = '\0';
+	if (ctl_is_scalar(v)) {
+		ctl_scalar(out, size, v);
+		return;
+	}
+	n = YAJL_IS_ARRAY(v) ? v->u.array.len : v->u.object.len;
+	if (n == 0) {
+		snprintf(out, size, "-");
+		return;
+	}
+	for (i = 0; i < n && off + 1 < size; i++) {
+		if (YAJL_IS_ARRAY(v))
+			ctl_cell(part, sizeof part, v->u.array.values[i]);
+		else {
+			char	sub[CTL_CELL_MAX];
+
+			ctl_cell(sub, sizeof sub, v->u.object.values[i]);
+			/* A cell longer than a table should show is cut. */
+			if (snprintf(part, sizeof part, "%s=%s",
+			    v->u.object.keys[i], sub) < 0)
+				part[0] = '\0';
+		}
+		off += (size_t)snprintf(out + off, size - off, "%s%s",
+		    i > 0 ? (YAJL_IS_ARRAY(v) ? "," : " ") : "", part);
+	}
+}
+
+/* Columns a UTF-8 string takes on a terminal (one per character). */
+static size_t
+ctl_width(const char *s)
+{
+	size_t	n = 0;
+
+	for (; *s != '\0'; s++)
+		n += ((unsigned char)*s & 0xc0) != 0x80;
+	return (n);
+}
+
+/*
+ * An array of objects as a table, indented: one column per member name
+ * (in the order they first appear), upper-case headers, aligned.
+ */
+static void
+ctl_text_table(yajl_val v, int indent)
+{
+	const char	*cols[32];
+	char		 cell[CTL_CELL_MAX], *up;
+	size_t		 ncols = 0, i, j, k, width[32];
+	yajl_val	 row, cv;
+	int		 pass;
+
+	for (i = 0; i < v->u.array.len; i++) {
+		row = v->u.array.values[i];
+		for (j = 0; YAJL_IS_OBJECT(row) && j < row->u.object.len; j++) {
+			for (k = 0; k < ncols; k++)
+				if (strcmp(cols[k], row->u.object.keys[j]) == 0)
+					break;
+			if (k == ncols && ncols < 32) {
+				cols[ncols] = row->u.object.keys[j];
+				width[ncols++] = strlen(row->u.object.keys[j]);
+			}
+		}
+	}
+	/* Pass 0 measures the cells, pass 1 prints the header and rows. */
+	for (pass = 0; pass < 2; pass++) {
+		if (pass == 1) {
+			printf("%*s", indent, "");
+			for (k = 0; k < ncols; k++) {
+				for (up = (char *)cols[k], j = 0; up[j]; j++)
+					putchar(toupper((unsigned char)up[j]));
+				printf("%*s", k + 1 < ncols ?
+				    (int)(width[k] - strlen(cols[k]) + 2) : 0,
+				    "");
+			}
+			putchar('\n');
+		}
+		for (i = 0; i < v->u.array.len; i++) {
+			row = v->u.array.values[i];
+			if (pass == 1)
+				printf("%*s", indent, "");
+			for (k = 0; k < ncols; k++) {
+				const char	*path[2] = { cols[k], NULL };
+
+				cv = YAJL_IS_OBJECT(row) ?
+				    yajl_tree_get(row, path, yajl_t_any) : NULL;
+				ctl_cell(cell, sizeof cell, cv);
+				if (pass == 0 && ctl_width(cell) > width[k])
+					width[k] = ctl_width(cell);
+				if (pass == 1)
+					printf("%s%*s", cell, k + 1 < ncols ?
+					    (int)(width[k] - ctl_width(cell) +
+					    2) : 0, "");
+			}
+			if (pass == 1)
+				putchar('\n');
+		}
+	}
+}
+
+/*
+ * An object as aligned "name  value" lines: nested objects indented under
+ * their name, arrays of objects as tables, other arrays on one line.
+ */
+static void
+ctl_text_object(yajl_val v, int indent)
+{
+	char		 cell[CTL_CELL_MAX];
+	size_t		 i, w = 0;
+	yajl_val	 m;
+
+	for (i = 0; i < v->u.object.len; i++)
+		if (strlen(v->u.object.keys[i]) > w)
+			w = strlen(v->u.object.keys[i]);
+	for (i = 0; i < v->u.object.len; i++) {
+		m = v->u.object.values[i];
+		printf("%*s%s", indent, "", v->u.object.keys[i]);
+		if (YAJL_IS_OBJECT(m) && m->u.object.len > 0) {
+			putchar('\n');
+			ctl_text_object(m, indent + 2);
+			continue;
+		}
+		if (YAJL_IS_ARRAY(m) && m->u.array.len > 0 &&
+		    YAJL_IS_OBJECT(m->u.array.values[0])) {
+			putchar('\n');
+			ctl_text_table(m, indent + 2);
+			continue;
+		}
+		ctl_cell(cell, sizeof cell, m);
+		if (YAJL_IS_ARRAY(m) && m->u.array.len == 0)
+			snprintf(cell, sizeof cell, "(none)");
+		printf("%*s  %s\n",
+		    (int)(w - strlen(v->u.object.keys[i])), "", cell);
+	}
+}
+
+/* An answer as text, for a person at a terminal. */
+static void
+ctl_text(yajl_val v)
+{
+	if (YAJL_IS_OBJECT(v))
+		ctl_text_object(v, 0);
 }
 
 /* Send one command, print its answer, return the exit status. */
@@ -729,24 +885,66 @@ ctl_backup(struct ctl_conn *conn, const char *dir)
 	return (rv);
 }
 
+/*
+ * Check a command and its arguments against the shared table before
+ * connecting; a usage error exits 2.
+ */
+static void
+ctl_check(int argc, char **argv)
+{
+	const struct command_info	*cmd;
+	const char			*error;
+
+	if (argc == 0) {
+		ctl_usage(stderr);
+		exit(CTL_EXIT_FAIL);
+	}
+	if ((cmd = command_find(argv[0])) == NULL) {
+		fprintf(stderr, "phoneclaimctl: unknown command: %s (see "
+		    "phoneclaimctl --help)\n", argv[0]);
+		exit(CTL_EXIT_FAIL);
+	}
+	if ((error = command_check_args(cmd, argc - 1)) != NULL) {
+		fprintf(stderr, "phoneclaimctl: %s: %s arguments; usage: "
+		    "%s%s%s\n", cmd->name, strcmp(error,
+		    "missing_argument") == 0 ? "missing" : "too many",
+		    cmd->name, *cmd->args != '\0' ? " " : "", cmd->args);
+		exit(CTL_EXIT_FAIL);
+	}
+}
+
 /* Parse the options, connect, run the command. */
 int
 main(int argc, char **argv)
 {
+	static const struct option	 longopts[] = {
+		{ "help", no_argument, NULL, 'h' },
+		{ "json", no_argument, NULL, 'j' },
+		{ "socket", required_argument, NULL, 's' },
+		{ "version", no_argument, NULL, 'V' },
+		{ NULL, 0, NULL, 0 }
+	};
 	struct ctl_conn	 conn;
 	const char	*path;
 	int		 ch, rv;
 
 	if ((path = getenv(CTL_SOCKET_ENV)) == NULL || *path == '\0')
 		path = CTL_SOCKET_DEFAULT;
-	while ((ch = getopt(argc, argv, "+hs:")) != -1) {
+	while ((ch = getopt_long(argc, argv, "+hjs:V", longopts,
+	    NULL)) != -1) {
 		switch (ch) {
 		case 'h':
 			ctl_usage(stdout);
 			return (CTL_EXIT_OK);
+		case 'j':
+			ctl_json = 1;
+			break;
 		case 's':
 			path = optarg;
 			break;
+		case 'V':
+			printf("phoneclaimctl %s\n", PACKAGE_VERSION);
+			return (CTL_EXIT_OK);
 		default:
 			ctl_usage(stderr);
 			return (CTL_EXIT_FAIL);
@@ -754,11 +952,10 @@ main(int argc, char **argv)
 	}
 	argc -= optind;
 	argv += optind;
-	if (argc == 0 || (strcmp(argv[0], "import") == 0 && argc != 2) ||
-	    (strcmp(argv[0], "export") == 0 && argc != 1) ||
-	    (strcmp(argv[0], "backup") == 0 && argc != 2)) {
-		ctl_usage(stderr);
-		return (CTL_EXIT_FAIL);
+	ctl_check(argc, argv);
+	if (strcmp(argv[0], "help") == 0) {
+		ctl_usage(stdout);
+		return (CTL_EXIT_OK);
 	}
 	ctl_connect(&conn, path);
 	if (strcmp(argv[0], "import") == 0)

@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,7 +40,7 @@ struct main_state {
 	int			 exit_status;
 };
 
-static void	main_usage(void) __attribute__((noreturn));
+static void	main_usage(FILE *);
 static void	main_signal_cb(evutil_socket_t, short, void *);
 static void	main_expire_cb(evutil_socket_t, short, void *);
 static void	main_checkpoint_cb(evutil_socket_t, short, void *);
@@ -61,20 +62,31 @@ static void	main_run(struct main_state *);
 static void	main_stop(struct main_state *);
 static void	main_repl_cb(void *, int, int);
 
+static const struct option main_longopts[] = {
+	{ "check", no_argument, NULL, 'n' },
+	{ "config", required_argument, NULL, 'c' },
+	{ "foreground", no_argument, NULL, 'f' },
+	{ "help", no_argument, NULL, 'h' },
+	{ "verbose", no_argument, NULL, 'v' },
+	{ "version", no_argument, NULL, 'V' },
+	{ NULL, 0, NULL, 0 }
+};
+
 static struct event	*main_fail_ev;
 static int		 main_ready_fd = -1;	/* to the waiting parent */
 
-/* Print usage and exit 2. */
+/* Print usage to f. */
 static void
-main_usage(void)
+main_usage(FILE *f)
 {
-	fprintf(stderr, "usage: phoneclaimd [-fnvV] [-c file]\n"
-	    "  -f       stay in the foreground and log to stderr\n"
-	    "  -n       check the configuration and exit\n"
-	    "  -v       more verbose logging (debug)\n"
-	    "  -c file  configuration file (default %s)\n"
-	    "  -V       print the version and exit\n", PHONECLAIMD_CONF);
-	exit(EXIT_CONFIG);
+	fprintf(f, "usage: phoneclaimd [-fhnvV] [-c file]\n"
+	    "  -c, --config=FILE  configuration file (default %s)\n"
+	    "  -f, --foreground   stay in the foreground and log to stderr\n"
+	    "  -n, --check        check the configuration and exit\n"
+	    "  -v, --verbose      more verbose logging (debug)\n"
+	    "  -h, --help         this help\n"
+	    "  -V, --version      print the version and exit\n",
+	    PHONECLAIMD_CONF);
 }
 
 /* Read both token files and hand their digests to the HTTP server. */
@@ -697,7 +709,8 @@ main(int argc, char **argv)
 	int			 ch, foreground = 0, check = 0, verbose = 0;
 
 	memset(&m, 0, sizeof m);
-	while ((ch = getopt(argc, argv, "c:fnvV")) != -1) {
+	while ((ch = getopt_long(argc, argv, "c:fhnvV", main_longopts,
+	    NULL)) != -1) {
 		switch (ch) {
 		case 'c':
 			path = optarg;
@@ -705,6 +718,9 @@ main(int argc, char **argv)
 		case 'f':
 			foreground = 1;
 			break;
+		case 'h':
+			main_usage(stdout);
+			return (EXIT_OK);
 		case 'n':
 			check = 1;
 			break;
@@ -715,11 +731,14 @@ main(int argc, char **argv)
 			printf("phoneclaimd %s\n", PACKAGE_VERSION);
 			return (EXIT_OK);
 		default:
-			main_usage();
+			main_usage(stderr);
+			return (EXIT_CONFIG);
 		}
 	}
-	if (optind != argc)
-		main_usage();
+	if (optind != argc) {
+		main_usage(stderr);
+		return (EXIT_CONFIG);
+	}
 	if ((m.conf = conf_load(path, &cause)) == NULL) {
 		fprintf(stderr, "phoneclaimd: %s\n", cause);
 		free(cause);

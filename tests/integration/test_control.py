@@ -280,10 +280,19 @@ class CommandTests(ControlCase):
 
     def test_help_lists_every_command(self):
         h = self.ask("help")
-        words = [u.split()[0] for u in h["commands"]]
-        self.assertEqual(words, ["status", "lookup", "user", "conflicts",
-                                 "release", "claim", "export", "backfill",
-                                 "backup", "help"])
+        self.assertEqual([c["name"] for c in h["commands"]],
+                         ["status", "lookup", "user", "conflicts",
+                          "release", "claim", "export", "backfill",
+                          "backup", "help"])
+        by_name = {c["name"]: c for c in h["commands"]}
+        self.assertEqual(by_name["release"]["args"],
+                         "<number> [<user_id>]")
+        self.assertEqual(by_name["backup"]["args"], "<directory>")
+        self.assertEqual(sorted(n for n, c in by_name.items()
+                                if c["admin"]),
+                         ["backfill", "backup", "claim", "release"])
+        for c in h["commands"]:
+            self.assertTrue(c["summary"], c)
 
     def test_lookup_of_a_free_number(self):
         phone = number()
@@ -817,6 +826,23 @@ class DurabilityTests(ControlCase):
                          (1, 1))
 
 
+class NoRegionTests(ControlCase):
+    """A daemon without default_region says why a number written without
+    + is refused."""
+
+    conf = {}
+
+    def test_missing_plus_is_explained(self):
+        self.assertEqual(self.ask("lookup 2015550123"),
+                         {"error": "invalid_phone_number",
+                          "detail": "the number has no leading + and no "
+                                    "default_region is set"})
+        # A number that is wrong for another reason gets no such detail.
+        self.assertEqual(self.ask("lookup +1"),
+                         {"error": "invalid_phone_number"})
+        self.assertEqual(self.ask("lookup +12015550123")["claims"], [])
+
+
 class CtlTests(ControlCase):
     """phoneclaimctl: output, exit statuses, import, export."""
 
@@ -824,9 +850,6 @@ class CtlTests(ControlCase):
 
     def test_exit_statuses(self):
         self.assertEqual(self.ctl("status").returncode, 0)
-        r = self.ctl("bogus")
-        self.assertEqual((r.returncode, json.loads(r.stdout)),
-                         (1, {"error": "unknown_command"}))
         r = self.ctl("lookup", "12")
         self.assertEqual((r.returncode, json.loads(r.stdout)),
                          (1, {"error": "invalid_phone_number"}))
@@ -835,21 +858,80 @@ class CtlTests(ControlCase):
                            timeout=CTL_TIMEOUT)
         self.assertEqual(r.returncode, 2)
         self.assertIn("cannot connect", r.stderr)
-        for args in ((), ("import",), ("export", "x"), ("-Z", "status")):
+        for args in ((), ("-Z", "status"), ("--bogus", "status")):
             r = self.ctl(*args)
             self.assertEqual(r.returncode, 2, args)
             self.assertIn("usage", r.stderr)
         r = self.ctl("lookup", "a\nb")
         self.assertEqual(r.returncode, 2, r.stderr)
 
+    def test_usage_errors_exit_2_before_connecting(self):
+        """An unknown command or a wrong number of arguments is a usage
+        error (exit 2, as the man page says), found without a daemon."""
+        nowhere = ["-s", self.d.path("nowhere.sock")]
+        cases = {("bogus",): "unknown command: bogus",
+                 ("import",): "import: missing arguments; usage: import "
+                              "<file>",
+                 ("export", "x"): "export: too many arguments",
+                 ("status", "x"): "status: too many arguments",
+                 ("claim", "+12015550100"): "claim: missing arguments",
+                 ("backup",): "backup: missing arguments"}
+        for args, message in cases.items():
+            r = self.ctl(*nowhere, *args, socket_arg=False)
+            self.assertEqual(r.returncode, 2, (args, r.stderr))
+            self.assertIn(message, r.stderr)
+            self.assertNotIn("cannot connect", r.stderr)
+        # Words after a number are joined, as the daemon does.
+        r = self.ctl("lookup", "+1", "201", "555", "0100")
+        self.assertEqual(r.returncode, 0, r.stderr)
+
     def test_help(self):
-        r = self.ctl("-h", socket_arg=False)
-        self.assertEqual(r.returncode, 0)
-        for cmd in ("status", "lookup <number>", "user <user_id>",
-                    "conflicts", "release <number> [<user_id>]",
-                    "claim <number> <user_id>", "import FILE", "export",
-                    "help"):
-            self.assertIn(cmd, r.stdout)
+        """-h, --help and the help command print the same usage on
+        standard output and exit 0, without a daemon; every command of
+        the daemon's own help is in it, with the same arguments."""
+        nowhere = ["-s", self.d.path("nowhere.sock")]
+        outs = []
+        for args in (["-h"], ["--help"], nowhere + ["help"]):
+            r = self.ctl(*args, socket_arg=False)
+            self.assertEqual((r.returncode, r.stderr), (0, ""), args)
+            outs.append(r.stdout)
+        self.assertEqual(outs[0], outs[1])
+        self.assertEqual(outs[0], outs[2])
+        text = outs[0]
+        self.assertTrue(text.startswith("usage: phoneclaimctl"), text)
+        for c in self.ask("help")["commands"]:
+            words = (c["name"] + " " + c["args"]).strip()
+            self.assertRegex(text, r"\n  %s +%s" % (re.escape(words),
+                                                    re.escape(c["summary"])))
+        self.assertRegex(text, r"\n  import <file> +")
+        for line in text.splitlines():
+            self.assertLessEqual(len(line), 79, line)
+        self.assertNotIn("quot", text)
+
+    def test_version(self):
+        for args in (["-V"], ["--version"]):
+            r = self.ctl(*args, socket_arg=False)
+            self.assertEqual(r.returncode, 0)
+            self.assertRegex(r.stdout, r"^phoneclaimctl \d+\.\d+\.\d+\n$")
+        for args in (["-V"], ["--version"]):
+            r = subprocess.run([harness.require_daemon()] + args,
+                               capture_output=True, text=True, timeout=10)
+            self.assertEqual(r.returncode, 0)
+            self.assertRegex(r.stdout, r"^phoneclaimd \d+\.\d+\.\d+\n$")
+
+    def test_daemon_help(self):
+        for args in (["-h"], ["--help"]):
+            r = subprocess.run([harness.require_daemon()] + args,
+                               capture_output=True, text=True, timeout=10)
+            self.assertEqual((r.returncode, r.stderr), (0, ""), args)
+            self.assertTrue(r.stdout.startswith("usage: phoneclaimd"))
+            for opt in ("--config=FILE", "--foreground", "--check",
+                        "--verbose", "--help", "--version"):
+                self.assertIn(opt, r.stdout)
+        r = subprocess.run([harness.require_daemon(), "--bogus"],
+                           capture_output=True, text=True, timeout=10)
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("usage: phoneclaimd", r.stderr)
 
     def test_socket_from_the_environment(self):
         env = {"PHONECLAIMD_STATUS_SOCKET": self.sock_path()}
@@ -866,11 +948,13 @@ class CtlTests(ControlCase):
         self.assertEqual(r.stdout.count("\n"), 1, r.stdout)
         self.assertEqual(sorted(json.loads(r.stdout)), STATUS_KEYS)
 
-    def test_pretty_on_a_terminal(self):
+    def on_tty(self, *args):
+        """Run phoneclaimctl -s socket args with a terminal as standard
+        output and error; return (exit status, text)."""
         pid, fd = pty.fork()
         if pid == 0:
-            os.execv(self.ctl_path, [self.ctl_path, "-s", self.sock_path(),
-                                     "status"])
+            os.execv(self.ctl_path, [self.ctl_path, "-s", self.sock_path()] +
+                     list(args))
         out = b""
         deadline = time.monotonic() + CTL_TIMEOUT
         while time.monotonic() < deadline:
@@ -886,11 +970,52 @@ class CtlTests(ControlCase):
             out += chunk
         _, status = os.waitpid(pid, 0)
         os.close(fd)
-        self.assertEqual(os.waitstatus_to_exitcode(status), 0, out)
-        text = out.decode().replace("\r\n", "\n")
-        self.assertGreater(text.count("\n"), 10, text)
-        self.assertIn('\n  "claims": {\n    "active": ', text)
-        self.assertEqual(sorted(json.loads(text)), STATUS_KEYS)
+        return (os.waitstatus_to_exitcode(status),
+                out.decode().replace("\r\n", "\n"))
+
+    def test_text_on_a_terminal(self):
+        """status, lookup, user and conflicts print aligned text on a
+        terminal: names and values in columns, nested objects indented,
+        lists of claims as tables with a header."""
+        rc, text = self.on_tty("status")
+        self.assertEqual(rc, 0, text)
+        self.assertRegex(text, r"(?m)^version +\d+\.\d+\.\d+$")
+        self.assertRegex(text, r"(?m)^claims\n  active +\d+\n  pending +\d+$")
+        self.assertRegex(text, r"(?m)^  ok +yes$")
+        self.assertNotIn("{", text)
+        phone, user = self.reserve()
+        rc, text = self.on_tty("lookup", phone)
+        self.assertEqual(rc, 0, text)
+        lines = text.splitlines()
+        self.assertEqual(lines[0], "number  " + masked(phone))
+        self.assertEqual(lines[1], "claims")
+        self.assertRegex(lines[2], r"^  USER_ID +STATE +SINCE +EXPIRES +"
+                                   r"SOURCE$")
+        self.assertRegex(lines[3], r"^  %s +pending +\S+Z +\S+Z +"
+                                   r"enrollment$" % re.escape(user))
+        # The columns line up (the ellipsis is one column, three bytes).
+        self.assertEqual(lines[2].index("STATE"), lines[3].index("pending"))
+        rc, text = self.on_tty("user", user)
+        self.assertEqual(rc, 0, text)
+        lines = text.splitlines()
+        self.assertRegex(lines[2], r"^  NUMBER +STATE +SINCE +SOURCE$")
+        self.assertEqual(lines[2].index("STATE"), lines[3].index("pending"))
+        self.assertTrue(lines[3].startswith("  " + masked(phone) + " "))
+        rc, text = self.on_tty("conflicts")
+        self.assertEqual(rc, 0, text)
+        self.assertRegex(text, r"^conflicts +(\(none\)|\n  NUMBER)")
+
+    def test_json_on_a_terminal_with_j(self):
+        for opt in ("-j", "--json"):
+            rc, text = self.on_tty(opt, "status")
+            self.assertEqual(rc, 0, text)
+            self.assertEqual(text.count("\n"), 1, text)
+            self.assertEqual(sorted(json.loads(text)), STATUS_KEYS)
+
+    def test_errors_on_a_terminal(self):
+        rc, text = self.on_tty("lookup", "12")
+        self.assertEqual((rc, text), (1, "phoneclaimctl: "
+                                         "invalid_phone_number\n"))
 
     def test_arguments_with_blanks_and_quotes(self):
         phone, user = number(), 'samlp|Corp|"Jo" \\ Doe'

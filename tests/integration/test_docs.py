@@ -26,13 +26,13 @@ import harness
 from harness import write_file, write_secret
 
 # DESIGN section 5, plus the two commands phoneclaimctl adds itself; the
-# tests add those of the daemon's table (daemon/control.c) and of
+# tests add those of the shared command table (daemon/commands.c) and of
 # phoneclaimctl's usage.
 SOCKET_COMMANDS = ("status", "lookup", "user", "conflicts", "release",
                    "claim", "help")
 CTL_COMMANDS = ("import", "export")
-CONTROL_CMD_RE = re.compile(r'\{\s*"([a-z_]+)"\s*,\s*"[^"]*"\s*,[^{}]*?'
-                            r'control_cmd_\w+\s*\}')
+# One entry of command_table[]: { "name", "args", min, max, ...
+COMMAND_RE = re.compile(r'\{\s*"([a-z_]+)"\s*,\s*"[^"]*"\s*,\s*\d')
 PAGES = ("man/phoneclaimd.8", "man/phoneclaimd.conf.5", "man/phoneclaimctl.8")
 
 # One entry of conf_keys[]: { "name", CONF_TYPE, offsetof(struct conf, x),
@@ -132,6 +132,18 @@ def usage_options(prog, *args):
     for letter in re.findall(r"^\s+-([A-Za-z])\b", text, re.M):
         letters.add(letter)
     return letters
+
+
+def usage_long_options(prog):
+    """The --long options that prog -h lists."""
+    r = subprocess.run([prog, "-h"], capture_output=True, text=True,
+                       timeout=harness.RUN_TIMEOUT, stdin=subprocess.DEVNULL)
+    return set(re.findall(r"--([a-z][a-z-]*)", r.stdout))
+
+
+def page_long_options(page):
+    """The long options a page documents (Fl \\-name)."""
+    return set(re.findall(r"Fl \\-([a-z][a-z-]*)", page))
 
 
 def page_options(page):
@@ -267,6 +279,9 @@ class PageTests(unittest.TestCase):
                          "options missing from phoneclaimd.8")
         self.assertEqual(sorted(page_options(page) - usage), [],
                          "phoneclaimd.8 documents options phoneclaimd lacks")
+        longs = usage_long_options(harness.require_daemon())
+        self.assertTrue({"help", "version", "config"} <= longs, longs)
+        self.assertEqual(longs, page_long_options(page))
 
     def test_phoneclaimctl_options(self):
         ctl = os.environ.get("PHONECLAIMCTL")
@@ -282,10 +297,16 @@ class PageTests(unittest.TestCase):
                          "options missing from phoneclaimctl.8")
         self.assertEqual(sorted(page_opts - usage), [],
                          "phoneclaimctl.8 documents options it lacks")
+        longs = usage_long_options(ctl)
+        self.assertTrue({"help", "version", "json", "socket"} <= longs,
+                        longs)
+        self.assertEqual(longs, page_long_options(page))
 
     def test_every_command_is_in_phoneclaimctl_page(self):
         commands = set(SOCKET_COMMANDS + CTL_COMMANDS)
-        commands.update(CONTROL_CMD_RE.findall(read_src("daemon/control.c")))
+        table = COMMAND_RE.findall(read_src("daemon/commands.c"))
+        self.assertIn("backup", table)
+        commands.update(table)
         ctl = os.environ.get("PHONECLAIMCTL")
         if ctl and os.access(ctl, os.X_OK):
             r = subprocess.run([ctl, "-h"], capture_output=True, text=True,
