@@ -13,7 +13,7 @@ files that are unreadable or corrupt, and a wall clock that jumps.
 - Store files: each damage gives a fatal message naming the file and exit
   status 1, never a fresh store over existing data.
 - Clock: FAKECLOCK (tests/tools/fakeclock.so) moves the daemon's wall
-  clock by the seconds in a file; see README "Operations" for the rules
+  clock by the seconds in a file; see docs/operations.md, "Operating it", for the rules
   these tests hold the daemon to.
 """
 
