@@ -18,8 +18,9 @@ import unittest
 import harness
 from harness import fresh_user
 from test_logstream import (LogStreamCase, at, deleted, enrolled, failed,
-                            iso, number, sapi, unenrolled, user_path,
-                            utc_now)
+                            iso, new_device, number, sapi, unenrolled,
+                            user_path, utc_now)
+from test_mgmt import VerifyCase, WAIT
 
 
 def ms_now():
@@ -152,6 +153,29 @@ class OrderingTests(LogStreamCase):
         self.deliver([sapi("DELETE", user_path(
             user, "/authentication-methods/" + dev))], applied=1)
         self.assertFree(phone)
+
+
+class VerifyOrderingTests(VerifyCase):
+
+    def test_4_late_answer_loses_to_a_release_after_it(self):
+        """The verification GET is answered 3 s late; a du meanwhile
+        releases the user: the answer, dated when it was asked for, does
+        not bring the claim back."""
+        d = self.mgmt_daemon()
+        user, phone, dev = fresh_user(), number(), new_device()
+        self.fake.add_phone(user, phone, device=dev)
+        self.fake.fail_next("/api/v2/users/", None, delay=3.0)
+        r = self.stream(d, enrolled(user, None, device=dev))
+        self.assertEqual(r.get("ignored"), 1, str(r))
+        deadline = time.monotonic() + WAIT
+        while not self.method_requests(user):
+            self.assertLess(time.monotonic(), deadline, d.tail())
+            time.sleep(0.02)
+        self.stream(d, deleted(user, "du"))
+        v = self.wait_verified(d)
+        self.assertEqual(v["claimed"], 0, v)
+        self.assertEqual(self.claims_of(d, user), {})
+        self.free(d, phone)
 
 
 if __name__ == "__main__":

@@ -258,6 +258,51 @@ test_settle_ambiguous(void **state)
 	assert_int_equal(state_of(N2, USER), 0);
 }
 
+/*
+ * An answer is dated when it was asked for (issue 21, point 4): a release
+ * after that wins, one before it (or in the same millisecond) does not.
+ */
+static void
+test_settle_dated_when_asked(void **state)
+{
+	struct verify_method	 m;
+	struct verify_result	 r;
+	struct claims_event	 ev;
+	struct store_txn	*txn;
+	time_t			 now = time(NULL);
+	int64_t			 asked = (int64_t)now * 1000 + 500;
+	int			 outcome;
+
+	(void)state;
+	method(&m, "dev_1", N1, NULL, now);
+	memset(&ev, 0, sizeof ev);
+	ev.user_id = USER;
+	ev.log_id = "";
+	ev.now = now;
+	ev.when.ms = asked + 1;		/* a du just after the GET */
+	assert_int_equal(store_txn_begin(fx->store, &txn), STORE_OK);
+	assert_int_equal(claims_ev_release_user(txn, &ev, &outcome),
+	    STORE_OK);
+	assert_int_equal(store_txn_commit(txn), STORE_OK);
+	assert_int_equal(verify_settle(USER, VERIFY_UNMATCHED, &m, 1, 1, asked,
+	    now, &r), STORE_OK);
+	assert_int_equal(r.claimed, 0);
+	assert_int_equal(state_of(N1, USER), 0);
+	assert_int_equal(verify_settle(USER, VERIFY_UNMATCHED, &m, 1, 1,
+	    asked + 1, now, &r), STORE_OK);
+	assert_int_equal(state_of(N1, USER), 0);
+	assert_int_equal(verify_settle(USER, VERIFY_UNMATCHED, &m, 1, 1,
+	    asked + 2, now, &r), STORE_OK);
+	assert_int_equal(r.claimed, 1);
+	assert_int_equal(state_of(N1, USER), CLAIM_ACTIVE);
+	/* Its releases leave the claims made after it alone. */
+	reserve(N2, USER, now + 1);
+	assert_int_equal(verify_settle(USER, VERIFY_AMBIGUOUS, NULL, 0, 0,
+	    asked + 3, now, &r), STORE_OK);
+	assert_int_equal(state_of(N1, USER), 0);
+	assert_int_equal(state_of(N2, USER), CLAIM_PENDING);
+}
+
 /* Requests wait in the store until settled; asking needs a client. */
 static void
 test_queue(void **state)
@@ -307,6 +352,7 @@ main(void)
 		T(test_parse_bad),
 		T(test_settle_expiring),
 		T(test_settle_ambiguous),
+		T(test_settle_dated_when_asked),
 		T(test_queue),
 	};
 
