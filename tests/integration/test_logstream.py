@@ -93,13 +93,23 @@ def iso(when):
 def at(seconds=0.0, base=None):
     """Return the ISO date seconds after base (default: now).
 
-    "Now" is one millisecond ahead of the clock: the daemon dates a claim
-    to the millisecond and a release takes it only if dated after it
-    (issue 21), so an event dated now must come after the claim that the
-    daemon made before it answered, even within the same millisecond."""
+    "Now" is one millisecond ahead of the clock, and each "now" a
+    millisecond after the one before: the daemon dates a claim to the
+    millisecond and a release takes it only if dated after it (issue 21),
+    so an event dated now must come after the claim that the daemon made
+    before it answered, and after the event built before it, even within
+    the same millisecond."""
+    global _LAST_NOW
     if base is None:
         base = utc_now() + datetime.timedelta(milliseconds=1)
+        base = base.replace(microsecond=base.microsecond // 1000 * 1000)
+        if _LAST_NOW is not None and base <= _LAST_NOW:
+            base = _LAST_NOW + datetime.timedelta(milliseconds=1)
+        _LAST_NOW = base
     return iso(base + datetime.timedelta(seconds=seconds))
+
+
+_LAST_NOW = None
 
 
 def sent(phone):

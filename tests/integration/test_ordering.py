@@ -149,9 +149,12 @@ class OrderingTests(LogStreamCase):
         self.assertHeld(phone, user)
         # The id of a claim's own enrolment still releases it.
         phone, user, dev = number(), fresh_user(), "dev_" + "ab12" * 3
-        self.deliver([enrolled(user, phone, device=dev)], applied=1)
+        now = utc_now()
+        self.deliver([enrolled(user, phone, device=dev, date=at(0, now))],
+                     applied=1)
         self.deliver([sapi("DELETE", user_path(
-            user, "/authentication-methods/" + dev))], applied=1)
+            user, "/authentication-methods/" + dev), date=at(1, now))],
+                     applied=1)
         self.assertFree(phone)
 
 
