@@ -207,7 +207,7 @@ api_claim(struct http *h, struct evhttp_request *req, struct api_request *r)
 		return;
 	}
 	rv = claims_request(r->e164, r->b.user_id, r->b.action,
-	    (int64_t)time(NULL), &a);
+	    claims_clock_ms(), &a);
 	if (rv != STORE_OK) {
 		http_error(h, req, 503, "unavailable");
 		return;

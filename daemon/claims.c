@@ -2,6 +2,36 @@
  * The claim rules of DESIGN section 4: reserve, learn, expire, conflicts
  * and the exempt list.  No Berkeley DB here: every change goes through the
  * store's claim functions inside one transaction, retried on deadlock.
+ *
+ * The rule of time and order (invariants I1 and I4, issue 21).  Auth0
+ * delivers events late, twice and out of order, and a verification answer
+ * arrives seconds after it was asked for, so every change is judged by
+ * its date, never by when it reaches us:
+ *
+ *   - Every claim keeps, to the millisecond, the date of the event or
+ *     request that last made or confirmed it ('since'): a reservation, a
+ *     renewal ("owned"), a login challenge, an enrolment event, an
+ *     administrator's claim, a verification answer.  It never goes back.
+ *   - Every release leaves a watermark, to the millisecond: per user and
+ *     number, and per user for a release of all of a user's factors.
+ *     Watermarks never go back either.
+ *   - A release takes a claim only if it is dated after the claim's date.
+ *     An older release (a late SMS failure, an unenrolment delivered after
+ *     the enrolment that followed it) leaves the claim alone.
+ *   - A creation or an activation happens only if it is dated after every
+ *     watermark that applies (the user's, and the user's on that number).
+ *
+ * Dates: an event's "date" (RFC 3339, any offset or precision, taken to
+ * the millisecond); a verification answer is dated when it was asked for,
+ * so it loses to any release after that.  A request made now (the claim
+ * API, the status socket's claim and release) comes after every release
+ * already applied, whatever the clocks say: it is dated now, or just
+ * after the watermark or claim date it meets when that is later.  An
+ * event whose date cannot be read is dated at its arrival: it may release,
+ * but never create or activate a claim where any watermark applies.
+ *
+ * claims_in_order() is the rule; every path (log stream, claim API, status
+ * socket, verification) asks it before it releases, creates or activates.
  */
 #include "config.h"
 
@@ -27,6 +57,7 @@ struct claims_op {
 	const char		*last4;
 	int			 action;
 	int64_t			 now;
+	struct claims_when	 when;
 	struct claims_answer	*answer;
 	size_t			 released;	/* by an admin release */
 };
@@ -69,18 +100,22 @@ static int	claims_release_pending(struct store_txn *, const char *,
 static int	claims_scan(struct store_txn *, struct claims_op *,
 		    struct claim **, size_t *, struct claim **, size_t *);
 static int	claims_put_new(struct store_txn *, struct claims_op *, int,
-		    int);
+		    int, int64_t);
+static int	claims_now_date(struct store_txn *, struct claims_op *,
+		    int64_t *);
+static int	claims_watermark(struct store_txn *, const char *,
+		    const unsigned char *, int64_t *);
 static int	claims_conflict(struct store_txn *, struct claims_op *,
 		    const char *, const char *, struct claim *, size_t);
-static int	claims_stale(struct store_txn *, const struct claims_event *,
-		    const unsigned char *, int *);
 static int	claims_enrolled_full(struct store_txn *,
-		    const struct claims_event *);
+		    const struct claims_event *, int64_t);
 static int	claims_enrolled_partial(struct store_txn *,
 		    const struct claims_event *, int *);
 static int	claims_release_all(struct store_txn *, int, struct claim *,
 		    size_t, const struct claims_event *, int, int *);
 static void	claims_pick(const struct claim *, size_t,
+		    const struct claims_event *, ssize_t *);
+static void	claims_pick_id(const struct claim *, size_t,
 		    const struct claims_event *, ssize_t *);
 static int	claims_expire_txn(struct store_txn *, void *);
 static int	claims_limits_prune_txn(struct store_txn *, void *);
@@ -295,10 +330,10 @@ claims_scan(struct store_txn *txn, struct claims_op *op,
 	return (STORE_OK);
 }
 
-/* Store a new claim of the caller on the number. */
+/* Store a new claim of the caller on the number, dated date_ms. */
 static int
 claims_put_new(struct store_txn *txn, struct claims_op *op, int state,
-    int source)
+    int source, int64_t date_ms)
 {
 	struct claim	c;
 
@@ -307,7 +342,7 @@ claims_put_new(struct store_txn *txn, struct claims_op *op, int state,
 	snprintf(c.user_id, sizeof c.user_id, "%s", op->user_id);
 	c.state = state;
 	c.source = source;
-	c.since = op->now;
+	c.since_ms = date_ms;
 	if (state == CLAIM_PENDING)
 		c.expires = op->now + claims_conf->pending_ttl;
 	snprintf(c.last4, sizeof c.last4, "%s", op->last4);
@@ -345,17 +380,22 @@ claims_enroll(struct store_txn *txn, void *arg)
 	struct claims_answer	*a = op->answer;
 	struct claim		*all = NULL, *mine;
 	size_t			 nall, nothers;
+	int64_t			 date;
 	int			 rv, over;
 
 	rv = claims_scan(txn, op, &mine, &nothers, &all, &nall);
+	if (rv == STORE_OK)
+		rv = claims_now_date(txn, op, &date);
 	if (rv != STORE_OK)
 		goto out;
 	if (mine != NULL) {
+		/* A renewal: the reservation is as new as the request. */
 		a->result = CLAIMS_OWNED;
-		if (mine->state == CLAIM_PENDING) {
+		if (mine->state == CLAIM_PENDING)
 			mine->expires = op->now + claims_conf->pending_ttl;
-			rv = store_claim_put(txn, mine);
-		}
+		if (mine->since_ms < date)
+			mine->since_ms = date;
+		rv = store_claim_put(txn, mine);
 		goto out;
 	}
 	if ((rv = claims_limit(txn, op, &over)) != STORE_OK || over)
@@ -368,7 +408,7 @@ claims_enroll(struct store_txn *txn, void *arg)
 	rv = claims_release_pending(txn, op->user_id, op->numkey);
 	if (rv == STORE_OK)
 		rv = claims_put_new(txn, op, CLAIM_PENDING,
-		    CLAIM_SRC_ENROLLMENT);
+		    CLAIM_SRC_ENROLLMENT, date);
 	a->result = CLAIMS_RESERVED;
 	a->expires_in = claims_conf->pending_ttl;
 out:
@@ -493,18 +533,21 @@ claims_challenge(struct store_txn *txn, void *arg)
 	struct claims_answer	*a = op->answer;
 	struct claim		*all = NULL, *mine;
 	size_t			 nall, nothers;
+	int64_t			 date;
 	int			 rv;
 
 	rv = claims_scan(txn, op, &mine, &nothers, &all, &nall);
+	if (rv == STORE_OK)
+		rv = claims_now_date(txn, op, &date);
 	if (rv != STORE_OK)
 		goto out;
 	if (mine != NULL) {
 		a->result = CLAIMS_OWNED;
-		if (mine->state == CLAIM_PENDING)
-			rv = claims_make_active(txn, mine, NULL);
+		rv = claims_confirm(txn, mine, NULL, date);
 	} else if (nothers < (size_t)claims_conf->max_users_per_number) {
 		a->result = CLAIMS_LEARNED;
-		rv = claims_put_new(txn, op, CLAIM_ACTIVE, CLAIM_SRC_CHALLENGE);
+		rv = claims_put_new(txn, op, CLAIM_ACTIVE, CLAIM_SRC_CHALLENGE,
+		    date);
 	} else {
 		a->result = CLAIMS_CONFLICT;
 		rv = claims_conflict(txn, op, "", NULL, all, nall);
@@ -515,12 +558,13 @@ out:
 }
 
 /*
- * Apply a claim request for the E.164 number e164 by user_id at time now.
- * Returns STORE_OK with the answer filled in, or a store error.
+ * Apply a claim request for the E.164 number e164 by user_id at now_ms
+ * (milliseconds).  Returns STORE_OK with the answer filled in, or a store
+ * error.
  */
 int
 claims_request(const char *e164, const char *user_id, int action,
-    int64_t now, struct claims_answer *answer)
+    int64_t now_ms, struct claims_answer *answer)
 {
 	unsigned char		numkey[NUMKEY_LEN];
 	struct claims_op	op;
@@ -537,7 +581,10 @@ claims_request(const char *e164, const char *user_id, int action,
 	op.user_id = user_id;
 	op.last4 = len > LAST4_LEN ? e164 + len - LAST4_LEN : e164 + 1;
 	op.action = action;
-	op.now = now;
+	op.now = now_ms / 1000;
+	op.when.ms = now_ms;
+	op.when.kind = CLAIMS_NOW;
+	op.when.tie_ok = 0;
 	op.answer = answer;
 	if (action == CLAIMS_CHALLENGE)
 		return (claims_run(claims_challenge, &op));
@@ -586,17 +633,9 @@ claims_expire(int64_t now, size_t max, size_t *released)
 
 /*
  * Log events.  Each function below works inside the caller's transaction
- * (one per log-stream request) and says through *outcome what it did.
- *
- * Ordering (invariant I4).  Auth0 delivers events late, twice and out of
- * order, so a release must not be undone by an older enrolment event that
- * arrives after it.  Every release leaves a watermark: the date of the
- * latest release of all of a user's factors (user-wide), and the date of
- * the latest release of one number of that user (per number).  An
- * enrolment event dated at or before either watermark is stale: it never
- * creates or activates a claim.  Watermarks only rise.  Reservations made
- * through the API are not dated events and are not checked: they happen
- * now, after every release we know of.
+ * (one per log-stream request) and says through *outcome what it did;
+ * CLAIMS_STALE when the rule of time and order (the top of this file)
+ * kept it from changing anything.
  */
 
 /*
@@ -621,30 +660,90 @@ claims_user_id_ok(const char *s)
 	return (1);
 }
 
-/* Return 1 if an event dated ev->date_ms is older than a release. */
+/* The wall clock, in milliseconds since the epoch. */
+int64_t
+claims_clock_ms(void)
+{
+	struct timespec	ts;
+
+	if (clock_gettime(CLOCK_REALTIME, &ts) != 0)
+		return ((int64_t)time(NULL) * 1000);
+	return ((int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+}
+
+/*
+ * The latest release watermark of user_id, user-wide or on numkey (when it
+ * is not NULL), into *wm: -1 if there is none.
+ */
 static int
-claims_stale(struct store_txn *txn, const struct claims_event *ev,
-    const unsigned char *numkey, int *rv)
+claims_watermark(struct store_txn *txn, const char *user_id,
+    const unsigned char *numkey, int64_t *wm)
+{
+	int64_t	w;
+	int	rv;
+
+	*wm = -1;
+	rv = store_watermark_get(txn, user_id, NULL, &w);
+	if (rv == STORE_OK)
+		*wm = w;
+	else if (rv != STORE_NOTFOUND)
+		return (rv);
+	if (numkey == NULL)
+		return (STORE_OK);
+	rv = store_watermark_get(txn, user_id, numkey, &w);
+	if (rv == STORE_OK && w > *wm)
+		*wm = w;
+	else if (rv != STORE_OK && rv != STORE_NOTFOUND)
+		return (rv);
+	return (STORE_OK);
+}
+
+/*
+ * The rule of time and order (the top of this file), the one place it is
+ * written.  With take set: may a release dated w take the claim take?
+ * Else: may a creation or activation dated w happen for user_id, on the
+ * number numkey (NULL: not known)?  Returns 1 if so, with the date the
+ * change leaves (the claim's date, or the watermark) in *date_ms; 0 if it
+ * is out of order or the store failed (*rv).
+ */
+int
+claims_in_order(struct store_txn *txn, const struct claims_when *w,
+    const char *user_id, const unsigned char *numkey,
+    const struct claim *take, int64_t *date_ms, int *rv)
 {
 	int64_t	wm;
 
 	*rv = STORE_OK;
-	if (ev->skip_watermark)
-		return (0);
-	*rv = store_watermark_get(txn, ev->user_id, NULL, &wm);
-	if (*rv == STORE_OK && ev->date_ms <= wm)
+	*date_ms = w->ms;
+	if (take != NULL) {
+		if (w->kind != CLAIMS_NOW)
+			return (w->ms > take->since_ms);
+		if (*date_ms <= take->since_ms)
+			*date_ms = take->since_ms + 1;
 		return (1);
-	if (*rv != STORE_OK && *rv != STORE_NOTFOUND)
+	}
+	if ((*rv = claims_watermark(txn, user_id, numkey, &wm)) != STORE_OK)
 		return (0);
-	*rv = STORE_OK;
-	if (numkey == NULL)
-		return (0);
-	*rv = store_watermark_get(txn, ev->user_id, numkey, &wm);
-	if (*rv == STORE_OK && ev->date_ms <= wm)
+	switch (w->kind) {
+	case CLAIMS_NOW:
+		if (*date_ms <= wm)
+			*date_ms = wm + 1;
 		return (1);
-	if (*rv == STORE_NOTFOUND)
-		*rv = STORE_OK;
-	return (0);
+	case CLAIMS_UNDATED:
+		return (wm < 0);
+	}
+	return (w->ms > wm || (w->tie_ok && w->ms == wm));
+}
+
+/* The date a request made now leaves on the claim it makes or renews. */
+static int
+claims_now_date(struct store_txn *txn, struct claims_op *op, int64_t *date)
+{
+	int	rv;
+
+	(void)claims_in_order(txn, &op->when, op->user_id, op->numkey, NULL,
+	    date, &rv);
+	return (rv);
 }
 
 /* Return 1 if a claim's last digits end with the visible suffix. */
@@ -658,25 +757,34 @@ claims_suffix_match(const struct claim *c, const char *suffix)
 	return (strcmp(c->last4 + clen - slen, suffix) == 0);
 }
 
-/* Make a claim active, and remember its enrolment id when one is given. */
+/*
+ * Make a claim active, dated at least date_ms, and remember its enrolment
+ * id when one is given.  The caller has asked claims_in_order.
+ */
 int
-claims_make_active(struct store_txn *txn, struct claim *c,
-    const char *enrol_id)
+claims_confirm(struct store_txn *txn, struct claim *c, const char *enrol_id,
+    int64_t date_ms)
 {
 	c->state = CLAIM_ACTIVE;
 	c->expires = 0;
+	if (c->since_ms < date_ms)
+		c->since_ms = date_ms;
 	if (enrol_id != NULL)
 		snprintf(c->enrol_id, sizeof c->enrol_id, "%s", enrol_id);
 	return (store_claim_put(txn, c));
 }
 
-/* An enrolment with a full number: activate, create, or record a conflict. */
+/*
+ * An enrolment with a full number, in order and dated date_ms: activate,
+ * create, or record a conflict.
+ */
 static int
-claims_enrolled_full(struct store_txn *txn, const struct claims_event *ev)
+claims_enrolled_full(struct store_txn *txn, const struct claims_event *ev,
+    int64_t date_ms)
 {
 	struct claims_op	 op;
 	struct claims_answer	 a;
-	struct claim		*all = NULL, *mine;
+	struct claim		*all = NULL, *mine, c;
 	size_t			 nall, nothers;
 	int			 rv;
 
@@ -690,17 +798,15 @@ claims_enrolled_full(struct store_txn *txn, const struct claims_event *ev)
 	if (rv != STORE_OK)
 		goto out;
 	if (mine != NULL)
-		rv = claims_make_active(txn, mine, ev->enrol_id);
+		rv = claims_confirm(txn, mine, ev->enrol_id, date_ms);
 	else if (nothers < (size_t)claims_conf->max_users_per_number) {
-		struct claim	c;
-
 		memset(&c, 0, sizeof c);
 		memcpy(c.numkey, ev->numkey, NUMKEY_LEN);
 		snprintf(c.user_id, sizeof c.user_id, "%s", ev->user_id);
 		c.source = ev->source;
-		c.since = ev->now;
+		c.since_ms = date_ms;
 		snprintf(c.last4, sizeof c.last4, "%s", ev->last4);
-		rv = claims_make_active(txn, &c, ev->enrol_id);
+		rv = claims_confirm(txn, &c, ev->enrol_id, date_ms);
 	} else {
 		rv = claims_conflict(txn, &op, ev->log_id, ev->enrol_id, all,
 		    nall);
@@ -720,6 +826,7 @@ claims_enrolled_partial(struct store_txn *txn, const struct claims_event *ev,
 {
 	struct claim	*list, *best = NULL;
 	size_t		 n, i;
+	int64_t		 date;
 	int		 rv;
 
 	if ((rv = store_claims_by_user(txn, ev->user_id, &list, &n)) != 0)
@@ -731,16 +838,17 @@ claims_enrolled_partial(struct store_txn *txn, const struct claims_event *ev,
 		if (list[i].state != CLAIM_PENDING ||
 		    !claims_live(&list[i], ev->now))
 			continue;
-		if (best == NULL || list[i].since > best->since)
+		if (best == NULL || list[i].since_ms > best->since_ms)
 			best = &list[i];
 	}
 	if (best == NULL) {
 		*outcome = CLAIMS_UNMATCHED;
 		rv = verify_ask(txn, ev->user_id, VERIFY_UNMATCHED, ev->now);
-	} else if (claims_stale(txn, ev, best->numkey, &rv))
-		*outcome = CLAIMS_STALE;
+	} else if (claims_in_order(txn, &ev->when, ev->user_id, best->numkey,
+	    NULL, &date, &rv))
+		rv = claims_confirm(txn, best, ev->enrol_id, date);
 	else if (rv == STORE_OK)
-		rv = claims_make_active(txn, best, ev->enrol_id);
+		*outcome = CLAIMS_STALE;
 	free(list);
 	return (rv);
 }
@@ -750,34 +858,43 @@ int
 claims_ev_enrolled(struct store_txn *txn, const struct claims_event *ev,
     int *outcome)
 {
+	int64_t	date;
 	int	rv;
 
 	*outcome = CLAIMS_APPLIED;
 	if (ev->numkey == NULL)
 		return (claims_enrolled_partial(txn, ev, outcome));
-	if (claims_stale(txn, ev, ev->numkey, &rv)) {
-		*outcome = CLAIMS_STALE;
-		return (STORE_OK);
-	}
-	if (rv != STORE_OK)
+	if (!claims_in_order(txn, &ev->when, ev->user_id, ev->numkey, NULL,
+	    &date, &rv)) {
+		if (rv == STORE_OK)
+			*outcome = CLAIMS_STALE;
 		return (rv);
+	}
 	if (claims_is_exempt(ev->numkey)) {
 		*outcome = CLAIMS_IGNORED;
 		return (STORE_OK);
 	}
-	return (claims_enrolled_full(txn, ev));
+	return (claims_enrolled_full(txn, ev, date));
 }
 
-/* Delete one claim and leave its per-number watermark. */
+/*
+ * Release one claim by a release dated w, if the rule lets it (*taken),
+ * and leave its per-number watermark in any case.
+ */
 int
-claims_release(struct store_txn *txn, const struct claim *c, int64_t date_ms)
+claims_release(struct store_txn *txn, const struct claim *c,
+    const struct claims_when *w, int *taken)
 {
+	int64_t	date;
 	int	rv;
 
-	rv = store_claim_del(txn, c->numkey, c->user_id);
-	if (rv != STORE_OK && rv != STORE_NOTFOUND)
-		return (rv);
-	return (store_watermark_raise(txn, c->user_id, c->numkey, date_ms));
+	*taken = claims_in_order(txn, w, c->user_id, NULL, c, &date, &rv);
+	if (*taken) {
+		rv = store_claim_del(txn, c->numkey, c->user_id);
+		if (rv != STORE_OK && rv != STORE_NOTFOUND)
+			return (rv);
+	}
+	return (store_watermark_raise(txn, c->user_id, c->numkey, date));
 }
 
 /*
@@ -809,6 +926,25 @@ claims_pick(const struct claim *list, size_t n,
 		*pick = -2;
 }
 
+/*
+ * Pick by enrolment id only (an id without a type may name another
+ * factor): *pick is -1 if the user holds nothing, -2 if no claim has it.
+ */
+static void
+claims_pick_id(const struct claim *list, size_t n,
+    const struct claims_event *ev, ssize_t *pick)
+{
+	size_t	i;
+
+	*pick = n == 0 ? -1 : -2;
+	for (i = 0; i < n; i++) {
+		if (strcmp(list[i].enrol_id, ev->enrol_id) == 0) {
+			*pick = (ssize_t)i;
+			return;
+		}
+	}
+}
+
 /* gd_unenroll or the deletion of one phone method: release one claim. */
 int
 claims_ev_unenrolled(struct store_txn *txn, const struct claims_event *ev,
@@ -817,7 +953,7 @@ claims_ev_unenrolled(struct store_txn *txn, const struct claims_event *ev,
 	struct claim	*list;
 	size_t		 n, i;
 	ssize_t		 pick = -1;
-	int		 rv;
+	int		 rv, taken;
 
 	*outcome = CLAIMS_UNMATCHED;
 	if ((rv = store_claims_by_user(txn, ev->user_id, &list, &n)) != 0)
@@ -830,9 +966,11 @@ claims_ev_unenrolled(struct store_txn *txn, const struct claims_event *ev,
 		if (pick == -1) {
 			/* Nothing held, but a late enrolment must not return. */
 			rv = store_watermark_raise(txn, ev->user_id,
-			    ev->numkey, ev->date_ms);
+			    ev->numkey, ev->when.ms);
 		}
-	} else
+	} else if (ev->id_only && ev->enrol_id != NULL)
+		claims_pick_id(list, n, ev, &pick);
+	else
 		claims_pick(list, n, ev, &pick);
 	if (pick == -2) {
 		*outcome = CLAIMS_AMBIGUOUS;
@@ -847,30 +985,35 @@ claims_ev_unenrolled(struct store_txn *txn, const struct claims_event *ev,
 		 */
 		*outcome = CLAIMS_STALE;
 	} else if (pick >= 0) {
-		*outcome = CLAIMS_APPLIED;
-		rv = claims_release(txn, &list[pick], ev->date_ms);
+		rv = claims_release(txn, &list[pick], &ev->when, &taken);
+		*outcome = taken ? CLAIMS_APPLIED : CLAIMS_STALE;
 	}
 	free(list);
 	return (rv);
 }
 
 /*
- * Release every claim in a list read by rv's lookup; the outcome is
- * applied when there was one, else none_outcome.
+ * Release every claim in a list read by rv's lookup that the rule lets
+ * the event take; the outcome is applied when one went, stale when none
+ * could, else none_outcome.
  */
 static int
 claims_release_all(struct store_txn *txn, int rv, struct claim *list,
     size_t n, const struct claims_event *ev, int none_outcome, int *outcome)
 {
 	size_t	i;
+	int	taken;
 
 	*outcome = none_outcome;
 	if (rv != STORE_OK)
 		return (rv);
-	for (i = 0; i < n && rv == STORE_OK; i++)
-		rv = claims_release(txn, &list[i], ev->date_ms);
 	if (n > 0)
-		*outcome = CLAIMS_APPLIED;
+		*outcome = CLAIMS_STALE;
+	for (i = 0; i < n && rv == STORE_OK; i++) {
+		rv = claims_release(txn, &list[i], &ev->when, &taken);
+		if (taken)
+			*outcome = CLAIMS_APPLIED;
+	}
 	free(list);
 	return (rv);
 }
@@ -888,7 +1031,7 @@ claims_ev_release_user(struct store_txn *txn, const struct claims_event *ev,
 	rv = claims_release_all(txn, rv, list, n, ev, CLAIMS_IGNORED, outcome);
 	if (rv != STORE_OK)
 		return (rv);
-	return (store_watermark_raise(txn, ev->user_id, NULL, ev->date_ms));
+	return (store_watermark_raise(txn, ev->user_id, NULL, ev->when.ms));
 }
 
 /* A Guardian enrolment deleted by id: release the claims that carry it. */
@@ -905,13 +1048,17 @@ claims_ev_release_enrol(struct store_txn *txn, const struct claims_event *ev,
 	    outcome));
 }
 
-/* The SMS or voice message failed: release reservations made before it. */
+/*
+ * The SMS or voice message failed: release the reservations it is newer
+ * than (a renewal after it keeps its reservation).
+ */
 int
 claims_ev_failed(struct store_txn *txn, const struct claims_event *ev,
     int *outcome)
 {
 	struct claim	*list;
 	size_t		 n, i;
+	int64_t		 date;
 	int		 rv;
 
 	*outcome = CLAIMS_IGNORED;
@@ -919,7 +1066,8 @@ claims_ev_failed(struct store_txn *txn, const struct claims_event *ev,
 		return (rv);
 	for (i = 0; i < n && rv == STORE_OK; i++) {
 		if (list[i].state != CLAIM_PENDING ||
-		    list[i].since * 1000 >= ev->date_ms)
+		    !claims_in_order(txn, &ev->when, ev->user_id, NULL,
+		    &list[i], &date, &rv))
 			continue;
 		rv = store_claim_del(txn, list[i].numkey, list[i].user_id);
 		if (rv == STORE_NOTFOUND)
@@ -947,15 +1095,18 @@ claims_admin_op(struct claims_op *op, const unsigned char *numkey,
 	op->numkey = numkey;
 	op->user_id = user_id;
 	op->last4 = len > LAST4_LEN ? e164 + len - LAST4_LEN : e164 + 1;
-	op->now = (int64_t)time(NULL);
+	op->when.ms = claims_clock_ms();
+	op->when.kind = CLAIMS_NOW;
+	op->now = op->when.ms / 1000;
 	op->answer = answer;
 }
 
 /*
  * Release the claims on the number, of op->user_id only if it is set.
  * Each leaves a per-number watermark, as a release by the log stream does,
- * so that an older enrolment event cannot bring it back.  Only live claims
- * are counted: a lapsed reservation was free already.
+ * so that an older enrolment event cannot bring it back: dated now, to
+ * the millisecond, and after the claim's own date.  Only live claims are
+ * counted: a lapsed reservation was free already.
  */
 static int
 claims_admin_release_txn(struct store_txn *txn, void *arg)
@@ -963,7 +1114,7 @@ claims_admin_release_txn(struct store_txn *txn, void *arg)
 	struct claims_op	*op = arg;
 	struct claim		*list;
 	size_t			 n, i;
-	int			 rv;
+	int			 rv, taken;
 
 	op->released = 0;	/* again on a retry */
 	if ((rv = store_claims_by_number(txn, op->numkey, &list, &n)) != 0)
@@ -972,8 +1123,8 @@ claims_admin_release_txn(struct store_txn *txn, void *arg)
 		if (op->user_id != NULL &&
 		    strcmp(list[i].user_id, op->user_id) != 0)
 			continue;
-		rv = claims_release(txn, &list[i], op->now * 1000);
-		if (claims_live(&list[i], op->now))
+		rv = claims_release(txn, &list[i], &op->when, &taken);
+		if (taken && claims_live(&list[i], op->now))
 			op->released++;
 	}
 	free(list);
@@ -1006,19 +1157,22 @@ claims_admin_claim_txn(struct store_txn *txn, void *arg)
 	struct claims_op	*op = arg;
 	struct claim		*all = NULL, *mine;
 	size_t			 nall, nothers;
+	int64_t			 date;
 	int			 rv;
 
 	rv = claims_scan(txn, op, &mine, &nothers, &all, &nall);
+	if (rv == STORE_OK)
+		rv = claims_now_date(txn, op, &date);
 	if (rv != STORE_OK)
 		goto out;
 	op->answer->result = CLAIMS_ASSIGNED;
-	if (mine != NULL) {
-		if (mine->state == CLAIM_PENDING)
-			rv = claims_make_active(txn, mine, NULL);
-	} else if (nothers >= (size_t)claims_conf->max_users_per_number)
+	if (mine != NULL)
+		rv = claims_confirm(txn, mine, NULL, date);
+	else if (nothers >= (size_t)claims_conf->max_users_per_number)
 		op->answer->result = CLAIMS_TAKEN;
 	else
-		rv = claims_put_new(txn, op, CLAIM_ACTIVE, CLAIM_SRC_ADMIN);
+		rv = claims_put_new(txn, op, CLAIM_ACTIVE, CLAIM_SRC_ADMIN,
+		    date);
 out:
 	free(all);
 	return (rv);

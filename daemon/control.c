@@ -980,7 +980,7 @@ control_gen_claim(yajl_gen g, const struct claim *cl, int by_number)
 	else
 		control_gen_number(g, "number", cl->last4);
 	control_gen_str(g, "state", control_state_name(cl->state));
-	control_gen_time(g, "since", cl->since, 0);
+	control_gen_time(g, "since", cl->since_ms / 1000, 0);
 	if (by_number)
 		control_gen_time(g, "expires", cl->state == CLAIM_PENDING ?
 		    cl->expires : 0, 0);
@@ -1293,7 +1293,8 @@ control_export_more(struct control_client *c)
 			control_gen_number(g, "number", ctl->batch[i].last4);
 			control_gen_str(g, "state",
 			    control_state_name(ctl->batch[i].state));
-			control_gen_time(g, "since", ctl->batch[i].since, 0);
+			control_gen_time(g, "since",
+			    ctl->batch[i].since_ms / 1000, 0);
 			control_gen_str(g, "source",
 			    control_source_name(ctl->batch[i].source));
 			control_send(c, g, 0);

@@ -59,10 +59,12 @@ static int		 events_sapi_methods(struct store_txn *,
 static int		 events_sapi_add(struct store_txn *,
 			     struct events_ctx *, yajl_val, int *);
 static int		 events_url_decode(char *);
+static int		 events_digits(const char **, int, int, int, int *);
 
 static char		*events_ignored_name[EVENTS_TYPES_MAX];
 static size_t		 events_ignored_n[EVENTS_TYPES_MAX];
 static size_t		 events_ignored_used;
+static uint64_t		 events_undated;
 
 /* Look up up to three nested keys in an object (NULL ends the path). */
 static yajl_val
@@ -93,7 +95,8 @@ events_type(yajl_val data)
 
 /*
  * Return the event's date in milliseconds since the epoch, from its
- * ISO 8601 "date" ("2026-11-27T10:30:00.123Z"); dflt_ms if it has none.
+ * RFC 3339 "date" ("2026-11-27T10:30:00.123Z"); dflt_ms if it has none
+ * that can be read.
  */
 int64_t
 events_date(yajl_val data, int64_t dflt_ms)
@@ -102,34 +105,108 @@ events_date(yajl_val data, int64_t dflt_ms)
 	    dflt_ms));
 }
 
-/* An ISO 8601 UTC time in milliseconds since the epoch; else dflt_ms. */
+/* Read n digits at *pp into *v, within [min, max]; advance *pp. */
+static int
+events_digits(const char **pp, int n, int min, int max, int *v)
+{
+	const char	*p = *pp;
+
+	for (*v = 0; n > 0; n--, p++) {
+		if (!isdigit((unsigned char)*p))
+			return (-1);
+		*v = *v * 10 + (*p - '0');
+	}
+	*pp = p;
+	return (*v < min || *v > max ? -1 : 0);
+}
+
+/*
+ * An RFC 3339 date-time in milliseconds since the epoch: "T", "t" or a
+ * space between date and time, any number of fraction digits (cut to
+ * milliseconds), "Z", "z" or an offset.  0, or -1 if s is not one.
+ */
+int
+events_rfc3339(const char *s, int64_t *ms)
+{
+	struct tm	 tm;
+	int		 y, mo, d, h, mi, sec, oh = 0, om = 0, sign = 0;
+	int		 digits, frac = 0;
+	time_t		 t;
+
+	if (s == NULL || events_digits(&s, 4, 0, 9999, &y) != 0 ||
+	    *s++ != '-' || events_digits(&s, 2, 1, 12, &mo) != 0 ||
+	    *s++ != '-' || events_digits(&s, 2, 1, 31, &d) != 0)
+		return (-1);
+	if (*s != 'T' && *s != 't' && *s != ' ')
+		return (-1);
+	s++;
+	if (events_digits(&s, 2, 0, 23, &h) != 0 || *s++ != ':' ||
+	    events_digits(&s, 2, 0, 59, &mi) != 0 || *s++ != ':' ||
+	    events_digits(&s, 2, 0, 60, &sec) != 0)
+		return (-1);
+	if (*s == '.') {
+		for (s++, digits = 0; isdigit((unsigned char)*s); s++) {
+			if (digits++ < 3)
+				frac = frac * 10 + (*s - '0');
+		}
+		if (digits == 0)
+			return (-1);
+		for (; digits < 3; digits++)
+			frac *= 10;
+	}
+	if (*s == 'Z' || *s == 'z')
+		s++;
+	else if (*s == '+' || *s == '-') {
+		sign = *s++ == '+' ? 1 : -1;
+		if (events_digits(&s, 2, 0, 23, &oh) != 0 || *s++ != ':' ||
+		    events_digits(&s, 2, 0, 59, &om) != 0)
+			return (-1);
+	} else
+		return (-1);
+	if (*s != '\0')
+		return (-1);
+	memset(&tm, 0, sizeof tm);
+	tm.tm_year = y - 1900;
+	tm.tm_mon = mo - 1;
+	tm.tm_mday = d;
+	tm.tm_hour = h;
+	tm.tm_min = mi;
+	tm.tm_sec = sec == 60 ? 59 : sec;	/* a leap second */
+	if ((t = timegm(&tm)) == (time_t)-1 || tm.tm_mday != d)
+		return (-1);
+	t -= sign * (oh * 3600 + om * 60);
+	*ms = (int64_t)t * 1000 + (sec == 60 ? 999 : frac);
+	return (0);
+}
+
+/* An RFC 3339 date-time in milliseconds since the epoch; else dflt_ms. */
 int64_t
 events_iso_ms(const char *s, int64_t dflt_ms)
 {
-	struct tm	 tm;
-	char		*end;
-	long		 ms = 0;
-	int		 digits;
-	time_t		 t;
+	int64_t	ms;
 
-	if (s == NULL)
-		return (dflt_ms);
-	memset(&tm, 0, sizeof tm);
-	if ((end = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm)) == NULL)
-		return (dflt_ms);
-	if (*end == '.') {
-		for (end++, digits = 0; isdigit((unsigned char)*end); end++) {
-			if (digits++ < 3)
-				ms = ms * 10 + (*end - '0');
-		}
-		for (; digits < 3; digits++)
-			ms *= 10;
-	}
-	if (*end != 'Z' && strcmp(end, "+00:00") != 0)
-		return (dflt_ms);
-	if ((t = timegm(&tm)) == (time_t)-1)
-		return (dflt_ms);
-	return ((int64_t)t * 1000 + ms);
+	return (events_rfc3339(s, &ms) == 0 ? ms : dflt_ms);
+}
+
+/*
+ * Count and log an event whose date cannot be read: it is dated at its
+ * arrival, so it may release but never create or activate a claim where
+ * a release left a watermark.
+ */
+void
+events_count_undated(const char *log_id)
+{
+	events_undated++;
+	log_warnx("log event %s has no date that can be read: taken as dated "
+	    "at its arrival; it cannot bring back a released claim",
+	    log_id != NULL ? log_id : "(no id)");
+}
+
+/* How many events had no readable date since start. */
+uint64_t
+events_undated_total(void)
+{
+	return (events_undated);
 }
 
 /* Count an event type that changed nothing, for metrics and status. */
@@ -454,10 +531,15 @@ events_sapi_methods(struct store_txn *txn, struct events_ctx *x,
 		rv = claims_ev_release_user(txn, &x->ev, outcome);
 	else if (strcasecmp(method, "delete") == 0 && what != NULL &&
 	    strcmp(what, "authentication-methods") == 0) {
-		/* "phone|dev_x" is a phone method; "totp|..." is not. */
+		/*
+		 * "phone|dev_x" is a phone method; "totp|..." is not; a bare
+		 * "dev_x" may be either: it releases only the claim that
+		 * carries it, else the user is verified.
+		 */
 		if (strchr(mid, '|') != NULL && strncmp(mid, "phone|", 6) != 0 &&
 		    strncmp(mid, "sms|", 4) != 0 && strncmp(mid, "voice|", 6) != 0)
 			goto out;
+		x->ev.id_only = strchr(mid, '|') == NULL;
 		events_enrol_id(x, mid);
 		rv = claims_ev_unenrolled(txn, &x->ev, outcome);
 	} else if (what != NULL && mid == NULL &&
@@ -465,8 +547,8 @@ events_sapi_methods(struct store_txn *txn, struct events_ctx *x,
 	    (strcasecmp(method, "post") == 0 || strcasecmp(method, "put") == 0)) {
 		if (strcasecmp(method, "put") == 0) {
 			rv = claims_ev_release_user(txn, &x->ev, &one);
-			/* The new set is as new as the release. */
-			x->ev.skip_watermark = 1;
+			/* The new set is as new as its own release. */
+			x->ev.when.tie_ok = 1;
 		}
 		if (rv == STORE_OK)
 			rv = events_sapi_add(txn, x, events_get(x->data,
@@ -500,12 +582,14 @@ events_sapi(struct store_txn *txn, struct events_ctx *x, int *outcome)
 }
 
 /*
- * Apply one event (the item's data) with its log id.  *outcome is one of
- * enum claims_outcome; the return value is a store status.
+ * Apply one event (the item's data) with its log id, arrived at now_ms.
+ * *outcome is one of enum claims_outcome; the return value is a store
+ * status.  An event without a readable date is dated at its arrival, as
+ * undated (the caller counts it: events_count_undated).
  */
 int
 events_apply(struct store_txn *txn, yajl_val data, const char *log_id,
-    int64_t now, int *outcome)
+    int64_t now_ms, int *outcome)
 {
 	struct events_ctx	 x;
 	const char		*type = events_type(data);
@@ -514,8 +598,13 @@ events_apply(struct store_txn *txn, yajl_val data, const char *log_id,
 	memset(&x, 0, sizeof x);
 	x.data = data;
 	x.ev.log_id = log_id;
-	x.ev.now = now;
-	x.ev.date_ms = events_date(data, now * 1000);
+	x.ev.now = now_ms / 1000;
+	x.ev.when.kind = CLAIMS_DATED;
+	if (events_rfc3339(events_string(data, "date", NULL, NULL),
+	    &x.ev.when.ms) != 0) {
+		x.ev.when.ms = now_ms;
+		x.ev.when.kind = CLAIMS_UNDATED;
+	}
 	x.ev.source = CLAIM_SRC_LOGSTREAM;
 	*outcome = CLAIMS_IGNORED;
 	if (type == NULL)

@@ -39,6 +39,7 @@ struct logstream_item {
 	yajl_val	 data;		/* the event */
 	const char	*log_id;
 	int		 ignored;	/* changed nothing: count its type */
+	int		 undated;	/* applied, without a readable date */
 };
 
 /* A rejected item, kept until the request is committed. */
@@ -59,6 +60,7 @@ struct logstream_batch {
 	size_t			 received;
 	size_t			 rejected;
 	int64_t			 now;
+	int64_t			 now_ms;
 	size_t			 applied;
 	size_t			 duplicates;
 	struct events_counts	 ignored;
@@ -298,16 +300,17 @@ logstream_apply_one(struct store_txn *txn, struct logstream_batch *b,
 	int	rv, outcome;
 
 	rv = store_seen_add(txn, it->log_id, b->now);
-	it->ignored = 0;
+	it->ignored = it->undated = 0;
 	if (rv == STORE_EXISTS) {
 		b->duplicates++;
 		return (STORE_OK);
 	}
 	if (rv != STORE_OK)
 		return (rv);
-	if ((rv = events_apply(txn, it->data, it->log_id, b->now,
+	if ((rv = events_apply(txn, it->data, it->log_id, b->now_ms,
 	    &outcome)) != STORE_OK)
 		return (rv);
+	it->undated = events_date(it->data, INT64_MIN) == INT64_MIN;
 	if (logstream_later(it->log_id, b->last))
 		snprintf(b->last, sizeof b->last, "%s", it->log_id);
 	if ((date = events_date(it->data, 0)) > b->last_date)
@@ -328,6 +331,7 @@ logstream_apply_one(struct store_txn *txn, struct logstream_batch *b,
 	default:
 		b->ignored.ignored++;
 		it->ignored = 1;
+		it->undated = 0;	/* nothing it could change */
 		break;
 	}
 	return (STORE_OK);
@@ -414,7 +418,8 @@ logstream_ingest(const char *source, const char *body, size_t len,
 
 	memset(r, 0, sizeof *r);
 	memset(&b, 0, sizeof b);
-	b.now = (int64_t)time(NULL);
+	b.now_ms = claims_clock_ms();
+	b.now = b.now_ms / 1000;
 	rv = logstream_parse(&b, body, len);
 	if (rv == -2 || b.received > LOGSTREAM_MAX_ITEMS) {
 		logstream_free(&b);
@@ -438,6 +443,8 @@ logstream_ingest(const char *source, const char *body, size_t len,
 	for (i = 0; i < b.nitems; i++) {
 		if (b.items[i].ignored)
 			events_count_ignored(events_type(b.items[i].data));
+		if (b.items[i].undated)
+			events_count_undated(b.items[i].log_id);
 	}
 	logstream_free(&b);
 	logstream_result(&b, source, r);

@@ -457,6 +457,12 @@ metrics_text_events(struct evbuffer *buf)
 	    "phoneclaimd_events_total{outcome=\"stale\"} %" PRIu64 "\n",
 	    e->applied, e->duplicates, plain, e->rejected, e->unmatched,
 	    e->ambiguous, e->stale);
+	metrics_family(buf, "undated_events_total", "counter",
+	    "Log-stream events without a readable date since start: dated at "
+	    "their arrival, they may release but never bring back a released "
+	    "claim.");
+	evbuffer_add_printf(buf, "phoneclaimd_undated_events_total %" PRIu64
+	    "\n", events_undated_total());
 }
 
 /* Ignored events by Auth0 type. */

@@ -100,6 +100,7 @@ struct mgmt {
 	enum mgmt_job		 job;
 	struct conflict		 rm;		/* the removal being made */
 	char			 vuser[USER_ID_MAX + 1];	/* verifying */
+	int64_t			 vasked_ms;	/* when its GET was sent */
 	int			 vreasons;
 	int64_t			 verify_after;	/* expiries asked up to */
 	struct mgmt_status	 st;
@@ -997,6 +998,8 @@ mgmt_verify_next(void)
 	if (!mgmt_token_ok())
 		return (1);
 	url = mgmt_user_url(mgmt->vuser, NULL);
+	/* The answer is dated now: what it lists was true then. */
+	mgmt->vasked_ms = claims_clock_ms();
 	mgmt_send(MGMT_METHODS, url, NULL);
 	free(url);
 	return (1);
@@ -1066,7 +1069,7 @@ mgmt_verify_done(struct mgmt_xfer *x, long code)
 	}
 	mgmt_succeeded();
 	rv = verify_settle(mgmt->vuser, mgmt->vreasons, m, n, found,
-	    (int64_t)time(NULL), &r);
+	    mgmt->vasked_ms, (int64_t)time(NULL), &r);
 	free(m);
 	if (rv != STORE_OK || claims_flush() != STORE_OK) {
 		mgmt_fail("the store is unavailable", 0);

@@ -30,9 +30,10 @@
  * Ids that share a hash share an index key: a lookup reads the records it
  * points at and keeps the claims whose id matches.  A record with several
  * claims has several keys in an index (DB_DBT_MULTIPLE), each value once.
- * This is schema 4 (issue 7): about half the disk of schema 3, which kept
- * one record per claim under numkey[32] user_id and indexes that held that
- * whole key; store_migrate.c converts an older store at open.
+ * This layout is schema 4 (issue 7): about half the disk of schema 3, which
+ * kept one record per claim under numkey[32] user_id and indexes that held
+ * that whole key; schema 5 (issue 21) keeps each claim's date to the
+ * millisecond.  store_migrate.c converts an older store at open.
  *
  * A conflict key is the number key, then the user id as raw bytes with no
  * separator or NUL: it may contain any byte but NUL, and its length is the
@@ -52,15 +53,18 @@
  * (times are non-negative: a negative expiry would sort last, and a negative
  * seen time is refused).  The first byte is a record format so that a later
  * release can read old records without a dump and reload.  Disk per claim
- * matters at scale: a claim in a number record is 8 bytes plus its ids,
- * with 'since' in 32 bits (seconds until 2106) and an expiry only while
+ * matters at scale: a claim in a number record is 10 bytes plus its ids,
+ * with 'since' in 48 bits (milliseconds: the claim rules compare it with
+ * event dates to the millisecond, see claims.c) and an expiry only while
  * pending.  Seen and watermark records are a bare 8-byte integer: there is
  * nothing else they could hold.
  *
- *   number, format 2:    format(1) last4(4, NUL padded), then per claim:
- *                        state(1) source(1) since(4) [expires(8) if pending]
- *                        user_len(1, or 2 with the top bit set) user_id
- *                        enrol_len(1) enrol_id
+ *   number, format 3:    format(1) last4(4, NUL padded), then per claim:
+ *                        state(1) source(1) since(6, ms) [expires(8) if
+ *                        pending] user_len(1, or 2 with the top bit set)
+ *                        user_id enrol_len(1) enrol_id
+ *                        (format 2, of schema 4, has since(4) in seconds;
+ *                        it is still read, and schema 5 rewrites it)
  *   conflict, format 2:  format(1) since(8) last4(4) log_id_len(2) log_id
  *                        nholders(2) { holder_len(2) holder }...
  *                        removal(1) removal_at(8) removal_code(2)

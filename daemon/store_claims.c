@@ -33,7 +33,7 @@ struct store_claims {
 struct store_entry {
 	int			 state;
 	int			 source;
-	uint32_t		 since;
+	int64_t			 since;		/* ms */
 	const unsigned char	*expires;	/* 8 bytes; NULL: not pending */
 	const unsigned char	*user;
 	size_t			 ulen;
@@ -59,7 +59,7 @@ struct store_filter {
 static uint64_t	store_siphash(const unsigned char *, const unsigned char *,
 		    size_t);
 static int	store_entry_next(const unsigned char **,
-		    const unsigned char *, struct store_entry *);
+		    const unsigned char *, int, struct store_entry *);
 static int	store_index_keys(const DBT *, DBT *, enum store_index);
 static int	store_user_cmp(const char *, size_t, const char *, size_t);
 static int	store_claim_key(const unsigned char *, const char *,
@@ -152,23 +152,37 @@ store_index_hash(const void *id, size_t len, unsigned char *out)
 	store_put_i64(out, (int64_t)store_siphash(store_index_key, id, len));
 }
 
+/* 1 if a number record of len bytes has a format this release reads. */
+int
+store_number_format_ok(const unsigned char *rec, size_t len)
+{
+	return (len >= NUMBER_OFF_ENTRIES && (rec[0] == NUMBER_FORMAT ||
+	    rec[0] == NUMBER_FORMAT_2));
+}
+
 /*
- * Parse the entry at *pp, which must end by end; advance *pp.  0, or -1 if
- * the bytes are not an entry.
+ * Parse the entry at *pp of a record of that format, which must end by
+ * end; advance *pp.  0, or -1 if the bytes are not an entry.  A format 2
+ * 'since' (seconds) is read in milliseconds.
  */
 static int
 store_entry_next(const unsigned char **pp, const unsigned char *end,
-    struct store_entry *e)
+    int format, struct store_entry *e)
 {
 	const unsigned char	*p = *pp;
+	int			 i, fixed;
 
-	if (end - p < NUMBER_ENTRY_FIXED + 1)
+	fixed = format == NUMBER_FORMAT ? NUMBER_ENTRY_FIXED :
+	    NUMBER_ENTRY_FIXED_2;
+	if (end - p < fixed + 1)
 		return (-1);
 	e->state = p[0];
 	e->source = p[1];
-	e->since = (uint32_t)p[2] << 24 | (uint32_t)p[3] << 16 |
-	    (uint32_t)p[4] << 8 | p[5];
-	p += NUMBER_ENTRY_FIXED;
+	for (e->since = 0, i = 2; i < fixed; i++)
+		e->since = e->since << 8 | p[i];
+	if (format != NUMBER_FORMAT)
+		e->since *= 1000;
+	p += fixed;
 	if (e->state == CLAIM_PENDING) {
 		if (end - p < STORE_TIME_LEN + 1)
 			return (-1);
@@ -249,10 +263,11 @@ store_index_keys(const DBT *pdata, DBT *skey, enum store_index kind)
 	size_t			 n = 0, size = 0, i;
 
 	memset(skey, 0, sizeof *skey);
-	if (pdata->size < NUMBER_OFF_ENTRIES || p[0] != NUMBER_FORMAT)
+	if (!store_number_format_ok(p, pdata->size))
 		return (STORE_CORRUPT);
 	for (p += NUMBER_OFF_ENTRIES; p < end;) {
-		if (store_entry_next(&p, end, &e) != 0) {
+		if (store_entry_next(&p, end,
+		    ((const unsigned char *)pdata->data)[0], &e) != 0) {
 			free(keys);
 			return (STORE_CORRUPT);
 		}
@@ -333,7 +348,7 @@ store_number_pack(const struct claim *v, size_t n, unsigned char **recp,
 {
 	unsigned char	*rec, *p;
 	const char	*last4 = "";
-	size_t		 i, ulen, elen, size = NUMBER_OFF_ENTRIES;
+	size_t		 i, j, ulen, elen, size = NUMBER_OFF_ENTRIES;
 
 	*recp = NULL;
 	for (i = 0; i < n; i++) {
@@ -343,7 +358,7 @@ store_number_pack(const struct claim *v, size_t n, unsigned char **recp,
 		    (v[i].state != CLAIM_PENDING &&
 		    v[i].state != CLAIM_ACTIVE) ||
 		    v[i].source < 0 || v[i].source > UCHAR_MAX ||
-		    v[i].since < 0 || v[i].since > UINT32_MAX ||
+		    v[i].since_ms < 0 || v[i].since_ms >= NUMBER_SINCE_MAX ||
 		    strnlen(v[i].last4, sizeof v[i].last4) > LAST4_LEN)
 			return (-1);
 		if (i > 0 && store_user_cmp(v[i - 1].user_id,
@@ -365,10 +380,9 @@ store_number_pack(const struct claim *v, size_t n, unsigned char **recp,
 		elen = strlen(v[i].enrol_id);
 		p[0] = (unsigned char)v[i].state;
 		p[1] = (unsigned char)v[i].source;
-		p[2] = (unsigned char)((uint64_t)v[i].since >> 24);
-		p[3] = (unsigned char)((uint64_t)v[i].since >> 16);
-		p[4] = (unsigned char)((uint64_t)v[i].since >> 8);
-		p[5] = (unsigned char)v[i].since;
+		for (j = 0; j < NUMBER_ENTRY_FIXED - 2; j++)
+			p[2 + j] = (unsigned char)((uint64_t)v[i].since_ms >>
+			    8 * (NUMBER_ENTRY_FIXED - 3 - j));
 		p += NUMBER_ENTRY_FIXED;
 		if (v[i].state == CLAIM_PENDING) {
 			store_put_i64(p, v[i].expires);
@@ -401,11 +415,11 @@ store_number_add(struct store_claims *sc, const DBT *key, const DBT *data,
 	struct claim		*c;
 	size_t			 flen;
 
-	if (key->size != NUMKEY_LEN || data->size < NUMBER_OFF_ENTRIES ||
-	    p[0] != NUMBER_FORMAT)
+	if (key->size != NUMKEY_LEN || !store_number_format_ok(p, data->size))
 		goto bad;
 	for (p += NUMBER_OFF_ENTRIES; p < end;) {
-		if (store_entry_next(&p, end, &e) != 0)
+		if (store_entry_next(&p, end, *(unsigned char *)data->data,
+		    &e) != 0)
 			goto bad;
 		if (f != NULL && f->user_id != NULL &&
 		    (e.ulen != strlen(f->user_id) ||
@@ -432,7 +446,7 @@ store_number_add(struct store_claims *sc, const DBT *key, const DBT *data,
 		memcpy(c->user_id, e.user, e.ulen);
 		c->state = e.state;
 		c->source = e.source;
-		c->since = e.since;
+		c->since_ms = e.since;
 		c->expires = e.expires != NULL ? store_get_i64(e.expires) : 0;
 		memcpy(c->last4, (const unsigned char *)data->data +
 		    NUMBER_OFF_LAST4, LAST4_LEN);
@@ -445,6 +459,29 @@ bad:
 	    "%u bytes)", data->size > 0 ? ((unsigned char *)data->data)[0] : 0,
 	    data->size);
 	return (STORE_CORRUPT);
+}
+
+/*
+ * Rewrite a number record of an older format in the current one: 0 and a
+ * new record in *recp, 1 if it is current already, STORE_CORRUPT.
+ */
+int
+store_number_repack(const DBT *key, const DBT *data, unsigned char **recp,
+    size_t *lenp)
+{
+	struct store_claims	sc = { NULL, 0, 0 };
+	int			r = 1;
+
+	*recp = NULL;
+	if (data->size > 0 && ((unsigned char *)data->data)[0] == NUMBER_FORMAT)
+		return (1);
+	if (store_number_add(&sc, key, data, NULL) != 0 || sc.n == 0 ||
+	    store_number_pack(sc.v, sc.n, recp, lenp) != 0)
+		r = STORE_CORRUPT;
+	else
+		r = 0;
+	free(sc.v);
+	return (r);
 }
 
 /* End a claims scan: close the cursor, hand over or free the array. */
@@ -632,7 +669,7 @@ store_claim_put(struct store_txn *txn, const struct claim *c)
 
 	ulen = strnlen(c->user_id, sizeof c->user_id);
 	if (ulen == 0 || ulen > USER_ID_MAX ||
-	    c->since < 0 || c->since > UINT32_MAX) {
+	    c->since_ms < 0 || c->since_ms >= NUMBER_SINCE_MAX) {
 		log_warnx("store: refusing to write an invalid claim");
 		return (STORE_ERROR);
 	}
@@ -812,12 +849,13 @@ store_claims_count(struct store *st, DB_TXN *tid, uint64_t *claims,
 	while ((ret = dbc->get(dbc, &key, &data, DB_NEXT)) == 0) {
 		p = data.data;
 		end = p + data.size;
-		if (data.size < NUMBER_OFF_ENTRIES || p[0] != NUMBER_FORMAT) {
+		if (!store_number_format_ok(p, data.size)) {
 			ret = STORE_CORRUPT;
 			break;
 		}
 		for (p += NUMBER_OFF_ENTRIES; p < end && ret == 0;) {
-			if (store_entry_next(&p, end, &e) != 0)
+			if (store_entry_next(&p, end, *(unsigned char *)data.data,
+			    &e) != 0)
 				ret = STORE_CORRUPT;
 			else {
 				(*claims)++;

@@ -11,16 +11,21 @@
 #define STORE_FILE_MODE		0600
 
 /*
- * Number record, format 2 (numbers.db): the claims on one number.  The
+ * Number record, format 3 (numbers.db): the claims on one number.  The
  * fixed part, then one entry per holder in user id order; an entry is
- * state(1) source(1) since(4) [expires(8), pending only] user_len(1 or 2)
- * user_id enrol_len(1) enrol_id.  A user_len below 0x80 is one byte; a
- * longer one is two, big-endian, with the top bit set.
+ * state(1) source(1) since(6) [expires(8), pending only] user_len(1 or 2)
+ * user_id enrol_len(1) enrol_id.  'since' is in milliseconds (48 bits:
+ * until the year 10889).  A user_len below 0x80 is one byte; a longer one
+ * is two, big-endian, with the top bit set.  Format 2 (schema 4) is the
+ * same with since(4) in seconds: still read, never written.
  */
-#define NUMBER_FORMAT		2
+#define NUMBER_FORMAT		3
+#define NUMBER_FORMAT_2		2	/* since in seconds, 4 bytes */
 #define NUMBER_OFF_LAST4	1
 #define NUMBER_OFF_ENTRIES	(NUMBER_OFF_LAST4 + LAST4_LEN)
-#define NUMBER_ENTRY_FIXED	6	/* state, source, since */
+#define NUMBER_ENTRY_FIXED	8	/* state, source, since */
+#define NUMBER_ENTRY_FIXED_2	6	/* the same in format 2 */
+#define NUMBER_SINCE_MAX	((int64_t)1 << 48)	/* ms, excluded */
 #define NUMBER_ENTRY_MAX	(NUMBER_ENTRY_FIXED + 8 + 2 + USER_ID_MAX + \
 				    1 + ENROL_ID_MAX)
 #define CLAIM_KEY_MAX		(NUMKEY_LEN + USER_ID_MAX)
@@ -122,8 +127,11 @@ int	store_user_key_cb(DB *, const DBT *, const DBT *, DBT *);
 int	store_expiry_key_cb(DB *, const DBT *, const DBT *, DBT *);
 int	store_enrol_key_cb(DB *, const DBT *, const DBT *, DBT *);
 void	store_index_hash(const void *, size_t, unsigned char *);
+int	store_number_format_ok(const unsigned char *, size_t);
 int	store_claims_count(struct store *, DB_TXN *, uint64_t *, uint64_t *);
 int	store_number_pack(const struct claim *, size_t, unsigned char **,
+	    size_t *);
+int	store_number_repack(const DBT *, const DBT *, unsigned char **,
 	    size_t *);
 
 /* store_events.c, store_backup.c, store_migrate.c */

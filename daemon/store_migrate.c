@@ -1,5 +1,13 @@
 /*
- * The migration of a store of schema 3 or before to schema 4, at open.
+ * The migration of an older store to schema 5, at open.
+ *
+ * Schema 5 keeps each claim's date ('since') in milliseconds: number
+ * records of format 3 instead of 2 (store.c).  From schema 4 the
+ * migration rewrites every record of format 2, a batch per transaction;
+ * a record of format 3 is left as it is, so a migration cut short by a
+ * crash goes on where it stopped.  Format 2 stays readable all along, and
+ * the schema version is written last.  From schema 3 or before, the steps
+ * below write format 3 directly.
  *
  * Schema 4 keeps the claims on one number in one record of numbers.db,
  * keyed by 16 bytes of the number's HMAC instead of 32, and indexes users
@@ -79,9 +87,13 @@ static int	migrate_user_cmp(const void *, const void *);
 static int	migrate_watermarks(struct store *, uint64_t *);
 static int	migrate_finish(struct store *, uint64_t *, const char **);
 static int	migrate_conflicts(struct store *, DB_TXN *, uint64_t *);
+static int	migrate_since(struct store *, uint64_t *);
+static int	migrate_since_batch(struct store *, DB_TXN *, unsigned char *,
+		    int *, uint64_t *, int *);
+static int	migrate_version(struct store *);
 
 /*
- * Migrate the store from schema 'from' (1 to 3) to 4; 0, or -1 and *cause.
+ * Migrate the store from schema 'from' (1 to 4) to 5; 0, or -1 and *cause.
  * Logged at the start and the end, with the counts and the time taken.
  */
 int
@@ -94,7 +106,11 @@ store_migrate(struct store *st, long long from, char **cause)
 
 	log_info("store: migrating %s from schema version %lld to %d",
 	    st->dir, from, STORE_SCHEMA_VERSION);
-	if ((ret = migrate_claims(st, &claims, &what)) == 0) {
+	if (from == 4) {
+		what = "numbers.db";
+		if ((ret = migrate_since(st, &claims)) == 0)
+			ret = migrate_version(st);
+	} else if ((ret = migrate_claims(st, &claims, &what)) == 0) {
 		what = "watermarks.db";
 		ret = migrate_watermarks(st, &marks);
 	}
@@ -245,7 +261,7 @@ migrate_batch(struct store *st, DB *old, DB_TXN *tid, unsigned char *last,
  * Decode a claim of claims.db.  The number key keeps its first 16 bytes,
  * which is what hash_number now gives for the same number.  A 'since'
  * outside the 32-bit range of schema 4 (before 1970 or after 2106, which
- * only a wrong clock makes) is clamped to it.
+ * only a wrong clock makes) is clamped to it, then kept in milliseconds.
  */
 static int
 migrate_old_claim(const DBT *key, const DBT *data, struct claim *c)
@@ -267,11 +283,12 @@ migrate_old_claim(const DBT *key, const DBT *data, struct claim *c)
 	c->state = rec[OLD_OFF_STATE] == CLAIM_PENDING ? CLAIM_PENDING :
 	    CLAIM_ACTIVE;
 	c->source = rec[OLD_OFF_SOURCE];
-	c->since = store_get_i64(rec + OLD_OFF_SINCE);
-	if (c->since < 0)
-		c->since = 0;
-	if (c->since > UINT32_MAX)
-		c->since = UINT32_MAX;
+	c->since_ms = store_get_i64(rec + OLD_OFF_SINCE);
+	if (c->since_ms < 0)
+		c->since_ms = 0;
+	if (c->since_ms > UINT32_MAX)
+		c->since_ms = UINT32_MAX;
+	c->since_ms *= 1000;
 	c->expires = c->state == CLAIM_PENDING ?
 	    store_get_i64(rec + OLD_OFF_EXPIRES) : 0;
 	memcpy(c->last4, rec + OLD_OFF_LAST4, LAST4_LEN);
@@ -509,4 +526,108 @@ migrate_conflicts(struct store *st, DB_TXN *tid, uint64_t *np)
 	free(klens);
 	free(rlens);
 	return (ret);
+}
+
+/*
+ * From schema 4: rewrite the number records of format 2 (since in
+ * seconds) in format 3, a batch per transaction; *np counts the records.
+ */
+static int
+migrate_since(struct store *st, uint64_t *np)
+{
+	DB_TXN		*tid;
+	unsigned char	 last[NUMKEY_LEN];
+	int		 have_last = 0, done = 0, ret = 0;
+
+	while (!done && ret == 0) {
+		if ((ret = st->env->txn_begin(st->env, NULL, &tid, 0)) != 0)
+			break;
+		ret = migrate_since_batch(st, tid, last, &have_last, np,
+		    &done);
+		if (ret != 0)
+			tid->abort(tid);
+		else
+			ret = tid->commit(tid, DB_TXN_NOSYNC);
+	}
+	return (ret);
+}
+
+/*
+ * Rewrite up to MIGRATE_BATCH records after the number last (if
+ * *have_last); set last to the last one seen and *done at the end.
+ */
+static int
+migrate_since_batch(struct store *st, DB_TXN *tid, unsigned char *last,
+    int *have_last, uint64_t *np, int *done)
+{
+	DB		*num = st->db[STORE_DB_NUMBERS];
+	DBC		*dbc;
+	DBT		 key, data, ndata;
+	unsigned char	*rec;
+	size_t		 len, n;
+	u_int32_t	 op = DB_FIRST;
+	int		 ret, r;
+
+	if ((ret = num->cursor(num, tid, &dbc, 0)) != 0)
+		return (ret);
+	memset(&key, 0, sizeof key);
+	memset(&data, 0, sizeof data);
+	if (*have_last) {
+		store_dbt(&key, last, NUMKEY_LEN);
+		op = DB_SET_RANGE;
+	}
+	for (n = 0; n < MIGRATE_BATCH; op = DB_NEXT) {
+		if ((ret = dbc->get(dbc, &key, &data, op)) != 0)
+			break;
+		if (key.size != NUMKEY_LEN) {
+			ret = STORE_CORRUPT;
+			break;
+		}
+		if (*have_last && memcmp(key.data, last, NUMKEY_LEN) == 0)
+			continue;
+		memcpy(last, key.data, NUMKEY_LEN);
+		*have_last = 1;
+		n++;
+		if ((ret = store_number_repack(&key, &data, &rec, &len)) == 1) {
+			ret = 0;
+			continue;
+		}
+		if (ret != 0)
+			break;
+		store_dbt(&ndata, rec, len);
+		ret = dbc->put(dbc, &key, &ndata, DB_CURRENT);
+		free(rec);
+		if (ret != 0)
+			break;
+		(*np)++;
+	}
+	if (ret == DB_NOTFOUND) {
+		ret = 0;
+		*done = 1;
+	}
+	if ((r = dbc->close(dbc)) != 0 && ret == 0)
+		ret = r;
+	return (ret);
+}
+
+/* From schema 4, last: write the schema version. */
+static int
+migrate_version(struct store *st)
+{
+	DB		*meta = st->db[STORE_DB_META];
+	DB_TXN		*tid;
+	DBT		 key, data;
+	char		 version[16];
+	int		 ret;
+
+	if ((ret = st->env->txn_begin(st->env, NULL, &tid, 0)) != 0)
+		return (ret);
+	snprintf(version, sizeof version, "%d", STORE_SCHEMA_VERSION);
+	store_dbt(&key, "schema_version", strlen("schema_version"));
+	store_dbt(&data, version, strlen(version));
+	if ((ret = meta->put(meta, tid, &key, &data, 0)) != 0) {
+		tid->abort(tid);
+		return (ret);
+	}
+	return (tid->commit(tid, DB_TXN_NOSYNC));
 }

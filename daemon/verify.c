@@ -31,8 +31,14 @@
  *   a user Auth0 does not know (404 inexistent_user): every claim of the
  *   user is released, as a user deletion would.
  *
- * A reservation with no evidence is left to lapse.  Releases are dated
- * now, so that a late event older than the answer cannot undo them (I4).
+ * A reservation with no evidence is left to lapse.  Every change the
+ * answer makes is dated when the answer was asked for, not when it came:
+ * what Auth0 listed was true then, and a release after that (an event, an
+ * administrator) wins over it.  The rule is claims.c's (claims_in_order):
+ * the answer creates or activates a claim only if it was asked for after
+ * every watermark that applies, and releases only claims made before it;
+ * its releases leave watermarks at that date, so that a late event older
+ * than the answer cannot undo them (I4).
  */
 #include "config.h"
 
@@ -56,6 +62,7 @@ struct verify_op {
 	size_t				 n;
 	int				 found;
 	int64_t				 now;
+	struct claims_when		 when;	/* asked for */
 	struct verify_result		 r;
 };
 
@@ -244,7 +251,8 @@ verify_fits(const struct verify_method *m, const struct claim *c)
 {
 	if (m->last4[0] != '\0')
 		return (claims_suffix_match(c, m->last4));
-	return (m->created != 0 && m->created >= c->since - VERIFY_SLACK);
+	return (m->created != 0 &&
+	    m->created >= c->since_ms / 1000 - VERIFY_SLACK);
 }
 
 /* Every claim of a user Auth0 does not know is released. */
@@ -262,7 +270,7 @@ verify_gone(struct store_txn *txn, struct verify_op *op)
 	memset(&ev, 0, sizeof ev);
 	ev.user_id = op->user_id;
 	ev.now = op->now;
-	ev.date_ms = op->now * 1000;
+	ev.when = op->when;
 	rv = claims_ev_release_user(txn, &ev, &outcome);
 	op->r.released = n;
 	return (rv);
@@ -277,6 +285,7 @@ verify_full(struct store_txn *txn, struct verify_op *op, struct claim *list,
 	struct claims_event		 ev;
 	struct claim			*c;
 	size_t				 i, j;
+	int64_t				 date;
 	int				 rv = STORE_OK, outcome;
 
 	for (i = 0; i < op->n && rv == STORE_OK; i++) {
@@ -289,12 +298,16 @@ verify_full(struct store_txn *txn, struct verify_op *op, struct claim *list,
 		}
 		if (c != NULL && (c->state == CLAIM_ACTIVE ||
 		    c->expires > op->now)) {
+			if (c->state == CLAIM_ACTIVE &&
+			    (c->enrol_id[0] != '\0' || m->id[0] == '\0'))
+				continue;
+			if (!claims_in_order(txn, &op->when, op->user_id,
+			    c->numkey, NULL, &date, &rv))
+				continue;
 			if (c->state == CLAIM_PENDING)
 				op->r.activated++;
-			else if (c->enrol_id[0] != '\0' || m->id[0] == '\0')
-				continue;
-			rv = claims_make_active(txn, c, m->id[0] != '\0' ?
-			    m->id : NULL);
+			rv = claims_confirm(txn, c, m->id[0] != '\0' ?
+			    m->id : NULL, date);
 			continue;
 		}
 		memset(&ev, 0, sizeof ev);
@@ -303,7 +316,7 @@ verify_full(struct store_txn *txn, struct verify_op *op, struct claim *list,
 		ev.last4 = m->last4;
 		ev.enrol_id = m->id[0] != '\0' ? m->id : NULL;
 		ev.log_id = "";
-		ev.date_ms = op->now * 1000;
+		ev.when = op->when;
 		ev.now = op->now;
 		ev.source = CLAIM_SRC_VERIFY;
 		rv = claims_ev_enrolled(txn, &ev, &outcome);
@@ -324,6 +337,7 @@ verify_masked(struct store_txn *txn, struct verify_op *op,
 	const struct verify_method	*m;
 	struct claim			*pick;
 	size_t				 i, j, fits, unknown = 0;
+	int64_t				 date;
 	int				 rv = STORE_OK;
 
 	for (i = 0; i < op->n && rv == STORE_OK; i++) {
@@ -339,11 +353,13 @@ verify_masked(struct store_txn *txn, struct verify_op *op,
 			pick = &list[j];
 			fits++;
 		}
-		if (fits == 1) {
-			rv = claims_make_active(txn, pick, m->id);
-			op->r.activated++;
-		} else
+		if (fits != 1)
 			unknown++;
+		else if (claims_in_order(txn, &op->when, op->user_id,
+		    pick->numkey, NULL, &date, &rv)) {
+			rv = claims_confirm(txn, pick, m->id, date);
+			op->r.activated++;
+		}
 	}
 	/* An enrolment seen but not found: unsettled if a method hides it. */
 	if ((op->reasons & VERIFY_UNMATCHED) && unknown > 0 &&
@@ -363,7 +379,7 @@ verify_unenrolled(struct store_txn *txn, struct verify_op *op,
 	const struct verify_method	*m;
 	struct claim			*c;
 	size_t				 i, j;
-	int				 rv = STORE_OK, backed, maybe;
+	int				 rv = STORE_OK, backed, maybe, taken;
 
 	for (j = 0; j < n && rv == STORE_OK; j++) {
 		c = &list[j];
@@ -392,8 +408,9 @@ verify_unenrolled(struct store_txn *txn, struct verify_op *op,
 			op->r.unsettled++;
 			continue;
 		}
-		rv = claims_release(txn, c, op->now * 1000);
-		op->r.released++;
+		rv = claims_release(txn, c, &op->when, &taken);
+		if (taken)
+			op->r.released++;
 	}
 	return (rv);
 }
@@ -428,12 +445,13 @@ verify_settle_txn(struct store_txn *txn, void *arg)
 
 /*
  * Settle user_id's claims from the n phone methods Auth0 listed (found 0:
- * Auth0 does not know the user) at time now; *r says what changed.
+ * Auth0 does not know the user) in an answer asked for at asked_ms and
+ * settled at now (seconds); *r says what changed.
  */
 int
 verify_settle(const char *user_id, int reasons,
-    const struct verify_method *m, size_t n, int found, int64_t now,
-    struct verify_result *r)
+    const struct verify_method *m, size_t n, int found, int64_t asked_ms,
+    int64_t now, struct verify_result *r)
 {
 	struct verify_op	op;
 	int			rv;
@@ -445,6 +463,8 @@ verify_settle(const char *user_id, int reasons,
 	op.n = n;
 	op.found = found;
 	op.now = now;
+	op.when.ms = asked_ms;
+	op.when.kind = CLAIMS_DATED;
 	rv = claims_run(verify_settle_txn, &op);
 	*r = op.r;
 	return (rv);

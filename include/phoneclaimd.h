@@ -136,7 +136,7 @@ char		*json_text(struct yajl_val_s *, size_t *);
 #define STORE_EXISTS	-4	/* a seen log id was seen before */
 #define STORE_FULL	-5	/* too many verifications waiting */
 
-#define STORE_SCHEMA_VERSION	4
+#define STORE_SCHEMA_VERSION	5
 
 enum claim_state {
 	CLAIM_PENDING = 1,
@@ -171,7 +171,7 @@ struct claim {
 	char		 user_id[USER_ID_MAX + 1];
 	int		 state;
 	int		 source;
-	int64_t		 since;		/* seconds since the epoch */
+	int64_t		 since_ms;	/* date that made or confirmed it */
 	int64_t		 expires;	/* pending: when it lapses; else 0 */
 	char		 last4[LAST4_LEN + 1];
 	char		 enrol_id[ENROL_ID_MAX + 1];
@@ -321,6 +321,22 @@ enum claims_outcome {
 	CLAIMS_STALE
 };
 
+/* How a change is dated, for the rule of time and order (claims.c). */
+enum claims_date_kind {
+	CLAIMS_DATED = 0,	/* an event's own date, or when an answer was
+				   asked for */
+	CLAIMS_UNDATED,		/* an event whose date cannot be read: its
+				   arrival */
+	CLAIMS_NOW		/* a request made now, after every release
+				   already applied */
+};
+
+struct claims_when {
+	int64_t		 ms;		/* milliseconds since the epoch */
+	int		 kind;		/* enum claims_date_kind */
+	int		 tie_ok;	/* as new as a release of its own */
+};
+
 /* What a log event says about one user's phone factor. */
 struct claims_event {
 	const char		*user_id;
@@ -329,10 +345,10 @@ struct claims_event {
 	const char		*suffix;	/* visible end of a masked one */
 	const char		*enrol_id;	/* normalised, or NULL */
 	const char		*log_id;
-	int64_t			 date_ms;	/* when Auth0 says it happened */
-	int64_t			 now;
+	struct claims_when	 when;		/* when Auth0 says it happened */
+	int64_t			 now;		/* seconds */
 	int			 source;	/* enum claim_source */
-	int			 skip_watermark;
+	int			 id_only;	/* enrol_id must match a claim */
 };
 
 void		 claims_init(struct store *, const struct conf *);
@@ -363,10 +379,14 @@ int		 claims_lookup(const char *, const char *, struct claim **,
 int		 claims_walk(const struct claim *, size_t, struct claim *,
 		     size_t *);
 int		 claims_conflicts(struct conflict **, size_t *);
-int		 claims_make_active(struct store_txn *, struct claim *,
-		     const char *);
+int64_t		 claims_clock_ms(void);
+int		 claims_in_order(struct store_txn *, const struct claims_when *,
+		     const char *, const unsigned char *, const struct claim *,
+		     int64_t *, int *);
+int		 claims_confirm(struct store_txn *, struct claim *,
+		     const char *, int64_t);
 int		 claims_release(struct store_txn *, const struct claim *,
-		     int64_t);
+		     const struct claims_when *, int *);
 int		 claims_suffix_match(const struct claim *, const char *);
 int		 claims_flush(void);
 int		 claims_removal_next(struct conflict *);
@@ -403,7 +423,7 @@ int		 verify_expiring(int64_t *, int64_t, size_t, int64_t,
 int		 verify_next(char *, int *);
 int		 verify_drop(const char *);
 int		 verify_settle(const char *, int, const struct verify_method *,
-		     size_t, int, int64_t, struct verify_result *);
+		     size_t, int, int64_t, int64_t, struct verify_result *);
 int		 verify_methods(const char *, size_t, struct verify_method **,
 		     size_t *, char **);
 
@@ -421,7 +441,10 @@ int		 events_apply(struct store_txn *, struct yajl_val_s *,
 		     const char *, int64_t, int *);
 const char	*events_type(struct yajl_val_s *);
 int64_t		 events_date(struct yajl_val_s *, int64_t);
+int		 events_rfc3339(const char *, int64_t *);
 int64_t		 events_iso_ms(const char *, int64_t);
+void		 events_count_undated(const char *);
+uint64_t	 events_undated_total(void);
 int		 events_masked(const char *, char *);
 const char	*events_method_id(const char *);
 void		 events_count_ignored(const char *);

@@ -114,7 +114,7 @@ load_claim(uint64_t i, int pending, int64_t now, struct claim *c)
 	    load_mix(i + 0x9e3779b97f4a7c15ULL));
 	memcpy(c->last4, number + strlen(number) - LAST4_LEN, LAST4_LEN);
 	c->source = CLAIM_SRC_IMPORT;
-	c->since = now;
+	c->since_ms = now * 1000;
 	if (pending) {
 		c->state = CLAIM_PENDING;
 		c->expires = now + LOAD_TTL;

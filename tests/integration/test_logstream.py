@@ -91,8 +91,25 @@ def iso(when):
 
 
 def at(seconds=0.0, base=None):
-    """Return the ISO date seconds after base (default: now)."""
-    return iso((base or utc_now()) + datetime.timedelta(seconds=seconds))
+    """Return the ISO date seconds after base (default: now).
+
+    "Now" is one millisecond ahead of the clock, and each "now" a
+    millisecond after the one before: the daemon dates a claim to the
+    millisecond and a release takes it only if dated after it (issue 21),
+    so an event dated now must come after the claim that the daemon made
+    before it answered, and after the event built before it, even within
+    the same millisecond."""
+    global _LAST_NOW
+    if base is None:
+        base = utc_now() + datetime.timedelta(milliseconds=1)
+        base = base.replace(microsecond=base.microsecond // 1000 * 1000)
+        if _LAST_NOW is not None and base <= _LAST_NOW:
+            base = _LAST_NOW + datetime.timedelta(milliseconds=1)
+        _LAST_NOW = base
+    return iso(base + datetime.timedelta(seconds=seconds))
+
+
+_LAST_NOW = None
 
 
 def sent(phone):
@@ -306,8 +323,9 @@ def fixture_values(user=None, phone=None, **more):
     for i in range(1, 5):
         suffix = "" if i == 1 else "_%d" % i
         values["LOG_ID" + suffix] = new_log_id()
-        values["DATE" + suffix] = at(i - 5)
-        values["DATE_MS" + suffix] = int((time.time() + i - 5) * 1000)
+        # Just after now, in order: after the claims the test made.
+        values["DATE" + suffix] = at(i / 1000.0)
+        values["DATE_MS" + suffix] = int(time.time() * 1000) + i + 1
     values.update(more)
     return values
 
@@ -1712,12 +1730,13 @@ class OrderingTests(LogStreamCase):
         again, unenrols again, then enrols n2; V enrols m1 and m2, gets an
         MFA reset and an older enrolment, and is deleted.  Every number
         whose latest event is a release must end free, n2 held by U."""
-        base = utc_now() - datetime.timedelta(hours=2)
-        t = [at(60 * i, base) for i in range(12)]
         u, v = fresh_user(), fresh_user()
         n1, n2, m1, m2 = number(), number(), number(), number()
         dev = new_device()
         self.reserve(n1, u)
+        # Dated after the reservation: an older release would not take it.
+        base = utc_now() + datetime.timedelta(milliseconds=1)
+        t = [at(60 * i, base) for i in range(12)]
         events = [
             enrolled(u, n1, device=dev, date=t[1]),
             unenrolled(u, n1, date=t[2]),
@@ -1763,7 +1782,7 @@ class OrderingTests(LogStreamCase):
 class RoundTripTests(LogStreamCase):
 
     def test_reserve_enrol_reset_free(self):
-        base = utc_now() - datetime.timedelta(seconds=30)
+        base = utc_now()
         phone, user = number(), fresh_user()
         other = fresh_user()
         device = new_device()

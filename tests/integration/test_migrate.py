@@ -136,7 +136,7 @@ class MigrationTests(DaemonTestCase):
         d = self.old_daemon()
         log = d.log_text()
         self.assertIn("migrating", log)
-        self.assertIn("migrated to schema version 4", log)
+        self.assertIn("migrated to schema version 5", log)
         self.assertIn("5 claim(s), 2 watermark(s), 1 conflict(s)", log)
         for phone, holders in self.exp["numbers"].items():
             self.assertEqual(self.holders(d, phone), holders, phone)
@@ -209,7 +209,7 @@ class MigrationTests(DaemonTestCase):
         self.assertRefused(d, key, "missing")
         write_key(key, right)
         d.start()
-        self.assertIn("migrated to schema version 4", d.log_text())
+        self.assertIn("migrated to schema version 5", d.log_text())
         for phone, holders in self.exp["numbers"].items():
             self.assertEqual(self.holders(d, phone), holders, phone)
 
@@ -314,7 +314,7 @@ class GroupMigrationTests(repl_group.GroupTestCase):
         first = g.nodes[0]
         g.configure_alone(first)
         first.start()
-        self.assertIn("migrated to schema version 4", first.log_text())
+        self.assertIn("migrated to schema version 5", first.log_text())
         served = [(harness.fresh_number(), fresh_user()) for _ in range(200)]
         for phone, user in served:
             self.assertEqual(first.claim(phone, user).status, 200)

@@ -47,7 +47,7 @@ req(const char *number, const char *user, int action, int64_t now,
 {
 	struct claims_answer	a;
 
-	assert_int_equal(claims_request(number, user, action, now, &a),
+	assert_int_equal(claims_request(number, user, action, now * 1000, &a),
 	    STORE_OK);
 	if (out != NULL)
 		*out = a;
@@ -525,6 +525,293 @@ test_reservation_windows_pruned(void **state)
 	    CLAIMS_LIMITED);
 }
 
+/*
+ * The rule of time and order (issue 21): a release takes a claim only if
+ * dated after the claim's date; a creation or activation happens only if
+ * dated after every watermark that applies; both to the millisecond.
+ */
+
+#define T0	((int64_t)NOW * 1000)	/* ms */
+#define N	"+12015550100"
+
+/* A log event about user's phone (number NULL: none), dated ms. */
+static void
+mkevent(struct claims_event *ev, unsigned char *key, const char *user,
+    const char *number, int64_t ms, int kind)
+{
+	memset(ev, 0, sizeof *ev);
+	ev->user_id = user;
+	if (number != NULL) {
+		hash_number(number, key);
+		ev->numkey = key;
+		ev->last4 = number + strlen(number) - 4;
+	}
+	ev->log_id = "";
+	ev->when.ms = ms;
+	ev->when.kind = kind;
+	ev->now = ms / 1000;
+	ev->source = CLAIM_SRC_LOGSTREAM;
+}
+
+/* Apply an event through fn in a transaction; return the outcome. */
+static int
+apply(int (*fn)(struct store_txn *, const struct claims_event *, int *),
+    const struct claims_event *ev)
+{
+	struct store_txn	*txn;
+	int			 outcome;
+
+	assert_int_equal(store_txn_begin(fx->store, &txn), STORE_OK);
+	assert_int_equal(fn(txn, ev, &outcome), STORE_OK);
+	assert_int_equal(store_txn_commit(txn), STORE_OK);
+	return (outcome);
+}
+
+/* The date of user's claim on number, or -1 if it holds none. */
+static int64_t
+since_of(const char *number, const char *user)
+{
+	struct claim	*l;
+	size_t		 n, i;
+	int64_t		 since = -1;
+
+	n = holders(number, &l);
+	for (i = 0; i < n; i++) {
+		if (strcmp(l[i].user_id, user) == 0)
+			since = l[i].since_ms;
+	}
+	free(l);
+	return (since);
+}
+
+/* Reserve at ms (the API's clock), and check the claim's date. */
+static void
+reserve_ms(const char *number, const char *user, int64_t ms, int result)
+{
+	struct claims_answer	a;
+
+	assert_int_equal(claims_request(number, user, CLAIMS_ENROLL, ms, &a),
+	    STORE_OK);
+	assert_int_equal(a.result, result);
+	assert_true(since_of(number, user) == ms);
+}
+
+/* Point 1: a renewal dates the reservation; a failure before it loses. */
+static void
+test_order_renewal(void **state)
+{
+	struct claims_event	ev;
+	unsigned char		key[NUMKEY_LEN];
+
+	(void)state;
+	reserve_ms(N, "u", T0, CLAIMS_RESERVED);
+	reserve_ms(N, "u", T0 + 2000, CLAIMS_OWNED);
+	mkevent(&ev, key, "u", NULL, T0 + 1000, CLAIMS_DATED);
+	assert_int_equal(apply(claims_ev_failed, &ev), CLAIMS_IGNORED);
+	assert_true(since_of(N, "u") == T0 + 2000);
+	ev.when.ms = T0 + 2000;		/* the same millisecond */
+	assert_int_equal(apply(claims_ev_failed, &ev), CLAIMS_IGNORED);
+	assert_true(since_of(N, "u") == T0 + 2000);
+	ev.when.ms = T0 + 2001;
+	assert_int_equal(apply(claims_ev_failed, &ev), CLAIMS_APPLIED);
+	assert_true(since_of(N, "u") == -1);
+}
+
+/* Point 2: a failure in the same second, 1 ms either side. */
+static void
+test_order_failure_ms(void **state)
+{
+	struct claims_event	ev;
+	unsigned char		key[NUMKEY_LEN];
+
+	(void)state;
+	reserve_ms(N, "u", T0 + 500, CLAIMS_RESERVED);
+	mkevent(&ev, key, "u", NULL, T0 + 100, CLAIMS_DATED);
+	assert_int_equal(apply(claims_ev_failed, &ev), CLAIMS_IGNORED);
+	ev.when.ms = T0 + 499;
+	assert_int_equal(apply(claims_ev_failed, &ev), CLAIMS_IGNORED);
+	ev.when.ms = T0 + 500;
+	assert_int_equal(apply(claims_ev_failed, &ev), CLAIMS_IGNORED);
+	assert_true(since_of(N, "u") == T0 + 500);
+	ev.when.ms = T0 + 501;
+	assert_int_equal(apply(claims_ev_failed, &ev), CLAIMS_APPLIED);
+	assert_true(since_of(N, "u") == -1);
+}
+
+/* Point 3: an older release leaves a newer claim alone, every kind. */
+static void
+test_order_older_release(void **state)
+{
+	struct claims_event	ev, rel;
+	unsigned char		key[NUMKEY_LEN], rkey[NUMKEY_LEN];
+
+	(void)state;
+	mkevent(&ev, key, "u", N, T0 + 500, CLAIMS_DATED);
+	ev.enrol_id = "dev_1";
+	assert_int_equal(apply(claims_ev_enrolled, &ev), CLAIMS_APPLIED);
+	assert_true(since_of(N, "u") == T0 + 500);
+	mkevent(&rel, rkey, "u", NULL, T0 - 30000, CLAIMS_DATED);
+	assert_int_equal(apply(claims_ev_release_user, &rel), CLAIMS_STALE);
+	rel.when.ms = T0 + 500;
+	assert_int_equal(apply(claims_ev_release_user, &rel), CLAIMS_STALE);
+	rel.enrol_id = "dev_1";
+	assert_int_equal(apply(claims_ev_release_enrol, &rel), CLAIMS_STALE);
+	assert_int_equal(apply(claims_ev_unenrolled, &rel), CLAIMS_STALE);
+	mkevent(&rel, rkey, "u", N, T0 + 499, CLAIMS_DATED);
+	assert_int_equal(apply(claims_ev_unenrolled, &rel), CLAIMS_STALE);
+	assert_true(since_of(N, "u") == T0 + 500);
+	rel.when.ms = T0 + 501;
+	assert_int_equal(apply(claims_ev_unenrolled, &rel), CLAIMS_APPLIED);
+	assert_true(since_of(N, "u") == -1);
+}
+
+/* A creation needs a date after every watermark, to the millisecond. */
+static void
+test_order_watermarks(void **state)
+{
+	struct claims_event	ev, rel;
+	unsigned char		key[NUMKEY_LEN], rkey[NUMKEY_LEN];
+
+	(void)state;
+	mkevent(&rel, rkey, "u", N, T0 + 608, CLAIMS_DATED);
+	assert_int_equal(apply(claims_ev_unenrolled, &rel), CLAIMS_UNMATCHED);
+	mkevent(&ev, key, "u", N, T0 + 300, CLAIMS_DATED);
+	assert_int_equal(apply(claims_ev_enrolled, &ev), CLAIMS_STALE);
+	ev.when.ms = T0 + 607;
+	assert_int_equal(apply(claims_ev_enrolled, &ev), CLAIMS_STALE);
+	ev.when.ms = T0 + 608;
+	assert_int_equal(apply(claims_ev_enrolled, &ev), CLAIMS_STALE);
+	assert_true(since_of(N, "u") == -1);
+	/* The user-wide watermark applies to every number. */
+	mkevent(&rel, rkey, "u", NULL, T0 + 900, CLAIMS_DATED);
+	assert_int_equal(apply(claims_ev_release_user, &rel), CLAIMS_IGNORED);
+	ev.when.ms = T0 + 900;
+	assert_int_equal(apply(claims_ev_enrolled, &ev), CLAIMS_STALE);
+	ev.when.ms = T0 + 901;
+	assert_int_equal(apply(claims_ev_enrolled, &ev), CLAIMS_APPLIED);
+	assert_true(since_of(N, "u") == T0 + 901);
+	/* An activation too: a masked enrolment of a reservation. */
+	unit_claims_close(fx);
+	fx = unit_claims_open();
+	reserve_ms(N, "u", T0, CLAIMS_RESERVED);
+	mkevent(&rel, rkey, "u", NULL, T0 + 50, CLAIMS_DATED);
+	rel.numkey = NULL;
+	apply(claims_ev_release_user, &rel);
+	reserve_ms(N, "u", T0 + 100, CLAIMS_RESERVED);
+	mkevent(&ev, key, "u", NULL, T0 + 50, CLAIMS_DATED);
+	ev.suffix = "0100";
+	assert_int_equal(apply(claims_ev_enrolled, &ev), CLAIMS_STALE);
+	ev.when.ms = T0 + 51;
+	assert_int_equal(apply(claims_ev_enrolled, &ev), CLAIMS_APPLIED);
+	assert_true(since_of(N, "u") == T0 + 100);
+}
+
+/* An undated event may release, never create past a watermark. */
+static void
+test_order_undated(void **state)
+{
+	struct claims_event	ev, rel;
+	unsigned char		key[NUMKEY_LEN], rkey[NUMKEY_LEN];
+
+	(void)state;
+	/* No watermark: an undated enrolment creates (dated at arrival). */
+	mkevent(&ev, key, "u", N, T0 + 10, CLAIMS_UNDATED);
+	assert_int_equal(apply(claims_ev_enrolled, &ev), CLAIMS_APPLIED);
+	assert_true(since_of(N, "u") == T0 + 10);
+	/* It releases what is older than its arrival. */
+	mkevent(&rel, rkey, "u", NULL, T0 + 20, CLAIMS_UNDATED);
+	assert_int_equal(apply(claims_ev_release_user, &rel), CLAIMS_APPLIED);
+	assert_true(since_of(N, "u") == -1);
+	/* A watermark, even an older one: no undated creation. */
+	ev.when.ms = T0 + 100000;
+	assert_int_equal(apply(claims_ev_enrolled, &ev), CLAIMS_STALE);
+	assert_true(since_of(N, "u") == -1);
+	ev.when.kind = CLAIMS_DATED;
+	assert_int_equal(apply(claims_ev_enrolled, &ev), CLAIMS_APPLIED);
+}
+
+/* A request made now comes after every release already applied. */
+static void
+test_order_now(void **state)
+{
+	struct claims_event	rel;
+	unsigned char		rkey[NUMKEY_LEN];
+	struct claims_answer	a;
+
+	(void)state;
+	/* A release dated ahead of our clock. */
+	mkevent(&rel, rkey, "u", NULL, T0 + 5000, CLAIMS_DATED);
+	apply(claims_ev_release_user, &rel);
+	assert_int_equal(claims_request(N, "u", CLAIMS_ENROLL, T0, &a),
+	    STORE_OK);
+	assert_int_equal(a.result, CLAIMS_RESERVED);
+	assert_true(since_of(N, "u") == T0 + 5001);
+	/* So that the release, delivered again, does not take it. */
+	assert_int_equal(apply(claims_ev_release_user, &rel), CLAIMS_STALE);
+	assert_true(since_of(N, "u") == T0 + 5001);
+}
+
+/* Point 7: an id without a type releases only the claim that has it. */
+static void
+test_order_untyped_id(void **state)
+{
+	struct claims_event	ev, rel;
+	unsigned char		key[NUMKEY_LEN], rkey[NUMKEY_LEN];
+
+	(void)state;
+	mkevent(&ev, key, "u", N, T0, CLAIMS_DATED);
+	ev.enrol_id = "dev_phone1";
+	assert_int_equal(apply(claims_ev_enrolled, &ev), CLAIMS_APPLIED);
+	mkevent(&rel, rkey, "u", NULL, T0 + 10, CLAIMS_DATED);
+	rel.enrol_id = "dev_totp77";
+	rel.id_only = 1;
+	assert_int_equal(apply(claims_ev_unenrolled, &rel), CLAIMS_AMBIGUOUS);
+	assert_true(since_of(N, "u") == T0);
+	rel.enrol_id = "dev_phone1";
+	assert_int_equal(apply(claims_ev_unenrolled, &rel), CLAIMS_APPLIED);
+	assert_true(since_of(N, "u") == -1);
+	rel.user_id = "nobody";
+	assert_int_equal(apply(claims_ev_unenrolled, &rel), CLAIMS_UNMATCHED);
+}
+
+/* Point 6: every RFC 3339 form, to the millisecond. */
+static void
+test_order_rfc3339(void **state)
+{
+	const int64_t	y2020 = INT64_C(1577836800000);	/* 2020-01-01Z */
+	int64_t		ms;
+
+	(void)state;
+	assert_int_equal(events_rfc3339("2020-01-01T00:00:00Z", &ms), 0);
+	assert_true(ms == y2020);
+	assert_int_equal(events_rfc3339("2020-01-01T00:00:00.123Z", &ms), 0);
+	assert_true(ms == y2020 + 123);
+	assert_int_equal(events_rfc3339("2020-01-01T00:00:00.1z", &ms), 0);
+	assert_true(ms == y2020 + 100);
+	assert_int_equal(events_rfc3339("2020-01-01t00:00:00.123456789Z",
+	    &ms), 0);
+	assert_true(ms == y2020 + 123);
+	assert_int_equal(events_rfc3339("2020-01-01T00:00:00.000+01:00",
+	    &ms), 0);
+	assert_true(ms == y2020 - 3600000);
+	assert_int_equal(events_rfc3339("2019-12-31 19:30:00.5-04:30", &ms),
+	    0);
+	assert_true(ms == y2020 + 500);
+	assert_int_equal(events_rfc3339("2020-01-01T00:00:00+00:00", &ms), 0);
+	assert_true(ms == y2020);
+	assert_int_equal(events_rfc3339("2016-12-31T23:59:60Z", &ms), 0);
+	assert_int_equal(events_rfc3339(NULL, &ms), -1);
+	assert_int_equal(events_rfc3339("", &ms), -1);
+	assert_int_equal(events_rfc3339("2020-01-01", &ms), -1);
+	assert_int_equal(events_rfc3339("2020-01-01T00:00:00", &ms), -1);
+	assert_int_equal(events_rfc3339("2020-01-01T00:00:00.Z", &ms), -1);
+	assert_int_equal(events_rfc3339("2020-01-01T00:00:00+0100", &ms), -1);
+	assert_int_equal(events_rfc3339("2020-02-30T00:00:00Z", &ms), -1);
+	assert_int_equal(events_rfc3339("2020-01-01T24:00:00Z", &ms), -1);
+	assert_int_equal(events_rfc3339("2020-01-01T00:00:00Zjunk", &ms), -1);
+	assert_int_equal(events_rfc3339("1577836800", &ms), -1);
+}
+
 int
 main(void)
 {
@@ -546,6 +833,14 @@ main(void)
 		T(test_walk),
 		T(test_reservation_window),
 		T(test_reservation_windows_pruned),
+		T(test_order_renewal),
+		T(test_order_failure_ms),
+		T(test_order_older_release),
+		T(test_order_watermarks),
+		T(test_order_undated),
+		T(test_order_now),
+		T(test_order_untyped_id),
+		T(test_order_rfc3339),
 	};
 #undef T
 

@@ -64,7 +64,8 @@ apply(const char *fmt, ...)
 		fail_msg("bad test JSON: %s", text);
 	snprintf(id, sizeof id, "%d", ++serial);
 	assert_int_equal(store_txn_begin(fx->store, &txn), STORE_OK);
-	assert_int_equal(events_apply(txn, v, id, NOW, &outcome), STORE_OK);
+	assert_int_equal(events_apply(txn, v, id, (int64_t)NOW * 1000,
+	    &outcome), STORE_OK);
 	assert_int_equal(store_txn_commit(txn), STORE_OK);
 	json_free(v);
 	free(text);
@@ -77,8 +78,8 @@ reserve(const char *number, const char *user, int64_t when)
 {
 	struct claims_answer	a;
 
-	assert_int_equal(claims_request(number, user, CLAIMS_ENROLL, when,
-	    &a), STORE_OK);
+	assert_int_equal(claims_request(number, user, CLAIMS_ENROLL,
+	    when * 1000, &a), STORE_OK);
 	return (a.result);
 }
 

@@ -145,7 +145,7 @@ mkclaim(struct claim *c, const unsigned char *k, const char *user, int state,
 	snprintf(c->user_id, sizeof c->user_id, "%s", user);
 	c->state = state;
 	c->source = CLAIM_SRC_ENROLLMENT;
-	c->since = since;
+	c->since_ms = since;
 	c->expires = expires;
 	snprintf(c->last4, sizeof c->last4, "4567");
 }
@@ -252,7 +252,7 @@ assert_claim_equal(const struct claim *a, const struct claim *b)
 	assert_string_equal(a->user_id, b->user_id);
 	assert_int_equal(a->state, b->state);
 	assert_int_equal(a->source, b->source);
-	assert_true(a->since == b->since);
+	assert_true(a->since_ms == b->since_ms);
 	assert_true(a->expires == b->expires);
 	assert_string_equal(a->last4, b->last4);
 	assert_string_equal(a->enrol_id, b->enrol_id);
@@ -603,10 +603,10 @@ test_invalid_claim(void **state)
 	mkclaim(&c, k, "u", CLAIM_ACTIVE, 1, 0);
 	memset(c.enrol_id, 'e', sizeof c.enrol_id);
 	assert_int_equal(store_claim_put(txn, &c), STORE_ERROR);
-	/* 'since' is kept in 32 bits: 1970 to 2106. */
+	/* 'since' is kept in 48 bits of milliseconds. */
 	mkclaim(&c, k, "u", CLAIM_ACTIVE, -1, 0);
 	assert_int_equal(store_claim_put(txn, &c), STORE_ERROR);
-	mkclaim(&c, k, "u", CLAIM_ACTIVE, INT64_C(4294967296), 0);
+	mkclaim(&c, k, "u", CLAIM_ACTIVE, INT64_C(281474976710656), 0);
 	assert_int_equal(store_claim_put(txn, &c), STORE_ERROR);
 	assert_int_equal(store_txn_commit(txn), STORE_OK);
 	assert_int_equal(get_by_number(f->st, k, &arr), 0);
@@ -2140,7 +2140,7 @@ mig_claim(struct claim *c, size_t i, int j)
 	mig_numkey(k, i);
 	snprintf(user, sizeof user, "auth0|m%zu%s", i, j ? "b" : "a");
 	mkclaim(c, k, user, i % 7 == 0 ? CLAIM_PENDING : CLAIM_ACTIVE,
-	    1000 + (int64_t)i, i % 7 == 0 ? 5000 + (int64_t)i : 0);
+	    (1000 + (int64_t)i) * 1000, i % 7 == 0 ? 5000 + (int64_t)i : 0);
 	if (i % 3 == 0)
 		snprintf(c->enrol_id, sizeof c->enrol_id, "phone|dev_%zu%d",
 		    i, j);
@@ -2191,7 +2191,7 @@ mig_write_old(struct fixture *f)
 			rec[0] = 1;
 			rec[1] = (unsigned char)c.state;
 			rec[2] = (unsigned char)c.source;
-			put_be64(rec + 3, c.since);
+			put_be64(rec + 3, c.since_ms / 1000);
 			put_be64(rec + 11, c.expires);
 			memcpy(rec + 19, c.last4, strlen(c.last4));
 			rec[23] = (unsigned char)(elen >> 8);
@@ -2231,7 +2231,7 @@ test_migrate_schema3(void **state)
 	st_open(f);
 	for (i = 0; i < MIG_RESUMED; i++) {
 		mig_claim(&want[i], i, 0);
-		want[i].since = 7;
+		want[i].since_ms = 7000;
 	}
 	put_claims(f->st, want, MIG_RESUMED);
 	store_close(f->st);

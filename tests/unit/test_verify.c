@@ -21,12 +21,27 @@
 #include "phoneclaimd.h"
 #include "unit.h"
 
+#define ASKED	asked_at()
 #define NOW	1800000000	/* 2027-01-15 */
 #define N1	"+14155550123"
 #define N2	"+14155550199"
 #define USER	"auth0|verify"
 
 static struct unit_claims	*fx;
+
+/*
+ * When a verification is asked for: after the claims a test made, and
+ * each one after the one before, as in the daemon.
+ */
+static int64_t
+asked_at(void)
+{
+	static int64_t	last;
+	int64_t		now = claims_clock_ms() + 1;
+
+	last = now > last ? now : last + 1;
+	return (last);
+}
 
 static int
 setup(void **state)
@@ -133,8 +148,8 @@ reserve(const char *e164, const char *user, int64_t at)
 {
 	struct claims_answer	a;
 
-	assert_int_equal(claims_request(e164, user, CLAIMS_ENROLL, at, &a),
-	    STORE_OK);
+	assert_int_equal(claims_request(e164, user, CLAIMS_ENROLL, at * 1000,
+	    &a), STORE_OK);
 	assert_int_equal(a.result, CLAIMS_RESERVED);
 }
 
@@ -187,13 +202,13 @@ test_settle_expiring(void **state)
 	(void)state;
 	reserve(N1, USER, now);
 	method(&m, "dev_1", NULL, "", now - 3600);
-	assert_int_equal(verify_settle(USER, VERIFY_EXPIRING, &m, 1, 1, now,
-	    &r), STORE_OK);
+	assert_int_equal(verify_settle(USER, VERIFY_EXPIRING, &m, 1, 1, ASKED,
+	    now, &r), STORE_OK);
 	assert_int_equal(r.activated, 0);
 	assert_int_equal(state_of(N1, USER), CLAIM_PENDING);
 	method(&m, "dev_1", NULL, "0123", 0);
-	assert_int_equal(verify_settle(USER, VERIFY_EXPIRING, &m, 1, 1, now,
-	    &r), STORE_OK);
+	assert_int_equal(verify_settle(USER, VERIFY_EXPIRING, &m, 1, 1, ASKED,
+	    now, &r), STORE_OK);
 	assert_int_equal(r.activated, 1);
 	assert_int_equal(state_of(N1, USER), CLAIM_ACTIVE);
 
@@ -201,11 +216,11 @@ test_settle_expiring(void **state)
 	method(&m, "dev_2", N2, NULL, 0);
 	m.confirmed = 0;
 	assert_int_equal(verify_settle("auth0|two", VERIFY_EXPIRING, &m, 1, 1,
-	    now, &r), STORE_OK);
+	    ASKED, now, &r), STORE_OK);
 	assert_int_equal(state_of(N2, "auth0|two"), CLAIM_PENDING);
 	m.confirmed = 1;
 	assert_int_equal(verify_settle("auth0|two", VERIFY_EXPIRING, &m, 1, 1,
-	    now, &r), STORE_OK);
+	    ASKED, now, &r), STORE_OK);
 	assert_int_equal(r.activated, 1);
 	assert_int_equal(state_of(N2, "auth0|two"), CLAIM_ACTIVE);
 }
@@ -227,20 +242,65 @@ test_settle_ambiguous(void **state)
 	assert_int_equal(claims_admin_claim(N1, USER, &result), STORE_OK);
 	assert_int_equal(claims_admin_claim(N2, USER, &result), STORE_OK);
 	method(&m, "dev_new", NULL, "", now);
-	assert_int_equal(verify_settle(USER, VERIFY_AMBIGUOUS, &m, 1, 1, now,
-	    &r), STORE_OK);
+	assert_int_equal(verify_settle(USER, VERIFY_AMBIGUOUS, &m, 1, 1, ASKED,
+	    now, &r), STORE_OK);
 	assert_int_equal(r.released, 0);
 	assert_int_equal(r.unsettled, 2);
 	method(&m, "dev_2", N2, NULL, now);
-	assert_int_equal(verify_settle(USER, VERIFY_AMBIGUOUS, &m, 1, 1, now,
-	    &r), STORE_OK);
+	assert_int_equal(verify_settle(USER, VERIFY_AMBIGUOUS, &m, 1, 1, ASKED,
+	    now, &r), STORE_OK);
 	assert_int_equal(r.released, 1);
 	assert_int_equal(state_of(N1, USER), 0);
 	assert_int_equal(state_of(N2, USER), CLAIM_ACTIVE);
-	assert_int_equal(verify_settle(USER, VERIFY_AMBIGUOUS, NULL, 0, 0, now,
-	    &r), STORE_OK);
+	assert_int_equal(verify_settle(USER, VERIFY_AMBIGUOUS, NULL, 0, 0, ASKED,
+	    now, &r), STORE_OK);
 	assert_int_equal(r.released, 1);
 	assert_int_equal(state_of(N2, USER), 0);
+}
+
+/*
+ * An answer is dated when it was asked for (issue 21, point 4): a release
+ * after that wins, one before it (or in the same millisecond) does not.
+ */
+static void
+test_settle_dated_when_asked(void **state)
+{
+	struct verify_method	 m;
+	struct verify_result	 r;
+	struct claims_event	 ev;
+	struct store_txn	*txn;
+	time_t			 now = time(NULL);
+	int64_t			 asked = (int64_t)now * 1000 + 500;
+	int			 outcome;
+
+	(void)state;
+	method(&m, "dev_1", N1, NULL, now);
+	memset(&ev, 0, sizeof ev);
+	ev.user_id = USER;
+	ev.log_id = "";
+	ev.now = now;
+	ev.when.ms = asked + 1;		/* a du just after the GET */
+	assert_int_equal(store_txn_begin(fx->store, &txn), STORE_OK);
+	assert_int_equal(claims_ev_release_user(txn, &ev, &outcome),
+	    STORE_OK);
+	assert_int_equal(store_txn_commit(txn), STORE_OK);
+	assert_int_equal(verify_settle(USER, VERIFY_UNMATCHED, &m, 1, 1, asked,
+	    now, &r), STORE_OK);
+	assert_int_equal(r.claimed, 0);
+	assert_int_equal(state_of(N1, USER), 0);
+	assert_int_equal(verify_settle(USER, VERIFY_UNMATCHED, &m, 1, 1,
+	    asked + 1, now, &r), STORE_OK);
+	assert_int_equal(state_of(N1, USER), 0);
+	assert_int_equal(verify_settle(USER, VERIFY_UNMATCHED, &m, 1, 1,
+	    asked + 2, now, &r), STORE_OK);
+	assert_int_equal(r.claimed, 1);
+	assert_int_equal(state_of(N1, USER), CLAIM_ACTIVE);
+	/* Its releases leave the claims made after it alone. */
+	reserve(N2, USER, now + 1);
+	assert_int_equal(verify_settle(USER, VERIFY_AMBIGUOUS, NULL, 0, 0,
+	    asked + 3, now, &r), STORE_OK);
+	assert_int_equal(state_of(N1, USER), 0);
+	assert_int_equal(state_of(N2, USER), CLAIM_PENDING);
 }
 
 /* Requests wait in the store until settled; asking needs a client. */
@@ -269,8 +329,8 @@ test_queue(void **state)
 	assert_string_equal(user, USER);
 	assert_int_equal(reasons, VERIFY_EXPIRING);
 	method(&m, "dev_1", N1, NULL, 0);
-	assert_int_equal(verify_settle(USER, reasons, &m, 1, 1, now, &r),
-	    STORE_OK);
+	assert_int_equal(verify_settle(USER, reasons, &m, 1, 1, ASKED, now,
+	    &r), STORE_OK);
 	assert_int_equal(verify_next(user, &reasons), STORE_NOTFOUND);
 
 	verify_init(0);
@@ -292,6 +352,7 @@ main(void)
 		T(test_parse_bad),
 		T(test_settle_expiring),
 		T(test_settle_ambiguous),
+		T(test_settle_dated_when_asked),
 		T(test_queue),
 	};
 
