@@ -34,7 +34,8 @@ SOCKET_COMMANDS = ("status", "lookup", "user", "conflicts", "release",
 CTL_COMMANDS = ("import", "export")
 # One entry of command_table[]: { "name", "args", min, max, ...
 COMMAND_RE = re.compile(r'\{\s*"([a-z_]+)"\s*,\s*"[^"]*"\s*,\s*\d')
-PAGES = ("man/phoneclaimd.8", "man/phoneclaimd.conf.5", "man/phoneclaimctl.8")
+PAGES = ("man/phoneclaimd.8", "man/phoneclaimd.conf.5", "man/phoneclaimctl.8",
+         "man/phoneclaimd-auth0-setup.8")
 
 # One entry of conf_keys[]: { "name", CONF_TYPE, offsetof(struct conf, x),
 # min, max, default or NULL, required }.
@@ -312,6 +313,23 @@ class PageTests(unittest.TestCase):
                          "phoneclaimctl.8 documents options it lacks")
         longs = usage_long_options(ctl)
         self.assertTrue({"help", "version", "json", "socket"} <= longs,
+                        longs)
+        self.assertEqual(longs, page_long_options(page))
+
+    def test_auth0_setup_options(self):
+        tool = os.environ.get("AUTH0_SETUP")
+        if not tool or not os.access(tool, os.X_OK):
+            self.skipTest("AUTH0_SETUP is not set")
+        page = read_src("man/phoneclaimd-auth0-setup.8")
+        usage = usage_options(tool, "-h")
+        self.assertTrue({"a", "c", "f", "n", "u", "h", "V"} <= usage, usage)
+        self.assertEqual(sorted(usage - page_options(page)), [],
+                         "options missing from phoneclaimd-auth0-setup.8")
+        self.assertEqual(sorted(page_options(page) - usage), [],
+                         "phoneclaimd-auth0-setup.8 documents options the "
+                         "tool lacks")
+        longs = usage_long_options(tool)
+        self.assertTrue({"help", "version", "check", "dry-run"} <= longs,
                         longs)
         self.assertEqual(longs, page_long_options(page))
 
