@@ -696,6 +696,9 @@ class InstallTests(unittest.TestCase):
         want = {
             d["sbindir"] + "/phoneclaimd": None,
             d["sbindir"] + "/phoneclaimctl": None,
+            d["sbindir"] + "/phoneclaimd-auth0-setup": None,
+            d["man8dir"] + "/phoneclaimd-auth0-setup.8":
+                os.path.join(src, "man", "phoneclaimd-auth0-setup.8"),
             d["sysconfdir"] + "/phoneclaimd/phoneclaimd.conf.sample":
                 os.path.join(src, "conf", "phoneclaimd.conf"),
             d["man8dir"] + "/phoneclaimd.8":
@@ -705,6 +708,12 @@ class InstallTests(unittest.TestCase):
             d["man5dir"] + "/phoneclaimd.conf.5":
                 os.path.join(src, "man", "phoneclaimd.conf.5"),
         }
+        for name in ("actions/send-phone-message.js",
+                     "actions/custom-phone-provider.js",
+                     "prometheus/phoneclaimd.rules.yml",
+                     "grafana/phoneclaimd.json"):
+            want[d["pkgdatadir"] + "/" + name] = os.path.join(
+                src, "conf", name)
         if d.get("systemdsystemunitdir"):
             want[d["systemdsystemunitdir"] + "/" + UNIT] = \
                 os.path.join(top, "systemd", UNIT)
@@ -737,6 +746,12 @@ class InstallTests(unittest.TestCase):
         r = subprocess.run([daemon, "-V"], capture_output=True, text=True,
                            timeout=30)
         self.assertEqual(r.stdout, harness.VERSION_LINE + "\n", r.stderr)
+        # The set-up tool looks for the Action files where they went.
+        tool = self.dest + self.dirs["sbindir"] + "/phoneclaimd-auth0-setup"
+        r = subprocess.run([tool, "--help"], capture_output=True, text=True,
+                           timeout=30)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn(self.dirs["pkgdatadir"] + "/actions", r.stdout)
         if self.dirs.get("systemdsystemunitdir"):
             unit = self.read(self.dest + self.dirs["systemdsystemunitdir"] +
                              "/" + UNIT).decode()
