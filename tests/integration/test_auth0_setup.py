@@ -418,6 +418,29 @@ class ClassicTests(SetupCase):
         self.assertEqual(r.returncode, 3, r.stdout + r.stderr)
         self.assertIn("need read:client_keys", r.stderr)
 
+    def test_no_client_and_credentials_from_the_environment(self):
+        fake = self.make_fake(admin_scopes=[
+            s for s in ALL_SCOPES if "client" not in s])
+        os.unlink(self.path("admin.cred"))
+        env = dict(os.environ, AUTH0_DOMAIN=fake.domain,
+                   AUTH0_CLIENT_ID=fake.client_id,
+                   AUTH0_CLIENT_SECRET=fake.secret)
+        args = [sys.executable, self.tool, "-c", self.path("phoneclaimd.conf"),
+                "-u", URL, "-f", "classic", "--no-client",
+                "--secrets-file", self.path("secrets.env"),
+                "--actions-dir", os.path.join(srcdir(), "conf", "actions"),
+                "--base-url", fake.url]
+        for run in (1, 2):
+            r = subprocess.run(args, capture_output=True, text=True, env=env,
+                               timeout=120, stdin=subprocess.DEVNULL)
+            self.outputs.append(r.stdout + r.stderr)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("nothing to change", r.stdout)
+        self.assertNotIn("client", r.stdout)
+        self.assertEqual(fake.clients, {})
+        self.assertIsNotNone(fake.stream_named("phoneclaimd"))
+        self.assertNotIn(fake.secret, "\n".join(self.outputs))
+
     def test_usage_errors(self):
         cases = [
             (["-u", "http://claims.example.test"], r"--url: expected"),
