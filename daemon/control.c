@@ -1059,7 +1059,10 @@ control_gen_repl(yajl_gen g)
 	yajl_gen_map_close(g);
 }
 
-/* The events and last_event members of status. */
+/*
+ * The events and last_event members of status: each event counted under
+ * one outcome, as /metrics counts them (metrics_ignored_other).
+ */
 static void
 control_gen_events(yajl_gen g)
 {
@@ -1069,10 +1072,12 @@ control_gen_events(yajl_gen g)
 	yajl_gen_map_open(g);
 	control_gen_int(g, "applied", (long long)ev->applied);
 	control_gen_int(g, "duplicates", (long long)ev->duplicates);
-	control_gen_int(g, "ignored", (long long)ev->ignored);
+	control_gen_int(g, "ignored", (long long)metrics_ignored_other(ev));
 	control_gen_int(g, "rejected", (long long)ev->rejected);
 	control_gen_int(g, "unmatched", (long long)ev->unmatched);
 	control_gen_int(g, "ambiguous", (long long)ev->ambiguous);
+	control_gen_int(g, "stale", (long long)ev->stale);
+	control_gen_int(g, "unreadable", (long long)events_unreadable_total());
 	yajl_gen_map_close(g);
 	control_gen_key(g, "last_event");
 	yajl_gen_map_open(g);

@@ -26,7 +26,7 @@ enum events_number {
 	EVENTS_NUMBER_NONE,
 	EVENTS_NUMBER_FULL,
 	EVENTS_NUMBER_MASKED,
-	EVENTS_NUMBER_INVALID
+	EVENTS_NUMBER_UNREADABLE	/* there, but unknown: as NONE */
 };
 
 /* An event turned into what the claim functions need. */
@@ -38,6 +38,7 @@ struct events_ctx {
 	char			 e164[PHONE_E164_SIZE];
 	char			 suffix[LAST4_LEN + 1];
 	char			 enrol[ENROL_ID_MAX + 1];
+	const char		*why;	/* a number is unreadable */
 };
 
 static yajl_val		 events_get(yajl_val, const char *, const char *,
@@ -47,6 +48,10 @@ static const char	*events_string(yajl_val, const char *, const char *,
 static int		 events_set_user(struct events_ctx *, const char *);
 static int		 events_phone_factor(yajl_val);
 static int		 events_number(struct events_ctx *, yajl_val);
+static int		 events_number_string(struct events_ctx *,
+			     const char *);
+static int		 events_gd_number(struct events_ctx *, const char *,
+			     int *);
 static void		 events_enrol_id(struct events_ctx *, const char *);
 static int		 events_gd(struct store_txn *, struct events_ctx *,
 			     const char *, int *);
@@ -65,6 +70,7 @@ static char		*events_ignored_name[EVENTS_TYPES_MAX];
 static size_t		 events_ignored_n[EVENTS_TYPES_MAX];
 static size_t		 events_ignored_used;
 static uint64_t		 events_undated;
+static uint64_t		 events_unreadable_n;
 
 /* Look up up to three nested keys in an object (NULL ends the path). */
 static yajl_val
@@ -286,39 +292,63 @@ events_phone_factor(yajl_val data)
 /*
  * Read a phone number: a string with '+' and digits (full), one with '*',
  * 'X' or 'x' (masked: its trailing digits identify it), or a JSON number
- * (the digits of an E.164 number without '+').
+ * (the digits of an E.164 number without '+').  A number that is there
+ * but cannot be read is unreadable, with the reason in x->why (issue 17):
+ * the stream's PII obfuscation masks it with no digit left or replaces it
+ * with a hash, or it has no country code.
  */
 static int
 events_number(struct events_ctx *x, yajl_val v)
 {
-	const char	*s;
-	char		 buf[PHONE_INPUT_MAX + 2];
-	size_t		 len;
+	char	buf[32];
 
 	if (v == NULL || YAJL_IS_NULL(v))
 		return (EVENTS_NUMBER_NONE);
-	if (YAJL_IS_INTEGER(v) && YAJL_GET_INTEGER(v) > 0) {
-		snprintf(buf, sizeof buf, "+%lld", YAJL_GET_INTEGER(v));
-		s = buf;
-	} else if (YAJL_IS_STRING(v))
-		s = YAJL_GET_STRING(v);
-	else
-		return (EVENTS_NUMBER_INVALID);
-	len = strlen(s);
+	if (YAJL_IS_STRING(v))
+		return (events_number_string(x, YAJL_GET_STRING(v)));
+	x->why = "a JSON number that is no E.164 number";
+	if (!YAJL_IS_INTEGER(v)) {
+		if (!YAJL_IS_NUMBER(v))
+			x->why = "neither a string nor a number";
+		return (EVENTS_NUMBER_UNREADABLE);
+	}
+	if (YAJL_GET_INTEGER(v) <= 0)
+		return (EVENTS_NUMBER_UNREADABLE);
+	snprintf(buf, sizeof buf, "+%lld", YAJL_GET_INTEGER(v));
+	return (events_number_string(x, buf));
+}
+
+/* Read a phone number given as a string (see events_number). */
+static int
+events_number_string(struct events_ctx *x, const char *s)
+{
+	size_t	len = strlen(s), hex;
+
 	if (len == 0)
 		return (EVENTS_NUMBER_NONE);
-	if (events_masked(s, x->suffix)) {
-		if (x->suffix[0] == '\0')
-			return (EVENTS_NUMBER_INVALID);
-		x->ev.suffix = x->suffix;
-		return (EVENTS_NUMBER_MASKED);
+	if (len <= PHONE_INPUT_MAX && events_masked(s, x->suffix)) {
+		if (x->suffix[0] != '\0') {
+			x->ev.suffix = x->suffix;
+			return (EVENTS_NUMBER_MASKED);
+		}
+		x->why = "masked with no digit left";
+		return (EVENTS_NUMBER_UNREADABLE);
 	}
-	if (phone_normalise(s, len, NULL, x->e164) != 0)
-		return (EVENTS_NUMBER_INVALID);
-	hash_number(x->e164, x->numkey);
-	x->ev.numkey = x->numkey;
-	x->ev.last4 = x->e164 + strlen(x->e164) - LAST4_LEN;
-	return (EVENTS_NUMBER_FULL);
+	if (len <= PHONE_INPUT_MAX &&
+	    phone_normalise(s, len, NULL, x->e164) == 0) {
+		hash_number(x->e164, x->numkey);
+		x->ev.numkey = x->numkey;
+		x->ev.last4 = x->e164 + strlen(x->e164) - LAST4_LEN;
+		return (EVENTS_NUMBER_FULL);
+	}
+	hex = strspn(s, "0123456789abcdefABCDEF");
+	if (hex == len && strspn(s, "0123456789") < len)
+		x->why = "hashed (the stream's PII obfuscation)";
+	else if (s[strspn(s, " ")] != '+')
+		x->why = "no country code ('+')";
+	else
+		x->why = "not a possible phone number";
+	return (EVENTS_NUMBER_UNREADABLE);
 }
 
 /*
@@ -366,13 +396,38 @@ events_enrol_id(struct events_ctx *x, const char *id)
 	x->ev.enrol_id = x->enrol;
 }
 
+/*
+ * Read the number of a gd_enrollment_complete or gd_unenroll into x and
+ * tell whether the event is about a phone factor: 1 yes, 0 no (ignore
+ * it), -1 nothing says (no type, no telling description, no number).
+ * A number, even one that cannot be read, shows a phone factor.
+ */
+static int
+events_gd_number(struct events_ctx *x, const char *type, int *kind)
+{
+	yajl_val	num;
+	int		factor;
+
+	num = events_get(x->data, "details", "authenticator", "phone_number");
+	if (num == NULL || YAJL_IS_NULL(num))
+		num = events_get(x->data, "details", "enrollment",
+		    "phone_number");
+	factor = events_phone_factor(x->data);
+	*kind = events_number(x, num);
+	if (factor == -1 && *kind != EVENTS_NUMBER_NONE)
+		factor = 1;
+	/* An enrolment must show a phone factor. */
+	if (factor == -1 && strcmp(type, "gd_enrollment_complete") == 0)
+		factor = 0;
+	return (factor);
+}
+
 /* The gd_* events: enrolment complete, unenrol, failures. */
 static int
 events_gd(struct store_txn *txn, struct events_ctx *x, const char *type,
     int *outcome)
 {
-	yajl_val	num;
-	int		factor, kind;
+	int	factor, kind;
 
 	if (!events_set_user(x, events_string(x->data, "details",
 	    "enrollment", "user_id")) &&
@@ -384,22 +439,11 @@ events_gd(struct store_txn *txn, struct events_ctx *x, const char *type,
 	    strcmp(type, "gd_send_voice_failure") == 0 ||
 	    strcmp(type, "gd_start_enroll_failed") == 0)
 		return (claims_ev_failed(txn, &x->ev, outcome));
-	num = events_get(x->data, "details", "authenticator", "phone_number");
-	if (num == NULL || YAJL_IS_NULL(num))
-		num = events_get(x->data, "details", "enrollment",
-		    "phone_number");
-	factor = events_phone_factor(x->data);
-	kind = events_number(x, num);
-	/* An enrolment must be a phone factor; a number shows it is one. */
-	if (factor == 0 || (factor == -1 && kind == EVENTS_NUMBER_NONE &&
-	    strcmp(type, "gd_enrollment_complete") == 0)) {
+	if ((factor = events_gd_number(x, type, &kind)) == 0) {
 		*outcome = CLAIMS_IGNORED;
 		return (STORE_OK);
 	}
-	if (kind == EVENTS_NUMBER_INVALID) {
-		*outcome = CLAIMS_UNMATCHED;
-		return (STORE_OK);
-	}
+	/* An unreadable number is unknown: as if there were none. */
 	events_enrol_id(x, events_string(x->data, "details", "authenticator",
 	    "id"));
 	if (x->ev.enrol_id == NULL)
@@ -408,6 +452,58 @@ events_gd(struct store_txn *txn, struct events_ctx *x, const char *type,
 	if (strcmp(type, "gd_enrollment_complete") == 0)
 		return (claims_ev_enrolled(txn, &x->ev, outcome));
 	return (claims_ev_unenrolled(txn, &x->ev, outcome));
+}
+
+/*
+ * Why the phone number of an event cannot be read, or NULL if it can (or
+ * the event is not about a phone factor's number): the same reading as
+ * events_apply.  *user is the event's user.
+ */
+const char *
+events_unreadable(yajl_val data, const char **user)
+{
+	struct events_ctx	*x;
+	const char		*type = events_type(data), *why = NULL;
+	int			 kind;
+
+	*user = NULL;
+	if (type == NULL || (strcmp(type, "gd_enrollment_complete") != 0 &&
+	    strcmp(type, "gd_unenroll") != 0))
+		return (NULL);
+	x = xcalloc(1, sizeof *x);
+	x->data = data;
+	if ((events_set_user(x, events_string(data, "details", "enrollment",
+	    "user_id")) || events_set_user(x, events_string(data, "user_id",
+	    NULL, NULL))) && events_gd_number(x, type, &kind) != 0 &&
+	    kind == EVENTS_NUMBER_UNREADABLE) {
+		why = x->why;
+		*user = events_string(data, "details", "enrollment", "user_id");
+		if (*user == NULL || !claims_user_id_ok(*user))
+			*user = events_string(data, "user_id", NULL, NULL);
+	}
+	free(x);
+	return (why);
+}
+
+/*
+ * Count and log an event whose phone number cannot be read (the reason,
+ * never the value): it was handled as one with no number.
+ */
+void
+events_count_unreadable(const char *log_id, const char *user,
+    const char *why)
+{
+	events_unreadable_n++;
+	log_warnx("log event %s of user %s: phone number unreadable, %s; "
+	    "matched as an event without a number",
+	    log_id != NULL ? log_id : "(no id)", user, why);
+}
+
+/* How many events had a phone number that could not be read. */
+uint64_t
+events_unreadable_total(void)
+{
+	return (events_unreadable_n);
 }
 
 /* Decode %XX escapes in place; -1 on a bad escape or a NUL. */

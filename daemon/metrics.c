@@ -440,10 +440,8 @@ static void
 metrics_text_events(struct evbuffer *buf)
 {
 	const struct metrics_events	*e = &metrics.events;
-	uint64_t			 plain, other;
+	uint64_t			 plain = metrics_ignored_other(e);
 
-	other = e->unmatched + e->ambiguous + e->stale;
-	plain = e->ignored > other ? e->ignored - other : 0;
 	metrics_family(buf, "events_total", "counter",
 	    "Log-stream events since start by outcome; ignored excludes "
 	    "unmatched, ambiguous and stale.");
@@ -463,6 +461,26 @@ metrics_text_events(struct evbuffer *buf)
 	    "claim.");
 	evbuffer_add_printf(buf, "phoneclaimd_undated_events_total %" PRIu64
 	    "\n", events_undated_total());
+	metrics_family(buf, "unreadable_events_total", "counter",
+	    "Log-stream events since start whose phone number could not be "
+	    "read (masked with no digit, hashed, no country code): matched "
+	    "as events without a number, whatever their outcome.");
+	evbuffer_add_printf(buf, "phoneclaimd_unreadable_events_total %" PRIu64
+	    "\n", events_unreadable_total());
+}
+
+/*
+ * The events that changed nothing for another reason than unmatched,
+ * ambiguous or stale (types not acted on, other factors): "ignored" in
+ * /metrics and status, where each event has one outcome.  The log-stream
+ * answer's "ignored" is the sum of the four.
+ */
+uint64_t
+metrics_ignored_other(const struct metrics_events *e)
+{
+	uint64_t	other = e->unmatched + e->ambiguous + e->stale;
+
+	return (e->ignored > other ? e->ignored - other : 0);
 }
 
 /* Ignored events by Auth0 type. */

@@ -445,6 +445,10 @@ int		 events_rfc3339(const char *, int64_t *);
 int64_t		 events_iso_ms(const char *, int64_t);
 void		 events_count_undated(const char *);
 uint64_t	 events_undated_total(void);
+const char	*events_unreadable(struct yajl_val_s *, const char **);
+void		 events_count_unreadable(const char *, const char *,
+		     const char *);
+uint64_t	 events_unreadable_total(void);
 int		 events_masked(const char *, char *);
 const char	*events_method_id(const char *);
 void		 events_count_ignored(const char *);
@@ -557,6 +561,7 @@ void		 metrics_request(int, int, int64_t);
 void		 metrics_connection_closed(void);
 void		 metrics_log_stream(const struct metrics_events *);
 const struct metrics_events *metrics_events_totals(void);
+uint64_t	 metrics_ignored_other(const struct metrics_events *);
 char		*metrics_text(void);
 void		 metrics_http_cb(struct evhttp_request *, void *);
 

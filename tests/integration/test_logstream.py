@@ -140,6 +140,12 @@ def masked(phone, style="stars"):
     raise ValueError(style)
 
 
+def hashed():
+    """A number as a stream with PII hashing shows it: 16 hex digits (an
+    xxHash64; Auth0 does not document the form, any non-number will do)."""
+    return "%016x" % random.getrandbits(64)
+
+
 def other_last4(phone):
     """A fresh number whose last 4 digits differ from phone's."""
     while True:
@@ -319,6 +325,7 @@ def fixture_values(user=None, phone=None, **more):
         "ADMIN": "auth0|admin" + secrets.token_hex(6),
         "PHONE": phone, "PHONE_INT": as_int(phone),
         "PHONE_MASKED": masked(phone), "DEVICE": new_device(),
+        "PHONE_STARS": "*" * 12, "PHONE_HASH": hashed(),
     }
     for i in range(1, 5):
         suffix = "" if i == 1 else "_%d" % i
@@ -841,6 +848,112 @@ class FixtureTests(LogStreamCase):
         self.assertCounts(self.post_fixture("ignored_s.json", v), 1,
                           ignored=1)
         self.assertHeld(phone, user)
+
+
+class UnreadableNumberTests(LogStreamCase):
+    """A number the stream hides (masked with no digit, hashed) or that
+    cannot be read (no '+', a JSON number that is no E.164 number) is
+    unknown, never invalid: the event is handled as one with no number,
+    logged with its reason and counted unreadable (issue 17, point 1)."""
+
+    FORMS = {"masked, no digit": "*" * 12,
+             "masked X": "XXXXXXXX****",
+             "hashed": None,
+             "no plus": "2025550123",
+             "JSON number": 12,
+             "JSON fraction": 1.5}
+
+    def forms(self):
+        for name, value in self.FORMS.items():
+            yield name, hashed() if value is None else value
+
+    def status_events(self):
+        return self.d.ask("status")["events"]
+
+    def metric(self, name):
+        reply = self.d.request("GET", "/metrics")
+        for line in reply.raw.decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        return None
+
+    def test_enrolment_activates_the_pending_reservation(self):
+        for name, value in self.forms():
+            with self.subTest(number=name):
+                phone, user = self.reserve()
+                self.deliver([enrolled(user, value)], applied=1)
+                self.assertActive(phone, user)
+
+    def test_unenrolment_releases_the_only_claim(self):
+        for name, value in self.forms():
+            with self.subTest(number=name):
+                phone, user = self.learn()
+                self.deliver([unenrolled(user, value,
+                                         auth_id="phone|" + new_device())],
+                             applied=1)
+                self.assertFree(phone)
+
+    def test_unenrolment_with_several_claims_is_ambiguous(self):
+        p1, user = self.learn()
+        p2, _ = self.learn(user=user)
+        self.deliver([unenrolled(user, hashed())], ignored=1)
+        self.assertHeld(p1, user)
+        self.assertHeld(p2, user)
+
+    def test_fixtures_of_both_gd_events(self):
+        for kind in ("masked_no_digits", "hashed"):
+            with self.subTest(fixture=kind):
+                phone, user = self.reserve()
+                v = fixture_values(user, phone)
+                self.assertCounts(self.post(fixture(
+                    "gd_enrollment_complete_%s.json" % kind, v)), 1,
+                    applied=1)
+                self.assertActive(phone, user)
+                v = fixture_values(user, phone, DEVICE=v["DEVICE"])
+                self.assertCounts(self.post(fixture(
+                    "gd_unenroll_%s.json" % kind, v)), 1, applied=1)
+                self.assertFree(phone)
+
+    def test_logged_with_its_reason_never_its_value(self):
+        phone, user = self.reserve()
+        value = hashed()
+        it = enrolled(user, value)
+        since = self.d.log_size()
+        self.deliver([it], applied=1)
+        m = self.d.wait_for_log(r"[^\n]*unreadable[^\n]*", since)
+        self.assertIsNotNone(m, self.d.tail(10))
+        line = m.group(0)
+        self.assertIn(user, line)
+        self.assertIn(it["log_id"], line)
+        self.assertNotIn(value, self.d.log_text(since))
+
+    def test_counted_in_status_and_metrics(self):
+        before_s = self.status_events()["unreadable"]
+        before_m = self.metric("phoneclaimd_unreadable_events_total")
+        self.assertIsNotNone(before_m)
+        phone, user = self.reserve()
+        self.deliver([enrolled(user, "*" * 12)], applied=1)
+        self.deliver([enrolled(fresh_user(), hashed())], ignored=1)
+        self.deliver([enrolled(fresh_user(), number())], applied=1)
+        self.assertEqual(self.status_events()["unreadable"] - before_s, 2)
+        self.assertEqual(self.metric("phoneclaimd_unreadable_events_total") -
+                         before_m, 2)
+
+    def test_status_and_metrics_count_outcomes_alike(self):
+        """status's events and /metrics' events_total{outcome} are the
+        same partition: "ignored" does not hold unmatched there."""
+        def both():
+            s = self.status_events()
+            m = {o: self.metric('phoneclaimd_events_total{outcome="%s"}' % o)
+                 for o in ("ignored", "unmatched")}
+            return s, m
+        s0, m0 = both()
+        self.deliver([enrolled(fresh_user(), None)], ignored=1)  # unmatched
+        self.deliver([event("s", fresh_user())], ignored=1)
+        s1, m1 = both()
+        for o in ("ignored", "unmatched"):
+            self.assertEqual(s1[o] - s0[o], 1, (o, s0, s1))
+            self.assertEqual(m1[o] - m0[o], 1, (o, m0, m1))
 
 
 # Bad input (I6) ------------------------------------------------------------
