@@ -970,6 +970,8 @@ claims_ev_unenrolled(struct store_txn *txn, const struct claims_event *ev,
 		}
 	} else if (ev->id_only && ev->enrol_id != NULL)
 		claims_pick_id(list, n, ev, &pick);
+	else if (ev->id_only)
+		pick = n == 0 ? -1 : -2;	/* no id: verify */
 	else
 		claims_pick(list, n, ev, &pick);
 	if (pick == -2) {

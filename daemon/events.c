@@ -408,6 +408,10 @@ events_gd_number(struct events_ctx *x, const char *type, int *kind)
 	yajl_val	num;
 	int		factor;
 
+	if (strcmp(type, "gd_start_enroll_failed") == 0) {
+		*kind = EVENTS_NUMBER_NONE;
+		return (events_phone_factor(x->data));
+	}
 	num = events_get(x->data, "details", "authenticator", "phone_number");
 	if (num == NULL || YAJL_IS_NULL(num))
 		num = events_get(x->data, "details", "enrollment",
@@ -436,13 +440,21 @@ events_gd(struct store_txn *txn, struct events_ctx *x, const char *type,
 		return (STORE_OK);
 	}
 	if (strcmp(type, "gd_send_sms_failure") == 0 ||
-	    strcmp(type, "gd_send_voice_failure") == 0 ||
-	    strcmp(type, "gd_start_enroll_failed") == 0)
+	    strcmp(type, "gd_send_voice_failure") == 0)
 		return (claims_ev_failed(txn, &x->ev, outcome));
-	if ((factor = events_gd_number(x, type, &kind)) == 0) {
+	factor = events_gd_number(x, type, &kind);
+	/* Auth0 documents it as a push failure: a phone must show. */
+	if (strcmp(type, "gd_start_enroll_failed") == 0 && factor == 1)
+		return (claims_ev_failed(txn, &x->ev, outcome));
+	if (factor == 0 || strcmp(type, "gd_start_enroll_failed") == 0) {
 		*outcome = CLAIMS_IGNORED;
 		return (STORE_OK);
 	}
+	/*
+	 * An unenrolment that does not show its factor may be a TOTP or
+	 * push one: it releases only the claim that carries its id.
+	 */
+	x->ev.id_only = factor == -1;
 	/* An unreadable number is unknown: as if there were none. */
 	events_enrol_id(x, events_string(x->data, "details", "authenticator",
 	    "id"));

@@ -267,13 +267,16 @@ def sapi(method, path, admin=None, body=None, status=200, date=None):
     return event("sapi", admin, date, details, "Management API call")
 
 
-def failed(etype, user, date=None):
-    """gd_send_sms_failure and friends."""
+def failed(etype, user, date=None, kind=None):
+    """gd_send_sms_failure and friends; kind: details.authenticator.type
+    (None leaves it out)."""
     details = {"request": {"method": "POST",
                            "path": "/api/sms/configs/cfg_test/challenge"},
                "response": {}, "enrollment": {},
                "failure_details": {"errorCode": 60204,
                                    "message": "Custom code not allowed"}}
+    if kind is not None:
+        details["authenticator"] = {"type": kind}
     return event(etype, user, date, details,
                  "Guardian - Error on send-phone-message-hook")
 
@@ -1443,6 +1446,32 @@ class UnenrolTests(LogStreamCase):
                 self.deliver([unenrolled(user, None, kind)], ignored=1)
                 self.assertHeld(phone, user)
 
+    def test_unknown_factor_leaves_a_claim_without_its_id(self):
+        """No type, no telling description, no number: the factor may
+        be TOTP or push.  A learned claim (no enrolment id) stays; only
+        the claim whose stored enrolment id matches goes (issue 17,
+        point 2)."""
+        desc = "Guardian - Unenroll device account"
+        for auth_id, enrol_id in (("totp|" + new_device(), None),
+                                  (None, new_device()), (None, None)):
+            with self.subTest(auth_id=auth_id, enrol_id=enrol_id):
+                phone, user = self.learn()
+                self.deliver([unenrolled(user, None, None, auth_id=auth_id,
+                                         enrol_id=enrol_id,
+                                         description=desc)], ignored=1)
+                self.assertHeld(phone, user)
+        user, (p1, dev1), (p2, dev2) = self.two_enrolled()
+        self.deliver([unenrolled(user, None, None, auth_id=dev2,
+                                 description=desc)], applied=1)
+        self.assertFree(p2)
+        self.assertHeld(p1, user)
+        phone, user = number(), fresh_user()
+        dev = new_device()
+        self.apply(enrolled(user, phone, device=dev))
+        self.deliver([unenrolled(user, None, None, enrol_id=dev,
+                                 description=desc)], applied=1)
+        self.assertFree(phone)
+
     def test_user_comes_from_the_enrollment_first(self):
         phone, user = self.learn()
         other_phone, other = self.learn()
@@ -1699,18 +1728,42 @@ class FailureEventTests(LogStreamCase):
     TYPES = ("gd_send_sms_failure", "gd_send_voice_failure",
              "gd_start_enroll_failed")
 
+    def failed(self, etype, user, date):
+        """gd_start_enroll_failed shows a phone factor, the others need
+        not."""
+        return failed(etype, user, date, "sms" if etype ==
+                      "gd_start_enroll_failed" else None)
+
     def test_reservation_before_the_date_is_released(self):
         for etype in self.TYPES:
             with self.subTest(type=etype):
                 phone, user = self.reserve()
-                self.deliver([failed(etype, user, at(30))], applied=1)
+                self.deliver([self.failed(etype, user, at(30))], applied=1)
+                self.assertFree(phone)
+
+    def test_start_enroll_failed_of_other_factors_releases_nothing(self):
+        """Auth0 documents gd_start_enroll_failed as a push enrolment
+        failure: a reservation goes only if the event shows a phone
+        (issue 17, point 2)."""
+        for kind in (None, "push", "otp"):
+            with self.subTest(type=kind):
+                phone, user = self.reserve()
+                self.deliver([failed("gd_start_enroll_failed", user, at(30),
+                                     kind)], ignored=1)
+                self.assertHeld(phone, user)
+        for kind in PHONE_KINDS:
+            with self.subTest(type=kind):
+                phone, user = self.reserve()
+                self.deliver([failed("gd_start_enroll_failed", user, at(30),
+                                     kind)], applied=1)
                 self.assertFree(phone)
 
     def test_reservation_after_the_date_stays(self):
         for etype in self.TYPES:
             with self.subTest(type=etype):
                 phone, user = self.reserve()
-                self.deliver([failed(etype, user, at(-60))], settled=1)
+                self.deliver([self.failed(etype, user, at(-60))],
+                             settled=1)
                 self.assertHeld(phone, user)
 
     def test_active_claims_stay(self):
@@ -1719,7 +1772,7 @@ class FailureEventTests(LogStreamCase):
                 phone, user = self.learn()
                 enrolled_phone = number()
                 self.apply(enrolled(user, enrolled_phone))
-                self.deliver([failed(etype, user, at(30))], settled=1)
+                self.deliver([self.failed(etype, user, at(30))], settled=1)
                 self.assertHeld(phone, user)
                 self.assertHeld(enrolled_phone, user)
 

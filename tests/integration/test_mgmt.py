@@ -670,6 +670,22 @@ class DoubtTests(VerifyCase):
         self.held(d, p1, user)
         self.held(d, p2, user)
 
+    def test_unknown_factor_unenrol_is_verified(self):
+        """A gd_unenroll that shows no factor and names no stored id
+        releases nothing: the user is verified (issue 17, point 2)."""
+        d = self.mgmt_daemon()
+        user, phone = fresh_user(), ls.number()
+        self.fake.add_phone(user, phone)
+        r = d.claim(phone, user, "otp_verify")
+        self.assertEqual(r.get("result"), "learned", str(r))
+        r = self.stream(d, ls.unenrolled(
+            user, None, None, description="Guardian - Unenroll device "
+            "account"))
+        self.assertEqual(r.get("ignored"), 1, str(r))
+        self.wait_verified(d)
+        self.assertEqual(len(self.method_requests(user)), 1)
+        self.held(d, phone, user)
+
     def test_user_gone_releases_everything(self):
         d = self.mgmt_daemon()
         user = fresh_user()
