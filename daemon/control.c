@@ -956,6 +956,8 @@ control_source_name(int source)
 		return ("logstream");
 	case CLAIM_SRC_VERIFY:
 		return ("verify");
+	case CLAIM_SRC_CONFLICT:
+		return ("conflict");
 	}
 	return ("unknown");
 }
@@ -1010,6 +1012,8 @@ control_cmd_status(struct control_client *c, int argc, char **argv)
 	control_gen_int(g, "pending", (long long)counts.pending);
 	yajl_gen_map_close(g);
 	control_gen_int(g, "conflicts", (long long)counts.conflicts);
+	control_gen_int(g, "conflicts_resolved",
+	    (long long)claims_resolved_total());
 	control_gen_events(g);
 	control_gen_backfill(g, &counts);
 	control_gen_key(g, "store");
@@ -1167,6 +1171,9 @@ control_gen_conflict(yajl_gen g, const struct conflict *cf)
 			control_gen_int(g, "http_status", cf->removal_code);
 		yajl_gen_map_close(g);
 	}
+	/* Its user became the holder when the holders left. */
+	if (cf->resolved != 0)
+		control_gen_time(g, "resolved", cf->resolved, 0);
 	yajl_gen_map_close(g);
 }
 

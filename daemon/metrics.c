@@ -433,6 +433,11 @@ metrics_text_store(struct evbuffer *buf)
 	if (ok)
 		evbuffer_add_printf(buf, "phoneclaimd_conflicts %" PRIu64 "\n",
 		    c.conflicts);
+	metrics_family(buf, "conflicts_resolved_total", "counter",
+	    "Conflicts resolved since start: the holders of the number left "
+	    "and the conflict's user became its holder.");
+	evbuffer_add_printf(buf, "phoneclaimd_conflicts_resolved_total %"
+	    PRIu64 "\n", claims_resolved_total());
 }
 
 /* Log-stream events by outcome; the outcomes add up to those received. */

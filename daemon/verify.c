@@ -434,7 +434,8 @@ verify_settle_txn(struct store_txn *txn, void *arg)
 		rv = verify_full(txn, op, list, n);
 		if (rv == STORE_OK)
 			rv = verify_masked(txn, op, list, n);
-		if (rv == STORE_OK && (op->reasons & VERIFY_AMBIGUOUS))
+		if (rv == STORE_OK &&
+		    (op->reasons & (VERIFY_AMBIGUOUS | VERIFY_PROMOTED)))
 			rv = verify_unenrolled(txn, op, list, n);
 		free(list);
 	}

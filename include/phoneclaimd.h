@@ -149,7 +149,8 @@ enum claim_source {
 	CLAIM_SRC_ADMIN,
 	CLAIM_SRC_IMPORT,
 	CLAIM_SRC_LOGSTREAM,
-	CLAIM_SRC_VERIFY	/* the Management API showed the method */
+	CLAIM_SRC_VERIFY,	/* the Management API showed the method */
+	CLAIM_SRC_CONFLICT	/* a conflict's user, once the holder left */
 };
 
 /* What became of a conflicting phone method (on_conflict = remove). */
@@ -165,6 +166,7 @@ enum conflict_removal {
 #define VERIFY_EXPIRING		0x01	/* a reservation is about to lapse */
 #define VERIFY_UNMATCHED	0x02	/* an enrolment matched no claim */
 #define VERIFY_AMBIGUOUS	0x04	/* an unenrolment named no claim */
+#define VERIFY_PROMOTED		0x08	/* a conflict's user became holder */
 
 struct claim {
 	unsigned char	 numkey[NUMKEY_LEN];
@@ -189,6 +191,7 @@ struct conflict {
 	int64_t		 removal_at;	/* when it was settled, or 0 */
 	int		 removal_code;	/* HTTP status of the DELETE, or 0 */
 	char		 method[ENROL_ID_MAX + 1];	/* "dev_..." or "" */
+	int64_t		 resolved;	/* its user became the holder, or 0 */
 };
 
 struct store_counts {
@@ -252,6 +255,8 @@ int		 store_conflict_put(struct store_txn *, const struct conflict *);
 int		 store_conflicts(struct store_txn *, struct conflict **,
 		     size_t *);
 void		 store_conflicts_free(struct conflict *, size_t);
+int		 store_conflicts_by_number(struct store_txn *,
+		     const unsigned char *, struct conflict **, size_t *);
 int		 store_conflict_get(struct store_txn *, const unsigned char *,
 		     const char *, struct conflict *);
 void		 store_conflict_clear(struct conflict *);
@@ -379,6 +384,7 @@ int		 claims_lookup(const char *, const char *, struct claim **,
 int		 claims_walk(const struct claim *, size_t, struct claim *,
 		     size_t *);
 int		 claims_conflicts(struct conflict **, size_t *);
+uint64_t	 claims_resolved_total(void);
 int64_t		 claims_clock_ms(void);
 int		 claims_in_order(struct store_txn *, const struct claims_when *,
 		     const char *, const unsigned char *, const struct claim *,

@@ -1485,6 +1485,73 @@ class UnenrolTests(LogStreamCase):
         self.assertHeld(phone, holder)
 
 
+class ConflictPromotionTests(LogStreamCase):
+    """A recorded conflict's user becomes the holder when the last holder
+    leaves: they still have the number enrolled in Auth0 (issue 17,
+    point 3)."""
+
+    def conflict(self, later=None):
+        """holder learns a number; later enrols it anyway (a conflict):
+        return (phone, holder, later)."""
+        phone, holder = self.learn()
+        later = later or fresh_user()
+        self.deliver([enrolled(later, phone)], applied=1)
+        self.assertHeld(phone, holder)
+        return phone, holder, later
+
+    def conflicts_on(self, phone):
+        return [c for c in self.d.ask("conflicts")["conflicts"]
+                if c["number"][-4:] == phone[-4:]]
+
+    def metric(self, name):
+        for line in self.d.request("GET", "/metrics").raw.decode() \
+                .splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        return None
+
+    def test_deleted_holder_passes_the_number_on(self):
+        before = self.d.ask("status").get("conflicts_resolved", 0)
+        before_m = self.metric("phoneclaimd_conflicts_resolved_total")
+        phone, holder, later = self.conflict()
+        self.deliver([deleted(holder)], applied=1)
+        self.assertHeld(phone, later)
+        claims = self.d.ask("user " + later)["claims"]
+        self.assertEqual([(c["state"], c["source"]) for c in claims],
+                         [("active", "conflict")])
+        (cf,) = self.conflicts_on(phone)
+        self.assertEqual(cf["user_ids"], [later, holder])
+        self.assertIsNotNone(cf.get("resolved"), cf)
+        self.assertEqual(self.d.ask("status")["conflicts_resolved"] - before,
+                         1)
+        self.assertEqual(self.metric("phoneclaimd_conflicts_resolved_total") -
+                         (before_m or 0), 1)
+
+    def test_earliest_conflict_wins(self):
+        phone, holder, first = self.conflict()
+        time.sleep(1.1)			# conflicts are dated to the second
+        second = fresh_user()
+        self.deliver([enrolled(second, phone)], applied=1)
+        self.deliver([unenrolled(holder, phone)], applied=1)
+        self.assertHeld(phone, first)
+        self.assertTaken(self.d.claim(phone, second, "enrollment"))
+        # first leaves too: second is next.
+        self.deliver([deleted(first)], applied=1)
+        self.assertHeld(phone, second)
+
+    def test_released_conflict_user_is_not_promoted(self):
+        phone, holder, later = self.conflict()
+        self.deliver([deleted(later)], settled=1)	# holds nothing
+        self.deliver([deleted(holder)], applied=1)
+        self.assertFree(phone)
+
+    def test_admin_release_promotes_too(self):
+        phone, holder, later = self.conflict()
+        self.assertEqual(self.d.ask("release %s %s" % (phone, holder)),
+                         {"released": 1})
+        self.assertHeld(phone, later)
+
+
 class UserDeletionTests(LogStreamCase):
     """sdu and du release all of data.user_id's claims."""
 

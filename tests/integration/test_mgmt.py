@@ -686,6 +686,24 @@ class DoubtTests(VerifyCase):
         self.assertEqual(len(self.method_requests(user)), 1)
         self.held(d, phone, user)
 
+    def test_promoted_conflict_user_is_verified(self):
+        """The user promoted from a conflict is verified: one who no
+        longer has the number loses it again (issue 17, point 3)."""
+        d = self.mgmt_daemon()
+        holder, kept, gone = fresh_user(), fresh_user(), fresh_user()
+        p1, p2 = ls.number(), ls.number()
+        self.fake.add_phone(kept, p1)
+        self.fake.add_user(gone)		# no phone any more
+        for phone, later in ((p1, kept), (p2, gone)):
+            self.stream(d, ls.enrolled(holder, phone))
+            self.stream(d, ls.enrolled(later, phone))
+        self.stream(d, ls.deleted(holder))
+        v = self.wait_verified(d, done=2)
+        self.assertEqual(v["released"], 1, v)
+        self.assertEqual(len(self.method_requests(kept)), 1)
+        self.held(d, p1, kept)
+        self.free(d, p2)
+
     def test_user_gone_releases_everything(self):
         d = self.mgmt_daemon()
         user = fresh_user()
