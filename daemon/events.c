@@ -21,6 +21,8 @@
 
 #define EVENTS_TYPES_MAX	64	/* distinct ignored types counted */
 #define EVENTS_PATH_MAX		1024
+#define EVENTS_LINKED_MAX	8	/* secondary user ids of one link */
+#define EVENTS_TOKEN_MAX	16384	/* a link_with token, bytes */
 
 enum events_number {
 	EVENTS_NUMBER_NONE,
@@ -64,6 +66,13 @@ static int		 events_sapi_methods(struct store_txn *,
 static int		 events_sapi_add(struct store_txn *,
 			     struct events_ctx *, yajl_val, int *);
 static int		 events_url_decode(char *);
+static int		 events_sapi_link(struct store_txn *,
+			     struct events_ctx *, int *);
+static size_t		 events_linked_ids(struct events_ctx *,
+			     char [][USER_ID_MAX + 1]);
+static void		 events_linked_add(char [][USER_ID_MAX + 1], size_t *,
+			     const char *, const char *);
+static int		 events_jwt_sub(const char *, char *, size_t);
 static int		 events_digits(const char **, int, int, int, int *);
 
 static char		*events_ignored_name[EVENTS_TYPES_MAX];
@@ -614,6 +623,151 @@ events_sapi_add(struct store_txn *txn, struct events_ctx *x, yajl_val body,
 	return (rv);
 }
 
+/* Add provider|user (or user alone) to a list of secondary user ids. */
+static void
+events_linked_add(char ids[][USER_ID_MAX + 1], size_t *n,
+    const char *provider, const char *user)
+{
+	char	id[USER_ID_MAX + 2];
+	size_t	i;
+
+	if (user == NULL || *user == '\0' || *n == EVENTS_LINKED_MAX)
+		return;
+	if (provider != NULL && (size_t)snprintf(id, sizeof id, "%s|%s",
+	    provider, user) >= sizeof id)
+		return;
+	if (provider == NULL)
+		snprintf(id, sizeof id, "%s", user);
+	if (!claims_user_id_ok(id))
+		return;
+	for (i = 0; i < *n; i++) {
+		if (strcmp(ids[i], id) == 0)
+			return;
+	}
+	memcpy(ids[(*n)++], id, strlen(id) + 1);	/* checked: fits */
+}
+
+/*
+ * The "sub" of a JWT (the secondary account's ID token of a link_with)
+ * into sub; -1 if it has none that can be read.  Only read: Auth0 checked
+ * the token before it answered the link 2xx.
+ */
+static int
+events_jwt_sub(const char *token, char *sub, size_t size)
+{
+	static const char	 b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+	    "abcdefghijklmnopqrstuvwxyz0123456789-_";
+	const char		*p, *end, *c;
+	char			*json, *cause = NULL;
+	size_t			 len = 0;
+	unsigned int		 acc = 0, bits = 0;
+	yajl_val		 root;
+	const char		*s;
+	int			 rv = -1;
+
+	if (strlen(token) > EVENTS_TOKEN_MAX ||
+	    (p = strchr(token, '.')) == NULL ||
+	    (end = strchr(++p, '.')) == NULL)
+		return (-1);
+	json = xmalloc((size_t)(end - p) + 1);
+	for (; p < end && *p != '='; p++) {
+		if ((c = strchr(b64, *p)) == NULL || *p == '\0')
+			goto out;
+		acc = (acc << 6) | (unsigned int)(c - b64);
+		if ((bits += 6) >= 8) {
+			bits -= 8;
+			json[len++] = (char)((acc >> bits) & 0xff);
+		}
+	}
+	if ((root = json_parse(json, len, &cause)) == NULL) {
+		free(cause);
+		goto out;
+	}
+	if ((s = events_string(root, "sub", NULL, NULL)) != NULL &&
+	    strlen(s) < size) {
+		snprintf(sub, size, "%s", s);
+		rv = 0;
+	}
+	json_free(root);
+out:
+	free(json);
+	return (rv);
+}
+
+/*
+ * The secondary user ids of an account link: from the request body
+ * ({provider, user_id}, or a link_with token's sub), else, when the log
+ * leaves the body out, the identities of the answer other than the
+ * primary's own.
+ */
+static size_t
+events_linked_ids(struct events_ctx *x, char ids[][USER_ID_MAX + 1])
+{
+	char		 sub[USER_ID_MAX + 1];
+	const char	*provider, *user, *token;
+	yajl_val	 body, list, v;
+	size_t		 n = 0, i;
+
+	body = events_get(x->data, "details", "request", "body");
+	provider = events_string(body, "provider", NULL, NULL);
+	user = events_string(body, "user_id", NULL, NULL);
+	if (provider != NULL && user != NULL) {
+		events_linked_add(ids, &n, provider, user);
+		if (strchr(user, '|') != NULL)	/* given whole */
+			events_linked_add(ids, &n, NULL, user);
+	}
+	token = events_string(body, "link_with", NULL, NULL);
+	if (token != NULL && events_jwt_sub(token, sub, sizeof sub) == 0)
+		events_linked_add(ids, &n, NULL, sub);
+	if (n > 0)
+		return (n);
+	list = events_get(x->data, "details", "response", "body");
+	for (i = 0; list != NULL && YAJL_IS_ARRAY(list) &&
+	    i < list->u.array.len; i++) {
+		v = list->u.array.values[i];
+		provider = events_string(v, "provider", NULL, NULL);
+		user = events_string(v, "user_id", NULL, NULL);
+		if (provider == NULL || user == NULL ||
+		    (strncmp(x->user, provider, strlen(provider)) == 0 &&
+		    x->user[strlen(provider)] == '|' &&
+		    strcmp(x->user + strlen(provider) + 1, user) == 0))
+			continue;	/* the primary's own identity */
+		events_linked_add(ids, &n, provider, user);
+	}
+	return (n);
+}
+
+/*
+ * POST /api/v2/users/{id}/identities: account linking (Auth0 Management
+ * API, "Link a User Account").  The secondary user leaves the user list
+ * without an sdu: every claim of it is released, with a watermark, as a
+ * deletion would; the primary is verified, as it may now hold them.
+ */
+static int
+events_sapi_link(struct store_txn *txn, struct events_ctx *x, int *outcome)
+{
+	char	ids[EVENTS_LINKED_MAX][USER_ID_MAX + 1];
+	char	primary[USER_ID_MAX + 1];
+	size_t	n, i;
+	int	rv = STORE_OK, one;
+
+	*outcome = CLAIMS_IGNORED;
+	snprintf(primary, sizeof primary, "%s", x->user);
+	n = events_linked_ids(x, ids);
+	for (i = 0; i < n && rv == STORE_OK; i++) {
+		if (strcmp(ids[i], primary) == 0)
+			continue;
+		x->ev.user_id = ids[i];
+		rv = claims_ev_release_user(txn, &x->ev, &one);
+		if (one == CLAIMS_APPLIED || *outcome == CLAIMS_IGNORED)
+			*outcome = one;
+	}
+	x->ev.user_id = x->user;
+	if (rv == STORE_OK)
+		rv = verify_ask(txn, primary, VERIFY_UNMATCHED, x->ev.now);
+	return (rv);
+}
+
 /* Act on one Management API write by its method and path. */
 static int
 events_sapi_methods(struct store_txn *txn, struct events_ctx *x,
@@ -651,6 +805,9 @@ events_sapi_methods(struct store_txn *txn, struct events_ctx *x,
 		events_enrol_id(x, mid);
 		rv = claims_ev_unenrolled(txn, &x->ev, outcome);
 	} else if (what != NULL && mid == NULL &&
+	    strcmp(what, "identities") == 0 && strcasecmp(method, "post") == 0)
+		rv = events_sapi_link(txn, x, outcome);
+	else if (what != NULL && mid == NULL &&
 	    strcmp(what, "authentication-methods") == 0 &&
 	    (strcasecmp(method, "post") == 0 || strcasecmp(method, "put") == 0)) {
 		if (strcasecmp(method, "put") == 0) {

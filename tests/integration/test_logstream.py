@@ -22,6 +22,7 @@ tests/fixtures/logstream/ (synthetic, written by us in the documented
 shapes, with ${...} placeholders filled here).
 """
 
+import base64
 import datetime
 import http.client
 import itertools
@@ -1786,6 +1787,96 @@ class SapiTests(LogStreamCase):
         ], ignored=6)
         for phone in phones:
             self.assertHeld(phone, user)
+
+
+def jwt(claims):
+    """An unsigned-looking JWT whose payload holds claims (the daemon only
+    reads its sub; Auth0 checked the signature before it logged 2xx)."""
+    def b64(obj):
+        raw = json.dumps(obj).encode()
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    return "%s.%s.%s" % (b64({"alg": "RS256", "typ": "JWT"}), b64(claims),
+                         "c2lnbmF0dXJl")
+
+
+def linked(primary, body, response=None, status=201, date=None):
+    """sapi for POST /api/v2/users/{primary}/identities (account linking,
+    Auth0 Management API docs, "Link a User Account"): body is
+    {provider, user_id[, connection_id]} or {link_with}; response the
+    primary's identities after the link."""
+    it = sapi("POST", user_path(primary, "/identities"), body=body,
+              status=status, date=date)
+    if response is not None:
+        it["data"]["details"]["response"]["body"] = response
+    return it
+
+
+class AccountLinkingTests(LogStreamCase):
+    """Linking removes the secondary user without an sdu: its claims are
+    released with a watermark (issue 17, point 5)."""
+
+    def secondary(self, provider="google-oauth2"):
+        """A secondary user of provider with a learned claim: (phone,
+        full user id, the id's part after the provider)."""
+        part = secrets.token_hex(10)
+        full = provider + "|" + part
+        phone, _ = self.learn(user=full)
+        return phone, full, part
+
+    def test_provider_and_user_id(self):
+        for provider in ("google-oauth2", "auth0", "sms"):
+            with self.subTest(provider=provider):
+                phone, full, part = self.secondary(provider)
+                body = {"provider": provider, "user_id": part}
+                if provider == "auth0":
+                    body["connection_id"] = "con_" + secrets.token_hex(8)
+                self.deliver([linked(fresh_user(), body)], applied=1)
+                self.assertFree(phone)
+
+    def test_user_id_given_whole(self):
+        phone, full, _ = self.secondary("auth0")
+        self.deliver([linked(fresh_user(), {"provider": "auth0",
+                                            "user_id": full})], applied=1)
+        self.assertFree(phone)
+
+    def test_link_with_token(self):
+        phone, full, _ = self.secondary()
+        token = jwt({"sub": full, "aud": "client", "iss": "https://t/"})
+        self.deliver([linked(fresh_user(), {"link_with": token})],
+                     applied=1)
+        self.assertFree(phone)
+
+    def test_response_identities_when_the_body_is_redacted(self):
+        primary = fresh_user()
+        phone, full, part = self.secondary("github")
+        response = [{"provider": "auth0", "user_id": primary.split("|")[1],
+                     "connection": "Username-Password-Authentication",
+                     "isSocial": False},
+                    {"provider": "github", "user_id": part,
+                     "connection": "github", "isSocial": True}]
+        kept, _ = self.learn(user=primary)
+        self.deliver([linked(primary, {}, response)], applied=1)
+        self.assertFree(phone)
+        self.assertHeld(kept, primary)
+
+    def test_primary_keeps_its_claims_and_old_enrolments_stay_out(self):
+        primary = fresh_user()
+        kept, _ = self.learn(user=primary)
+        phone, full, part = self.secondary()
+        before = at(-30)
+        self.deliver([linked(primary, {"provider": "google-oauth2",
+                                       "user_id": part})], applied=1)
+        self.assertHeld(kept, primary)
+        # An enrolment of the secondary older than the link: stale.
+        self.deliver([enrolled(full, phone, date=before)], ignored=1)
+        self.assertFree(phone)
+
+    def test_failed_link_releases_nothing(self):
+        phone, full, part = self.secondary()
+        self.deliver([linked(fresh_user(), {"provider": "google-oauth2",
+                                            "user_id": part}, status=400)],
+                     ignored=1)
+        self.assertHeld(phone, full)
 
 
 class FailureEventTests(LogStreamCase):

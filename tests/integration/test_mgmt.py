@@ -704,6 +704,24 @@ class DoubtTests(VerifyCase):
         self.held(d, p1, kept)
         self.free(d, p2)
 
+    def test_account_linking_verifies_the_primary(self):
+        """Linking releases the secondary's claims and verifies the
+        primary, who may now hold its factors (issue 17, point 5)."""
+        d = self.mgmt_daemon()
+        primary, phone = fresh_user(), ls.number()
+        secondary = "google-oauth2|" + ls.secrets.token_hex(8)
+        self.fake.add_phone(primary, phone)
+        r = d.claim(phone, secondary, "otp_verify")
+        self.assertEqual(r.get("result"), "learned", str(r))
+        r = self.stream(d, ls.linked(primary, {
+            "provider": "google-oauth2",
+            "user_id": secondary.split("|", 1)[1]}))
+        self.assertEqual(r.get("applied"), 1, str(r))
+        v = self.wait_verified(d)
+        self.assertEqual(v["claimed"], 1, v)
+        self.assertEqual(len(self.method_requests(primary)), 1)
+        self.held(d, phone, primary)
+
     def test_user_gone_releases_everything(self):
         d = self.mgmt_daemon()
         user = fresh_user()
