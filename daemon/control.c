@@ -1386,6 +1386,7 @@ control_gen_backfill(yajl_gen g, const struct store_counts *counts)
 	control_gen_int(g, "dropped", (long long)st->v_dropped);
 	control_gen_int(g, "refused", (long long)verify_refused_total());
 	control_gen_int(g, "failures", (long long)st->v_failures);
+	control_gen_int(g, "gave_up", (long long)st->v_gave_up);
 	control_gen_str(g, "last_error", st->v_last_error[0] != '\0' ?
 	    st->v_last_error : NULL);
 	yajl_gen_map_close(g);

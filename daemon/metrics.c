@@ -384,14 +384,16 @@ metrics_text_verify(struct evbuffer *buf, const struct mgmt_status *st)
 	    "phoneclaimd_verify_total{result=\"released\"} %llu\n"
 	    "phoneclaimd_verify_total{result=\"unsettled\"} %llu\n"
 	    "phoneclaimd_verify_total{result=\"dropped\"} %llu\n"
-	    "phoneclaimd_verify_total{result=\"refused\"} %llu\n",
+	    "phoneclaimd_verify_total{result=\"refused\"} %llu\n"
+	    "phoneclaimd_verify_total{result=\"gave_up\"} %llu\n",
 	    (unsigned long long)st->v_done,
 	    (unsigned long long)st->v_activated,
 	    (unsigned long long)st->v_claimed,
 	    (unsigned long long)st->v_released,
 	    (unsigned long long)st->v_unsettled,
 	    (unsigned long long)st->v_dropped,
-	    (unsigned long long)verify_refused_total());
+	    (unsigned long long)verify_refused_total(),
+	    (unsigned long long)st->v_gave_up);
 	metrics_family(buf, "verify_failures_total", "counter",
 	    "Failed verification requests (each retried).");
 	evbuffer_add_printf(buf, "phoneclaimd_verify_failures_total %llu\n",

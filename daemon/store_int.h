@@ -52,8 +52,10 @@
 #define LIMIT_REC_LEN		13
 
 /* Verification record, format 1. */
-#define VERIFY_FORMAT		1
-#define VERIFY_REC_LEN		10
+#define VERIFY_FORMAT		2	/* with tries and not-before */
+#define VERIFY_REC_LEN		20
+#define VERIFY_FORMAT_1		1	/* reasons, queued: still read */
+#define VERIFY_REC_LEN_1	10
 
 /* Seen and watermark records: one big-endian int64. */
 #define STORE_TIME_LEN		8

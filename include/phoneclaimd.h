@@ -168,6 +168,14 @@ enum conflict_removal {
 #define VERIFY_AMBIGUOUS	0x04	/* an unenrolment named no claim */
 #define VERIFY_PROMOTED		0x08	/* a conflict's user became holder */
 
+/* A waiting verification (verify.db). */
+struct verify_req {
+	int		 reasons;
+	int64_t		 queued;	/* when it was first asked */
+	int		 tries;		/* failed lookups so far */
+	int64_t		 not_before;	/* not retried before (seconds) */
+};
+
 struct claim {
 	unsigned char	 numkey[NUMKEY_LEN];
 	char		 user_id[USER_ID_MAX + 1];
@@ -264,6 +272,10 @@ int		 store_verify_add(struct store_txn *, const char *, int,
 		     int64_t, uint64_t);
 int		 store_verify_first(struct store_txn *, char *, int *,
 		     int64_t *);
+int		 store_verify_next(struct store_txn *, int64_t, char *,
+		     struct verify_req *);
+int		 store_verify_retry(struct store_txn *, const char *, int,
+		     int64_t);
 int		 store_verify_del(struct store_txn *, const char *);
 int		 store_limit_get(struct store_txn *, const char *, int64_t *,
 		     uint32_t *);
@@ -402,6 +414,7 @@ int		 claims_removal_done(const struct conflict *, int, int,
 /* verify.c */
 #define VERIFY_QUEUE_MAX	10000	/* users waiting, at most */
 #define VERIFY_METHODS_MAX	100	/* phone methods read per user */
+#define VERIFY_TRIES_MAX	10	/* failed lookups before giving up */
 
 /* One phone method as GET /api/v2/users/{id}/authentication-methods says. */
 struct verify_method {
@@ -426,7 +439,8 @@ uint64_t	 verify_refused_total(void);
 int		 verify_ask(struct store_txn *, const char *, int, int64_t);
 int		 verify_expiring(int64_t *, int64_t, size_t, int64_t,
 		     size_t *);
-int		 verify_next(char *, int *);
+int		 verify_next(char *, int64_t, struct verify_req *);
+int		 verify_retry(const char *, int, int64_t, int *, int64_t *);
 int		 verify_drop(const char *);
 int		 verify_settle(const char *, int, const struct verify_method *,
 		     size_t, int, int64_t, int64_t, struct verify_result *);
@@ -599,6 +613,7 @@ struct mgmt_status {
 	uint64_t	 v_unsettled;
 	uint64_t	 v_dropped;
 	uint64_t	 v_failures;
+	uint64_t	 v_gave_up;	/* users given up after failed tries */
 	char		 v_last_error[128];
 	/* Removals (on_conflict = remove) since start. */
 	uint64_t	 rm_done;

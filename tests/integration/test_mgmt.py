@@ -792,6 +792,85 @@ class DoubtTests(VerifyCase):
                          .raw.decode())
 
 
+class StallTests(VerifyCase):
+    """A user whose lookup keeps failing (403, an unexplained 404) is
+    retried with back-off behind the others and given up after a bounded
+    number of tries; it never blocks the queue (issue 17, point 7)."""
+
+    TRIES = 10		# VERIFY_TRIES_MAX
+
+    def test_failing_user_does_not_block_the_queue(self):
+        if harness.fakeclock_shim() is None:
+            self.skipTest("fakeclock.so not built")
+        d = self.mgmt_daemon(start=False)
+        clock = d.path("clock")
+        harness.use_fakeclock(d, clock)
+        d.start()
+        stuck = "auth0|0000" + ls.secrets.token_hex(8)	# first in order
+        other = "auth0|ffff" + ls.secrets.token_hex(8)
+        self.fake.fail_next("/api/v2/users/" +
+                            urllib.parse.quote(stuck, safe=""), 403,
+                            times=1000)
+        self.stream(d, ls.enrolled(stuck, None))	# unmatched: verify
+        (p1, _), (p2, d2) = self.two_active(d, other)
+        self.fake.add_phone(other, p2, device=d2)
+        self.stream(d, ls.unenrolled(other))		# ambiguous: verify
+        deadline = time.monotonic() + WAIT
+        while self.verify(d)["released"] < 1:
+            self.assertLess(time.monotonic(), deadline,
+                            "the failing user blocks the queue: %r\n%s" %
+                            (self.verify(d), d.tail()))
+            time.sleep(0.1)
+        self.free(d, p1)
+        self.held(d, p2, other)
+        # Each retry waits longer; move the clock on until it gives up.
+        offset, deadline = 0, time.monotonic() + 120
+        while self.verify(d)["gave_up"] < 1:
+            self.assertLess(time.monotonic(), deadline, d.tail())
+            offset += 4 * 3600
+            harness.set_fakeclock(clock, offset)
+            self.stream(d, ls.enrolled(fresh_user(), None))	# a wake-up
+            time.sleep(0.3)
+        self.assertEqual(len(self.method_requests(stuck)), self.TRIES)
+        log = self.log_of(d)
+        self.assertRegex(log, r"verify: giving up on user %s after %d "
+                         r"tries" % (re.escape(stuck), self.TRIES))
+        text = d.request("GET", "/metrics").raw.decode()
+        self.assertIn('phoneclaimd_verify_total{result="gave_up"} 1', text)
+        time.sleep(1.0)
+        self.assertEqual(len(self.method_requests(stuck)), self.TRIES)
+
+
+    def test_a_request_of_the_old_format_is_still_read(self):
+        """verify.db records written before tries were kept (format 1:
+        format, reasons, queued) are read and settled as before."""
+        if shutil.which("db5.3_load") is None:
+            self.skipTest("db5.3_load is not installed")
+        d = self.mgmt_daemon()
+        user = fresh_user()
+        (p1, _), (p2, d2) = self.two_active(d, user)
+        self.fake.add_phone(user, p2, device=d2)
+        d.stop()
+        rec = bytes([1, 0x04]) + int(time.time()).to_bytes(8, "big")
+        dump = d.path("verify.dump")
+        with open(dump, "w") as f:
+            f.write("VERSION=3\nformat=bytevalue\ntype=btree\n"
+                    "HEADER=END\n %s\n %s\nDATA=END\n" %
+                    (user.encode().hex(), rec.hex()))
+        subprocess.run(["db5.3_load", "-h", d.state_dir, "-f", dump,
+                        "verify.db"], check=True)
+        d.start()
+        # Loaded behind the store's back, it is not in the stored counts
+        # ("waiting"): wait for it to be done instead.
+        deadline = time.monotonic() + WAIT
+        while self.verify(d)["done"] < 1:
+            self.assertLess(time.monotonic(), deadline, d.tail())
+            time.sleep(0.1)
+        self.assertEqual(self.verify(d)["released"], 1)
+        self.free(d, p1)
+        self.held(d, p2, user)
+
+
 class SecretReloadTests(MgmtCase):
     def test_sighup_brings_a_new_secret(self):
         d = self.mgmt_daemon(backfill_since="2020-01-01")
