@@ -132,12 +132,20 @@ static int	claims_walk_txn(struct store_txn *, void *);
 static int	claims_conflicts_txn(struct store_txn *, void *);
 static int	claims_removal_next_txn(struct store_txn *, void *);
 static int	claims_removal_done_txn(struct store_txn *, void *);
+static int	claims_promote(struct store_txn *, const unsigned char *,
+		    int64_t);
+static ssize_t	claims_promote_pick(struct store_txn *, struct conflict *,
+		    size_t, const struct claim *, size_t, int *);
+static int	claims_promote_one(struct store_txn *, struct conflict *,
+		    int64_t);
 
 static struct store		*claims_store;
 static const struct conf	*claims_conf;
 static unsigned char		*claims_exempt;	/* sorted keys */
 static size_t			 claims_nexempt;
 static int			 claims_removals = 1;	/* may be waiting */
+static uint64_t			 claims_resolved;	/* since start */
+static uint64_t			 claims_resolved_txn;	/* this txn */
 
 /* Start the claim logic on a store with a configuration. */
 void
@@ -271,9 +279,13 @@ claims_run(int (*fn)(struct store_txn *, void *), void *arg)
 	for (try = 0; try < CLAIMS_RETRIES; try++) {
 		if ((rv = store_txn_begin(claims_store, &txn)) != STORE_OK)
 			return (rv);
+		claims_resolved_txn = 0;
 		rv = fn(txn, arg);
-		if (rv == STORE_OK)
-			return (store_txn_commit(txn));
+		if (rv == STORE_OK) {
+			if ((rv = store_txn_commit(txn)) == STORE_OK)
+				claims_resolved += claims_resolved_txn;
+			return (rv);
+		}
 		store_txn_abort(txn);
 		if (rv != STORE_RETRY)
 			return (rv);
@@ -608,6 +620,8 @@ claims_expire_txn(struct store_txn *txn, void *arg)
 		rv = store_claim_del(txn, list[i].numkey, list[i].user_id);
 		if (rv == STORE_NOTFOUND)
 			rv = STORE_OK;
+		if (rv == STORE_OK)
+			rv = claims_promote(txn, list[i].numkey, op->now * 1000);
 		if (rv != STORE_OK)
 			break;
 		op->released++;
@@ -893,8 +907,116 @@ claims_release(struct store_txn *txn, const struct claim *c,
 		rv = store_claim_del(txn, c->numkey, c->user_id);
 		if (rv != STORE_OK && rv != STORE_NOTFOUND)
 			return (rv);
+		rv = claims_promote(txn, c->numkey, claims_clock_ms());
+		if (rv != STORE_OK)
+			return (rv);
 	}
 	return (store_watermark_raise(txn, c->user_id, c->numkey, date));
+}
+
+/*
+ * Conflicts resolve themselves (DESIGN section 4): when a release leaves
+ * a number with fewer live holders than allowed, the users its recorded
+ * conflicts name, earliest first, become holders (active, source
+ * conflict), as they still have it enrolled in Auth0.  Each conflict is
+ * marked resolved and its user queued for verification, which takes the
+ * claim back if the number is no longer theirs.
+ */
+static int
+claims_promote(struct store_txn *txn, const unsigned char *numkey,
+    int64_t now_ms)
+{
+	struct conflict	*v = NULL;
+	struct claim	*all = NULL;
+	size_t		 n = 0, nall, live = 0, i;
+	ssize_t		 next;
+	int		 rv;
+
+	if ((rv = store_claims_by_number(txn, numkey, &all, &nall)) != 0)
+		return (rv);
+	for (i = 0; i < nall; i++)
+		live += claims_live(&all[i], now_ms / 1000);
+	if (live < (size_t)claims_conf->max_users_per_number)
+		rv = store_conflicts_by_number(txn, numkey, &v, &n);
+	while (rv == STORE_OK &&
+	    live < (size_t)claims_conf->max_users_per_number &&
+	    (next = claims_promote_pick(txn, v, n, all, nall, &rv)) >= 0) {
+		rv = claims_promote_one(txn, &v[next], now_ms);
+		live++;
+	}
+	free(all);
+	store_conflicts_free(v, n);
+	return (rv);
+}
+
+/*
+ * The earliest conflict whose user may become a holder: not resolved yet,
+ * its method not deleted (on_conflict = remove), not holding the number,
+ * and released by nothing since it was recorded.  -1 for none.
+ */
+static ssize_t
+claims_promote_pick(struct store_txn *txn, struct conflict *v, size_t n,
+    const struct claim *all, size_t nall, int *rv)
+{
+	struct claims_when	 w;
+	ssize_t			 best = -1;
+	int64_t			 date;
+	size_t			 i, j;
+
+	memset(&w, 0, sizeof w);
+	w.kind = CLAIMS_DATED;
+	for (i = 0; i < n && *rv == STORE_OK; i++) {
+		if (v[i].resolved != 0 || v[i].removal == CONFLICT_RM_DONE ||
+		    v[i].removal == CONFLICT_RM_ABSENT ||
+		    (best >= 0 && v[i].since >= v[best].since))
+			continue;
+		for (j = 0; j < nall; j++) {
+			if (strcmp(all[j].user_id, v[i].user_id) == 0)
+				break;
+		}
+		w.ms = v[i].since * 1000;
+		if (j == nall && claims_in_order(txn, &w, v[i].user_id,
+		    v[i].numkey, NULL, &date, rv))
+			best = (ssize_t)i;
+	}
+	return (*rv == STORE_OK ? best : -1);
+}
+
+/* Make a conflict's user a holder of its number; see claims_promote. */
+static int
+claims_promote_one(struct store_txn *txn, struct conflict *cf,
+    int64_t now_ms)
+{
+	struct claim	c;
+	int		rv;
+
+	memset(&c, 0, sizeof c);
+	memcpy(c.numkey, cf->numkey, NUMKEY_LEN);
+	snprintf(c.user_id, sizeof c.user_id, "%s", cf->user_id);
+	snprintf(c.last4, sizeof c.last4, "%s", cf->last4);
+	snprintf(c.enrol_id, sizeof c.enrol_id, "%s", cf->method);
+	c.state = CLAIM_ACTIVE;
+	c.source = CLAIM_SRC_CONFLICT;
+	c.since_ms = cf->since * 1000;	/* when it was seen enrolled */
+	if ((rv = store_claim_put(txn, &c)) != STORE_OK)
+		return (rv);
+	cf->resolved = now_ms / 1000;
+	if (cf->removal == CONFLICT_RM_PENDING)
+		cf->removal = CONFLICT_RM_NONE;	/* the holder's now */
+	if ((rv = store_conflict_put(txn, cf)) != STORE_OK)
+		return (rv);
+	claims_resolved_txn++;
+	log_warnx("conflict resolved: user %s now holds the number ending %s "
+	    "that its holder left; verifying it%s%s", cf->user_id, cf->last4,
+	    cf->log_id[0] != '\0' ? "; log id " : "", cf->log_id);
+	return (verify_ask(txn, cf->user_id, VERIFY_PROMOTED, now_ms / 1000));
+}
+
+/* How many conflicts resolved themselves since start. */
+uint64_t
+claims_resolved_total(void)
+{
+	return (claims_resolved);
 }
 
 /*
@@ -970,6 +1092,8 @@ claims_ev_unenrolled(struct store_txn *txn, const struct claims_event *ev,
 		}
 	} else if (ev->id_only && ev->enrol_id != NULL)
 		claims_pick_id(list, n, ev, &pick);
+	else if (ev->id_only)
+		pick = n == 0 ? -1 : -2;	/* no id: verify */
 	else
 		claims_pick(list, n, ev, &pick);
 	if (pick == -2) {
@@ -1072,6 +1196,8 @@ claims_ev_failed(struct store_txn *txn, const struct claims_event *ev,
 		rv = store_claim_del(txn, list[i].numkey, list[i].user_id);
 		if (rv == STORE_NOTFOUND)
 			rv = STORE_OK;
+		if (rv == STORE_OK)
+			rv = claims_promote(txn, list[i].numkey, ev->now * 1000);
 		*outcome = CLAIMS_APPLIED;
 	}
 	free(list);
@@ -1354,7 +1480,7 @@ claims_removal_next_txn(struct store_txn *txn, void *arg)
 		return (rv);
 	rv = STORE_NOTFOUND;
 	for (i = 0; i < n; i++) {
-		if (v[i].removal != CONFLICT_RM_PENDING)
+		if (v[i].removal != CONFLICT_RM_PENDING || v[i].resolved != 0)
 			continue;
 		*cf = v[i];
 		cf->holders = NULL;	/* not needed; freed with v */

@@ -956,6 +956,8 @@ control_source_name(int source)
 		return ("logstream");
 	case CLAIM_SRC_VERIFY:
 		return ("verify");
+	case CLAIM_SRC_CONFLICT:
+		return ("conflict");
 	}
 	return ("unknown");
 }
@@ -1010,6 +1012,8 @@ control_cmd_status(struct control_client *c, int argc, char **argv)
 	control_gen_int(g, "pending", (long long)counts.pending);
 	yajl_gen_map_close(g);
 	control_gen_int(g, "conflicts", (long long)counts.conflicts);
+	control_gen_int(g, "conflicts_resolved",
+	    (long long)claims_resolved_total());
 	control_gen_events(g);
 	control_gen_backfill(g, &counts);
 	control_gen_key(g, "store");
@@ -1059,7 +1063,10 @@ control_gen_repl(yajl_gen g)
 	yajl_gen_map_close(g);
 }
 
-/* The events and last_event members of status. */
+/*
+ * The events and last_event members of status: each event counted under
+ * one outcome, as /metrics counts them (metrics_ignored_other).
+ */
 static void
 control_gen_events(yajl_gen g)
 {
@@ -1069,10 +1076,12 @@ control_gen_events(yajl_gen g)
 	yajl_gen_map_open(g);
 	control_gen_int(g, "applied", (long long)ev->applied);
 	control_gen_int(g, "duplicates", (long long)ev->duplicates);
-	control_gen_int(g, "ignored", (long long)ev->ignored);
+	control_gen_int(g, "ignored", (long long)metrics_ignored_other(ev));
 	control_gen_int(g, "rejected", (long long)ev->rejected);
 	control_gen_int(g, "unmatched", (long long)ev->unmatched);
 	control_gen_int(g, "ambiguous", (long long)ev->ambiguous);
+	control_gen_int(g, "stale", (long long)ev->stale);
+	control_gen_int(g, "unreadable", (long long)events_unreadable_total());
 	yajl_gen_map_close(g);
 	control_gen_key(g, "last_event");
 	yajl_gen_map_open(g);
@@ -1162,6 +1171,9 @@ control_gen_conflict(yajl_gen g, const struct conflict *cf)
 			control_gen_int(g, "http_status", cf->removal_code);
 		yajl_gen_map_close(g);
 	}
+	/* Its user became the holder when the holders left. */
+	if (cf->resolved != 0)
+		control_gen_time(g, "resolved", cf->resolved, 0);
 	yajl_gen_map_close(g);
 }
 
@@ -1374,6 +1386,7 @@ control_gen_backfill(yajl_gen g, const struct store_counts *counts)
 	control_gen_int(g, "dropped", (long long)st->v_dropped);
 	control_gen_int(g, "refused", (long long)verify_refused_total());
 	control_gen_int(g, "failures", (long long)st->v_failures);
+	control_gen_int(g, "gave_up", (long long)st->v_gave_up);
 	control_gen_str(g, "last_error", st->v_last_error[0] != '\0' ?
 	    st->v_last_error : NULL);
 	yajl_gen_map_close(g);

@@ -21,12 +21,14 @@
 
 #define EVENTS_TYPES_MAX	64	/* distinct ignored types counted */
 #define EVENTS_PATH_MAX		1024
+#define EVENTS_LINKED_MAX	8	/* secondary user ids of one link */
+#define EVENTS_TOKEN_MAX	16384	/* a link_with token, bytes */
 
 enum events_number {
 	EVENTS_NUMBER_NONE,
 	EVENTS_NUMBER_FULL,
 	EVENTS_NUMBER_MASKED,
-	EVENTS_NUMBER_INVALID
+	EVENTS_NUMBER_UNREADABLE	/* there, but unknown: as NONE */
 };
 
 /* An event turned into what the claim functions need. */
@@ -38,6 +40,7 @@ struct events_ctx {
 	char			 e164[PHONE_E164_SIZE];
 	char			 suffix[LAST4_LEN + 1];
 	char			 enrol[ENROL_ID_MAX + 1];
+	const char		*why;	/* a number is unreadable */
 };
 
 static yajl_val		 events_get(yajl_val, const char *, const char *,
@@ -47,6 +50,10 @@ static const char	*events_string(yajl_val, const char *, const char *,
 static int		 events_set_user(struct events_ctx *, const char *);
 static int		 events_phone_factor(yajl_val);
 static int		 events_number(struct events_ctx *, yajl_val);
+static int		 events_number_string(struct events_ctx *,
+			     const char *);
+static int		 events_gd_number(struct events_ctx *, const char *,
+			     int *);
 static void		 events_enrol_id(struct events_ctx *, const char *);
 static int		 events_gd(struct store_txn *, struct events_ctx *,
 			     const char *, int *);
@@ -59,12 +66,20 @@ static int		 events_sapi_methods(struct store_txn *,
 static int		 events_sapi_add(struct store_txn *,
 			     struct events_ctx *, yajl_val, int *);
 static int		 events_url_decode(char *);
+static int		 events_sapi_link(struct store_txn *,
+			     struct events_ctx *, int *);
+static size_t		 events_linked_ids(struct events_ctx *,
+			     char [][USER_ID_MAX + 1]);
+static void		 events_linked_add(char [][USER_ID_MAX + 1], size_t *,
+			     const char *, const char *);
+static int		 events_jwt_sub(const char *, char *, size_t);
 static int		 events_digits(const char **, int, int, int, int *);
 
 static char		*events_ignored_name[EVENTS_TYPES_MAX];
 static size_t		 events_ignored_n[EVENTS_TYPES_MAX];
 static size_t		 events_ignored_used;
 static uint64_t		 events_undated;
+static uint64_t		 events_unreadable_n;
 
 /* Look up up to three nested keys in an object (NULL ends the path). */
 static yajl_val
@@ -286,39 +301,63 @@ events_phone_factor(yajl_val data)
 /*
  * Read a phone number: a string with '+' and digits (full), one with '*',
  * 'X' or 'x' (masked: its trailing digits identify it), or a JSON number
- * (the digits of an E.164 number without '+').
+ * (the digits of an E.164 number without '+').  A number that is there
+ * but cannot be read is unreadable, with the reason in x->why (issue 17):
+ * the stream's PII obfuscation masks it with no digit left or replaces it
+ * with a hash, or it has no country code.
  */
 static int
 events_number(struct events_ctx *x, yajl_val v)
 {
-	const char	*s;
-	char		 buf[PHONE_INPUT_MAX + 2];
-	size_t		 len;
+	char	buf[32];
 
 	if (v == NULL || YAJL_IS_NULL(v))
 		return (EVENTS_NUMBER_NONE);
-	if (YAJL_IS_INTEGER(v) && YAJL_GET_INTEGER(v) > 0) {
-		snprintf(buf, sizeof buf, "+%lld", YAJL_GET_INTEGER(v));
-		s = buf;
-	} else if (YAJL_IS_STRING(v))
-		s = YAJL_GET_STRING(v);
-	else
-		return (EVENTS_NUMBER_INVALID);
-	len = strlen(s);
+	if (YAJL_IS_STRING(v))
+		return (events_number_string(x, YAJL_GET_STRING(v)));
+	x->why = "a JSON number that is no E.164 number";
+	if (!YAJL_IS_INTEGER(v)) {
+		if (!YAJL_IS_NUMBER(v))
+			x->why = "neither a string nor a number";
+		return (EVENTS_NUMBER_UNREADABLE);
+	}
+	if (YAJL_GET_INTEGER(v) <= 0)
+		return (EVENTS_NUMBER_UNREADABLE);
+	snprintf(buf, sizeof buf, "+%lld", YAJL_GET_INTEGER(v));
+	return (events_number_string(x, buf));
+}
+
+/* Read a phone number given as a string (see events_number). */
+static int
+events_number_string(struct events_ctx *x, const char *s)
+{
+	size_t	len = strlen(s), hex;
+
 	if (len == 0)
 		return (EVENTS_NUMBER_NONE);
-	if (events_masked(s, x->suffix)) {
-		if (x->suffix[0] == '\0')
-			return (EVENTS_NUMBER_INVALID);
-		x->ev.suffix = x->suffix;
-		return (EVENTS_NUMBER_MASKED);
+	if (len <= PHONE_INPUT_MAX && events_masked(s, x->suffix)) {
+		if (x->suffix[0] != '\0') {
+			x->ev.suffix = x->suffix;
+			return (EVENTS_NUMBER_MASKED);
+		}
+		x->why = "masked with no digit left";
+		return (EVENTS_NUMBER_UNREADABLE);
 	}
-	if (phone_normalise(s, len, NULL, x->e164) != 0)
-		return (EVENTS_NUMBER_INVALID);
-	hash_number(x->e164, x->numkey);
-	x->ev.numkey = x->numkey;
-	x->ev.last4 = x->e164 + strlen(x->e164) - LAST4_LEN;
-	return (EVENTS_NUMBER_FULL);
+	if (len <= PHONE_INPUT_MAX &&
+	    phone_normalise(s, len, NULL, x->e164) == 0) {
+		hash_number(x->e164, x->numkey);
+		x->ev.numkey = x->numkey;
+		x->ev.last4 = x->e164 + strlen(x->e164) - LAST4_LEN;
+		return (EVENTS_NUMBER_FULL);
+	}
+	hex = strspn(s, "0123456789abcdefABCDEF");
+	if (hex == len && strspn(s, "0123456789") < len)
+		x->why = "hashed (the stream's PII obfuscation)";
+	else if (s[strspn(s, " ")] != '+')
+		x->why = "no country code ('+')";
+	else
+		x->why = "not a possible phone number";
+	return (EVENTS_NUMBER_UNREADABLE);
 }
 
 /*
@@ -366,13 +405,42 @@ events_enrol_id(struct events_ctx *x, const char *id)
 	x->ev.enrol_id = x->enrol;
 }
 
+/*
+ * Read the number of a gd_enrollment_complete or gd_unenroll into x and
+ * tell whether the event is about a phone factor: 1 yes, 0 no (ignore
+ * it), -1 nothing says (no type, no telling description, no number).
+ * A number, even one that cannot be read, shows a phone factor.
+ */
+static int
+events_gd_number(struct events_ctx *x, const char *type, int *kind)
+{
+	yajl_val	num;
+	int		factor;
+
+	if (strcmp(type, "gd_start_enroll_failed") == 0) {
+		*kind = EVENTS_NUMBER_NONE;
+		return (events_phone_factor(x->data));
+	}
+	num = events_get(x->data, "details", "authenticator", "phone_number");
+	if (num == NULL || YAJL_IS_NULL(num))
+		num = events_get(x->data, "details", "enrollment",
+		    "phone_number");
+	factor = events_phone_factor(x->data);
+	*kind = events_number(x, num);
+	if (factor == -1 && *kind != EVENTS_NUMBER_NONE)
+		factor = 1;
+	/* An enrolment must show a phone factor. */
+	if (factor == -1 && strcmp(type, "gd_enrollment_complete") == 0)
+		factor = 0;
+	return (factor);
+}
+
 /* The gd_* events: enrolment complete, unenrol, failures. */
 static int
 events_gd(struct store_txn *txn, struct events_ctx *x, const char *type,
     int *outcome)
 {
-	yajl_val	num;
-	int		factor, kind;
+	int	factor, kind;
 
 	if (!events_set_user(x, events_string(x->data, "details",
 	    "enrollment", "user_id")) &&
@@ -381,25 +449,22 @@ events_gd(struct store_txn *txn, struct events_ctx *x, const char *type,
 		return (STORE_OK);
 	}
 	if (strcmp(type, "gd_send_sms_failure") == 0 ||
-	    strcmp(type, "gd_send_voice_failure") == 0 ||
-	    strcmp(type, "gd_start_enroll_failed") == 0)
+	    strcmp(type, "gd_send_voice_failure") == 0)
 		return (claims_ev_failed(txn, &x->ev, outcome));
-	num = events_get(x->data, "details", "authenticator", "phone_number");
-	if (num == NULL || YAJL_IS_NULL(num))
-		num = events_get(x->data, "details", "enrollment",
-		    "phone_number");
-	factor = events_phone_factor(x->data);
-	kind = events_number(x, num);
-	/* An enrolment must be a phone factor; a number shows it is one. */
-	if (factor == 0 || (factor == -1 && kind == EVENTS_NUMBER_NONE &&
-	    strcmp(type, "gd_enrollment_complete") == 0)) {
+	factor = events_gd_number(x, type, &kind);
+	/* Auth0 documents it as a push failure: a phone must show. */
+	if (strcmp(type, "gd_start_enroll_failed") == 0 && factor == 1)
+		return (claims_ev_failed(txn, &x->ev, outcome));
+	if (factor == 0 || strcmp(type, "gd_start_enroll_failed") == 0) {
 		*outcome = CLAIMS_IGNORED;
 		return (STORE_OK);
 	}
-	if (kind == EVENTS_NUMBER_INVALID) {
-		*outcome = CLAIMS_UNMATCHED;
-		return (STORE_OK);
-	}
+	/*
+	 * An unenrolment that does not show its factor may be a TOTP or
+	 * push one: it releases only the claim that carries its id.
+	 */
+	x->ev.id_only = factor == -1;
+	/* An unreadable number is unknown: as if there were none. */
 	events_enrol_id(x, events_string(x->data, "details", "authenticator",
 	    "id"));
 	if (x->ev.enrol_id == NULL)
@@ -408,6 +473,58 @@ events_gd(struct store_txn *txn, struct events_ctx *x, const char *type,
 	if (strcmp(type, "gd_enrollment_complete") == 0)
 		return (claims_ev_enrolled(txn, &x->ev, outcome));
 	return (claims_ev_unenrolled(txn, &x->ev, outcome));
+}
+
+/*
+ * Why the phone number of an event cannot be read, or NULL if it can (or
+ * the event is not about a phone factor's number): the same reading as
+ * events_apply.  *user is the event's user.
+ */
+const char *
+events_unreadable(yajl_val data, const char **user)
+{
+	struct events_ctx	*x;
+	const char		*type = events_type(data), *why = NULL;
+	int			 kind;
+
+	*user = NULL;
+	if (type == NULL || (strcmp(type, "gd_enrollment_complete") != 0 &&
+	    strcmp(type, "gd_unenroll") != 0))
+		return (NULL);
+	x = xcalloc(1, sizeof *x);
+	x->data = data;
+	if ((events_set_user(x, events_string(data, "details", "enrollment",
+	    "user_id")) || events_set_user(x, events_string(data, "user_id",
+	    NULL, NULL))) && events_gd_number(x, type, &kind) != 0 &&
+	    kind == EVENTS_NUMBER_UNREADABLE) {
+		why = x->why;
+		*user = events_string(data, "details", "enrollment", "user_id");
+		if (*user == NULL || !claims_user_id_ok(*user))
+			*user = events_string(data, "user_id", NULL, NULL);
+	}
+	free(x);
+	return (why);
+}
+
+/*
+ * Count and log an event whose phone number cannot be read (the reason,
+ * never the value): it was handled as one with no number.
+ */
+void
+events_count_unreadable(const char *log_id, const char *user,
+    const char *why)
+{
+	events_unreadable_n++;
+	log_warnx("log event %s of user %s: phone number unreadable, %s; "
+	    "matched as an event without a number",
+	    log_id != NULL ? log_id : "(no id)", user, why);
+}
+
+/* How many events had a phone number that could not be read. */
+uint64_t
+events_unreadable_total(void)
+{
+	return (events_unreadable_n);
 }
 
 /* Decode %XX escapes in place; -1 on a bad escape or a NUL. */
@@ -506,6 +623,151 @@ events_sapi_add(struct store_txn *txn, struct events_ctx *x, yajl_val body,
 	return (rv);
 }
 
+/* Add provider|user (or user alone) to a list of secondary user ids. */
+static void
+events_linked_add(char ids[][USER_ID_MAX + 1], size_t *n,
+    const char *provider, const char *user)
+{
+	char	id[USER_ID_MAX + 2];
+	size_t	i;
+
+	if (user == NULL || *user == '\0' || *n == EVENTS_LINKED_MAX)
+		return;
+	if (provider != NULL && (size_t)snprintf(id, sizeof id, "%s|%s",
+	    provider, user) >= sizeof id)
+		return;
+	if (provider == NULL)
+		snprintf(id, sizeof id, "%s", user);
+	if (!claims_user_id_ok(id))
+		return;
+	for (i = 0; i < *n; i++) {
+		if (strcmp(ids[i], id) == 0)
+			return;
+	}
+	memcpy(ids[(*n)++], id, strlen(id) + 1);	/* checked: fits */
+}
+
+/*
+ * The "sub" of a JWT (the secondary account's ID token of a link_with)
+ * into sub; -1 if it has none that can be read.  Only read: Auth0 checked
+ * the token before it answered the link 2xx.
+ */
+static int
+events_jwt_sub(const char *token, char *sub, size_t size)
+{
+	static const char	 b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+	    "abcdefghijklmnopqrstuvwxyz0123456789-_";
+	const char		*p, *end, *c;
+	char			*json, *cause = NULL;
+	size_t			 len = 0;
+	unsigned int		 acc = 0, bits = 0;
+	yajl_val		 root;
+	const char		*s;
+	int			 rv = -1;
+
+	if (strlen(token) > EVENTS_TOKEN_MAX ||
+	    (p = strchr(token, '.')) == NULL ||
+	    (end = strchr(++p, '.')) == NULL)
+		return (-1);
+	json = xmalloc((size_t)(end - p) + 1);
+	for (; p < end && *p != '='; p++) {
+		if ((c = strchr(b64, *p)) == NULL || *p == '\0')
+			goto out;
+		acc = (acc << 6) | (unsigned int)(c - b64);
+		if ((bits += 6) >= 8) {
+			bits -= 8;
+			json[len++] = (char)((acc >> bits) & 0xff);
+		}
+	}
+	if ((root = json_parse(json, len, &cause)) == NULL) {
+		free(cause);
+		goto out;
+	}
+	if ((s = events_string(root, "sub", NULL, NULL)) != NULL &&
+	    strlen(s) < size) {
+		snprintf(sub, size, "%s", s);
+		rv = 0;
+	}
+	json_free(root);
+out:
+	free(json);
+	return (rv);
+}
+
+/*
+ * The secondary user ids of an account link: from the request body
+ * ({provider, user_id}, or a link_with token's sub), else, when the log
+ * leaves the body out, the identities of the answer other than the
+ * primary's own.
+ */
+static size_t
+events_linked_ids(struct events_ctx *x, char ids[][USER_ID_MAX + 1])
+{
+	char		 sub[USER_ID_MAX + 1];
+	const char	*provider, *user, *token;
+	yajl_val	 body, list, v;
+	size_t		 n = 0, i;
+
+	body = events_get(x->data, "details", "request", "body");
+	provider = events_string(body, "provider", NULL, NULL);
+	user = events_string(body, "user_id", NULL, NULL);
+	if (provider != NULL && user != NULL) {
+		events_linked_add(ids, &n, provider, user);
+		if (strchr(user, '|') != NULL)	/* given whole */
+			events_linked_add(ids, &n, NULL, user);
+	}
+	token = events_string(body, "link_with", NULL, NULL);
+	if (token != NULL && events_jwt_sub(token, sub, sizeof sub) == 0)
+		events_linked_add(ids, &n, NULL, sub);
+	if (n > 0)
+		return (n);
+	list = events_get(x->data, "details", "response", "body");
+	for (i = 0; list != NULL && YAJL_IS_ARRAY(list) &&
+	    i < list->u.array.len; i++) {
+		v = list->u.array.values[i];
+		provider = events_string(v, "provider", NULL, NULL);
+		user = events_string(v, "user_id", NULL, NULL);
+		if (provider == NULL || user == NULL ||
+		    (strncmp(x->user, provider, strlen(provider)) == 0 &&
+		    x->user[strlen(provider)] == '|' &&
+		    strcmp(x->user + strlen(provider) + 1, user) == 0))
+			continue;	/* the primary's own identity */
+		events_linked_add(ids, &n, provider, user);
+	}
+	return (n);
+}
+
+/*
+ * POST /api/v2/users/{id}/identities: account linking (Auth0 Management
+ * API, "Link a User Account").  The secondary user leaves the user list
+ * without an sdu: every claim of it is released, with a watermark, as a
+ * deletion would; the primary is verified, as it may now hold them.
+ */
+static int
+events_sapi_link(struct store_txn *txn, struct events_ctx *x, int *outcome)
+{
+	char	ids[EVENTS_LINKED_MAX][USER_ID_MAX + 1];
+	char	primary[USER_ID_MAX + 1];
+	size_t	n, i;
+	int	rv = STORE_OK, one;
+
+	*outcome = CLAIMS_IGNORED;
+	snprintf(primary, sizeof primary, "%s", x->user);
+	n = events_linked_ids(x, ids);
+	for (i = 0; i < n && rv == STORE_OK; i++) {
+		if (strcmp(ids[i], primary) == 0)
+			continue;
+		x->ev.user_id = ids[i];
+		rv = claims_ev_release_user(txn, &x->ev, &one);
+		if (one == CLAIMS_APPLIED || *outcome == CLAIMS_IGNORED)
+			*outcome = one;
+	}
+	x->ev.user_id = x->user;
+	if (rv == STORE_OK)
+		rv = verify_ask(txn, primary, VERIFY_UNMATCHED, x->ev.now);
+	return (rv);
+}
+
 /* Act on one Management API write by its method and path. */
 static int
 events_sapi_methods(struct store_txn *txn, struct events_ctx *x,
@@ -543,6 +805,9 @@ events_sapi_methods(struct store_txn *txn, struct events_ctx *x,
 		events_enrol_id(x, mid);
 		rv = claims_ev_unenrolled(txn, &x->ev, outcome);
 	} else if (what != NULL && mid == NULL &&
+	    strcmp(what, "identities") == 0 && strcasecmp(method, "post") == 0)
+		rv = events_sapi_link(txn, x, outcome);
+	else if (what != NULL && mid == NULL &&
 	    strcmp(what, "authentication-methods") == 0 &&
 	    (strcasecmp(method, "post") == 0 || strcasecmp(method, "put") == 0)) {
 		if (strcasecmp(method, "put") == 0) {

@@ -40,6 +40,7 @@ struct logstream_item {
 	const char	*log_id;
 	int		 ignored;	/* changed nothing: count its type */
 	int		 undated;	/* applied, without a readable date */
+	const char	*unreadable;	/* why its number is unreadable */
 };
 
 /* A rejected item, kept until the request is committed. */
@@ -63,6 +64,7 @@ struct logstream_batch {
 	int64_t			 now_ms;
 	size_t			 applied;
 	size_t			 duplicates;
+	size_t			 unreadable;	/* numbers that cannot be read */
 	struct events_counts	 ignored;
 	char			 last[LOG_ID_MAX + 1];
 	int64_t			 last_date;	/* ms, latest new event */
@@ -85,6 +87,7 @@ static int	logstream_apply_one(struct store_txn *,
 static int	logstream_prune_txn(struct store_txn *, void *);
 static int	logstream_last_txn(struct store_txn *, void *);
 static void	logstream_free(struct logstream_batch *);
+static void	logstream_count_unreadable(const struct logstream_item *);
 static void	logstream_metrics(const struct logstream_batch *, size_t);
 static void	logstream_result(const struct logstream_batch *, const char *,
 		    struct logstream_result *);
@@ -296,11 +299,13 @@ static int
 logstream_apply_one(struct store_txn *txn, struct logstream_batch *b,
     struct logstream_item *it)
 {
-	int64_t	date;
-	int	rv, outcome;
+	const char	*user;
+	int64_t		 date;
+	int		 rv, outcome;
 
 	rv = store_seen_add(txn, it->log_id, b->now);
 	it->ignored = it->undated = 0;
+	it->unreadable = NULL;
 	if (rv == STORE_EXISTS) {
 		b->duplicates++;
 		return (STORE_OK);
@@ -311,6 +316,9 @@ logstream_apply_one(struct store_txn *txn, struct logstream_batch *b,
 	    &outcome)) != STORE_OK)
 		return (rv);
 	it->undated = events_date(it->data, INT64_MIN) == INT64_MIN;
+	it->unreadable = events_unreadable(it->data, &user);
+	if (it->unreadable != NULL)
+		b->unreadable++;
 	if (logstream_later(it->log_id, b->last))
 		snprintf(b->last, sizeof b->last, "%s", it->log_id);
 	if ((date = events_date(it->data, 0)) > b->last_date)
@@ -346,7 +354,7 @@ logstream_txn(struct store_txn *txn, void *arg)
 	size_t			 i;
 	int			 rv = STORE_OK;
 
-	b->applied = b->duplicates = 0;
+	b->applied = b->duplicates = b->unreadable = 0;
 	memset(&b->ignored, 0, sizeof b->ignored);
 	b->last[0] = '\0';
 	b->last_date = 0;
@@ -361,6 +369,16 @@ logstream_txn(struct store_txn *txn, void *arg)
 		rv = store_meta_put(txn, LOGSTREAM_META_LAST, b->last);
 	free(stored);
 	return (rv);
+}
+
+/* Count and log a committed item whose phone number cannot be read. */
+static void
+logstream_count_unreadable(const struct logstream_item *it)
+{
+	const char	*user, *why;
+
+	if ((why = events_unreadable(it->data, &user)) != NULL)
+		events_count_unreadable(it->log_id, user, why);
 }
 
 /* Free a batch's trees and items. */
@@ -445,6 +463,8 @@ logstream_ingest(const char *source, const char *body, size_t len,
 			events_count_ignored(events_type(b.items[i].data));
 		if (b.items[i].undated)
 			events_count_undated(b.items[i].log_id);
+		if (b.items[i].unreadable != NULL)
+			logstream_count_unreadable(&b.items[i]);
 	}
 	logstream_free(&b);
 	logstream_result(&b, source, r);
@@ -469,9 +489,10 @@ logstream_result(const struct logstream_batch *b, const char *source,
 		mgmt_wake();
 	log_info("%s: %zu received, %zu applied, %zu duplicate, "
 	    "%zu ignored (%zu unmatched, %zu ambiguous, %zu older than a "
-	    "release), %zu rejected", source, b->received, b->applied,
-	    b->duplicates, r->ignored, b->ignored.unmatched,
-	    b->ignored.ambiguous, b->ignored.stale, b->rejected);
+	    "release), %zu rejected; %zu with an unreadable number", source,
+	    b->received, b->applied, b->duplicates, r->ignored,
+	    b->ignored.unmatched, b->ignored.ambiguous, b->ignored.stale,
+	    b->rejected, b->unreadable);
 }
 
 /* POST /v1/log-stream. */

@@ -384,14 +384,16 @@ metrics_text_verify(struct evbuffer *buf, const struct mgmt_status *st)
 	    "phoneclaimd_verify_total{result=\"released\"} %llu\n"
 	    "phoneclaimd_verify_total{result=\"unsettled\"} %llu\n"
 	    "phoneclaimd_verify_total{result=\"dropped\"} %llu\n"
-	    "phoneclaimd_verify_total{result=\"refused\"} %llu\n",
+	    "phoneclaimd_verify_total{result=\"refused\"} %llu\n"
+	    "phoneclaimd_verify_total{result=\"gave_up\"} %llu\n",
 	    (unsigned long long)st->v_done,
 	    (unsigned long long)st->v_activated,
 	    (unsigned long long)st->v_claimed,
 	    (unsigned long long)st->v_released,
 	    (unsigned long long)st->v_unsettled,
 	    (unsigned long long)st->v_dropped,
-	    (unsigned long long)verify_refused_total());
+	    (unsigned long long)verify_refused_total(),
+	    (unsigned long long)st->v_gave_up);
 	metrics_family(buf, "verify_failures_total", "counter",
 	    "Failed verification requests (each retried).");
 	evbuffer_add_printf(buf, "phoneclaimd_verify_failures_total %llu\n",
@@ -433,6 +435,11 @@ metrics_text_store(struct evbuffer *buf)
 	if (ok)
 		evbuffer_add_printf(buf, "phoneclaimd_conflicts %" PRIu64 "\n",
 		    c.conflicts);
+	metrics_family(buf, "conflicts_resolved_total", "counter",
+	    "Conflicts resolved since start: the holders of the number left "
+	    "and the conflict's user became its holder.");
+	evbuffer_add_printf(buf, "phoneclaimd_conflicts_resolved_total %"
+	    PRIu64 "\n", claims_resolved_total());
 }
 
 /* Log-stream events by outcome; the outcomes add up to those received. */
@@ -440,10 +447,8 @@ static void
 metrics_text_events(struct evbuffer *buf)
 {
 	const struct metrics_events	*e = &metrics.events;
-	uint64_t			 plain, other;
+	uint64_t			 plain = metrics_ignored_other(e);
 
-	other = e->unmatched + e->ambiguous + e->stale;
-	plain = e->ignored > other ? e->ignored - other : 0;
 	metrics_family(buf, "events_total", "counter",
 	    "Log-stream events since start by outcome; ignored excludes "
 	    "unmatched, ambiguous and stale.");
@@ -463,6 +468,26 @@ metrics_text_events(struct evbuffer *buf)
 	    "claim.");
 	evbuffer_add_printf(buf, "phoneclaimd_undated_events_total %" PRIu64
 	    "\n", events_undated_total());
+	metrics_family(buf, "unreadable_events_total", "counter",
+	    "Log-stream events since start whose phone number could not be "
+	    "read (masked with no digit, hashed, no country code): matched "
+	    "as events without a number, whatever their outcome.");
+	evbuffer_add_printf(buf, "phoneclaimd_unreadable_events_total %" PRIu64
+	    "\n", events_unreadable_total());
+}
+
+/*
+ * The events that changed nothing for another reason than unmatched,
+ * ambiguous or stale (types not acted on, other factors): "ignored" in
+ * /metrics and status, where each event has one outcome.  The log-stream
+ * answer's "ignored" is the sum of the four.
+ */
+uint64_t
+metrics_ignored_other(const struct metrics_events *e)
+{
+	uint64_t	other = e->unmatched + e->ambiguous + e->stale;
+
+	return (e->ignored > other ? e->ignored - other : 0);
 }
 
 /* Ignored events by Auth0 type. */

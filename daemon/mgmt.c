@@ -102,6 +102,8 @@ struct mgmt {
 	char			 vuser[USER_ID_MAX + 1];	/* verifying */
 	int64_t			 vasked_ms;	/* when its GET was sent */
 	int			 vreasons;
+	int			 vtries;	/* its failed lookups so far */
+	time_t			 vwake;		/* a retry is due then */
 	int64_t			 verify_after;	/* expiries asked up to */
 	struct mgmt_status	 st;
 };
@@ -136,6 +138,7 @@ static int	mgmt_remove_next(void);
 static void	mgmt_remove_done(struct mgmt_xfer *, long);
 static int	mgmt_verify_next(void);
 static void	mgmt_verify_done(struct mgmt_xfer *, long);
+static void	mgmt_verify_failed(const char *, long);
 static int	mgmt_renew_on_401(long);
 static char	*mgmt_user_url(const char *, const char *);
 static const char *mgmt_kind_name(enum mgmt_kind);
@@ -687,7 +690,10 @@ mgmt_run_cb(evutil_socket_t fd, short events, void *arg)
 	}
 	if (mgmt_remove_next() || mgmt_verify_next())
 		return;
-	mgmt_schedule((int)(mgmt->conf->backfill_idle - quiet));
+	quiet = mgmt->conf->backfill_idle - quiet;
+	if (mgmt->vwake > now && mgmt->vwake - now < quiet)
+		quiet = mgmt->vwake - now;	/* a verification retry */
+	mgmt_schedule((int)quiet);
 }
 
 /*
@@ -990,10 +996,16 @@ mgmt_remove_done(struct mgmt_xfer *x, long code)
 static int
 mgmt_verify_next(void)
 {
-	char	*url;
+	struct verify_req	 r;
+	char			*url;
 
-	if (verify_next(mgmt->vuser, &mgmt->vreasons) != STORE_OK)
+	mgmt->vwake = 0;
+	if (verify_next(mgmt->vuser, (int64_t)time(NULL), &r) != STORE_OK) {
+		mgmt->vwake = (time_t)r.not_before;
 		return (0);
+	}
+	mgmt->vreasons = r.reasons;
+	mgmt->vtries = r.tries;
 	mgmt->job = MGMT_JOB_VERIFY;
 	if (!mgmt_token_ok())
 		return (1);
@@ -1057,14 +1069,14 @@ mgmt_verify_done(struct mgmt_xfer *x, long code)
 	else if (code != 200) {
 		snprintf(why, sizeof why, "GET authentication methods: HTTP %ld",
 		    code);
-		mgmt_fail(why, code == 429);
+		mgmt_verify_failed(why, code);
 		return;
 	} else if (verify_methods(x->body != NULL ? x->body : "",
 	    x->len, &m, &n, &cause) != 0) {
 		snprintf(why, sizeof why, "GET authentication methods: %s",
 		    cause);
 		free(cause);
-		mgmt_fail(why, 0);
+		mgmt_verify_failed(why, code);
 		return;
 	}
 	mgmt_succeeded();
@@ -1088,6 +1100,47 @@ mgmt_verify_done(struct mgmt_xfer *x, long code)
 	else
 		log_debug("verify: user %s: %zu phone method(s), nothing to "
 		    "change", mgmt->vuser, n);
+	mgmt_schedule(0);
+}
+
+/*
+ * A lookup of the user being verified failed.  A rate limit is the
+ * tenant's: the same step is retried with back-off.  Any other answer
+ * counts a try of this user, who waits behind the others (1 s doubling
+ * with each try) and is given up after VERIFY_TRIES_MAX; a 5xx also backs
+ * the client off.  One user never holds up the queue.
+ */
+static void
+mgmt_verify_failed(const char *why, long code)
+{
+	int64_t	wait;
+	int	gave_up, tries = mgmt->vtries + 1;
+
+	if (code == 429) {
+		mgmt_fail(why, 1);
+		return;
+	}
+	if (verify_retry(mgmt->vuser, tries, (int64_t)time(NULL), &gave_up,
+	    &wait) != STORE_OK || claims_flush() != STORE_OK) {
+		mgmt_fail("the store is unavailable", 0);
+		return;
+	}
+	if (gave_up) {
+		mgmt->st.v_gave_up++;
+		log_warnx("verify: giving up on user %s after %d tries (%s); "
+		    "its claims stay as they are", mgmt->vuser, tries, why);
+	}
+	if (code >= 500) {
+		mgmt_fail(why, 0);
+		return;
+	}
+	snprintf(mgmt->st.v_last_error, sizeof mgmt->st.v_last_error, "%s",
+	    why);
+	mgmt->st.v_failures++;
+	if (!gave_up)
+		log_warnx("verify: %s; user %s, try %d of %d, again in %llds "
+		    "behind the others", why, mgmt->vuser, tries,
+		    VERIFY_TRIES_MAX, (long long)wait);
 	mgmt_schedule(0);
 }
 

@@ -892,7 +892,8 @@ store_conflict_pack(const struct conflict *cf, unsigned char *kbuf,
 	    cf->nholders > 0xffff || cf->removal < 0 || cf->removal > 0xff ||
 	    cf->removal_code < 0 || cf->removal_code > 0xffff)
 		return (NULL);
-	size = CONFLICT_OFF_LOG + llen + 2 + CONFLICT_RM_LEN + mlen;
+	size = CONFLICT_OFF_LOG + llen + 2 + CONFLICT_RM_LEN + mlen +
+	    CONFLICT_RESOLVED_LEN;
 	for (i = 0; i < cf->nholders; i++) {
 		if ((hlen = strlen(cf->holders[i])) > USER_ID_MAX)
 			return (NULL);
@@ -919,6 +920,7 @@ store_conflict_pack(const struct conflict *cf, unsigned char *kbuf,
 	store_put_u16(p + 9, (size_t)cf->removal_code);
 	store_put_u16(p + 11, mlen);
 	memcpy(p + CONFLICT_RM_LEN, cf->method, mlen);
+	store_put_i64(p + CONFLICT_RM_LEN + mlen, cf->resolved);
 	*rlen = size;
 	return (rec);
 }
@@ -927,15 +929,22 @@ store_conflict_pack(const struct conflict *cf, unsigned char *kbuf,
 static int
 store_conflict_unpack(const DBT *key, const DBT *data, struct conflict *cf)
 {
-	const unsigned char	*k = key->data, *rec = data->data, *p;
+	const unsigned char	*k = key->data, *rec = data->data, *p, *end;
 	size_t			 llen;
 
 	memset(cf, 0, sizeof *cf);
+	end = rec + data->size;
 	if (key->size <= NUMKEY_LEN || key->size > CLAIM_KEY_MAX)
 		goto bad;
 	if (data->size < CONFLICT_OFF_LOG + 2 || (rec[0] != CONFLICT_FORMAT &&
-	    rec[0] != CONFLICT_FORMAT_1))
+	    rec[0] != CONFLICT_FORMAT_2 && rec[0] != CONFLICT_FORMAT_1))
 		goto bad;
+	if (rec[0] == CONFLICT_FORMAT) {
+		if (data->size < CONFLICT_OFF_LOG + 2 + CONFLICT_RESOLVED_LEN)
+			goto bad;
+		end -= CONFLICT_RESOLVED_LEN;
+		cf->resolved = store_get_i64(end);
+	}
 	llen = store_get_u16(rec + CONFLICT_OFF_LOG_LEN);
 	if (llen > LOG_ID_MAX || data->size < CONFLICT_OFF_LOG + llen + 2)
 		goto bad;
@@ -944,12 +953,11 @@ store_conflict_unpack(const DBT *key, const DBT *data, struct conflict *cf)
 	cf->since = store_get_i64(rec + CONFLICT_OFF_SINCE);
 	memcpy(cf->last4, rec + CONFLICT_OFF_LAST4, LAST4_LEN);
 	memcpy(cf->log_id, rec + CONFLICT_OFF_LOG, llen);
-	p = store_conflict_holders(rec + CONFLICT_OFF_LOG + llen,
-	    rec + data->size, cf);
+	p = store_conflict_holders(rec + CONFLICT_OFF_LOG + llen, end, cf);
 	if (p == NULL)
 		goto bad;
-	if (rec[0] == CONFLICT_FORMAT_1 ? p != rec + data->size :
-	    store_conflict_removal(p, rec + data->size, cf) != 0)
+	if (rec[0] == CONFLICT_FORMAT_1 ? p != end :
+	    store_conflict_removal(p, end, cf) != 0)
 		goto bad;
 	return (0);
 
@@ -1112,6 +1120,56 @@ store_conflicts(struct store_txn *txn, struct conflict **arrp, size_t *np)
 		}
 		n++;
 	}
+	if ((r = store_cursor_done(st, dbc, ret, "read conflicts")) !=
+	    STORE_OK || n == 0) {
+		store_conflicts_free(v, n);
+		return (r);
+	}
+	*arrp = v;
+	*np = n;
+	return (STORE_OK);
+}
+
+/*
+ * Read the conflicts recorded on one number, in user id order; free the
+ * array with store_conflicts_free.  STORE_OK with none is *np == 0.
+ */
+int
+store_conflicts_by_number(struct store_txn *txn, const unsigned char *numkey,
+    struct conflict **arrp, size_t *np)
+{
+	struct store	*st = txn->st;
+	DB		*db = st->db[STORE_DB_CONFLICTS];
+	struct conflict	*v = NULL;
+	size_t		 n = 0;
+	unsigned char	 kbuf[NUMKEY_LEN];
+	DBC		*dbc;
+	DBT		 key, data;
+	int		 ret, r, flag = DB_SET_RANGE;
+
+	*arrp = NULL;
+	*np = 0;
+	if (st->failed)
+		return (STORE_ERROR);
+	if ((ret = db->cursor(db, txn->tid, &dbc, 0)) != 0)
+		return (store_result(st, ret, "open conflicts cursor"));
+	memcpy(kbuf, numkey, NUMKEY_LEN);
+	store_dbt(&key, kbuf, NUMKEY_LEN);
+	memset(&data, 0, sizeof data);
+	for (; (ret = dbc->get(dbc, &key, &data, flag | DB_RMW)) == 0;
+	    flag = DB_NEXT) {
+		if (key.size <= NUMKEY_LEN ||
+		    memcmp(key.data, numkey, NUMKEY_LEN) != 0)
+			break;
+		v = xreallocarray(v, n + 1, sizeof *v);
+		if (store_conflict_unpack(&key, &data, &v[n]) != 0) {
+			ret = STORE_CORRUPT;
+			break;
+		}
+		n++;
+	}
+	if (ret == DB_NOTFOUND)
+		ret = 0;
 	if ((r = store_cursor_done(st, dbc, ret, "read conflicts")) !=
 	    STORE_OK || n == 0) {
 		store_conflicts_free(v, n);

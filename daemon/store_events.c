@@ -33,6 +33,7 @@
 
 static int	store_watermark_key(const char *, const unsigned char *,
 		    unsigned char *, size_t *);
+static int	store_verify_decode(const DBT *, unsigned char *);
 
 /* Secondary key of seen_date.db: the time the log id was seen. */
 int
@@ -228,10 +229,9 @@ store_verify_add(struct store_txn *txn, const char *user_id, int reasons,
 	store_dbt(&key, user_id, len);
 	memset(&data, 0, sizeof data);
 	ret = db->get(db, txn->tid, &key, &data, DB_RMW);
-	if (ret == 0 && data.size == VERIFY_REC_LEN &&
-	    ((unsigned char *)data.data)[0] == VERIFY_FORMAT) {
-		memcpy(rec, data.data, sizeof rec);
-		if ((rec[1] | reasons) == rec[1])
+	if (ret == 0 && store_verify_decode(&data, rec) == 0) {
+		if ((rec[1] | reasons) == rec[1] &&
+		    data.size == VERIFY_REC_LEN)
 			return (STORE_OK);
 		rec[1] |= (unsigned char)reasons;
 	} else if (ret == 0 || ret == DB_NOTFOUND) {
@@ -239,6 +239,7 @@ store_verify_add(struct store_txn *txn, const char *user_id, int reasons,
 		if (ret == DB_NOTFOUND && st->counts.verify +
 		    (uint64_t)txn->d_verify >= max)
 			return (STORE_FULL);
+		memset(rec, 0, sizeof rec);
 		rec[0] = VERIFY_FORMAT;
 		rec[1] = (unsigned char)reasons;
 		store_put_i64(rec + 2, now);
@@ -253,6 +254,28 @@ store_verify_add(struct store_txn *txn, const char *user_id, int reasons,
 }
 
 /*
+ * Decode a verification record into rec (VERIFY_REC_LEN bytes, format
+ * 2: format, reasons, queued[8], tries[2], not_before[8]); a format 1
+ * record (no retry yet) reads as 0 tries.  -1 if it does not decode.
+ */
+static int
+store_verify_decode(const DBT *data, unsigned char *rec)
+{
+	const unsigned char	*p = data->data;
+
+	if (data->size == VERIFY_REC_LEN && p[0] == VERIFY_FORMAT) {
+		memcpy(rec, p, VERIFY_REC_LEN);
+		return (0);
+	}
+	if (data->size != VERIFY_REC_LEN_1 || p[0] != VERIFY_FORMAT_1)
+		return (-1);
+	memset(rec, 0, VERIFY_REC_LEN);
+	memcpy(rec, p, VERIFY_REC_LEN_1);
+	rec[0] = VERIFY_FORMAT;
+	return (0);
+}
+
+/*
  * Read the first verification waiting (in user id order): its user into
  * user_id (USER_ID_MAX + 1 bytes), its reasons and when it was asked.
  */
@@ -260,37 +283,106 @@ int
 store_verify_first(struct store_txn *txn, char *user_id, int *reasons,
     int64_t *queued)
 {
+	struct verify_req	r;
+	int			rv;
+
+	rv = store_verify_next(txn, INT64_MAX, user_id, &r);
+	*reasons = r.reasons;
+	*queued = r.queued;
+	return (rv);
+}
+
+/*
+ * Read the verification to make next at now: the first one never tried
+ * (in user id order), else the retried one due the longest; its user
+ * into user_id (USER_ID_MAX + 1 bytes) and the request into *r.
+ * STORE_NOTFOUND when none is due, with r->not_before the earliest time
+ * one will be (0 if none waits), so that one user that keeps failing is
+ * retried behind the others and never holds them up.
+ */
+int
+store_verify_next(struct store_txn *txn, int64_t now, char *user_id,
+    struct verify_req *r)
+{
 	struct store		*st = txn->st;
 	DB			*db = st->db[STORE_DB_VERIFY];
-	const unsigned char	*rec;
+	unsigned char		 rec[VERIFY_REC_LEN];
+	int64_t			 nb, best = -1;
 	DBC			*dbc;
 	DBT			 key, data;
 	int			 ret;
 
+	memset(r, 0, sizeof *r);
 	if (st->failed)
 		return (STORE_ERROR);
 	if ((ret = db->cursor(db, txn->tid, &dbc, 0)) != 0)
 		return (store_result(st, ret, "open verification cursor"));
 	memset(&key, 0, sizeof key);
 	memset(&data, 0, sizeof data);
-	ret = dbc->get(dbc, &key, &data, DB_FIRST);
-	if (ret == 0) {
-		rec = data.data;
+	while ((ret = dbc->get(dbc, &key, &data, DB_NEXT)) == 0) {
 		if (key.size == 0 || key.size > USER_ID_MAX ||
-		    data.size != VERIFY_REC_LEN || rec[0] != VERIFY_FORMAT)
+		    store_verify_decode(&data, rec) != 0) {
 			ret = STORE_CORRUPT;
-		else {
-			memcpy(user_id, key.data, key.size);
-			user_id[key.size] = '\0';
-			*reasons = rec[1];
-			*queued = store_get_i64(rec + 2);
+			break;
 		}
+		nb = store_get_i64(rec + 12);
+		if (nb > now) {
+			if (r->not_before == 0 || nb < r->not_before)
+				r->not_before = nb;
+			continue;
+		}
+		if (best >= 0 && nb >= best)
+			continue;
+		best = nb;
+		memcpy(user_id, key.data, key.size);
+		user_id[key.size] = '\0';
+		r->reasons = rec[1];
+		r->queued = store_get_i64(rec + 2);
+		r->tries = (int)store_get_u16(rec + 10);
+		if (r->tries == 0)
+			break;		/* never tried: first in line */
 	}
-	if (ret == DB_NOTFOUND) {
-		(void)dbc->close(dbc);
+	ret = store_cursor_done(st, dbc, ret, "read verification");
+	if (ret == STORE_OK && best < 0)
 		return (STORE_NOTFOUND);
-	}
-	return (store_cursor_done(st, dbc, ret, "read verification"));
+	if (ret == STORE_OK)
+		r->not_before = 0;
+	return (ret);
+}
+
+/*
+ * Put a user's verification behind the others: tried tries times, not
+ * before not_before.  STORE_NOTFOUND if none waits.
+ */
+int
+store_verify_retry(struct store_txn *txn, const char *user_id, int tries,
+    int64_t not_before)
+{
+	struct store	*st = txn->st;
+	DB		*db = st->db[STORE_DB_VERIFY];
+	unsigned char	 rec[VERIFY_REC_LEN];
+	DBT		 key, data;
+	size_t		 len = strlen(user_id);
+	int		 ret, r;
+
+	if (st->failed)
+		return (STORE_ERROR);
+	if (len == 0 || len > USER_ID_MAX || tries < 0 || tries > 0xffff ||
+	    not_before < 0)
+		return (STORE_ERROR);
+	store_dbt(&key, user_id, len);
+	memset(&data, 0, sizeof data);
+	ret = db->get(db, txn->tid, &key, &data, DB_RMW);
+	if (ret != 0)
+		return (store_result(st, ret, "read verification"));
+	if (store_verify_decode(&data, rec) != 0)
+		return (store_result(st, STORE_CORRUPT, "read verification"));
+	store_put_u16(rec + 10, (size_t)tries);
+	store_put_i64(rec + 12, not_before);
+	store_dbt(&data, rec, sizeof rec);
+	r = store_result(st, db->put(db, txn->tid, &key, &data, 0),
+	    "write verification");
+	return (r == STORE_NOTFOUND ? STORE_ERROR : r);
 }
 
 /* Forget a user's verification request (STORE_OK if there was none). */

@@ -34,8 +34,10 @@
 #define INDEX_HASH_LEN		8
 
 /* Conflict record, format 2: the fixed part before the holders. */
-#define CONFLICT_FORMAT		2
+#define CONFLICT_FORMAT		3
+#define CONFLICT_FORMAT_2	2	/* no resolved date */
 #define CONFLICT_FORMAT_1	1	/* no removal part */
+#define CONFLICT_RESOLVED_LEN	8	/* format 3: resolved, last */
 #define CONFLICT_RM_LEN		13	/* removal, at, code, method_len */
 #define CONFLICT_OFF_SINCE	1
 #define CONFLICT_OFF_LAST4	9
@@ -50,8 +52,10 @@
 #define LIMIT_REC_LEN		13
 
 /* Verification record, format 1. */
-#define VERIFY_FORMAT		1
-#define VERIFY_REC_LEN		10
+#define VERIFY_FORMAT		2	/* with tries and not-before */
+#define VERIFY_REC_LEN		20
+#define VERIFY_FORMAT_1		1	/* reasons, queued: still read */
+#define VERIFY_REC_LEN_1	10
 
 /* Seen and watermark records: one big-endian int64. */
 #define STORE_TIME_LEN		8

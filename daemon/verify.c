@@ -54,6 +54,7 @@
 #include "xmalloc.h"
 
 #define VERIFY_SLACK	60	/* seconds of clock difference allowed */
+#define VERIFY_RETRY_MAX 3600	/* seconds between tries, at most */
 
 struct verify_op {
 	const char			*user_id;
@@ -76,9 +77,16 @@ struct verify_expiring_op {
 };
 
 struct verify_next_op {
-	char	*user_id;
-	int	 reasons;
-	int64_t	 queued;
+	char			*user_id;
+	int64_t			 now;
+	struct verify_req	*r;
+};
+
+struct verify_retry_op {
+	const char	*user_id;
+	int		 tries;
+	int64_t		 not_before;
+	int		 gave_up;
 };
 
 static int	verify_enabled;
@@ -98,6 +106,7 @@ static int	verify_fits(const struct verify_method *,
 static int	verify_expiring_txn(struct store_txn *, void *);
 static int	verify_next_txn(struct store_txn *, void *);
 static int	verify_drop_txn(struct store_txn *, void *);
+static int	verify_retry_txn(struct store_txn *, void *);
 static void	verify_method(yajl_val, struct verify_method *);
 
 /* Turn verification requests on (a Management API client is set up). */
@@ -189,29 +198,64 @@ verify_expiring(int64_t *after, int64_t until, size_t max, int64_t now,
 	return (rv);
 }
 
-/* Read the first waiting request. */
+/* Read the next request due. */
 static int
 verify_next_txn(struct store_txn *txn, void *arg)
 {
 	struct verify_next_op	*op = arg;
 
-	return (store_verify_first(txn, op->user_id, &op->reasons,
-	    &op->queued));
+	return (store_verify_next(txn, op->now, op->user_id, op->r));
 }
 
 /*
- * The next user to verify, into user_id (USER_ID_MAX + 1 bytes), with the
- * reasons; STORE_NOTFOUND when none is waiting.
+ * The next user to verify at now (seconds), into user_id (USER_ID_MAX +
+ * 1 bytes), with the request; STORE_NOTFOUND when none is due, with
+ * r->not_before the time one will be (0 if none waits).
  */
 int
-verify_next(char *user_id, int *reasons)
+verify_next(char *user_id, int64_t now, struct verify_req *r)
 {
-	struct verify_next_op	op = { user_id, 0, 0 };
+	struct verify_next_op	op = { user_id, now, r };
+
+	return (claims_run(verify_next_txn, &op));
+}
+
+/* Count a failed lookup, or give up on the user after the last. */
+static int
+verify_retry_txn(struct store_txn *txn, void *arg)
+{
+	struct verify_retry_op	*op = arg;
+
+	op->gave_up = op->tries >= VERIFY_TRIES_MAX;
+	if (op->gave_up)
+		return (store_verify_del(txn, op->user_id));
+	return (store_verify_retry(txn, op->user_id, op->tries,
+	    op->not_before));
+}
+
+/*
+ * A lookup of user_id failed for the tries-th time at now: put it behind
+ * the others, back from now by 1 s doubling with each try (at most an
+ * hour), or, after VERIFY_TRIES_MAX tries, forget it (*gave_up).  In
+ * seconds *wait, the back-off.
+ */
+int
+verify_retry(const char *user_id, int tries, int64_t now, int *gave_up,
+    int64_t *wait)
+{
+	struct verify_retry_op	op;
 	int			rv;
 
-	rv = claims_run(verify_next_txn, &op);
-	*reasons = op.reasons;
-	return (rv);
+	*wait = tries >= 12 ? VERIFY_RETRY_MAX : (int64_t)1 << (tries - 1);
+	if (*wait > VERIFY_RETRY_MAX)
+		*wait = VERIFY_RETRY_MAX;
+	op.user_id = user_id;
+	op.tries = tries;
+	op.not_before = now + *wait;
+	op.gave_up = 0;
+	rv = claims_run(verify_retry_txn, &op);
+	*gave_up = rv == STORE_OK && op.gave_up;
+	return (rv == STORE_NOTFOUND ? STORE_OK : rv);
 }
 
 /* Forget a user's request. */
@@ -434,7 +478,8 @@ verify_settle_txn(struct store_txn *txn, void *arg)
 		rv = verify_full(txn, op, list, n);
 		if (rv == STORE_OK)
 			rv = verify_masked(txn, op, list, n);
-		if (rv == STORE_OK && (op->reasons & VERIFY_AMBIGUOUS))
+		if (rv == STORE_OK &&
+		    (op->reasons & (VERIFY_AMBIGUOUS | VERIFY_PROMOTED)))
 			rv = verify_unenrolled(txn, op, list, n);
 		free(list);
 	}

@@ -149,7 +149,8 @@ enum claim_source {
 	CLAIM_SRC_ADMIN,
 	CLAIM_SRC_IMPORT,
 	CLAIM_SRC_LOGSTREAM,
-	CLAIM_SRC_VERIFY	/* the Management API showed the method */
+	CLAIM_SRC_VERIFY,	/* the Management API showed the method */
+	CLAIM_SRC_CONFLICT	/* a conflict's user, once the holder left */
 };
 
 /* What became of a conflicting phone method (on_conflict = remove). */
@@ -165,6 +166,15 @@ enum conflict_removal {
 #define VERIFY_EXPIRING		0x01	/* a reservation is about to lapse */
 #define VERIFY_UNMATCHED	0x02	/* an enrolment matched no claim */
 #define VERIFY_AMBIGUOUS	0x04	/* an unenrolment named no claim */
+#define VERIFY_PROMOTED		0x08	/* a conflict's user became holder */
+
+/* A waiting verification (verify.db). */
+struct verify_req {
+	int		 reasons;
+	int64_t		 queued;	/* when it was first asked */
+	int		 tries;		/* failed lookups so far */
+	int64_t		 not_before;	/* not retried before (seconds) */
+};
 
 struct claim {
 	unsigned char	 numkey[NUMKEY_LEN];
@@ -189,6 +199,7 @@ struct conflict {
 	int64_t		 removal_at;	/* when it was settled, or 0 */
 	int		 removal_code;	/* HTTP status of the DELETE, or 0 */
 	char		 method[ENROL_ID_MAX + 1];	/* "dev_..." or "" */
+	int64_t		 resolved;	/* its user became the holder, or 0 */
 };
 
 struct store_counts {
@@ -252,6 +263,8 @@ int		 store_conflict_put(struct store_txn *, const struct conflict *);
 int		 store_conflicts(struct store_txn *, struct conflict **,
 		     size_t *);
 void		 store_conflicts_free(struct conflict *, size_t);
+int		 store_conflicts_by_number(struct store_txn *,
+		     const unsigned char *, struct conflict **, size_t *);
 int		 store_conflict_get(struct store_txn *, const unsigned char *,
 		     const char *, struct conflict *);
 void		 store_conflict_clear(struct conflict *);
@@ -259,6 +272,10 @@ int		 store_verify_add(struct store_txn *, const char *, int,
 		     int64_t, uint64_t);
 int		 store_verify_first(struct store_txn *, char *, int *,
 		     int64_t *);
+int		 store_verify_next(struct store_txn *, int64_t, char *,
+		     struct verify_req *);
+int		 store_verify_retry(struct store_txn *, const char *, int,
+		     int64_t);
 int		 store_verify_del(struct store_txn *, const char *);
 int		 store_limit_get(struct store_txn *, const char *, int64_t *,
 		     uint32_t *);
@@ -379,6 +396,7 @@ int		 claims_lookup(const char *, const char *, struct claim **,
 int		 claims_walk(const struct claim *, size_t, struct claim *,
 		     size_t *);
 int		 claims_conflicts(struct conflict **, size_t *);
+uint64_t	 claims_resolved_total(void);
 int64_t		 claims_clock_ms(void);
 int		 claims_in_order(struct store_txn *, const struct claims_when *,
 		     const char *, const unsigned char *, const struct claim *,
@@ -396,6 +414,7 @@ int		 claims_removal_done(const struct conflict *, int, int,
 /* verify.c */
 #define VERIFY_QUEUE_MAX	10000	/* users waiting, at most */
 #define VERIFY_METHODS_MAX	100	/* phone methods read per user */
+#define VERIFY_TRIES_MAX	10	/* failed lookups before giving up */
 
 /* One phone method as GET /api/v2/users/{id}/authentication-methods says. */
 struct verify_method {
@@ -420,7 +439,8 @@ uint64_t	 verify_refused_total(void);
 int		 verify_ask(struct store_txn *, const char *, int, int64_t);
 int		 verify_expiring(int64_t *, int64_t, size_t, int64_t,
 		     size_t *);
-int		 verify_next(char *, int *);
+int		 verify_next(char *, int64_t, struct verify_req *);
+int		 verify_retry(const char *, int, int64_t, int *, int64_t *);
 int		 verify_drop(const char *);
 int		 verify_settle(const char *, int, const struct verify_method *,
 		     size_t, int, int64_t, int64_t, struct verify_result *);
@@ -445,6 +465,10 @@ int		 events_rfc3339(const char *, int64_t *);
 int64_t		 events_iso_ms(const char *, int64_t);
 void		 events_count_undated(const char *);
 uint64_t	 events_undated_total(void);
+const char	*events_unreadable(struct yajl_val_s *, const char **);
+void		 events_count_unreadable(const char *, const char *,
+		     const char *);
+uint64_t	 events_unreadable_total(void);
 int		 events_masked(const char *, char *);
 const char	*events_method_id(const char *);
 void		 events_count_ignored(const char *);
@@ -557,6 +581,7 @@ void		 metrics_request(int, int, int64_t);
 void		 metrics_connection_closed(void);
 void		 metrics_log_stream(const struct metrics_events *);
 const struct metrics_events *metrics_events_totals(void);
+uint64_t	 metrics_ignored_other(const struct metrics_events *);
 char		*metrics_text(void);
 void		 metrics_http_cb(struct evhttp_request *, void *);
 
@@ -588,6 +613,7 @@ struct mgmt_status {
 	uint64_t	 v_unsettled;
 	uint64_t	 v_dropped;
 	uint64_t	 v_failures;
+	uint64_t	 v_gave_up;	/* users given up after failed tries */
 	char		 v_last_error[128];
 	/* Removals (on_conflict = remove) since start. */
 	uint64_t	 rm_done;

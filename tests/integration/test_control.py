@@ -40,10 +40,11 @@ SOCK_TIMEOUT = 10.0	# seconds to wait for one answer line
 MAX_CLIENTS = 64
 LINE_MAX = 4096
 
-STATUS_KEYS = ["backfill", "claims", "conflicts", "events", "last_event",
-               "mode", "store", "uptime_s", "version"]
+STATUS_KEYS = ["backfill", "claims", "conflicts", "conflicts_resolved",
+               "events", "last_event", "mode", "store", "uptime_s",
+               "version"]
 EVENT_KEYS = ["ambiguous", "applied", "duplicates", "ignored", "rejected",
-              "unmatched"]
+              "stale", "unmatched", "unreadable"]
 ISO_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3})?Z$")
 
 _log_counter = itertools.count(1)

@@ -11,7 +11,12 @@ Load, on keep-alive connections, while the daemon is killed:
   * the log stream: one thread posts batches of gd_enrollment_complete,
     gd_unenroll and sdu events (tests/fixtures/logstream shapes) for users
     of their own, shuffled, dated out of order, with items repeated inside
-    a batch and items of earlier acknowledged batches delivered again.
+    a batch and items of earlier acknowledged batches delivered again;
+  * out of order (issue 21): releases dated before the enrolment they
+    follow (in the same batch or a later one), which must leave the claim
+    alone, and renewals: a user of the stream's own reserves a number,
+    asks again ("owned"), and a gd_send_sms_failure dated between the two
+    arrives late, which must leave the renewed reservation alone.
 
 The model: a racer's claims change only through its own requests, which
 are sent one at a time, so each racer holds what its last acknowledged
@@ -29,7 +34,10 @@ After every restart (anomalies are collected, the test fails on any):
   * I1: no number of the pool has two holders; no conflict is recorded
     (none of this load may make one);
   * I3: a delivered-again batch applies nothing, and its old enrolments do
-    not come back after their release (the lookups run after it).
+    not come back after their release (the lookups run after it);
+  * I4 and I1 across out-of-order events: a released claim never comes
+    back, and an older release or a late failure never frees a number
+    that its holder still has (the lookups give the holder).
 In one round of five the restarted daemon is killed again within 150 ms,
 mostly while it recovers the store.  At the end the daemon stops cleanly
 and db5.3_verify checks every database.
@@ -99,7 +107,8 @@ def load_fixture(name):
 
 
 TEMPLATES = {name: load_fixture(name + ".json")
-             for name in ("gd_enrollment_complete", "gd_unenroll", "sdu")}
+             for name in ("gd_enrollment_complete", "gd_unenroll", "sdu",
+                          "gd_send_sms_failure")}
 
 
 def make_item(name, values):
@@ -128,7 +137,11 @@ class Scenario:
     kind "enrol": user enrols phone; later maybe released ("unenroll" or
     "sdu", dated after the enrolment).  kind "resurrect": the user is
     deleted and an enrolment dated before the deletion arrives too, in
-    either order: the number must end free (I4).
+    either order: the number must end free (I4).  kind "old release": a
+    release dated before the enrolment, in the same batch or a later one:
+    the number must stay held.  kind "renewal": a reservation through the
+    claim API, renewed, and a late SMS failure dated between the two: the
+    number must stay pending for the user.
     """
 
     def __init__(self, kind, user, phone, device):
@@ -137,6 +150,7 @@ class Scenario:
         self.phone = phone
         self.device = device
         self.held = False	# what the acknowledged batches say
+        self.state = "active"	# of the claim when held
         self.released = False
         self.date = 0.0
 
@@ -169,6 +183,7 @@ class Crash:
         self.batches = []	# acknowledged batches (a sample of them)
         self.releasable = []	# acked enrolments not yet released
         self.unacked = None	# the batch cut by the kill, if any
+        self.late = []		# older releases for a later batch
         self.log_ids = itertools.count(1)
         self.log_prefix = "9003%08d" % (SEED % 10 ** 8)
         self.stop = threading.Event()
@@ -237,12 +252,89 @@ class Crash:
             "LOG_ID": self.next_log_id(), "DATE": iso(date), "USER": s.user,
             "PHONE": s.phone, "DEVICE": s.device})
 
-    def make_batch(self):
+    def release_item(self, s, date):
+        """A gd_unenroll (by enrolment id) or an sdu of s, dated date."""
+        values = {"LOG_ID": self.next_log_id(), "DATE": iso(date),
+                  "USER": s.user, "DEVICE": s.device,
+                  "PHONE_MASKED": masked(s.phone)}
+        return make_item("gd_unenroll" if self.rng.random() < 0.5 else
+                         "sdu", values)
+
+    def old_release(self, now, items, effects, mine):
+        """Issue 21: an enrolment, and a release dated before it, in this
+        batch (either order) or a later one: the claim stays."""
+        rng = self.rng
+        s = Scenario("old release", fresh_user(), fresh_number(),
+                     "dev_%016x" % rng.getrandbits(64))
+        s.date = now - rng.uniform(0, 3600)
+        items.append(self.enrol_item(s, s.date))
+        release = self.release_item(s, s.date - rng.uniform(0.001, 600))
+        if rng.random() < 0.5:
+            items.append(release)
+        else:
+            self.late.append((s, release))
+        self.scenarios.append(s)
+        mine.append(s)
+        effects.append(lambda s=s: setattr(s, "held", True))
+
+    def claim(self, conn, s):
+        """s's user asks for s's number: the result, None if the daemon
+        died."""
+        body = json.dumps({"phone_number": s.phone, "user_id": s.user,
+                           "action": "enrollment"}).encode()
+        try:
+            conn.request("POST", "/v1/claims", body,
+                         {"Authorization": "Bearer " + self.d.api_token,
+                          "Content-Type": "application/json"})
+            resp = conn.getresponse()
+            raw = resp.read()
+        except (OSError, http.client.HTTPException):
+            return None
+        try:
+            return json.loads(raw.decode()).get("result")
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            return repr(raw[:200])
+
+    def renewal(self, conn):
+        """Issue 21, point 1: a reservation renewed through the claim API;
+        return a gd_send_sms_failure dated between the reservation and
+        the renewal (it must not free the renewed reservation), or None
+        if the daemon died on the way (the scenario is then not kept)."""
+        s = Scenario("renewal", fresh_user(), fresh_number(), "dev_0")
+        for want in ("reserved", "owned"):
+            if want == "owned":
+                reserved = time.time()
+                time.sleep(0.01)
+                renewed = time.time()
+            got = self.claim(conn, s)
+            if got is None:
+                return None
+            if got != want:
+                self.anomaly("renewal scenario: %s answered %r" % (want, got))
+                return None
+        s.held, s.state = True, "pending"
+        s.date = (reserved + renewed) / 2
+        self.scenarios.append(s)
+        return s, make_item("gd_send_sms_failure", {
+            "LOG_ID": self.next_log_id(), "DATE": iso(s.date),
+            "USER": s.user, "DEVICE": s.device})
+
+    def make_batch(self, renewal=None):
         """A new batch: fresh enrolments, releases of acknowledged ones,
-        resurrection attempts, repeats and old items, shuffled."""
+        resurrection attempts, older releases, a late failure of a
+        renewal, repeats and old items, shuffled."""
         rng = self.rng
         now = time.time()
         items, effects, dups, mine = [], [], 0, []
+        if renewal is not None:
+            mine.append(renewal[0])
+            items.append(renewal[1])
+        if rng.random() < 0.3:
+            self.old_release(now, items, effects, mine)
+        while self.late and rng.random() < 0.7:
+            s, release = self.late.pop()
+            mine.append(s)
+            items.append(release)
         for _ in range(rng.randint(1, 4)):
             s = Scenario("enrol", fresh_user(), fresh_number(),
                          "dev_%016x" % rng.getrandbits(64))
@@ -256,14 +348,7 @@ class Crash:
             i = rng.randrange(len(self.releasable))
             self.releasable[i] = self.releasable[-1]
             s = self.releasable.pop()
-            values = {"LOG_ID": self.next_log_id(),
-                      "DATE": iso(s.date + rng.uniform(1, 600)),
-                      "USER": s.user, "DEVICE": s.device,
-                      "PHONE_MASKED": masked(s.phone)}
-            if rng.random() < 0.5:
-                items.append(make_item("gd_unenroll", values))
-            else:
-                items.append(make_item("sdu", values))
+            items.append(self.release_item(s, s.date + rng.uniform(1, 600)))
             s.released = True	# no second release is generated
             mine.append(s)
             effects.append(lambda s=s: setattr(s, "held", False))
@@ -331,9 +416,16 @@ class Crash:
     def streamer(self):
         conn = http.client.HTTPConnection(self.d.host, self.d.port,
                                           timeout=10)
+        claims = http.client.HTTPConnection(self.d.host, self.d.port,
+                                            timeout=10)
         try:
             while not self.stop.is_set():
-                batch = self.make_batch()
+                renewal = None
+                if self.rng.random() < 0.2:
+                    renewal = self.renewal(claims)
+                    if renewal is None and self.stop.is_set():
+                        return
+                batch = self.make_batch(renewal)
                 self.unacked = batch
                 counts = self.post_batch(conn, batch)
                 if counts is None:
@@ -345,6 +437,7 @@ class Crash:
                 self.acked(batch)
         finally:
             conn.close()
+            claims.close()
 
     # One round.
 
@@ -419,7 +512,7 @@ class Crash:
         for s in list(self.touched) + old:
             claims = self.lookup(s.phone)
             got = [(c.get("user_id"), c.get("state")) for c in claims]
-            want = [(s.user, "active")] if s.held else []
+            want = [(s.user, s.state)] if s.held else []
             if got != want:
                 self.anomaly("log-stream %s scenario (%s, released %s): "
                              "lookup gives %r, acked batches say %r" %

@@ -22,6 +22,7 @@ tests/fixtures/logstream/ (synthetic, written by us in the documented
 shapes, with ${...} placeholders filled here).
 """
 
+import base64
 import datetime
 import http.client
 import itertools
@@ -138,6 +139,12 @@ def masked(phone, style="stars"):
     if style == "partial":		# +14*****0123
         return "+" + d[:2] + "*" * (len(d) - 6) + d[-4:]
     raise ValueError(style)
+
+
+def hashed():
+    """A number as a stream with PII hashing shows it: 16 hex digits (an
+    xxHash64; Auth0 does not document the form, any non-number will do)."""
+    return "%016x" % random.getrandbits(64)
 
 
 def other_last4(phone):
@@ -261,13 +268,16 @@ def sapi(method, path, admin=None, body=None, status=200, date=None):
     return event("sapi", admin, date, details, "Management API call")
 
 
-def failed(etype, user, date=None):
-    """gd_send_sms_failure and friends."""
+def failed(etype, user, date=None, kind=None):
+    """gd_send_sms_failure and friends; kind: details.authenticator.type
+    (None leaves it out)."""
     details = {"request": {"method": "POST",
                            "path": "/api/sms/configs/cfg_test/challenge"},
                "response": {}, "enrollment": {},
                "failure_details": {"errorCode": 60204,
                                    "message": "Custom code not allowed"}}
+    if kind is not None:
+        details["authenticator"] = {"type": kind}
     return event(etype, user, date, details,
                  "Guardian - Error on send-phone-message-hook")
 
@@ -319,6 +329,7 @@ def fixture_values(user=None, phone=None, **more):
         "ADMIN": "auth0|admin" + secrets.token_hex(6),
         "PHONE": phone, "PHONE_INT": as_int(phone),
         "PHONE_MASKED": masked(phone), "DEVICE": new_device(),
+        "PHONE_STARS": "*" * 12, "PHONE_HASH": hashed(),
     }
     for i in range(1, 5):
         suffix = "" if i == 1 else "_%d" % i
@@ -843,6 +854,112 @@ class FixtureTests(LogStreamCase):
         self.assertHeld(phone, user)
 
 
+class UnreadableNumberTests(LogStreamCase):
+    """A number the stream hides (masked with no digit, hashed) or that
+    cannot be read (no '+', a JSON number that is no E.164 number) is
+    unknown, never invalid: the event is handled as one with no number,
+    logged with its reason and counted unreadable (issue 17, point 1)."""
+
+    FORMS = {"masked, no digit": "*" * 12,
+             "masked X": "XXXXXXXX****",
+             "hashed": None,
+             "no plus": "2025550123",
+             "JSON number": 12,
+             "JSON fraction": 1.5}
+
+    def forms(self):
+        for name, value in self.FORMS.items():
+            yield name, hashed() if value is None else value
+
+    def status_events(self):
+        return self.d.ask("status")["events"]
+
+    def metric(self, name):
+        reply = self.d.request("GET", "/metrics")
+        for line in reply.raw.decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        return None
+
+    def test_enrolment_activates_the_pending_reservation(self):
+        for name, value in self.forms():
+            with self.subTest(number=name):
+                phone, user = self.reserve()
+                self.deliver([enrolled(user, value)], applied=1)
+                self.assertActive(phone, user)
+
+    def test_unenrolment_releases_the_only_claim(self):
+        for name, value in self.forms():
+            with self.subTest(number=name):
+                phone, user = self.learn()
+                self.deliver([unenrolled(user, value,
+                                         auth_id="phone|" + new_device())],
+                             applied=1)
+                self.assertFree(phone)
+
+    def test_unenrolment_with_several_claims_is_ambiguous(self):
+        p1, user = self.learn()
+        p2, _ = self.learn(user=user)
+        self.deliver([unenrolled(user, hashed())], ignored=1)
+        self.assertHeld(p1, user)
+        self.assertHeld(p2, user)
+
+    def test_fixtures_of_both_gd_events(self):
+        for kind in ("masked_no_digits", "hashed"):
+            with self.subTest(fixture=kind):
+                phone, user = self.reserve()
+                v = fixture_values(user, phone)
+                self.assertCounts(self.post(fixture(
+                    "gd_enrollment_complete_%s.json" % kind, v)), 1,
+                    applied=1)
+                self.assertActive(phone, user)
+                v = fixture_values(user, phone, DEVICE=v["DEVICE"])
+                self.assertCounts(self.post(fixture(
+                    "gd_unenroll_%s.json" % kind, v)), 1, applied=1)
+                self.assertFree(phone)
+
+    def test_logged_with_its_reason_never_its_value(self):
+        phone, user = self.reserve()
+        value = hashed()
+        it = enrolled(user, value)
+        since = self.d.log_size()
+        self.deliver([it], applied=1)
+        m = self.d.wait_for_log(r"[^\n]*unreadable[^\n]*", since)
+        self.assertIsNotNone(m, self.d.tail(10))
+        line = m.group(0)
+        self.assertIn(user, line)
+        self.assertIn(it["log_id"], line)
+        self.assertNotIn(value, self.d.log_text(since))
+
+    def test_counted_in_status_and_metrics(self):
+        before_s = self.status_events()["unreadable"]
+        before_m = self.metric("phoneclaimd_unreadable_events_total")
+        self.assertIsNotNone(before_m)
+        phone, user = self.reserve()
+        self.deliver([enrolled(user, "*" * 12)], applied=1)
+        self.deliver([enrolled(fresh_user(), hashed())], ignored=1)
+        self.deliver([enrolled(fresh_user(), number())], applied=1)
+        self.assertEqual(self.status_events()["unreadable"] - before_s, 2)
+        self.assertEqual(self.metric("phoneclaimd_unreadable_events_total") -
+                         before_m, 2)
+
+    def test_status_and_metrics_count_outcomes_alike(self):
+        """status's events and /metrics' events_total{outcome} are the
+        same partition: "ignored" does not hold unmatched there."""
+        def both():
+            s = self.status_events()
+            m = {o: self.metric('phoneclaimd_events_total{outcome="%s"}' % o)
+                 for o in ("ignored", "unmatched")}
+            return s, m
+        s0, m0 = both()
+        self.deliver([enrolled(fresh_user(), None)], ignored=1)  # unmatched
+        self.deliver([event("s", fresh_user())], ignored=1)
+        s1, m1 = both()
+        for o in ("ignored", "unmatched"):
+            self.assertEqual(s1[o] - s0[o], 1, (o, s0, s1))
+            self.assertEqual(m1[o] - m0[o], 1, (o, m0, m1))
+
+
 # Bad input (I6) ------------------------------------------------------------
 
 class RejectedTests(LogStreamCase):
@@ -1330,6 +1447,32 @@ class UnenrolTests(LogStreamCase):
                 self.deliver([unenrolled(user, None, kind)], ignored=1)
                 self.assertHeld(phone, user)
 
+    def test_unknown_factor_leaves_a_claim_without_its_id(self):
+        """No type, no telling description, no number: the factor may
+        be TOTP or push.  A learned claim (no enrolment id) stays; only
+        the claim whose stored enrolment id matches goes (issue 17,
+        point 2)."""
+        desc = "Guardian - Unenroll device account"
+        for auth_id, enrol_id in (("totp|" + new_device(), None),
+                                  (None, new_device()), (None, None)):
+            with self.subTest(auth_id=auth_id, enrol_id=enrol_id):
+                phone, user = self.learn()
+                self.deliver([unenrolled(user, None, None, auth_id=auth_id,
+                                         enrol_id=enrol_id,
+                                         description=desc)], ignored=1)
+                self.assertHeld(phone, user)
+        user, (p1, dev1), (p2, dev2) = self.two_enrolled()
+        self.deliver([unenrolled(user, None, None, auth_id=dev2,
+                                 description=desc)], applied=1)
+        self.assertFree(p2)
+        self.assertHeld(p1, user)
+        phone, user = number(), fresh_user()
+        dev = new_device()
+        self.apply(enrolled(user, phone, device=dev))
+        self.deliver([unenrolled(user, None, None, enrol_id=dev,
+                                 description=desc)], applied=1)
+        self.assertFree(phone)
+
     def test_user_comes_from_the_enrollment_first(self):
         phone, user = self.learn()
         other_phone, other = self.learn()
@@ -1341,6 +1484,73 @@ class UnenrolTests(LogStreamCase):
         phone, holder = self.learn()
         self.deliver([unenrolled(fresh_user(), phone)], settled=1)
         self.assertHeld(phone, holder)
+
+
+class ConflictPromotionTests(LogStreamCase):
+    """A recorded conflict's user becomes the holder when the last holder
+    leaves: they still have the number enrolled in Auth0 (issue 17,
+    point 3)."""
+
+    def conflict(self, later=None):
+        """holder learns a number; later enrols it anyway (a conflict):
+        return (phone, holder, later)."""
+        phone, holder = self.learn()
+        later = later or fresh_user()
+        self.deliver([enrolled(later, phone)], applied=1)
+        self.assertHeld(phone, holder)
+        return phone, holder, later
+
+    def conflicts_on(self, phone):
+        return [c for c in self.d.ask("conflicts")["conflicts"]
+                if c["number"][-4:] == phone[-4:]]
+
+    def metric(self, name):
+        for line in self.d.request("GET", "/metrics").raw.decode() \
+                .splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        return None
+
+    def test_deleted_holder_passes_the_number_on(self):
+        before = self.d.ask("status").get("conflicts_resolved", 0)
+        before_m = self.metric("phoneclaimd_conflicts_resolved_total")
+        phone, holder, later = self.conflict()
+        self.deliver([deleted(holder)], applied=1)
+        self.assertHeld(phone, later)
+        claims = self.d.ask("user " + later)["claims"]
+        self.assertEqual([(c["state"], c["source"]) for c in claims],
+                         [("active", "conflict")])
+        (cf,) = self.conflicts_on(phone)
+        self.assertEqual(cf["user_ids"], [later, holder])
+        self.assertIsNotNone(cf.get("resolved"), cf)
+        self.assertEqual(self.d.ask("status")["conflicts_resolved"] - before,
+                         1)
+        self.assertEqual(self.metric("phoneclaimd_conflicts_resolved_total") -
+                         (before_m or 0), 1)
+
+    def test_earliest_conflict_wins(self):
+        phone, holder, first = self.conflict()
+        time.sleep(1.1)			# conflicts are dated to the second
+        second = fresh_user()
+        self.deliver([enrolled(second, phone)], applied=1)
+        self.deliver([unenrolled(holder, phone)], applied=1)
+        self.assertHeld(phone, first)
+        self.assertTaken(self.d.claim(phone, second, "enrollment"))
+        # first leaves too: second is next.
+        self.deliver([deleted(first)], applied=1)
+        self.assertHeld(phone, second)
+
+    def test_released_conflict_user_is_not_promoted(self):
+        phone, holder, later = self.conflict()
+        self.deliver([deleted(later)], settled=1)	# holds nothing
+        self.deliver([deleted(holder)], applied=1)
+        self.assertFree(phone)
+
+    def test_admin_release_promotes_too(self):
+        phone, holder, later = self.conflict()
+        self.assertEqual(self.d.ask("release %s %s" % (phone, holder)),
+                         {"released": 1})
+        self.assertHeld(phone, later)
 
 
 class UserDeletionTests(LogStreamCase):
@@ -1579,6 +1789,96 @@ class SapiTests(LogStreamCase):
             self.assertHeld(phone, user)
 
 
+def jwt(claims):
+    """An unsigned-looking JWT whose payload holds claims (the daemon only
+    reads its sub; Auth0 checked the signature before it logged 2xx)."""
+    def b64(obj):
+        raw = json.dumps(obj).encode()
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    return "%s.%s.%s" % (b64({"alg": "RS256", "typ": "JWT"}), b64(claims),
+                         "c2lnbmF0dXJl")
+
+
+def linked(primary, body, response=None, status=201, date=None):
+    """sapi for POST /api/v2/users/{primary}/identities (account linking,
+    Auth0 Management API docs, "Link a User Account"): body is
+    {provider, user_id[, connection_id]} or {link_with}; response the
+    primary's identities after the link."""
+    it = sapi("POST", user_path(primary, "/identities"), body=body,
+              status=status, date=date)
+    if response is not None:
+        it["data"]["details"]["response"]["body"] = response
+    return it
+
+
+class AccountLinkingTests(LogStreamCase):
+    """Linking removes the secondary user without an sdu: its claims are
+    released with a watermark (issue 17, point 5)."""
+
+    def secondary(self, provider="google-oauth2"):
+        """A secondary user of provider with a learned claim: (phone,
+        full user id, the id's part after the provider)."""
+        part = secrets.token_hex(10)
+        full = provider + "|" + part
+        phone, _ = self.learn(user=full)
+        return phone, full, part
+
+    def test_provider_and_user_id(self):
+        for provider in ("google-oauth2", "auth0", "sms"):
+            with self.subTest(provider=provider):
+                phone, full, part = self.secondary(provider)
+                body = {"provider": provider, "user_id": part}
+                if provider == "auth0":
+                    body["connection_id"] = "con_" + secrets.token_hex(8)
+                self.deliver([linked(fresh_user(), body)], applied=1)
+                self.assertFree(phone)
+
+    def test_user_id_given_whole(self):
+        phone, full, _ = self.secondary("auth0")
+        self.deliver([linked(fresh_user(), {"provider": "auth0",
+                                            "user_id": full})], applied=1)
+        self.assertFree(phone)
+
+    def test_link_with_token(self):
+        phone, full, _ = self.secondary()
+        token = jwt({"sub": full, "aud": "client", "iss": "https://t/"})
+        self.deliver([linked(fresh_user(), {"link_with": token})],
+                     applied=1)
+        self.assertFree(phone)
+
+    def test_response_identities_when_the_body_is_redacted(self):
+        primary = fresh_user()
+        phone, full, part = self.secondary("github")
+        response = [{"provider": "auth0", "user_id": primary.split("|")[1],
+                     "connection": "Username-Password-Authentication",
+                     "isSocial": False},
+                    {"provider": "github", "user_id": part,
+                     "connection": "github", "isSocial": True}]
+        kept, _ = self.learn(user=primary)
+        self.deliver([linked(primary, {}, response)], applied=1)
+        self.assertFree(phone)
+        self.assertHeld(kept, primary)
+
+    def test_primary_keeps_its_claims_and_old_enrolments_stay_out(self):
+        primary = fresh_user()
+        kept, _ = self.learn(user=primary)
+        phone, full, part = self.secondary()
+        before = at(-30)
+        self.deliver([linked(primary, {"provider": "google-oauth2",
+                                       "user_id": part})], applied=1)
+        self.assertHeld(kept, primary)
+        # An enrolment of the secondary older than the link: stale.
+        self.deliver([enrolled(full, phone, date=before)], ignored=1)
+        self.assertFree(phone)
+
+    def test_failed_link_releases_nothing(self):
+        phone, full, part = self.secondary()
+        self.deliver([linked(fresh_user(), {"provider": "google-oauth2",
+                                            "user_id": part}, status=400)],
+                     ignored=1)
+        self.assertHeld(phone, full)
+
+
 class FailureEventTests(LogStreamCase):
     """gd_send_sms_failure, gd_send_voice_failure, gd_start_enroll_failed
     release the user's pending claims reserved before the event's date."""
@@ -1586,18 +1886,42 @@ class FailureEventTests(LogStreamCase):
     TYPES = ("gd_send_sms_failure", "gd_send_voice_failure",
              "gd_start_enroll_failed")
 
+    def failed(self, etype, user, date):
+        """gd_start_enroll_failed shows a phone factor, the others need
+        not."""
+        return failed(etype, user, date, "sms" if etype ==
+                      "gd_start_enroll_failed" else None)
+
     def test_reservation_before_the_date_is_released(self):
         for etype in self.TYPES:
             with self.subTest(type=etype):
                 phone, user = self.reserve()
-                self.deliver([failed(etype, user, at(30))], applied=1)
+                self.deliver([self.failed(etype, user, at(30))], applied=1)
+                self.assertFree(phone)
+
+    def test_start_enroll_failed_of_other_factors_releases_nothing(self):
+        """Auth0 documents gd_start_enroll_failed as a push enrolment
+        failure: a reservation goes only if the event shows a phone
+        (issue 17, point 2)."""
+        for kind in (None, "push", "otp"):
+            with self.subTest(type=kind):
+                phone, user = self.reserve()
+                self.deliver([failed("gd_start_enroll_failed", user, at(30),
+                                     kind)], ignored=1)
+                self.assertHeld(phone, user)
+        for kind in PHONE_KINDS:
+            with self.subTest(type=kind):
+                phone, user = self.reserve()
+                self.deliver([failed("gd_start_enroll_failed", user, at(30),
+                                     kind)], applied=1)
                 self.assertFree(phone)
 
     def test_reservation_after_the_date_stays(self):
         for etype in self.TYPES:
             with self.subTest(type=etype):
                 phone, user = self.reserve()
-                self.deliver([failed(etype, user, at(-60))], settled=1)
+                self.deliver([self.failed(etype, user, at(-60))],
+                             settled=1)
                 self.assertHeld(phone, user)
 
     def test_active_claims_stay(self):
@@ -1606,7 +1930,7 @@ class FailureEventTests(LogStreamCase):
                 phone, user = self.learn()
                 enrolled_phone = number()
                 self.apply(enrolled(user, enrolled_phone))
-                self.deliver([failed(etype, user, at(30))], settled=1)
+                self.deliver([self.failed(etype, user, at(30))], settled=1)
                 self.assertHeld(phone, user)
                 self.assertHeld(enrolled_phone, user)
 

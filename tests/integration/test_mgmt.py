@@ -670,6 +670,58 @@ class DoubtTests(VerifyCase):
         self.held(d, p1, user)
         self.held(d, p2, user)
 
+    def test_unknown_factor_unenrol_is_verified(self):
+        """A gd_unenroll that shows no factor and names no stored id
+        releases nothing: the user is verified (issue 17, point 2)."""
+        d = self.mgmt_daemon()
+        user, phone = fresh_user(), ls.number()
+        self.fake.add_phone(user, phone)
+        r = d.claim(phone, user, "otp_verify")
+        self.assertEqual(r.get("result"), "learned", str(r))
+        r = self.stream(d, ls.unenrolled(
+            user, None, None, description="Guardian - Unenroll device "
+            "account"))
+        self.assertEqual(r.get("ignored"), 1, str(r))
+        self.wait_verified(d)
+        self.assertEqual(len(self.method_requests(user)), 1)
+        self.held(d, phone, user)
+
+    def test_promoted_conflict_user_is_verified(self):
+        """The user promoted from a conflict is verified: one who no
+        longer has the number loses it again (issue 17, point 3)."""
+        d = self.mgmt_daemon()
+        holder, kept, gone = fresh_user(), fresh_user(), fresh_user()
+        p1, p2 = ls.number(), ls.number()
+        self.fake.add_phone(kept, p1)
+        self.fake.add_user(gone)		# no phone any more
+        for phone, later in ((p1, kept), (p2, gone)):
+            self.stream(d, ls.enrolled(holder, phone))
+            self.stream(d, ls.enrolled(later, phone))
+        self.stream(d, ls.deleted(holder))
+        v = self.wait_verified(d, done=2)
+        self.assertEqual(v["released"], 1, v)
+        self.assertEqual(len(self.method_requests(kept)), 1)
+        self.held(d, p1, kept)
+        self.free(d, p2)
+
+    def test_account_linking_verifies_the_primary(self):
+        """Linking releases the secondary's claims and verifies the
+        primary, who may now hold its factors (issue 17, point 5)."""
+        d = self.mgmt_daemon()
+        primary, phone = fresh_user(), ls.number()
+        secondary = "google-oauth2|" + ls.secrets.token_hex(8)
+        self.fake.add_phone(primary, phone)
+        r = d.claim(phone, secondary, "otp_verify")
+        self.assertEqual(r.get("result"), "learned", str(r))
+        r = self.stream(d, ls.linked(primary, {
+            "provider": "google-oauth2",
+            "user_id": secondary.split("|", 1)[1]}))
+        self.assertEqual(r.get("applied"), 1, str(r))
+        v = self.wait_verified(d)
+        self.assertEqual(v["claimed"], 1, v)
+        self.assertEqual(len(self.method_requests(primary)), 1)
+        self.held(d, phone, primary)
+
     def test_user_gone_releases_everything(self):
         d = self.mgmt_daemon()
         user = fresh_user()
@@ -738,6 +790,85 @@ class DoubtTests(VerifyCase):
         self.assertNotIn("verify", self.ask(d, "status"))
         self.assertNotIn("verify_total", d.request("GET", "/metrics")
                          .raw.decode())
+
+
+class StallTests(VerifyCase):
+    """A user whose lookup keeps failing (403, an unexplained 404) is
+    retried with back-off behind the others and given up after a bounded
+    number of tries; it never blocks the queue (issue 17, point 7)."""
+
+    TRIES = 10		# VERIFY_TRIES_MAX
+
+    def test_failing_user_does_not_block_the_queue(self):
+        if harness.fakeclock_shim() is None:
+            self.skipTest("fakeclock.so not built")
+        d = self.mgmt_daemon(start=False)
+        clock = d.path("clock")
+        harness.use_fakeclock(d, clock)
+        d.start()
+        stuck = "auth0|0000" + ls.secrets.token_hex(8)	# first in order
+        other = "auth0|ffff" + ls.secrets.token_hex(8)
+        self.fake.fail_next("/api/v2/users/" +
+                            urllib.parse.quote(stuck, safe=""), 403,
+                            times=1000)
+        self.stream(d, ls.enrolled(stuck, None))	# unmatched: verify
+        (p1, _), (p2, d2) = self.two_active(d, other)
+        self.fake.add_phone(other, p2, device=d2)
+        self.stream(d, ls.unenrolled(other))		# ambiguous: verify
+        deadline = time.monotonic() + WAIT
+        while self.verify(d)["released"] < 1:
+            self.assertLess(time.monotonic(), deadline,
+                            "the failing user blocks the queue: %r\n%s" %
+                            (self.verify(d), d.tail()))
+            time.sleep(0.1)
+        self.free(d, p1)
+        self.held(d, p2, other)
+        # Each retry waits longer; move the clock on until it gives up.
+        offset, deadline = 0, time.monotonic() + 120
+        while self.verify(d)["gave_up"] < 1:
+            self.assertLess(time.monotonic(), deadline, d.tail())
+            offset += 4 * 3600
+            harness.set_fakeclock(clock, offset)
+            self.stream(d, ls.enrolled(fresh_user(), None))	# a wake-up
+            time.sleep(0.3)
+        self.assertEqual(len(self.method_requests(stuck)), self.TRIES)
+        log = self.log_of(d)
+        self.assertRegex(log, r"verify: giving up on user %s after %d "
+                         r"tries" % (re.escape(stuck), self.TRIES))
+        text = d.request("GET", "/metrics").raw.decode()
+        self.assertIn('phoneclaimd_verify_total{result="gave_up"} 1', text)
+        time.sleep(1.0)
+        self.assertEqual(len(self.method_requests(stuck)), self.TRIES)
+
+
+    def test_a_request_of_the_old_format_is_still_read(self):
+        """verify.db records written before tries were kept (format 1:
+        format, reasons, queued) are read and settled as before."""
+        if shutil.which("db5.3_load") is None:
+            self.skipTest("db5.3_load is not installed")
+        d = self.mgmt_daemon()
+        user = fresh_user()
+        (p1, _), (p2, d2) = self.two_active(d, user)
+        self.fake.add_phone(user, p2, device=d2)
+        d.stop()
+        rec = bytes([1, 0x04]) + int(time.time()).to_bytes(8, "big")
+        dump = d.path("verify.dump")
+        with open(dump, "w") as f:
+            f.write("VERSION=3\nformat=bytevalue\ntype=btree\n"
+                    "HEADER=END\n %s\n %s\nDATA=END\n" %
+                    (user.encode().hex(), rec.hex()))
+        subprocess.run(["db5.3_load", "-h", d.state_dir, "-f", dump,
+                        "verify.db"], check=True)
+        d.start()
+        # Loaded behind the store's back, it is not in the stored counts
+        # ("waiting"): wait for it to be done instead.
+        deadline = time.monotonic() + WAIT
+        while self.verify(d)["done"] < 1:
+            self.assertLess(time.monotonic(), deadline, d.tail())
+            time.sleep(0.1)
+        self.assertEqual(self.verify(d)["released"], 1)
+        self.free(d, p1)
+        self.held(d, p2, user)
 
 
 class SecretReloadTests(MgmtCase):

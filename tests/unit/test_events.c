@@ -368,9 +368,15 @@ test_failures_release_older_pending(void **state)
 	    CLAIMS_APPLIED);
 	assert_int_equal(state_of(N1, "auth0|a"), 0);
 	reserve(N1, "auth0|a", NOW);
+	/* A push enrolment failure, as Auth0 documents it: no phone shown. */
 	assert_int_equal(apply("{\"type\":\"gd_start_enroll_failed\",\"date\":"
 	    "\"2027-01-15T09:00:00Z\",\"details\":{\"enrollment\":{"
-	    "\"user_id\":\"auth0|a\"}}}"), CLAIMS_APPLIED);
+	    "\"user_id\":\"auth0|a\"}}}"), CLAIMS_IGNORED);
+	assert_int_equal(state_of(N1, "auth0|a"), CLAIM_PENDING);
+	assert_int_equal(apply("{\"type\":\"gd_start_enroll_failed\",\"date\":"
+	    "\"2027-01-15T09:00:00Z\",\"details\":{\"enrollment\":{"
+	    "\"user_id\":\"auth0|a\"},\"authenticator\":{\"type\":"
+	    "\"sms\"}}}"), CLAIMS_APPLIED);
 	assert_int_equal(state_of(N1, "auth0|a"), 0);
 }
 

@@ -309,14 +309,14 @@ test_queue(void **state)
 {
 	struct verify_method	m;
 	struct verify_result	r;
+	struct verify_req	q;
 	char			user[USER_ID_MAX + 1];
-	int			reasons;
 	int64_t			after = 0;
 	size_t			asked;
 	time_t			now = time(NULL);
 
 	(void)state;
-	assert_int_equal(verify_next(user, &reasons), STORE_NOTFOUND);
+	assert_int_equal(verify_next(user, now, &q), STORE_NOTFOUND);
 	reserve(N1, USER, now);
 	assert_int_equal(verify_expiring(&after, now + 599, 10, now, &asked),
 	    STORE_OK);
@@ -325,13 +325,14 @@ test_queue(void **state)
 	assert_int_equal(verify_expiring(&after, now + 600, 10, now, &asked),
 	    STORE_OK);
 	assert_int_equal(asked, 1);
-	assert_int_equal(verify_next(user, &reasons), STORE_OK);
+	assert_int_equal(verify_next(user, now, &q), STORE_OK);
 	assert_string_equal(user, USER);
-	assert_int_equal(reasons, VERIFY_EXPIRING);
+	assert_int_equal(q.reasons, VERIFY_EXPIRING);
+	assert_int_equal(q.tries, 0);
 	method(&m, "dev_1", N1, NULL, 0);
-	assert_int_equal(verify_settle(USER, reasons, &m, 1, 1, ASKED, now,
+	assert_int_equal(verify_settle(USER, q.reasons, &m, 1, 1, ASKED, now,
 	    &r), STORE_OK);
-	assert_int_equal(verify_next(user, &reasons), STORE_NOTFOUND);
+	assert_int_equal(verify_next(user, now, &q), STORE_NOTFOUND);
 
 	verify_init(0);
 	reserve(N2, "auth0|off", now);
@@ -339,7 +340,67 @@ test_queue(void **state)
 	assert_int_equal(verify_expiring(&after, now + 600, 10, now, &asked),
 	    STORE_OK);
 	assert_int_equal(asked, 0);
-	assert_int_equal(verify_next(user, &reasons), STORE_NOTFOUND);
+	assert_int_equal(verify_next(user, now, &q), STORE_NOTFOUND);
+}
+
+/* Ask for a verification of user in a transaction of its own. */
+static int
+ask_txn(struct store_txn *txn, void *arg)
+{
+	return (verify_ask(txn, arg, VERIFY_UNMATCHED, 100));
+}
+
+/*
+ * A user whose lookups fail waits behind the others, 1 s doubling with
+ * each try, and is given up after VERIFY_TRIES_MAX (issue 17, point 7).
+ */
+static void
+test_retry_behind_the_others(void **state)
+{
+	struct verify_req	q;
+	char			user[USER_ID_MAX + 1];
+	int64_t			now = 1000, wait;
+	int			try, gave_up;
+
+	(void)state;
+	assert_int_equal(claims_run(ask_txn, "auth0|a"), STORE_OK);
+	assert_int_equal(claims_run(ask_txn, "auth0|b"), STORE_OK);
+	assert_int_equal(verify_next(user, now, &q), STORE_OK);
+	assert_string_equal(user, "auth0|a");
+	assert_int_equal(verify_retry(user, 1, now, &gave_up, &wait),
+	    STORE_OK);
+	assert_false(gave_up);
+	assert_true(wait == 1);
+	/* b is next, though a comes first in order. */
+	assert_int_equal(verify_next(user, now, &q), STORE_OK);
+	assert_string_equal(user, "auth0|b");
+	assert_int_equal(verify_retry(user, 3, now, &gave_up, &wait),
+	    STORE_OK);
+	assert_true(wait == 4);
+	/* Neither is due: when one will be. */
+	assert_int_equal(verify_next(user, now, &q), STORE_NOTFOUND);
+	assert_true(q.not_before == now + 1);
+	/* A new request goes first; then the retry due the longest. */
+	assert_int_equal(claims_run(ask_txn, "auth0|c"), STORE_OK);
+	assert_int_equal(verify_next(user, now + 10, &q), STORE_OK);
+	assert_string_equal(user, "auth0|c");
+	assert_int_equal(verify_drop("auth0|c"), STORE_OK);
+	assert_int_equal(verify_next(user, now + 10, &q), STORE_OK);
+	assert_string_equal(user, "auth0|a");
+	assert_int_equal(q.tries, 1);
+	assert_int_equal(q.reasons, VERIFY_UNMATCHED);
+	for (try = 2; try <= VERIFY_TRIES_MAX; try++) {
+		assert_int_equal(verify_retry("auth0|a", try, now, &gave_up,
+		    &wait), STORE_OK);
+		assert_int_equal(gave_up, try == VERIFY_TRIES_MAX);
+		assert_true(wait >= 1 && wait <= 3600);
+	}
+	assert_int_equal(verify_next(user, now + 100000, &q), STORE_OK);
+	assert_string_equal(user, "auth0|b");
+	assert_int_equal(verify_drop("auth0|b"), STORE_OK);
+	assert_int_equal(verify_next(user, now + 100000, &q),
+	    STORE_NOTFOUND);
+	assert_true(q.not_before == 0);
 }
 
 #define T(f)	cmocka_unit_test_setup_teardown(f, setup, teardown)
@@ -354,6 +415,7 @@ main(void)
 		T(test_settle_ambiguous),
 		T(test_settle_dated_when_asked),
 		T(test_queue),
+		T(test_retry_behind_the_others),
 	};
 
 	log_init(1, LOG_LEVEL_ERROR);
