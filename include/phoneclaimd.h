@@ -420,6 +420,7 @@ struct yajl_val_s;
 int		 events_apply(struct store_txn *, struct yajl_val_s *,
 		     const char *, int64_t, int *);
 const char	*events_type(struct yajl_val_s *);
+const char	*events_refusal(struct yajl_val_s *);
 int64_t		 events_date(struct yajl_val_s *, int64_t);
 int64_t		 events_iso_ms(const char *, int64_t);
 int		 events_masked(const char *, char *);
