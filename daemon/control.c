@@ -1208,7 +1208,7 @@ control_cmd_conflicts(struct control_client *c, int argc, char **argv)
 static void
 control_cmd_release(struct control_client *c, int argc, char **argv)
 {
-	char		 e164[PHONE_E164_SIZE];
+	char		 e164[PHONE_E164_SIZE], safe[DEADLETTER_LOG_SIZE];
 	const char	*user = argc > 1 ? argv[1] : NULL;
 	size_t		 n;
 	yajl_gen	 g;
@@ -1222,7 +1222,8 @@ control_cmd_release(struct control_client *c, int argc, char **argv)
 	}
 	if (user != NULL)
 		log_info("status socket: uid %u released %zu claim(s) of user "
-		    "%s on the number ending %s", (unsigned)c->uid, n, user,
+		    "%s on the number ending %s", (unsigned)c->uid, n,
+		    deadletter_log_value(user, safe),
 		    control_last4(e164));
 	else
 		log_info("status socket: uid %u released %zu claim(s) on the "
@@ -1237,7 +1238,7 @@ control_cmd_release(struct control_client *c, int argc, char **argv)
 static void
 control_cmd_claim(struct control_client *c, int argc, char **argv)
 {
-	char		 e164[PHONE_E164_SIZE];
+	char		 e164[PHONE_E164_SIZE], safe[DEADLETTER_LOG_SIZE];
 	int		 result;
 	yajl_gen	 g;
 
@@ -1250,7 +1251,8 @@ control_cmd_claim(struct control_client *c, int argc, char **argv)
 		return;
 	}
 	log_info("status socket: uid %u assigned the number ending %s to "
-	    "user %s: %s", (unsigned)c->uid, control_last4(e164), argv[1],
+	    "user %s: %s", (unsigned)c->uid, control_last4(e164),
+	    deadletter_log_value(argv[1], safe),
 	    claims_result_name(result));
 	g = control_gen();
 	control_gen_str(g, "result", claims_result_name(result));

@@ -118,12 +118,14 @@ logstream_dead_letter(struct logstream_batch *b)
 {
 	struct logstream_reject	*r;
 	size_t			 i;
+	char			 id[DEADLETTER_LOG_SIZE];
 
 	for (i = 0; i < b->rejected; i++) {
 		r = &b->rejects[i];
 		log_warnx("log stream: rejected an item%s%s: %s",
 		    r->log_id != NULL ? " with log id " : "",
-		    r->log_id != NULL ? r->log_id : "", r->reason);
+		    r->log_id != NULL ? deadletter_log_value(r->log_id, id) : "",
+		    r->reason);
 		deadletter_add(r->reason, r->log_id, r->text, r->len);
 	}
 }

@@ -288,6 +288,9 @@ void		 deadletter_close(void);
 void		 deadletter_add(const char *, const char *, const char *,
 		     size_t);
 size_t		 deadletter_redact(char *, size_t);
+/* A value from a request, fit for the log: at most this, NUL included. */
+#define DEADLETTER_LOG_SIZE	128
+const char	*deadletter_log_value(const char *, char *);
 
 /* claims.c */
 enum claims_action {
