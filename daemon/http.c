@@ -921,6 +921,8 @@ http_release(struct http_conn *c, size_t n)
 	}
 	if (n > c->nres)
 		n = c->nres;
+	if (n == 0)
+		return;
 	for (i = 0; i < n; i++)
 		h->body_mem -= c->res[i];
 	memmove(c->res, c->res + n, (c->nres - n) * sizeof *c->res);
