@@ -200,6 +200,7 @@ api_claim(struct http *h, struct evhttp_request *req, struct api_request *r)
 {
 	struct claims_answer	 a;
 	char			 body[128], retry[24];
+	char			 user[DEADLETTER_LOG_SIZE];
 	int			 rv, code = 200;
 
 	if (!http_store_ok(h)) {
@@ -234,7 +235,8 @@ api_claim(struct http *h, struct evhttp_request *req, struct api_request *r)
 		    claims_result_name(a.result));
 	if (a.result == CLAIMS_TAKEN && a.enforced)
 		code = 409;
-	log_debug("claim by %s on a number ending %s: %s", r->b.user_id,
+	log_debug("claim by %s on a number ending %s: %s",
+	    deadletter_log_value(r->b.user_id, user),
 	    r->e164 + strlen(r->e164) - LAST4_LEN,
 	    claims_result_name(a.result));
 	http_reply(h, req, code, body);

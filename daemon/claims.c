@@ -512,6 +512,7 @@ claims_conflict(struct store_txn *txn, struct claims_op *op,
 	struct conflict	 cf;
 	size_t		 i;
 	int		 rv;
+	char		 user[DEADLETTER_LOG_SIZE], id[DEADLETTER_LOG_SIZE];
 
 	memset(&cf, 0, sizeof cf);
 	memcpy(cf.numkey, op->numkey, NUMKEY_LEN);
@@ -532,8 +533,10 @@ claims_conflict(struct store_txn *txn, struct claims_op *op,
 	free(cf.holders);
 	if (rv == STORE_OK)
 		log_warnx("conflict: user %s uses a number ending %s that "
-		    "%zu other user(s) hold%s%s", op->user_id, op->last4, nall,
-		    *log_id != '\0' ? "; log id " : "", log_id);
+		    "%zu other user(s) hold%s%s",
+		    deadletter_log_value(op->user_id, user), op->last4, nall,
+		    *log_id != '\0' ? "; log id " : "",
+		    deadletter_log_value(log_id, id));
 	return (rv);
 }
 

@@ -65,6 +65,15 @@
 #include "xmalloc.h"
 
 #define CONTROL_MAX_CLIENTS	64
+/*
+ * Any user who may connect can only read; so that one of them cannot
+ * keep root out (issue 18), the last slots are kept for root and the
+ * daemon's uid, each other uid has a few, and its idle connections are
+ * closed sooner.
+ */
+#define CONTROL_KEPT_CLIENTS	16		/* only for root and us */
+#define CONTROL_MAX_PER_UID	8		/* clients of another uid */
+#define CONTROL_IDLE_READER	15		/* seconds, another uid */
 #define CONTROL_LINE_MAX	4096		/* bytes, without the newline */
 #define CONTROL_MAX_WORDS	64
 #define CONTROL_INPUT_HIGH	(16 * 1024)
@@ -131,6 +140,8 @@ static int	control_check_path(const char *, struct sockaddr_un *,
 static int	control_check_live(const char *, struct sockaddr_un *,
 		    char **);
 static int	control_listen(struct control *, char **);
+static int	control_privileged(const struct control *, uid_t);
+static int	control_room(struct control *, uid_t);
 static void	control_accept_cb(struct evconnlistener *, evutil_socket_t,
 		    struct sockaddr *, int, void *);
 static void	control_accept_error_cb(struct evconnlistener *, void *);
@@ -392,23 +403,20 @@ control_accept_cb(struct evconnlistener *l, evutil_socket_t fd,
 	(void)l;
 	(void)sa;
 	(void)salen;
-	if (ctl->nclients >= CONTROL_MAX_CLIENTS) {
-		/* A fresh socket's buffer takes this small write whole. */
-		if (write(fd, CONTROL_TOO_MANY, strlen(CONTROL_TOO_MANY)) < 0)
-			log_debug("status socket: write: %s", strerror(errno));
-		if (!ctl->full)
-			log_warnx("status socket: %d clients connected: "
-			    "refusing more", CONTROL_MAX_CLIENTS);
-		ctl->full = 1;
-		close(fd);
-		return;
-	}
-	ctl->full = 0;
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
 		log_warn("status socket: SO_PEERCRED");
 		close(fd);
 		return;
 	}
+	if (!control_room(ctl, cred.uid)) {
+		/* A fresh socket's buffer takes this small write whole. */
+		if (write(fd, CONTROL_TOO_MANY, strlen(CONTROL_TOO_MANY)) < 0)
+			log_debug("status socket: write: %s", strerror(errno));
+		close(fd);
+		return;
+	}
+	if (!control_privileged(ctl, cred.uid))
+		idle.tv_sec = CONTROL_IDLE_READER;
 	c = xcalloc(1, sizeof *c);
 	c->ctl = ctl;
 	c->uid = cred.uid;
@@ -427,6 +435,48 @@ control_accept_cb(struct evconnlistener *l, evutil_socket_t fd,
 	ctl->nclients++;
 	log_debug("status socket: client uid %u pid %ld connected",
 	    (unsigned)c->uid, (long)c->pid);
+}
+
+/* Root and the daemon's uid may change claims; others only read. */
+static int
+control_privileged(const struct control *ctl, uid_t uid)
+{
+	return (uid == 0 || uid == ctl->uid);
+}
+
+/*
+ * Is there room for one more client of uid?  Root and the daemon's uid
+ * may take every slot; another uid neither the last CONTROL_KEPT_CLIENTS
+ * nor more than CONTROL_MAX_PER_UID.  Refusals are logged once until a
+ * client gets in again.
+ */
+static int
+control_room(struct control *ctl, uid_t uid)
+{
+	struct control_client	*c;
+	size_t			 mine = 0;
+
+	if (control_privileged(ctl, uid)) {
+		if (ctl->nclients < CONTROL_MAX_CLIENTS) {
+			ctl->full = 0;
+			return (1);
+		}
+		if (!ctl->full)
+			log_warnx("status socket: %d clients connected: "
+			    "refusing more", CONTROL_MAX_CLIENTS);
+		ctl->full = 1;
+		return (0);
+	}
+	TAILQ_FOREACH(c, &ctl->clients, entry) {
+		if (c->uid == uid)
+			mine++;
+	}
+	if (ctl->nclients < CONTROL_MAX_CLIENTS - CONTROL_KEPT_CLIENTS &&
+	    mine < CONTROL_MAX_PER_UID)
+		return (1);
+	log_debug("status socket: uid %u has %zu client(s), %zu in all: "
+	    "refusing another", (unsigned)uid, mine, ctl->nclients);
+	return (0);
 }
 
 /*
@@ -523,7 +573,8 @@ control_event_cb(struct bufferevent *bev, short what, void *arg)
 	}
 	log_debug("status socket: client uid %u pid %ld %s for %ds: closing",
 	    (unsigned)c->uid, (long)c->pid, (what & BEV_EVENT_READING) ?
-	    "idle" : "not reading", CONTROL_IDLE_TIMEOUT);
+	    "idle" : "not reading", control_privileged(c->ctl, c->uid) ?
+	    CONTROL_IDLE_TIMEOUT : CONTROL_IDLE_READER);
 	control_client_free(c);
 }
 
@@ -703,7 +754,7 @@ control_command(struct control_client *c, char *line)
 		control_error(c, "unknown_command");
 		return;
 	}
-	if (info->admin && c->uid != 0 && c->uid != c->ctl->uid) {
+	if (info->admin && !control_privileged(c->ctl, c->uid)) {
 		log_info("status socket: uid %u pid %ld may not %s",
 		    (unsigned)c->uid, (long)c->pid, cmd->name);
 		control_error(c, "forbidden");
@@ -1222,7 +1273,7 @@ control_cmd_conflicts(struct control_client *c, int argc, char **argv)
 static void
 control_cmd_release(struct control_client *c, int argc, char **argv)
 {
-	char		 e164[PHONE_E164_SIZE];
+	char		 e164[PHONE_E164_SIZE], safe[DEADLETTER_LOG_SIZE];
 	const char	*user = argc > 1 ? argv[1] : NULL;
 	size_t		 n;
 	yajl_gen	 g;
@@ -1236,7 +1287,8 @@ control_cmd_release(struct control_client *c, int argc, char **argv)
 	}
 	if (user != NULL)
 		log_info("status socket: uid %u released %zu claim(s) of user "
-		    "%s on the number ending %s", (unsigned)c->uid, n, user,
+		    "%s on the number ending %s", (unsigned)c->uid, n,
+		    deadletter_log_value(user, safe),
 		    control_last4(e164));
 	else
 		log_info("status socket: uid %u released %zu claim(s) on the "
@@ -1251,7 +1303,7 @@ control_cmd_release(struct control_client *c, int argc, char **argv)
 static void
 control_cmd_claim(struct control_client *c, int argc, char **argv)
 {
-	char		 e164[PHONE_E164_SIZE];
+	char		 e164[PHONE_E164_SIZE], safe[DEADLETTER_LOG_SIZE];
 	int		 result;
 	yajl_gen	 g;
 
@@ -1264,7 +1316,8 @@ control_cmd_claim(struct control_client *c, int argc, char **argv)
 		return;
 	}
 	log_info("status socket: uid %u assigned the number ending %s to "
-	    "user %s: %s", (unsigned)c->uid, control_last4(e164), argv[1],
+	    "user %s: %s", (unsigned)c->uid, control_last4(e164),
+	    deadletter_log_value(argv[1], safe),
 	    claims_result_name(result));
 	g = control_gen();
 	control_gen_str(g, "result", claims_result_name(result));

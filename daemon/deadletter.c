@@ -48,6 +48,7 @@ static int	deadletter_in_run(unsigned char);
 static void	deadletter_mask(char *, size_t, size_t);
 static size_t	deadletter_utf8_len(const unsigned char *, size_t);
 static void	deadletter_sanitise(char *, size_t);
+static int	deadletter_control(const unsigned char *, size_t);
 static char	*deadletter_clean(const char *, size_t);
 static size_t	deadletter_cut(const char *, size_t, size_t);
 static void	deadletter_prepare(struct deadletter_line *, const char *,
@@ -210,6 +211,55 @@ deadletter_sanitise(char *buf, size_t len)
 		}
 		i += n;
 	}
+}
+
+/* Is the character of n bytes at p a C0 or C1 control, or DEL? */
+static int
+deadletter_control(const unsigned char *p, size_t n)
+{
+	return ((n == 1 && (p[0] < 0x20 || p[0] == 0x7f)) ||
+	    (n == 2 && p[0] == 0xc2 && p[1] <= 0x9f));
+}
+
+/*
+ * Make a value from a request (a log id, a user id) fit for the log, in
+ * buf (DEADLETTER_LOG_SIZE bytes), and return buf: phone-like digit runs
+ * masked as in the dead-letter file, control characters, backslashes and
+ * bytes that are not UTF-8 written as \xNN (so no value forges a line),
+ * and cut, with "...", to fit.
+ */
+const char *
+deadletter_log_value(const char *s, char *buf)
+{
+	char	 raw[DEADLETTER_LOG_SIZE];
+	size_t	 len, i, n, o = 0, room = DEADLETTER_LOG_SIZE - 4;
+
+	len = strnlen(s, sizeof raw);
+	memcpy(raw, s, len);
+	/* A run cut at the end may be a number's start: redact the cut. */
+	deadletter_redact(raw, len);
+	for (i = 0; i < len; i += n) {
+		n = deadletter_utf8_len((unsigned char *)raw + i, len - i);
+		if (n == 0 || raw[i] == '\\' ||
+		    deadletter_control((unsigned char *)raw + i, n)) {
+			if (o + 4 * (n == 0 ? 1 : n) > room)
+				break;
+			for (n = n == 0 ? 1 : n; n > 0; n--, i++)
+				o += snprintf(buf + o, 5, "\\x%02x",
+				    (unsigned char)raw[i]);
+			continue;
+		}
+		if (o + n > room)
+			break;
+		memcpy(buf + o, raw + i, n);
+		o += n;
+	}
+	if (i < len || s[len] != '\0') {
+		memcpy(buf + o, "...", 3);
+		o += 3;
+	}
+	buf[o] = '\0';
+	return (buf);
 }
 
 /* Return a NUL-terminated copy of len bytes, redacted and valid UTF-8. */

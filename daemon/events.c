@@ -74,6 +74,8 @@ static void		 events_linked_add(char [][USER_ID_MAX + 1], size_t *,
 			     const char *, const char *);
 static int		 events_jwt_sub(const char *, char *, size_t);
 static int		 events_digits(const char **, int, int, int, int *);
+static int		 events_not_utf8(yajl_val, const char *, const char *,
+			     const char *);
 
 static char		*events_ignored_name[EVENTS_TYPES_MAX];
 static size_t		 events_ignored_n[EVENTS_TYPES_MAX];
@@ -890,4 +892,42 @@ events_apply(struct store_txn *txn, yajl_val data, const char *log_id,
 	} else if (strcmp(type, "sapi") == 0)
 		rv = events_sapi(txn, &x, outcome);
 	return (rv);
+}
+
+/* Return 1 if the string at a path is there but not UTF-8. */
+static int
+events_not_utf8(yajl_val data, const char *a, const char *b, const char *c)
+{
+	const char	*s = events_string(data, a, b, c);
+
+	return (s != NULL && !json_utf8_ok(s, strlen(s)));
+}
+
+/*
+ * Why an event cannot be taken, or NULL: an id that its type makes us
+ * read and that is not Unicode ("\u0000" or a lone surrogate, kept by
+ * json.c as bytes that are not UTF-8).  It would name nobody, so the item
+ * is rejected (dead-lettered), never applied with a rewritten id.
+ */
+const char *
+events_refusal(yajl_val data)
+{
+	const char	*type = events_type(data);
+
+	if (type == NULL)
+		return (NULL);
+	if (strcmp(type, "sdu") == 0 || strcmp(type, "du") == 0 ||
+	    strncmp(type, "gd_", 3) == 0) {
+		if (events_not_utf8(data, "user_id", NULL, NULL) ||
+		    events_not_utf8(data, "details", "enrollment", "user_id"))
+			return ("invalid_user_id");
+	}
+	if (strncmp(type, "gd_", 3) == 0 &&
+	    (events_not_utf8(data, "details", "authenticator", "id") ||
+	    events_not_utf8(data, "details", "enrollment", "_id")))
+		return ("invalid_enrollment_id");
+	if (strcmp(type, "sapi") == 0 &&
+	    events_not_utf8(data, "details", "request", "path"))
+		return ("invalid_path");
+	return (NULL);
 }

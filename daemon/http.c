@@ -46,6 +46,9 @@
 #include <arpa/inet.h>
 
 #include <errno.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,6 +71,11 @@
 #define HTTP_SPARE_FILES	256
 /* The listen backlog at least (the kernel caps it at net.core.somaxconn). */
 #define HTTP_MIN_BACKLOG	4096
+/* After a burst of this many body bytes, give free memory back. */
+#define HTTP_TRIM_AFTER		(1024 * 1024)
+/* What evhttp reads in place of a refused request: it has no body. */
+#define HTTP_REFUSED_REQUEST	"GET / HTTP/1.1\r\nConnection: close\r\n\r\n"
+#define HTTP_REFUSED_CHUNK	"\r\n0\r\n\r\n"
 #define HTTP_ALL_METHODS	(EVHTTP_REQ_GET | EVHTTP_REQ_POST | \
     EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | \
     EVHTTP_REQ_OPTIONS | EVHTTP_REQ_TRACE | EVHTTP_REQ_CONNECT | \
@@ -82,6 +90,22 @@ struct http_conn {
 	int			 closing;	/* chosen to make room */
 	int			 attached;	/* close callback set */
 	int			 idle;		/* on the idle list */
+	struct frame		 frame;		/* where its input is */
+	struct evbuffer		*hold;		/* a unit kept from evhttp */
+	int			 holding;	/* a unit is open */
+	int			 editing;	/* our own input changes */
+	int			 discard;	/* refused: drop all input */
+	size_t			 passed;	/* request heads given */
+	size_t			 started;	/* requests handed to us */
+	size_t			 refuse_at;	/* that one, 0: none */
+	int			 refuse_code;
+	const char		*refuse_error;
+	int			 endpoint;	/* of the last head */
+	int			 refuse_endpoint;
+	uint64_t		 body;		/* chunk bytes so far */
+	uint64_t		*res;		/* body bytes reserved */
+	size_t			 nres;		/* per request given */
+	size_t			 ressize;
 	TAILQ_ENTRY(http_conn)	 entry;
 	TAILQ_ENTRY(http_conn)	 idle_entry;
 };
@@ -134,7 +158,21 @@ struct http {
 	int64_t				 cur_start;	/* us */
 	unsigned char			 token[2][HASH_DIGEST_LEN];
 	int				 have_token[2];
+	uint64_t			 body_mem;	/* reserved */
+	uint64_t			 body_peak;	/* since a trim */
 };
+
+/* How http_frame_input changes a connection's input. */
+struct http_edit {
+	size_t		 start;		/* offset of the new bytes */
+	struct evbuffer	*insert;	/* a held unit, back first */
+	int		 cut;		/* HTTP_CUT_* */
+	size_t		 keep;		/* new bytes before the cut */
+	const char	*tail;		/* added after a drop */
+};
+#define HTTP_CUT_NONE	0
+#define HTTP_CUT_HOLD	1		/* the rest is held */
+#define HTTP_CUT_DROP	2		/* the rest is dropped */
 
 static struct http	*http_instance;
 
@@ -168,7 +206,27 @@ static void	 http_close_cb(struct evhttp_connection *, void *);
 static void	 http_conn_free(struct http *, struct http_conn *);
 static void	 http_listener_update(struct http *);
 static void	 http_listener_error_cb(struct evconnlistener *, void *);
-static void	 http_request_started(struct http *, struct evhttp_request *);
+static struct http_conn *http_request_started(struct http *,
+		     struct evhttp_request *);
+static void	 http_frame_input(struct http_conn *, struct evbuffer *,
+		     size_t);
+static size_t	 http_frame_scan(struct http_conn *, struct evbuffer *,
+		     size_t, size_t, int *);
+static int	 http_frame_unit(struct http_conn *, struct evbuffer *,
+		     size_t, size_t, struct http_edit *);
+static int	 http_frame_head(struct http_conn *, const char *, size_t,
+		     struct http_edit *);
+static int	 http_frame_chunk(struct http_conn *, const char *, size_t,
+		     struct http_edit *);
+static int	 http_frame_token(struct http *, const struct frame_head *,
+		     int *);
+static int	 http_frame_refuse(struct http_conn *, int, const char *,
+		     const char *, struct http_edit *);
+static void	 http_frame_edit(struct http_conn *, struct evbuffer *,
+		     const struct http_edit *);
+static int	 http_reserve(struct http_conn *, uint64_t);
+static void	 http_release(struct http_conn *, size_t);
+static int	 http_token_ok(struct http *, int, const char *);
 static void	 http_request_done_cb(struct evhttp_request *, void *);
 static int	 http_make_room(struct http *);
 static void	 http_idle_add(struct http *, struct http_conn *);
@@ -454,14 +512,17 @@ http_set_tokens(struct http *h, const char *api, size_t apilen,
 int
 http_authorised(struct http *h, struct evhttp_request *req, int which)
 {
-	const char	*v;
+	return (http_token_ok(h, which, evhttp_find_header(
+	    evhttp_request_get_input_headers(req), "Authorization")));
+}
+
+/* Check an Authorization value (NULL: none) as http_authorised does. */
+static int
+http_token_ok(struct http *h, int which, const char *v)
+{
 	unsigned char	 digest[HASH_DIGEST_LEN];
 
-	if (!h->have_token[which])
-		return (0);
-	v = evhttp_find_header(evhttp_request_get_input_headers(req),
-	    "Authorization");
-	if (v == NULL)
+	if (!h->have_token[which] || v == NULL)
 		return (0);
 	if (which == HTTP_TOKEN_API) {
 		if (strncmp(v, "Bearer ", 7) != 0)
@@ -493,6 +554,9 @@ http_bev_cb(struct event_base *base, void *arg)
 		fatalx("cannot make the bufferevent of a connection");
 	bufferevent_incref(c->bev);
 	c->http = h;
+	frame_init(&c->frame);
+	if ((c->hold = evbuffer_new()) == NULL)
+		fatalx("evbuffer_new");
 	c->deadline = http_deadline(h);
 	c->since = http_now();
 	evbuffer_add_cb(bufferevent_get_input(c->bev), http_input_cb, c);
@@ -550,16 +614,319 @@ http_close_cb(struct evhttp_connection *evcon, void *arg)
 		http_listener_update(h);
 }
 
-/* Bytes arrived: an idle connection starts its request clock. */
+/*
+ * Bytes arrived: an idle connection starts its request clock, and the new
+ * bytes are followed before evhttp's read callback sees them (evbuffer
+ * callbacks run first, and are not deferred for these bufferevents).
+ */
 static void
 http_input_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info,
     void *arg)
 {
 	struct http_conn	*c = arg;
 
-	(void)buf;
-	if (info->n_added > 0 && c->deadline == 0)
+	if (c->editing || info->n_added == 0)
+		return;
+	if (c->deadline == 0)
 		c->deadline = http_deadline(c->http);
+	http_frame_input(c, buf, info->n_added);
+}
+
+/*
+ * Follow the added bytes at the end of a connection's input (frame.c).
+ * A request head or chunk-size line that is not whole yet is moved aside
+ * (c->hold), so that evhttp acts on none of it; once whole and checked it
+ * goes back in its place, or the request is refused: the unit and all
+ * that follows are dropped, and evhttp reads a request without a body
+ * that http_route_cb answers with the refusal (and "Connection: close").
+ */
+static void
+http_frame_input(struct http_conn *c, struct evbuffer *buf, size_t added)
+{
+	struct http_edit	 e;
+	size_t			 len = evbuffer_get_length(buf), off, unit;
+	int			 ev;
+
+	memset(&e, 0, sizeof e);
+	e.start = off = len - added;
+	if (c->discard) {
+		e.cut = HTTP_CUT_DROP;
+		http_frame_edit(c, buf, &e);
+		return;
+	}
+	unit = c->holding ? e.start : SIZE_MAX;
+	while (off < len && c->frame.state != FRAME_OFF) {
+		off += http_frame_scan(c, buf, off, len, &ev);
+		if (ev == FRAME_HOLD)
+			unit = off;
+		else if (ev == FRAME_WHOLE) {
+			if (http_frame_unit(c, buf, unit, off, &e) != 0)
+				break;
+			if (unit == e.start && c->holding) {
+				if ((e.insert = evbuffer_new()) == NULL)
+					fatalx("evbuffer_new");
+				evbuffer_add_buffer(e.insert, c->hold);
+			}
+			c->holding = 0;
+			/* A chunked body's first size line begins here. */
+			unit = c->frame.state == FRAME_SIZE ? off : SIZE_MAX;
+		}
+	}
+	if (e.cut == HTTP_CUT_NONE && unit != SIZE_MAX) {
+		e.cut = HTTP_CUT_HOLD;
+		e.keep = unit - e.start;
+		c->holding = 1;
+	}
+	if (e.insert != NULL || e.cut != HTTP_CUT_NONE)
+		http_frame_edit(c, buf, &e);
+}
+
+/* Feed frame_scan the bytes of buf from off to len, up to an event. */
+static size_t
+http_frame_scan(struct http_conn *c, struct evbuffer *buf, size_t off,
+    size_t len, int *ev)
+{
+	struct evbuffer_ptr	 ptr;
+	struct evbuffer_iovec	 v[8];
+	size_t			 done = 0, n;
+	int			 i, nv;
+
+	*ev = FRAME_NONE;
+	while (off + done < len) {
+		if (evbuffer_ptr_set(buf, &ptr, off + done,
+		    EVBUFFER_PTR_SET) != 0)
+			break;
+		nv = evbuffer_peek(buf, len - off - done, &ptr, v, 8);
+		for (i = 0; i < nv && i < 8; i++) {
+			n = v[i].iov_len;
+			if (n > len - off - done)
+				n = len - off - done;
+			done += frame_scan(&c->frame, v[i].iov_base, n, ev);
+			if (*ev != FRAME_NONE || c->frame.state == FRAME_OFF)
+				return (done);
+		}
+	}
+	return (done);
+}
+
+/*
+ * A unit is whole: the held part and buf from unit to end.  Check it;
+ * return 0 if it may go to evhttp, else -1 with the refusal in *e.
+ */
+static int
+http_frame_unit(struct http_conn *c, struct evbuffer *buf, size_t unit,
+    size_t end, struct http_edit *e)
+{
+	struct evbuffer_ptr	 ptr;
+	size_t			 held = evbuffer_get_length(c->hold), len;
+	char			*text;
+	int			 rv;
+
+	if (unit == SIZE_MAX)
+		unit = e->start;
+	len = held + (end - unit);
+	text = xmalloc(len + 1);
+	evbuffer_copyout(c->hold, text, held);
+	if (evbuffer_ptr_set(buf, &ptr, unit, EVBUFFER_PTR_SET) != 0 ||
+	    evbuffer_copyout_from(buf, &ptr, text + held, end - unit) !=
+	    (ev_ssize_t)(end - unit))
+		fatalx("evbuffer_copyout_from");
+	text[len] = '\0';
+	e->keep = unit - e->start;
+	if (c->frame.state == FRAME_HEAD)
+		rv = http_frame_head(c, text, len, e);
+	else
+		rv = http_frame_chunk(c, text, len, e);
+	free(text);
+	return (rv);
+}
+
+/*
+ * A request head: plain framing (else 400), the token of its route if it
+ * has one (else 401, before any of the body is read and without "100
+ * Continue"), and room for its body among all bodies (else 503).
+ */
+static int
+http_frame_head(struct http_conn *c, const char *text, size_t len,
+    struct http_edit *e)
+{
+	struct http		*h = c->http;
+	struct frame_head	 hd;
+	uint64_t		 want = 0;
+
+	c->passed++;
+	c->body = 0;
+	c->endpoint = METRICS_EP_OTHER;
+	http_release(c, 0);	/* a slot for this request */
+	if (frame_head(text, len, &hd) != 0)
+		return (http_frame_refuse(c, 400, "invalid_request",
+		    HTTP_REFUSED_REQUEST, e));
+	if (!http_frame_token(h, &hd, &c->endpoint))
+		return (http_frame_refuse(c, 401, "unauthorized",
+		    HTTP_REFUSED_REQUEST, e));
+	if (hd.has_length && hd.length <= (uint64_t)h->conf->max_body_size)
+		want = hd.length;
+	if (!http_reserve(c, want))
+		return (http_frame_refuse(c, 503, "unavailable",
+		    HTTP_REFUSED_REQUEST, e));
+	frame_body(&c->frame, &hd);
+	return (0);
+}
+
+/*
+ * A chunk-size line: plain hex (else 400) and room for the chunk (else
+ * 503).  A body over max_body_size is left to evhttp (413).  evhttp reads
+ * the refused request's body as ended, and http_route_cb answers it.
+ */
+static int
+http_frame_chunk(struct http_conn *c, const char *text, size_t len,
+    struct http_edit *e)
+{
+	uint64_t	size;
+
+	if (frame_chunk(&c->frame, text, len, &size) != 0)
+		return (http_frame_refuse(c, 400, "invalid_request",
+		    HTTP_REFUSED_CHUNK, e));
+	if (size > (uint64_t)c->http->conf->max_body_size ||
+	    (c->body += size) > (uint64_t)c->http->conf->max_body_size)
+		return (0);
+	if (!http_reserve(c, size))
+		return (http_frame_refuse(c, 503, "unavailable",
+		    HTTP_REFUSED_CHUNK, e));
+	return (0);
+}
+
+/*
+ * Does a head that needs a token (POST to a route with one) carry it?
+ * Others pass; their handlers check what they need.  *endpoint is the
+ * head's route, for the refusal's metrics.
+ */
+static int
+http_frame_token(struct http *h, const struct frame_head *hd, int *endpoint)
+{
+	size_t	i;
+
+	for (i = 0; i < sizeof http_routes / sizeof http_routes[0]; i++) {
+		if (strcmp(hd->path, http_routes[i].path) != 0)
+			continue;
+		*endpoint = http_routes[i].endpoint;
+		if (http_routes[i].token < 0 || strcmp(hd->method, "POST") != 0)
+			return (1);
+		return (!hd->auth_long && http_token_ok(h,
+		    http_routes[i].token, hd->has_auth ? hd->auth : NULL));
+	}
+	return (1);
+}
+
+/*
+ * Refuse the request whose head was given last: from the unit on, evhttp
+ * reads only tail, and nothing more from this connection.
+ */
+static int
+http_frame_refuse(struct http_conn *c, int code, const char *error,
+    const char *tail, struct http_edit *e)
+{
+	log_debug("refused a request before its body: %d %s", code, error);
+	c->refuse_at = c->passed;
+	c->refuse_code = code;
+	c->refuse_error = error;
+	c->refuse_endpoint = c->endpoint;
+	c->discard = 1;
+	frame_off(&c->frame);
+	e->cut = HTTP_CUT_DROP;
+	e->tail = tail;
+	evbuffer_drain(c->hold, evbuffer_get_length(c->hold));
+	c->holding = 0;
+	return (-1);
+}
+
+/*
+ * Change the input as *e says: new bytes start at e->start; a held unit
+ * that passed goes back before them; from e->keep of them on, the rest is held or
+ * dropped (then e->tail added).  evbuffer only removes from the front, so
+ * the parts are taken out and put back in order.
+ */
+static void
+http_frame_edit(struct http_conn *c, struct evbuffer *buf,
+    const struct http_edit *e)
+{
+	struct evbuffer	*prefix, *kept;
+
+	c->editing = 1;
+	if ((prefix = evbuffer_new()) == NULL ||
+	    (kept = evbuffer_new()) == NULL)
+		fatalx("evbuffer_new");
+	evbuffer_remove_buffer(buf, prefix, e->start);
+	if (e->cut != HTTP_CUT_NONE) {
+		evbuffer_remove_buffer(buf, kept, e->keep);
+		if (e->cut == HTTP_CUT_HOLD)
+			evbuffer_add_buffer(c->hold, buf);
+		else
+			evbuffer_drain(buf, evbuffer_get_length(buf));
+		evbuffer_add_buffer(buf, kept);
+		if (e->tail != NULL)
+			evbuffer_add(buf, e->tail, strlen(e->tail));
+	}
+	if (e->insert != NULL) {
+		evbuffer_prepend_buffer(buf, e->insert);
+		evbuffer_free(e->insert);
+	}
+	evbuffer_prepend_buffer(buf, prefix);
+	evbuffer_free(prefix);
+	evbuffer_free(kept);
+	c->editing = 0;
+}
+
+/*
+ * Reserve n body bytes for the request given last on c; 0 if all bodies
+ * together would pass max_body_memory (never below max_body_size).
+ */
+static int
+http_reserve(struct http_conn *c, uint64_t n)
+{
+	struct http	*h = c->http;
+	uint64_t	 limit = (uint64_t)h->conf->max_body_memory;
+
+	if ((uint64_t)h->conf->max_body_size > limit)
+		limit = (uint64_t)h->conf->max_body_size;
+	if (n == 0)
+		return (1);
+	if (h->body_mem + n > limit)
+		return (0);
+	h->body_mem += n;
+	c->res[c->nres - 1] += n;
+	if (h->body_mem > h->body_peak)
+		h->body_peak = h->body_mem;
+	return (1);
+}
+
+/*
+ * Release the reservations of c's first n requests (SIZE_MAX: all); n 0
+ * adds a slot for a new request instead.
+ */
+static void
+http_release(struct http_conn *c, size_t n)
+{
+	struct http	*h = c->http;
+	size_t		 i;
+
+	if (n == 0) {
+		if (c->nres == c->ressize) {
+			c->ressize = c->ressize == 0 ? 4 : c->ressize * 2;
+			c->res = xreallocarray(c->res, c->ressize,
+			    sizeof *c->res);
+		}
+		c->res[c->nres++] = 0;
+		return;
+	}
+	if (n > c->nres)
+		n = c->nres;
+	if (n == 0)
+		return;
+	for (i = 0; i < n; i++)
+		h->body_mem -= c->res[i];
+	memmove(c->res, c->res + n, (c->nres - n) * sizeof *c->res);
+	c->nres -= n;
 }
 
 /*
@@ -575,8 +942,11 @@ http_tls_record_cb(void *arg)
 		c->deadline = http_deadline(c->http);
 }
 
-/* A complete request arrived on a connection: stop its clock. */
-static void
+/*
+ * A complete request arrived on a connection: stop its clock.  Return
+ * the connection, NULL if it is unknown.
+ */
+static struct http_conn *
 http_request_started(struct http *h, struct evhttp_request *req)
 {
 	struct evhttp_connection	*evcon;
@@ -584,7 +954,7 @@ http_request_started(struct http *h, struct evhttp_request *req)
 	struct http_conn		*c;
 
 	if ((evcon = evhttp_request_get_connection(req)) == NULL)
-		return;
+		return (NULL);
 	bev = evhttp_connection_get_bufferevent(evcon);
 	TAILQ_FOREACH(c, &h->conns, entry) {
 		if (c->bev != bev)
@@ -595,10 +965,12 @@ http_request_started(struct http *h, struct evhttp_request *req)
 		else
 			c->deadline = 0;
 		c->busy++;
+		c->started++;
 		http_idle_del(h, c);
 		evhttp_request_set_on_complete_cb(req, http_request_done_cb, c);
-		return;
+		return (c);
 	}
+	return (NULL);
 }
 
 /*
@@ -613,6 +985,7 @@ http_request_done_cb(struct evhttp_request *req, void *arg)
 	(void)req;
 	if (c->busy > 0)
 		c->busy--;
+	http_release(c, 1);
 	c->since = http_now();
 	http_idle_del(c->http, c);
 	http_idle_add(c->http, c);
@@ -677,6 +1050,9 @@ http_conn_free(struct http *h, struct http_conn *c)
 	TAILQ_REMOVE(&h->conns, c, entry);
 	h->nconns--;
 	evbuffer_remove_cb(bufferevent_get_input(c->bev), http_input_cb, c);
+	http_release(c, SIZE_MAX);
+	free(c->res);
+	evbuffer_free(c->hold);
 	if (h->tls != NULL)
 		tls_forget(c->bev);
 	bufferevent_decref(c->bev);
@@ -730,6 +1106,16 @@ http_tick_cb(evutil_socket_t fd, short events, void *arg)
 
 	(void)fd;
 	(void)events;
+#ifdef __GLIBC__
+	/*
+	 * After a burst of bodies, once none is held (nor, a tick later, the
+	 * requests that held them), give free memory back to the system.
+	 */
+	if (h->body_mem == 0 && h->body_peak >= HTTP_TRIM_AFTER) {
+		h->body_peak = 0;
+		malloc_trim(0);
+	}
+#endif
 	/* The error callback is deferred, so the list stays as it is here. */
 	TAILQ_FOREACH(c, &h->conns, entry) {
 		if (c->deadline == 0 || now < c->deadline)
@@ -779,6 +1165,7 @@ static void
 http_route_cb(struct evhttp_request *req, void *arg)
 {
 	struct http			*h = arg;
+	struct http_conn		*c;
 	const struct evhttp_uri		*uri;
 	const char			*path;
 	size_t				 i;
@@ -786,7 +1173,15 @@ http_route_cb(struct evhttp_request *req, void *arg)
 	h->cur_req = req;
 	h->cur_start = http_usec();
 	h->cur_endpoint = METRICS_EP_OTHER;
-	http_request_started(h, req);
+	c = http_request_started(h, req);
+	if (c != NULL && c->refuse_at != 0 && c->refuse_at == c->started) {
+		h->cur_endpoint = c->refuse_endpoint;
+		evhttp_add_header(evhttp_request_get_output_headers(req),
+		    "Connection", "close");
+		http_error(h, req, c->refuse_code, c->refuse_error);
+		h->cur_req = NULL;
+		return;
+	}
 	if (!http_framing_ok(req)) {
 		evhttp_add_header(evhttp_request_get_output_headers(req),
 		    "Connection", "close");

@@ -123,19 +123,21 @@ logstream_dead_letter(struct logstream_batch *b)
 {
 	struct logstream_reject	*r;
 	size_t			 i;
+	char			 id[DEADLETTER_LOG_SIZE];
 
 	for (i = 0; i < b->rejected; i++) {
 		r = &b->rejects[i];
 		log_warnx("log stream: rejected an item%s%s: %s",
 		    r->log_id != NULL ? " with log id " : "",
-		    r->log_id != NULL ? r->log_id : "", r->reason);
+		    r->log_id != NULL ? deadletter_log_value(r->log_id, id) : "",
+		    r->reason);
 		deadletter_add(r->reason, r->log_id, r->text, r->len);
 	}
 }
 
 /*
  * Return the item's log id: "log_id", else data's "log_id", else "_id";
- * NULL if none is a usable string.
+ * NULL if none is a usable string (one that is not UTF-8 is never used).
  */
 static const char *
 logstream_log_id(yajl_val item, yajl_val data)
@@ -152,7 +154,7 @@ logstream_log_id(yajl_val item, yajl_val data)
 		if (v == NULL || (s = YAJL_GET_STRING(v)) == NULL)
 			continue;
 		len = strlen(s);
-		if (len > 0 && len <= LOG_ID_MAX)
+		if (len > 0 && len <= LOG_ID_MAX && json_utf8_ok(s, len))
 			return (s);
 	}
 	return (NULL);
@@ -186,6 +188,8 @@ logstream_add(struct logstream_batch *b, yajl_val root, yajl_val v,
 			why = "no log id";
 		else if (events_type(data) == NULL)
 			why = "no event type";
+		else
+			why = events_refusal(data);
 	}
 	if (why != NULL) {
 		if (text == NULL)
@@ -345,11 +349,16 @@ logstream_apply_one(struct store_txn *txn, struct logstream_batch *b,
 	return (STORE_OK);
 }
 
-/* The whole request in one transaction (run again on deadlock). */
+/*
+ * The whole request in one transaction (run again on deadlock).  The
+ * highest log id applied or rejected is where a backfill resumes: a
+ * rejected event is not fetched, rejected and dead-lettered again.
+ */
 static int
 logstream_txn(struct store_txn *txn, void *arg)
 {
 	struct logstream_batch	*b = arg;
+	const char		*cursor = b->last;
 	char			*stored = NULL;
 	size_t			 i;
 	int			 rv = STORE_OK;
@@ -360,13 +369,17 @@ logstream_txn(struct store_txn *txn, void *arg)
 	b->last_date = 0;
 	for (i = 0; i < b->nitems && rv == STORE_OK; i++)
 		rv = logstream_apply_one(txn, b, &b->items[i]);
-	if (rv != STORE_OK || b->last[0] == '\0')
+	for (i = 0; i < b->rejected; i++) {
+		if (b->rejects[i].log_id != NULL &&
+		    logstream_later(b->rejects[i].log_id, cursor))
+			cursor = b->rejects[i].log_id;
+	}
+	if (rv != STORE_OK || cursor[0] == '\0')
 		return (rv);
-	/* The highest log id applied: where a backfill resumes. */
 	rv = store_meta_get(txn, LOGSTREAM_META_LAST, &stored);
 	if (rv == STORE_NOTFOUND || (rv == STORE_OK &&
-	    logstream_later(b->last, stored)))
-		rv = store_meta_put(txn, LOGSTREAM_META_LAST, b->last);
+	    logstream_later(cursor, stored)))
+		rv = store_meta_put(txn, LOGSTREAM_META_LAST, cursor);
 	free(stored);
 	return (rv);
 }

@@ -746,7 +746,7 @@ mgmt_succeeded(void)
 static int
 mgmt_begin(void)
 {
-	char		*last = NULL, *url, date[32];
+	char		*last = NULL, *url, date[32], id[DEADLETTER_LOG_SIZE];
 	struct tm	 tm;
 	time_t		 t;
 
@@ -774,8 +774,8 @@ mgmt_begin(void)
 		mgmt->st.last_run = time(NULL);
 		return (0);
 	}
-	log_info("backfill: starting from %s", last != NULL ? last :
-	    mgmt->conf->backfill_since);
+	log_info("backfill: starting from %s", last != NULL ?
+	    deadletter_log_value(last, id) : mgmt->conf->backfill_since);
 	free(last);
 	mgmt->st.state = MGMT_RUNNING;
 	mgmt->st.pages = mgmt->st.events = 0;
@@ -951,7 +951,8 @@ static void
 mgmt_remove_done(struct mgmt_xfer *x, long code)
 {
 	struct conflict	*cf = &mgmt->rm;
-	char		 why[128];
+	char		 why[128], method[DEADLETTER_LOG_SIZE];
+	char		 user[DEADLETTER_LOG_SIZE], id[DEADLETTER_LOG_SIZE];
 	int		 removal;
 
 	(void)x;
@@ -987,8 +988,10 @@ mgmt_remove_done(struct mgmt_xfer *x, long code)
 	    "user %s on the number ending %s (HTTP %ld%s%s)",
 	    removal == CONFLICT_RM_DONE ? "deleted" :
 	    removal == CONFLICT_RM_ABSENT ? "already no" : "could not delete",
-	    cf->method, cf->user_id, cf->last4, code,
-	    cf->log_id[0] != '\0' ? ", log id " : "", cf->log_id);
+	    deadletter_log_value(cf->method, method),
+	    deadletter_log_value(cf->user_id, user), cf->last4, code,
+	    cf->log_id[0] != '\0' ? ", log id " : "",
+	    deadletter_log_value(cf->log_id, id));
 	mgmt_schedule(0);
 }
 
@@ -1049,6 +1052,7 @@ mgmt_verify_done(struct mgmt_xfer *x, long code)
 	struct verify_result	 r;
 	size_t			 n = 0;
 	char			*cause = NULL, why[160];
+	char			 user[DEADLETTER_LOG_SIZE];
 	int			 found = 1, rv;
 
 	if (mgmt_renew_on_401(code))
@@ -1056,7 +1060,7 @@ mgmt_verify_done(struct mgmt_xfer *x, long code)
 	if (code == 400) {
 		mgmt_succeeded();
 		log_warnx("verify: Auth0 refuses user id %s (HTTP 400); not "
-		    "verifying it", mgmt->vuser);
+		    "verifying it", deadletter_log_value(mgmt->vuser, user));
 		mgmt->st.v_dropped++;
 		if (verify_drop(mgmt->vuser) != STORE_OK)
 			mgmt_fail("the store is unavailable", 0);
@@ -1095,11 +1099,12 @@ mgmt_verify_done(struct mgmt_xfer *x, long code)
 	if (r.activated + r.claimed + r.released + r.unsettled > 0 || !found)
 		log_info("verify: user %s%s: %zu phone method(s); %zu "
 		    "activated, %zu claimed, %zu released, %zu unsettled",
-		    mgmt->vuser, found ? "" : " does not exist", n,
+		    deadletter_log_value(mgmt->vuser, user),
+		    found ? "" : " does not exist", n,
 		    r.activated, r.claimed, r.released, r.unsettled);
 	else
 		log_debug("verify: user %s: %zu phone method(s), nothing to "
-		    "change", mgmt->vuser, n);
+		    "change", deadletter_log_value(mgmt->vuser, user), n);
 	mgmt_schedule(0);
 }
 

@@ -54,6 +54,8 @@ struct store_backup {
 };
 
 static void	store_backup_free(struct store_backup *);
+static int	store_backup_trusted(const char *, const struct stat *,
+		    char **);
 static int	store_backup_mkdir(const char *, char **);
 static void	*store_backup_main(void *);
 static int	store_backup_copy(struct store_backup *);
@@ -166,8 +168,31 @@ fail:
 }
 
 /*
+ * May an existing directory hold the backup?  Only if root or our own uid
+ * owns it and neither group nor others may write to it: otherwise its
+ * owner, or anyone who may write to it, could later swap hash.key or the
+ * databases for their own.
+ */
+static int
+store_backup_trusted(const char *dir, const struct stat *sb, char **cause)
+{
+	if (sb->st_uid != 0 && sb->st_uid != geteuid()) {
+		xasprintf(cause, "%s is owned by uid %u, not by root or the "
+		    "daemon's uid %u", dir, (unsigned)sb->st_uid,
+		    (unsigned)geteuid());
+		return (-1);
+	}
+	if ((sb->st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+		xasprintf(cause, "%s is writable by group or others (mode "
+		    "%04o)", dir, (unsigned)(sb->st_mode & 07777));
+		return (-1);
+	}
+	return (0);
+}
+
+/*
  * Create the backup directory, mode 0700 (it will hold the hash key), or
- * accept an empty one and make it 0700.
+ * accept an empty one that we trust and make it 0700.
  */
 static int
 store_backup_mkdir(const char *dir, char **cause)
@@ -191,6 +216,8 @@ store_backup_mkdir(const char *dir, char **cause)
 		xasprintf(cause, "%s exists and is not a directory", dir);
 		return (-1);
 	}
+	if (store_backup_trusted(dir, &sb, cause) != 0)
+		return (-1);
 	if ((d = opendir(dir)) == NULL) {
 		xasprintf(cause, "%s: %s", dir, strerror(errno));
 		return (-1);

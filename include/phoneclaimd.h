@@ -62,6 +62,7 @@ struct conf {
 	char		*exempt_numbers_file;
 	char		*default_region;
 	long long	 max_body_size;
+	long long	 max_body_memory;	/* all bodies together */
 	long long	 cache_size;		/* bytes of Berkeley DB cache */
 	long long	 log_file_size;		/* bytes of each log file */
 	long long	 checkpoint_interval;	/* seconds */
@@ -297,6 +298,49 @@ int		 store_watermark_get(struct store_txn *, const char *,
 int		 store_watermark_raise(struct store_txn *, const char *,
 		     const unsigned char *, int64_t);
 
+/* frame.c */
+#define FRAME_HEAD_MAX	(2 * 16384 + 4096)	/* request line and headers */
+#define FRAME_AUTH_MAX	512			/* Authorization kept */
+
+enum frame_state {
+	FRAME_START,		/* between requests */
+	FRAME_HEAD,		/* in a request head (held) */
+	FRAME_BODY,		/* in a body by Content-Length */
+	FRAME_SIZE,		/* in a chunk-size line (held) */
+	FRAME_DATA,		/* in a chunk's data */
+	FRAME_TRAILER,		/* after the last chunk */
+	FRAME_OFF		/* no longer followed */
+};
+#define FRAME_NONE	0
+#define FRAME_HOLD	1
+#define FRAME_WHOLE	2
+
+struct frame {
+	int		 state;		/* enum frame_state */
+	int		 first;		/* the next chunk is the first */
+	uint64_t	 left;		/* body or chunk bytes to come */
+	size_t		 line;		/* bytes in the line so far, no CR */
+	size_t		 unit;		/* bytes in the unit so far */
+};
+
+struct frame_head {
+	char		 method[16];
+	char		 path[128];	/* "" if longer, or none */
+	int		 chunked;
+	int		 has_length;
+	uint64_t	 length;
+	int		 has_auth;
+	int		 auth_long;	/* longer than FRAME_AUTH_MAX */
+	char		 auth[FRAME_AUTH_MAX + 1];
+};
+
+void		 frame_init(struct frame *);
+size_t		 frame_scan(struct frame *, const char *, size_t, int *);
+int		 frame_head(const char *, size_t, struct frame_head *);
+void		 frame_body(struct frame *, const struct frame_head *);
+int		 frame_chunk(struct frame *, const char *, size_t, uint64_t *);
+void		 frame_off(struct frame *);
+
 /* deadletter.c */
 #define DEADLETTER_MAX_SIZE	(16 * 1024 * 1024)
 
@@ -305,6 +349,9 @@ void		 deadletter_close(void);
 void		 deadletter_add(const char *, const char *, const char *,
 		     size_t);
 size_t		 deadletter_redact(char *, size_t);
+/* A value from a request, fit for the log: at most this, NUL included. */
+#define DEADLETTER_LOG_SIZE	128
+const char	*deadletter_log_value(const char *, char *);
 
 /* claims.c */
 enum claims_action {
@@ -460,6 +507,7 @@ struct yajl_val_s;
 int		 events_apply(struct store_txn *, struct yajl_val_s *,
 		     const char *, int64_t, int *);
 const char	*events_type(struct yajl_val_s *);
+const char	*events_refusal(struct yajl_val_s *);
 int64_t		 events_date(struct yajl_val_s *, int64_t);
 int		 events_rfc3339(const char *, int64_t *);
 int64_t		 events_iso_ms(const char *, int64_t);

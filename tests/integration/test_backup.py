@@ -212,6 +212,37 @@ class BackupTests(DaemonTestCase):
         self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
         self.assertEqual(json.loads(r.stdout)["error"], "backup_failed")
 
+    def test_a_directory_others_control_is_refused(self):
+        """Issue 18, point 7: an empty directory owned by another user, or
+        one that group or others may write, is refused with the reason;
+        nothing lands in it."""
+        if os.geteuid() != 0:
+            self.skipTest("needs root to give a directory away")
+        try:
+            nobody = pwd.getpwnam("nobody")
+        except KeyError:
+            self.skipTest("no user nobody")
+        cases = (("nobody's, 0777", nobody.pw_uid, 0o777, "owned by uid"),
+                 ("nobody's, 0700", nobody.pw_uid, 0o700, "owned by uid"),
+                 ("root's, 0777", 0, 0o777, "writable by group or others"),
+                 ("root's, 0720", 0, 0o720, "writable by group or others"),
+                 ("root's, 1777", 0, 0o1777, "writable by group or others"))
+        for i, (name, uid, mode, why) in enumerate(cases):
+            with self.subTest(target=name):
+                target = self.backup_dir("bk-theirs-%d" % i)
+                os.mkdir(target)
+                os.chown(target, uid, -1)
+                os.chmod(target, mode)
+                r = ctl(self.d, "backup", target)
+                self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+                res = json.loads(r.stdout)
+                self.assertEqual(res["error"], "backup_failed")
+                self.assertIn(why, res["cause"])
+                self.assertEqual(os.listdir(target), [])
+                st = os.stat(target)
+                self.assertEqual((st.st_uid, stat.S_IMODE(st.st_mode)),
+                                 (uid, mode))
+
     def test_relative_path_on_the_socket_is_invalid(self):
         self.assertEqual(answer(ask_raw(self.d, "backup some/dir")),
                          {"error": "invalid_directory"})

@@ -799,6 +799,65 @@ class PeerTests(ControlCase):
         for n in numbers:
             self.assertFree(n)
 
+    HOG = r"""
+import json, os, select, socket, sys, time
+socks = []
+for _ in range(70):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(sys.argv[1])
+    except OSError:
+        s.close()
+        continue
+    socks.append(s)
+time.sleep(1.0)
+readable, _, _ = select.select(socks, [], [], 0)
+held = [s for s in socks if s not in readable]
+print(json.dumps({"held": len(held)}), flush=True)
+sys.stdin.readline()
+start = time.monotonic()
+while held and time.monotonic() - start < 120:
+    r, _, _ = select.select(held, [], [], 1.0)
+    held = [s for s in held if s not in r or s.recv(1)]
+print(json.dumps({"closed_after": time.monotonic() - start,
+                  "left": len(held)}), flush=True)
+"""
+
+    def test_other_users_cannot_lock_root_out(self):
+        """Issue 18, point 6: seventy idle connections from nobody hold
+        at most a few slots (a cap per uid), root still gets in and may
+        release, and nobody's idle connections are closed long before the
+        300 s allowed to root's."""
+        python = "/usr/bin/python3"
+        if not os.access(python, os.X_OK):
+            self.skipTest("no %s for nobody to run" % python)
+        phone, _ = self.reserve()
+        hog = subprocess.Popen([python, "-c", self.HOG,
+                                self.sock_path()], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True,
+                               preexec_fn=self.as_nobody())
+        try:
+            held = json.loads(hog.stdout.readline())["held"]
+            if held == 0:
+                self.skipTest("nobody cannot reach the socket")
+            self.assertLessEqual(held, 8)
+            # Root, and root again and again: room is kept.
+            for _ in range(3):
+                r = self.ctl("status")
+                self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            r = self.ctl("release", phone)
+            self.assertEqual((r.returncode, json.loads(r.stdout)),
+                             (0, {"released": 1}), r.stderr)
+            self.assertFree(phone)
+            hog.stdin.write("go\n")
+            hog.stdin.flush()
+            end = json.loads(hog.stdout.readline())
+            self.assertEqual(end["left"], 0, end)
+            self.assertLess(end["closed_after"], 60, end)
+        finally:
+            hog.kill()
+            hog.wait()
+
     def test_root_may_change(self):
         phone = number()
         self.assertEqual(self.ctl_json("claim", phone, fresh_user()),

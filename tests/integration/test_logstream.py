@@ -1136,6 +1136,61 @@ class RejectedTests(LogStreamCase):
         self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600, path)
 
 
+class UnicodeTests(LogStreamCase):
+    """Issue 18, points 1 and 3: "\\u0000" and lone surrogates are valid
+    JSON.  In a string the daemon does not read they change nothing; in
+    one it reads (a user id) they reject that item only, dead-lettered,
+    and the id is never rewritten (yajl turns a lone "\\ud800" into "?",
+    which would make two users one)."""
+
+    def test_nul_in_an_unread_string_does_not_refuse_the_batch(self):
+        for fmt in ("array", "lines"):
+            with self.subTest(fmt=fmt):
+                phone, victim = self.reserve()
+                self.assertHeld(phone, victim)
+                items = [deleted(victim),
+                         event("fu", fresh_user(), user_name="eve\x00x",
+                               note="\ud800 and \udfff")]
+                self.deliver(items, fmt, applied=1, ignored=1)
+                self.assertFree(phone)
+
+    def test_lone_surrogates_in_a_user_id_reject_that_item(self):
+        base = "google-oauth2|ev" + secrets.token_hex(4)
+        phones = [number() for _ in range(4)]
+        items = [enrolled(base + "\ud800", phones[0]),
+                 enrolled(base + "\udbff", phones[1]),
+                 enrolled(base + "?", phones[2]),
+                 enrolled(base + "\x00", phones[3])]
+        before = len(self.deadletter())
+        self.deliver(items, applied=1, rejected=3)
+        new = self.deadletter()[before:]
+        self.assertEqual([(l["log_id"], l["reason"]) for l in new],
+                         [(items[i]["log_id"], "invalid_user_id")
+                          for i in (0, 1, 3)])
+        self.assertHeld(phones[2], base + "?")
+        for i in (0, 1, 3):
+            self.assertFree(phones[i])
+        # A deletion of the lone-surrogate user does not release "?"'s.
+        self.deliver([deleted(base + "\ud800")], rejected=1)
+        self.deliver([deleted(base + "\udc00")], rejected=1)
+        self.assertHeld(phones[2], base + "?")
+
+    def test_lone_surrogate_in_a_claim_user_id_is_invalid_user_id(self):
+        user = "google-oauth2|ev" + secrets.token_hex(4)
+        phone = number()
+        for bad in ("\ud800", "\udbff", "\udc00", "\ud800\u0041", "\x00"):
+            with self.subTest(user_id=ascii(bad)):
+                self.assertError(self.d.claim(phone, user + bad,
+                                              "enrollment"),
+                                 400, "invalid_user_id")
+        # None of them was stored as "...?": the number is still free.
+        self.assertReserved(self.d.claim(phone, user + "?", "enrollment"),
+                            self.ttl)
+        # A surrogate pair is a character like any other.
+        self.assertReserved(self.d.claim(number(), user + "\U0001f600",
+                                         "enrollment"), self.ttl)
+
+
 # Idempotence (I3) ----------------------------------------------------------
 
 class IdempotenceTests(LogStreamCase):
@@ -2312,6 +2367,38 @@ class LogTests(LogStreamCase):
         self.deliver([dup], duplicates=1)
         self.assertLineSays(self.line_after(since), applied=0, duplicate=1,
                             ignored=0, rejected=0)
+
+    def test_request_values_are_escaped_bounded_and_redacted(self):
+        """Issue 18, point 5: a log id (or user id) from a request reaches
+        the log with control characters escaped, cut to a bound, and
+        phone-like digit runs masked as in the dead-letter file: no
+        forged line, no number."""
+        phone, other = number(), number()
+        spaced = "%s %s %s %s" % (phone[:2], phone[2:5], phone[5:8],
+                                  phone[8:])
+        forged = spaced + "\nphoneclaimd: warning: FORGED LINE\x1b[2J\x85"
+        it = event("s", fresh_user(), log_id=forged)
+        del it["data"]["type"]
+        long_id = event("s", fresh_user(), log_id="L" * 128)
+        del long_id["data"]["type"]
+        since = self.d.log_size()
+        self.deliver([it, long_id], rejected=2)
+        # A user id with a number in it, in the claim API's debug line.
+        user = "sms|" + other
+        self.assertReserved(self.d.claim(number(), user, "enrollment"),
+                            self.ttl)
+        self.d.wait_for_log(r"claim by [^\n]*", since)
+        log = self.d.log_text(since)
+        self.assertNotRegex(log, r"(?m)^phoneclaimd: warning: FORGED")
+        self.assertNotIn("\x1b", log)
+        self.assertNotIn("\x85", log)
+        self.assertIn("FORGED LINE", log)
+        self.assertEqual(leaked_numbers(log.replace(" ", ""),
+                                        [phone, other]), [], log)
+        self.assertIn(phone[-4:], log)
+        line = [l for l in log.splitlines() if "LLLL" in l][0]
+        self.assertNotIn("L" * 128, line)
+        self.assertIn("...", line)
 
     def test_log_and_state_hold_no_numbers_or_tokens(self):
         d = self.d

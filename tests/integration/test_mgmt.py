@@ -327,6 +327,39 @@ class FailureTests(MgmtCase):
                          os.path.getsize(os.path.join(
                              d.state_dir, "deadletter.jsonl")) > 0)
 
+    def test_a_page_with_bad_strings_advances_the_cursor(self):
+        """Issue 18, point 1: "\\u0000" in a string the daemon does not
+        read changes nothing; a lone surrogate in a user id rejects that
+        event only, dead-lettered once.  The page is not retried for
+        ever: the backfill ends, and the cursor is past the bad event
+        even when it is the page's newest."""
+        evs = self.enrolments(2)
+        fu = ls.bare(ls.event("fu", fresh_user(), user_name="eve\x00x"))
+        bad_user = fresh_user() + "\ud800"
+        bad = ls.bare(ls.enrolled(bad_user, ls.number()))
+        self.fake.add(evs[0][0], fu, evs[1][0], bad)
+        d = self.mgmt_daemon(backfill_since="2020-01-01")
+        b = self.wait_idle(d)
+        self.assertEqual((b["events"], b["failures"], b["last_error"]),
+                         (4, 0, None), b)
+        for _, phone, user in evs:
+            self.held(d, phone, user)
+        self.free(d, bad["details"]["authenticator"]["phone_number"])
+        path = os.path.join(d.state_dir, "deadletter.jsonl")
+        with open(path) as f:
+            lines = [json.loads(l) for l in f]
+        self.assertEqual([(l["log_id"], l["reason"]) for l in lines],
+                         [(bad["_id"], "invalid_user_id")])
+        # Again: from the bad event on, an empty page; nothing kept twice.
+        self.fake.seen.clear()
+        self.assertEqual(self.ask(d, "backfill"), {"backfill": "started"})
+        b = self.wait_idle(d, runs=2)
+        self.assertEqual(b["events"], 0, b)
+        gets = [s[1] for s in self.fake.requests("/api/v2/logs")]
+        self.assertIn("from=%s&take=100" % bad["_id"], gets[0])
+        with open(path) as f:
+            self.assertEqual(len(f.readlines()), 1)
+
     def test_slow_answer_does_not_block_the_loop(self):
         self.fake.fail_next("/api/v2/logs", None, delay=3.0)
         self.fake.add(*(e for e, _, _ in self.enrolments(1)))

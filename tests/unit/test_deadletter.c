@@ -909,6 +909,32 @@ test_log_id_redacted(void **state)
 	free(dir);
 }
 
+/* A value for the log: masked, escaped, bounded (issue 18, point 5). */
+static void
+test_log_value(void **state)
+{
+	char	buf[DEADLETTER_LOG_SIZE], big[600];
+	size_t	i;
+
+	(void)state;
+	assert_string_equal(deadletter_log_value("+1 201 555 0123\nx: FORGED",
+	    buf), "+X XXX XXX 0123\\x0ax: FORGED");
+	assert_string_equal(deadletter_log_value("a\\b\x1b\xc2\x85\xff\xc3\xa9",
+	    buf), "a\\x5cb\\x1b\\xc2\\x85\\xff\xc3\xa9");
+	assert_string_equal(deadletter_log_value("900202611270000000000000000"
+	    "00000000000000000000000000001", buf), "900202611270000000000000000"
+	    "00000000000000000000000000001");
+	memset(big, '\n', sizeof big - 1);
+	big[sizeof big - 1] = '\0';
+	deadletter_log_value(big, buf);
+	assert_true(strlen(buf) < DEADLETTER_LOG_SIZE);
+	assert_int_equal(strcmp(buf + strlen(buf) - 3, "..."), 0);
+	for (i = 0; i < sizeof big - 1; i++)
+		big[i] = (char)('a' + i % 26);
+	deadletter_log_value(big, buf);
+	assert_int_equal(strlen(buf), DEADLETTER_LOG_SIZE - 4 + 3);
+}
+
 int
 main(void)
 {
@@ -929,6 +955,7 @@ main(void)
 		cmocka_unit_test(test_open_errors),
 		cmocka_unit_test(test_write_errors),
 		cmocka_unit_test(test_log_id_redacted),
+		cmocka_unit_test(test_log_value),
 	};
 
 	tests_began = time(NULL);
