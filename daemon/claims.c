@@ -991,6 +991,7 @@ claims_promote_one(struct store_txn *txn, struct conflict *cf,
     int64_t now_ms)
 {
 	struct claim	c;
+	char		user[DEADLETTER_LOG_SIZE], id[DEADLETTER_LOG_SIZE];
 	int		rv;
 
 	memset(&c, 0, sizeof c);
@@ -1010,8 +1011,10 @@ claims_promote_one(struct store_txn *txn, struct conflict *cf,
 		return (rv);
 	claims_resolved_txn++;
 	log_warnx("conflict resolved: user %s now holds the number ending %s "
-	    "that its holder left; verifying it%s%s", cf->user_id, cf->last4,
-	    cf->log_id[0] != '\0' ? "; log id " : "", cf->log_id);
+	    "that its holder left; verifying it%s%s",
+	    deadletter_log_value(cf->user_id, user), cf->last4,
+	    cf->log_id[0] != '\0' ? "; log id " : "",
+	    deadletter_log_value(cf->log_id, id));
 	return (verify_ask(txn, cf->user_id, VERIFY_PROMOTED, now_ms / 1000));
 }
 

@@ -516,10 +516,13 @@ void
 events_count_unreadable(const char *log_id, const char *user,
     const char *why)
 {
+	char	id[DEADLETTER_LOG_SIZE], who[DEADLETTER_LOG_SIZE];
+
 	events_unreadable_n++;
 	log_warnx("log event %s of user %s: phone number unreadable, %s; "
 	    "matched as an event without a number",
-	    log_id != NULL ? log_id : "(no id)", user, why);
+	    log_id != NULL ? deadletter_log_value(log_id, id) : "(no id)",
+	    user != NULL ? deadletter_log_value(user, who) : "(none)", why);
 }
 
 /* How many events had a phone number that could not be read. */

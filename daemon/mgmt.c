@@ -1118,6 +1118,7 @@ mgmt_verify_done(struct mgmt_xfer *x, long code)
 static void
 mgmt_verify_failed(const char *why, long code)
 {
+	char	user[DEADLETTER_LOG_SIZE];
 	int64_t	wait;
 	int	gave_up, tries = mgmt->vtries + 1;
 
@@ -1133,7 +1134,8 @@ mgmt_verify_failed(const char *why, long code)
 	if (gave_up) {
 		mgmt->st.v_gave_up++;
 		log_warnx("verify: giving up on user %s after %d tries (%s); "
-		    "its claims stay as they are", mgmt->vuser, tries, why);
+		    "its claims stay as they are",
+		    deadletter_log_value(mgmt->vuser, user), tries, why);
 	}
 	if (code >= 500) {
 		mgmt_fail(why, 0);
@@ -1144,7 +1146,8 @@ mgmt_verify_failed(const char *why, long code)
 	mgmt->st.v_failures++;
 	if (!gave_up)
 		log_warnx("verify: %s; user %s, try %d of %d, again in %llds "
-		    "behind the others", why, mgmt->vuser, tries,
+		    "behind the others", why,
+		    deadletter_log_value(mgmt->vuser, user), tries,
 		    VERIFY_TRIES_MAX, (long long)wait);
 	mgmt_schedule(0);
 }

@@ -119,6 +119,16 @@ def fresh_user():
     return "auth0|" + secrets.token_hex(12)
 
 
+def log_plain_user():
+    """Return a random user id the daemon's log shows as it is: one with
+    no run of seven digits, which the log would mask as a possible phone
+    number."""
+    while True:
+        user = fresh_user()
+        if not re.search(r"[0-9]{7}", user):
+            return user
+
+
 def auth0_date(seconds=0.0):
     """The date seconds from now, as Auth0 writes one in a log event
     (2026-11-27T10:30:00.123Z).  Tests date their events from the clock

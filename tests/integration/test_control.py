@@ -527,7 +527,7 @@ class CommandTests(ControlCase):
                          (masked(phone), "active"))
 
     def test_mutations_are_logged_without_numbers(self):
-        phone, user = number(), fresh_user()
+        phone, user = number(), harness.log_plain_user()
         since = self.d.log_size()
         self.assertEqual(self.ask("claim %s %s" % (phone, user)),
                          {"result": "active"})

@@ -839,7 +839,7 @@ class StallTests(VerifyCase):
         clock = d.path("clock")
         harness.use_fakeclock(d, clock)
         d.start()
-        stuck = "auth0|0000" + ls.secrets.token_hex(8)	# first in order
+        stuck = "auth0|0000a" + harness.log_plain_user()[7:]	# first in order
         other = "auth0|ffff" + ls.secrets.token_hex(8)
         self.fake.fail_next("/api/v2/users/" +
                             urllib.parse.quote(stuck, safe=""), 403,
