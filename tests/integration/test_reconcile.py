@@ -184,7 +184,7 @@ class PassTests(ReconcileCase):
         # Only that user: no pass, other's stale claim is still there.
         self.assertEqual(self.gets(other), [])
         self.held(d, p2, other)
-        self.assertEqual(self.ask(d, "reconcile bad\x01id").get("error"),
+        self.assertEqual(self.ask(d, "reconcile " + "u" * 600).get("error"),
                          "invalid_user_id")
 
     def test_phoneclaimctl_reconcile(self):
