@@ -283,7 +283,7 @@ class CommandTests(ControlCase):
         words = [u.split()[0] for u in h["commands"]]
         self.assertEqual(words, ["status", "lookup", "user", "conflicts",
                                  "release", "claim", "export", "backfill",
-                                 "backup", "help"])
+                                 "reconcile", "backup", "help"])
 
     def test_lookup_of_a_free_number(self):
         phone = number()

@@ -37,6 +37,10 @@ WAIT = 30.0
 class ReconcileCase(VerifyCase):
     """Helpers: active claims made through the log stream."""
 
+    def mgmt_daemon(self, start=True, **conf):
+        conf.setdefault("reconcile_interval", "604800")
+        return super().mgmt_daemon(start, **conf)
+
     def active(self, d, user, phone=None, device=None):
         """Give user an active claim (a gd_enrollment_complete); phone."""
         phone = phone or ls.number()
