@@ -193,6 +193,8 @@ static void	control_backup_done_cb(const struct store_backup_result *,
 		    void *);
 static void	control_cmd_backfill(struct control_client *, int, char **);
 static void	control_gen_backfill(yajl_gen, const struct store_counts *);
+static void	control_gen_reconcile(yajl_gen);
+static void	control_cmd_reconcile(struct control_client *, int, char **);
 
 static const struct control_cmd control_cmds[] = {
 	{ "status", control_cmd_status },
@@ -203,6 +205,7 @@ static const struct control_cmd control_cmds[] = {
 	{ "claim", control_cmd_claim },
 	{ "export", control_cmd_export },
 	{ "backfill", control_cmd_backfill },
+	{ "reconcile", control_cmd_reconcile },
 	{ "backup", control_cmd_backup },
 	{ "help", control_cmd_help },
 };
@@ -1452,6 +1455,74 @@ control_gen_backfill(yajl_gen g, const struct store_counts *counts)
 	control_gen_str(g, "last_error", st->rm_last_error[0] != '\0' ?
 	    st->rm_last_error : NULL);
 	yajl_gen_map_close(g);
+	control_gen_reconcile(g);
+}
+
+/* The "reconcile" object of status (with a Management API client). */
+static void
+control_gen_reconcile(yajl_gen g)
+{
+	const struct reconcile_status	*r = reconcile_status();
+
+	if (!r->configured)
+		return;
+	control_gen_key(g, "reconcile");
+	yajl_gen_map_open(g);
+	control_gen_str(g, "state", !r->enabled ? "off" : r->running ?
+	    "running" : "idle");
+	control_gen_int(g, "interval", r->interval);
+	control_gen_int(g, "share", r->share);
+	control_gen_time(g, "pass_started", r->pass_started, 0);
+	control_gen_int(g, "pass_checked", (long long)r->pass_checked);
+	control_gen_int(g, "pass_total", (long long)r->pass_total);
+	control_gen_time(g, "last_pass", r->last_pass, 0);
+	control_gen_int(g, "queued", (long long)r->queued);
+	control_gen_int(g, "passes", (long long)r->passes);
+	control_gen_int(g, "checked", (long long)r->checked);
+	control_gen_int(g, "released", (long long)r->released);
+	control_gen_int(g, "learned", (long long)r->learned);
+	control_gen_int(g, "conflicts", (long long)r->conflicts);
+	control_gen_int(g, "unsettled", (long long)r->unsettled);
+	control_gen_int(g, "missing", (long long)r->missing);
+	control_gen_int(g, "failures", (long long)r->failures);
+	control_gen_str(g, "last_error", r->last_error[0] != '\0' ?
+	    r->last_error : NULL);
+	yajl_gen_map_close(g);
+}
+
+/* reconcile [<user_id>]: a pass now, or one user now. */
+static void
+control_cmd_reconcile(struct control_client *c, int argc, char **argv)
+{
+	const struct reconcile_status	*r = reconcile_status();
+	yajl_gen			 g;
+	int				 rv;
+
+	if (!r->configured) {
+		control_error(c, "not_configured");
+		return;
+	}
+	if (!r->enabled) {
+		control_error(c, "reconcile_off");
+		return;
+	}
+	if (argc == 1 && control_user(c, argv[0]) != 0)
+		return;
+	rv = argc == 1 ? reconcile_user(argv[0]) : reconcile_start();
+	if (rv != 0) {
+		control_error(c, rv == -2 && argc == 1 ? "busy" : "unavailable");
+		return;
+	}
+	if (argc == 1)
+		log_info("status socket: uid %u asked to reconcile user %s",
+		    (unsigned)c->uid, argv[0]);
+	else
+		log_info("status socket: uid %u asked for a reconciliation "
+		    "pass", (unsigned)c->uid);
+	mgmt_wake();
+	g = control_gen();
+	control_gen_str(g, "reconcile", argc == 1 ? "queued" : "started");
+	control_send(c, g, 1);
 }
 
 /* Start a backfill run now. */

@@ -77,6 +77,7 @@ static void	metrics_text_backfill(struct evbuffer *);
 static void	metrics_text_phone(struct evbuffer *);
 static void	metrics_text_conns(struct evbuffer *);
 static void	metrics_text_repl(struct evbuffer *);
+static void	metrics_text_reconcile(struct evbuffer *);
 static void	metrics_text_verify(struct evbuffer *,
 		    const struct mgmt_status *);
 static void	metrics_text_store(struct evbuffer *);
@@ -326,6 +327,53 @@ metrics_text_backfill(struct evbuffer *buf)
 	evbuffer_add_printf(buf, "phoneclaimd_backfill_last_run_seconds %lld\n",
 	    (long long)st->last_run);
 	metrics_text_verify(buf, st);
+	metrics_text_reconcile(buf);
+}
+
+/* Reconciliation against the Management API (reconcile.c). */
+static void
+metrics_text_reconcile(struct evbuffer *buf)
+{
+	const struct reconcile_status	*r = reconcile_status();
+	double				 progress = 0;
+
+	if (!r->configured)
+		return;
+	if (r->running && r->pass_total > 0)
+		progress = r->pass_checked >= r->pass_total ? 1 :
+		    (double)r->pass_checked / (double)r->pass_total;
+	else if (r->running || r->last_pass != 0)
+		progress = r->running ? 0 : 1;
+	metrics_family(buf, "reconcile_total", "counter",
+	    "Reconciliation since start: active claims checked, and what "
+	    "the answers changed.");
+	evbuffer_add_printf(buf,
+	    "phoneclaimd_reconcile_total{result=\"checked\"} %llu\n"
+	    "phoneclaimd_reconcile_total{result=\"released\"} %llu\n"
+	    "phoneclaimd_reconcile_total{result=\"learned\"} %llu\n"
+	    "phoneclaimd_reconcile_total{result=\"conflict\"} %llu\n"
+	    "phoneclaimd_reconcile_total{result=\"unsettled\"} %llu\n"
+	    "phoneclaimd_reconcile_total{result=\"missing\"} %llu\n",
+	    (unsigned long long)r->checked, (unsigned long long)r->released,
+	    (unsigned long long)r->learned, (unsigned long long)r->conflicts,
+	    (unsigned long long)r->unsettled, (unsigned long long)r->missing);
+	metrics_family(buf, "reconcile_failures_total", "counter",
+	    "Failed reconciliation requests (each retried).");
+	evbuffer_add_printf(buf, "phoneclaimd_reconcile_failures_total %llu\n",
+	    (unsigned long long)r->failures);
+	metrics_family(buf, "reconcile_passes_total", "counter",
+	    "Complete reconciliation passes since start.");
+	evbuffer_add_printf(buf, "phoneclaimd_reconcile_passes_total %llu\n",
+	    (unsigned long long)r->passes);
+	metrics_family(buf, "reconcile_pass_progress", "gauge",
+	    "Share of the active claims the current pass has checked (1: "
+	    "the last pass is complete, 0: none yet).");
+	evbuffer_add_printf(buf, "phoneclaimd_reconcile_pass_progress %g\n",
+	    progress);
+	metrics_family(buf, "reconcile_last_pass_seconds", "gauge",
+	    "When the last complete pass ended, or 0.");
+	evbuffer_add_printf(buf, "phoneclaimd_reconcile_last_pass_seconds "
+	    "%lld\n", (long long)r->last_pass);
 }
 
 /* The number normaliser's cache. */

@@ -13,7 +13,12 @@
  *   record that asks for it, and write the outcome into the record;
  *
  *   verifications: GET /api/v2/users/{id}/authentication-methods for each
- *   user waiting in verify.db, settled by verify.c.
+ *   user waiting in verify.db, settled by verify.c;
+ *
+ *   reconciliation, last: the same GET for the user of the next active
+ *   claim of the pass (reconcile.c), only while more than reconcile_share
+ *   percent of the rate-limit bucket is left, so that it never starves
+ *   the other jobs or the tenant's other clients.
  *
  * Nothing of a job is kept only in memory: after a failure, a restart or
  * a new token the next step is worked out again from the store.
@@ -59,7 +64,8 @@ enum mgmt_kind {
 enum mgmt_job {
 	MGMT_JOB_BACKFILL = 0,
 	MGMT_JOB_REMOVE,
-	MGMT_JOB_VERIFY
+	MGMT_JOB_VERIFY,
+	MGMT_JOB_RECONCILE
 };
 
 struct mgmt_xfer {
@@ -70,6 +76,7 @@ struct mgmt_xfer {
 	char			*body;
 	size_t			 len;
 	char			*next;		/* Link rel="next" */
+	long long		 rl_limit;	/* -1: not sent */
 	long long		 rl_remaining;	/* -1: not sent */
 	long long		 rl_reset;
 	char			 error[CURL_ERROR_SIZE];
@@ -105,6 +112,10 @@ struct mgmt {
 	int			 vtries;	/* its failed lookups so far */
 	time_t			 vwake;		/* a retry is due then */
 	int64_t			 verify_after;	/* expiries asked up to */
+	char			 ruser[USER_ID_MAX + 1];	/* reconciling */
+	long long		 rl_limit;	/* the last answer's, or -1 */
+	long long		 rl_left;
+	time_t			 rl_reset;
 	struct mgmt_status	 st;
 };
 
@@ -139,6 +150,9 @@ static void	mgmt_remove_done(struct mgmt_xfer *, long);
 static int	mgmt_verify_next(void);
 static void	mgmt_verify_done(struct mgmt_xfer *, long);
 static void	mgmt_verify_failed(const char *, long);
+static int	mgmt_reconcile_next(int64_t *);
+static void	mgmt_reconcile_done(struct mgmt_xfer *, long);
+static int	mgmt_no_such_user(struct mgmt_xfer *);
 static int	mgmt_renew_on_401(long);
 static char	*mgmt_user_url(const char *, const char *);
 static const char *mgmt_kind_name(enum mgmt_kind);
@@ -183,6 +197,7 @@ mgmt_init(struct event_base *base, const struct conf *conf, char **cause)
 	m->st.state = MGMT_IDLE;
 	m->again = 1;		/* a run at start */
 	m->verify_after = (int64_t)time(NULL);
+	m->rl_limit = m->rl_left = -1;
 	mgmt = m;
 	verify_init(1);
 	mgmt_schedule(0);
@@ -379,7 +394,11 @@ mgmt_header_cb(char *p, size_t size, size_t n, void *arg)
 	size_t			 len = size * n;
 	char			 v[32];
 
-	if (len > 22 && strncasecmp(p, "x-ratelimit-remaining:", 22) == 0) {
+	if (len > 18 && strncasecmp(p, "x-ratelimit-limit:", 18) == 0) {
+		snprintf(v, sizeof v, "%.*s", (int)(len - 18), p + 18);
+		x->rl_limit = strtoll(v, NULL, 10);
+	} else if (len > 22 &&
+	    strncasecmp(p, "x-ratelimit-remaining:", 22) == 0) {
 		snprintf(v, sizeof v, "%.*s", (int)(len - 22), p + 22);
 		x->rl_remaining = strtoll(v, NULL, 10);
 	} else if (len > 18 && strncasecmp(p, "x-ratelimit-reset:", 18) == 0) {
@@ -420,7 +439,7 @@ mgmt_send(enum mgmt_kind kind, const char *url, const char *post)
 
 	x = xcalloc(1, sizeof *x);
 	x->kind = kind;
-	x->rl_remaining = x->rl_reset = -1;
+	x->rl_limit = x->rl_remaining = x->rl_reset = -1;
 	if ((x->easy = curl_easy_init()) == NULL)
 		fatalx("curl_easy_init");
 	curl_easy_setopt(x->easy, CURLOPT_URL, url);
@@ -485,6 +504,11 @@ mgmt_done(struct mgmt_xfer *x, CURLcode rc)
 	curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
 	if (x->rl_remaining == 0 && x->rl_reset > 0)
 		mgmt->not_before = (time_t)x->rl_reset;
+	if (x->rl_remaining >= 0) {
+		mgmt->rl_limit = x->rl_limit;
+		mgmt->rl_left = x->rl_remaining;
+		mgmt->rl_reset = (time_t)x->rl_reset;
+	}
 	if (rc != CURLE_OK) {
 		snprintf(why, sizeof why, "%s: %s", mgmt_kind_name(x->kind),
 		    x->error[0] != '\0' ? x->error : curl_easy_strerror(rc));
@@ -496,6 +520,8 @@ mgmt_done(struct mgmt_xfer *x, CURLcode rc)
 		mgmt_token_done(x, code);
 	else if (x->kind == MGMT_DELETE)
 		mgmt_remove_done(x, code);
+	else if (x->kind == MGMT_METHODS && mgmt->job == MGMT_JOB_RECONCILE)
+		mgmt_reconcile_done(x, code);
 	else if (x->kind == MGMT_METHODS)
 		mgmt_verify_done(x, code);
 	else
@@ -662,6 +688,7 @@ mgmt_run_cb(evutil_socket_t fd, short events, void *arg)
 {
 	const struct metrics_events	*e = metrics_events_totals();
 	time_t				 now = time(NULL), quiet;
+	int64_t				 wait, rwait;
 
 	(void)fd;
 	(void)events;
@@ -688,12 +715,15 @@ mgmt_run_cb(evutil_socket_t fd, short events, void *arg)
 			return;
 		quiet = 0;
 	}
-	if (mgmt_remove_next() || mgmt_verify_next())
+	if (mgmt_remove_next() || mgmt_verify_next() ||
+	    mgmt_reconcile_next(&rwait))
 		return;
-	quiet = mgmt->conf->backfill_idle - quiet;
-	if (mgmt->vwake > now && mgmt->vwake - now < quiet)
-		quiet = mgmt->vwake - now;	/* a verification retry */
-	mgmt_schedule((int)quiet);
+	wait = mgmt->conf->backfill_idle - quiet;
+	if (mgmt->vwake > now && mgmt->vwake - now < wait)
+		wait = mgmt->vwake - now;	/* a verification retry */
+	if (rwait >= 0 && rwait < wait)
+		wait = rwait;
+	mgmt_schedule((int)wait);
 }
 
 /*
@@ -862,6 +892,9 @@ mgmt_fail(const char *why, int limited)
 		    "%s", why);
 		mgmt->st.v_failures++;
 		break;
+	case MGMT_JOB_RECONCILE:
+		reconcile_failed(why);
+		break;
 	}
 	mgmt->backoff = mgmt->backoff == 0 ? MGMT_BACKOFF_MIN :
 	    mgmt->backoff * 2;
@@ -875,7 +908,8 @@ mgmt_fail(const char *why, int limited)
 	if (!mgmt->logged)
 		log_warnx("%s: %s; retrying with back-off",
 		    mgmt->job == MGMT_JOB_BACKFILL ? "backfill" :
-		    mgmt->job == MGMT_JOB_REMOVE ? "conflict removal" : "verify",
+		    mgmt->job == MGMT_JOB_REMOVE ? "conflict removal" :
+		    mgmt->job == MGMT_JOB_VERIFY ? "verify" : "reconcile",
 		    why);
 	mgmt->logged = 1;
 	mgmt->backing_off = 1;
@@ -1149,6 +1183,78 @@ mgmt_verify_failed(const char *why, long code)
 		    "behind the others", why,
 		    deadletter_log_value(mgmt->vuser, user), tries,
 		    VERIFY_TRIES_MAX, (long long)wait);
+	mgmt_schedule(0);
+}
+
+/*
+ * Start reading the methods of the next user to reconcile; 0 if none now
+ * (*wait: seconds until there may be one, -1 none).  Waits for the
+ * rate-limit reset while less than reconcile_share of the bucket is left.
+ */
+static int
+mgmt_reconcile_next(int64_t *wait)
+{
+	time_t	 now = time(NULL);
+	char	*url;
+
+	*wait = -1;
+	if (!reconcile_may_send(mgmt->rl_limit, mgmt->rl_left) &&
+	    mgmt->rl_reset > now) {
+		*wait = mgmt->rl_reset - now;
+		if (*wait > MGMT_RESET_MAX)
+			*wait = MGMT_RESET_MAX;
+		return (0);
+	}
+	if (!reconcile_next((int64_t)now, mgmt->ruser, wait))
+		return (0);
+	mgmt->job = MGMT_JOB_RECONCILE;
+	if (!mgmt_token_ok())
+		return (1);
+	url = mgmt_user_url(mgmt->ruser, NULL);
+	mgmt_send(MGMT_METHODS, url, NULL);
+	free(url);
+	return (1);
+}
+
+/*
+ * The methods of the user being reconciled: settle the claims.  A 404
+ * that says the user does not exist releases them; a 400 (Auth0 refuses
+ * the user id) moves on; anything else is retried with back-off.
+ */
+static void
+mgmt_reconcile_done(struct mgmt_xfer *x, long code)
+{
+	struct verify_method	*m = NULL;
+	size_t			 n = 0;
+	char			*cause = NULL, why[160];
+	int			 found = 1, skip = 0, rv;
+
+	if (mgmt_renew_on_401(code))
+		return;
+	if (code == 400)
+		skip = 1;
+	else if (code == 404 && mgmt_no_such_user(x))
+		found = 0;
+	else if (code != 200) {
+		snprintf(why, sizeof why, "GET authentication methods: HTTP %ld",
+		    code);
+		mgmt_fail(why, code == 429);
+		return;
+	} else if (verify_methods(x->body != NULL ? x->body : "",
+	    x->len, &m, &n, &cause) != 0) {
+		snprintf(why, sizeof why, "GET authentication methods: %s",
+		    cause);
+		free(cause);
+		mgmt_fail(why, 0);
+		return;
+	}
+	mgmt_succeeded();
+	rv = reconcile_settle(m, n, found, skip);
+	free(m);
+	if (rv != 0) {
+		mgmt_fail("the store is unavailable", 0);
+		return;
+	}
 	mgmt_schedule(0);
 }
 

@@ -80,6 +80,8 @@ struct conf {
 	char		*backfill_since;	/* ISO date, or NULL */
 	int64_t		 backfill_since_t;	/* the same, seconds */
 	char		*on_conflict;		/* "report" or "remove" */
+	long long	 reconcile_interval;	/* seconds; 0: off */
+	long long	 reconcile_share;	/* percent of the rate limit */
 	int		 on_conflict_remove;
 	char		*repl_local;		/* NULL: no replication */
 	struct conf_peer repl_peers[CONF_PEERS_MAX];
@@ -493,6 +495,42 @@ int		 verify_settle(const char *, int, const struct verify_method *,
 		     size_t, int, int64_t, int64_t, struct verify_result *);
 int		 verify_methods(const char *, size_t, struct verify_method **,
 		     size_t *, char **);
+
+/* reconcile.c */
+/* Reconciliation, for status and metrics. */
+struct reconcile_status {
+	int		 configured;	/* a Management API client exists */
+	int		 enabled;	/* and reconcile_interval > 0 */
+	int		 running;	/* a pass is under way */
+	long long	 interval;
+	long long	 share;
+	int64_t		 pass_started;	/* 0 if none */
+	uint64_t	 pass_checked;
+	uint64_t	 pass_total;	/* active claims when it started */
+	int64_t		 last_pass;	/* end of the last complete pass, or 0 */
+	size_t		 queued;	/* users asked for by hand */
+	/* Since start. */
+	uint64_t	 passes;
+	uint64_t	 checked;
+	uint64_t	 released;
+	uint64_t	 learned;
+	uint64_t	 conflicts;
+	uint64_t	 unsettled;
+	uint64_t	 missing;	/* users Auth0 does not know */
+	uint64_t	 failures;
+	char		 last_error[128];
+};
+
+void		 reconcile_init(struct store *, const struct conf *, int);
+void		 reconcile_free(void);
+const struct reconcile_status *reconcile_status(void);
+int		 reconcile_next(int64_t, char *, int64_t *);
+int		 reconcile_settle(const struct verify_method *, size_t, int,
+		     int);
+void		 reconcile_failed(const char *);
+int		 reconcile_start(void);
+int		 reconcile_user(const char *);
+int		 reconcile_may_send(long long, long long);
 
 /* events.c */
 struct events_counts {

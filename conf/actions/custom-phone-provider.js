@@ -5,11 +5,18 @@
  * Bind this code to the tenant's custom phone provider.  For MFA
  * enrolments (notification.message_type "otp_enroll") it asks phoneclaimd
  * (POST /v1/claims) whether the number is free and refuses a taken number
- * with api.notification.drop(); for challenges ("otp_verify") it teaches
- * the daemon the number and never refuses; every other message type
+ * with api.notification.drop().  "otp_verify" codes are delivered without
+ * a claim by default: this trigger also sends passwordless SMS logins and
+ * phone-identifier verification codes with the same message_type, and
+ * nothing in Auth0's documented event object tells them from MFA
+ * challenges.  With LEARN_ON_VERIFY=true (a tenant whose phone provider
+ * serves MFA only) an otp_verify teaches the daemon the number, never
+ * refusing, except when the event shows a passwordless SMS login (an
+ * "sms" connection or an "sms|" user id).  Every other message type
  * (blocked_account, change_password, password_breach, ...) is just
  * delivered.  A failed provider call asks Auth0 to try again with
- * api.notification.retry().  Plain Node 18+: fetch, no npm dependencies.
+ * api.notification.retry().  Written for Auth0's Node 22 Actions runtime
+ * (runs on Node 18+): fetch, no npm dependencies.
  * Self-contained on purpose: it shares the logic of send-phone-message.js
  * but nothing at run time (each Action is pasted into Auth0 on its own).
  *
@@ -19,6 +26,8 @@
  *   PHONECLAIMD_TIMEOUT_MS  time allowed for the daemon call (default 3000, 100..5000)
  *   FAIL_OPEN               "true": deliver the enrolment code anyway when the
  *                           daemon cannot answer (default "false": drop it)
+ *   LEARN_ON_VERIFY         "true": otp_verify codes teach the daemon the number
+ *                           (default "false": no claim; see above)
  *   TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, TWILIO_FROM   the SMS provider
  *   TWILIO_BASE_URL         default https://api.twilio.com (tests use a fake)
  *   SMS_TIMEOUT_MS          time allowed for the provider call (default 8000, 100..12000)
@@ -76,6 +85,7 @@ function settings(secrets) {
     timeoutMs: intSecret(s.PHONECLAIMD_TIMEOUT_MS, DEFAULTS.timeoutMs, 100,
       DEFAULTS.timeoutMaxMs),
     failOpen: boolSecret(s.FAIL_OPEN),
+    learnOnVerify: boolSecret(s.LEARN_ON_VERIFY),
     blocked: s.BLOCKED_MESSAGE || DEFAULTS.blocked,
     invalid: s.INVALID_NUMBER_MESSAGE || DEFAULTS.invalid,
     limited: s.LIMITED_MESSAGE || DEFAULTS.limited,
@@ -203,6 +213,28 @@ async function sendSms(secrets, { to, text, voice, timeoutMs }) {
   }
 }
 
+/**
+ * Return true when the event shows a passwordless SMS login: Auth0's
+ * passwordless SMS connection has strategy "sms" and its users' ids
+ * begin with "sms|".  Its absence proves nothing (phone identifiers on a
+ * database connection look like MFA).
+ */
+function passwordlessSms(event) {
+  const c = event.connection || {};
+  const userId = String((event.user && event.user.user_id) || '');
+  return c.strategy === 'sms' || userId.startsWith('sms|');
+}
+
+/**
+ * Return why an otp_verify must not be claimed, or '' when it may: only
+ * with LEARN_ON_VERIFY set, and never for a passwordless SMS login.
+ */
+function verifyNoClaim(conf, event) {
+  if (!conf.learnOnVerify) return 'not an MFA code for certain, no claim';
+  if (passwordlessSms(event)) return 'passwordless SMS login, no claim';
+  return '';
+}
+
 /** Return the number in the form the provider wants: no spaces or punctuation. */
 function dialable(recipient) {
   let n = String(recipient || '').replace(/[\s\-().\/]/g, '');
@@ -218,7 +250,10 @@ exports.onExecuteCustomPhoneProvider = async (event, api) => {
   const type = String(n.message_type || '');
   const tag = 'phoneclaimd: ' + (type || 'notification') + ' ' + last4(recipient);
 
-  if (type === 'otp_enroll' || type === 'otp_verify') {
+  const noClaim = type === 'otp_verify' ? verifyNoClaim(conf, event) : '';
+  if (noClaim) {
+    console.log(tag + ': ' + noClaim);
+  } else if (type === 'otp_enroll' || type === 'otp_verify') {
     const action = type === 'otp_enroll' ? 'enrollment'
       : 'second-factor-authentication';
     const claim = await checkClaim(conf, recipient, userId, action);

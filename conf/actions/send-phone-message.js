@@ -6,7 +6,8 @@
  * It asks phoneclaimd (POST /v1/claims) whether the number is free before
  * an enrolment SMS goes out, teaches it numbers on login challenges, and
  * then delivers the message itself (with the "Custom" provider Auth0 sends
- * nothing on its own).  Plain Node 18+: fetch, no npm dependencies.
+ * nothing on its own).  Written for Auth0's Node 22 Actions runtime
+ * (runs on Node 18+): fetch, no npm dependencies.
  *
  * Secrets (event.secrets); see docs/auth0-setup.md:
  *   PHONECLAIMD_URL         base URL of the daemon, e.g. https://claims.example.com

@@ -44,9 +44,17 @@ function event(secrets, recipient, userId, opts = {}) {
     },
     user: { user_id: userId, app_metadata: {}, user_metadata: {} },
     client: { client_id: 'client', name: 'Test app', metadata: {} },
+    connection: opts.connection || {
+      id: 'con_db', name: 'Username-Password-Authentication', strategy: 'auth0',
+    },
     tenant: { id: 'test-tenant' },
     secrets,
   };
+}
+
+/** Secrets with otp_verify learning turned on (LEARN_ON_VERIFY). */
+function learning(d, extra = {}) {
+  return secretsFor(d, twilio, { LEARN_ON_VERIFY: 'true', ...extra });
 }
 
 /** A fake api that records drop() and retry(). */
@@ -132,9 +140,9 @@ t('otp_enroll over max_reservations_per_user: dropped, no SMS', async () => {
   assert.equal(twilio.to(phone).length, 0);
 });
 
-t('otp_verify teaches the number; another user\'s otp_enroll is then dropped', async () => {
+t('otp_verify, LEARN_ON_VERIFY=true: teaches the number; another user\'s otp_enroll is then dropped', async () => {
   const phone = freshNumber();
-  const r = await run(event(secretsFor(daemon, twilio), phone, freshUser(),
+  const r = await run(event(learning(daemon), phone, freshUser(),
     { message_type: 'otp_verify' }));
   assert.deepEqual(r.calls, []);
   assert.ok(r.lines.some((l) => /otp_verify \.\.\.\d{4}: learned/.test(l)), r.lines.join('\n'));
@@ -144,14 +152,60 @@ t('otp_verify teaches the number; another user\'s otp_enroll is then dropped', a
   assert.equal(twilio.to(phone).length, 1);
 });
 
-t('otp_verify of a number someone else holds is delivered (conflict)', async () => {
+t('otp_verify, LEARN_ON_VERIFY=true: a number someone else holds is delivered (conflict)', async () => {
   const phone = freshNumber();
   assert.equal((await claim(daemon, phone, freshUser())).status, 200);
-  const r = await run(event(secretsFor(daemon, twilio), phone, freshUser(),
+  const r = await run(event(learning(daemon), phone, freshUser(),
     { message_type: 'otp_verify' }));
   assert.deepEqual(r.calls, []);
   assert.ok(r.lines.some((l) => /: conflict$/.test(l)), r.lines.join('\n'));
   assert.equal(twilio.to(phone).length, 1);
+});
+
+t('otp_verify by default: delivered, no claim (it may be a passwordless or phone-identifier code)', async () => {
+  for (const value of [undefined, 'false', 'no', '']) {
+    const phone = freshNumber();
+    const extra = value === undefined ? {} : { LEARN_ON_VERIFY: value };
+    const r = await run(event(secretsFor(daemon, twilio, extra), phone, freshUser(),
+      { message_type: 'otp_verify' }));
+    assert.deepEqual(r.calls, [], String(value));
+    assert.equal(twilio.to(phone).length, 1, String(value));
+    assert.ok(!r.lines.some((l) => /learned|conflict|owned/.test(l)), r.lines.join('\n'));
+    assert.ok(r.lines.some((l) => /not an MFA code for certain, no claim/.test(l)),
+      r.lines.join('\n'));
+    // The number stayed free: another user can still reserve it.
+    const other = await claim(daemon, phone, freshUser());
+    assert.equal(other.status, 200, String(value));
+    assert.equal(other.body.result, 'reserved', String(value));
+  }
+});
+
+t('otp_verify by default does not call the daemon at all', async () => {
+  const phone = freshNumber();
+  const secrets = secretsFor(null, twilio,
+    { PHONECLAIMD_URL: await refusedUrl(), PHONECLAIMD_TOKEN: 'x' });
+  const r = await run(event(secrets, phone, freshUser(), { message_type: 'otp_verify' }));
+  assert.deepEqual(r.calls, []);
+  assert.equal(twilio.to(phone).length, 1);
+  assert.ok(!r.lines.some((l) => /unavailable/.test(l)), r.lines.join('\n'));
+});
+
+t('otp_verify, LEARN_ON_VERIFY=true: a passwordless SMS login is still never claimed', async () => {
+  const cases = [
+    { user: 'sms|' + freshUser().slice(6), connection: undefined },
+    { user: freshUser(), connection: { id: 'con_sms', name: 'sms', strategy: 'sms' } },
+  ];
+  for (const c of cases) {
+    const phone = freshNumber();
+    const r = await run(event(learning(daemon), phone, c.user,
+      { message_type: 'otp_verify', connection: c.connection }));
+    assert.deepEqual(r.calls, []);
+    assert.equal(twilio.to(phone).length, 1);
+    assert.ok(r.lines.some((l) => /passwordless SMS login, no claim/.test(l)),
+      r.lines.join('\n'));
+    const other = await claim(daemon, phone, freshUser());
+    assert.equal(other.body.result, 'reserved', JSON.stringify(c));
+  }
 });
 
 t('other message types are delivered without asking the daemon', async () => {
@@ -187,7 +241,7 @@ t('daemon down, FAIL_OPEN=true: otp_enroll delivered', async () => {
 
 t('daemon down: otp_verify always delivered', async () => {
   const phone = freshNumber();
-  const secrets = secretsFor(null, twilio,
+  const secrets = learning(null,
     { PHONECLAIMD_URL: await refusedUrl(), PHONECLAIMD_TOKEN: 'x', FAIL_OPEN: 'false' });
   const r = await run(event(secrets, phone, freshUser(), { message_type: 'otp_verify' }));
   assert.deepEqual(r.calls, []);

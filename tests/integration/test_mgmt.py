@@ -40,6 +40,9 @@ class MgmtCase(DaemonTestCase):
         self.addCleanup(self.fake.close)
 
     def mgmt_daemon(self, start=True, **conf):
+        # The fake tenant knows only the users a test gives it:
+        # reconciliation (test_reconcile.py) would release the others.
+        conf.setdefault("reconcile_interval", "0")
         d = self.own_daemon(start=False, **conf)
         secret = d.path("auth0.secret")
         write_secret(secret, self.fake.secret + "\n")
