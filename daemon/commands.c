@@ -31,7 +31,7 @@ const struct command_info command_table[] = {
 	{ "backfill", "", 0, 0, 0, 1, COMMAND_SOCKET,
 	  "read missed events from Auth0 now" },
 	{ "reconcile", "[<user_id>]", 0, 1, 1, 1, COMMAND_SOCKET,
-	  "check every active claim, or one user's, against Auth0 now" },
+	  "check claims against Auth0 now" },
 	{ "backup", "<directory>", 1, 1, 1, 1, COMMAND_SOCKET,
 	  "hot backup of the store to a new directory" },
 	{ "help", "", 0, 0, 0, 0, COMMAND_SOCKET,

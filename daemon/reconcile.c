@@ -72,7 +72,7 @@ struct reconcile {
 	struct claim		 at;		/* the claim at the cursor */
 	unsigned char		 snap[RECONCILE_SNAP_MAX][NUMKEY_LEN];
 	size_t			 nsnap;
-	int64_t			 asked_at;
+	int64_t			 asked_ms;	/* when its GET was sent */
 	int64_t			 next_ms;	/* pacing: not before */
 	char			**queue;
 	size_t			 nqueue;
@@ -437,7 +437,7 @@ reconcile_next(int64_t now, char *user, int64_t *wait)
 			return (0);
 		rec->busy = 1;
 	}
-	rec->asked_at = now;
+	rec->asked_ms = claims_clock_ms();
 	snprintf(user, USER_ID_MAX + 1, "%s", rec->user);
 	return (1);
 }
@@ -691,7 +691,7 @@ reconcile_settle(const struct verify_method *m, size_t n, int found,
 	op.found = found;
 	op.skip = skip;
 	op.now = (int64_t)time(NULL);
-	op.when.ms = rec->asked_at * 1000;
+	op.when.ms = rec->asked_ms;
 	op.when.kind = CLAIMS_DATED;
 	if (claims_run(reconcile_settle_txn, &op) != STORE_OK ||
 	    claims_flush() != STORE_OK) {
