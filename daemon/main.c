@@ -501,14 +501,18 @@ main_hash_init(struct main_state *m, char **cause)
 		    m->conf->state_dir);
 		goto fail;
 	}
-	/* A replica gets the check value from the master. */
+	/*
+	 * A replica gets the check value from the master.  The store's own
+	 * bookkeeping: a commit no replica acknowledged in time (the first
+	 * master of a group, its replicas still being copied) is enough.
+	 */
 	if (stored == NULL && repl_writable()) {
 		if (store_meta_put(txn, STORE_META_HASH_CHECK, check) !=
 		    STORE_OK) {
 			store_txn_abort(txn);
 			goto store;
 		}
-		if (store_txn_commit(txn) != STORE_OK ||
+		if (store_txn_commit_local(txn) != STORE_OK ||
 		    store_flush(m->store) != STORE_OK)
 			goto store;
 	} else

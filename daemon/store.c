@@ -200,7 +200,6 @@ static void	store_event_cb(DB_ENV *, u_int32_t, void *);
 static void	store_fail(struct store *, const char *);
 static int	store_count_db(DB *, DB_TXN *, uint64_t *);
 static int	store_count_init(struct store *, char **);
-static int	store_txn_commit_local(struct store_txn *);
 static int	store_txn_commit_acked(struct store_txn *, int);
 static int	store_count_all(struct store *, struct store_txn *);
 static void	store_count_save(struct store *);
@@ -1131,11 +1130,15 @@ store_txn_commit(struct store_txn *txn)
 }
 
 /*
- * Commit the store's own bookkeeping at open (the schema, the counts),
- * which answers no request: committed here is enough.  A new master must
- * not give up its store because a replica left as it took over.
+ * Commit the store's own bookkeeping (the schema and the counts at open,
+ * the hash key's check value of a new store), which answers no request:
+ * committed here is enough.  A new master must not give up its store
+ * because a replica left as it took over, or is still being copied.  The
+ * commit still waits up to repl_ack_timeout for acknowledgements (repmgr
+ * has no per-transaction policy), and one that misses them makes the
+ * next commits wait for new ones (st->unacked).
  */
-static int
+int
 store_txn_commit_local(struct store_txn *txn)
 {
 	return (store_txn_commit_acked(txn, 0));

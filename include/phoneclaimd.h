@@ -222,6 +222,7 @@ int		 store_failed(struct store *);
 int		 store_ready(struct store *);
 int		 store_txn_begin(struct store *, struct store_txn **);
 int		 store_txn_commit(struct store_txn *);
+int		 store_txn_commit_local(struct store_txn *);
 void		 store_txn_abort(struct store_txn *);
 int		 store_flush(struct store *);
 int		 store_flusher_start(struct store *, struct event_base *,
