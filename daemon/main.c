@@ -28,6 +28,7 @@
 #define EXPIRE_BATCHES		20	/* transactions per run at most */
 #define LIMITS_BATCH		1000	/* reservation windows per transaction */
 #define STOP_GRACE_MS		250	/* to finish answers in flight */
+#define FAIL_EXIT_S		10	/* a failed store's last resort */
 
 struct main_state {
 	struct event_base	*base;
@@ -62,6 +63,7 @@ static void	main_stop(struct main_state *);
 static void	main_repl_cb(void *, int, int);
 
 static struct event	*main_fail_ev;
+static int		 main_fail_fds[2] = { -1, -1 };	/* any thread to loop */
 static int		 main_ready_fd = -1;	/* to the waiting parent */
 
 /* Print usage and exit 2. */
@@ -246,13 +248,23 @@ main_checkpoint_cb(evutil_socket_t fd, short events, void *arg)
 	store_checkpoint(m->store);
 }
 
-/* Called by the store when the environment fails: stop from the loop. */
+/*
+ * Called by the store when the environment fails, on whatever thread saw
+ * it (repmgr's, the flusher's or the loop): wake the loop through a pipe,
+ * the only way in from another thread.  And if the loop should never get
+ * there, SIGALRM ends the process a little later (killed by a signal, a
+ * failure to systemd as well).
+ */
 static void
 main_store_failed(void *arg)
 {
+	ssize_t	n;
+
 	(void)arg;
-	if (main_fail_ev != NULL)
-		event_active(main_fail_ev, EV_TIMEOUT, 0);
+	alarm(FAIL_EXIT_S);
+	do
+		n = write(main_fail_fds[1], "f", 1);
+	while (n == -1 && errno == EINTR);
 }
 
 /* The store failed: exit non-zero so that the supervisor restarts us. */
@@ -261,9 +273,12 @@ main_store_failed_cb(evutil_socket_t fd, short events, void *arg)
 {
 	struct main_state	*m = arg;
 	struct timeval		 tv = { 0, STOP_GRACE_MS * 1000 };
+	char			 buf[16];
 
-	(void)fd;
 	(void)events;
+	while (read(fd, buf, sizeof buf) > 0)
+		;
+	event_del(main_fail_ev);
 	log_warnx("the store failed: exiting so that recovery runs on "
 	    "restart");
 	notify_send("STOPPING=1\nSTATUS=the store failed; exiting so that "
@@ -561,6 +576,8 @@ main_start(struct main_state *m)
 		main_die(EXIT_CONFIG, cause);
 	if ((m->store = store_open(m->conf->state_dir, &cause)) == NULL)
 		main_die(EXIT_RUNTIME, cause);
+	if (pipe2(main_fail_fds, O_CLOEXEC | O_NONBLOCK) != 0)
+		fatal("pipe");
 	store_set_fail_cb(m->store, main_store_failed, m);
 	xasprintf(&path, "%s/deadletter.jsonl", m->conf->state_dir);
 	if (deadletter_open(path, 0, &cause) != 0)
@@ -649,10 +666,13 @@ main_run(struct main_state *m)
 	}
 	expire_ev = event_new(m->base, -1, EV_PERSIST, main_expire_cb, m);
 	ckp_ev = event_new(m->base, -1, EV_PERSIST, main_checkpoint_cb, m);
-	main_fail_ev = event_new(m->base, -1, 0, main_store_failed_cb, m);
+	main_fail_ev = event_new(m->base, main_fail_fds[0],
+	    EV_READ | EV_PERSIST, main_store_failed_cb, m);
 	if (expire_ev == NULL || ckp_ev == NULL || main_fail_ev == NULL)
 		fatalx("event_new");
 	evtimer_add(expire_ev, &tv_expire);
+	if (event_add(main_fail_ev, NULL) != 0)
+		fatalx("event_add");
 	evtimer_add(ckp_ev, &tv_ckp);
 	log_info("phoneclaimd %s in %s mode, state in %s", PACKAGE_VERSION,
 	    conf_mode_name(m->conf->mode), m->conf->state_dir);
@@ -666,6 +686,9 @@ main_run(struct main_state *m)
 	event_free(ckp_ev);
 	event_free(main_fail_ev);
 	main_fail_ev = NULL;
+	close(main_fail_fds[0]);
+	close(main_fail_fds[1]);
+	main_fail_fds[0] = main_fail_fds[1] = -1;
 }
 
 /* Free every module, in the reverse order of their start. */

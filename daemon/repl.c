@@ -32,6 +32,15 @@
  * updates the shared state under a mutex and writes the event's number to
  * a pipe; the loop reads the pipe, logs, and lets main reopen the store's
  * handles for the new role (repl_set_hook).
+ *
+ * Once the environment has panicked (repl_store_failed), nothing here
+ * calls into Berkeley DB again, and status and /metrics answer from what
+ * the last good repl_info saw, while main exits.  repmgr_site_list takes
+ * one of repmgr's mutexes before it checks for a panic and returns with it
+ * held, on any thread: so the loop never calls it.  A thread of ours (the
+ * peers thread) does, after every event and every REPL_PEERS_MS, and
+ * leaves which sites are connected under the mutex; if it hangs after a
+ * panic, the loop does not.
  */
 #include "config.h"
 
@@ -62,6 +71,7 @@
 #define REPL_FORWARD_HEADER	"X-Phoneclaimd-Forwarded"
 #define REPL_RETRY_MS		500	/* reopen the store after a failure */
 #define REPL_BODY_MAX		(1024 * 1024)	/* of a master's answer */
+#define REPL_PEERS_MS		250	/* between two looks at the sites */
 /*
  * Mutexes beyond Berkeley DB's estimate.  A demoted master's rollback
  * (replication undoing its unacknowledged commits) took some 40,000 of
@@ -69,6 +79,13 @@
  * of the databases then failed for want of one ("resize mutex region").
  */
 #define REPL_MUTEXES		200000
+
+/* A site as the peers thread last saw it. */
+struct repl_site {
+	int			 eid;
+	int			 connected;
+	char			 addr[300];	/* host:port */
+};
 
 /* One forwarded request. */
 struct repl_xfer {
@@ -95,6 +112,15 @@ struct repl {
 	/* Under mu: written by repmgr's threads. */
 	int			 role;		/* enum repl_role */
 	uint64_t		 perm_failed;
+	int			 failed;	/* no Berkeley DB calls */
+	/* Under mu: the peers thread's. */
+	struct repl_site	 sites[CONF_PEERS_MAX];
+	u_int			 nsites;
+	int			 peers_wake;
+	int			 peers_stop;
+	int			 peers_running;
+	pthread_cond_t		 peers_cond;
+	pthread_t		 peers_thread;
 	/* The loop's. */
 	int			 fds[2];
 	struct event		*pipe_ev;
@@ -110,12 +136,19 @@ struct repl {
 	uint64_t		 forwarded;
 	uint64_t		 forward_failed;
 	uint64_t		 unavailable;
+	struct repl_info	 known;		/* the last repl_info */
 };
 
 static struct repl	*repl;
 static _Thread_local unsigned long repl_thread_perm_failed;
 
 static int	repl_role_now(void);
+static int	repl_usable(void);
+static void	repl_cond_init(pthread_cond_t *);
+static void	*repl_peers_main(void *);
+static void	repl_peers_look(void);
+static int	repl_site_connected(int, const char *);
+static void	repl_info_db(struct repl_info *, int);
 static int	repl_split(const char *, char *, size_t, u_int *);
 static int	repl_policy(const char *);
 static void	repl_pipe_cb(evutil_socket_t, short, void *);
@@ -165,6 +198,7 @@ repl_init(struct event_base *base, const struct conf *conf, char **cause)
 	r->role = r->loop_role = REPL_ROLE_NONE;
 	TAILQ_INIT(&r->xfers);
 	pthread_mutex_init(&r->mu, NULL);
+	repl_cond_init(&r->peers_cond);
 	if (pipe2(r->fds, O_CLOEXEC | O_NONBLOCK) != 0) {
 		xasprintf(cause, "replication: pipe: %s", strerror(errno));
 		free(r);
@@ -202,6 +236,7 @@ repl_free(void)
 	event_free(r->curl_ev);
 	close(r->fds[0]);
 	close(r->fds[1]);
+	pthread_cond_destroy(&r->peers_cond);
 	pthread_mutex_destroy(&r->mu);
 	free(r);
 	repl = NULL;
@@ -350,6 +385,13 @@ repl_start(DB_ENV *env, char **cause)
 	if (ret != 0 && ret != DB_REP_IGNORE)
 		goto fail;
 	repl->started = 1;
+	if ((ret = pthread_create(&repl->peers_thread, NULL, repl_peers_main,
+	    repl)) != 0) {
+		xasprintf(cause, "replication: pthread_create: %s",
+		    strerror(ret));
+		return (-1);
+	}
+	repl->peers_running = 1;
 	log_info("replication: %s in a group of %zu, priority %lld, "
 	    "acknowledgements %s", c->repl_local, c->repl_npeers + 1,
 	    c->repl_priority, c->repl_ack_policy);
@@ -390,6 +432,8 @@ repl_event(DB_ENV *env, u_int32_t event, void *info)
 	default:
 		break;
 	}
+	r->peers_wake = 1;
+	pthread_cond_signal(&r->peers_cond);
 	pthread_mutex_unlock(&r->mu);
 	do
 		n = write(r->fds[1], &event, sizeof event);
@@ -414,6 +458,145 @@ repl_role_now(void)
 	role = repl->role;
 	pthread_mutex_unlock(&repl->mu);
 	return (role);
+}
+
+/* A condition variable on the monotonic clock. */
+static void
+repl_cond_init(pthread_cond_t *cond)
+{
+	pthread_condattr_t	attr;
+
+	pthread_condattr_init(&attr);
+	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+	pthread_cond_init(cond, &attr);
+	pthread_condattr_destroy(&attr);
+}
+
+/*
+ * The peers thread: look at repmgr's sites after every event and every
+ * REPL_PEERS_MS, until told to stop or the environment fails.
+ */
+static void *
+repl_peers_main(void *arg)
+{
+	struct repl	*r = arg;
+	struct timespec	 ts;
+
+	pthread_mutex_lock(&r->mu);
+	while (!r->peers_stop && !r->failed) {
+		pthread_mutex_unlock(&r->mu);
+		repl_peers_look();
+		pthread_mutex_lock(&r->mu);
+		if (r->peers_wake || r->peers_stop)
+			goto next;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ts.tv_nsec += REPL_PEERS_MS * 1000000L;
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		(void)pthread_cond_timedwait(&r->peers_cond, &r->mu, &ts);
+next:
+		r->peers_wake = 0;
+	}
+	pthread_mutex_unlock(&r->mu);
+	return (NULL);
+}
+
+/* Ask repmgr which sites are connected; keep the answer under the mutex. */
+static void
+repl_peers_look(void)
+{
+	struct repl	*r = repl;
+	DB_REPMGR_SITE	*list = NULL;
+	u_int		 n = 0, i;
+
+	if (!repl_usable() || r->env->repmgr_site_list(r->env, &n,
+	    &list) != 0)
+		return;
+	pthread_mutex_lock(&r->mu);
+	for (i = 0; i < n && i < CONF_PEERS_MAX; i++) {
+		r->sites[i].eid = list[i].eid;
+		r->sites[i].connected = list[i].status == DB_REPMGR_CONNECTED;
+		snprintf(r->sites[i].addr, sizeof r->sites[i].addr,
+		    strchr(list[i].host, ':') != NULL ? "[%s]:%u" : "%s:%u",
+		    list[i].host, list[i].port);
+	}
+	r->nsites = i;
+	pthread_mutex_unlock(&r->mu);
+	free(list);
+}
+
+/*
+ * Return 1 if the peers thread last saw the site with this eid (or, with
+ * DB_EID_INVALID, this host:port) connected.
+ */
+static int
+repl_site_connected(int eid, const char *addr)
+{
+	struct repl	*r = repl;
+	u_int		 i;
+	int		 connected = 0;
+
+	pthread_mutex_lock(&r->mu);
+	for (i = 0; i < r->nsites; i++) {
+		if (eid != DB_EID_INVALID ? r->sites[i].eid == eid :
+		    strcmp(r->sites[i].addr, addr) == 0)
+			connected = r->sites[i].connected;
+	}
+	pthread_mutex_unlock(&r->mu);
+	return (connected);
+}
+
+/*
+ * Stop the peers thread before the environment closes (not after a
+ * failure: it may be stuck in Berkeley DB, and the process leaves without
+ * closing anything).
+ */
+void
+repl_stop(void)
+{
+	struct repl	*r = repl;
+
+	if (r == NULL || !r->peers_running)
+		return;
+	pthread_mutex_lock(&r->mu);
+	r->peers_stop = 1;
+	pthread_cond_signal(&r->peers_cond);
+	pthread_mutex_unlock(&r->mu);
+	pthread_join(r->peers_thread, NULL);
+	r->peers_running = 0;
+}
+
+/*
+ * Return 1 if Berkeley DB may be called: repmgr has started and the
+ * environment has not failed.
+ */
+static int
+repl_usable(void)
+{
+	int	failed;
+
+	if (repl->env == NULL || !repl->started)
+		return (0);
+	pthread_mutex_lock(&repl->mu);
+	failed = repl->failed;
+	pthread_mutex_unlock(&repl->mu);
+	return (!failed);
+}
+
+/*
+ * The environment has failed (the store saw a panic, on any thread): from
+ * now on nothing here calls into Berkeley DB.
+ */
+void
+repl_store_failed(void)
+{
+	if (repl == NULL)
+		return;
+	pthread_mutex_lock(&repl->mu);
+	repl->failed = 1;
+	pthread_mutex_unlock(&repl->mu);
 }
 
 /*
@@ -449,8 +632,7 @@ repl_caught_up(void)
 	DB_REP_STAT	*sp;
 	int		 done;
 
-	if (repl->env == NULL || !repl->started ||
-	    repl->env->rep_stat(repl->env, &sp, 0) != 0)
+	if (!repl_usable() || repl->env->rep_stat(repl->env, &sp, 0) != 0)
 		return (0);
 	done = sp->st_startup_complete != 0;
 	free(sp);
@@ -468,24 +650,15 @@ repl_master_eid(void)
 {
 	struct repl	*r = repl;
 	DB_REP_STAT	*sp;
-	DB_REPMGR_SITE	*list = NULL;
-	u_int		 n = 0, i;
-	int		 eid, connected = 0;
+	int		 eid;
 
-	if (r->env == NULL || !r->started ||
-	    r->env->rep_stat(r->env, &sp, 0) != 0)
+	if (!repl_usable() || r->env->rep_stat(r->env, &sp, 0) != 0)
 		return (DB_EID_INVALID);
 	eid = (int)sp->st_master;
 	free(sp);
-	if (eid == DB_EID_INVALID ||
-	    r->env->repmgr_site_list(r->env, &n, &list) != 0)
+	if (eid == DB_EID_INVALID || !repl_site_connected(eid, ""))
 		return (DB_EID_INVALID);
-	for (i = 0; i < n; i++) {
-		if (list[i].eid == eid)
-			connected = list[i].status == DB_REPMGR_CONNECTED;
-	}
-	free(list);
-	return (connected ? eid : DB_EID_INVALID);
+	return (eid);
 }
 
 /*
@@ -597,6 +770,9 @@ repl_update(void)
 
 	if (r == NULL || r->hook == NULL)
 		return;
+	/* A failed store is neither opened nor closed again: main exits. */
+	if (r->started && !repl_usable())
+		return;
 	pthread_mutex_lock(&r->mu);
 	role = r->role;
 	pthread_mutex_unlock(&r->mu);
@@ -631,7 +807,7 @@ repl_site_address(int eid, char *buf, size_t size)
 	u_int		 port;
 	int		 ok;
 
-	if (repl->env == NULL || eid == DB_EID_INVALID ||
+	if (!repl_usable() || eid == DB_EID_INVALID ||
 	    repl->env->repmgr_site_by_eid(repl->env, eid, &site) != 0)
 		return (-1);
 	ok = site->get_address(site, &host, &port) == 0;
@@ -655,63 +831,80 @@ repl_peer_by_repl(const char *addr)
 	return (NULL);
 }
 
-/* What status and /metrics show. */
-void
-repl_info(struct repl_info *ri)
+/*
+ * What Berkeley DB knows for status and /metrics: whether this node
+ * serves in role, its master if a replica, the lag, the LSN, and which
+ * peers are connected (the peers thread's view).  Each call is made only
+ * while the environment has not failed.
+ */
+static void
+repl_info_db(struct repl_info *ri, int role)
 {
 	struct repl		*r = repl;
-	DB_REPMGR_SITE		*list = NULL;
 	DB_REP_STAT		*sp;
-	const struct conf_peer	*p;
-	u_int			 n = 0, i, j;
+	size_t			 i;
 	int			 eid;
 
-	memset(ri, 0, sizeof *ri);
-	if (r == NULL)
-		return;
-	ri->enabled = 1;
-	pthread_mutex_lock(&r->mu);
-	ri->role = r->role;
-	ri->perm_failed = r->perm_failed;
-	pthread_mutex_unlock(&r->mu);
-	ri->ready = ri->role == REPL_ROLE_MASTER ||
-	    (ri->role == REPL_ROLE_REPLICA && repl_caught_up());
-	ri->forwarded = r->forwarded;
-	ri->forward_failed = r->forward_failed;
-	ri->unavailable = r->unavailable;
-	if (ri->role == REPL_ROLE_MASTER)
-		snprintf(ri->master, sizeof ri->master, "%s",
-		    r->conf->repl_local);
-	else if ((eid = repl_master_eid()) == DB_EID_INVALID ||
-	    repl_site_address(eid, ri->master, sizeof ri->master) != 0)
+	ri->ready = role == REPL_ROLE_MASTER ||
+	    (role == REPL_ROLE_REPLICA && repl_caught_up());
+	if (role != REPL_ROLE_MASTER &&
+	    ((eid = repl_master_eid()) == DB_EID_INVALID ||
+	    repl_site_address(eid, ri->master, sizeof ri->master) != 0))
 		ri->master[0] = '\0';
-	if (r->env != NULL && r->started &&
-	    r->env->rep_stat(r->env, &sp, 0) == 0) {
+	if (repl_usable() && r->env->rep_stat(r->env, &sp, 0) == 0) {
 		ri->lag = (uint64_t)sp->st_log_queued;
 		ri->lsn_file = sp->st_next_lsn.file;
 		ri->lsn_offset = sp->st_next_lsn.offset;
 		free(sp);
 	}
-	if (r->env != NULL && r->started)
-		(void)r->env->repmgr_site_list(r->env, &n, &list);
+	for (i = 0; i < r->conf->repl_npeers && i < CONF_PEERS_MAX; i++)
+		ri->peers[i].connected = repl_site_connected(DB_EID_INVALID,
+		    r->conf->repl_peers[i].repl);
+}
+
+/*
+ * What status and /metrics show.  Once the store has failed, what the
+ * last call saw, not ready: Berkeley DB is not asked again.
+ */
+void
+repl_info(struct repl_info *ri)
+{
+	struct repl		*r = repl;
+	const struct conf_peer	*p;
+	size_t			 i;
+	int			 role;
+
+	memset(ri, 0, sizeof *ri);
+	if (r == NULL)
+		return;
+	role = repl_role_now();
+	if (repl_usable())
+		repl_info_db(ri, role);
+	if (repl_usable())
+		r->known = *ri;
+	else {
+		*ri = r->known;
+		ri->ready = 0;
+	}
+	ri->enabled = 1;
+	ri->role = role;
+	pthread_mutex_lock(&r->mu);
+	ri->perm_failed = r->perm_failed;
+	pthread_mutex_unlock(&r->mu);
+	ri->forwarded = r->forwarded;
+	ri->forward_failed = r->forward_failed;
+	ri->unavailable = r->unavailable;
+	if (role == REPL_ROLE_MASTER)
+		snprintf(ri->master, sizeof ri->master, "%s",
+		    r->conf->repl_local);
 	for (i = 0; i < r->conf->repl_npeers && i < CONF_PEERS_MAX; i++) {
 		p = &r->conf->repl_peers[i];
 		snprintf(ri->peers[i].repl, sizeof ri->peers[i].repl, "%s",
 		    p->repl);
 		snprintf(ri->peers[i].api, sizeof ri->peers[i].api, "%s",
 		    p->api);
-		for (j = 0; j < n; j++) {
-			char	addr[300];
-
-			snprintf(addr, sizeof addr, strchr(list[j].host, ':') ?
-			    "[%s]:%u" : "%s:%u", list[j].host, list[j].port);
-			if (strcmp(addr, p->repl) == 0)
-				ri->peers[i].connected = list[j].status ==
-				    DB_REPMGR_CONNECTED;
-		}
 	}
 	ri->npeers = i;
-	free(list);
 }
 
 /* The name of a role. */

@@ -944,6 +944,7 @@ store_close_handles(struct store *st)
 			log_warnx("store: final checkpoint: %s",
 			    db_strerror(ret));
 	}
+	repl_stop();
 	if ((ret = st->env->close(st->env, 0)) != 0 && !st->failed)
 		log_warnx("store: closing the environment: %s",
 		    db_strerror(ret));
@@ -960,6 +961,11 @@ store_close_dbs(struct store *st)
 	for (i = STORE_DB_COUNT - 1; i >= 0; i--) {
 		if (st->db[i] == NULL)
 			continue;
+		/* A panicked environment frees nothing: forget the handle. */
+		if (st->failed) {
+			st->db[i] = NULL;
+			continue;
+		}
 		store_rethread(st->db[i], st->db_mutex[i]);
 		st->db_mutex[i] = 0;
 		ret = st->db[i]->close(st->db[i], 0);
@@ -1033,13 +1039,17 @@ store_event_cb(DB_ENV *env, u_int32_t event, void *info)
 		log_warnx("store: a write to stable storage failed");
 }
 
-/* Mark the store failed: log and call the callback, once. */
+/*
+ * Mark the store failed: log, stop replication's calls into Berkeley DB
+ * and call the callback, once.  It may run on any thread (a panic seen by
+ * repmgr's or the flusher's).
+ */
 static void
 store_fail(struct store *st, const char *what)
 {
-	if (st->failed)
+	if (atomic_exchange(&st->failed, 1) != 0)
 		return;
-	st->failed = 1;
+	repl_store_failed();
 	/* During the opening recovery, a restart would fail the same way. */
 	if (!st->env_open)
 		log_warnx("store: %s while opening %s", what, st->dir);

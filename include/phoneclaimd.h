@@ -643,6 +643,8 @@ unsigned long	 repl_perm_failures(void);
 int		 repl_writable(void);
 int		 repl_serving(void);
 void		 repl_handles_dead(void);
+void		 repl_store_failed(void);
+void		 repl_stop(void);
 void		 repl_retry(void);
 void		 repl_info(struct repl_info *);
 const char	*repl_role_name(int);

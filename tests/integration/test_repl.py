@@ -395,6 +395,92 @@ class ReplFirstMasterTests(GroupTestCase):
                          str(r))
 
 
+class ReplStoreFailureTests(GroupTestCase):
+    """A member whose Berkeley DB environment panics (issue 22, point 1)
+    exits 1, so that its supervisor restarts it and recovery runs, even
+    when status-socket `status` and keep-alive `GET /metrics` requests
+    keep arriving meanwhile.  A replica whose disk filled once hung for
+    good in repmgr_site_list, called by the status answer within the
+    exit grace: after a panic the daemon must not call into Berkeley DB
+    again.  The panic comes from tests/tools/panic_env (PANIC_ENV)."""
+
+    EXIT_WITHIN = 30.0	# seconds: a bound for a hang, not a timing
+
+    def ask_until_exit(self, d, client):
+        """Ask d for status and, on the keep-alive client, /metrics, over
+        and over from two threads, until it exits or EXIT_WITHIN passes;
+        return the answers seen."""
+        seen = set()
+        deadline = time.monotonic() + self.EXIT_WITHIN
+
+        def status():
+            while d.running() and time.monotonic() < deadline:
+                try:
+                    rep = d.ask("status", timeout=1.0).get("replication")
+                    seen.add("status:" + (rep or {}).get("role", "none"))
+                except (OSError, ValueError):
+                    time.sleep(0.01)
+
+        def metrics():
+            nonlocal client
+            while d.running() and time.monotonic() < deadline:
+                try:
+                    seen.add("metrics:%d" % client.request(
+                        "GET", "/metrics").status)
+                except (OSError, http.client.HTTPException):
+                    client.close()
+                    client = d.client(timeout=1.0)
+                    time.sleep(0.01)
+            client.close()
+        threads = [threading.Thread(target=f, daemon=True)
+                   for f in (status, metrics)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(self.EXIT_WITHIN + 5)
+        return seen
+
+    def panic_and_watch(self, d):
+        tool = os.environ.get("PANIC_ENV")
+        if not tool or not os.access(tool, os.X_OK):
+            self.skipTest("PANIC_ENV is not set")
+        # Status and metrics answered before, so that the member has
+        # something to answer from afterwards.
+        self.assertIn("replication", d.ask("status"))
+        client = d.client(timeout=1.0)
+        self.assertEqual(client.request("GET", "/metrics").status, 200)
+        d.expect_exit()
+        r = subprocess.run([tool, d.state_dir], capture_output=True,
+                           text=True, timeout=30)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        seen = self.ask_until_exit(d, client)
+        if d.running():
+            d.kill()
+            self.fail("the member still runs %.0f s after its store "
+                      "panicked (answers: %s)" % (self.EXIT_WITHIN,
+                                                  sorted(seen)))
+        self.assertEqual(d.proc.returncode, 1, d.tail())
+        self.assertIn("the store failed", d.log_text())
+        return seen
+
+    def test_panicked_replica_exits_while_asked(self):
+        g, m = self.group, self.master
+        replica = g.replicas(m)[0]
+        self.panic_and_watch(replica)
+        # The others go on; the member restarts, recovers and rejoins.
+        r = m.claim(fresh_number(), fresh_user())
+        self.assertEqual((r.status, r.get("result")), (200, "reserved"))
+        replica.start()
+        self.assertIs(g.wait_master(), m)
+
+    def test_panicked_master_exits_while_asked(self):
+        g, m = self.group, self.master
+        self.panic_and_watch(m)
+        new = g.wait_master(exclude=m)
+        r = new.claim(fresh_number(), fresh_user())
+        self.assertEqual((r.status, r.get("result")), (200, "reserved"))
+
+
 @unittest.skipUnless(shutil.which("openssl"), "no openssl command")
 class ReplFromSingleTests(GroupTestCase):
     """A single daemon with data becomes a group with two empty members
