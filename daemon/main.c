@@ -44,6 +44,8 @@ static void	main_usage(void) __attribute__((noreturn));
 static void	main_signal_cb(evutil_socket_t, short, void *);
 static void	main_expire_cb(evutil_socket_t, short, void *);
 static void	main_checkpoint_cb(evutil_socket_t, short, void *);
+static void	main_watchdog_cb(evutil_socket_t, short, void *);
+static struct event *main_watchdog_start(struct main_state *);
 static void	main_store_failed_cb(evutil_socket_t, short, void *);
 static void	main_store_failed(void *);
 static int	main_load_tokens(struct main_state *, char **);
@@ -246,6 +248,43 @@ main_checkpoint_cb(evutil_socket_t fd, short events, void *arg)
 	if (total > 0)
 		log_debug("forgot %zu closed reservation window(s)", total);
 	store_checkpoint(m->store);
+}
+
+/*
+ * systemd's watchdog (WatchdogSec=): WATCHDOG=1, from the loop, each half
+ * interval, once the store has answered a read.  A loop that stalls, or a
+ * store that stops answering and holds the loop, sends nothing, and
+ * systemd kills and restarts the daemon; so does a failed store.
+ */
+static void
+main_watchdog_cb(evutil_socket_t fd, short events, void *arg)
+{
+	struct main_state	*m = arg;
+
+	(void)fd;
+	(void)events;
+	if (store_probe(m->store) == STORE_OK)
+		notify_send("WATCHDOG=1");
+}
+
+/* Start the watchdog's timer if systemd asked for one; NULL if not. */
+static struct event *
+main_watchdog_start(struct main_state *m)
+{
+	struct event	*ev;
+	struct timeval	 tv;
+	uint64_t	 usec = notify_watchdog_usec() / 2;
+
+	if (usec == 0)
+		return (NULL);
+	tv.tv_sec = (time_t)(usec / 1000000);
+	tv.tv_usec = (suseconds_t)(usec % 1000000);
+	if ((ev = event_new(m->base, -1, EV_PERSIST, main_watchdog_cb,
+	    m)) == NULL || evtimer_add(ev, &tv) != 0)
+		fatalx("watchdog: event_new");
+	log_info("systemd watchdog: WATCHDOG=1 every %llu ms while the store "
+	    "answers", (unsigned long long)usec / 1000);
+	return (ev);
 }
 
 /*
@@ -654,7 +693,7 @@ static void
 main_run(struct main_state *m)
 {
 	static const int	 sigs[] = { SIGTERM, SIGINT, SIGHUP };
-	struct event		*ev[3], *expire_ev, *ckp_ev;
+	struct event		*ev[3], *expire_ev, *ckp_ev, *wd_ev;
 	struct timeval		 tv_expire = { EXPIRE_INTERVAL, 0 };
 	struct timeval		 tv_ckp = { m->conf->checkpoint_interval, 0 };
 	size_t			 i;
@@ -679,7 +718,10 @@ main_run(struct main_state *m)
 	log_info("listening on %s (%s)", http_bound_address(m->http),
 	    m->tls != NULL ? "https" : "http");
 	main_ready(m);
+	wd_ev = main_watchdog_start(m);
 	event_base_dispatch(m->base);
+	if (wd_ev != NULL)
+		event_free(wd_ev);
 	for (i = 0; i < 3; i++)
 		event_free(ev[i]);
 	event_free(expire_ev);

@@ -1622,6 +1622,39 @@ store_meta_del(struct store_txn *txn, const char *name)
 	return (r == STORE_NOTFOUND ? STORE_OK : r);
 }
 
+/*
+ * Read one record in a transaction, as a request would, for the watchdog
+ * (main.c): STORE_OK once the store answered, whatever the answer (a
+ * replica's store closed while it has no master has nothing to answer),
+ * STORE_ERROR once it has failed.  A lock that is never released blocks
+ * here, and the event loop with it.
+ */
+int
+store_probe(struct store *st)
+{
+	DB	*db = st->db[STORE_DB_META];
+	DB_TXN	*tid;
+	DBT	 key, data;
+	int	 ret;
+
+	if (st->failed)
+		return (STORE_ERROR);
+	if (!st->dbs_open || db == NULL)
+		return (STORE_OK);
+	if ((ret = st->env->txn_begin(st->env, NULL, &tid, 0)) == 0) {
+		store_dbt(&key, STORE_META_SCHEMA, strlen(STORE_META_SCHEMA));
+		memset(&data, 0, sizeof data);
+		data.flags = DB_DBT_PARTIAL;	/* the lock, not the value */
+		ret = db->get(db, tid, &key, &data, 0);
+		if (ret == DB_NOTFOUND)
+			ret = 0;
+		(void)store_result(st, ret, "watchdog read");
+		(void)store_result(st, tid->abort(tid), "abort");
+	} else
+		(void)store_result(st, ret, "begin transaction");
+	return (st->failed ? STORE_ERROR : STORE_OK);
+}
+
 /* Return the counts of committed claims and conflicts. */
 int
 store_count(struct store *st, struct store_counts *counts)

@@ -225,6 +225,7 @@ int		 store_txn_commit(struct store_txn *);
 int		 store_txn_commit_local(struct store_txn *);
 void		 store_txn_abort(struct store_txn *);
 int		 store_flush(struct store *);
+int		 store_probe(struct store *);
 int		 store_flusher_start(struct store *, struct event_base *,
 		     void (*)(int, void *), void *, char **);
 void		 store_flusher_stop(struct store *);
@@ -601,6 +602,7 @@ void		 notify_init(void);
 void		 notify_send(const char *, ...)
 		     __attribute__((format(printf, 1, 2)));
 void		 notify_free(void);
+uint64_t	 notify_watchdog_usec(void);
 
 /* repl.c */
 enum repl_role {
