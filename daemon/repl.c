@@ -26,7 +26,15 @@
  * A replica forwards writes (POST /v1/claims, /v1/log-stream) to the
  * master's API address, given by the master's repl_peer line, and relays
  * its answer; with no master known it answers 503 at once.  The forwarding
- * uses libcurl's multi interface on the event loop, like mgmt.c.
+ * uses libcurl's multi interface on the event loop, like mgmt.c.  It
+ * waits repl_forward_timeout at most (and never beyond request_timeout).
+ * If another master is elected meanwhile (the old one paused, cut off or
+ * stepped down), or the old one's answer is a failure and another master
+ * is known, the request is sent once more, to the new master, and the old
+ * transfer is dropped with whatever it would have answered: the client
+ * gets one answer, the new master's.  That is safe because a request
+ * applied twice answers the same (a claim already made is "owned", a
+ * batch already applied counts as duplicates).
  *
  * repmgr calls the event callback on its own threads.  The callback only
  * updates the shared state under a mutex and writes the event's number to
@@ -94,6 +102,10 @@ struct repl_xfer {
 	struct http_ctx		 ctx;
 	struct curl_slist	*headers;
 	char			*body;		/* the request's */
+	size_t			 len;
+	char			*path;		/* and its URI */
+	int			 eid;		/* the master it went to */
+	int			 resent;	/* sent to a second master */
 	struct evbuffer		*answer;
 	char			 ctype[128];
 	char			 retry_after[32];
@@ -136,6 +148,7 @@ struct repl {
 	uint64_t		 forwarded;
 	uint64_t		 forward_failed;
 	uint64_t		 unavailable;
+	uint64_t		 resent;
 	struct repl_info	 known;		/* the last repl_info */
 };
 
@@ -167,6 +180,9 @@ static void	repl_check(void);
 static size_t	repl_write_cb(char *, size_t, size_t, void *);
 static size_t	repl_header_cb(char *, size_t, size_t, void *);
 static void	repl_done(struct repl_xfer *, CURLcode);
+static void	repl_xfer_target(struct repl_xfer *, const struct conf_peer *);
+static int	repl_xfer_resend(struct repl_xfer *);
+static void	repl_xfers_follow(void);
 static void	repl_xfer_free(struct repl_xfer *);
 
 /* Return 1 if the configuration makes this node a member of a group. */
@@ -509,15 +525,22 @@ repl_peers_look(void)
 {
 	struct repl	*r = repl;
 	DB_REPMGR_SITE	*list = NULL;
+	u_int32_t	 none = DB_EVENT_NO_SUCH_EVENT;
 	u_int		 n = 0, i;
+	ssize_t		 w;
+	int		 changed, connected;
 
 	if (!repl_usable() || r->env->repmgr_site_list(r->env, &n,
 	    &list) != 0)
 		return;
 	pthread_mutex_lock(&r->mu);
+	changed = n != r->nsites;
 	for (i = 0; i < n && i < CONF_PEERS_MAX; i++) {
+		connected = list[i].status == DB_REPMGR_CONNECTED;
+		changed |= r->sites[i].eid != list[i].eid ||
+		    r->sites[i].connected != connected;
 		r->sites[i].eid = list[i].eid;
-		r->sites[i].connected = list[i].status == DB_REPMGR_CONNECTED;
+		r->sites[i].connected = connected;
 		snprintf(r->sites[i].addr, sizeof r->sites[i].addr,
 		    strchr(list[i].host, ':') != NULL ? "[%s]:%u" : "%s:%u",
 		    list[i].host, list[i].port);
@@ -525,6 +548,12 @@ repl_peers_look(void)
 	r->nsites = i;
 	pthread_mutex_unlock(&r->mu);
 	free(list);
+	/* Let the loop look again (forwarded requests follow the master). */
+	if (changed) {
+		do
+			w = write(r->fds[1], &none, sizeof none);
+		while (w == -1 && errno == EINTR);
+	}
 }
 
 /*
@@ -745,6 +774,7 @@ repl_pipe_cb(evutil_socket_t fd, short events, void *arg)
 		}
 	}
 	repl_update();
+	repl_xfers_follow();
 }
 
 /* A failed reopen: try again. */
@@ -893,6 +923,7 @@ repl_info(struct repl_info *ri)
 	pthread_mutex_unlock(&r->mu);
 	ri->forwarded = r->forwarded;
 	ri->forward_failed = r->forward_failed;
+	ri->resent = r->resent;
 	ri->unavailable = r->unavailable;
 	if (role == REPL_ROLE_MASTER)
 		snprintf(ri->master, sizeof ri->master, "%s",
@@ -936,9 +967,9 @@ repl_forward(struct http *h, struct evhttp_request *req, int token)
 	const struct conf_peer	*p;
 	struct evkeyvalq	*in;
 	struct evbuffer		*buf;
-	const char		*v, *path;
-	char			 master[300], *hdr, *url;
-	size_t			 len;
+	const char		*v;
+	char			 master[300], *hdr;
+	long			 ms;
 	int			 role, eid;
 
 	if (r == NULL)
@@ -965,17 +996,17 @@ repl_forward(struct http *h, struct evhttp_request *req, int token)
 	}
 	x = xcalloc(1, sizeof *x);
 	x->http = h;
+	x->eid = eid;
 	if ((x->easy = curl_easy_init()) == NULL ||
 	    (x->answer = evbuffer_new()) == NULL)
 		fatalx("replication: cannot make a transfer");
 	buf = evhttp_request_get_input_buffer(req);
-	len = evbuffer_get_length(buf);
-	x->body = xmalloc(len + 1);
-	evbuffer_copyout(buf, x->body, len);
-	x->body[len] = '\0';
-	path = evhttp_request_get_uri(req);
-	xasprintf(&url, "%s://%s%s", r->conf->tls_cert_file != NULL ?
-	    "https" : "http", p->api, path);
+	x->len = evbuffer_get_length(buf);
+	x->body = xmalloc(x->len + 1);
+	evbuffer_copyout(buf, x->body, x->len);
+	x->body[x->len] = '\0';
+	x->path = xstrdup(evhttp_request_get_uri(req));
+	repl_xfer_target(x, p);
 	if ((v = evhttp_find_header(in, "Authorization")) != NULL) {
 		xasprintf(&hdr, "Authorization: %s", v);
 		x->headers = curl_slist_append(x->headers, hdr);
@@ -992,15 +1023,16 @@ repl_forward(struct http *h, struct evhttp_request *req, int token)
 	free(hdr);
 	/* No "Expect: 100-continue": the master answers at once. */
 	x->headers = curl_slist_append(x->headers, "Expect:");
-	curl_easy_setopt(x->easy, CURLOPT_URL, url);
-	free(url);
 	curl_easy_setopt(x->easy, CURLOPT_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(x->easy, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(x->easy, CURLOPT_TIMEOUT, (long)r->conf->request_timeout);
+	ms = (long)r->conf->repl_forward_timeout;
+	if (ms > (long)r->conf->request_timeout * 1000)
+		ms = (long)r->conf->request_timeout * 1000;
+	curl_easy_setopt(x->easy, CURLOPT_TIMEOUT_MS, ms);
 	curl_easy_setopt(x->easy, CURLOPT_POST, 1L);
 	curl_easy_setopt(x->easy, CURLOPT_POSTFIELDS, x->body);
 	curl_easy_setopt(x->easy, CURLOPT_POSTFIELDSIZE_LARGE,
-	    (curl_off_t)len);
+	    (curl_off_t)x->len);
 	curl_easy_setopt(x->easy, CURLOPT_HTTPHEADER, x->headers);
 	curl_easy_setopt(x->easy, CURLOPT_SSL_VERIFYPEER, 1L);
 	curl_easy_setopt(x->easy, CURLOPT_SSL_VERIFYHOST, 2L);
@@ -1076,13 +1108,17 @@ repl_done(struct repl_xfer *x, CURLcode rc)
 	char			*body;
 	size_t			 len;
 
-	http_resume(x->http, &x->ctx);
 	curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
+	if ((rc != CURLE_OK || code == 503) && repl_role_now() !=
+	    REPL_ROLE_MASTER && repl_xfer_resend(x))
+		return;
+	http_resume(x->http, &x->ctx);
 	if (rc != CURLE_OK || code < 200 || code > 599) {
 		r->forward_failed++;
 		log_warnx("replication: forwarding to the master failed: %s",
-		    rc != CURLE_OK ? (x->error[0] != '\0' ? x->error :
-		    curl_easy_strerror(rc)) : "no HTTP answer");
+		    rc == CURLE_ABORTED_BY_CALLBACK ? "this node is the "
+		    "master now" : rc != CURLE_OK ? (x->error[0] != '\0' ?
+		    x->error : curl_easy_strerror(rc)) : "no HTTP answer");
 		evhttp_add_header(out, "Retry-After", "1");
 		http_error(x->http, req, 503, "unavailable");
 	} else {
@@ -1103,6 +1139,72 @@ repl_done(struct repl_xfer *x, CURLcode rc)
 	repl_xfer_free(x);
 }
 
+/* Point a transfer at peer p's API. */
+static void
+repl_xfer_target(struct repl_xfer *x, const struct conf_peer *p)
+{
+	char	*url;
+
+	xasprintf(&url, "%s://%s%s", repl->conf->tls_cert_file != NULL ?
+	    "https" : "http", p->api, x->path);
+	curl_easy_setopt(x->easy, CURLOPT_URL, url);
+	free(url);
+}
+
+/*
+ * If the master this replica knows is not the one x went to, send x once
+ * more, to it, dropping the first transfer (its answer, if it ever comes,
+ * goes nowhere): return 1.  Return 0 if x stays as it is.
+ */
+static int
+repl_xfer_resend(struct repl_xfer *x)
+{
+	const struct conf_peer	*p;
+	char			 master[300];
+	int			 eid;
+
+	if (x->resent || (eid = repl_master_eid()) == DB_EID_INVALID ||
+	    eid == x->eid ||
+	    repl_site_address(eid, master, sizeof master) != 0 ||
+	    (p = repl_peer_by_repl(master)) == NULL)
+		return (0);
+	curl_multi_remove_handle(repl->multi, x->easy);
+	x->eid = eid;
+	x->resent = 1;
+	evbuffer_drain(x->answer, evbuffer_get_length(x->answer));
+	x->ctype[0] = x->retry_after[0] = x->error[0] = '\0';
+	repl_xfer_target(x, p);
+	repl->resent++;
+	log_info("replication: the master changed while a request waited: "
+	    "sent again, to %s", master);
+	if (curl_multi_add_handle(repl->multi, x->easy) != CURLM_OK)
+		fatalx("curl_multi_add_handle");
+	return (1);
+}
+
+/*
+ * Send the requests waiting for a master that no longer is to the new one.
+ * If this node is the new master, answer them 503 at once (the client's
+ * retry comes here).
+ */
+static void
+repl_xfers_follow(void)
+{
+	struct repl_xfer	*x, *next;
+
+	if (repl_role_now() != REPL_ROLE_MASTER) {
+		TAILQ_FOREACH(x, &repl->xfers, entry) {
+			if (!x->resent)
+				(void)repl_xfer_resend(x);
+		}
+		return;
+	}
+	for (x = TAILQ_FIRST(&repl->xfers); x != NULL; x = next) {
+		next = TAILQ_NEXT(x, entry);
+		repl_done(x, CURLE_ABORTED_BY_CALLBACK);
+	}
+}
+
 /* Forget a transfer. */
 static void
 repl_xfer_free(struct repl_xfer *x)
@@ -1113,6 +1215,7 @@ repl_xfer_free(struct repl_xfer *x)
 	curl_slist_free_all(x->headers);
 	evbuffer_free(x->answer);
 	free(x->body);
+	free(x->path);
 	free(x);
 }
 

@@ -89,6 +89,7 @@ struct conf {
 	long long	 repl_ack_timeout;	/* ms */
 	long long	 repl_election_timeout;	/* ms */
 	long long	 repl_heartbeat;	/* ms */
+	long long	 repl_forward_timeout;	/* ms */
 	char		*repl_ca_file;		/* to verify peers' TLS */
 };
 
@@ -630,6 +631,7 @@ struct repl_info {
 	uint64_t	 forwarded;
 	uint64_t	 forward_failed;
 	uint64_t	 unavailable;
+	uint64_t	 resent;	/* to a new master */
 };
 
 struct __db_env;

@@ -481,6 +481,92 @@ class ReplStoreFailureTests(GroupTestCase):
         self.assertEqual((r.status, r.get("result")), (200, "reserved"))
 
 
+class ForwardCase(GroupTestCase):
+    """A replica forwarding to a master that stopped answering (issue 22,
+    point 5) once kept the client waiting request_timeout (10 s) although
+    a new master was elected in about 1 s.  Now the forwarding waits
+    repl_forward_timeout at most, and a request waiting when another
+    master is elected is sent once more, to it; the client gets one
+    answer.  request_timeout and the client's patience are long here, so
+    that only the new behaviour answers in time: no timing is asserted.
+    Node 1, the forwarding replica, has the lowest priority: with every
+    log alike, the other replica wins the election when SIGSTOP pauses
+    the master.  (Priority 0 would keep it out of elections, but also
+    out of the quorum's acknowledgements.)"""
+
+    CLIENT_TIMEOUT = 30.0
+
+    def make_group(self):
+        return Group(3, priorities=[100, 1, 50], pending_ttl=3600,
+                     request_timeout=120, **self.conf)
+
+    conf = {}
+
+    def pause(self, d):
+        d.send_signal(signal.SIGSTOP)
+        self.addCleanup(lambda: d.running() and
+                        d.send_signal(signal.SIGCONT))
+
+    def wait_same_lsn(self):
+        """Wait until every member's log ends at the same place."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            lsns = {r and r.get("lsn") for r in self.group.roles()}
+            if len(lsns) == 1:
+                return
+            time.sleep(0.1)
+
+    def claim_via(self, d, phone, user):
+        with d.client(timeout=self.CLIENT_TIMEOUT) as c:
+            return c.claim(phone, user)
+
+
+class ReplForwardTests(ForwardCase):
+
+    def test_sent_again_to_the_new_master(self):
+        g, m = self.group, self.master
+        a = g.nodes[1]
+        self.assertIsNot(m, a)
+        self.assertEqual(self.claim_via(a, fresh_number(),
+                                        fresh_user()).status, 200)
+        phone, user = fresh_number(), fresh_user()
+        self.wait_same_lsn()
+        self.pause(m)
+        r = self.claim_via(a, phone, user)
+        self.assertEqual((r.status, r.get("result")), (200, "reserved"),
+                         str(r))
+        text = a.request("GET", "/metrics").raw.decode()
+        self.assertIn("phoneclaimd_repl_forward_resent_total 1", text)
+        # The old master resumes and rejoins: one holder, everywhere.
+        m.send_signal(signal.SIGCONT)
+        new = g.wait_master()
+        self.assertIsNot(new, m)
+        for d in g.nodes:
+            self.assertEqual(wait_holders(d, phone, [user]), [user], d.dir)
+
+
+class ReplForwardTimeoutTests(ForwardCase):
+    """With no master to be elected (the third member down), a request
+    forwarded to a paused master is answered 503 after
+    repl_forward_timeout, not after request_timeout."""
+
+    conf = {"repl_forward_timeout": 1000}
+
+    def test_forwarding_wait_is_bounded(self):
+        g, m = self.group, self.master
+        a = g.nodes[1]
+        other = [d for d in g.nodes if d is not m and d is not a][0]
+        other.stop()
+        self.pause(m)
+        r = self.claim_via(a, fresh_number(), fresh_user())
+        self.assertEqual((r.status, r.json),
+                         (503, {"error": "unavailable"}), str(r))
+        self.assertEqual(r.headers.get("Retry-After"), "1")
+        m.send_signal(signal.SIGCONT)
+        other.start()
+        g.wait_master()
+
+
 @unittest.skipUnless(shutil.which("openssl"), "no openssl command")
 class ReplFromSingleTests(GroupTestCase):
     """A single daemon with data becomes a group with two empty members
