@@ -133,6 +133,9 @@ static const struct conf_key conf_keys[] = {
 	  0 },
 	{ "repl_heartbeat", CONF_NUMBER, offsetof(struct conf, repl_heartbeat),
 	  50, 600000, "1000", 0 },
+	{ "repl_forward_timeout", CONF_NUMBER,
+	  offsetof(struct conf, repl_forward_timeout), 100, 3600000, "8000",
+	  0 },
 	{ "repl_ca_file", CONF_PATH, offsetof(struct conf, repl_ca_file), 0, 0,
 	  NULL, 0 },
 };

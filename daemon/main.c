@@ -29,6 +29,7 @@
 #define EXPIRE_BATCHES		20	/* transactions per run at most */
 #define LIMITS_BATCH		1000	/* reservation windows per transaction */
 #define STOP_GRACE_MS		250	/* to finish answers in flight */
+#define FAIL_EXIT_S		10	/* a failed store's last resort */
 
 struct main_state {
 	struct event_base	*base;
@@ -44,6 +45,8 @@ static void	main_usage(FILE *);
 static void	main_signal_cb(evutil_socket_t, short, void *);
 static void	main_expire_cb(evutil_socket_t, short, void *);
 static void	main_checkpoint_cb(evutil_socket_t, short, void *);
+static void	main_watchdog_cb(evutil_socket_t, short, void *);
+static struct event *main_watchdog_start(struct main_state *);
 static void	main_store_failed_cb(evutil_socket_t, short, void *);
 static void	main_store_failed(void *);
 static int	main_load_tokens(struct main_state *, char **);
@@ -73,6 +76,7 @@ static const struct option main_longopts[] = {
 };
 
 static struct event	*main_fail_ev;
+static int		 main_fail_fds[2] = { -1, -1 };	/* any thread to loop */
 static int		 main_ready_fd = -1;	/* to the waiting parent */
 
 /* Print usage to f. */
@@ -258,13 +262,60 @@ main_checkpoint_cb(evutil_socket_t fd, short events, void *arg)
 	store_checkpoint(m->store);
 }
 
-/* Called by the store when the environment fails: stop from the loop. */
+/*
+ * systemd's watchdog (WatchdogSec=): WATCHDOG=1, from the loop, each half
+ * interval, once the store has answered a read.  A loop that stalls, or a
+ * store that stops answering and holds the loop, sends nothing, and
+ * systemd kills and restarts the daemon; so does a failed store.
+ */
+static void
+main_watchdog_cb(evutil_socket_t fd, short events, void *arg)
+{
+	struct main_state	*m = arg;
+
+	(void)fd;
+	(void)events;
+	if (store_probe(m->store) == STORE_OK)
+		notify_send("WATCHDOG=1");
+}
+
+/* Start the watchdog's timer if systemd asked for one; NULL if not. */
+static struct event *
+main_watchdog_start(struct main_state *m)
+{
+	struct event	*ev;
+	struct timeval	 tv;
+	uint64_t	 usec = notify_watchdog_usec() / 2;
+
+	if (usec == 0)
+		return (NULL);
+	tv.tv_sec = (time_t)(usec / 1000000);
+	tv.tv_usec = (suseconds_t)(usec % 1000000);
+	if ((ev = event_new(m->base, -1, EV_PERSIST, main_watchdog_cb,
+	    m)) == NULL || evtimer_add(ev, &tv) != 0)
+		fatalx("watchdog: event_new");
+	log_info("systemd watchdog: WATCHDOG=1 every %llu ms while the store "
+	    "answers", (unsigned long long)usec / 1000);
+	return (ev);
+}
+
+/*
+ * Called by the store when the environment fails, on whatever thread saw
+ * it (repmgr's, the flusher's or the loop): wake the loop through a pipe,
+ * the only way in from another thread.  And if the loop should never get
+ * there, SIGALRM ends the process a little later (killed by a signal, a
+ * failure to systemd as well).
+ */
 static void
 main_store_failed(void *arg)
 {
+	ssize_t	n;
+
 	(void)arg;
-	if (main_fail_ev != NULL)
-		event_active(main_fail_ev, EV_TIMEOUT, 0);
+	alarm(FAIL_EXIT_S);
+	do
+		n = write(main_fail_fds[1], "f", 1);
+	while (n == -1 && errno == EINTR);
 }
 
 /* The store failed: exit non-zero so that the supervisor restarts us. */
@@ -273,9 +324,12 @@ main_store_failed_cb(evutil_socket_t fd, short events, void *arg)
 {
 	struct main_state	*m = arg;
 	struct timeval		 tv = { 0, STOP_GRACE_MS * 1000 };
+	char			 buf[16];
 
-	(void)fd;
 	(void)events;
+	while (read(fd, buf, sizeof buf) > 0)
+		;
+	event_del(main_fail_ev);
 	log_warnx("the store failed: exiting so that recovery runs on "
 	    "restart");
 	notify_send("STOPPING=1\nSTATUS=the store failed; exiting so that "
@@ -513,14 +567,18 @@ main_hash_init(struct main_state *m, char **cause)
 		    m->conf->state_dir);
 		goto fail;
 	}
-	/* A replica gets the check value from the master. */
+	/*
+	 * A replica gets the check value from the master.  The store's own
+	 * bookkeeping: a commit no replica acknowledged in time (the first
+	 * master of a group, its replicas still being copied) is enough.
+	 */
 	if (stored == NULL && repl_writable()) {
 		if (store_meta_put(txn, STORE_META_HASH_CHECK, check) !=
 		    STORE_OK) {
 			store_txn_abort(txn);
 			goto store;
 		}
-		if (store_txn_commit(txn) != STORE_OK ||
+		if (store_txn_commit_local(txn) != STORE_OK ||
 		    store_flush(m->store) != STORE_OK)
 			goto store;
 	} else
@@ -569,6 +627,8 @@ main_start(struct main_state *m)
 		main_die(EXIT_CONFIG, cause);
 	if ((m->store = store_open(m->conf->state_dir, &cause)) == NULL)
 		main_die(EXIT_RUNTIME, cause);
+	if (pipe2(main_fail_fds, O_CLOEXEC | O_NONBLOCK) != 0)
+		fatal("pipe");
 	store_set_fail_cb(m->store, main_store_failed, m);
 	xasprintf(&path, "%s/deadletter.jsonl", m->conf->state_dir);
 	if (deadletter_open(path, 0, &cause) != 0)
@@ -646,7 +706,7 @@ static void
 main_run(struct main_state *m)
 {
 	static const int	 sigs[] = { SIGTERM, SIGINT, SIGHUP };
-	struct event		*ev[3], *expire_ev, *ckp_ev;
+	struct event		*ev[3], *expire_ev, *ckp_ev, *wd_ev;
 	struct timeval		 tv_expire = { EXPIRE_INTERVAL, 0 };
 	struct timeval		 tv_ckp = { m->conf->checkpoint_interval, 0 };
 	size_t			 i;
@@ -658,23 +718,32 @@ main_run(struct main_state *m)
 	}
 	expire_ev = event_new(m->base, -1, EV_PERSIST, main_expire_cb, m);
 	ckp_ev = event_new(m->base, -1, EV_PERSIST, main_checkpoint_cb, m);
-	main_fail_ev = event_new(m->base, -1, 0, main_store_failed_cb, m);
+	main_fail_ev = event_new(m->base, main_fail_fds[0],
+	    EV_READ | EV_PERSIST, main_store_failed_cb, m);
 	if (expire_ev == NULL || ckp_ev == NULL || main_fail_ev == NULL)
 		fatalx("event_new");
 	evtimer_add(expire_ev, &tv_expire);
+	if (event_add(main_fail_ev, NULL) != 0)
+		fatalx("event_add");
 	evtimer_add(ckp_ev, &tv_ckp);
 	log_info("phoneclaimd %s in %s mode, state in %s", PACKAGE_VERSION,
 	    conf_mode_name(m->conf->mode), m->conf->state_dir);
 	log_info("listening on %s (%s)", http_bound_address(m->http),
 	    m->tls != NULL ? "https" : "http");
 	main_ready(m);
+	wd_ev = main_watchdog_start(m);
 	event_base_dispatch(m->base);
+	if (wd_ev != NULL)
+		event_free(wd_ev);
 	for (i = 0; i < 3; i++)
 		event_free(ev[i]);
 	event_free(expire_ev);
 	event_free(ckp_ev);
 	event_free(main_fail_ev);
 	main_fail_ev = NULL;
+	close(main_fail_fds[0]);
+	close(main_fail_fds[1]);
+	main_fail_fds[0] = main_fail_fds[1] = -1;
 }
 
 /* Free every module, in the reverse order of their start. */

@@ -296,6 +296,10 @@ metrics_text_repl(struct evbuffer *buf)
 	    (unsigned long long)ri.forwarded,
 	    (unsigned long long)ri.forward_failed,
 	    (unsigned long long)ri.unavailable);
+	metrics_family(buf, "repl_forward_resent_total", "counter",
+	    "Forwarded writes sent again, to a newly elected master.");
+	evbuffer_add_printf(buf, "phoneclaimd_repl_forward_resent_total %llu\n",
+	    (unsigned long long)ri.resent);
 }
 
 /* The Management API backfill: its state and counters. */

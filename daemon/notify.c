@@ -4,6 +4,9 @@
  * starting with '@', the abstract address) that systemd gives us.  When the
  * variable is absent, every function here does nothing.  A failure is
  * logged once and never stops the daemon.
+ *
+ * With WatchdogSec= in the unit, systemd gives WATCHDOG_USEC (and
+ * WATCHDOG_PID): main.c then sends WATCHDOG=1 from its event loop.
  */
 #include "config.h"
 
@@ -15,6 +18,7 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,11 +33,13 @@
 static int	notify_address(const char *, struct sockaddr_un *,
 		    socklen_t *);
 static void	notify_failed(const char *);
+static uint64_t	notify_watchdog_env(void);
 
 static int			notify_fd = -1;
 static struct sockaddr_un	notify_sun;
 static socklen_t		notify_sunlen;
 static int			notify_warned;
+static uint64_t			notify_watchdog;	/* usec, 0: none */
 
 /*
  * Fill sun from a $NOTIFY_SOCKET value: an absolute path, or '@' and an
@@ -77,8 +83,42 @@ notify_failed(const char *what)
 }
 
 /*
- * Open the socket named by $NOTIFY_SOCKET and remove the variable, so that
- * no program we might start talks to systemd in our name.
+ * The watchdog interval systemd asks for (WATCHDOG_USEC), if it is meant
+ * for this process (WATCHDOG_PID, when given); 0 otherwise.
+ */
+static uint64_t
+notify_watchdog_env(void)
+{
+	const char		*usec = getenv("WATCHDOG_USEC");
+	const char		*pid = getenv("WATCHDOG_PID");
+	char			*end;
+	unsigned long long	 v;
+
+	if (usec == NULL || *usec == '\0')
+		return (0);
+	if (pid != NULL && *pid != '\0' &&
+	    strtoll(pid, &end, 10) != (long long)getpid())
+		return (0);
+	errno = 0;
+	v = strtoull(usec, &end, 10);
+	if (errno != 0 || *end != '\0' || v == 0) {
+		log_warnx("WATCHDOG_USEC: not a number of microseconds: "
+		    "ignored");
+		return (0);
+	}
+	return ((uint64_t)v);
+}
+
+/* The watchdog interval in microseconds, or 0 without one. */
+uint64_t
+notify_watchdog_usec(void)
+{
+	return (notify_fd == -1 ? 0 : notify_watchdog);
+}
+
+/*
+ * Open the socket named by $NOTIFY_SOCKET and remove the variables, so
+ * that no program we might start talks to systemd in our name.
  */
 void
 notify_init(void)
@@ -88,6 +128,7 @@ notify_init(void)
 
 	notify_free();
 	notify_warned = 0;
+	notify_watchdog = notify_watchdog_env();
 	if ((value = getenv("NOTIFY_SOCKET")) == NULL || *value == '\0')
 		return;
 	if (notify_address(value, &notify_sun, &notify_sunlen) != 0) {
@@ -105,6 +146,8 @@ notify_init(void)
 	log_debug("notifying systemd at %s", value);
 out:
 	unsetenv("NOTIFY_SOCKET");
+	unsetenv("WATCHDOG_USEC");
+	unsetenv("WATCHDOG_PID");
 }
 
 /* Send one message ("READY=1\nSTATUS=...") to systemd, if it listens. */

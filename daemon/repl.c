@@ -26,12 +26,29 @@
  * A replica forwards writes (POST /v1/claims, /v1/log-stream) to the
  * master's API address, given by the master's repl_peer line, and relays
  * its answer; with no master known it answers 503 at once.  The forwarding
- * uses libcurl's multi interface on the event loop, like mgmt.c.
+ * uses libcurl's multi interface on the event loop, like mgmt.c.  It
+ * waits repl_forward_timeout at most (and never beyond request_timeout).
+ * If another master is elected meanwhile (the old one paused, cut off or
+ * stepped down), or the old one's answer is a failure and another master
+ * is known, the request is sent once more, to the new master, and the old
+ * transfer is dropped with whatever it would have answered: the client
+ * gets one answer, the new master's.  That is safe because a request
+ * applied twice answers the same (a claim already made is "owned", a
+ * batch already applied counts as duplicates).
  *
  * repmgr calls the event callback on its own threads.  The callback only
  * updates the shared state under a mutex and writes the event's number to
  * a pipe; the loop reads the pipe, logs, and lets main reopen the store's
  * handles for the new role (repl_set_hook).
+ *
+ * Once the environment has panicked (repl_store_failed), nothing here
+ * calls into Berkeley DB again, and status and /metrics answer from what
+ * the last good repl_info saw, while main exits.  repmgr_site_list takes
+ * one of repmgr's mutexes before it checks for a panic and returns with it
+ * held, on any thread: so the loop never calls it.  A thread of ours (the
+ * peers thread) does, after every event and every REPL_PEERS_MS, and
+ * leaves which sites are connected under the mutex; if it hangs after a
+ * panic, the loop does not.
  */
 #include "config.h"
 
@@ -62,6 +79,7 @@
 #define REPL_FORWARD_HEADER	"X-Phoneclaimd-Forwarded"
 #define REPL_RETRY_MS		500	/* reopen the store after a failure */
 #define REPL_BODY_MAX		(1024 * 1024)	/* of a master's answer */
+#define REPL_PEERS_MS		250	/* between two looks at the sites */
 /*
  * Mutexes beyond Berkeley DB's estimate.  A demoted master's rollback
  * (replication undoing its unacknowledged commits) took some 40,000 of
@@ -70,6 +88,13 @@
  */
 #define REPL_MUTEXES		200000
 
+/* A site as the peers thread last saw it. */
+struct repl_site {
+	int			 eid;
+	int			 connected;
+	char			 addr[300];	/* host:port */
+};
+
 /* One forwarded request. */
 struct repl_xfer {
 	CURL			*easy;
@@ -77,6 +102,10 @@ struct repl_xfer {
 	struct http_ctx		 ctx;
 	struct curl_slist	*headers;
 	char			*body;		/* the request's */
+	size_t			 len;
+	char			*path;		/* and its URI */
+	int			 eid;		/* the master it went to */
+	int			 resent;	/* sent to a second master */
 	struct evbuffer		*answer;
 	char			 ctype[128];
 	char			 retry_after[32];
@@ -95,6 +124,15 @@ struct repl {
 	/* Under mu: written by repmgr's threads. */
 	int			 role;		/* enum repl_role */
 	uint64_t		 perm_failed;
+	int			 failed;	/* no Berkeley DB calls */
+	/* Under mu: the peers thread's. */
+	struct repl_site	 sites[CONF_PEERS_MAX];
+	u_int			 nsites;
+	int			 peers_wake;
+	int			 peers_stop;
+	int			 peers_running;
+	pthread_cond_t		 peers_cond;
+	pthread_t		 peers_thread;
 	/* The loop's. */
 	int			 fds[2];
 	struct event		*pipe_ev;
@@ -110,12 +148,20 @@ struct repl {
 	uint64_t		 forwarded;
 	uint64_t		 forward_failed;
 	uint64_t		 unavailable;
+	uint64_t		 resent;
+	struct repl_info	 known;		/* the last repl_info */
 };
 
 static struct repl	*repl;
 static _Thread_local unsigned long repl_thread_perm_failed;
 
 static int	repl_role_now(void);
+static int	repl_usable(void);
+static void	repl_cond_init(pthread_cond_t *);
+static void	*repl_peers_main(void *);
+static void	repl_peers_look(void);
+static int	repl_site_connected(int, const char *);
+static void	repl_info_db(struct repl_info *, int);
 static int	repl_split(const char *, char *, size_t, u_int *);
 static int	repl_policy(const char *);
 static void	repl_pipe_cb(evutil_socket_t, short, void *);
@@ -134,6 +180,9 @@ static void	repl_check(void);
 static size_t	repl_write_cb(char *, size_t, size_t, void *);
 static size_t	repl_header_cb(char *, size_t, size_t, void *);
 static void	repl_done(struct repl_xfer *, CURLcode);
+static void	repl_xfer_target(struct repl_xfer *, const struct conf_peer *);
+static int	repl_xfer_resend(struct repl_xfer *);
+static void	repl_xfers_follow(void);
 static void	repl_xfer_free(struct repl_xfer *);
 
 /* Return 1 if the configuration makes this node a member of a group. */
@@ -165,6 +214,7 @@ repl_init(struct event_base *base, const struct conf *conf, char **cause)
 	r->role = r->loop_role = REPL_ROLE_NONE;
 	TAILQ_INIT(&r->xfers);
 	pthread_mutex_init(&r->mu, NULL);
+	repl_cond_init(&r->peers_cond);
 	if (pipe2(r->fds, O_CLOEXEC | O_NONBLOCK) != 0) {
 		xasprintf(cause, "replication: pipe: %s", strerror(errno));
 		free(r);
@@ -202,6 +252,7 @@ repl_free(void)
 	event_free(r->curl_ev);
 	close(r->fds[0]);
 	close(r->fds[1]);
+	pthread_cond_destroy(&r->peers_cond);
 	pthread_mutex_destroy(&r->mu);
 	free(r);
 	repl = NULL;
@@ -350,6 +401,13 @@ repl_start(DB_ENV *env, char **cause)
 	if (ret != 0 && ret != DB_REP_IGNORE)
 		goto fail;
 	repl->started = 1;
+	if ((ret = pthread_create(&repl->peers_thread, NULL, repl_peers_main,
+	    repl)) != 0) {
+		xasprintf(cause, "replication: pthread_create: %s",
+		    strerror(ret));
+		return (-1);
+	}
+	repl->peers_running = 1;
 	log_info("replication: %s in a group of %zu, priority %lld, "
 	    "acknowledgements %s", c->repl_local, c->repl_npeers + 1,
 	    c->repl_priority, c->repl_ack_policy);
@@ -390,6 +448,8 @@ repl_event(DB_ENV *env, u_int32_t event, void *info)
 	default:
 		break;
 	}
+	r->peers_wake = 1;
+	pthread_cond_signal(&r->peers_cond);
 	pthread_mutex_unlock(&r->mu);
 	do
 		n = write(r->fds[1], &event, sizeof event);
@@ -414,6 +474,158 @@ repl_role_now(void)
 	role = repl->role;
 	pthread_mutex_unlock(&repl->mu);
 	return (role);
+}
+
+/* A condition variable on the monotonic clock. */
+static void
+repl_cond_init(pthread_cond_t *cond)
+{
+	pthread_condattr_t	attr;
+
+	pthread_condattr_init(&attr);
+	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+	pthread_cond_init(cond, &attr);
+	pthread_condattr_destroy(&attr);
+}
+
+/*
+ * The peers thread: look at repmgr's sites after every event and every
+ * REPL_PEERS_MS, until told to stop or the environment fails.
+ */
+static void *
+repl_peers_main(void *arg)
+{
+	struct repl	*r = arg;
+	struct timespec	 ts;
+
+	pthread_mutex_lock(&r->mu);
+	while (!r->peers_stop && !r->failed) {
+		pthread_mutex_unlock(&r->mu);
+		repl_peers_look();
+		pthread_mutex_lock(&r->mu);
+		if (r->peers_wake || r->peers_stop)
+			goto next;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ts.tv_nsec += REPL_PEERS_MS * 1000000L;
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		(void)pthread_cond_timedwait(&r->peers_cond, &r->mu, &ts);
+next:
+		r->peers_wake = 0;
+	}
+	pthread_mutex_unlock(&r->mu);
+	return (NULL);
+}
+
+/* Ask repmgr which sites are connected; keep the answer under the mutex. */
+static void
+repl_peers_look(void)
+{
+	struct repl	*r = repl;
+	DB_REPMGR_SITE	*list = NULL;
+	u_int32_t	 none = DB_EVENT_NO_SUCH_EVENT;
+	u_int		 n = 0, i;
+	ssize_t		 w;
+	int		 changed, connected;
+
+	if (!repl_usable() || r->env->repmgr_site_list(r->env, &n,
+	    &list) != 0)
+		return;
+	pthread_mutex_lock(&r->mu);
+	changed = n != r->nsites;
+	for (i = 0; i < n && i < CONF_PEERS_MAX; i++) {
+		connected = list[i].status == DB_REPMGR_CONNECTED;
+		changed |= r->sites[i].eid != list[i].eid ||
+		    r->sites[i].connected != connected;
+		r->sites[i].eid = list[i].eid;
+		r->sites[i].connected = connected;
+		snprintf(r->sites[i].addr, sizeof r->sites[i].addr,
+		    strchr(list[i].host, ':') != NULL ? "[%s]:%u" : "%s:%u",
+		    list[i].host, list[i].port);
+	}
+	r->nsites = i;
+	pthread_mutex_unlock(&r->mu);
+	free(list);
+	/* Let the loop look again (forwarded requests follow the master). */
+	if (changed) {
+		do
+			w = write(r->fds[1], &none, sizeof none);
+		while (w == -1 && errno == EINTR);
+	}
+}
+
+/*
+ * Return 1 if the peers thread last saw the site with this eid (or, with
+ * DB_EID_INVALID, this host:port) connected.
+ */
+static int
+repl_site_connected(int eid, const char *addr)
+{
+	struct repl	*r = repl;
+	u_int		 i;
+	int		 connected = 0;
+
+	pthread_mutex_lock(&r->mu);
+	for (i = 0; i < r->nsites; i++) {
+		if (eid != DB_EID_INVALID ? r->sites[i].eid == eid :
+		    strcmp(r->sites[i].addr, addr) == 0)
+			connected = r->sites[i].connected;
+	}
+	pthread_mutex_unlock(&r->mu);
+	return (connected);
+}
+
+/*
+ * Stop the peers thread before the environment closes (not after a
+ * failure: it may be stuck in Berkeley DB, and the process leaves without
+ * closing anything).
+ */
+void
+repl_stop(void)
+{
+	struct repl	*r = repl;
+
+	if (r == NULL || !r->peers_running)
+		return;
+	pthread_mutex_lock(&r->mu);
+	r->peers_stop = 1;
+	pthread_cond_signal(&r->peers_cond);
+	pthread_mutex_unlock(&r->mu);
+	pthread_join(r->peers_thread, NULL);
+	r->peers_running = 0;
+}
+
+/*
+ * Return 1 if Berkeley DB may be called: repmgr has started and the
+ * environment has not failed.
+ */
+static int
+repl_usable(void)
+{
+	int	failed;
+
+	if (repl->env == NULL || !repl->started)
+		return (0);
+	pthread_mutex_lock(&repl->mu);
+	failed = repl->failed;
+	pthread_mutex_unlock(&repl->mu);
+	return (!failed);
+}
+
+/*
+ * The environment has failed (the store saw a panic, on any thread): from
+ * now on nothing here calls into Berkeley DB.
+ */
+void
+repl_store_failed(void)
+{
+	if (repl == NULL)
+		return;
+	pthread_mutex_lock(&repl->mu);
+	repl->failed = 1;
+	pthread_mutex_unlock(&repl->mu);
 }
 
 /*
@@ -449,8 +661,7 @@ repl_caught_up(void)
 	DB_REP_STAT	*sp;
 	int		 done;
 
-	if (repl->env == NULL || !repl->started ||
-	    repl->env->rep_stat(repl->env, &sp, 0) != 0)
+	if (!repl_usable() || repl->env->rep_stat(repl->env, &sp, 0) != 0)
 		return (0);
 	done = sp->st_startup_complete != 0;
 	free(sp);
@@ -468,24 +679,15 @@ repl_master_eid(void)
 {
 	struct repl	*r = repl;
 	DB_REP_STAT	*sp;
-	DB_REPMGR_SITE	*list = NULL;
-	u_int		 n = 0, i;
-	int		 eid, connected = 0;
+	int		 eid;
 
-	if (r->env == NULL || !r->started ||
-	    r->env->rep_stat(r->env, &sp, 0) != 0)
+	if (!repl_usable() || r->env->rep_stat(r->env, &sp, 0) != 0)
 		return (DB_EID_INVALID);
 	eid = (int)sp->st_master;
 	free(sp);
-	if (eid == DB_EID_INVALID ||
-	    r->env->repmgr_site_list(r->env, &n, &list) != 0)
+	if (eid == DB_EID_INVALID || !repl_site_connected(eid, ""))
 		return (DB_EID_INVALID);
-	for (i = 0; i < n; i++) {
-		if (list[i].eid == eid)
-			connected = list[i].status == DB_REPMGR_CONNECTED;
-	}
-	free(list);
-	return (connected ? eid : DB_EID_INVALID);
+	return (eid);
 }
 
 /*
@@ -572,6 +774,7 @@ repl_pipe_cb(evutil_socket_t fd, short events, void *arg)
 		}
 	}
 	repl_update();
+	repl_xfers_follow();
 }
 
 /* A failed reopen: try again. */
@@ -596,6 +799,9 @@ repl_update(void)
 	int		 role, ready;
 
 	if (r == NULL || r->hook == NULL)
+		return;
+	/* A failed store is neither opened nor closed again: main exits. */
+	if (r->started && !repl_usable())
 		return;
 	pthread_mutex_lock(&r->mu);
 	role = r->role;
@@ -631,7 +837,7 @@ repl_site_address(int eid, char *buf, size_t size)
 	u_int		 port;
 	int		 ok;
 
-	if (repl->env == NULL || eid == DB_EID_INVALID ||
+	if (!repl_usable() || eid == DB_EID_INVALID ||
 	    repl->env->repmgr_site_by_eid(repl->env, eid, &site) != 0)
 		return (-1);
 	ok = site->get_address(site, &host, &port) == 0;
@@ -655,63 +861,81 @@ repl_peer_by_repl(const char *addr)
 	return (NULL);
 }
 
-/* What status and /metrics show. */
-void
-repl_info(struct repl_info *ri)
+/*
+ * What Berkeley DB knows for status and /metrics: whether this node
+ * serves in role, its master if a replica, the lag, the LSN, and which
+ * peers are connected (the peers thread's view).  Each call is made only
+ * while the environment has not failed.
+ */
+static void
+repl_info_db(struct repl_info *ri, int role)
 {
 	struct repl		*r = repl;
-	DB_REPMGR_SITE		*list = NULL;
 	DB_REP_STAT		*sp;
-	const struct conf_peer	*p;
-	u_int			 n = 0, i, j;
+	size_t			 i;
 	int			 eid;
 
-	memset(ri, 0, sizeof *ri);
-	if (r == NULL)
-		return;
-	ri->enabled = 1;
-	pthread_mutex_lock(&r->mu);
-	ri->role = r->role;
-	ri->perm_failed = r->perm_failed;
-	pthread_mutex_unlock(&r->mu);
-	ri->ready = ri->role == REPL_ROLE_MASTER ||
-	    (ri->role == REPL_ROLE_REPLICA && repl_caught_up());
-	ri->forwarded = r->forwarded;
-	ri->forward_failed = r->forward_failed;
-	ri->unavailable = r->unavailable;
-	if (ri->role == REPL_ROLE_MASTER)
-		snprintf(ri->master, sizeof ri->master, "%s",
-		    r->conf->repl_local);
-	else if ((eid = repl_master_eid()) == DB_EID_INVALID ||
-	    repl_site_address(eid, ri->master, sizeof ri->master) != 0)
+	ri->ready = role == REPL_ROLE_MASTER ||
+	    (role == REPL_ROLE_REPLICA && repl_caught_up());
+	if (role != REPL_ROLE_MASTER &&
+	    ((eid = repl_master_eid()) == DB_EID_INVALID ||
+	    repl_site_address(eid, ri->master, sizeof ri->master) != 0))
 		ri->master[0] = '\0';
-	if (r->env != NULL && r->started &&
-	    r->env->rep_stat(r->env, &sp, 0) == 0) {
+	if (repl_usable() && r->env->rep_stat(r->env, &sp, 0) == 0) {
 		ri->lag = (uint64_t)sp->st_log_queued;
 		ri->lsn_file = sp->st_next_lsn.file;
 		ri->lsn_offset = sp->st_next_lsn.offset;
 		free(sp);
 	}
-	if (r->env != NULL && r->started)
-		(void)r->env->repmgr_site_list(r->env, &n, &list);
+	for (i = 0; i < r->conf->repl_npeers && i < CONF_PEERS_MAX; i++)
+		ri->peers[i].connected = repl_site_connected(DB_EID_INVALID,
+		    r->conf->repl_peers[i].repl);
+}
+
+/*
+ * What status and /metrics show.  Once the store has failed, what the
+ * last call saw, not ready: Berkeley DB is not asked again.
+ */
+void
+repl_info(struct repl_info *ri)
+{
+	struct repl		*r = repl;
+	const struct conf_peer	*p;
+	size_t			 i;
+	int			 role;
+
+	memset(ri, 0, sizeof *ri);
+	if (r == NULL)
+		return;
+	role = repl_role_now();
+	if (repl_usable())
+		repl_info_db(ri, role);
+	if (repl_usable())
+		r->known = *ri;
+	else {
+		*ri = r->known;
+		ri->ready = 0;
+	}
+	ri->enabled = 1;
+	ri->role = role;
+	pthread_mutex_lock(&r->mu);
+	ri->perm_failed = r->perm_failed;
+	pthread_mutex_unlock(&r->mu);
+	ri->forwarded = r->forwarded;
+	ri->forward_failed = r->forward_failed;
+	ri->resent = r->resent;
+	ri->unavailable = r->unavailable;
+	if (role == REPL_ROLE_MASTER)
+		snprintf(ri->master, sizeof ri->master, "%s",
+		    r->conf->repl_local);
 	for (i = 0; i < r->conf->repl_npeers && i < CONF_PEERS_MAX; i++) {
 		p = &r->conf->repl_peers[i];
 		snprintf(ri->peers[i].repl, sizeof ri->peers[i].repl, "%s",
 		    p->repl);
 		snprintf(ri->peers[i].api, sizeof ri->peers[i].api, "%s",
 		    p->api);
-		for (j = 0; j < n; j++) {
-			char	addr[300];
-
-			snprintf(addr, sizeof addr, strchr(list[j].host, ':') ?
-			    "[%s]:%u" : "%s:%u", list[j].host, list[j].port);
-			if (strcmp(addr, p->repl) == 0)
-				ri->peers[i].connected = list[j].status ==
-				    DB_REPMGR_CONNECTED;
-		}
 	}
 	ri->npeers = i;
-	free(list);
 }
 
 /* The name of a role. */
@@ -743,9 +967,9 @@ repl_forward(struct http *h, struct evhttp_request *req, int token)
 	const struct conf_peer	*p;
 	struct evkeyvalq	*in;
 	struct evbuffer		*buf;
-	const char		*v, *path;
-	char			 master[300], *hdr, *url;
-	size_t			 len;
+	const char		*v;
+	char			 master[300], *hdr;
+	long			 ms;
 	int			 role, eid;
 
 	if (r == NULL)
@@ -772,17 +996,17 @@ repl_forward(struct http *h, struct evhttp_request *req, int token)
 	}
 	x = xcalloc(1, sizeof *x);
 	x->http = h;
+	x->eid = eid;
 	if ((x->easy = curl_easy_init()) == NULL ||
 	    (x->answer = evbuffer_new()) == NULL)
 		fatalx("replication: cannot make a transfer");
 	buf = evhttp_request_get_input_buffer(req);
-	len = evbuffer_get_length(buf);
-	x->body = xmalloc(len + 1);
-	evbuffer_copyout(buf, x->body, len);
-	x->body[len] = '\0';
-	path = evhttp_request_get_uri(req);
-	xasprintf(&url, "%s://%s%s", r->conf->tls_cert_file != NULL ?
-	    "https" : "http", p->api, path);
+	x->len = evbuffer_get_length(buf);
+	x->body = xmalloc(x->len + 1);
+	evbuffer_copyout(buf, x->body, x->len);
+	x->body[x->len] = '\0';
+	x->path = xstrdup(evhttp_request_get_uri(req));
+	repl_xfer_target(x, p);
 	if ((v = evhttp_find_header(in, "Authorization")) != NULL) {
 		xasprintf(&hdr, "Authorization: %s", v);
 		x->headers = curl_slist_append(x->headers, hdr);
@@ -799,15 +1023,16 @@ repl_forward(struct http *h, struct evhttp_request *req, int token)
 	free(hdr);
 	/* No "Expect: 100-continue": the master answers at once. */
 	x->headers = curl_slist_append(x->headers, "Expect:");
-	curl_easy_setopt(x->easy, CURLOPT_URL, url);
-	free(url);
 	curl_easy_setopt(x->easy, CURLOPT_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(x->easy, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(x->easy, CURLOPT_TIMEOUT, (long)r->conf->request_timeout);
+	ms = (long)r->conf->repl_forward_timeout;
+	if (ms > (long)r->conf->request_timeout * 1000)
+		ms = (long)r->conf->request_timeout * 1000;
+	curl_easy_setopt(x->easy, CURLOPT_TIMEOUT_MS, ms);
 	curl_easy_setopt(x->easy, CURLOPT_POST, 1L);
 	curl_easy_setopt(x->easy, CURLOPT_POSTFIELDS, x->body);
 	curl_easy_setopt(x->easy, CURLOPT_POSTFIELDSIZE_LARGE,
-	    (curl_off_t)len);
+	    (curl_off_t)x->len);
 	curl_easy_setopt(x->easy, CURLOPT_HTTPHEADER, x->headers);
 	curl_easy_setopt(x->easy, CURLOPT_SSL_VERIFYPEER, 1L);
 	curl_easy_setopt(x->easy, CURLOPT_SSL_VERIFYHOST, 2L);
@@ -883,13 +1108,17 @@ repl_done(struct repl_xfer *x, CURLcode rc)
 	char			*body;
 	size_t			 len;
 
-	http_resume(x->http, &x->ctx);
 	curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
+	if ((rc != CURLE_OK || code == 503) && repl_role_now() !=
+	    REPL_ROLE_MASTER && repl_xfer_resend(x))
+		return;
+	http_resume(x->http, &x->ctx);
 	if (rc != CURLE_OK || code < 200 || code > 599) {
 		r->forward_failed++;
 		log_warnx("replication: forwarding to the master failed: %s",
-		    rc != CURLE_OK ? (x->error[0] != '\0' ? x->error :
-		    curl_easy_strerror(rc)) : "no HTTP answer");
+		    rc == CURLE_ABORTED_BY_CALLBACK ? "this node is the "
+		    "master now" : rc != CURLE_OK ? (x->error[0] != '\0' ?
+		    x->error : curl_easy_strerror(rc)) : "no HTTP answer");
 		evhttp_add_header(out, "Retry-After", "1");
 		http_error(x->http, req, 503, "unavailable");
 	} else {
@@ -910,6 +1139,72 @@ repl_done(struct repl_xfer *x, CURLcode rc)
 	repl_xfer_free(x);
 }
 
+/* Point a transfer at peer p's API. */
+static void
+repl_xfer_target(struct repl_xfer *x, const struct conf_peer *p)
+{
+	char	*url;
+
+	xasprintf(&url, "%s://%s%s", repl->conf->tls_cert_file != NULL ?
+	    "https" : "http", p->api, x->path);
+	curl_easy_setopt(x->easy, CURLOPT_URL, url);
+	free(url);
+}
+
+/*
+ * If the master this replica knows is not the one x went to, send x once
+ * more, to it, dropping the first transfer (its answer, if it ever comes,
+ * goes nowhere): return 1.  Return 0 if x stays as it is.
+ */
+static int
+repl_xfer_resend(struct repl_xfer *x)
+{
+	const struct conf_peer	*p;
+	char			 master[300];
+	int			 eid;
+
+	if (x->resent || (eid = repl_master_eid()) == DB_EID_INVALID ||
+	    eid == x->eid ||
+	    repl_site_address(eid, master, sizeof master) != 0 ||
+	    (p = repl_peer_by_repl(master)) == NULL)
+		return (0);
+	curl_multi_remove_handle(repl->multi, x->easy);
+	x->eid = eid;
+	x->resent = 1;
+	evbuffer_drain(x->answer, evbuffer_get_length(x->answer));
+	x->ctype[0] = x->retry_after[0] = x->error[0] = '\0';
+	repl_xfer_target(x, p);
+	repl->resent++;
+	log_info("replication: the master changed while a request waited: "
+	    "sent again, to %s", master);
+	if (curl_multi_add_handle(repl->multi, x->easy) != CURLM_OK)
+		fatalx("curl_multi_add_handle");
+	return (1);
+}
+
+/*
+ * Send the requests waiting for a master that no longer is to the new one.
+ * If this node is the new master, answer them 503 at once (the client's
+ * retry comes here).
+ */
+static void
+repl_xfers_follow(void)
+{
+	struct repl_xfer	*x, *next;
+
+	if (repl_role_now() != REPL_ROLE_MASTER) {
+		TAILQ_FOREACH(x, &repl->xfers, entry) {
+			if (!x->resent)
+				(void)repl_xfer_resend(x);
+		}
+		return;
+	}
+	for (x = TAILQ_FIRST(&repl->xfers); x != NULL; x = next) {
+		next = TAILQ_NEXT(x, entry);
+		repl_done(x, CURLE_ABORTED_BY_CALLBACK);
+	}
+}
+
 /* Forget a transfer. */
 static void
 repl_xfer_free(struct repl_xfer *x)
@@ -920,6 +1215,7 @@ repl_xfer_free(struct repl_xfer *x)
 	curl_slist_free_all(x->headers);
 	evbuffer_free(x->answer);
 	free(x->body);
+	free(x->path);
 	free(x);
 }
 

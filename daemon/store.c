@@ -204,7 +204,6 @@ static void	store_event_cb(DB_ENV *, u_int32_t, void *);
 static void	store_fail(struct store *, const char *);
 static int	store_count_db(DB *, DB_TXN *, uint64_t *);
 static int	store_count_init(struct store *, char **);
-static int	store_txn_commit_local(struct store_txn *);
 static int	store_txn_commit_acked(struct store_txn *, int);
 static int	store_count_all(struct store *, struct store_txn *);
 static void	store_count_save(struct store *);
@@ -949,6 +948,7 @@ store_close_handles(struct store *st)
 			log_warnx("store: final checkpoint: %s",
 			    db_strerror(ret));
 	}
+	repl_stop();
 	if ((ret = st->env->close(st->env, 0)) != 0 && !st->failed)
 		log_warnx("store: closing the environment: %s",
 		    db_strerror(ret));
@@ -965,6 +965,11 @@ store_close_dbs(struct store *st)
 	for (i = STORE_DB_COUNT - 1; i >= 0; i--) {
 		if (st->db[i] == NULL)
 			continue;
+		/* A panicked environment frees nothing: forget the handle. */
+		if (st->failed) {
+			st->db[i] = NULL;
+			continue;
+		}
 		store_rethread(st->db[i], st->db_mutex[i]);
 		st->db_mutex[i] = 0;
 		ret = st->db[i]->close(st->db[i], 0);
@@ -1038,13 +1043,17 @@ store_event_cb(DB_ENV *env, u_int32_t event, void *info)
 		log_warnx("store: a write to stable storage failed");
 }
 
-/* Mark the store failed: log and call the callback, once. */
+/*
+ * Mark the store failed: log, stop replication's calls into Berkeley DB
+ * and call the callback, once.  It may run on any thread (a panic seen by
+ * repmgr's or the flusher's).
+ */
 static void
 store_fail(struct store *st, const char *what)
 {
-	if (st->failed)
+	if (atomic_exchange(&st->failed, 1) != 0)
 		return;
-	st->failed = 1;
+	repl_store_failed();
 	/* During the opening recovery, a restart would fail the same way. */
 	if (!st->env_open)
 		log_warnx("store: %s while opening %s", what, st->dir);
@@ -1135,11 +1144,15 @@ store_txn_commit(struct store_txn *txn)
 }
 
 /*
- * Commit the store's own bookkeeping at open (the schema, the counts),
- * which answers no request: committed here is enough.  A new master must
- * not give up its store because a replica left as it took over.
+ * Commit the store's own bookkeeping (the schema and the counts at open,
+ * the hash key's check value of a new store), which answers no request:
+ * committed here is enough.  A new master must not give up its store
+ * because a replica left as it took over, or is still being copied.  The
+ * commit still waits up to repl_ack_timeout for acknowledgements (repmgr
+ * has no per-transaction policy), and one that misses them makes the
+ * next commits wait for new ones (st->unacked).
  */
-static int
+int
 store_txn_commit_local(struct store_txn *txn)
 {
 	return (store_txn_commit_acked(txn, 0));
@@ -1611,6 +1624,39 @@ store_meta_del(struct store_txn *txn, const char *name)
 	store_dbt(&key, name, strlen(name));
 	r = store_result(st, db->del(db, txn->tid, &key, 0), "delete metadata");
 	return (r == STORE_NOTFOUND ? STORE_OK : r);
+}
+
+/*
+ * Read one record in a transaction, as a request would, for the watchdog
+ * (main.c): STORE_OK once the store answered, whatever the answer (a
+ * replica's store closed while it has no master has nothing to answer),
+ * STORE_ERROR once it has failed.  A lock that is never released blocks
+ * here, and the event loop with it.
+ */
+int
+store_probe(struct store *st)
+{
+	DB	*db = st->db[STORE_DB_META];
+	DB_TXN	*tid;
+	DBT	 key, data;
+	int	 ret;
+
+	if (st->failed)
+		return (STORE_ERROR);
+	if (!st->dbs_open || db == NULL)
+		return (STORE_OK);
+	if ((ret = st->env->txn_begin(st->env, NULL, &tid, 0)) == 0) {
+		store_dbt(&key, STORE_META_SCHEMA, strlen(STORE_META_SCHEMA));
+		memset(&data, 0, sizeof data);
+		data.flags = DB_DBT_PARTIAL;	/* the lock, not the value */
+		ret = db->get(db, tid, &key, &data, 0);
+		if (ret == DB_NOTFOUND)
+			ret = 0;
+		(void)store_result(st, ret, "watchdog read");
+		(void)store_result(st, tid->abort(tid), "abort");
+	} else
+		(void)store_result(st, ret, "begin transaction");
+	return (st->failed ? STORE_ERROR : STORE_OK);
 }
 
 /* Return the counts of committed claims and conflicts. */

@@ -7,6 +7,8 @@
 #ifndef STORE_INT_H
 #define STORE_INT_H
 
+#include <stdatomic.h>
+
 #define STORE_DIR_MODE		0700
 #define STORE_FILE_MODE		0600
 

@@ -92,6 +92,7 @@ struct conf {
 	long long	 repl_ack_timeout;	/* ms */
 	long long	 repl_election_timeout;	/* ms */
 	long long	 repl_heartbeat;	/* ms */
+	long long	 repl_forward_timeout;	/* ms */
 	char		*repl_ca_file;		/* to verify peers' TLS */
 };
 
@@ -236,8 +237,10 @@ int		 store_failed(struct store *);
 int		 store_ready(struct store *);
 int		 store_txn_begin(struct store *, struct store_txn **);
 int		 store_txn_commit(struct store_txn *);
+int		 store_txn_commit_local(struct store_txn *);
 void		 store_txn_abort(struct store_txn *);
 int		 store_flush(struct store *);
+int		 store_probe(struct store *);
 int		 store_flusher_start(struct store *, struct event_base *,
 		     void (*)(int, void *), void *, char **);
 void		 store_flusher_stop(struct store *);
@@ -735,6 +738,7 @@ void		 notify_init(void);
 void		 notify_send(const char *, ...)
 		     __attribute__((format(printf, 1, 2)));
 void		 notify_free(void);
+uint64_t	 notify_watchdog_usec(void);
 
 /* repl.c */
 enum repl_role {
@@ -762,6 +766,7 @@ struct repl_info {
 	uint64_t	 forwarded;
 	uint64_t	 forward_failed;
 	uint64_t	 unavailable;
+	uint64_t	 resent;	/* to a new master */
 };
 
 struct __db_env;
@@ -777,6 +782,8 @@ unsigned long	 repl_perm_failures(void);
 int		 repl_writable(void);
 int		 repl_serving(void);
 void		 repl_handles_dead(void);
+void		 repl_store_failed(void);
+void		 repl_stop(void);
 void		 repl_retry(void);
 void		 repl_info(struct repl_info *);
 const char	*repl_role_name(int);

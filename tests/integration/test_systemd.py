@@ -358,6 +358,76 @@ class BadNotifySocketTests(NotifyCase):
         self.check_harmless("vsock:2:9999")
 
 
+class WatchdogTests(NotifyCase):
+    """systemd's watchdog (issue 22, point 2): with WATCHDOG_USEC (the
+    unit's WatchdogSec=), WATCHDOG=1 comes from the event loop each half
+    interval, and only while the loop turns and the store answers a read.
+    The loop is made to stall by a store that stops answering: panic_env
+    -l, in another process, holds the write lock on the record the
+    watchdog reads, so the daemon's read waits, and its loop with it."""
+
+    USEC = 400000		# pings every 0.2 s
+    SILENCE = 2.0		# seconds without a ping while it stalls
+
+    def start_watched(self, **env):
+        d = self.own_daemon(start=False)
+        n = self.notify_socket(d.dir)
+        self.addCleanup(d.stop)
+        with environment(NOTIFY_SOCKET=n.address, **env):
+            d.start()
+        self.expect_ready(n, d)
+        return d, n
+
+    def pings(self, n, d, count):
+        """Receive count WATCHDOG=1 messages from d's process."""
+        for _ in range(count):
+            self.expect(n, d, WATCHDOG="1")
+
+    def drain(self, n):
+        while n.receive(0) is not None:
+            pass
+
+    def test_pings_while_the_store_answers(self):
+        tool = os.environ.get("PANIC_ENV")
+        if not tool or not os.access(tool, os.X_OK):
+            self.skipTest("PANIC_ENV is not set")
+        d, n = self.start_watched(WATCHDOG_USEC=str(self.USEC))
+        self.assertIn("systemd watchdog", d.log_text())
+        self.pings(n, d, 3)
+        # The store stops answering: the pings stop (one may have left
+        # as the lock was taken), while the process lives on.
+        holder = subprocess.Popen([tool, "-l", d.state_dir],
+                                  stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
+        self.addCleanup(holder.wait, 30)
+        self.addCleanup(holder.stdin.close)
+        self.addCleanup(holder.stdout.close)
+        self.assertEqual(holder.stdout.readline(), "locked\n")
+        self.drain(n)
+        late = n.receive(self.SILENCE)
+        if late is not None:
+            self.assertEqual(late.get("WATCHDOG"), "1", repr(late))
+            self.assertIsNone(n.receive(self.SILENCE),
+                              "WATCHDOG=1 while the store hangs")
+        self.assertTrue(d.running())
+        # It answers again: so do the pings, and requests.
+        holder.stdin.close()
+        self.assertEqual(holder.wait(30), 0)
+        self.pings(n, d, 2)
+        self.assertReserved(d.claim(fresh_number(), fresh_user()), 600)
+
+    def test_no_pings_without_a_watchdog(self):
+        d, n = self.start_watched()
+        self.assertReserved(d.claim(fresh_number(), fresh_user()), 600)
+        self.assertIsNone(n.receive(1.0))
+        self.assertNotIn("systemd watchdog", d.log_text())
+
+    def test_no_pings_for_another_process(self):
+        d, n = self.start_watched(WATCHDOG_USEC=str(self.USEC),
+                                  WATCHDOG_PID="1")
+        self.assertIsNone(n.receive(1.0))
+
+
 # The unit ------------------------------------------------------------------
 
 def builddir():
@@ -402,6 +472,11 @@ class UnitTests(unittest.TestCase):
         values = self.values(key)
         self.assertEqual(len(values), 1, "%s: %s" % (key, values))
         return values[0]
+
+    def test_watchdog(self):
+        m = re.fullmatch(r"([0-9]+)s", self.one("WatchdogSec"))
+        self.assertIsNotNone(m, self.one("WatchdogSec"))
+        self.assertGreaterEqual(int(m.group(1)), 10)
 
     def test_paths_are_filled_in(self):
         self.assertNotRegex(self.text, r"@[a-z_]+@")
