@@ -111,15 +111,6 @@ static int	reconcile_start_txn(struct store_txn *, void *);
 static int	reconcile_snap_txn(struct store_txn *, void *);
 static int	reconcile_done_txn(struct store_txn *, void *);
 static int	reconcile_settle_txn(struct store_txn *, void *);
-static int	reconcile_gone(struct store_txn *, struct reconcile_op *);
-static int	reconcile_learn(struct store_txn *, struct reconcile_op *,
-		    struct claim *, size_t);
-static int	reconcile_masked(struct store_txn *, struct reconcile_op *,
-		    struct claim *, size_t);
-static int	reconcile_stale(struct store_txn *, struct reconcile_op *,
-		    struct claim *, size_t);
-static int	reconcile_in_snap(const unsigned char *);
-static int	reconcile_linked(const struct claim *, size_t, const char *);
 static int64_t	reconcile_now_ms(void);
 static int	reconcile_pass_next(int64_t, char *, int64_t *);
 static void	reconcile_pass_end(int64_t);
@@ -442,223 +433,31 @@ reconcile_next(int64_t now, char *user, int64_t *wait)
 	return (1);
 }
 
-/* Return 1 if the number was held by the user when the request went out. */
-static int
-reconcile_in_snap(const unsigned char *numkey)
-{
-	size_t	i;
-
-	for (i = 0; i < rec->nsnap; i++) {
-		if (memcmp(rec->snap[i], numkey, NUMKEY_LEN) == 0)
-			return (1);
-	}
-	return (0);
-}
-
-/* Return 1 if one of the claims carries the method id. */
-static int
-reconcile_linked(const struct claim *list, size_t n, const char *id)
-{
-	size_t	i;
-
-	for (i = 0; id[0] != '\0' && i < n; i++) {
-		if (strcmp(list[i].enrol_id, id) == 0)
-			return (1);
-	}
-	return (0);
-}
-
-/* A user Auth0 does not know: release every claim. */
-static int
-reconcile_gone(struct store_txn *txn, struct reconcile_op *op)
-{
-	struct claims_event	 ev;
-	struct claim		*list;
-	size_t			 n;
-	int			 rv, outcome;
-
-	if ((rv = store_claims_by_user(txn, rec->user, &list, &n)) != 0)
-		return (rv);
-	free(list);
-	memset(&ev, 0, sizeof ev);
-	ev.user_id = rec->user;
-	ev.now = op->now;
-	ev.when = op->when;
-	op->released = n;
-	return (claims_ev_release_user(txn, &ev, &outcome));
-}
-
-/*
- * Confirmed methods with a full number: make the user's claim active (with
- * the method's id), or claim the number, or record the conflict.
- */
-static int
-reconcile_learn(struct store_txn *txn, struct reconcile_op *op,
-    struct claim *list, size_t n)
-{
-	const struct verify_method	*m;
-	struct claims_event		 ev;
-	struct claim			*c, *on;
-	size_t			 	 i, j, non;
-	int64_t				 date;
-	int				 rv = STORE_OK, outcome, mine;
-
-	for (i = 0; i < op->n && rv == STORE_OK; i++) {
-		m = &op->m[i];
-		if (!m->full || !m->confirmed || claims_is_exempt(m->numkey))
-			continue;
-		for (c = NULL, j = 0; j < n; j++) {
-			if (memcmp(list[j].numkey, m->numkey, NUMKEY_LEN) == 0)
-				c = &list[j];
-		}
-		if (c != NULL && (c->state == CLAIM_ACTIVE ||
-		    c->expires > op->now)) {
-			if ((c->state == CLAIM_PENDING || (c->enrol_id[0] ==
-			    '\0' && m->id[0] != '\0')) &&
-			    claims_in_order(txn, &op->when, rec->user,
-			    c->numkey, NULL, &date, &rv))
-				rv = claims_confirm(txn, c, m->id[0] !=
-				    '\0' ? m->id : NULL, date);
-			continue;
-		}
-		memset(&ev, 0, sizeof ev);
-		ev.user_id = rec->user;
-		ev.numkey = m->numkey;
-		ev.last4 = m->last4;
-		ev.enrol_id = m->id[0] != '\0' ? m->id : NULL;
-		ev.log_id = "";
-		ev.when = op->when;
-		ev.now = op->now;
-		ev.source = CLAIM_SRC_VERIFY;
-		rv = claims_ev_enrolled(txn, &ev, &outcome);
-		if (rv != STORE_OK || outcome != CLAIMS_APPLIED)
-			continue;
-		rv = store_claims_by_number(txn, m->numkey, &on, &non);
-		for (mine = 0, j = 0; rv == STORE_OK && j < non; j++)
-			mine |= strcmp(on[j].user_id, rec->user) == 0;
-		if (rv == STORE_OK) {
-			free(on);
-			if (mine)
-				op->learned++;
-			else
-				op->conflicts++;
-		}
-	}
-	return (rv);
-}
-
-/*
- * Confirmed masked methods no claim carries: the one live reservation
- * whose digits they show becomes active; otherwise the number cannot be
- * learned (unsettled).
- */
-static int
-reconcile_masked(struct store_txn *txn, struct reconcile_op *op,
-    struct claim *list, size_t n)
-{
-	const struct verify_method	*m;
-	struct claim			*pick;
-	size_t				 i, j, fits, matched;
-	int64_t				 date;
-	int				 rv = STORE_OK;
-
-	for (i = 0; i < op->n && rv == STORE_OK; i++) {
-		m = &op->m[i];
-		if (m->full || !m->confirmed || reconcile_linked(list, n, m->id))
-			continue;
-		for (pick = NULL, fits = matched = 0, j = 0; j < n; j++) {
-			if (m->last4[0] == '\0' ||
-			    !claims_suffix_match(&list[j], m->last4))
-				continue;
-			matched++;
-			if (list[j].state == CLAIM_PENDING &&
-			    list[j].expires > op->now) {
-				pick = &list[j];
-				fits++;
-			}
-		}
-		if (fits == 1 && m->id[0] != '\0') {
-			if (claims_in_order(txn, &op->when, rec->user,
-			    pick->numkey, NULL, &date, &rv))
-				rv = claims_confirm(txn, pick, m->id, date);
-		}
-		else if (matched == 0 && m->last4[0] != '\0')
-			op->unsettled++;
-	}
-	return (rv);
-}
-
-/*
- * Release the claims active when the request went out that no method
- * backs; a method without digits or known id might: unsettled.
- */
-static int
-reconcile_stale(struct store_txn *txn, struct reconcile_op *op,
-    struct claim *list, size_t n)
-{
-	const struct verify_method	*m;
-	struct claim			*c;
-	size_t				 i, j;
-	int				 rv = STORE_OK, backed, maybe, taken;
-
-	for (j = 0; j < n && rv == STORE_OK; j++) {
-		c = &list[j];
-		if (c->state != CLAIM_ACTIVE || !reconcile_in_snap(c->numkey))
-			continue;
-		backed = maybe = 0;
-		for (i = 0; i < op->n && !backed; i++) {
-			m = &op->m[i];
-			if (c->enrol_id[0] != '\0' &&
-			    strcmp(m->id, c->enrol_id) == 0)
-				backed = 1;
-			else if (m->full)
-				backed = memcmp(m->numkey, c->numkey,
-				    NUMKEY_LEN) == 0;
-			else if (!reconcile_linked(list, n, m->id)) {
-				if (m->last4[0] == '\0')
-					maybe = 1;
-				else
-					backed = claims_suffix_match(c,
-					    m->last4);
-			}
-		}
-		if (backed)
-			continue;
-		if (maybe) {
-			op->unsettled++;
-			continue;
-		}
-		rv = claims_release(txn, c, &op->when, &taken);
-		if (taken)
-			op->released++;
-	}
-	return (rv);
-}
-
 /* Apply one answer and move the cursor, in one transaction. */
 static int
 reconcile_settle_txn(struct store_txn *txn, void *arg)
 {
 	struct reconcile_op	*op = arg;
-	struct claim		*list;
-	size_t			 n;
+	struct verify_answer	 a;
 	int			 rv = STORE_OK;
 
 	op->released = op->learned = op->conflicts = op->unsettled = 0;
-	if (op->skip)
-		rv = STORE_OK;
-	else if (!op->found)
-		rv = reconcile_gone(txn, op);
-	else {
-		if ((rv = store_claims_by_user(txn, rec->user, &list, &n)) !=
-		    STORE_OK)
-			return (rv);
-		rv = reconcile_learn(txn, op, list, n);
-		if (rv == STORE_OK)
-			rv = reconcile_masked(txn, op, list, n);
-		if (rv == STORE_OK)
-			rv = reconcile_stale(txn, op, list, n);
-		free(list);
+	if (!op->skip) {
+		memset(&a, 0, sizeof a);
+		a.user_id = rec->user;
+		a.reasons = VERIFY_RECONCILE;
+		a.m = op->m;
+		a.n = op->n;
+		a.found = op->found;
+		a.now = op->now;
+		a.when = op->when;
+		a.snap = (const unsigned char (*)[NUMKEY_LEN])rec->snap;
+		a.nsnap = rec->nsnap;
+		rv = verify_apply(txn, &a);
+		op->released = a.r.released;
+		op->learned = a.r.claimed - a.r.conflicts;
+		op->conflicts = a.r.conflicts;
+		op->unsettled = a.r.unsettled;
 	}
 	if (rv != STORE_OK || rec->queued)
 		return (rv);

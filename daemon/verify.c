@@ -56,17 +56,6 @@
 #define VERIFY_SLACK	60	/* seconds of clock difference allowed */
 #define VERIFY_RETRY_MAX 3600	/* seconds between tries, at most */
 
-struct verify_op {
-	const char			*user_id;
-	int				 reasons;
-	const struct verify_method	*m;
-	size_t				 n;
-	int				 found;
-	int64_t				 now;
-	struct claims_when		 when;	/* asked for */
-	struct verify_result		 r;
-};
-
 struct verify_expiring_op {
 	int64_t	 after;
 	int64_t	 until;
@@ -93,14 +82,19 @@ static int	verify_enabled;
 static uint64_t	verify_refused;
 
 static int	verify_settle_txn(struct store_txn *, void *);
-static int	verify_gone(struct store_txn *, struct verify_op *);
-static int	verify_full(struct store_txn *, struct verify_op *,
+static int	verify_gone(struct store_txn *, struct verify_answer *);
+static int	verify_full(struct store_txn *, struct verify_answer *,
 		    struct claim *, size_t);
-static int	verify_masked(struct store_txn *, struct verify_op *,
+static int	verify_masked(struct store_txn *, struct verify_answer *,
 		    struct claim *, size_t);
-static int	verify_unenrolled(struct store_txn *, struct verify_op *,
+static int	verify_unenrolled(struct store_txn *, struct verify_answer *,
 		    struct claim *, size_t);
 static int	verify_linked(const struct claim *, size_t, const char *);
+static int	verify_shown(const struct claim *, size_t, const char *);
+static int	verify_in_snap(const struct verify_answer *,
+		    const unsigned char *);
+static int	verify_holds(struct store_txn *, const char *,
+		    const unsigned char *, int *);
 static int	verify_fits(const struct verify_method *,
 		    const struct claim *);
 static int	verify_expiring_txn(struct store_txn *, void *);
@@ -285,6 +279,56 @@ verify_linked(const struct claim *list, size_t n, const char *id)
 	return (0);
 }
 
+/* Return 1 if one of the claims ends in the visible digits. */
+static int
+verify_shown(const struct claim *list, size_t n, const char *digits)
+{
+	size_t	i;
+
+	for (i = 0; i < n; i++) {
+		if (claims_suffix_match(&list[i], digits))
+			return (1);
+	}
+	return (0);
+}
+
+/*
+ * Return 1 if a release may consider the number: any number, or when
+ * reconciling, one the user held when the request went out (a claim made
+ * since is newer than the answer).
+ */
+static int
+verify_in_snap(const struct verify_answer *op, const unsigned char *numkey)
+{
+	size_t	i;
+
+	if (!(op->reasons & VERIFY_RECONCILE))
+		return (1);
+	for (i = 0; i < op->nsnap; i++) {
+		if (memcmp(op->snap[i], numkey, NUMKEY_LEN) == 0)
+			return (1);
+	}
+	return (0);
+}
+
+/* *mine: 1 if the user holds the number (0: a conflict was recorded). */
+static int
+verify_holds(struct store_txn *txn, const char *user_id,
+    const unsigned char *numkey, int *mine)
+{
+	struct claim	*on;
+	size_t		 non, j;
+	int		 rv;
+
+	*mine = 0;
+	if ((rv = store_claims_by_number(txn, numkey, &on, &non)) != STORE_OK)
+		return (rv);
+	for (j = 0; j < non; j++)
+		*mine |= strcmp(on[j].user_id, user_id) == 0;
+	free(on);
+	return (STORE_OK);
+}
+
 /*
  * Return 1 if a masked method can be the enrolment of the reservation c:
  * its visible digits match, or, with none visible, it was created after
@@ -301,7 +345,7 @@ verify_fits(const struct verify_method *m, const struct claim *c)
 
 /* Every claim of a user Auth0 does not know is released. */
 static int
-verify_gone(struct store_txn *txn, struct verify_op *op)
+verify_gone(struct store_txn *txn, struct verify_answer *op)
 {
 	struct claims_event	 ev;
 	struct claim		*list;
@@ -322,15 +366,15 @@ verify_gone(struct store_txn *txn, struct verify_op *op)
 
 /* Confirmed methods with a full number: claim each for the user. */
 static int
-verify_full(struct store_txn *txn, struct verify_op *op, struct claim *list,
-    size_t n)
+verify_full(struct store_txn *txn, struct verify_answer *op,
+    struct claim *list, size_t n)
 {
 	const struct verify_method	*m;
 	struct claims_event		 ev;
 	struct claim			*c;
 	size_t				 i, j;
 	int64_t				 date;
-	int				 rv = STORE_OK, outcome;
+	int				 rv = STORE_OK, outcome, mine;
 
 	for (i = 0; i < op->n && rv == STORE_OK; i++) {
 		m = &op->m[i];
@@ -364,8 +408,12 @@ verify_full(struct store_txn *txn, struct verify_op *op, struct claim *list,
 		ev.now = op->now;
 		ev.source = CLAIM_SRC_VERIFY;
 		rv = claims_ev_enrolled(txn, &ev, &outcome);
-		if (outcome == CLAIMS_APPLIED)
-			op->r.claimed++;
+		if (rv != STORE_OK || outcome != CLAIMS_APPLIED)
+			continue;
+		op->r.claimed++;
+		if ((rv = verify_holds(txn, op->user_id, m->numkey, &mine)) ==
+		    STORE_OK && !mine)
+			op->r.conflicts++;
 	}
 	return (rv);
 }
@@ -375,7 +423,7 @@ verify_full(struct store_txn *txn, struct verify_op *op, struct claim *list,
  * that fits becomes active with the method's id.
  */
 static int
-verify_masked(struct store_txn *txn, struct verify_op *op,
+verify_masked(struct store_txn *txn, struct verify_answer *op,
     struct claim *list, size_t n)
 {
 	const struct verify_method	*m;
@@ -386,8 +434,15 @@ verify_masked(struct store_txn *txn, struct verify_op *op,
 
 	for (i = 0; i < op->n && rv == STORE_OK; i++) {
 		m = &op->m[i];
-		if (m->full || !m->confirmed || m->id[0] == '\0' ||
-		    verify_linked(list, n, m->id))
+		if (m->full || !m->confirmed || verify_linked(list, n, m->id))
+			continue;
+		/* Reconciling: digits no claim shows cannot be learned. */
+		if ((op->reasons & VERIFY_RECONCILE) && m->last4[0] != '\0' &&
+		    !verify_shown(list, n, m->last4)) {
+			op->r.unsettled++;
+			continue;
+		}
+		if (m->id[0] == '\0')
 			continue;
 		for (pick = NULL, fits = 0, j = 0; j < n; j++) {
 			if (list[j].state != CLAIM_PENDING ||
@@ -413,11 +468,11 @@ verify_masked(struct store_txn *txn, struct verify_op *op,
 }
 
 /*
- * An ambiguous unenrolment: release the active claims that no method
- * backs any more.
+ * An ambiguous unenrolment, a promotion or a reconciliation: release the
+ * active claims that no method backs any more.
  */
 static int
-verify_unenrolled(struct store_txn *txn, struct verify_op *op,
+verify_unenrolled(struct store_txn *txn, struct verify_answer *op,
     struct claim *list, size_t n)
 {
 	const struct verify_method	*m;
@@ -427,7 +482,7 @@ verify_unenrolled(struct store_txn *txn, struct verify_op *op,
 
 	for (j = 0; j < n && rv == STORE_OK; j++) {
 		c = &list[j];
-		if (c->state != CLAIM_ACTIVE)
+		if (c->state != CLAIM_ACTIVE || !verify_in_snap(op, c->numkey))
 			continue;
 		backed = maybe = 0;
 		for (i = 0; i < op->n && !backed; i++) {
@@ -459,31 +514,43 @@ verify_unenrolled(struct store_txn *txn, struct verify_op *op,
 	return (rv);
 }
 
+/*
+ * Settle a user's claims from an answer in txn: claim or activate what
+ * the confirmed methods show, and with VERIFY_AMBIGUOUS, VERIFY_PROMOTED
+ * or VERIFY_RECONCILE release the active claims no method backs; op->r
+ * says what changed.
+ */
+int
+verify_apply(struct store_txn *txn, struct verify_answer *op)
+{
+	struct claim	*list;
+	size_t		 n;
+	int		 rv;
+
+	memset(&op->r, 0, sizeof op->r);	/* again on a retry */
+	if (!op->found)
+		return (verify_gone(txn, op));
+	if ((rv = store_claims_by_user(txn, op->user_id, &list, &n)) !=
+	    STORE_OK)
+		return (rv);
+	rv = verify_full(txn, op, list, n);
+	if (rv == STORE_OK)
+		rv = verify_masked(txn, op, list, n);
+	if (rv == STORE_OK && (op->reasons &
+	    (VERIFY_AMBIGUOUS | VERIFY_PROMOTED | VERIFY_RECONCILE)))
+		rv = verify_unenrolled(txn, op, list, n);
+	free(list);
+	return (rv);
+}
+
 /* Settle a user's claims from the answer, and forget the request. */
 static int
 verify_settle_txn(struct store_txn *txn, void *arg)
 {
-	struct verify_op	*op = arg;
-	struct claim		*list;
-	size_t			 n;
+	struct verify_answer	*op = arg;
 	int			 rv;
 
-	memset(&op->r, 0, sizeof op->r);	/* again on a retry */
-	if (!op->found)
-		rv = verify_gone(txn, op);
-	else {
-		rv = store_claims_by_user(txn, op->user_id, &list, &n);
-		if (rv != STORE_OK)
-			return (rv);
-		rv = verify_full(txn, op, list, n);
-		if (rv == STORE_OK)
-			rv = verify_masked(txn, op, list, n);
-		if (rv == STORE_OK &&
-		    (op->reasons & (VERIFY_AMBIGUOUS | VERIFY_PROMOTED)))
-			rv = verify_unenrolled(txn, op, list, n);
-		free(list);
-	}
-	if (rv == STORE_OK)
+	if ((rv = verify_apply(txn, op)) == STORE_OK)
 		rv = store_verify_del(txn, op->user_id);
 	return (rv);
 }
@@ -498,7 +565,7 @@ verify_settle(const char *user_id, int reasons,
     const struct verify_method *m, size_t n, int found, int64_t asked_ms,
     int64_t now, struct verify_result *r)
 {
-	struct verify_op	op;
+	struct verify_answer	op;
 	int			rv;
 
 	memset(&op, 0, sizeof op);

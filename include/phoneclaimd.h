@@ -171,6 +171,8 @@ enum conflict_removal {
 #define VERIFY_UNMATCHED	0x02	/* an enrolment matched no claim */
 #define VERIFY_AMBIGUOUS	0x04	/* an unenrolment named no claim */
 #define VERIFY_PROMOTED		0x08	/* a conflict's user became holder */
+#define VERIFY_RECONCILE	0x10	/* reconciliation: every claim active
+					   when asked must be backed */
 
 /* A waiting verification (verify.db). */
 struct verify_req {
@@ -482,8 +484,25 @@ struct verify_method {
 struct verify_result {
 	size_t	 activated;	/* reservations made active */
 	size_t	 claimed;	/* claims created (or conflicts recorded) */
+	size_t	 conflicts;	/* of those, conflicts */
 	size_t	 released;
 	size_t	 unsettled;	/* doubts the answer could not settle */
+};
+
+/* One Management API answer about a user's phone methods. */
+struct verify_answer {
+	const char			*user_id;
+	int				 reasons;	/* VERIFY_* */
+	const struct verify_method	*m;
+	size_t				 n;
+	int				 found;	/* 0: Auth0 does not know
+						   the user */
+	int64_t				 now;	/* seconds */
+	struct claims_when		 when;	/* asked for */
+	/* With VERIFY_RECONCILE, the numbers the user held when asked. */
+	const unsigned char		(*snap)[NUMKEY_LEN];
+	size_t				 nsnap;
+	struct verify_result		 r;	/* what changed */
 };
 
 void		 verify_init(int);
@@ -498,6 +517,7 @@ int		 verify_settle(const char *, int, const struct verify_method *,
 		     size_t, int, int64_t, int64_t, struct verify_result *);
 int		 verify_methods(const char *, size_t, struct verify_method **,
 		     size_t *, char **);
+int		 verify_apply(struct store_txn *, struct verify_answer *);
 
 /* reconcile.c */
 /* Reconciliation, for status and metrics. */
