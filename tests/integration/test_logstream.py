@@ -919,7 +919,7 @@ class UnreadableNumberTests(LogStreamCase):
                 self.assertFree(phone)
 
     def test_logged_with_its_reason_never_its_value(self):
-        phone, user = self.reserve()
+        phone, user = self.reserve(user=harness.log_plain_user())
         value = hashed()
         it = enrolled(user, value)
         since = self.d.log_size()
