@@ -91,6 +91,7 @@ static int	verify_unenrolled(struct store_txn *, struct verify_answer *,
 		    struct claim *, size_t);
 static int	verify_linked(const struct claim *, size_t, const char *);
 static int	verify_shown(const struct claim *, size_t, const char *);
+static int	verify_listed(const struct verify_answer *, const char *);
 static int	verify_in_snap(const struct verify_answer *,
 		    const unsigned char *);
 static int	verify_holds(struct store_txn *, const char *,
@@ -279,6 +280,24 @@ verify_linked(const struct claim *list, size_t n, const char *id)
 	return (0);
 }
 
+/*
+ * Return 1 if the answer lists a method with the id: a claim carrying it
+ * keeps it; one carrying an id Auth0 no longer lists takes the method's
+ * (the number was enrolled again while its event was missed, and the new
+ * method's unenrolment must match the claim).
+ */
+static int
+verify_listed(const struct verify_answer *op, const char *id)
+{
+	size_t	i;
+
+	for (i = 0; id[0] != '\0' && i < op->n; i++) {
+		if (strcmp(op->m[i].id, id) == 0)
+			return (1);
+	}
+	return (0);
+}
+
 /* Return 1 if one of the claims ends in the visible digits. */
 static int
 verify_shown(const struct claim *list, size_t n, const char *digits)
@@ -386,8 +405,8 @@ verify_full(struct store_txn *txn, struct verify_answer *op,
 		}
 		if (c != NULL && (c->state == CLAIM_ACTIVE ||
 		    c->expires > op->now)) {
-			if (c->state == CLAIM_ACTIVE &&
-			    (c->enrol_id[0] != '\0' || m->id[0] == '\0'))
+			if (c->state == CLAIM_ACTIVE && (m->id[0] == '\0' ||
+			    verify_listed(op, c->enrol_id)))
 				continue;
 			if (!claims_in_order(txn, &op->when, op->user_id,
 			    c->numkey, NULL, &date, &rv))

@@ -258,6 +258,60 @@ test_settle_ambiguous(void **state)
 	assert_int_equal(state_of(N2, USER), 0);
 }
 
+/* The enrolment id the user's claim on a number carries. */
+static void
+enrol_of(const char *e164, const char *user, char *id, size_t size)
+{
+	struct claim	*v;
+	size_t		 n, i;
+
+	assert_int_equal(claims_lookup(e164, NULL, &v, &n), STORE_OK);
+	snprintf(id, size, "(none)");
+	for (i = 0; i < n; i++) {
+		if (strcmp(v[i].user_id, user) == 0)
+			snprintf(id, size, "%s", v[i].enrol_id);
+	}
+	free(v);
+}
+
+/*
+ * Auth0's method for a number the user holds has a new id (re-enrolled
+ * while an event was missed): the claim takes it, so that the method's
+ * later unenrolment matches.  A stored id Auth0 still lists stays.
+ */
+static void
+test_settle_new_method_id(void **state)
+{
+	struct verify_method	m[2];
+	struct verify_result	r;
+	char			id[ENROL_ID_MAX + 1];
+	int			result;
+	time_t			now = time(NULL);
+
+	(void)state;
+	assert_int_equal(claims_admin_claim(N1, USER, &result), STORE_OK);
+	method(&m[0], "dev_old", N1, NULL, now);
+	assert_int_equal(verify_settle(USER, VERIFY_UNMATCHED, m, 1, 1, ASKED,
+	    now, &r), STORE_OK);
+	enrol_of(N1, USER, id, sizeof id);
+	assert_string_equal(id, "dev_old");
+	method(&m[0], "dev_new", N1, NULL, now);
+	assert_int_equal(verify_settle(USER, VERIFY_UNMATCHED, m, 1, 1, ASKED,
+	    now, &r), STORE_OK);
+	enrol_of(N1, USER, id, sizeof id);
+	assert_string_equal(id, "dev_new");
+	assert_int_equal(state_of(N1, USER), CLAIM_ACTIVE);
+	method(&m[1], "dev_other", N1, NULL, now);
+	assert_int_equal(verify_settle(USER, VERIFY_UNMATCHED, m + 1, 1, 1,
+	    ASKED, now, &r), STORE_OK);
+	enrol_of(N1, USER, id, sizeof id);
+	assert_string_equal(id, "dev_other");
+	assert_int_equal(verify_settle(USER, VERIFY_UNMATCHED, m, 2, 1, ASKED,
+	    now, &r), STORE_OK);
+	enrol_of(N1, USER, id, sizeof id);
+	assert_string_equal(id, "dev_other");	/* still listed: kept */
+}
+
 /*
  * An answer is dated when it was asked for (issue 21, point 4): a release
  * after that wins, one before it (or in the same millisecond) does not.
@@ -413,6 +467,7 @@ main(void)
 		T(test_parse_bad),
 		T(test_settle_expiring),
 		T(test_settle_ambiguous),
+		T(test_settle_new_method_id),
 		T(test_settle_dated_when_asked),
 		T(test_queue),
 		T(test_retry_behind_the_others),
