@@ -12,6 +12,7 @@ waits for the second's later half (a wait, never a timed assertion).
 """
 
 import datetime
+import threading
 import time
 import unittest
 
@@ -139,6 +140,35 @@ class OrderingTests(LogStreamCase):
                 "%Y-%m-%dT%H:%M:%S.%f-05:00")
         self.deliver([enrolled(user, phone, date=text)], applied=1)
         self.assertActive(phone, user)
+
+    def test_one_user_racing_itself_keeps_one_reservation(self):
+        """Two enrolments of one user for two numbers at once (issue 21,
+        also-look-at): whichever lands last holds the one pending
+        reservation, and the other number is free again."""
+        for _ in range(20):
+            user, phones = fresh_user(), [number(), number()]
+            barrier = threading.Barrier(2)
+            results = [None, None]
+
+            def enrol(i):
+                with self.d.client() as c:
+                    barrier.wait()
+                    results[i] = c.claim(phones[i], user, "enrollment")
+
+            threads = [threading.Thread(target=enrol, args=(i,))
+                       for i in (0, 1)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+            for r in results:
+                self.assertReserved(r, self.ttl)
+            other = fresh_user()
+            taken = [self.d.claim(p, other, "enrollment").status == 409
+                     for p in phones]
+            self.assertEqual(sum(taken), 1, taken)
+            self.assertResult(self.d.claim(phones[taken.index(True)], user,
+                                           "enrollment"), "owned")
 
     def test_7_untyped_method_id_is_not_a_phone(self):
         """DELETE .../authentication-methods/dev_totp77 keeps the user's
