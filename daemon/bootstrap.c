@@ -595,18 +595,26 @@ bootstrap_methods_url(const char *base, const char *user_id)
 static int
 bootstrap_next_user(const char *base, struct bootstrap_req *req)
 {
-	int	rv;
+	struct bootstrap_run	r;
+	int			rv;
+
+	memset(&r, 0, sizeof r);
 
 	if (boot->user[0] == '\0') {
 		if ((rv = bootstrap_read_user()) < 0) {
-			/* Gone or damaged: list the users again. */
-			log_warnx("bootstrap: cannot read %s; exporting the "
-			    "users again", boot->path);
+			/*
+			 * Gone (another master ran it) or damaged: start
+			 * over; what was claimed stays, and is counted known.
+			 */
+			log_warnx("bootstrap: cannot read %s; starting over "
+			    "with a new users export", boot->path);
 			bootstrap_close();
-			boot->run.phase = BOOT_EXPORT;
-			boot->run.line = 0;
-			if (bootstrap_set(&boot->run) != 0)
+			r.started = boot->run.started;
+			r.phase = BOOT_EXPORT;
+			if (bootstrap_set(&r) != 0) {
+				boot->run = r;
 				bootstrap_failed("the store is unavailable");
+			}
 			return (-1);
 		}
 		if (rv == 0) {

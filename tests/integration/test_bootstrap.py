@@ -269,6 +269,36 @@ class SmallTenantTests(BootstrapCase):
                            capture_output=True, text=True, timeout=30)
         self.assertIn('"bootstrap"', r.stdout)
 
+    def test_restart_while_the_job_runs_and_an_expired_job(self):
+        """A restart polls the same job again; a job Auth0 no longer has
+        (404: deleted after 24 hours) is made anew."""
+        self.fake.export_polls = 10000
+        d = self.mgmt_daemon()
+        user, phone = fresh_user(), ls.number()
+        self.fake.add_phone(user, phone)
+        self.ask(d, "bootstrap")
+        deadline = time.monotonic() + WAIT
+        while len(self.fake.requests("/api/v2/jobs/job_")) < 2:
+            self.assertLess(time.monotonic(), deadline, d.tail())
+            time.sleep(0.1)
+        self.assertEqual(self.boot(d)["phase"], "export")
+        d.kill()
+        polls = len(self.fake.requests("/api/v2/jobs/job_"))
+        d.start()
+        while len(self.fake.requests("/api/v2/jobs/job_")) <= polls:
+            self.assertLess(time.monotonic(), deadline, d.tail())
+            time.sleep(0.1)
+        self.assertEqual(len(self.fake.requests(
+            "/api/v2/jobs/users-exports")), 1)
+        self.fake.export_polls = 0
+        with self.fake.lock:
+            self.fake.jobs.clear()
+        b = self.wait_state(d, "done")
+        self.assertEqual(len(self.fake.requests(
+            "/api/v2/jobs/users-exports")), 2)
+        self.assertEqual((b["checked"], b["claimed"]), (1, 1), b)
+        self.held(d, phone, user)
+
     def test_not_without_the_management_api(self):
         d = self.own_daemon()
         self.assertNotIn("bootstrap", self.ask(d, "status"))
