@@ -32,6 +32,8 @@ const struct command_info command_table[] = {
 	  "read missed events from Auth0 now" },
 	{ "reconcile", "[<user_id>]", 0, 1, 1, 1, COMMAND_SOCKET,
 	  "check claims against Auth0 now" },
+	{ "bootstrap", "", 0, 0, 0, 1, COMMAND_SOCKET,
+	  "learn the tenant's phone factors from Auth0" },
 	{ "backup", "<directory>", 1, 1, 1, 1, COMMAND_SOCKET,
 	  "hot backup of the store to a new directory" },
 	{ "help", "", 0, 0, 0, 0, COMMAND_SOCKET,

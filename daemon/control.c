@@ -195,6 +195,8 @@ static void	control_cmd_backfill(struct control_client *, int, char **);
 static void	control_gen_backfill(yajl_gen, const struct store_counts *);
 static void	control_gen_reconcile(yajl_gen);
 static void	control_cmd_reconcile(struct control_client *, int, char **);
+static void	control_gen_bootstrap(yajl_gen);
+static void	control_cmd_bootstrap(struct control_client *, int, char **);
 
 static const struct control_cmd control_cmds[] = {
 	{ "status", control_cmd_status },
@@ -206,6 +208,7 @@ static const struct control_cmd control_cmds[] = {
 	{ "export", control_cmd_export },
 	{ "backfill", control_cmd_backfill },
 	{ "reconcile", control_cmd_reconcile },
+	{ "bootstrap", control_cmd_bootstrap },
 	{ "backup", control_cmd_backup },
 	{ "help", control_cmd_help },
 };
@@ -1012,6 +1015,8 @@ control_source_name(int source)
 		return ("verify");
 	case CLAIM_SRC_CONFLICT:
 		return ("conflict");
+	case CLAIM_SRC_BOOTSTRAP:
+		return ("bootstrap");
 	}
 	return ("unknown");
 }
@@ -1456,6 +1461,62 @@ control_gen_backfill(yajl_gen g, const struct store_counts *counts)
 	    st->rm_last_error : NULL);
 	yajl_gen_map_close(g);
 	control_gen_reconcile(g);
+	control_gen_bootstrap(g);
+}
+
+/* The "bootstrap" object of status (with a Management API client). */
+static void
+control_gen_bootstrap(yajl_gen g)
+{
+	const struct bootstrap_status	*b = bootstrap_status();
+
+	if (!b->configured)
+		return;
+	control_gen_key(g, "bootstrap");
+	yajl_gen_map_open(g);
+	control_gen_str(g, "state", b->state);
+	control_gen_str(g, "phase", b->phase);
+	control_gen_str(g, "via", b->via);
+	control_gen_time(g, "started", b->started, 0);
+	control_gen_time(g, "finished", b->finished, 0);
+	control_gen_int(g, "users", (long long)b->total);
+	control_gen_int(g, "checked", (long long)b->checked);
+	control_gen_int(g, "claimed", (long long)b->claimed);
+	control_gen_int(g, "conflicts", (long long)b->conflicts);
+	control_gen_int(g, "known", (long long)b->known);
+	control_gen_int(g, "masked", (long long)b->masked);
+	control_gen_int(g, "missing", (long long)b->missing);
+	control_gen_int(g, "refused", (long long)b->refused);
+	control_gen_int(g, "failures", (long long)b->failures);
+	control_gen_str(g, "last_error", b->last_error[0] != '\0' ?
+	    b->last_error : NULL);
+	yajl_gen_map_close(g);
+}
+
+/* bootstrap: learn every phone factor of the tenant now. */
+static void
+control_cmd_bootstrap(struct control_client *c, int argc, char **argv)
+{
+	yajl_gen	g;
+	int		rv;
+
+	(void)argc;
+	(void)argv;
+	if (!bootstrap_status()->configured) {
+		control_error(c, "not_configured");
+		return;
+	}
+	if ((rv = bootstrap_start()) < 0) {
+		control_error(c, "unavailable");
+		return;
+	}
+	if (rv == 0)
+		log_info("status socket: uid %u started a bootstrap",
+		    (unsigned)c->uid);
+	mgmt_wake();
+	g = control_gen();
+	control_gen_str(g, "bootstrap", rv == 0 ? "started" : "running");
+	control_send(c, g, 1);
 }
 
 /* The "reconcile" object of status (with a Management API client). */

@@ -654,6 +654,7 @@ main_start(struct main_state *m)
 	if (mgmt_init(m->base, m->conf, &cause) != 0)
 		main_die(EXIT_CONFIG, cause);
 	reconcile_init(m->store, m->conf, m->conf->auth0_domain != NULL);
+	bootstrap_init(m->conf, m->conf->auth0_domain != NULL);
 	/* Last: a failed start must not leave a socket behind. */
 	if ((m->control = control_init(m->base, m->conf, m->store,
 	    &cause)) == NULL)
@@ -754,6 +755,7 @@ main_stop(struct main_state *m)
 	control_free(m->control);
 	mgmt_free();
 	reconcile_free();
+	bootstrap_free();
 	http_free(m->http);
 	tls_free(m->tls);
 	metrics_free();

@@ -78,6 +78,7 @@ static void	metrics_text_phone(struct evbuffer *);
 static void	metrics_text_conns(struct evbuffer *);
 static void	metrics_text_repl(struct evbuffer *);
 static void	metrics_text_reconcile(struct evbuffer *);
+static void	metrics_text_bootstrap(struct evbuffer *);
 static void	metrics_text_verify(struct evbuffer *,
 		    const struct mgmt_status *);
 static void	metrics_text_store(struct evbuffer *);
@@ -332,6 +333,7 @@ metrics_text_backfill(struct evbuffer *buf)
 	    (long long)st->last_run);
 	metrics_text_verify(buf, st);
 	metrics_text_reconcile(buf);
+	metrics_text_bootstrap(buf);
 }
 
 /* Reconciliation against the Management API (reconcile.c). */
@@ -378,6 +380,56 @@ metrics_text_reconcile(struct evbuffer *buf)
 	    "When the last complete pass ended, or 0.");
 	evbuffer_add_printf(buf, "phoneclaimd_reconcile_last_pass_seconds "
 	    "%lld\n", (long long)r->last_pass);
+}
+
+/* The bootstrap of a new deployment (bootstrap.c). */
+static void
+metrics_text_bootstrap(struct evbuffer *buf)
+{
+	const struct bootstrap_status	*b = bootstrap_status();
+	double				 progress = 0;
+	int				 running;
+
+	if (!b->configured)
+		return;
+	running = strcmp(b->state, "running") == 0;
+	if (strcmp(b->state, "done") == 0)
+		progress = 1;
+	else if (b->total > 0)
+		progress = b->checked >= b->total ? 1 :
+		    (double)b->checked / (double)b->total;
+	metrics_family(buf, "bootstrap_running", "gauge",
+	    "1 while phoneclaimctl bootstrap runs.");
+	evbuffer_add_printf(buf, "phoneclaimd_bootstrap_running %d\n",
+	    running);
+	metrics_family(buf, "bootstrap_users", "gauge",
+	    "The current or last bootstrap: users checked, and what their "
+	    "phone methods came to.");
+	evbuffer_add_printf(buf,
+	    "phoneclaimd_bootstrap_users{result=\"listed\"} %llu\n"
+	    "phoneclaimd_bootstrap_users{result=\"checked\"} %llu\n"
+	    "phoneclaimd_bootstrap_users{result=\"missing\"} %llu\n"
+	    "phoneclaimd_bootstrap_users{result=\"refused\"} %llu\n",
+	    (unsigned long long)b->total, (unsigned long long)b->checked,
+	    (unsigned long long)b->missing, (unsigned long long)b->refused);
+	metrics_family(buf, "bootstrap_phones", "gauge",
+	    "The current or last bootstrap: phone numbers claimed, found "
+	    "held by another user (conflicts), known already, or masked.");
+	evbuffer_add_printf(buf,
+	    "phoneclaimd_bootstrap_phones{result=\"claimed\"} %llu\n"
+	    "phoneclaimd_bootstrap_phones{result=\"conflict\"} %llu\n"
+	    "phoneclaimd_bootstrap_phones{result=\"known\"} %llu\n"
+	    "phoneclaimd_bootstrap_phones{result=\"masked\"} %llu\n",
+	    (unsigned long long)b->claimed, (unsigned long long)b->conflicts,
+	    (unsigned long long)b->known, (unsigned long long)b->masked);
+	metrics_family(buf, "bootstrap_progress", "gauge",
+	    "Share of the listed users the bootstrap has checked (1: done).");
+	evbuffer_add_printf(buf, "phoneclaimd_bootstrap_progress %g\n",
+	    progress);
+	metrics_family(buf, "bootstrap_failures_total", "counter",
+	    "Failed bootstrap requests since start (each retried).");
+	evbuffer_add_printf(buf, "phoneclaimd_bootstrap_failures_total %llu\n",
+	    (unsigned long long)b->failures);
 }
 
 /* The number normaliser's cache. */

@@ -15,10 +15,15 @@
  *   verifications: GET /api/v2/users/{id}/authentication-methods for each
  *   user waiting in verify.db, settled by verify.c;
  *
+ *   the bootstrap (bootstrap.c), when asked for: the users export job,
+ *   its file, and the same GET for each user it lists;
+ *
  *   reconciliation, last: the same GET for the user of the next active
- *   claim of the pass (reconcile.c), only while more than reconcile_share
- *   percent of the rate-limit bucket is left, so that it never starves
- *   the other jobs or the tenant's other clients.
+ *   claim of the pass (reconcile.c).
+ *
+ * The bootstrap and reconciliation send only while more than
+ * reconcile_share percent of the rate-limit bucket is left, so that they
+ * never starve the other jobs or the tenant's other clients.
  *
  * Nothing of a job is kept only in memory: after a failure, a restart or
  * a new token the next step is worked out again from the store.
@@ -44,6 +49,9 @@
 #define MGMT_TIMEOUT		30L	/* seconds, whole request */
 #define MGMT_CONNECT_TIMEOUT	10L
 #define MGMT_BODY_MAX		(16 * 1024 * 1024)
+#define MGMT_FILE_MAX		(4LL * 1024 * 1024 * 1024)	/* export */
+#define MGMT_SLOW_TIME		60L	/* s below MGMT_SLOW_SPEED: give up */
+#define MGMT_SLOW_SPEED		1024L	/* bytes per second */
 #define MGMT_TOKEN_MARGIN	60	/* renew this long before expiry */
 #define MGMT_BACKOFF_MIN	1
 #define MGMT_BACKOFF_MAX	300
@@ -57,7 +65,8 @@ enum mgmt_kind {
 	MGMT_TOKEN = 1,
 	MGMT_LOGS,
 	MGMT_DELETE,
-	MGMT_METHODS
+	MGMT_METHODS,
+	MGMT_BOOT		/* what bootstrap.c asks for */
 };
 
 /* What the request in flight (or the step that failed) is for. */
@@ -65,6 +74,7 @@ enum mgmt_job {
 	MGMT_JOB_BACKFILL = 0,
 	MGMT_JOB_REMOVE,
 	MGMT_JOB_VERIFY,
+	MGMT_JOB_BOOTSTRAP,
 	MGMT_JOB_RECONCILE
 };
 
@@ -75,6 +85,8 @@ struct mgmt_xfer {
 	char			*post;
 	char			*body;
 	size_t			 len;
+	FILE			*out;		/* the body goes there */
+	long long		 written;
 	char			*next;		/* Link rel="next" */
 	long long		 rl_limit;	/* -1: not sent */
 	long long		 rl_remaining;	/* -1: not sent */
@@ -132,6 +144,8 @@ static size_t	mgmt_write_cb(char *, size_t, size_t, void *);
 static size_t	mgmt_header_cb(char *, size_t, size_t, void *);
 static void	mgmt_link(struct mgmt_xfer *, const char *, size_t);
 static int	mgmt_send(enum mgmt_kind, const char *, const char *);
+static int	mgmt_send_req(enum mgmt_kind, const char *, const char *, int,
+		    FILE *);
 static void	mgmt_xfer_free(struct mgmt_xfer *);
 static void	mgmt_done(struct mgmt_xfer *, CURLcode);
 static void	mgmt_token_done(struct mgmt_xfer *, long);
@@ -150,9 +164,11 @@ static void	mgmt_remove_done(struct mgmt_xfer *, long);
 static int	mgmt_verify_next(void);
 static void	mgmt_verify_done(struct mgmt_xfer *, long);
 static void	mgmt_verify_failed(const char *, long);
+static int	mgmt_bootstrap_next(int64_t *);
+static void	mgmt_bootstrap_done(struct mgmt_xfer *, long);
+static int	mgmt_share_left(int64_t *);
 static int	mgmt_reconcile_next(int64_t *);
 static void	mgmt_reconcile_done(struct mgmt_xfer *, long);
-static int	mgmt_no_such_user(struct mgmt_xfer *);
 static int	mgmt_renew_on_401(long);
 static char	*mgmt_user_url(const char *, const char *);
 static const char *mgmt_kind_name(enum mgmt_kind);
@@ -377,6 +393,13 @@ mgmt_write_cb(char *p, size_t size, size_t n, void *arg)
 	struct mgmt_xfer	*x = arg;
 
 	n *= size;
+	if (x->out != NULL) {
+		if (x->written + (long long)n > MGMT_FILE_MAX ||
+		    fwrite(p, 1, n, x->out) != n)
+			return (0);
+		x->written += (long long)n;
+		return (n);
+	}
 	if (x->len + n > MGMT_BODY_MAX)
 		return (0);
 	x->body = xreallocarray(x->body, x->len + n + 1, 1);
@@ -434,8 +457,19 @@ mgmt_link(struct mgmt_xfer *x, const char *p, size_t len)
 static int
 mgmt_send(enum mgmt_kind kind, const char *url, const char *post)
 {
+	return (mgmt_send_req(kind, url, post, post == NULL, NULL));
+}
+
+/*
+ * Start one request: a POST of post (a form without auth, JSON with it)
+ * or a GET, with the token if auth, its body into out if not NULL.
+ */
+static int
+mgmt_send_req(enum mgmt_kind kind, const char *url, const char *post,
+    int auth, FILE *out)
+{
 	struct mgmt_xfer	*x;
-	char			*auth;
+	char			*bearer;
 
 	x = xcalloc(1, sizeof *x);
 	x->kind = kind;
@@ -461,14 +495,27 @@ mgmt_send(enum mgmt_kind kind, const char *url, const char *post)
 	x->headers = curl_slist_append(NULL, "Accept: application/json");
 	if (kind == MGMT_DELETE)
 		curl_easy_setopt(x->easy, CURLOPT_CUSTOMREQUEST, "DELETE");
+	if (out != NULL) {
+		/* A file of any size: no deadline, but no stall either. */
+		x->out = out;
+		curl_easy_setopt(x->easy, CURLOPT_TIMEOUT, 0L);
+		curl_easy_setopt(x->easy, CURLOPT_LOW_SPEED_LIMIT,
+		    MGMT_SLOW_SPEED);
+		curl_easy_setopt(x->easy, CURLOPT_LOW_SPEED_TIME,
+		    MGMT_SLOW_TIME);
+	}
 	if (post != NULL) {
 		x->post = xstrdup(post);
 		curl_easy_setopt(x->easy, CURLOPT_POSTFIELDS, x->post);
-	} else {
-		xasprintf(&auth, "Authorization: Bearer %s", mgmt->token);
-		x->headers = curl_slist_append(x->headers, auth);
-		explicit_bzero(auth, strlen(auth));
-		free(auth);
+		if (auth)
+			x->headers = curl_slist_append(x->headers,
+			    "Content-Type: application/json");
+	}
+	if (auth) {
+		xasprintf(&bearer, "Authorization: Bearer %s", mgmt->token);
+		x->headers = curl_slist_append(x->headers, bearer);
+		explicit_bzero(bearer, strlen(bearer));
+		free(bearer);
 	}
 	curl_easy_setopt(x->easy, CURLOPT_HTTPHEADER, x->headers);
 	mgmt->xfer = x;
@@ -520,6 +567,8 @@ mgmt_done(struct mgmt_xfer *x, CURLcode rc)
 		mgmt_token_done(x, code);
 	else if (x->kind == MGMT_DELETE)
 		mgmt_remove_done(x, code);
+	else if (x->kind == MGMT_BOOT)
+		mgmt_bootstrap_done(x, code);
 	else if (x->kind == MGMT_METHODS && mgmt->job == MGMT_JOB_RECONCILE)
 		mgmt_reconcile_done(x, code);
 	else if (x->kind == MGMT_METHODS)
@@ -540,6 +589,8 @@ mgmt_kind_name(enum mgmt_kind kind)
 		return ("DELETE authentication method");
 	case MGMT_METHODS:
 		return ("GET authentication methods");
+	case MGMT_BOOT:
+		return ("bootstrap request");
 	default:
 		return ("GET /api/v2/logs");
 	}
@@ -688,7 +739,7 @@ mgmt_run_cb(evutil_socket_t fd, short events, void *arg)
 {
 	const struct metrics_events	*e = metrics_events_totals();
 	time_t				 now = time(NULL), quiet;
-	int64_t				 wait, rwait;
+	int64_t				 wait, rwait, bwait = -1;
 
 	(void)fd;
 	(void)events;
@@ -715,14 +766,17 @@ mgmt_run_cb(evutil_socket_t fd, short events, void *arg)
 			return;
 		quiet = 0;
 	}
+	rwait = -1;
 	if (mgmt_remove_next() || mgmt_verify_next() ||
-	    mgmt_reconcile_next(&rwait))
+	    mgmt_bootstrap_next(&bwait) || mgmt_reconcile_next(&rwait))
 		return;
 	wait = mgmt->conf->backfill_idle - quiet;
 	if (mgmt->vwake > now && mgmt->vwake - now < wait)
 		wait = mgmt->vwake - now;	/* a verification retry */
 	if (rwait >= 0 && rwait < wait)
 		wait = rwait;
+	if (bwait >= 0 && bwait < wait)
+		wait = bwait;
 	mgmt_schedule((int)wait);
 }
 
@@ -892,6 +946,9 @@ mgmt_fail(const char *why, int limited)
 		    "%s", why);
 		mgmt->st.v_failures++;
 		break;
+	case MGMT_JOB_BOOTSTRAP:
+		bootstrap_failed(why);
+		break;
 	case MGMT_JOB_RECONCILE:
 		reconcile_failed(why);
 		break;
@@ -909,7 +966,8 @@ mgmt_fail(const char *why, int limited)
 		log_warnx("%s: %s; retrying with back-off",
 		    mgmt->job == MGMT_JOB_BACKFILL ? "backfill" :
 		    mgmt->job == MGMT_JOB_REMOVE ? "conflict removal" :
-		    mgmt->job == MGMT_JOB_VERIFY ? "verify" : "reconcile",
+		    mgmt->job == MGMT_JOB_VERIFY ? "verify" :
+		    mgmt->job == MGMT_JOB_BOOTSTRAP ? "bootstrap" : "reconcile",
 		    why);
 	mgmt->logged = 1;
 	mgmt->backing_off = 1;
@@ -1054,26 +1112,6 @@ mgmt_verify_next(void)
 	return (1);
 }
 
-/* Return 1 if a 404 body says the user does not exist. */
-static int
-mgmt_no_such_user(struct mgmt_xfer *x)
-{
-	const char	*ep[] = { "errorCode", NULL };
-	yajl_val	 root, e;
-	char		*cause = NULL;
-	int		 gone;
-
-	if (x->body == NULL ||
-	    (root = json_parse(x->body, x->len, &cause)) == NULL) {
-		free(cause);
-		return (0);
-	}
-	e = yajl_tree_get(root, ep, yajl_t_string);
-	gone = e != NULL && strcmp(e->u.string, "inexistent_user") == 0;
-	json_free(root);
-	return (gone);
-}
-
 /*
  * The methods of the user being verified: settle the claims.  A 404 that
  * says the user does not exist releases them; a 400 (Auth0 refuses the
@@ -1102,7 +1140,7 @@ mgmt_verify_done(struct mgmt_xfer *x, long code)
 			mgmt_schedule(0);
 		return;
 	}
-	if (code == 404 && mgmt_no_such_user(x))
+	if (code == 404 && verify_no_such_user(x->body, x->len))
 		found = 0;
 	else if (code != 200) {
 		snprintf(why, sizeof why, "GET authentication methods: HTTP %ld",
@@ -1187,6 +1225,68 @@ mgmt_verify_failed(const char *why, long code)
 }
 
 /*
+ * Return 1 if more than reconcile_share of the rate-limit bucket is left,
+ * or the reset is past; else 0, with *wait the seconds until the reset.
+ */
+static int
+mgmt_share_left(int64_t *wait)
+{
+	time_t	now = time(NULL);
+
+	if (reconcile_may_send(mgmt->rl_limit, mgmt->rl_left) ||
+	    mgmt->rl_reset <= now)
+		return (1);
+	*wait = mgmt->rl_reset - now;
+	if (*wait > MGMT_RESET_MAX)
+		*wait = MGMT_RESET_MAX;
+	return (0);
+}
+
+/*
+ * Start the next request of the bootstrap; 0 if none now (*wait: seconds
+ * until there may be one, -1 none).
+ */
+static int
+mgmt_bootstrap_next(int64_t *wait)
+{
+	struct bootstrap_req	req;
+
+	*wait = -1;
+	if (!mgmt_share_left(wait))
+		return (0);
+	if (!bootstrap_next(mgmt->base_url, &req, wait))
+		return (0);
+	mgmt->job = MGMT_JOB_BOOTSTRAP;
+	if (req.auth && !mgmt_token_ok()) {
+		bootstrap_req_clear(&req);
+		return (1);
+	}
+	/* The export's link is not the tenant's: no token goes there. */
+	mgmt_send_req(MGMT_BOOT, req.url, req.post, req.auth, req.out);
+	bootstrap_req_clear(&req);
+	return (1);
+}
+
+/* An answer to the bootstrap: go on, or retry with back-off. */
+static void
+mgmt_bootstrap_done(struct mgmt_xfer *x, long code)
+{
+	char	why[256];
+	int64_t	wait;
+
+	if (x->out == NULL && mgmt_renew_on_401(code))
+		return;
+	why[0] = '\0';
+	if (bootstrap_done(code, x->body, x->len, why, sizeof why,
+	    &wait) != 0) {
+		mgmt_fail(why, code == 429);
+		return;
+	}
+	mgmt_succeeded();
+	mgmt_schedule((int)wait);
+}
+
+/*
  * Start reading the methods of the next user to reconcile; 0 if none now
  * (*wait: seconds until there may be one, -1 none).  Waits for the
  * rate-limit reset while less than reconcile_share of the bucket is left.
@@ -1198,13 +1298,8 @@ mgmt_reconcile_next(int64_t *wait)
 	char	*url;
 
 	*wait = -1;
-	if (!reconcile_may_send(mgmt->rl_limit, mgmt->rl_left) &&
-	    mgmt->rl_reset > now) {
-		*wait = mgmt->rl_reset - now;
-		if (*wait > MGMT_RESET_MAX)
-			*wait = MGMT_RESET_MAX;
+	if (!mgmt_share_left(wait))
 		return (0);
-	}
 	if (!reconcile_next((int64_t)now, mgmt->ruser, wait))
 		return (0);
 	mgmt->job = MGMT_JOB_RECONCILE;
@@ -1233,7 +1328,7 @@ mgmt_reconcile_done(struct mgmt_xfer *x, long code)
 		return;
 	if (code == 400)
 		skip = 1;
-	else if (code == 404 && mgmt_no_such_user(x))
+	else if (code == 404 && verify_no_such_user(x->body, x->len))
 		found = 0;
 	else if (code != 200) {
 		snprintf(why, sizeof why, "GET authentication methods: HTTP %ld",

@@ -425,7 +425,7 @@ verify_full(struct store_txn *txn, struct verify_answer *op,
 		ev.log_id = "";
 		ev.when = op->when;
 		ev.now = op->now;
-		ev.source = CLAIM_SRC_VERIFY;
+		ev.source = op->source != 0 ? op->source : CLAIM_SRC_VERIFY;
 		rv = claims_ev_enrolled(txn, &ev, &outcome);
 		if (rv != STORE_OK || outcome != CLAIMS_APPLIED)
 			continue;
@@ -599,6 +599,25 @@ verify_settle(const char *user_id, int reasons,
 	rv = claims_run(verify_settle_txn, &op);
 	*r = op.r;
 	return (rv);
+}
+
+/* Return 1 if a 404 body says the user does not exist. */
+int
+verify_no_such_user(const char *body, size_t len)
+{
+	const char	*ep[] = { "errorCode", NULL };
+	yajl_val	 root, e;
+	char		*cause = NULL;
+	int		 gone;
+
+	if (body == NULL || (root = json_parse(body, len, &cause)) == NULL) {
+		free(cause);
+		return (0);
+	}
+	e = yajl_tree_get(root, ep, yajl_t_string);
+	gone = e != NULL && strcmp(e->u.string, "inexistent_user") == 0;
+	json_free(root);
+	return (gone);
 }
 
 /* Read one phone method of the answer. */

@@ -12,6 +12,7 @@
 #include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include <event2/event.h>
 #include <event2/http.h>
@@ -154,7 +155,8 @@ enum claim_source {
 	CLAIM_SRC_IMPORT,
 	CLAIM_SRC_LOGSTREAM,
 	CLAIM_SRC_VERIFY,	/* the Management API showed the method */
-	CLAIM_SRC_CONFLICT	/* a conflict's user, once the holder left */
+	CLAIM_SRC_CONFLICT,	/* a conflict's user, once the holder left */
+	CLAIM_SRC_BOOTSTRAP	/* learned by phoneclaimctl bootstrap */
 };
 
 /* What became of a conflicting phone method (on_conflict = remove). */
@@ -502,6 +504,8 @@ struct verify_answer {
 	/* With VERIFY_RECONCILE, the numbers the user held when asked. */
 	const unsigned char		(*snap)[NUMKEY_LEN];
 	size_t				 nsnap;
+	int				 source;	/* of new claims; 0:
+							   CLAIM_SRC_VERIFY */
 	struct verify_result		 r;	/* what changed */
 };
 
@@ -518,6 +522,7 @@ int		 verify_settle(const char *, int, const struct verify_method *,
 int		 verify_methods(const char *, size_t, struct verify_method **,
 		     size_t *, char **);
 int		 verify_apply(struct store_txn *, struct verify_answer *);
+int		 verify_no_such_user(const char *, size_t);
 
 /* reconcile.c */
 /* Reconciliation, for status and metrics. */
@@ -554,6 +559,45 @@ void		 reconcile_failed(const char *);
 int		 reconcile_start(void);
 int		 reconcile_user(const char *);
 int		 reconcile_may_send(long long, long long);
+
+/* bootstrap.c */
+/* A request the bootstrap wants sent; mgmt.c sends it. */
+struct bootstrap_req {
+	char		*url;
+	char		*post;		/* a JSON body to POST; NULL: GET */
+	int		 auth;		/* with the Management API token */
+	FILE		*out;		/* the body goes there (the export) */
+};
+
+/* The bootstrap, for status and metrics. */
+struct bootstrap_status {
+	int		 configured;	/* a Management API client exists */
+	const char	*state;		/* never, running, done, failed */
+	const char	*phase;		/* of a running one, or NULL */
+	const char	*via;		/* "export" or "users", or NULL */
+	int64_t		 started;
+	int64_t		 finished;
+	uint64_t	 total;		/* users listed, once known */
+	uint64_t	 checked;
+	uint64_t	 claimed;
+	uint64_t	 conflicts;
+	uint64_t	 known;		/* phones the store had already */
+	uint64_t	 masked;	/* numbers Auth0 would not show */
+	uint64_t	 missing;	/* users gone since the listing */
+	uint64_t	 refused;	/* user ids Auth0 refused (400) */
+	uint64_t	 failures;	/* failed requests since start */
+	char		 last_error[160];
+};
+
+void		 bootstrap_init(const struct conf *, int);
+void		 bootstrap_free(void);
+const struct bootstrap_status *bootstrap_status(void);
+int		 bootstrap_start(void);
+int		 bootstrap_next(const char *, struct bootstrap_req *, int64_t *);
+void		 bootstrap_req_clear(struct bootstrap_req *);
+int		 bootstrap_done(long, const char *, size_t, char *, size_t,
+		     int64_t *);
+void		 bootstrap_failed(const char *);
 
 /* events.c */
 struct events_counts {

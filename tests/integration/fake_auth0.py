@@ -4,11 +4,15 @@ A fake Auth0 tenant for the Management API client tests: POST /oauth/token
 and Link rel="next", and the date search that seeds a first backfill),
 and GET / DELETE /api/v2/users/{id}/authentication-methods[/{id}] with
 phone numbers in full or obfuscated as the tenant flag
-disable_management_api_sms_obfuscation decides (auth0-facts.md 4.4), on
-127.0.0.1 in a thread.  Tests script failures (status codes, rate-limit
+disable_management_api_sms_obfuscation decides (auth0-facts.md 4.4), the
+users export job (POST /api/v2/jobs/users-exports, GET /api/v2/jobs/{id},
+then its gzipped NDJSON file at the job's location) and the users list
+(GET /api/v2/users, paged, 1000 results at most), on 127.0.0.1 in a
+thread.  Tests script failures (status codes, rate-limit
 headers, slow answers) and read back every request it saw.
 """
 
+import gzip
 import http.server
 import json
 import secrets
@@ -40,6 +44,13 @@ class FakeAuth0:
         self.deleted = []		# paths of deleted methods
         self.users = {}			# user id -> [phone methods]
         self.obfuscate = None		# None (full), "digits" or "all"
+        self.jobs = {}			# job id -> users export job
+        self.exports = {}		# file name -> its bytes
+        self.export_polls = 1		# "pending" answers before done
+        self.export_refused = None	# a status: no export on this plan
+        self.export_gzip = True
+        self.ghosts = []		# listed, but gone when read
+        self.answered = []		# (path, status, time) of scripted
         self.lock = threading.Lock()
         handler = type("Handler", (_Handler,), {"fake": self})
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
@@ -115,11 +126,14 @@ class FakeAuth0:
                     return True
         return False
 
-    def fail_next(self, prefix, status, headers=None, delay=0.0, times=1):
-        """Answer the next requests to prefix with status (and headers)."""
+    def fail_next(self, prefix, status, headers=None, delay=0.0, times=1,
+                  after=0):
+        """Answer the next requests to prefix with status (and headers),
+        once after more requests to prefix have been answered."""
         with self.lock:
             for _ in range(times):
-                self.script.append((prefix, status, headers or {}, delay))
+                self.script.append([prefix, status, headers or {}, delay,
+                                    after])
 
     def requests(self, prefix):
         with self.lock:
@@ -129,8 +143,62 @@ class FakeAuth0:
         with self.lock:
             for i, entry in enumerate(self.script):
                 if path.startswith(entry[0]):
+                    if entry[4] > 0:
+                        entry[4] -= 1
+                        return None
                     return self.script.pop(i)
         return None
+
+    def create_export(self, body):
+        """A users export job; its file lists the users when it ends."""
+        job = {"type": "users_export", "status": "pending",
+               "id": "job_" + secrets.token_hex(8),
+               "format": body.get("format", "csv"),
+               "fields": body.get("fields", []),
+               "created_at": time.strftime("%Y-%m-%dT%H:%M:%S.000Z",
+                                           time.gmtime()),
+               "_polls": self.export_polls}
+        with self.lock:
+            self.jobs[job["id"]] = job
+        return {k: v for k, v in job.items() if not k.startswith("_")}
+
+    def job(self, jid):
+        """The job as GET /api/v2/jobs/{id} shows it, or None."""
+        with self.lock:
+            job = self.jobs.get(jid)
+            if job is None:
+                return None
+            if job["status"] == "pending" and job["_polls"] > 0:
+                job["_polls"] -= 1
+            elif job["status"] == "pending":
+                lines = "".join(json.dumps({"user_id": u}) + "\n"
+                                for u in list(self.users) +
+                                self.ghosts).encode()
+                name = "%s.json%s" % (jid, ".gz" if self.export_gzip
+                                      else "")
+                self.exports[name] = gzip.compress(lines) \
+                    if self.export_gzip else lines
+                job["status"] = "completed"
+                job["location"] = "%s/exports/%s" % (self.url, name)
+            return {k: v for k, v in job.items() if not k.startswith("_")}
+
+    def list_users(self, query):
+        """GET /api/v2/users: (status, body)."""
+        page = int(query.get("page", ["0"])[0])
+        per_page = min(int(query.get("per_page", ["50"])[0]), 100)
+        if (page + 1) * per_page > 1000:
+            return 400, {"statusCode": 400, "error": "Bad Request",
+                         "message": "You can only page through the "
+                         "first 1000 records."}
+        with self.lock:
+            ids = list(self.users) + self.ghosts
+        users = [{"user_id": u} for u in
+                 ids[page * per_page:(page + 1) * per_page]]
+        if query.get("include_totals", ["false"])[0] != "true":
+            return 200, users
+        return 200, {"start": page * per_page, "limit": per_page,
+                     "length": len(users), "users": users,
+                     "total": len(ids)}
 
     def token(self, form):
         """Check client credentials; a new token, or None."""
@@ -168,6 +236,9 @@ class FakeAuth0:
 class _Handler(http.server.BaseHTTPRequestHandler):
     fake = None
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes: without this, Nagle and the
+    # client's delayed ACK hold each answer back by some 40 ms.
+    disable_nagle_algorithm = True
 
     def log_message(self, *args):
         pass
@@ -191,11 +262,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         entry = self.fake.scripted(self.path)
         if entry is None:
             return False
-        _, status, headers, delay = entry
+        _, status, headers, delay, _ = entry
         if delay:
             time.sleep(delay)
         if status is None:
             return False
+        with self.fake.lock:
+            self.fake.answered.append((self.path, status, time.time()))
         self.answer(status, {"statusCode": status, "error": "scripted"},
                     headers)
         return True
@@ -205,6 +278,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         body = self.rfile.read(n)
         self.record(body)
         if self.run_script():
+            return
+        if self.path == "/api/v2/jobs/users-exports":
+            self.post_export(body)
             return
         if self.path != "/oauth/token":
             self.answer(404, {"error": "not_found"})
@@ -216,6 +292,50 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.answer(200, {"access_token": tok, "token_type": "Bearer",
                           "expires_in": self.fake.expires_in,
                           "scope": "read:logs"})
+
+    def post_export(self, body):
+        if not self.fake.authorised(self.headers.get("Authorization")):
+            self.answer(401, {"statusCode": 401, "error": "Unauthorized"})
+            return
+        if self.fake.export_refused is not None:
+            status = self.fake.export_refused
+            self.answer(status, {"statusCode": status, "error": "Forbidden",
+                                 "message": "Not available on this plan"})
+            return
+        self.answer(201, self.fake.create_export(json.loads(body)),
+                    self.fake.rate_headers)
+
+    def get_other(self, url, path):
+        """The jobs, their files and the users list; False if none."""
+        if path.startswith("/exports/"):
+            with self.fake.lock:
+                data = self.fake.exports.get(path[9:])
+            if data is None:
+                self.answer(404, {"error": "not_found"})
+                return True
+            self.send_response(200)
+            self.send_header("Content-Type", "application/gzip")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return True
+        if not path.startswith("/api/v2/jobs/") and path != "/api/v2/users":
+            return False
+        if not self.fake.authorised(self.headers.get("Authorization")):
+            self.answer(401, {"statusCode": 401, "error": "Unauthorized"})
+            return True
+        if path == "/api/v2/users":
+            status, body = self.fake.list_users(
+                urllib.parse.parse_qs(url.query))
+            self.answer(status, body, self.fake.rate_headers)
+            return True
+        job = self.fake.job(path[13:])
+        if job is None:
+            self.answer(404, {"statusCode": 404, "error": "Not Found",
+                              "message": "The job does not exist."})
+        else:
+            self.answer(200, job, self.fake.rate_headers)
+        return True
 
     def do_DELETE(self):
         self.record()
@@ -248,6 +368,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         parts = path.split("/")
         methods = len(parts) == 6 and path.startswith("/api/v2/users/") \
             and parts[5] == "authentication-methods"
+        if not methods and self.get_other(url, path):
+            return
         if url.path != "/api/v2/logs" and not methods:
             self.answer(404, {"error": "not_found"})
             return

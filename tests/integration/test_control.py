@@ -284,15 +284,15 @@ class CommandTests(ControlCase):
         self.assertEqual([c["name"] for c in h["commands"]],
                          ["status", "lookup", "user", "conflicts",
                           "release", "claim", "export", "backfill",
-                          "reconcile", "backup", "help"])
+                          "reconcile", "bootstrap", "backup", "help"])
         by_name = {c["name"]: c for c in h["commands"]}
         self.assertEqual(by_name["release"]["args"],
                          "<number> [<user_id>]")
         self.assertEqual(by_name["backup"]["args"], "<directory>")
         self.assertEqual(sorted(n for n, c in by_name.items()
                                 if c["admin"]),
-                         ["backfill", "backup", "claim", "reconcile",
-                          "release"])
+                         ["backfill", "backup", "bootstrap", "claim",
+                          "reconcile", "release"])
         for c in h["commands"]:
             self.assertTrue(c["summary"], c)
 
