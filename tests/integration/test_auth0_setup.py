@@ -344,6 +344,15 @@ class ClassicTests(SetupCase):
         self.setup_ok()
         self.assert_client(DAEMON_SCOPES)
 
+    def test_bootstrap_grants_its_scopes_for_a_time(self):
+        self.setup_ok("--bootstrap")
+        self.assert_client(DAEMON_SCOPES + ["create:users", "read:users"])
+        r = self.check(1)
+        self.assertIn("scopes not needed: create:users read:users",
+                      r.stdout)
+        self.setup_ok()
+        self.assert_client(DAEMON_SCOPES)
+
     def test_update_secrets_sends_them_again(self):
         self.setup_ok()
         # A new api token cannot be seen (secret values are never
