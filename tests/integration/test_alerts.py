@@ -112,6 +112,7 @@ class RuleTests(unittest.TestCase):
                        "phoneclaimd_backfill_state == 3",
                        "phoneclaimd_conflicts",
                        "phoneclaimd_verify_failures_total",
+                       "phoneclaimd_reconcile_failures_total",
                        "phoneclaimd_repl_master",
                        "phoneclaimd_repl_lag_records",
                        'code="429"',
