@@ -49,6 +49,10 @@
  * peers thread) does, after every event and every REPL_PEERS_MS, and
  * leaves which sites are connected under the mutex; if it hangs after a
  * panic, the loop does not.
+ *
+ * The clock thread (repl_clock.c) compares this member's clock with its
+ * peers' and, while it is off, keeps this member out of the master role
+ * through repl_electable.
  */
 #include "config.h"
 
