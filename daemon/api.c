@@ -247,7 +247,12 @@ void
 api_healthz_cb(struct evhttp_request *req, void *arg)
 {
 	struct http	*h = arg;
+	char		 now[32];
 
+	/* The clock, for the other members of a group (repl_clock.c). */
+	snprintf(now, sizeof now, "%lld", (long long)repl_clock_now_ms());
+	evhttp_add_header(evhttp_request_get_output_headers(req),
+	    REPL_CLOCK_HEADER, now);
 	if (http_store_ok(h))
 		http_reply(h, req, 200, "{\"status\":\"ok\"}");
 	else

@@ -136,6 +136,8 @@ static const struct conf_key conf_keys[] = {
 	{ "repl_forward_timeout", CONF_NUMBER,
 	  offsetof(struct conf, repl_forward_timeout), 100, 3600000, "8000",
 	  0 },
+	{ "repl_clock_warn", CONF_NUMBER,
+	  offsetof(struct conf, repl_clock_warn), 1, 86400000, "1000", 0 },
 	{ "repl_ca_file", CONF_PATH, offsetof(struct conf, repl_ca_file), 0, 0,
 	  NULL, 0 },
 };

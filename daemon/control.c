@@ -1111,6 +1111,11 @@ control_gen_repl(yajl_gen g)
 		control_gen_str(g, "api", ri.peers[i].api);
 		control_gen_key(g, "connected");
 		yajl_gen_bool(g, ri.peers[i].connected);
+		control_gen_key(g, "clock_skew_ms");
+		if (ri.peers[i].skew_known)
+			yajl_gen_integer(g, ri.peers[i].skew);
+		else
+			yajl_gen_null(g);
 		yajl_gen_map_close(g);
 	}
 	yajl_gen_array_close(g);
@@ -1119,6 +1124,12 @@ control_gen_repl(yajl_gen g)
 	control_gen_str(g, "lsn", lsn);
 	control_gen_int(g, "perm_failed", (long long)ri.perm_failed);
 	control_gen_int(g, "forwarded", (long long)ri.forwarded);
+	control_gen_str(g, "clock", repl_clock_name(ri.clock));
+	control_gen_key(g, "clock_skew_ms");
+	if (ri.skew_known)
+		yajl_gen_integer(g, ri.skew);
+	else
+		yajl_gen_null(g);
 	yajl_gen_map_close(g);
 }
 

@@ -45,6 +45,7 @@ static void	main_usage(FILE *);
 static void	main_signal_cb(evutil_socket_t, short, void *);
 static void	main_expire_cb(evutil_socket_t, short, void *);
 static void	main_checkpoint_cb(evutil_socket_t, short, void *);
+static void	main_prune(struct main_state *);
 static void	main_watchdog_cb(evutil_socket_t, short, void *);
 static struct event *main_watchdog_start(struct main_state *);
 static void	main_store_failed_cb(evutil_socket_t, short, void *);
@@ -198,8 +199,11 @@ main_expire_cb(evutil_socket_t fd, short events, void *arg)
 
 	(void)fd;
 	(void)events;
-	/* Only the master writes; a replica gets the result. */
-	if (!repl_writable())
+	/*
+	 * Only the master writes; a replica gets the result.  In a group,
+	 * only by a clock that a majority of the members agrees with.
+	 */
+	if (!repl_writable() || !repl_clock_trusted())
 		return;
 	for (i = 0; i < EXPIRE_BATCHES; i++) {
 		if (claims_expire((int64_t)time(NULL), EXPIRE_BATCH,
@@ -226,8 +230,6 @@ static void
 main_checkpoint_cb(evutil_socket_t fd, short events, void *arg)
 {
 	struct main_state	*m = arg;
-	size_t			 pruned, total = 0;
-	int			 i, wrapped;
 
 	(void)fd;
 	(void)events;
@@ -237,6 +239,19 @@ main_checkpoint_cb(evutil_socket_t fd, short events, void *arg)
 		store_checkpoint(m->store);
 		return;
 	}
+	/* Ages are the clock's: in a group, one the majority agrees with. */
+	if (repl_clock_trusted())
+		main_prune(m);
+	store_checkpoint(m->store);
+}
+
+/* Forget old log ids and closed reservation windows (the master's). */
+static void
+main_prune(struct main_state *m)
+{
+	size_t	pruned, total = 0;
+	int	i, wrapped;
+
 	for (i = 0; i < EXPIRE_BATCHES; i++) {
 		if (logstream_prune((int64_t)time(NULL),
 		    m->conf->dedup_retention, &pruned) != STORE_OK)
@@ -259,7 +274,6 @@ main_checkpoint_cb(evutil_socket_t fd, short events, void *arg)
 	}
 	if (total > 0)
 		log_debug("forgot %zu closed reservation window(s)", total);
-	store_checkpoint(m->store);
 }
 
 /*

@@ -77,6 +77,7 @@ static void	metrics_text_backfill(struct evbuffer *);
 static void	metrics_text_phone(struct evbuffer *);
 static void	metrics_text_conns(struct evbuffer *);
 static void	metrics_text_repl(struct evbuffer *);
+static void	metrics_text_clock(struct evbuffer *, const struct repl_info *);
 static void	metrics_text_reconcile(struct evbuffer *);
 static void	metrics_text_bootstrap(struct evbuffer *);
 static void	metrics_text_verify(struct evbuffer *,
@@ -301,6 +302,31 @@ metrics_text_repl(struct evbuffer *buf)
 	    "Forwarded writes sent again, to a newly elected master.");
 	evbuffer_add_printf(buf, "phoneclaimd_repl_forward_resent_total %llu\n",
 	    (unsigned long long)ri.resent);
+	metrics_text_clock(buf, &ri);
+}
+
+/* The clocks: this member's verdict, and each peer's skew. */
+static void
+metrics_text_clock(struct evbuffer *buf, const struct repl_info *ri)
+{
+	size_t	i;
+
+	metrics_family(buf, "repl_clock_state", "gauge",
+	    "1 for the verdict on this member's clock: ok, off or unchecked.");
+	evbuffer_add_printf(buf,
+	    "phoneclaimd_repl_clock_state{state=\"%s\"} 1\n",
+	    repl_clock_name(ri->clock));
+	metrics_family(buf, "repl_clock_skew_seconds", "gauge",
+	    "The peer's clock minus this member's; absent until measured.");
+	for (i = 0; i < ri->npeers; i++) {
+		if (!ri->peers[i].skew_known)
+			continue;
+		evbuffer_add_printf(buf,
+		    "phoneclaimd_repl_clock_skew_seconds{address=\"");
+		metrics_label(buf, ri->peers[i].repl);
+		evbuffer_add_printf(buf, "\"} %.3f\n",
+		    (double)ri->peers[i].skew / 1000);
+	}
 }
 
 /* The Management API backfill: its state and counters. */

@@ -49,6 +49,10 @@
  * peers thread) does, after every event and every REPL_PEERS_MS, and
  * leaves which sites are connected under the mutex; if it hangs after a
  * panic, the loop does not.
+ *
+ * The clock thread (repl_clock.c) compares this member's clock with its
+ * peers' and, while it is off, keeps this member out of the master role
+ * through repl_electable.
  */
 #include "config.h"
 
@@ -150,6 +154,7 @@ struct repl {
 	uint64_t		 unavailable;
 	uint64_t		 resent;
 	struct repl_info	 known;		/* the last repl_info */
+	int			 electable;	/* the clock thread's */
 };
 
 static struct repl	*repl;
@@ -212,6 +217,7 @@ repl_init(struct event_base *base, const struct conf *conf, char **cause)
 	r->sync_commits = strcmp(conf->repl_ack_durability, "disk") == 0;
 	r->base = base;
 	r->role = r->loop_role = REPL_ROLE_NONE;
+	r->electable = 1;
 	TAILQ_INIT(&r->xfers);
 	pthread_mutex_init(&r->mu, NULL);
 	repl_cond_init(&r->peers_cond);
@@ -232,6 +238,7 @@ repl_init(struct event_base *base, const struct conf *conf, char **cause)
 	curl_multi_setopt(r->multi, CURLMOPT_SOCKETFUNCTION, repl_socket_cb);
 	curl_multi_setopt(r->multi, CURLMOPT_TIMERFUNCTION, repl_timer_cb);
 	repl = r;
+	repl_clock_init(conf);
 	return (0);
 }
 
@@ -244,6 +251,7 @@ repl_free(void)
 
 	if (r == NULL)
 		return;
+	repl_clock_free();
 	while ((x = TAILQ_FIRST(&r->xfers)) != NULL)
 		repl_xfer_free(x);
 	curl_multi_cleanup(r->multi);
@@ -408,6 +416,8 @@ repl_start(DB_ENV *env, char **cause)
 		return (-1);
 	}
 	repl->peers_running = 1;
+	if (repl_clock_start(cause) != 0)
+		return (-1);
 	log_info("replication: %s in a group of %zu, priority %lld, "
 	    "acknowledgements %s", c->repl_local, c->repl_npeers + 1,
 	    c->repl_priority, c->repl_ack_policy);
@@ -587,6 +597,7 @@ repl_stop(void)
 {
 	struct repl	*r = repl;
 
+	repl_clock_stop();
 	if (r == NULL || !r->peers_running)
 		return;
 	pthread_mutex_lock(&r->mu);
@@ -936,6 +947,50 @@ repl_info(struct repl_info *ri)
 		    p->api);
 	}
 	ri->npeers = i;
+	repl_clock_info(ri);
+}
+
+/*
+ * The clock thread's verdict (repl_clock.c), after each of its rounds: a
+ * member whose clock is off is not to be master.  Priority 0 keeps it out
+ * of elections (repmgr tells the peers, which then no longer count it
+ * among the electable sites that acknowledge a commit); a master steps
+ * down.  repmgr lets an application change the role of a started site
+ * only while elections are off: they are turned off for the change and on
+ * again, and the others elect a master.
+ */
+void
+repl_electable(int yes)
+{
+	struct repl	*r = repl;
+	DB_ENV		*env;
+	int		 ret;
+
+	if (r == NULL || !repl_usable())
+		return;
+	env = r->env;
+	if (yes != r->electable) {
+		if ((ret = env->rep_set_priority(env, yes ?
+		    (u_int32_t)r->conf->repl_priority : 0)) != 0) {
+			log_warnx("replication: cannot set the priority: %s",
+			    db_strerror(ret));
+			return;
+		}
+		r->electable = yes;
+	}
+	if (yes || repl_role_now() != REPL_ROLE_MASTER)
+		return;
+	log_warnx("replication: stepping down: this member's clock is off");
+	if ((ret = env->rep_set_config(env, DB_REPMGR_CONF_ELECTIONS,
+	    0)) == 0)
+		ret = env->repmgr_start(env, 0, DB_REP_CLIENT);
+	if (ret != 0)
+		log_warnx("replication: cannot step down: %s",
+		    db_strerror(ret));
+	if ((ret = env->rep_set_config(env, DB_REPMGR_CONF_ELECTIONS,
+	    1)) != 0)
+		log_warnx("replication: cannot turn elections on again: %s",
+		    db_strerror(ret));
 }
 
 /* The name of a role. */

@@ -94,6 +94,7 @@ struct conf {
 	long long	 repl_election_timeout;	/* ms */
 	long long	 repl_heartbeat;	/* ms */
 	long long	 repl_forward_timeout;	/* ms */
+	long long	 repl_clock_warn;	/* ms */
 	char		*repl_ca_file;		/* to verify peers' TLS */
 };
 
@@ -811,6 +812,16 @@ enum repl_role {
 	REPL_ROLE_REPLICA
 };
 
+/* The verdict on this member's clock (repl_clock.c). */
+enum repl_clock_state {
+	REPL_CLOCK_UNCHECKED = 0,	/* too few peers measured */
+	REPL_CLOCK_OK,			/* a majority agrees with it */
+	REPL_CLOCK_OFF			/* more peers disagree than agree */
+};
+
+/* The header of /healthz that carries the clock, ms since the epoch. */
+#define REPL_CLOCK_HEADER	"X-Phoneclaimd-Clock"
+
 /* What status and /metrics show of replication. */
 struct repl_info {
 	int		 enabled;
@@ -821,6 +832,8 @@ struct repl_info {
 		char	 repl[300];
 		char	 api[300];
 		int	 connected;
+		int	 skew_known;
+		int64_t	 skew;		/* its clock minus ours, ms */
 	}		 peers[CONF_PEERS_MAX];
 	size_t		 npeers;
 	uint64_t	 lag;		/* log records waiting to be applied */
@@ -831,6 +844,9 @@ struct repl_info {
 	uint64_t	 forward_failed;
 	uint64_t	 unavailable;
 	uint64_t	 resent;	/* to a new master */
+	int		 clock;		/* enum repl_clock_state */
+	int		 skew_known;
+	int64_t		 skew;		/* the worst peer's, ms */
 };
 
 struct __db_env;
@@ -852,6 +868,17 @@ void		 repl_retry(void);
 void		 repl_info(struct repl_info *);
 const char	*repl_role_name(int);
 int		 repl_forward(struct http *, struct evhttp_request *, int);
+void		 repl_electable(int);
+
+/* repl_clock.c */
+void		 repl_clock_init(const struct conf *);
+int		 repl_clock_start(char **);
+void		 repl_clock_stop(void);
+void		 repl_clock_free(void);
+int		 repl_clock_trusted(void);
+void		 repl_clock_info(struct repl_info *);
+const char	*repl_clock_name(int);
+int64_t		 repl_clock_now_ms(void);
 
 /* api.c */
 /* A claim request's body: what POST /v1/claims sent. */
