@@ -250,6 +250,108 @@ class ConnectionCapTests(LimitsCase):
             self.assertEqual(status_of(data), 200, data)
 
 
+class UnreadAnswerCase(LimitsCase):
+    """Issue 18, point 4: clients that pipeline requests and never read
+    their answers.  request_timeout is long here, so that it is not what
+    frees a slot or stops them."""
+
+    conf = {"request_timeout": 30}
+    # A request that is cheap to send and whose answer (about 9 KiB) is
+    # not: the answers fill the socket buffers within a fraction of a
+    # second.
+    REQUEST = (b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nX-Pad: " +
+               b"a" * 4000 + b"\r\n\r\n")
+    PROBE_LIMIT = 5.0	# generous: the issue saw 8 s stalls
+
+    def rss(self):
+        with open("/proc/%d/status" % self.d.proc.pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        self.fail("no VmRSS")
+
+    def never_reader(self, data, seconds=1.0):
+        """Connect with a small receive buffer, send as much of data as
+        the daemon takes within seconds, and never read.  Return the
+        socket and the bytes sent."""
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect((self.d.host, self.d.port))
+        s.setblocking(False)
+        sent, deadline = 0, time.monotonic() + seconds
+        while sent < len(data) and time.monotonic() < deadline:
+            _, w, _ = select.select([], [s], [], 0.05)
+            if not w:
+                continue
+            try:
+                sent += s.send(data[sent:sent + 65536])
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                break
+        return s, sent
+
+    def probe(self):
+        """GET /healthz on a new connection; (seconds, raw answer)."""
+        start = time.monotonic()
+        try:
+            with connect(self.d, timeout=self.PROBE_LIMIT) as s:
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n"
+                          b"Connection: close\r\n\r\n")
+                data = read_response(s, self.PROBE_LIMIT)
+        except OSError as e:
+            data = repr(e).encode()
+        return time.monotonic() - start, data
+
+
+class UnreadAnswerCapTests(UnreadAnswerCase):
+    """With max_connections = 4 taken by clients that never read, a new
+    connection closes one of them, so /healthz is still answered (before,
+    the listener stayed off until request_timeout cut one of them)."""
+
+    conf = {"max_connections": 4, "request_timeout": 30}
+
+    def test_healthz_is_answered_past_clients_that_never_read(self):
+        socks = []
+        try:
+            for _ in range(6):
+                socks.append(self.never_reader(self.REQUEST * 2000)[0])
+            time.sleep(1.5)		# their answers fill the buffers
+            times = []
+            for _ in range(5):
+                elapsed, data = self.probe()
+                times.append(elapsed)
+                self.assertEqual(status_of(data), 200,
+                                 "after %.1f s: %r" % (elapsed, data[:200]))
+                socks.append(self.never_reader(self.REQUEST * 2000)[0])
+                time.sleep(0.3)
+            sys.stderr.write("limits: /healthz past clients that never "
+                             "read: worst %.0f ms\n" % (1000 * max(times)))
+        finally:
+            for s in socks:
+                s.close()
+        self.assertServes()
+
+
+class UnreadAnswerInputTests(UnreadAnswerCase):
+    """What a client sends while its answer waits unread is not all read
+    into the daemon's memory (a daemon of its own, so that memory freed
+    by other tests does not hide the growth)."""
+
+    def test_pipelined_requests_behind_an_unread_answer_are_not_all_read(self):
+        self.assertServes()
+        before = self.rss()
+        s, sent = self.never_reader(self.REQUEST * 20000, seconds=3.0)
+        with s:
+            time.sleep(0.5)
+            grown = self.rss() - before
+        sys.stderr.write("limits: a client that never reads sent %.1f MiB; "
+                         "RSS grew %.1f MiB\n" % (sent / MIB, grown / MIB))
+        self.assertLess(grown, 8 * MIB, "the daemon read into memory all "
+                        "that a client that never reads sent")
+        self.assertServes()
+
+
 class ConnectionHandlingTests(LimitsCase):
 
     def test_clients_that_leave_before_the_answer(self):
