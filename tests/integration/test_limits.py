@@ -4,6 +4,7 @@ clients, max_connections, max_body_size, header size and JSON depth.
 Each limit gets an answer or a closed connection, and changes nothing.
 """
 
+import os
 import random
 import re
 import select
@@ -270,7 +271,7 @@ class UnreadAnswerCase(LimitsCase):
                     return int(line.split()[1]) * 1024
         self.fail("no VmRSS")
 
-    def never_reader(self, data, seconds=1.0):
+    def never_reader(self, data, seconds=0.3):
         """Connect with a small receive buffer, send as much of data as
         the daemon takes within seconds, and never read.  Return the
         socket and the bytes sent."""
@@ -302,6 +303,34 @@ class UnreadAnswerCase(LimitsCase):
         except OSError as e:
             data = repr(e).encode()
         return time.monotonic() - start, data
+
+    def open_files(self):
+        """How many descriptors the daemon has open."""
+        return len(os.listdir("/proc/%d/fd" % self.d.proc.pid))
+
+
+class UnreadAnswerTimeoutTests(UnreadAnswerCase):
+    """request_timeout = 2 bounds the time an answer may wait unread.  The
+    daemon's descriptors tell when it closed the connection: the client
+    cannot see it without reading (the FIN waits behind the answers)."""
+
+    conf = {"request_timeout": REQUEST_TIMEOUT}
+
+    def test_a_client_that_never_reads_is_cut_off(self):
+        self.assertServes()
+        time.sleep(0.2)		# that connection is closed
+        before = self.open_files()
+        s, _ = self.never_reader(self.REQUEST * 2000)
+        with s:
+            start = time.monotonic()
+            self.assertGreater(self.open_files(), before)
+            while self.open_files() > before and \
+                    time.monotonic() - start < NEVER:
+                time.sleep(0.1)
+            elapsed = time.monotonic() - start
+        self.assertLess(elapsed, CLOSE_LIMIT, "a connection whose answers "
+                        "are not read was open after %.1f s" % elapsed)
+        self.assertServes()
 
 
 class UnreadAnswerCapTests(UnreadAnswerCase):
@@ -341,7 +370,7 @@ class UnreadAnswerInputTests(UnreadAnswerCase):
     def test_pipelined_requests_behind_an_unread_answer_are_not_all_read(self):
         self.assertServes()
         before = self.rss()
-        s, sent = self.never_reader(self.REQUEST * 20000, seconds=3.0)
+        s, sent = self.never_reader(self.REQUEST * 20000, seconds=2.0)
         with s:
             time.sleep(0.5)
             grown = self.rss() - before
