@@ -396,7 +396,7 @@ metrics_text_phone(struct evbuffer *buf)
 	    (unsigned long long)hits, (unsigned long long)misses);
 }
 
-/* Count an idle connection closed because max_connections were open. */
+/* Count a connection closed because max_connections were open. */
 void
 metrics_connection_closed(void)
 {
@@ -408,7 +408,7 @@ static void
 metrics_text_conns(struct evbuffer *buf)
 {
 	metrics_family(buf, "connections_closed_total", "counter",
-	    "Idle connections closed because max_connections were open.");
+	    "Connections closed because max_connections were open.");
 	evbuffer_add_printf(buf, "phoneclaimd_connections_closed_total %llu\n",
 	    (unsigned long long)metrics.conns_closed);
 }
