@@ -444,7 +444,8 @@ logstream_ingest(const char *source, const char *body, size_t len,
     int store_ok, struct logstream_result *r)
 {
 	struct logstream_batch	 b;
-	size_t			 i;
+	const char		*undated = NULL;
+	size_t			 i, nundated = 0;
 	int			 rv;
 
 	memset(r, 0, sizeof *r);
@@ -474,11 +475,12 @@ logstream_ingest(const char *source, const char *body, size_t len,
 	for (i = 0; i < b.nitems; i++) {
 		if (b.items[i].ignored)
 			events_count_ignored(events_type(b.items[i].data));
-		if (b.items[i].undated)
-			events_count_undated(b.items[i].log_id);
+		if (b.items[i].undated && nundated++ == 0)
+			undated = b.items[i].log_id;
 		if (b.items[i].unreadable != NULL)
 			logstream_count_unreadable(&b.items[i]);
 	}
+	events_count_undated(source, nundated, undated);
 	logstream_free(&b);
 	logstream_result(&b, source, r);
 	return (LOGSTREAM_OK);

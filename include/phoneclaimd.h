@@ -572,7 +572,7 @@ const char	*events_refusal(struct yajl_val_s *);
 int64_t		 events_date(struct yajl_val_s *, int64_t);
 int		 events_rfc3339(const char *, int64_t *);
 int64_t		 events_iso_ms(const char *, int64_t);
-void		 events_count_undated(const char *);
+void		 events_count_undated(const char *, size_t, const char *);
 uint64_t	 events_undated_total(void);
 const char	*events_unreadable(struct yajl_val_s *, const char **);
 void		 events_count_unreadable(const char *, const char *,
