@@ -67,6 +67,7 @@ struct logstream_batch {
 	size_t			 unreadable;	/* numbers that cannot be read */
 	struct events_counts	 ignored;
 	char			 last[LOG_ID_MAX + 1];
+	char			 latest[LOG_ID_MAX + 1]; /* its log id: */
 	int64_t			 last_date;	/* ms, latest new event */
 };
 
@@ -325,8 +326,13 @@ logstream_apply_one(struct store_txn *txn, struct logstream_batch *b,
 		b->unreadable++;
 	if (logstream_later(it->log_id, b->last))
 		snprintf(b->last, sizeof b->last, "%s", it->log_id);
-	if ((date = events_date(it->data, 0)) > b->last_date)
+	/* The latest by date (at one date, the later id), an undated none. */
+	date = events_date(it->data, 0);
+	if (date > b->last_date || (date > 0 && date == b->last_date &&
+	    logstream_later(it->log_id, b->latest))) {
 		b->last_date = date;
+		snprintf(b->latest, sizeof b->latest, "%s", it->log_id);
+	}
 	switch (outcome) {
 	case CLAIMS_APPLIED:
 		b->applied++;
@@ -365,7 +371,7 @@ logstream_txn(struct store_txn *txn, void *arg)
 
 	b->applied = b->duplicates = b->unreadable = 0;
 	memset(&b->ignored, 0, sizeof b->ignored);
-	b->last[0] = '\0';
+	b->last[0] = b->latest[0] = '\0';
 	b->last_date = 0;
 	for (i = 0; i < b->nitems && rv == STORE_OK; i++)
 		rv = logstream_apply_one(txn, b, &b->items[i]);
@@ -425,7 +431,7 @@ logstream_metrics(const struct logstream_batch *b, size_t ign)
 	d.unmatched = b->ignored.unmatched;
 	d.ambiguous = b->ignored.ambiguous;
 	d.stale = b->ignored.stale;
-	snprintf(d.last_log_id, sizeof d.last_log_id, "%s", b->last);
+	snprintf(d.last_log_id, sizeof d.last_log_id, "%s", b->latest);
 	d.last_date_ms = b->last_date;
 	/* Only a new event says that the stream is flowing. */
 	if (b->last[0] != '\0')

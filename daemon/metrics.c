@@ -152,12 +152,14 @@ metrics_log_stream(const struct metrics_events *d)
 	t->unmatched += d->unmatched;
 	t->ambiguous += d->ambiguous;
 	t->stale += d->stale;
-	if (d->last_log_id[0] != '\0' &&
-	    metrics_later(d->last_log_id, t->last_log_id))
+	/* One event's id and date: the latest by date, then the later id. */
+	if (d->last_date_ms > t->last_date_ms || (d->last_date_ms > 0 &&
+	    d->last_date_ms == t->last_date_ms &&
+	    metrics_later(d->last_log_id, t->last_log_id))) {
+		t->last_date_ms = d->last_date_ms;
 		snprintf(t->last_log_id, sizeof t->last_log_id, "%s",
 		    d->last_log_id);
-	if (d->last_date_ms > t->last_date_ms)
-		t->last_date_ms = d->last_date_ms;
+	}
 	if (d->last_received > t->last_received)
 		t->last_received = d->last_received;
 }

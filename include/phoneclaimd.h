@@ -679,8 +679,8 @@ struct metrics_events {
 	uint64_t	 unmatched;
 	uint64_t	 ambiguous;
 	uint64_t	 stale;
-	char		 last_log_id[LOG_ID_MAX + 1];
-	int64_t		 last_date_ms;	/* the latest event's own date */
+	char		 last_log_id[LOG_ID_MAX + 1]; /* of the event */
+	int64_t		 last_date_ms;	/* with the latest date of all */
 	int64_t		 last_received;	/* when it arrived, seconds */
 };
 
