@@ -164,7 +164,7 @@ struct http {
 	struct event			*attach_ev;
 	struct http_conns		 conns;
 	struct http_conns		 idle;		/* longest idle first */
-	struct http_conns		 unread;	/* waited longest first */
+	struct http_conns		 unread;	/* waited longest 1st */
 	size_t				 nconns;
 	size_t				 unattached;
 	int				 freeing;

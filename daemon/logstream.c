@@ -67,8 +67,8 @@ struct logstream_batch {
 	size_t			 unreadable;	/* numbers that cannot be read */
 	struct events_counts	 ignored;
 	char			 last[LOG_ID_MAX + 1];
-	char			 latest[LOG_ID_MAX + 1]; /* its log id: */
-	int64_t			 last_date;	/* ms, latest new event */
+	char			 latest[LOG_ID_MAX + 1]; /* by date, */
+	int64_t			 last_date;	/* and its date (ms) */
 };
 
 static void	logstream_reject(struct logstream_batch *, const char *,
