@@ -206,17 +206,22 @@ events_iso_ms(const char *s, int64_t dflt_ms)
 }
 
 /*
- * Count and log an event whose date cannot be read: it is dated at its
- * arrival, so it may release but never create or activate a claim where
- * a release left a watermark.
+ * Count the n events of one request whose date cannot be read, and log
+ * them in one line: each is dated at its arrival, so it may release but
+ * never create or activate a claim where a release left a watermark.
  */
 void
-events_count_undated(const char *log_id)
+events_count_undated(const char *source, size_t n, const char *first)
 {
-	events_undated++;
-	log_warnx("log event %s has no date that can be read: taken as dated "
-	    "at its arrival; it cannot bring back a released claim",
-	    log_id != NULL ? log_id : "(no id)");
+	char	id[DEADLETTER_LOG_SIZE];
+
+	if (n == 0)
+		return;
+	events_undated += n;
+	log_warnx("%s: %zu event%s no date that can be read (the first: "
+	    "log event %s): dated at arrival, so none can bring back a "
+	    "released claim", source, n, n == 1 ? " has" : "s have",
+	    first != NULL ? deadletter_log_value(first, id) : "(no id)");
 }
 
 /* How many events had no readable date since start. */

@@ -25,6 +25,17 @@
  * of idle connections cannot keep Auth0 or a health check out.  Only when
  * every connection has a request being answered is the listener off.
  *
+ * Clients that do not read their answers: evhttp writes one answer at a
+ * time and reads the next request only once the kernel has taken it, so
+ * a connection's output holds one answer at most (HTTP_MAX_UNREAD is a
+ * guard).  While an answer waits there, evhttp still reads the input (to
+ * see a close), so the input is bounded then (HTTP_UNREAD_INPUT), lest a
+ * client that pipelines and never reads fill our memory.  An answer may
+ * wait request_timeout in all to be written; one that has waited
+ * HTTP_UNREAD_GRACE makes its connection the first to go when room is
+ * needed, before any idle one, so such clients cannot keep the listener
+ * off either.
+ *
  * Knowing when evhttp frees a connection: right after the bufferevent
  * callback returns, evhttp has made the connection and set itself as the
  * bufferevent's callback argument, so attach_ev (activated by the
@@ -73,6 +84,12 @@
 #define HTTP_MIN_BACKLOG	4096
 /* After a burst of this many body bytes, give free memory back. */
 #define HTTP_TRIM_AFTER		(1024 * 1024)
+/* An answer left unread this long makes its connection first to close. */
+#define HTTP_UNREAD_GRACE	1000		/* ms */
+/* Input read while an answer waits unread (no more is read then). */
+#define HTTP_UNREAD_INPUT	(64 * 1024)
+/* An answer is a few KiB at most: output past this is never left. */
+#define HTTP_MAX_UNREAD		(1024 * 1024)
 /* What evhttp reads in place of a refused request: it has no body. */
 #define HTTP_REFUSED_REQUEST	"GET / HTTP/1.1\r\nConnection: close\r\n\r\n"
 #define HTTP_REFUSED_CHUNK	"\r\n0\r\n\r\n"
@@ -90,6 +107,7 @@ struct http_conn {
 	int			 closing;	/* chosen to make room */
 	int			 attached;	/* close callback set */
 	int			 idle;		/* on the idle list */
+	int64_t			 unread;	/* ms: output waits since; 0 */
 	struct frame		 frame;		/* where its input is */
 	struct evbuffer		*hold;		/* a unit kept from evhttp */
 	int			 holding;	/* a unit is open */
@@ -108,6 +126,7 @@ struct http_conn {
 	size_t			 ressize;
 	TAILQ_ENTRY(http_conn)	 entry;
 	TAILQ_ENTRY(http_conn)	 idle_entry;
+	TAILQ_ENTRY(http_conn)	 unread_entry;
 };
 TAILQ_HEAD(http_conns, http_conn);
 
@@ -145,6 +164,7 @@ struct http {
 	struct event			*attach_ev;
 	struct http_conns		 conns;
 	struct http_conns		 idle;		/* longest idle first */
+	struct http_conns		 unread;	/* waited longest 1st */
 	size_t				 nconns;
 	size_t				 unattached;
 	int				 freeing;
@@ -198,6 +218,11 @@ static int	 http_bind(struct http *, char **);
 static struct bufferevent *http_bev_cb(struct event_base *, void *);
 static void	 http_input_cb(struct evbuffer *,
 		     const struct evbuffer_cb_info *, void *);
+static void	 http_output_cb(struct evbuffer *,
+		    const struct evbuffer_cb_info *, void *);
+static void	 http_unread_del(struct http *, struct http_conn *);
+static void	 http_conn_close(struct http_conn *);
+static int	 http_unread_stale(struct http *, int64_t);
 static void	 http_tls_record_cb(void *);
 static int64_t	 http_deadline(struct http *);
 static void	 http_tick_cb(evutil_socket_t, short, void *);
@@ -382,6 +407,7 @@ http_init(struct event_base *base, const struct conf *conf,
 	h->store = store;
 	TAILQ_INIT(&h->conns);
 	TAILQ_INIT(&h->idle);
+	TAILQ_INIT(&h->unread);
 	TAILQ_INIT(&h->pending);
 	TAILQ_INIT(&h->flushing);
 	if ((h->evh = evhttp_new(base)) == NULL)
@@ -560,6 +586,7 @@ http_bev_cb(struct event_base *base, void *arg)
 	c->deadline = http_deadline(h);
 	c->since = http_now();
 	evbuffer_add_cb(bufferevent_get_input(c->bev), http_input_cb, c);
+	evbuffer_add_cb(bufferevent_get_output(c->bev), http_output_cb, c);
 	TAILQ_INSERT_TAIL(&h->conns, c, entry);
 	h->nconns++;
 	h->unattached++;
@@ -630,6 +657,69 @@ http_input_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info,
 	if (c->deadline == 0)
 		c->deadline = http_deadline(c->http);
 	http_frame_input(c, buf, info->n_added);
+}
+
+/*
+ * A connection's output changed: an answer starts or stops waiting there
+ * for the client to read it (see the comment at the top).
+ */
+static void
+http_output_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info,
+    void *arg)
+{
+	struct http_conn	*c = arg;
+	size_t			 len = evbuffer_get_length(buf);
+
+	(void)info;
+	if (len == 0) {
+		http_unread_del(c->http, c);
+		return;
+	}
+	if (c->closing)
+		return;
+	if (len > HTTP_MAX_UNREAD) {
+		log_warnx("%zu bytes of output on one connection: closing it",
+		    len);
+		http_conn_close(c);
+		return;
+	}
+	if (c->unread != 0)
+		return;
+	c->unread = http_now();
+	TAILQ_INSERT_TAIL(&c->http->unread, c, unread_entry);
+	bufferevent_setwatermark(c->bev, EV_READ, 0, HTTP_UNREAD_INPUT);
+}
+
+/* An answer no longer waits on a connection: read its input freely. */
+static void
+http_unread_del(struct http *h, struct http_conn *c)
+{
+	if (c->unread == 0)
+		return;
+	TAILQ_REMOVE(&h->unread, c, unread_entry);
+	c->unread = 0;
+	bufferevent_setwatermark(c->bev, EV_READ, 0, 0);
+}
+
+/* Whether an answer has waited unread long enough to close its connection. */
+static int
+http_unread_stale(struct http *h, int64_t now)
+{
+	struct http_conn	*c = TAILQ_FIRST(&h->unread);
+
+	return (c != NULL && now - c->unread >= HTTP_UNREAD_GRACE);
+}
+
+/* Close a connection: evhttp treats this like a read error and frees it. */
+static void
+http_conn_close(struct http_conn *c)
+{
+	http_idle_del(c->http, c);
+	http_unread_del(c->http, c);
+	c->closing = 1;
+	c->deadline = 0;
+	bufferevent_trigger_event(c->bev, BEV_EVENT_READING | BEV_EVENT_ERROR,
+	    BEV_TRIG_DEFER_CALLBACKS);
 }
 
 /*
@@ -994,27 +1084,31 @@ http_request_done_cb(struct evhttp_request *req, void *arg)
 }
 
 /*
- * A connection came in over max_connections: close the one that has gone
- * longest without a request being answered on it.  Return 1 if one is
- * closing (its slot is free once evhttp has freed it, later in this loop
- * iteration), 0 if every connection has a request in hand.
+ * A connection came in over max_connections: close the one whose answer
+ * has waited unread longest, if one has waited HTTP_UNREAD_GRACE, else
+ * the one that has gone longest without a request being answered on it.
+ * Return 1 if one is closing (its slot is free once evhttp has freed it,
+ * later in this loop iteration), 0 if every connection has a request in
+ * hand that is being answered or read.
  */
 static int
 http_make_room(struct http *h)
 {
-	struct http_conn	*oldest;
+	struct http_conn	*c;
+	int64_t			 now = http_now();
 
-	if ((oldest = TAILQ_FIRST(&h->idle)) == NULL)
+	if (http_unread_stale(h, now)) {
+		c = TAILQ_FIRST(&h->unread);
+		log_debug("%zu connections open: closing one whose answer has "
+		    "waited unread for %lldms", h->nconns,
+		    (long long)(now - c->unread));
+	} else if ((c = TAILQ_FIRST(&h->idle)) != NULL)
+		log_debug("%zu connections open: closing one idle for %llds",
+		    h->nconns, (long long)(now - c->since) / 1000);
+	else
 		return (0);
-	log_debug("%zu connections open: closing one idle for %llds",
-	    h->nconns, (long long)(http_now() - oldest->since) / 1000);
 	metrics_connection_closed();
-	http_idle_del(h, oldest);
-	oldest->closing = 1;
-	oldest->deadline = 0;
-	/* evhttp treats this like a read error and frees it. */
-	bufferevent_trigger_event(oldest->bev,
-	    BEV_EVENT_READING | BEV_EVENT_ERROR, BEV_TRIG_DEFER_CALLBACKS);
+	http_conn_close(c);
 	return (1);
 }
 
@@ -1047,9 +1141,11 @@ static void
 http_conn_free(struct http *h, struct http_conn *c)
 {
 	http_idle_del(h, c);
+	http_unread_del(h, c);
 	TAILQ_REMOVE(&h->conns, c, entry);
 	h->nconns--;
 	evbuffer_remove_cb(bufferevent_get_input(c->bev), http_input_cb, c);
+	evbuffer_remove_cb(bufferevent_get_output(c->bev), http_output_cb, c);
 	http_release(c, SIZE_MAX);
 	free(c->res);
 	evbuffer_free(c->hold);
@@ -1061,13 +1157,14 @@ http_conn_free(struct http *h, struct http_conn *c)
 
 /*
  * Listen while fewer than max_connections are open, or while one of them
- * is idle and could make room for a new one (http_bev_cb closes it then).
+ * could make room for a new one (http_bev_cb closes it then): one idle,
+ * or one whose answer has waited unread.
  */
 static void
 http_listener_update(struct http *h)
 {
 	int	full = h->nconns >= (size_t)h->conf->max_connections &&
-		    TAILQ_EMPTY(&h->idle);
+		    TAILQ_EMPTY(&h->idle) && !http_unread_stale(h, http_now());
 
 	if (full && !h->listener_off) {
 		evconnlistener_disable(h->listener);
@@ -1096,7 +1193,10 @@ http_listener_error_cb(struct evconnlistener *l, void *arg)
 		http_instance->listener_off = 1;
 }
 
-/* Once a second: cut off slow requests and mind the listener. */
+/*
+ * Once a second: cut off slow requests and answers left unread, and mind
+ * the listener.
+ */
 static void
 http_tick_cb(evutil_socket_t fd, short events, void *arg)
 {
@@ -1122,10 +1222,14 @@ http_tick_cb(evutil_socket_t fd, short events, void *arg)
 			continue;
 		log_debug("request not complete within %llds: closing",
 		    h->conf->request_timeout);
-		c->deadline = 0;
-		/* evhttp treats this like a read error and frees it. */
-		bufferevent_trigger_event(c->bev,
-		    BEV_EVENT_READING | BEV_EVENT_ERROR, BEV_TRIG_DEFER_CALLBACKS);
+		http_conn_close(c);
+	}
+	/* Oldest first; http_conn_close takes it off the list. */
+	while ((c = TAILQ_FIRST(&h->unread)) != NULL &&
+	    now - c->unread >= h->conf->request_timeout * 1000) {
+		log_debug("answer not read within %llds: closing",
+		    h->conf->request_timeout);
+		http_conn_close(c);
 	}
 	http_listener_update(h);
 }

@@ -67,7 +67,8 @@ struct logstream_batch {
 	size_t			 unreadable;	/* numbers that cannot be read */
 	struct events_counts	 ignored;
 	char			 last[LOG_ID_MAX + 1];
-	int64_t			 last_date;	/* ms, latest new event */
+	char			 latest[LOG_ID_MAX + 1]; /* by date, */
+	int64_t			 last_date;	/* and its date (ms) */
 };
 
 static void	logstream_reject(struct logstream_batch *, const char *,
@@ -325,8 +326,13 @@ logstream_apply_one(struct store_txn *txn, struct logstream_batch *b,
 		b->unreadable++;
 	if (logstream_later(it->log_id, b->last))
 		snprintf(b->last, sizeof b->last, "%s", it->log_id);
-	if ((date = events_date(it->data, 0)) > b->last_date)
+	/* The latest by date (at one date, the later id), an undated none. */
+	date = events_date(it->data, 0);
+	if (date > b->last_date || (date > 0 && date == b->last_date &&
+	    logstream_later(it->log_id, b->latest))) {
 		b->last_date = date;
+		snprintf(b->latest, sizeof b->latest, "%s", it->log_id);
+	}
 	switch (outcome) {
 	case CLAIMS_APPLIED:
 		b->applied++;
@@ -365,7 +371,7 @@ logstream_txn(struct store_txn *txn, void *arg)
 
 	b->applied = b->duplicates = b->unreadable = 0;
 	memset(&b->ignored, 0, sizeof b->ignored);
-	b->last[0] = '\0';
+	b->last[0] = b->latest[0] = '\0';
 	b->last_date = 0;
 	for (i = 0; i < b->nitems && rv == STORE_OK; i++)
 		rv = logstream_apply_one(txn, b, &b->items[i]);
@@ -425,7 +431,7 @@ logstream_metrics(const struct logstream_batch *b, size_t ign)
 	d.unmatched = b->ignored.unmatched;
 	d.ambiguous = b->ignored.ambiguous;
 	d.stale = b->ignored.stale;
-	snprintf(d.last_log_id, sizeof d.last_log_id, "%s", b->last);
+	snprintf(d.last_log_id, sizeof d.last_log_id, "%s", b->latest);
 	d.last_date_ms = b->last_date;
 	/* Only a new event says that the stream is flowing. */
 	if (b->last[0] != '\0')
@@ -444,7 +450,8 @@ logstream_ingest(const char *source, const char *body, size_t len,
     int store_ok, struct logstream_result *r)
 {
 	struct logstream_batch	 b;
-	size_t			 i;
+	const char		*undated = NULL;
+	size_t			 i, nundated = 0;
 	int			 rv;
 
 	memset(r, 0, sizeof *r);
@@ -474,11 +481,12 @@ logstream_ingest(const char *source, const char *body, size_t len,
 	for (i = 0; i < b.nitems; i++) {
 		if (b.items[i].ignored)
 			events_count_ignored(events_type(b.items[i].data));
-		if (b.items[i].undated)
-			events_count_undated(b.items[i].log_id);
+		if (b.items[i].undated && nundated++ == 0)
+			undated = b.items[i].log_id;
 		if (b.items[i].unreadable != NULL)
 			logstream_count_unreadable(&b.items[i]);
 	}
+	events_count_undated(source, nundated, undated);
 	logstream_free(&b);
 	logstream_result(&b, source, r);
 	return (LOGSTREAM_OK);

@@ -154,12 +154,14 @@ metrics_log_stream(const struct metrics_events *d)
 	t->unmatched += d->unmatched;
 	t->ambiguous += d->ambiguous;
 	t->stale += d->stale;
-	if (d->last_log_id[0] != '\0' &&
-	    metrics_later(d->last_log_id, t->last_log_id))
+	/* One event's id and date: the latest by date, then the later id. */
+	if (d->last_date_ms > t->last_date_ms || (d->last_date_ms > 0 &&
+	    d->last_date_ms == t->last_date_ms &&
+	    metrics_later(d->last_log_id, t->last_log_id))) {
+		t->last_date_ms = d->last_date_ms;
 		snprintf(t->last_log_id, sizeof t->last_log_id, "%s",
 		    d->last_log_id);
-	if (d->last_date_ms > t->last_date_ms)
-		t->last_date_ms = d->last_date_ms;
+	}
 	if (d->last_received > t->last_received)
 		t->last_received = d->last_received;
 }
@@ -474,7 +476,7 @@ metrics_text_phone(struct evbuffer *buf)
 	    (unsigned long long)hits, (unsigned long long)misses);
 }
 
-/* Count an idle connection closed because max_connections were open. */
+/* Count a connection closed because max_connections were open. */
 void
 metrics_connection_closed(void)
 {
@@ -486,7 +488,7 @@ static void
 metrics_text_conns(struct evbuffer *buf)
 {
 	metrics_family(buf, "connections_closed_total", "counter",
-	    "Idle connections closed because max_connections were open.");
+	    "Connections closed because max_connections were open.");
 	evbuffer_add_printf(buf, "phoneclaimd_connections_closed_total %llu\n",
 	    (unsigned long long)metrics.conns_closed);
 }

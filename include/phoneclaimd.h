@@ -617,7 +617,7 @@ const char	*events_refusal(struct yajl_val_s *);
 int64_t		 events_date(struct yajl_val_s *, int64_t);
 int		 events_rfc3339(const char *, int64_t *);
 int64_t		 events_iso_ms(const char *, int64_t);
-void		 events_count_undated(const char *);
+void		 events_count_undated(const char *, size_t, const char *);
 uint64_t	 events_undated_total(void);
 const char	*events_unreadable(struct yajl_val_s *, const char **);
 void		 events_count_unreadable(const char *, const char *,
@@ -724,8 +724,8 @@ struct metrics_events {
 	uint64_t	 unmatched;
 	uint64_t	 ambiguous;
 	uint64_t	 stale;
-	char		 last_log_id[LOG_ID_MAX + 1];
-	int64_t		 last_date_ms;	/* the latest event's own date */
+	char		 last_log_id[LOG_ID_MAX + 1]; /* of the event */
+	int64_t		 last_date_ms;	/* with the latest date of all */
 	int64_t		 last_received;	/* when it arrived, seconds */
 };
 

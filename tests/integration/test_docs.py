@@ -13,8 +13,12 @@ The documentation matches the code (issue 4, points 6 and 7).
   phoneclaimctl(8); every /metrics series of daemon/metrics.c is in
   phoneclaimd(8).
 - Each page renders with man(1) without a warning.
+- Every row of docs/security.md's table of attacks tried names a test,
+  and every test it names exists (issue 18): its file, and its class and
+  method (Python) or its function (C).
 """
 
+import ast
 import os
 import re
 import shutil
@@ -44,6 +48,11 @@ ENTRY_RE = re.compile(
     r'offsetof\s*\(\s*struct\s+conf\s*,\s*\w+\s*\)\s*,\s*'
     r'(-?\d+)\s*,\s*(-?\d+)\s*,\s*(NULL|"[^"]*")\s*,\s*([01])\s*\}')
 ENTRY_START_RE = re.compile(r'\{\s*"([a-z_0-9]+)"\s*,\s*CONF_')
+
+
+# A test named in docs/security.md's table of attacks tried:
+# `tests/dir/file.py::Class::method` or `tests/dir/file.c::function`.
+TEST_REF_RE = re.compile(r"`(tests/[\w./-]+)::(\w+)(?:::(\w+))?`")
 
 
 def srcdir():
@@ -381,6 +390,85 @@ class PageTests(unittest.TestCase):
                 self.assertEqual(r.stderr, "")
                 self.assertIn("NAME", r.stdout)
                 self.assertGreater(len(r.stdout.splitlines()), 20)
+
+
+def attack_rows():
+    """The rows of docs/security.md's "Attacks tried" table, as lists of
+    cells (the header and the rule left out)."""
+    text = read_src("docs/security.md")
+    _, sep, section = text.partition("\n## Attacks tried\n")
+    if not sep:
+        return []
+    section = section.split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        if not line.startswith("|") or line.startswith("|---"):
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        if cells[0] != "Attack":
+            rows.append(cells)
+    return rows
+
+
+def missing_test(path, name, method):
+    """Why the test path::name[::method] does not exist, or None."""
+    full = os.path.join(srcdir(), path)
+    if not os.path.isfile(full):
+        return "no file %s" % path
+    with open(full, encoding="utf-8") as f:
+        text = f.read()
+    if path.endswith(".py"):
+        classes = {n.name: n for n in ast.parse(text).body
+                   if isinstance(n, ast.ClassDef)}
+        if name not in classes:
+            return "no class %s in %s" % (name, path)
+        if method is None:
+            return "no test method named after %s in %s" % (name, path)
+        if not any(isinstance(n, ast.FunctionDef) and n.name == method
+                   for n in classes[name].body):
+            return "no method %s.%s in %s" % (name, method, path)
+        return None
+    if method is not None:
+        return "%s::%s::%s: a C file has functions, not classes" % (
+            path, name, method)
+    if not re.search(r"(?m)^%s\(" % re.escape(name), text):
+        return "no function %s in %s" % (name, path)
+    return None
+
+
+class SecurityTableTests(unittest.TestCase):
+    """docs/security.md's table of attacks tried stays backed by tests."""
+
+    def test_every_row_names_a_test(self):
+        rows = attack_rows()
+        self.assertGreater(len(rows), 10, "no table of attacks tried")
+        for cells in rows:
+            with self.subTest(attack=cells[0]):
+                self.assertEqual(len(cells), 3, cells)
+                self.assertTrue(TEST_REF_RE.search(cells[2]),
+                                "a row that names no test: %s" % cells)
+
+    def test_every_test_named_exists(self):
+        problems = []
+        for cells in attack_rows():
+            for m in TEST_REF_RE.finditer(cells[-1]):
+                why = missing_test(*m.groups())
+                if why is not None:
+                    problems.append(why)
+        self.assertEqual(problems, [])
+
+    def test_a_missing_test_is_caught(self):
+        here = "tests/integration/test_docs.py"
+        self.assertIsNone(missing_test(here, "SecurityTableTests",
+                                       "test_a_missing_test_is_caught"))
+        self.assertIsNotNone(missing_test(here, "SecurityTableTests",
+                                          "test_gone"))
+        self.assertIsNotNone(missing_test(here, "NoSuchTests", "test_x"))
+        self.assertIsNotNone(missing_test("tests/no_such.py", "A", "b"))
+        self.assertIsNone(missing_test("tests/unit/test_frame.c",
+                                       "test_split", None))
+        self.assertIsNotNone(missing_test("tests/unit/test_frame.c",
+                                          "test_gone", None))
 
 
 if __name__ == "__main__":

@@ -4,11 +4,15 @@ clients, max_connections, max_body_size, header size and JSON depth.
 Each limit gets an answer or a closed connection, and changes nothing.
 """
 
+import fcntl
+import os
 import random
 import re
 import select
 import socket
+import struct
 import sys
+import termios
 import time
 import unittest
 
@@ -248,6 +252,157 @@ class ConnectionCapTests(LimitsCase):
             with s:
                 data = read_response(s, 5.0)
             self.assertEqual(status_of(data), 200, data)
+
+
+class UnreadAnswerCase(LimitsCase):
+    """Issue 18, point 4: clients that pipeline requests and never read
+    their answers.  request_timeout is long here, so that it is not what
+    frees a slot or stops them."""
+
+    conf = {"request_timeout": 30}
+    # A request that is cheap to send and whose answer (about 9 KiB) is
+    # not: the answers fill the socket buffers within a fraction of a
+    # second.
+    REQUEST = (b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nX-Pad: " +
+               b"a" * 4000 + b"\r\n\r\n")
+    PROBE_LIMIT = 5.0	# generous: the issue saw 8 s stalls
+
+    def rss(self):
+        with open("/proc/%d/status" % self.d.proc.pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        self.fail("no VmRSS")
+
+    def never_reader(self, data, seconds=0.3):
+        """Connect with a small receive buffer, send as much of data as
+        the daemon takes within seconds, and never read.  Return the
+        socket and the bytes sent."""
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect((self.d.host, self.d.port))
+        s.setblocking(False)
+        sent, deadline = 0, time.monotonic() + seconds
+        while sent < len(data) and time.monotonic() < deadline:
+            _, w, _ = select.select([], [s], [], 0.05)
+            if not w:
+                continue
+            try:
+                sent += s.send(data[sent:sent + 65536])
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                break
+        return s, sent
+
+    def probe(self):
+        """GET /healthz on a new connection; (seconds, raw answer)."""
+        start = time.monotonic()
+        try:
+            with connect(self.d, timeout=self.PROBE_LIMIT) as s:
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n"
+                          b"Connection: close\r\n\r\n")
+                data = read_response(s, self.PROBE_LIMIT)
+        except OSError as e:
+            data = repr(e).encode()
+        return time.monotonic() - start, data
+
+    def open_files(self):
+        """How many descriptors the daemon has open."""
+        return len(os.listdir("/proc/%d/fd" % self.d.proc.pid))
+
+
+class UnreadAnswerTimeoutTests(UnreadAnswerCase):
+    """request_timeout = 2 bounds the time an answer may wait unread.  The
+    daemon's descriptors tell when it closed the connection: the client
+    cannot see it without reading (the FIN waits behind the answers)."""
+
+    conf = {"request_timeout": REQUEST_TIMEOUT}
+
+    def test_a_client_that_never_reads_is_cut_off(self):
+        self.assertServes()
+        time.sleep(0.2)		# that connection is closed
+        before = self.open_files()
+        s, _ = self.never_reader(self.REQUEST * 2000)
+        with s:
+            start = time.monotonic()
+            self.assertGreater(self.open_files(), before)
+            while self.open_files() > before and \
+                    time.monotonic() - start < NEVER:
+                time.sleep(0.1)
+            elapsed = time.monotonic() - start
+        self.assertLess(elapsed, CLOSE_LIMIT, "a connection whose answers "
+                        "are not read was open after %.1f s" % elapsed)
+        self.assertServes()
+
+
+class UnreadAnswerCapTests(UnreadAnswerCase):
+    """With max_connections = 4 taken by clients that never read, a new
+    connection closes one of them, so /healthz is still answered (before,
+    the listener stayed off until request_timeout cut one of them)."""
+
+    conf = {"max_connections": 4, "request_timeout": 30}
+
+    def test_healthz_is_answered_past_clients_that_never_read(self):
+        socks = []
+        try:
+            for _ in range(6):
+                socks.append(self.never_reader(self.REQUEST * 2000)[0])
+            time.sleep(1.5)		# their answers fill the buffers
+            times = []
+            for _ in range(5):
+                elapsed, data = self.probe()
+                times.append(elapsed)
+                self.assertEqual(status_of(data), 200,
+                                 "after %.1f s: %r" % (elapsed, data[:200]))
+                socks.append(self.never_reader(self.REQUEST * 2000)[0])
+                time.sleep(0.3)
+            sys.stderr.write("limits: /healthz past clients that never "
+                             "read: worst %.0f ms\n" % (1000 * max(times)))
+        finally:
+            for s in socks:
+                s.close()
+        self.assertServes()
+
+
+class UnreadAnswerInputTests(UnreadAnswerCase):
+    """What a client sends while its answer waits unread is not all read
+    into the daemon's memory (a daemon of its own, so that memory freed
+    by other tests does not hide the growth).  What the daemon read is
+    what was sent less what the kernel still holds: in the client's send
+    queue and in the daemon's receive queue (/proc/net/tcp)."""
+
+    def receive_queue(self, client):
+        """Bytes the daemon's socket of this connection has not read."""
+        port = client.getsockname()[1]
+        want = ("0100007F:%04X" % self.d.port, "0100007F:%04X" % port)
+        with open("/proc/net/tcp") as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if (fields[1], fields[2]) == want:
+                    return int(fields[4].split(":")[1], 16)
+        self.fail("the daemon's side of the connection is not in "
+                  "/proc/net/tcp")
+
+    def test_pipelined_requests_behind_an_unread_answer_are_not_all_read(self):
+        self.assertServes()
+        before = self.rss()
+        s, sent = self.never_reader(self.REQUEST * 20000, seconds=2.0)
+        with s:
+            time.sleep(0.5)
+            unsent = struct.unpack("i", fcntl.ioctl(s, termios.TIOCOUTQ,
+                                                    b"\0" * 4))[0]
+            read = sent - unsent - self.receive_queue(s)
+            grown = self.rss() - before
+        sys.stderr.write("limits: a client that never reads sent %.1f MiB, "
+                         "the daemon read %.1f MiB; RSS grew %.1f MiB\n" % (
+                             sent / MIB, read / MIB, grown / MIB))
+        self.assertLess(read, 4 * MIB, "the daemon read all that a client "
+                        "that never reads sent")
+        # AddressSanitizer's allocator keeps freed memory in quarantine.
+        if not harness.sanitized():
+            self.assertLess(grown, 8 * MIB)
+        self.assertServes()
 
 
 class ConnectionHandlingTests(LimitsCase):

@@ -2279,6 +2279,93 @@ class LastLogIdTests(LogStreamCase):
         self.assertEqual(value, ids[1])
 
 
+class UndatedEventTests(LogStreamCase):
+    """Issue 18, "Also": an event whose date cannot be read is dated at
+    its arrival; each one is counted, and a request is logged once for
+    all of them (not once per event), its log id escaped and masked."""
+
+    def metric(self, name):
+        for line in self.d.request("GET", "/metrics").raw.decode() \
+                .splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        return None
+
+    def test_counted_each_and_logged_once_per_request(self):
+        phone = number()
+        spaced = "%s %s %s" % (phone[:5], phone[5:8], phone[8:])
+        forged = spaced + "\nphoneclaimd: warning: FORGED LINE"
+        items = []
+        for i, date in enumerate(("yesterday", None, "27/11/2026 10:30",
+                                  "1764239400")):
+            it = enrolled(fresh_user(), number())
+            if i == 0:
+                it["log_id"] = it["data"]["log_id"] = forged
+            if date is None:
+                del it["data"]["date"]
+            else:
+                it["data"]["date"] = date
+            items.append(it)
+        items.append(enrolled(fresh_user(), number()))	# dated
+        before = self.metric("phoneclaimd_undated_events_total")
+        since = self.d.log_size()
+        self.deliver(items, settled=5)
+        self.assertEqual(self.metric("phoneclaimd_undated_events_total"),
+                         before + 4)
+        self.assertIsNotNone(self.d.wait_for_log("no date that can be read",
+                                                 since), self.d.tail(10))
+        self.deliver([deleted(fresh_user())], settled=1)	# a later line
+        time.sleep(0.2)
+        log = self.d.log_text(since)
+        lines = [l for l in log.splitlines()
+                 if "no date that can be read" in l]
+        self.assertEqual(len(lines), 1, log)
+        self.assertIn("4 events", lines[0])
+        self.assertIn("FORGED LINE", lines[0])
+        self.assertNotRegex(log, r"(?m)^phoneclaimd: warning: FORGED")
+        self.assertEqual(leaked_numbers(log.replace(" ", ""), [phone]), [],
+                         log)
+
+
+class LastEventTests(LogStreamCase):
+    """Issue 18, "Also": status's last_event names one event, the latest
+    by its date (the later log id at the same date), with that event's
+    own log id and date; /metrics' last event date is the same one.
+    Undated events are not candidates."""
+
+    def last_event(self):
+        return self.d.ask("status")["last_event"]
+
+    def test_log_id_and_date_are_of_one_event(self):
+        late, early = at(), at(-60)
+        a = event("s", fresh_user(), date=late)
+        b = event("s", fresh_user(), date=early)	# higher log id
+        self.assertLess(a["log_id"], b["log_id"])
+        self.deliver([a, b], ignored=2)
+        want = {"log_id": a["log_id"], "date": late}
+        self.assertEqual(self.last_event(), want)
+        # An older event, and an undated one, later: last_event stays.
+        c = event("s", fresh_user(), date=at(-120))
+        u = deleted(fresh_user())
+        del u["data"]["date"]
+        self.deliver([c], ignored=1)
+        self.deliver([u], settled=1)
+        self.assertEqual(self.last_event(), want)
+        # A newer one takes its place, its own log id with it.
+        e = event("s", fresh_user(), date=at(1))
+        self.deliver([e], ignored=1)
+        self.assertEqual(self.last_event(), {"log_id": e["log_id"],
+                                             "date": e["data"]["date"]})
+        m = self.d.request("GET", "/metrics").raw.decode()
+        ts = re.search(r"(?m)^phoneclaimd_last_event_timestamp_seconds "
+                       r"(\S+)", m)
+        when = datetime.datetime.strptime(e["data"]["date"],
+                                          "%Y-%m-%dT%H:%M:%S.%fZ")
+        when = when.replace(tzinfo=datetime.timezone.utc)
+        self.assertAlmostEqual(float(ts.group(1)), when.timestamp(),
+                               places=3)
+
+
 class ItemCapTests(LogStreamCase):
     """More than 100,000 items in one request: 413, nothing applied."""
 

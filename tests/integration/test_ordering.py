@@ -127,7 +127,7 @@ class OrderingTests(LogStreamCase):
         self.assertFree(phone)
         self.assertEqual(self.metric("phoneclaimd_undated_events_total"),
                          undated + 2)
-        self.assertIn("has no date that can be read", self.d.log_text())
+        self.assertIn("no date that can be read", self.d.log_text())
 
     def test_6_offset_and_precision_are_read(self):
         """A date with an offset and six fraction digits, after the

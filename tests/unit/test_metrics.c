@@ -141,7 +141,10 @@ test_requests_by_endpoint_and_code(void **state)
 	free(t);
 }
 
-/* Totals add up; the highest log id and the latest date are kept. */
+/*
+ * Totals add up; the latest event by date is kept, its log id with its
+ * date (issue 18: never one event's id with another's date).
+ */
 static void
 test_log_stream_totals(void **state)
 {
@@ -173,13 +176,32 @@ test_log_stream_totals(void **state)
 	d.last_date_ms = 1600000000000LL;
 	d.last_received = 1700000200;
 	metrics_log_stream(&d);
+	/* A higher log id with an older date, or no date, changes nothing. */
+	d.applied = 0;
+	snprintf(d.last_log_id, sizeof d.last_log_id, "90021");
+	metrics_log_stream(&d);
+	d.last_date_ms = 0;
+	metrics_log_stream(&d);
 	e = metrics_events_totals();
+	assert_string_equal(e->last_log_id, "9002");
+	/* At the same date a lower id does not win, a higher one does. */
+	snprintf(d.last_log_id, sizeof d.last_log_id, "9001");
+	d.last_date_ms = 1700000000123LL;
+	metrics_log_stream(&d);
+	assert_string_equal(e->last_log_id, "9002");
+	snprintf(d.last_log_id, sizeof d.last_log_id, "9003");
+	metrics_log_stream(&d);
+	assert_string_equal(e->last_log_id, "9003");
+	/* A later date wins with its own id, even a lower one. */
+	snprintf(d.last_log_id, sizeof d.last_log_id, "9000");
+	d.last_date_ms = 1700000000124LL;
+	metrics_log_stream(&d);
+	assert_string_equal(e->last_log_id, "9000");
+	assert_int_equal(e->last_date_ms, 1700000000124LL);
 	assert_int_equal(e->applied, 3);
 	assert_int_equal(e->duplicates, 1);
 	assert_int_equal(e->ignored, 5);
 	assert_int_equal(e->rejected, 3);
-	assert_string_equal(e->last_log_id, "9002");
-	assert_int_equal(e->last_date_ms, 1700000000123LL);
 	assert_int_equal(e->last_received, 1700000200);
 	t = metrics_text();
 	has_line(t, "phoneclaimd_events_total{outcome=\"applied\"} 3");
@@ -188,7 +210,7 @@ test_log_stream_totals(void **state)
 	has_line(t, "phoneclaimd_events_total{outcome=\"unmatched\"} 1");
 	has_line(t, "phoneclaimd_events_total{outcome=\"rejected\"} 3");
 	has_line(t, "phoneclaimd_last_event_timestamp_seconds "
-	    "1700000000.123");
+	    "1700000000.124");
 	assert_non_null(strstr(t, "\nphoneclaimd_last_event_age_seconds "));
 	free(t);
 }
