@@ -812,20 +812,22 @@ class BigBatchTests(DaemonTestCase):
         super().setUpClass()
         cls.d = cls.new_daemon(pending_ttl=TTL)
 
-    def post_batch(self, body):
-        conn = http.client.HTTPConnection(self.d.host, self.d.port,
+    def post_batch(self, body, d=None):
+        d = d or self.d
+        conn = http.client.HTTPConnection(d.host, d.port,
                                           timeout=BATCH_TIMEOUT)
         try:
             conn.request("POST", "/v1/log-stream", body,
-                         {"Authorization": self.d.log_stream_token,
+                         {"Authorization": d.log_stream_token,
                           "Content-Type": "application/json"})
             resp = conn.getresponse()
             return resp.status, json.loads(resp.read())
         finally:
             conn.close()
 
-    def holders(self, phone):
-        return [c["user_id"] for c in self.d.ask("lookup " + phone)["claims"]]
+    def holders(self, phone, d=None):
+        return [c["user_id"] for c in
+                (d or self.d).ask("lookup " + phone)["claims"]]
 
     def test_largest_batch_leaves_the_loop_free(self):
         for attempt in range(1, TRIES + 1):
@@ -865,6 +867,62 @@ class BigBatchTests(DaemonTestCase):
         # Delivered again, it changes nothing.
         status, answer = self.post_batch(body)
         self.assertEqual((status, answer["duplicates"]), (200, count))
+
+    def assertHeld(self, enrolled, d=None):
+        for phone, user in enrolled:
+            self.assertEqual(self.holders(phone, d), [user], phone)
+
+    def test_client_that_leaves_during_the_batch(self):
+        """A client that closes its connection (or resets it) while its
+        batch is applied: the batch is applied all the same, the daemon
+        goes on, and the request queued behind it is answered."""
+        body, count, enrolled = big_batch(BATCH_BYTES)
+        for linger in (False, True):
+            with connect(self.d) as s:
+                if linger:	# close() sends a reset
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                 b"\1\0\0\0\0\0\0\0")
+                s.sendall(b"POST /v1/log-stream HTTP/1.1\r\n"
+                          b"Host: localhost\r\nAuthorization: " +
+                          self.d.log_stream_token.encode() +
+                          b"\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: %d\r\n\r\n" % len(body) +
+                          body)
+            self.assertServesClaims()
+        status, answer = self.post_batch(body)
+        self.assertEqual((status, answer["duplicates"]), (200, count))
+        self.assertHeld(enrolled[::25])
+        self.assertTrue(self.d.running())
+
+    def assertServesClaims(self):
+        phone, user = fresh_number(), fresh_user()
+        self.assertReserved(self.d.claim(phone, user, "enrollment"), TTL)
+
+    def test_batches_at_once_are_applied_in_turn(self):
+        """Three large batches sent at once, overlapping by half: each
+        event is applied once (the overlap counts as duplicates) and every
+        enrolment is held by its user alone."""
+        body, count, enrolled = big_batch(BATCH_BYTES // 2)
+        items = json.loads(body)
+        third = len(items) // 3
+        parts = [items[:2 * third], items[third:], items[:third] +
+                 items[2 * third:]]
+        answers = [None] * len(parts)
+
+        def send(i):
+            answers[i] = self.post_batch(json.dumps(parts[i]).encode())
+
+        threads = [threading.Thread(target=send, args=(i,))
+                   for i in range(len(parts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(BATCH_TIMEOUT)
+        self.assertEqual([a[0] for a in answers], [200] * 3, answers)
+        new = sum(a[1]["applied"] + a[1]["ignored"] for a in answers)
+        dups = sum(a[1]["duplicates"] for a in answers)
+        self.assertEqual((new, dups), (count, count), answers)
+        self.assertHeld(enrolled)
 
 
 class FileLimitTests(DaemonTestCase):
