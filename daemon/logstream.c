@@ -153,6 +153,8 @@ static void	logstream_slice_cb(evutil_socket_t, short, void *);
 static void	logstream_answer(struct logstream_job *, int, const char *);
 static void	logstream_job_end(struct logstream_job *);
 static void	logstream_job_free(struct logstream_job *);
+static void	logstream_free_work(void *);
+static void	logstream_free_done(void *, int);
 
 /* Count a bad item and keep it for the dead-letter file. */
 static void
@@ -470,7 +472,7 @@ logstream_count_unreadable(const struct logstream_item *it)
 		events_count_unreadable(it->log_id, user, why);
 }
 
-/* Free a batch's trees and items. */
+/* Free a batch's trees and items; again, it does nothing. */
 static void
 logstream_batch_free(struct logstream_batch *b)
 {
@@ -485,6 +487,10 @@ logstream_batch_free(struct logstream_batch *b)
 		free(b->rejects[i].text);
 	}
 	free(b->rejects);
+	b->items = NULL;
+	b->whole = NULL;
+	b->rejects = NULL;
+	b->nitems = b->itemsize = b->rejected = b->rejectsize = 0;
 }
 
 /*
@@ -814,26 +820,54 @@ logstream_answer(struct logstream_job *j, int code, const char *error)
 	http_resumed(j->h);
 }
 
-/* Done with the first request: free it, and start the next. */
+/*
+ * Done with the first request: free it, and start the next.  Freeing the
+ * tree of the largest batch takes tens of milliseconds: the worker does
+ * it.
+ */
 static void
 logstream_job_end(struct logstream_job *j)
 {
 	struct logstream_job	*next;
 
-	logstream_job_free(j);
+	TAILQ_REMOVE(&logstream_jobs, j, entry);
+	if (logstream_worker != NULL)
+		worker_submit(logstream_worker, logstream_free_work,
+		    logstream_free_done, j);
+	else
+		logstream_free_done(j, 0);
 	if ((next = TAILQ_FIRST(&logstream_jobs)) != NULL)
 		logstream_start(next);
 }
 
-/* Take a request off the queue and free it; it is answered, or dropped. */
+/* On the worker: free a request's trees and items. */
 static void
-logstream_job_free(struct logstream_job *j)
+logstream_free_work(void *arg)
 {
-	TAILQ_REMOVE(&logstream_jobs, j, entry);
+	struct logstream_job	*j = arg;
+
+	logstream_batch_free(&j->b);
+}
+
+/* Back on the loop (or cancelled, freed or not): free the rest. */
+static void
+logstream_free_done(void *arg, int cancelled)
+{
+	struct logstream_job	*j = arg;
+
+	(void)cancelled;
 	logstream_batch_free(&j->b);
 	if (j->body != NULL)
 		evbuffer_free(j->body);
 	free(j);
+}
+
+/* Take a request off the queue and free it, unanswered. */
+static void
+logstream_job_free(struct logstream_job *j)
+{
+	TAILQ_REMOVE(&logstream_jobs, j, entry);
+	logstream_free_done(j, 1);
 }
 
 /* Forget up to a batch of log ids seen more than retention seconds ago. */

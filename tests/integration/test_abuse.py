@@ -799,18 +799,8 @@ def big_batch(limit):
     return body, len(items), [(p, u) for u, p in kept.items()]
 
 
-class BigBatchTests(DaemonTestCase):
-    """One daemon with the default max_body_size (8 MiB).  The largest
-    batch is applied while the claim API and /healthz are probed: the
-    daemon parses it beside the event loop and applies it in slices,
-    going back to the loop between them, so every probe is answered
-    within PROBE_LIMIT (issue 18, point 9); the batch is answered after
-    its last slice is on disk, with every event applied once."""
-
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.d = cls.new_daemon(pending_ttl=TTL)
+class BigBatchCase(DaemonTestCase):
+    """Helpers for the largest batch (max_body_size, 8 MiB by default)."""
 
     def post_batch(self, body, d=None):
         d = d or self.d
@@ -828,6 +818,65 @@ class BigBatchTests(DaemonTestCase):
     def holders(self, phone, d=None):
         return [c["user_id"] for c in
                 (d or self.d).ask("lookup " + phone)["claims"]]
+
+    def assertHeld(self, enrolled, d=None):
+        for phone, user in enrolled:
+            self.assertEqual(self.holders(phone, d), [user], phone)
+
+    def assertServesClaims(self):
+        phone, user = fresh_number(), fresh_user()
+        self.assertReserved(self.d.claim(phone, user, "enrollment"), TTL)
+
+    def send_in_background(self, d, body):
+        """Post body from a thread.  Returns the thread and the list that
+        gets its answer: (status, body), or the error."""
+        result = []
+
+        def send():
+            try:
+                result.append(self.post_batch(body, d))
+            except (OSError, http.client.HTTPException) as e:
+                result.append(e)
+
+        t = threading.Thread(target=send, daemon=True)
+        t.start()
+        return t, result
+
+    def wait_applying(self, d, enrolled, thread):
+        """Wait until the batch's first enrolment (in its first slice) is
+        committed."""
+        deadline = time.monotonic() + BATCH_TIMEOUT
+        while not self.holders(enrolled[0][0], d):
+            self.assertTrue(thread.is_alive() and time.monotonic() <
+                            deadline, "the batch did not start")
+            time.sleep(0.002)
+
+    def assertEachOnce(self, d, body, count, enrolled):
+        """Sent again, the batch applies what was not committed, and then
+        nothing; every enrolment is held by its user alone."""
+        status, again = self.post_batch(body, d)
+        self.assertEqual(status, 200, again)
+        self.assertEqual(again["received"], count)
+        self.assertEqual(again["applied"] + again["ignored"] +
+                         again["duplicates"], count, again)
+        status, third = self.post_batch(body, d)
+        self.assertEqual((status, third["duplicates"]), (200, count))
+        self.assertHeld(enrolled, d)
+        return again["duplicates"]
+
+
+class BigBatchTests(BigBatchCase):
+    """One daemon with the default max_body_size (8 MiB).  The largest
+    batch is applied while the claim API and /healthz are probed: the
+    daemon parses it beside the event loop and applies it in slices,
+    going back to the loop between them, so every probe is answered
+    within PROBE_LIMIT (issue 18, point 9); the batch is answered after
+    its last slice is on disk, with every event applied once."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.d = cls.new_daemon(pending_ttl=TTL)
 
     def test_largest_batch_leaves_the_loop_free(self):
         for attempt in range(1, TRIES + 1):
@@ -868,10 +917,6 @@ class BigBatchTests(DaemonTestCase):
         status, answer = self.post_batch(body)
         self.assertEqual((status, answer["duplicates"]), (200, count))
 
-    def assertHeld(self, enrolled, d=None):
-        for phone, user in enrolled:
-            self.assertEqual(self.holders(phone, d), [user], phone)
-
     def test_client_that_leaves_during_the_batch(self):
         """A client that closes its connection (or resets it) while its
         batch is applied: the batch is applied all the same, the daemon
@@ -893,10 +938,6 @@ class BigBatchTests(DaemonTestCase):
         self.assertEqual((status, answer["duplicates"]), (200, count))
         self.assertHeld(enrolled[::25])
         self.assertTrue(self.d.running())
-
-    def assertServesClaims(self):
-        phone, user = fresh_number(), fresh_user()
-        self.assertReserved(self.d.claim(phone, user, "enrollment"), TTL)
 
     def test_batches_at_once_are_applied_in_turn(self):
         """Three large batches sent at once, overlapping by half: each
@@ -923,6 +964,57 @@ class BigBatchTests(DaemonTestCase):
         dups = sum(a[1]["duplicates"] for a in answers)
         self.assertEqual((new, dups), (count, count), answers)
         self.assertHeld(enrolled)
+
+
+class BigBatchFailureTests(BigBatchCase):
+    """The largest batch and a daemon that must stop half way through it:
+    its store fails, or it is told to stop.  Each test starts its own
+    daemon.  Nothing is answered 200 that is not on disk, and the batch
+    sent again applies what the slices committed before did not: each
+    event once."""
+
+    def test_store_failure_during_the_batch_is_503(self):
+        tool = os.environ.get("PANIC_ENV")
+        if not tool or not os.access(tool, os.X_OK):
+            self.skipTest("PANIC_ENV is not set")
+        d = self.own_daemon(pending_ttl=TTL)
+        body, count, enrolled = big_batch(BATCH_BYTES)
+        thread, result = self.send_in_background(d, body)
+        self.wait_applying(d, enrolled, thread)
+        # An answer waits for a log flush: the slices so far are on disk.
+        self.assertEqual(d.request("GET", "/healthz").status, 200)
+        r = subprocess.run([tool, d.state_dir], capture_output=True,
+                           text=True, timeout=30)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        thread.join(BATCH_TIMEOUT)
+        answer = result[0]
+        report("largest batch, store failed half way: %s" % (answer,))
+        if not isinstance(answer, Exception):
+            self.assertEqual(answer, (503, {"error": "unavailable"}))
+        d.expect_exit()
+        self.assertEqual(d.proc.wait(harness.STOP_TIMEOUT), 1, d.tail())
+        d.start()
+        kept = self.assertEachOnce(d, body, count, enrolled)
+        report("largest batch, store failed half way: %d of %d events "
+               "were on disk" % (kept, count))
+        self.assertGreater(kept, 0)
+        self.assertLess(kept, count)
+
+    def test_stop_during_the_batch(self):
+        """SIGTERM while the batch is applied: the daemon finishes it
+        within its grace time or drops it (the client sees the connection
+        close, and Auth0 sends it again), and exits 0."""
+        d = self.own_daemon(pending_ttl=TTL)
+        body, count, enrolled = big_batch(BATCH_BYTES)
+        thread, result = self.send_in_background(d, body)
+        self.wait_applying(d, enrolled, thread)
+        self.assertEqual(d.stop(), 0, d.tail())
+        thread.join(BATCH_TIMEOUT)
+        report("largest batch, stopped half way: %s" % (result[0],))
+        if not isinstance(result[0], Exception):
+            self.assertEqual(result[0][0], 200, result)
+        d.start()
+        self.assertEachOnce(d, body, count, enrolled)
 
 
 class FileLimitTests(DaemonTestCase):
