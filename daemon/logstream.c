@@ -2,26 +2,27 @@
  * POST /v1/log-stream: Auth0's Custom Webhook log stream.  The body is a
  * JSON array of items, JSON Lines, or one item; an item is {log_id, data}
  * or a bare event.  Items are checked first (bad ones are rejected and
- * kept, redacted, in the dead-letter file), then the whole request is
- * applied in one transaction: each log id is remembered as seen with the
- * event's effects, so a redelivery changes nothing (invariant I3).  The
- * answer waits for the log flush like every other answer.  The
- * Management API backfill (mgmt.c) applies its pages through the same
- * logstream_ingest.
+ * kept, redacted, in the dead-letter file), then applied: each log id is
+ * remembered as seen with the event's effects, in the same transaction,
+ * so a redelivery changes nothing (invariant I3).  The answer waits for
+ * the log flush like every other answer.  The Management API backfill
+ * (mgmt.c) applies its pages through logstream_ingest, in one
+ * transaction each.
  *
  * A webhook request is not handled in one go, so that the largest batch
  * allowed (max_body_size, some 36,000 events in 8 MiB) does not hold the
  * event loop for the best part of a second: the claim API and /healthz
- * must stay fast meanwhile.  Its body is parsed and checked on a worker
- * thread of its own (the API's worker parses numbers and must not wait
- * behind it), then its items are applied in slices of LOGSTREAM_SLICE, one
- * transaction each, on a zero timeout, so that the loop serves what came
- * in between two slices.  The answer is queued after the last slice (so
- * it goes out once the log is on disk, like every answer); a store
- * failure after some slices answers 503, and Auth0's redelivery finds the
- * committed events seen (duplicates) and applies the rest.  Requests are
- * applied one after another, in the order they arrived, and only the one
- * being applied is parsed: one tree in memory, as before.
+ * must stay fast meanwhile.  A body over LOGSTREAM_PARSE_HERE is parsed
+ * and checked on a worker thread of its own (the API's worker parses
+ * numbers and must not wait behind it).  The items are then applied in
+ * slices of LOGSTREAM_SLICE, one transaction each, on a zero timeout, so
+ * that the loop serves what came in between two slices.  The answer is
+ * queued after the last slice, so it goes out once all of them are on
+ * disk.  A store failure after some slices answers 503, and Auth0's
+ * redelivery finds the committed events seen (duplicates) and applies the
+ * rest; the cursor of the backfill moves with the last slice only.
+ * Requests are applied one after another, in the order they arrived, and
+ * only the one being applied is parsed: one tree in memory, as before.
  */
 #include "config.h"
 
@@ -56,6 +57,11 @@
  * returns to the event loop: a few milliseconds of work.
  */
 #define LOGSTREAM_SLICE		256
+/*
+ * Bodies up to this size are parsed on the loop (a few milliseconds):
+ * with batches in sequence, the loop would only wait for the worker.
+ */
+#define LOGSTREAM_PARSE_HERE	(1024 * 1024)
 
 struct logstream_item {
 	yajl_val	 root;		/* tree to free, or NULL if shared */
@@ -78,7 +84,7 @@ struct logstream_reject {
 struct logstream_counts {
 	size_t			 applied;
 	size_t			 duplicates;
-	size_t			 unreadable;	/* numbers that cannot be read */
+	size_t			 unreadable;	/* numbers it cannot read */
 	struct events_counts	 ignored;
 	char			 last[LOG_ID_MAX + 1];
 	int64_t			 last_date;	/* ms, latest new event */
@@ -703,11 +709,14 @@ logstream_http_cb(struct evhttp_request *req, void *arg)
 		logstream_start(j);
 }
 
-/* Parse the first request, on the worker (else in the next slice). */
+/*
+ * Parse the first request: a large one on the worker, else in the next
+ * slice.
+ */
 static void
 logstream_start(struct logstream_job *j)
 {
-	if (logstream_worker != NULL)
+	if (logstream_worker != NULL && j->len > LOGSTREAM_PARSE_HERE)
 		worker_submit(logstream_worker, logstream_parse_work,
 		    logstream_parse_done, j);
 	else
@@ -778,7 +787,7 @@ logstream_slice_cb(evutil_socket_t fd, short events, void *arg)
 	if (j == NULL)
 		return;
 	if (j->body != NULL) {
-		/* No worker: parse here, and apply from the next call. */
+		/* Parse here, and apply from the next call. */
 		logstream_parse_work(j);
 		logstream_parse_done(j, 0);
 		return;
