@@ -24,7 +24,7 @@ BigBatchTests (issue 18, point 9) sends the largest batch that the
 log-stream token may send (max_body_size, 8 MiB: some 36,000 small
 events) while /healthz and POST /v1/claims are probed, each from a
 process of its own; the worst probe of each is printed, and must stay
-within PROBE_LIMIT too.
+within BATCH_PROBE_LIMIT (TRIES runs, as above).
 """
 
 import http.client
@@ -63,6 +63,11 @@ IDLE = 2000		# idle connections
 TTL = 600
 BATCH_BYTES = 8 * 1024 * 1024	# max_body_size, the default
 BATCH_TIMEOUT = 60.0	# seconds the largest batch may take to answer
+# The worst probe while the largest batch is applied.  The aim is 100 ms;
+# on this 2-core machine, shared, the worst probes were 17-82 ms (38-62 ms
+# with AddressSanitizer), and 510-700 ms (5 s and more) when the batch
+# held the loop: a bound between them that a busy machine does not reach.
+BATCH_PROBE_LIMIT = 1.0 if harness.sanitized() else 0.250
 WORST = {}		# attack -> summary of its probes
 
 
@@ -870,8 +875,8 @@ class BigBatchTests(BigBatchCase):
     batch is applied while the claim API and /healthz are probed: the
     daemon parses it beside the event loop and applies it in slices,
     going back to the loop between them, so every probe is answered
-    within PROBE_LIMIT (issue 18, point 9); the batch is answered after
-    its last slice is on disk, with every event applied once."""
+    within BATCH_PROBE_LIMIT (issue 18, point 9); the batch is answered
+    after its last slice is on disk, with every event applied once."""
 
     @classmethod
     def setUpClass(cls):
@@ -907,7 +912,7 @@ class BigBatchTests(BigBatchCase):
                 self.assertEqual(self.holders(phone), [user])
             for phone in numbers[:len(claims.times)][::10]:
                 self.assertEqual(len(self.holders(phone)), 1, phone)
-            if worst <= PROBE_LIMIT:
+            if worst <= BATCH_PROBE_LIMIT:
                 break
         else:
             self.fail("a probe took %.0f ms while the largest batch was "
