@@ -64,7 +64,7 @@ TTL = 600
 BATCH_BYTES = 8 * 1024 * 1024	# max_body_size, the default
 BATCH_TIMEOUT = 60.0	# seconds the largest batch may take to answer
 # The worst probe while the largest batch is applied.  The aim is 100 ms;
-# on this 2-core machine, shared, the worst probes were 17-82 ms (38-62 ms
+# on this 2-core machine, shared, the worst probes were 24-82 ms (38-62 ms
 # with AddressSanitizer), and 510-700 ms (5 s and more) when the batch
 # held the loop: a bound between them that a busy machine does not reach.
 BATCH_PROBE_LIMIT = 1.0 if harness.sanitized() else 0.250
