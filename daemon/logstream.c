@@ -742,9 +742,9 @@ logstream_parse_work(void *arg)
 static void
 logstream_parse_done(void *arg, int cancelled)
 {
-	struct logstream_job		*j = arg;
-	const char			*body = "";
-	int				 rv;
+	struct logstream_job	*j = arg;
+	const char		*body = "";
+	int			 rv;
 
 	if (cancelled) {
 		logstream_job_free(j);
@@ -776,10 +776,10 @@ logstream_parse_done(void *arg, int cancelled)
 static void
 logstream_slice_cb(evutil_socket_t fd, short events, void *arg)
 {
-	struct logstream_job		*j = TAILQ_FIRST(&logstream_jobs);
-	struct logstream_batch		*b;
-	struct logstream_result		 r;
-	char				 answer[256];
+	struct logstream_job	*j = TAILQ_FIRST(&logstream_jobs);
+	struct logstream_batch	*b;
+	struct logstream_result	 r;
+	char			 answer[256];
 
 	(void)fd;
 	(void)events;
