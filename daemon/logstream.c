@@ -2,14 +2,32 @@
  * POST /v1/log-stream: Auth0's Custom Webhook log stream.  The body is a
  * JSON array of items, JSON Lines, or one item; an item is {log_id, data}
  * or a bare event.  Items are checked first (bad ones are rejected and
- * kept, redacted, in the dead-letter file), then the whole request is
- * applied in one transaction: each log id is remembered as seen with the
- * event's effects, so a redelivery changes nothing (invariant I3).  The
- * answer waits for the log flush like every other answer.  The
- * Management API backfill (mgmt.c) applies its pages through the same
- * logstream_ingest.
+ * kept, redacted, in the dead-letter file), then applied: each log id is
+ * remembered as seen with the event's effects, in the same transaction,
+ * so a redelivery changes nothing (invariant I3).  The answer waits for
+ * the log flush like every other answer.  The Management API backfill
+ * (mgmt.c) applies its pages through logstream_ingest, in one
+ * transaction each.
+ *
+ * A webhook request is not handled in one go, so that the largest batch
+ * allowed (max_body_size, some 36,000 events in 8 MiB) does not hold the
+ * event loop for the best part of a second: the claim API and /healthz
+ * must stay fast meanwhile.  A body over LOGSTREAM_PARSE_HERE is parsed
+ * and checked on a worker thread of its own (the API's worker parses
+ * numbers and must not wait behind it).  The items are then applied in
+ * slices of LOGSTREAM_SLICE, one transaction each, on a zero timeout, so
+ * that the loop serves what came in between two slices.  The answer is
+ * queued after the last slice, so it goes out once all of them are on
+ * disk.  A store failure after some slices answers 503, and Auth0's
+ * redelivery finds the committed events seen (duplicates) and applies the
+ * rest; the cursor of the backfill moves with the last slice only.
+ * Requests are applied one after another, in the order they arrived, and
+ * only the one being applied is parsed: one tree in memory, as before.
  */
 #include "config.h"
+
+#include <sys/types.h>
+#include <sys/queue.h>
 
 #include <ctype.h>
 #include <stdio.h>
@@ -18,6 +36,7 @@
 #include <time.h>
 
 #include <event2/buffer.h>
+#include <event2/event.h>
 #include <event2/http.h>
 #include <yajl/yajl_tree.h>
 
@@ -33,6 +52,16 @@
  */
 #define LOGSTREAM_MAX_ITEMS	100000
 #define LOGSTREAM_META_LAST	"last_log_id"
+/*
+ * Items of a webhook request applied in one transaction, between two
+ * returns to the event loop: a few milliseconds of work.
+ */
+#define LOGSTREAM_SLICE		256
+/*
+ * Bodies up to this size are parsed on the loop (a few milliseconds):
+ * with batches in sequence, the loop would only wait for the worker.
+ */
+#define LOGSTREAM_PARSE_HERE	(1024 * 1024)
 
 struct logstream_item {
 	yajl_val	 root;		/* tree to free, or NULL if shared */
@@ -51,6 +80,19 @@ struct logstream_reject {
 	size_t		 len;
 };
 
+/* What applying some of a request's items did. */
+struct logstream_counts {
+	size_t			 applied;
+	size_t			 duplicates;
+	size_t			 unreadable;	/* numbers it cannot read */
+	struct events_counts	 ignored;
+	char			 last[LOG_ID_MAX + 1];	/* highest log id */
+	char			 latest[LOG_ID_MAX + 1]; /* by date, */
+	int64_t			 last_date;	/* and its date (ms) */
+	size_t			 undated;	/* events without a date */
+	char			 undated_first[LOG_ID_MAX + 1];
+};
+
 struct logstream_batch {
 	yajl_val		 whole;	/* tree of a whole-body parse */
 	struct logstream_reject	*rejects;
@@ -62,14 +104,29 @@ struct logstream_batch {
 	size_t			 rejected;
 	int64_t			 now;
 	int64_t			 now_ms;
-	size_t			 applied;
-	size_t			 duplicates;
-	size_t			 unreadable;	/* numbers that cannot be read */
-	struct events_counts	 ignored;
-	char			 last[LOG_ID_MAX + 1];
-	char			 latest[LOG_ID_MAX + 1]; /* by date, */
-	int64_t			 last_date;	/* and its date (ms) */
+	size_t			 from;		/* the items of the */
+	size_t			 to;		/* transaction, to excluded */
+	struct logstream_counts	 c;	/* by the transaction */
+	struct logstream_counts	 done;	/* by those committed */
 };
+
+/* A webhook request: parsed on the worker, then applied in slices. */
+struct logstream_job {
+	struct http		*h;
+	struct http_ctx		 ctx;
+	struct evbuffer		*body;
+	size_t			 len;
+	int			 parsed;	/* logstream_parse's answer */
+	struct logstream_batch	 b;
+	TAILQ_ENTRY(logstream_job) entry;
+};
+TAILQ_HEAD(logstream_jobs, logstream_job);
+
+static struct worker		*logstream_worker;	/* NULL: none */
+static struct event		*logstream_ev;		/* the next slice */
+static const struct timeval	 logstream_now = { 0, 0 };
+static struct logstream_jobs	 logstream_jobs =	/* in arrival order */
+    TAILQ_HEAD_INITIALIZER(logstream_jobs);
 
 static void	logstream_reject(struct logstream_batch *, const char *,
 		    const char *, const char *, size_t);
@@ -82,16 +139,34 @@ static int	logstream_parse_lines(struct logstream_batch *, const char *,
 		    size_t);
 static const char *logstream_log_id(yajl_val, yajl_val);
 static int	logstream_later(const char *, const char *);
+static int	logstream_check(const struct logstream_batch *, int,
+		    const char *, const char *, size_t);
 static int	logstream_txn(struct store_txn *, void *);
+static const char *logstream_cursor(const struct logstream_batch *);
+static void	logstream_committed(struct logstream_batch *);
 static int	logstream_apply_one(struct store_txn *,
 		    struct logstream_batch *, struct logstream_item *);
 static int	logstream_prune_txn(struct store_txn *, void *);
 static int	logstream_last_txn(struct store_txn *, void *);
-static void	logstream_free(struct logstream_batch *);
+static void	logstream_batch_free(struct logstream_batch *);
+static void	logstream_finish(struct logstream_batch *, const char *,
+		    struct logstream_result *);
 static void	logstream_count_unreadable(const struct logstream_item *);
-static void	logstream_metrics(const struct logstream_batch *, size_t);
+static void	logstream_metrics(const struct logstream_batch *,
+		    const char *, int);
+static void	logstream_latest(struct logstream_counts *, const char *,
+		    int64_t);
 static void	logstream_result(const struct logstream_batch *, const char *,
 		    struct logstream_result *);
+static void	logstream_start(struct logstream_job *);
+static void	logstream_parse_work(void *);
+static void	logstream_parse_done(void *, int);
+static void	logstream_slice_cb(evutil_socket_t, short, void *);
+static void	logstream_answer(struct logstream_job *, int, const char *);
+static void	logstream_job_end(struct logstream_job *);
+static void	logstream_job_free(struct logstream_job *);
+static void	logstream_free_work(void *);
+static void	logstream_free_done(void *, int);
 
 /* Count a bad item and keep it for the dead-letter file. */
 static void
@@ -312,7 +387,7 @@ logstream_apply_one(struct store_txn *txn, struct logstream_batch *b,
 	it->ignored = it->undated = 0;
 	it->unreadable = NULL;
 	if (rv == STORE_EXISTS) {
-		b->duplicates++;
+		b->c.duplicates++;
 		return (STORE_OK);
 	}
 	if (rv != STORE_OK)
@@ -323,31 +398,27 @@ logstream_apply_one(struct store_txn *txn, struct logstream_batch *b,
 	it->undated = events_date(it->data, INT64_MIN) == INT64_MIN;
 	it->unreadable = events_unreadable(it->data, &user);
 	if (it->unreadable != NULL)
-		b->unreadable++;
-	if (logstream_later(it->log_id, b->last))
-		snprintf(b->last, sizeof b->last, "%s", it->log_id);
+		b->c.unreadable++;
+	if (logstream_later(it->log_id, b->c.last))
+		snprintf(b->c.last, sizeof b->c.last, "%s", it->log_id);
 	/* The latest by date (at one date, the later id), an undated none. */
 	date = events_date(it->data, 0);
-	if (date > b->last_date || (date > 0 && date == b->last_date &&
-	    logstream_later(it->log_id, b->latest))) {
-		b->last_date = date;
-		snprintf(b->latest, sizeof b->latest, "%s", it->log_id);
-	}
+	logstream_latest(&b->c, it->log_id, date);
 	switch (outcome) {
 	case CLAIMS_APPLIED:
-		b->applied++;
+		b->c.applied++;
 		break;
 	case CLAIMS_UNMATCHED:
-		b->ignored.unmatched++;
+		b->c.ignored.unmatched++;
 		break;
 	case CLAIMS_AMBIGUOUS:
-		b->ignored.ambiguous++;
+		b->c.ignored.ambiguous++;
 		break;
 	case CLAIMS_STALE:
-		b->ignored.stale++;
+		b->c.ignored.stale++;
 		break;
 	default:
-		b->ignored.ignored++;
+		b->c.ignored.ignored++;
 		it->ignored = 1;
 		it->undated = 0;	/* nothing it could change */
 		break;
@@ -356,31 +427,45 @@ logstream_apply_one(struct store_txn *txn, struct logstream_batch *b,
 }
 
 /*
- * The whole request in one transaction (run again on deadlock).  The
- * highest log id applied or rejected is where a backfill resumes: a
- * rejected event is not fetched, rejected and dead-lettered again.
+ * The highest log id of the request, applied or rejected: where a backfill
+ * resumes, so that a rejected event is not fetched, rejected and
+ * dead-lettered again.  "" if none.
  */
-static int
-logstream_txn(struct store_txn *txn, void *arg)
+static const char *
+logstream_cursor(const struct logstream_batch *b)
 {
-	struct logstream_batch	*b = arg;
-	const char		*cursor = b->last;
-	char			*stored = NULL;
-	size_t			 i;
-	int			 rv = STORE_OK;
+	const char	*cursor = b->c.last;
+	size_t		 i;
 
-	b->applied = b->duplicates = b->unreadable = 0;
-	memset(&b->ignored, 0, sizeof b->ignored);
-	b->last[0] = b->latest[0] = '\0';
-	b->last_date = 0;
-	for (i = 0; i < b->nitems && rv == STORE_OK; i++)
-		rv = logstream_apply_one(txn, b, &b->items[i]);
+	if (logstream_later(b->done.last, cursor))
+		cursor = b->done.last;
 	for (i = 0; i < b->rejected; i++) {
 		if (b->rejects[i].log_id != NULL &&
 		    logstream_later(b->rejects[i].log_id, cursor))
 			cursor = b->rejects[i].log_id;
 	}
-	if (rv != STORE_OK || cursor[0] == '\0')
+	return (cursor);
+}
+
+/*
+ * Items from to to in one transaction (run again on deadlock); the last
+ * one moves the cursor, so that a request that fails half way leaves it
+ * where it was.
+ */
+static int
+logstream_txn(struct store_txn *txn, void *arg)
+{
+	struct logstream_batch	*b = arg;
+	const char		*cursor;
+	char			*stored = NULL;
+	size_t			 i;
+	int			 rv = STORE_OK;
+
+	memset(&b->c, 0, sizeof b->c);
+	for (i = b->from; i < b->to && rv == STORE_OK; i++)
+		rv = logstream_apply_one(txn, b, &b->items[i]);
+	if (rv != STORE_OK || b->to < b->nitems ||
+	    (cursor = logstream_cursor(b))[0] == '\0')
 		return (rv);
 	rv = store_meta_get(txn, LOGSTREAM_META_LAST, &stored);
 	if (rv == STORE_NOTFOUND || (rv == STORE_OK &&
@@ -400,9 +485,9 @@ logstream_count_unreadable(const struct logstream_item *it)
 		events_count_unreadable(it->log_id, user, why);
 }
 
-/* Free a batch's trees and items. */
+/* Free a batch's trees and items; again, it does nothing. */
 static void
-logstream_free(struct logstream_batch *b)
+logstream_batch_free(struct logstream_batch *b)
 {
 	size_t	i;
 
@@ -415,28 +500,113 @@ logstream_free(struct logstream_batch *b)
 		free(b->rejects[i].text);
 	}
 	free(b->rejects);
+	b->items = NULL;
+	b->whole = NULL;
+	b->rejects = NULL;
+	b->nitems = b->itemsize = b->rejected = b->rejectsize = 0;
 }
 
-/* Add a committed request's counts and latest event to the metrics. */
+/*
+ * Keep in c the latest event by date (at one date, the later log id): the
+ * pair status shows as last_event.  An undated event (date 0) is none.
+ */
 static void
-logstream_metrics(const struct logstream_batch *b, size_t ign)
+logstream_latest(struct logstream_counts *c, const char *log_id,
+    int64_t date)
 {
-	struct metrics_events	d;
+	if (date > c->last_date || (date > 0 && date == c->last_date &&
+	    logstream_later(log_id, c->latest))) {
+		c->last_date = date;
+		snprintf(c->latest, sizeof c->latest, "%s", log_id);
+	}
+}
+
+/*
+ * Count the items of a committed transaction, and add its counts to the
+ * request's: counted only now, since a transaction run again must not
+ * count twice.
+ */
+static void
+logstream_committed(struct logstream_batch *b)
+{
+	struct logstream_counts	*d = &b->done, *c = &b->c;
+	size_t			 i;
+
+	for (i = b->from; i < b->to; i++) {
+		if (b->items[i].ignored)
+			events_count_ignored(events_type(b->items[i].data));
+		if (b->items[i].undated && d->undated++ == 0)
+			snprintf(d->undated_first, sizeof d->undated_first,
+			    "%s", b->items[i].log_id);
+		if (b->items[i].unreadable != NULL)
+			logstream_count_unreadable(&b->items[i]);
+	}
+	d->applied += c->applied;
+	d->duplicates += c->duplicates;
+	d->unreadable += c->unreadable;
+	d->ignored.ignored += c->ignored.ignored;
+	d->ignored.unmatched += c->ignored.unmatched;
+	d->ignored.ambiguous += c->ignored.ambiguous;
+	d->ignored.stale += c->ignored.stale;
+	if (logstream_later(c->last, d->last))
+		snprintf(d->last, sizeof d->last, "%s", c->last);
+	logstream_latest(d, c->latest, c->last_date);
+	memset(c, 0, sizeof *c);
+}
+
+/*
+ * Add the committed items' counts and latest event to the metrics, with
+ * the rejected ones if the request was answered 200 (rejected 1).
+ */
+static void
+logstream_metrics(const struct logstream_batch *b, const char *source,
+    int rejected)
+{
+	const struct logstream_counts	*c = &b->done;
+	struct metrics_events		 d;
 
 	memset(&d, 0, sizeof d);
-	d.applied = b->applied;
-	d.duplicates = b->duplicates;
-	d.ignored = ign;
-	d.rejected = b->rejected;
-	d.unmatched = b->ignored.unmatched;
-	d.ambiguous = b->ignored.ambiguous;
-	d.stale = b->ignored.stale;
-	snprintf(d.last_log_id, sizeof d.last_log_id, "%s", b->latest);
-	d.last_date_ms = b->last_date;
+	d.applied = c->applied;
+	d.duplicates = c->duplicates;
+	d.ignored = c->ignored.ignored + c->ignored.unmatched +
+	    c->ignored.ambiguous + c->ignored.stale;
+	d.rejected = rejected ? b->rejected : 0;
+	d.unmatched = c->ignored.unmatched;
+	d.ambiguous = c->ignored.ambiguous;
+	d.stale = c->ignored.stale;
+	snprintf(d.last_log_id, sizeof d.last_log_id, "%s", c->latest);
+	d.last_date_ms = c->last_date;
+	events_count_undated(source, c->undated, c->undated_first);
 	/* Only a new event says that the stream is flowing. */
-	if (b->last[0] != '\0')
+	if (c->last[0] != '\0')
 		d.last_received = b->now;
 	metrics_log_stream(&d);
+	/* Doubts were queued for verification in the transactions. */
+	if (c->ignored.unmatched + c->ignored.ambiguous > 0)
+		mgmt_wake();
+}
+
+/*
+ * Refuse a body that logstream_parse (its answer rv) found to be no batch:
+ * logged, and kept in the dead-letter file if it is not JSON at all.
+ * Returns LOGSTREAM_OK, _NOT_JSON or _TOO_MANY.
+ */
+static int
+logstream_check(const struct logstream_batch *b, int rv, const char *source,
+    const char *body, size_t len)
+{
+	if (rv == -2 || b->received > LOGSTREAM_MAX_ITEMS) {
+		log_warnx("%s: more than %d items in one request: refused",
+		    source, LOGSTREAM_MAX_ITEMS);
+		return (LOGSTREAM_TOO_MANY);
+	}
+	if (rv != 0) {
+		log_warnx("%s: body is not JSON (%zu bytes): kept in the "
+		    "dead-letter file", source, len);
+		deadletter_add("body is not JSON", NULL, body, len);
+		return (LOGSTREAM_NOT_JSON);
+	}
+	return (LOGSTREAM_OK);
 }
 
 /*
@@ -450,46 +620,34 @@ logstream_ingest(const char *source, const char *body, size_t len,
     int store_ok, struct logstream_result *r)
 {
 	struct logstream_batch	 b;
-	const char		*undated = NULL;
-	size_t			 i, nundated = 0;
 	int			 rv;
 
 	memset(r, 0, sizeof *r);
 	memset(&b, 0, sizeof b);
 	b.now_ms = claims_clock_ms();
 	b.now = b.now_ms / 1000;
-	rv = logstream_parse(&b, body, len);
-	if (rv == -2 || b.received > LOGSTREAM_MAX_ITEMS) {
-		logstream_free(&b);
-		log_warnx("%s: more than %d items in one request: refused",
-		    source, LOGSTREAM_MAX_ITEMS);
-		return (LOGSTREAM_TOO_MANY);
+	rv = logstream_check(&b, logstream_parse(&b, body, len), source, body,
+	    len);
+	if (rv == LOGSTREAM_OK) {
+		b.to = b.nitems;
+		if (!store_ok || claims_run(logstream_txn, &b) != STORE_OK)
+			rv = LOGSTREAM_UNAVAILABLE;
 	}
-	if (rv != 0) {
-		logstream_free(&b);
-		log_warnx("%s: body is not JSON (%zu bytes): kept in the "
-		    "dead-letter file", source, len);
-		deadletter_add("body is not JSON", NULL, body, len);
-		return (LOGSTREAM_NOT_JSON);
+	if (rv == LOGSTREAM_OK) {
+		logstream_committed(&b);
+		logstream_finish(&b, source, r);
 	}
-	if (!store_ok || claims_run(logstream_txn, &b) != STORE_OK) {
-		logstream_free(&b);
-		return (LOGSTREAM_UNAVAILABLE);
-	}
-	logstream_dead_letter(&b);
-	/* Counted only now: a transaction run again must not count twice. */
-	for (i = 0; i < b.nitems; i++) {
-		if (b.items[i].ignored)
-			events_count_ignored(events_type(b.items[i].data));
-		if (b.items[i].undated && nundated++ == 0)
-			undated = b.items[i].log_id;
-		if (b.items[i].unreadable != NULL)
-			logstream_count_unreadable(&b.items[i]);
-	}
-	events_count_undated(source, nundated, undated);
-	logstream_free(&b);
-	logstream_result(&b, source, r);
-	return (LOGSTREAM_OK);
+	logstream_batch_free(&b);
+	return (rv);
+}
+
+/* The request is committed: the dead-letter file, the result and the log. */
+static void
+logstream_finish(struct logstream_batch *b, const char *source,
+    struct logstream_result *r)
+{
+	logstream_dead_letter(b);
+	logstream_result(b, source, r);
 }
 
 /* Fill the result of a committed batch, count it and log it. */
@@ -497,57 +655,252 @@ static void
 logstream_result(const struct logstream_batch *b, const char *source,
     struct logstream_result *r)
 {
+	const struct logstream_counts	*c = &b->done;
+
 	r->received = b->received;
-	r->applied = b->applied;
-	r->duplicates = b->duplicates;
-	r->ignored = b->ignored.ignored + b->ignored.unmatched +
-	    b->ignored.ambiguous + b->ignored.stale;
+	r->applied = c->applied;
+	r->duplicates = c->duplicates;
+	r->ignored = c->ignored.ignored + c->ignored.unmatched +
+	    c->ignored.ambiguous + c->ignored.stale;
 	r->rejected = b->rejected;
-	snprintf(r->last, sizeof r->last, "%s", b->last);
-	logstream_metrics(b, r->ignored);
-	/* Doubts were queued for verification in the transaction. */
-	if (b->ignored.unmatched + b->ignored.ambiguous > 0)
-		mgmt_wake();
+	snprintf(r->last, sizeof r->last, "%s", c->last);
+	logstream_metrics(b, source, 1);
 	log_info("%s: %zu received, %zu applied, %zu duplicate, "
 	    "%zu ignored (%zu unmatched, %zu ambiguous, %zu older than a "
 	    "release), %zu rejected; %zu with an unreadable number", source,
-	    b->received, b->applied, b->duplicates, r->ignored,
-	    b->ignored.unmatched, b->ignored.ambiguous, b->ignored.stale,
-	    b->rejected, b->unreadable);
+	    b->received, c->applied, c->duplicates, r->ignored,
+	    c->ignored.unmatched, c->ignored.ambiguous, c->ignored.stale,
+	    b->rejected, c->unreadable);
 }
 
-/* POST /v1/log-stream. */
+/* Start the module: the worker thread for the webhook's bodies. */
+void
+logstream_init(struct event_base *base)
+{
+	char	*cause;
+
+	if ((logstream_ev = evtimer_new(base, logstream_slice_cb, NULL)) ==
+	    NULL)
+		fatalx("evtimer_new");
+	if ((logstream_worker = worker_start(base, &cause)) == NULL) {
+		log_warnx("%s; parsing log-stream batches on the event loop",
+		    cause);
+		free(cause);
+	}
+}
+
+/*
+ * Stop: the requests not answered yet are dropped (evhttp_free frees
+ * them, after this), the worker first, since it may be reading a body.
+ */
+void
+logstream_free(void)
+{
+	struct logstream_job	*j;
+
+	worker_stop(logstream_worker);
+	logstream_worker = NULL;
+	while ((j = TAILQ_FIRST(&logstream_jobs)) != NULL)
+		logstream_job_free(j);
+	if (logstream_ev != NULL)
+		event_free(logstream_ev);
+	logstream_ev = NULL;
+}
+
+/* POST /v1/log-stream: queue the request, and start it if it is first. */
 void
 logstream_http_cb(struct evhttp_request *req, void *arg)
 {
 	struct http		*h = arg;
-	struct evbuffer		*buf = evhttp_request_get_input_buffer(req);
-	struct logstream_result	 r;
-	const char		*body;
-	size_t			 len = evbuffer_get_length(buf);
-	char			 answer[256];
+	struct logstream_job	*j;
 
 	if (!http_authorised(h, req, HTTP_TOKEN_LOG_STREAM)) {
 		http_error(h, req, 401, "unauthorized");
 		return;
 	}
-	body = len > 0 ? (const char *)evbuffer_pullup(buf, -1) : "";
-	switch (logstream_ingest("log stream", body, len, http_store_ok(h),
-	    &r)) {
-	case LOGSTREAM_TOO_MANY:
-		http_error(h, req, 413, "body_too_large");
-		return;
-	case LOGSTREAM_NOT_JSON:
-		http_error(h, req, 400, "invalid_json");
-		return;
-	case LOGSTREAM_UNAVAILABLE:
-		http_error(h, req, 503, "unavailable");
+	j = xcalloc(1, sizeof *j);
+	j->h = h;
+	if ((j->body = evbuffer_new()) == NULL)
+		fatalx("evbuffer_new");
+	/* The chains move, no byte is copied; the worker may read them. */
+	evbuffer_add_buffer(j->body, evhttp_request_get_input_buffer(req));
+	j->len = evbuffer_get_length(j->body);
+	j->b.now_ms = claims_clock_ms();
+	j->b.now = j->b.now_ms / 1000;
+	http_suspend(h, req, &j->ctx);
+	TAILQ_INSERT_TAIL(&logstream_jobs, j, entry);
+	if (TAILQ_FIRST(&logstream_jobs) == j)
+		logstream_start(j);
+}
+
+/*
+ * Parse the first request: a large one on the worker, else in the next
+ * slice.
+ */
+static void
+logstream_start(struct logstream_job *j)
+{
+	if (logstream_worker != NULL && j->len > LOGSTREAM_PARSE_HERE)
+		worker_submit(logstream_worker, logstream_parse_work,
+		    logstream_parse_done, j);
+	else
+		evtimer_add(logstream_ev, &logstream_now);
+}
+
+/* On the worker: the body into items.  Nothing of the loop's. */
+static void
+logstream_parse_work(void *arg)
+{
+	struct logstream_job	*j = arg;
+	const char		*body = "";
+
+	if (j->len > 0)
+		body = (const char *)evbuffer_pullup(j->body, -1);
+	j->parsed = logstream_parse(&j->b, body, j->len);
+}
+
+/*
+ * Back on the loop with the items: refuse the request, or apply it slice
+ * by slice.  Cancelled (the daemon stops): drop it, unanswered.
+ */
+static void
+logstream_parse_done(void *arg, int cancelled)
+{
+	struct logstream_job	*j = arg;
+	const char		*body = "";
+	int			 rv;
+
+	if (cancelled) {
+		logstream_job_free(j);
 		return;
 	}
+	if (j->len > 0)
+		body = (const char *)evbuffer_pullup(j->body, -1);
+	rv = logstream_check(&j->b, j->parsed, "log stream", body, j->len);
+	evbuffer_free(j->body);
+	j->body = NULL;
+	if (rv == LOGSTREAM_TOO_MANY)
+		logstream_answer(j, 413, "body_too_large");
+	else if (rv == LOGSTREAM_NOT_JSON)
+		logstream_answer(j, 400, "invalid_json");
+	else if (!http_store_ok(j->h))
+		logstream_answer(j, 503, "unavailable");
+	else {
+		evtimer_add(logstream_ev, &logstream_now);
+		return;
+	}
+	logstream_job_end(j);
+}
+
+/*
+ * Apply the next slice of the first request, one transaction; then come
+ * back on a zero timeout, after the loop has looked at its sockets.  The
+ * last slice answers: 200 once the log is on disk, like every answer.
+ */
+static void
+logstream_slice_cb(evutil_socket_t fd, short events, void *arg)
+{
+	struct logstream_job	*j = TAILQ_FIRST(&logstream_jobs);
+	struct logstream_batch	*b;
+	struct logstream_result	 r;
+	char			 answer[256];
+
+	(void)fd;
+	(void)events;
+	(void)arg;
+	if (j == NULL)
+		return;
+	if (j->body != NULL) {
+		/* Parse here, and apply from the next call. */
+		logstream_parse_work(j);
+		logstream_parse_done(j, 0);
+		return;
+	}
+	b = &j->b;
+	b->from = b->to;
+	b->to = b->nitems - b->from > LOGSTREAM_SLICE ?
+	    b->from + LOGSTREAM_SLICE : b->nitems;
+	if (!http_store_ok(j->h) || claims_run(logstream_txn, b) != STORE_OK) {
+		if (b->from > 0)
+			log_warnx("log stream: the store failed after %zu of "
+			    "%zu items: answering 503", b->from, b->nitems);
+		logstream_metrics(b, "log stream", 0);
+		logstream_answer(j, 503, "unavailable");
+		logstream_job_end(j);
+		return;
+	}
+	logstream_committed(b);
+	if (b->to < b->nitems) {
+		evtimer_add(logstream_ev, &logstream_now);
+		return;
+	}
+	logstream_finish(b, "log stream", &r);
 	snprintf(answer, sizeof answer, "{\"received\":%zu,\"applied\":%zu,"
 	    "\"duplicates\":%zu,\"ignored\":%zu,\"rejected\":%zu}",
 	    r.received, r.applied, r.duplicates, r.ignored, r.rejected);
-	http_reply(h, req, 200, answer);
+	http_resume(j->h, &j->ctx);
+	http_reply(j->h, j->ctx.req, 200, answer);
+	http_resumed(j->h);
+	logstream_job_end(j);
+}
+
+/* Answer a request that changed nothing (in this request) right away. */
+static void
+logstream_answer(struct logstream_job *j, int code, const char *error)
+{
+	http_resume(j->h, &j->ctx);
+	http_error(j->h, j->ctx.req, code, error);
+	http_resumed(j->h);
+}
+
+/*
+ * Done with the first request: free it, and start the next.  Freeing the
+ * tree of the largest batch takes tens of milliseconds: the worker does
+ * it.
+ */
+static void
+logstream_job_end(struct logstream_job *j)
+{
+	struct logstream_job	*next;
+
+	TAILQ_REMOVE(&logstream_jobs, j, entry);
+	if (logstream_worker != NULL)
+		worker_submit(logstream_worker, logstream_free_work,
+		    logstream_free_done, j);
+	else
+		logstream_free_done(j, 0);
+	if ((next = TAILQ_FIRST(&logstream_jobs)) != NULL)
+		logstream_start(next);
+}
+
+/* On the worker: free a request's trees and items. */
+static void
+logstream_free_work(void *arg)
+{
+	struct logstream_job	*j = arg;
+
+	logstream_batch_free(&j->b);
+}
+
+/* Back on the loop (or cancelled, freed or not): free the rest. */
+static void
+logstream_free_done(void *arg, int cancelled)
+{
+	struct logstream_job	*j = arg;
+
+	(void)cancelled;
+	logstream_batch_free(&j->b);
+	if (j->body != NULL)
+		evbuffer_free(j->body);
+	free(j);
+}
+
+/* Take a request off the queue and free it, unanswered. */
+static void
+logstream_job_free(struct logstream_job *j)
+{
+	TAILQ_REMOVE(&logstream_jobs, j, entry);
+	logstream_free_done(j, 1);
 }
 
 /* Forget up to a batch of log ids seen more than retention seconds ago. */

@@ -663,6 +663,7 @@ main_start(struct main_state *m)
 	if ((m->http = http_init(m->base, m->conf, m->store, &cause)) == NULL)
 		main_die(EXIT_RUNTIME, cause);
 	http_set_tls(m->http, m->tls);
+	logstream_init(m->base);
 	if (main_load_tokens(m, &cause) != 0)
 		main_die(EXIT_CONFIG, cause);
 	if (mgmt_init(m->base, m->conf, &cause) != 0)
@@ -770,6 +771,7 @@ main_stop(struct main_state *m)
 	mgmt_free();
 	reconcile_free();
 	bootstrap_free();
+	logstream_free();
 	http_free(m->http);
 	tls_free(m->tls);
 	metrics_free();

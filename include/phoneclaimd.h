@@ -645,6 +645,8 @@ struct logstream_result {
 	char	 last[LOG_ID_MAX + 1];	/* highest new log id, or "" */
 };
 
+void		 logstream_init(struct event_base *);
+void		 logstream_free(void);
 void		 logstream_http_cb(struct evhttp_request *, void *);
 int		 logstream_ingest(const char *, const char *, size_t, int,
 		     struct logstream_result *);
