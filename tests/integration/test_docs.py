@@ -471,5 +471,23 @@ class SecurityTableTests(unittest.TestCase):
                                           "test_gone", None))
 
 
+class DistTests(unittest.TestCase):
+    """Every fixture the tests read is in the release tarball (distcheck
+    runs the suite from it)."""
+
+    def test_every_fixture_is_distributed(self):
+        listed = set(re.findall(r"tests/fixtures/[\w./-]+",
+                                read_src("Makefile.am")))
+        top = srcdir()
+        for d, _, files in os.walk(os.path.join(top, "tests", "fixtures")):
+            for name in files:
+                rel = os.path.relpath(os.path.join(d, name), top)
+                # The file, or a folder that holds it, is in EXTRA_DIST.
+                parts = rel.split(os.sep)
+                ways = {"/".join(parts[:i]) for i in range(3, len(parts) + 1)}
+                with self.subTest(fixture=rel):
+                    self.assertTrue(ways & listed, rel)
+
+
 if __name__ == "__main__":
     unittest.main()
