@@ -207,6 +207,7 @@ static int	store_count_db(DB *, DB_TXN *, uint64_t *);
 static int	store_count_init(struct store *, char **);
 static int	store_txn_commit_acked(struct store_txn *, int);
 static int	store_ack_mark(struct store *);
+static uint64_t	store_log_end(struct store *);
 static int	store_count_all(struct store *, struct store_txn *);
 static void	store_count_save(struct store *);
 
@@ -1199,6 +1200,20 @@ store_ack_mark(struct store *st)
 	return (r == STORE_OK ? STORE_OK : STORE_ERROR);
 }
 
+/* The end of the log as one number (file and offset), or 0 if unknown. */
+static uint64_t
+store_log_end(struct store *st)
+{
+	DB_LOG_STAT	*sp;
+	uint64_t	 end;
+
+	if (st->env->log_stat(st->env, &sp, 0) != 0)
+		return (0);
+	end = (uint64_t)sp->st_cur_file << 32 | sp->st_cur_offset;
+	free(sp);
+	return (end);
+}
+
 /* Commit; with need_ack, a commit too few replicas acknowledged fails. */
 static int
 store_txn_commit_acked(struct store_txn *txn, int need_ack)
@@ -1206,6 +1221,7 @@ store_txn_commit_acked(struct store_txn *txn, int need_ack)
 	struct store	*st = txn->st;
 	DB_TXN		*tid = txn->tid;
 	unsigned long	 perm = repl_perm_failures();
+	uint64_t	 end;
 	int		 r, acked, marked = STORE_OK;
 
 	if (st->failed) {
@@ -1226,13 +1242,18 @@ store_txn_commit_acked(struct store_txn *txn, int need_ack)
 		(void)tid->abort(tid);
 		return (STORE_ERROR);
 	}
+	end = store_log_end(st);
 	r = store_result(st, tid->commit(tid, DB_TXN_NOSYNC), "commit");
 	/*
 	 * In a group whose acknowledgements mean disk (repl_sync_commits),
-	 * the acknowledgements that count are those of the marker after it
-	 * (store_ack_mark); otherwise the batch's flush comes later.
+	 * the acknowledgements that count are those of the marker after a
+	 * commit that wrote (store_ack_mark), on the master; otherwise the
+	 * batch's flush comes later.  A transaction that wrote logs a
+	 * commit record, which moves the end of the log (a write of another
+	 * thread may move it too: then the marker is only not needed).
 	 */
-	if (r == STORE_OK && repl_sync_commits()) {
+	if (r == STORE_OK && repl_sync_commits() && repl_writable() &&
+	    store_log_end(st) != end) {
 		perm = repl_perm_failures();
 		marked = store_ack_mark(st);
 	}
