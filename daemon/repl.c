@@ -18,10 +18,12 @@
  * request is answered 503, never 2xx.  The master then flushes its own log
  * before any reply goes out, as without replication.  So a 2xx means: on
  * the master's disk and received by a quorum, and an election always picks
- * a site holding every such commit.  (A replica acknowledges once the
- * record is in its log buffer: the master commits with DB_TXN_NOSYNC, so it
- * does not ask the replicas to flush.  Losing the master's disk and the
- * memory of the acknowledging replicas at once loses the newest commits.)
+ * a site holding every such commit.  (With repl_ack_durability memory a
+ * replica acknowledges once the record is in its log buffer: losing the
+ * master's disk and the memory of the acknowledging replicas at once loses
+ * the newest commits.  With disk, the default, the acknowledgements that
+ * count are those of a flushed marker after the commit: see
+ * repl_sync_commits.)
  *
  * A replica forwards writes (POST /v1/claims, /v1/log-stream) to the
  * master's API address, given by the master's repl_peer line, and relays
@@ -641,10 +643,13 @@ repl_store_failed(void)
 
 /*
  * Return 1 if commits must be synchronous (repl_ack_durability = disk):
- * a commit flushed on the master carries Berkeley DB's flush flag to the
- * replicas, which then flush their log before they acknowledge it, so
- * that a 2xx is on the disks of a quorum.  With "memory", commits leave
- * the master unflushed (its own flush comes once per batch) and a replica
+ * after a commit that wrote, the master commits a small marker flushed
+ * (store_ack_mark), which carries Berkeley DB's flush flag to the
+ * replicas: they flush their log, and with it every earlier commit,
+ * before they acknowledge the marker, so that a 2xx is on the disks of a
+ * quorum.  (The data itself is not committed flushed: a replica would
+ * flush after each of its records.)  With "memory", commits leave the
+ * master unflushed (its own flush comes once per batch) and a replica
  * acknowledges a record once it is in its log buffer.
  */
 int
