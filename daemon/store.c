@@ -1222,7 +1222,7 @@ store_txn_commit_acked(struct store_txn *txn, int need_ack)
 	DB_TXN		*tid = txn->tid;
 	unsigned long	 perm = repl_perm_failures();
 	uint64_t	 end;
-	int		 r, acked, marked = STORE_OK;
+	int		 r, acked, mark, marked = STORE_OK;
 
 	if (st->failed) {
 		free(txn);
@@ -1242,7 +1242,8 @@ store_txn_commit_acked(struct store_txn *txn, int need_ack)
 		(void)tid->abort(tid);
 		return (STORE_ERROR);
 	}
-	end = store_log_end(st);
+	mark = repl_sync_commits() && repl_writable();
+	end = mark ? store_log_end(st) : 0;
 	r = store_result(st, tid->commit(tid, DB_TXN_NOSYNC), "commit");
 	/*
 	 * In a group whose acknowledgements mean disk (repl_sync_commits),
@@ -1250,10 +1251,10 @@ store_txn_commit_acked(struct store_txn *txn, int need_ack)
 	 * commit that wrote (store_ack_mark), on the master; otherwise the
 	 * batch's flush comes later.  A transaction that wrote logs a
 	 * commit record, which moves the end of the log (a write of another
-	 * thread may move it too: then the marker is only not needed).
+	 * thread may move it too: then the marker is only not needed; an
+	 * end not known is taken as moved).
 	 */
-	if (r == STORE_OK && repl_sync_commits() && repl_writable() &&
-	    store_log_end(st) != end) {
+	if (r == STORE_OK && mark && (end == 0 || store_log_end(st) != end)) {
 		perm = repl_perm_failures();
 		marked = store_ack_mark(st);
 	}
