@@ -1180,7 +1180,7 @@ store_ack_mark(struct store *st)
 {
 	struct store_txn	*m;
 	DB_TXN			*tid;
-	int			 try, r = STORE_RETRY;
+	int			 try, ret, r = STORE_RETRY;
 
 	for (try = 0; try < STORE_MARK_TRIES && r == STORE_RETRY; try++) {
 		if ((r = store_txn_begin(st, &m)) != STORE_OK)
@@ -1192,8 +1192,10 @@ store_ack_mark(struct store *st)
 		}
 		tid = m->tid;
 		free(m);
-		r = store_result(st, tid->commit(tid, DB_TXN_SYNC),
-		    "commit");
+		repl_commit_waits(1);
+		ret = tid->commit(tid, DB_TXN_SYNC);
+		repl_commit_waits(0);
+		r = store_result(st, ret, "commit");
 		if (r == STORE_RETRY)
 			r = STORE_ERROR;	/* the handle is gone */
 	}
@@ -1222,7 +1224,7 @@ store_txn_commit_acked(struct store_txn *txn, int need_ack)
 	DB_TXN		*tid = txn->tid;
 	unsigned long	 perm = repl_perm_failures();
 	uint64_t	 end;
-	int		 r, acked, mark, marked = STORE_OK;
+	int		 ret, r, acked, mark, marked = STORE_OK;
 
 	if (st->failed) {
 		free(txn);
@@ -1244,7 +1246,10 @@ store_txn_commit_acked(struct store_txn *txn, int need_ack)
 	}
 	mark = repl_sync_commits() && repl_writable();
 	end = mark ? store_log_end(st) : 0;
-	r = store_result(st, tid->commit(tid, DB_TXN_NOSYNC), "commit");
+	repl_commit_waits(1);
+	ret = tid->commit(tid, DB_TXN_NOSYNC);
+	repl_commit_waits(0);
+	r = store_result(st, ret, "commit");
 	/*
 	 * In a group whose acknowledgements mean disk (repl_sync_commits),
 	 * the acknowledgements that count are those of the marker after a
