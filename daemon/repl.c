@@ -18,10 +18,12 @@
  * request is answered 503, never 2xx.  The master then flushes its own log
  * before any reply goes out, as without replication.  So a 2xx means: on
  * the master's disk and received by a quorum, and an election always picks
- * a site holding every such commit.  (A replica acknowledges once the
- * record is in its log buffer: the master commits with DB_TXN_NOSYNC, so it
- * does not ask the replicas to flush.  Losing the master's disk and the
- * memory of the acknowledging replicas at once loses the newest commits.)
+ * a site holding every such commit.  (With repl_ack_durability memory a
+ * replica acknowledges once the record is in its log buffer: losing the
+ * master's disk and the memory of the acknowledging replicas at once loses
+ * the newest commits.  With disk, the default, the acknowledgements that
+ * count are those of a flushed marker after the commit: see
+ * repl_sync_commits.)
  *
  * A replica forwards writes (POST /v1/claims, /v1/log-stream) to the
  * master's API address, given by the master's repl_peer line, and relays
@@ -84,6 +86,7 @@
 #define REPL_RETRY_MS		500	/* reopen the store after a failure */
 #define REPL_BODY_MAX		(1024 * 1024)	/* of a master's answer */
 #define REPL_PEERS_MS		250	/* between two looks at the sites */
+#define REPL_NUDGE_MS		200	/* a commit's wait before a nudge */
 /*
  * Mutexes beyond Berkeley DB's estimate.  A demoted master's rollback
  * (replication undoing its unacknowledged commits) took some 40,000 of
@@ -135,6 +138,9 @@ struct repl {
 	int			 peers_wake;
 	int			 peers_stop;
 	int			 peers_running;
+	int			 commits_waiting;
+	int64_t			 commit_since;	/* ms, the first waiting */
+	int64_t			 nudged;	/* ms, the last nudge */
 	pthread_cond_t		 peers_cond;
 	pthread_t		 peers_thread;
 	/* The loop's. */
@@ -165,6 +171,8 @@ static int	repl_usable(void);
 static void	repl_cond_init(pthread_cond_t *);
 static void	*repl_peers_main(void *);
 static void	repl_peers_look(void);
+static void	repl_nudge(void);
+static int64_t	repl_now_ms(void);
 static int	repl_site_connected(int, const char *);
 static void	repl_info_db(struct repl_info *, int);
 static int	repl_split(const char *, char *, size_t, u_int *);
@@ -512,6 +520,7 @@ repl_peers_main(void *arg)
 	while (!r->peers_stop && !r->failed) {
 		pthread_mutex_unlock(&r->mu);
 		repl_peers_look();
+		repl_nudge();
 		pthread_mutex_lock(&r->mu);
 		if (r->peers_wake || r->peers_stop)
 			goto next;
@@ -527,6 +536,62 @@ next:
 	}
 	pthread_mutex_unlock(&r->mu);
 	return (NULL);
+}
+
+/* The monotonic clock in milliseconds. */
+static int64_t
+repl_now_ms(void)
+{
+	struct timespec	ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ((int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+}
+
+/*
+ * A commit begins (waiting 1) or ends (0) its wait for acknowledgements,
+ * on any thread (store_txn_commit).
+ */
+void
+repl_commit_waits(int waiting)
+{
+	struct repl	*r = repl;
+
+	if (r == NULL)
+		return;
+	pthread_mutex_lock(&r->mu);
+	if (waiting && r->commits_waiting++ == 0)
+		r->commit_since = repl_now_ms();
+	else if (!waiting && r->commits_waiting > 0)
+		r->commits_waiting--;
+	pthread_mutex_unlock(&r->mu);
+}
+
+/*
+ * On the peers thread: if a commit has waited REPL_NUDGE_MS for its
+ * acknowledgements, send the last log record again (rep_flush), once per
+ * REPL_NUDGE_MS.  A replica that misses records (a record can overtake
+ * the bulk message of the records before it) asks for them only when a
+ * message from the master arrives, and the master sends nothing while it
+ * waits: without the nudge the next heartbeat, a second later, let the
+ * replica catch up, and the commit missed repl_ack_timeout.
+ */
+static void
+repl_nudge(void)
+{
+	struct repl	*r = repl;
+	int64_t		 now = repl_now_ms();
+	int		 due;
+
+	pthread_mutex_lock(&r->mu);
+	due = r->role == REPL_ROLE_MASTER && r->commits_waiting > 0 &&
+	    now - r->commit_since >= REPL_NUDGE_MS &&
+	    now - r->nudged >= REPL_NUDGE_MS;
+	if (due)
+		r->nudged = now;
+	pthread_mutex_unlock(&r->mu);
+	if (due && repl_usable())
+		(void)r->env->rep_flush(r->env);
 }
 
 /* Ask repmgr which sites are connected; keep the answer under the mutex. */
@@ -641,10 +706,13 @@ repl_store_failed(void)
 
 /*
  * Return 1 if commits must be synchronous (repl_ack_durability = disk):
- * a commit flushed on the master carries Berkeley DB's flush flag to the
- * replicas, which then flush their log before they acknowledge it, so
- * that a 2xx is on the disks of a quorum.  With "memory", commits leave
- * the master unflushed (its own flush comes once per batch) and a replica
+ * after a commit that wrote, the master commits a small marker flushed
+ * (store_ack_mark), which carries Berkeley DB's flush flag to the
+ * replicas: they flush their log, and with it every earlier commit,
+ * before they acknowledge the marker, so that a 2xx is on the disks of a
+ * quorum.  (The data itself is not committed flushed: a replica would
+ * flush after each of its records.)  With "memory", commits leave the
+ * master unflushed (its own flush comes once per batch) and a replica
  * acknowledges a record once it is in its log buffer.
  */
 int

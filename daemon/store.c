@@ -144,6 +144,7 @@
 #define STORE_META_SCHEMA	"schema_version"
 #define STORE_META_COUNTS	"counts"
 #define STORE_META_ACKED	"repl_acked"	/* a write to wait for acks */
+#define STORE_MARK_TRIES	5	/* store_ack_mark, on deadlock */
 
 /* Opened in this order, closed in reverse: a secondary before its primary. */
 static const struct {
@@ -205,6 +206,8 @@ static void	store_fail(struct store *, const char *);
 static int	store_count_db(DB *, DB_TXN *, uint64_t *);
 static int	store_count_init(struct store *, char **);
 static int	store_txn_commit_acked(struct store_txn *, int);
+static int	store_ack_mark(struct store *);
+static uint64_t	store_log_end(struct store *);
 static int	store_count_all(struct store *, struct store_txn *);
 static void	store_count_save(struct store *);
 
@@ -1158,6 +1161,61 @@ store_txn_commit_local(struct store_txn *txn)
 	return (store_txn_commit_acked(txn, 0));
 }
 
+/*
+ * Make the commits so far durable on a quorum of the group: commit, with
+ * DB_TXN_SYNC, a transaction that only writes the marker, and wait for its
+ * acknowledgements.  Berkeley DB 5.3 sends a transaction's log records to
+ * the replicas in one bulk message with the flags of its commit record,
+ * and a replica applies a message's DB_TXN_SYNC flag to each record in
+ * it: every record of a synchronous commit cost each replica a write and
+ * an fdatasync (a log-stream batch of 1,000 events, some 12,000 records,
+ * took longer than repl_ack_timeout, and was answered 503).  So the data
+ * commits without it, and this small commit, the next message, carries
+ * it: a replica that acknowledges the marker has flushed its log, which
+ * holds every record before the marker.  Its own log is flushed too.
+ * Run again on deadlock (another thread may write the marker).
+ */
+static int
+store_ack_mark(struct store *st)
+{
+	struct store_txn	*m;
+	DB_TXN			*tid;
+	int			 try, ret, r = STORE_RETRY;
+
+	for (try = 0; try < STORE_MARK_TRIES && r == STORE_RETRY; try++) {
+		if ((r = store_txn_begin(st, &m)) != STORE_OK)
+			break;
+		if ((r = store_meta_put(m, STORE_META_ACKED, "")) !=
+		    STORE_OK) {
+			store_txn_abort(m);
+			continue;
+		}
+		tid = m->tid;
+		free(m);
+		repl_commit_waits(1);
+		ret = tid->commit(tid, DB_TXN_SYNC);
+		repl_commit_waits(0);
+		r = store_result(st, ret, "commit");
+		if (r == STORE_RETRY)
+			r = STORE_ERROR;	/* the handle is gone */
+	}
+	return (r == STORE_OK ? STORE_OK : STORE_ERROR);
+}
+
+/* The end of the log as one number (file and offset), or 0 if unknown. */
+static uint64_t
+store_log_end(struct store *st)
+{
+	DB_LOG_STAT	*sp;
+	uint64_t	 end;
+
+	if (st->env->log_stat(st->env, &sp, 0) != 0)
+		return (0);
+	end = (uint64_t)sp->st_cur_file << 32 | sp->st_cur_offset;
+	free(sp);
+	return (end);
+}
+
 /* Commit; with need_ack, a commit too few replicas acknowledged fails. */
 static int
 store_txn_commit_acked(struct store_txn *txn, int need_ack)
@@ -1165,7 +1223,8 @@ store_txn_commit_acked(struct store_txn *txn, int need_ack)
 	struct store	*st = txn->st;
 	DB_TXN		*tid = txn->tid;
 	unsigned long	 perm = repl_perm_failures();
-	int		 r, acked;
+	uint64_t	 end;
+	int		 ret, r, acked, mark, marked = STORE_OK;
 
 	if (st->failed) {
 		free(txn);
@@ -1185,18 +1244,30 @@ store_txn_commit_acked(struct store_txn *txn, int need_ack)
 		(void)tid->abort(tid);
 		return (STORE_ERROR);
 	}
+	mark = repl_sync_commits() && repl_writable();
+	end = mark ? store_log_end(st) : 0;
+	repl_commit_waits(1);
+	ret = tid->commit(tid, DB_TXN_NOSYNC);
+	repl_commit_waits(0);
+	r = store_result(st, ret, "commit");
 	/*
 	 * In a group whose acknowledgements mean disk (repl_sync_commits),
-	 * the commit is flushed here, which makes the replicas flush before
-	 * they acknowledge it; otherwise the batch's flush comes later.
+	 * the acknowledgements that count are those of the marker after a
+	 * commit that wrote (store_ack_mark), on the master; otherwise the
+	 * batch's flush comes later.  A transaction that wrote logs a
+	 * commit record, which moves the end of the log (a write of another
+	 * thread may move it too: then the marker is only not needed; an
+	 * end not known is taken as moved).
 	 */
-	r = store_result(st, tid->commit(tid, repl_sync_commits() ?
-	    DB_TXN_SYNC : DB_TXN_NOSYNC), "commit");
+	if (r == STORE_OK && mark && (end == 0 || store_log_end(st) != end)) {
+		perm = repl_perm_failures();
+		marked = store_ack_mark(st);
+	}
 	/*
 	 * Committed here, but too few replicas acknowledged it (repl.c): it
 	 * may not survive a failover, so it must not be answered 2xx.
 	 */
-	acked = repl_perm_failures() == perm;
+	acked = marked == STORE_OK && repl_perm_failures() == perm;
 	if (r == STORE_OK && !acked)
 		log_warnx("store: commit not acknowledged by enough replicas");
 	if (r == STORE_OK)

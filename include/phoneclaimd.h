@@ -861,6 +861,7 @@ int		 repl_env_prepare(struct __db_env *, u_int32_t *);
 int		 repl_start(struct __db_env *, char **);
 void		 repl_event(struct __db_env *, u_int32_t, void *);
 unsigned long	 repl_perm_failures(void);
+void		 repl_commit_waits(int);
 int		 repl_writable(void);
 int		 repl_serving(void);
 void		 repl_handles_dead(void);

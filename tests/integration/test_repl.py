@@ -735,6 +735,17 @@ class ReplFromSingleTests(GroupTestCase):
         self.assertEqual((r.status, r.json), (409, {"result": "taken"}))
 
 
+def enrolment_item(log_id, user, phone):
+    """A gd_enrollment_complete log-stream item for user's phone."""
+    return {"log_id": log_id, "data": {
+        "log_id": log_id, "type": "gd_enrollment_complete",
+        "date": harness.auth0_date(),
+        "description": "Guardian - Enrollment complete (sms)",
+        "user_id": user,
+        "details": {"authenticator": {"type": "phone",
+                                      "phone_number": phone}}}}
+
+
 class ReplAckDurabilityTests(unittest.TestCase):
     """repl_ack_durability: with disk, the replicas flush their log for
     the commits they acknowledge; with memory they do not.  Observed with
@@ -769,14 +780,58 @@ class ReplAckDurabilityTests(unittest.TestCase):
                 if not d.problems:
                     d.remove()
 
+    BATCH = 2000
+
+    def test_large_batch_costs_a_replica_few_flushes(self):
+        """A log-stream batch of new enrolments, one transaction of tens of
+        thousands of log records, is answered 200 and applied on every
+        member, and costs a replica a few log flushes, not one per record.
+        (Berkeley DB made a replica flush after each record of the message
+        that carries a synchronous commit: such a batch took longer than
+        repl_ack_timeout and was answered 503.)"""
+        if shutil.which("db5.3_stat") is None:
+            self.skipTest("db5.3_stat is not installed")
+        g = Group(3, repl_ack_durability="disk")
+        try:
+            g.start()
+            m = g.wait_master()
+            reps = g.replicas(m)
+            items = [enrolment_item("big-%d-%s" % (i, fresh_user()),
+                                    fresh_user(), fresh_number())
+                     for i in range(self.BATCH)]
+            before = [self.flushes(d) for d in reps]
+            r = m.request("POST", "/v1/log-stream",
+                          json.dumps(items).encode(),
+                          {"Authorization": m.log_stream_token,
+                           "Content-Type": "application/json"})
+            self.assertEqual(r.status, 200, str(r))
+            self.assertEqual(r.get("applied"), self.BATCH, str(r))
+            flushes = [self.flushes(d) - b for d, b in zip(reps, before)]
+            # It was one a record of the last message: some 460 here.
+            self.assertLess(max(flushes), 50, flushes)
+            for d in g.nodes:
+                for it in (items[0], items[-1]):
+                    data = it["data"]
+                    phone = data["details"]["authenticator"]["phone_number"]
+                    user = data["user_id"]
+                    self.assertEqual(wait_holders(d, phone, [user]), [user],
+                                     d.dir)
+        finally:
+            g.stop()
+            for d in g.nodes:
+                d.check_log()
+                if not d.problems:
+                    d.remove()
+
     def test_disk_flushes_the_replicas(self):
         if shutil.which("db5.3_stat") is None:
             self.skipTest("db5.3_stat is not installed")
         disk = self.replica_flushes("disk")
         memory = self.replica_flushes("memory")
-        # Every acknowledged commit was flushed by both replicas.
+        # Every acknowledged commit was flushed by both replicas, once
+        # more than without (a commit is flushed by the marker after it).
         self.assertGreaterEqual(disk, self.CLAIMS)
-        self.assertGreater(disk, 3 * memory, (disk, memory))
+        self.assertGreaterEqual(disk - memory, self.CLAIMS, (disk, memory))
 
 
 class ReplTlsTests(GroupTestCase):
