@@ -87,7 +87,7 @@ struct store {
 	DB_ENV		*env;
 	DB		*db[STORE_DB_COUNT];
 	int		 env_open;
-	int		 failed;
+	atomic_int	 failed;	/* set once, from any thread */
 	void		(*fail_cb)(void *);
 	void		*fail_arg;
 	struct store_counts counts;	/* of committed data */
