@@ -30,6 +30,21 @@ NEVER = 10.0		# a connection still open after this was never cut
 MIB = 1024 * 1024
 
 
+def read_answers(s, n, timeout):
+    """Read from s until n HTTP answers are in, it closes, or timeout
+    seconds pass; return what came."""
+    data = b""
+    deadline = time.monotonic() + timeout
+    while data.count(b"HTTP/1.1 ") < n and time.monotonic() < deadline:
+        readable, _, _ = select.select([s], [], [], 0.2)
+        if readable:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
 class LimitsCase(DaemonTestCase):
     """One daemon per class (self.d), unless shared is False."""
 
@@ -427,16 +442,7 @@ class ConnectionHandlingTests(LimitsCase):
                             for p in phones)
         with connect(self.d) as s:
             s.sendall(requests)
-            data = b""
-            deadline = time.monotonic() + 5.0
-            while data.count(b"HTTP/1.1 ") < 3 and \
-                    time.monotonic() < deadline:
-                readable, _, _ = select.select([s], [], [], 0.2)
-                if readable:
-                    chunk = s.recv(65536)
-                    if not chunk:
-                        break
-                    data += chunk
+            data = read_answers(s, 3, 5.0)
         self.assertEqual(data.count(b"HTTP/1.1 200"), 3, data)
         # One pending reservation per user: only the last one holds.
         self.assertFree(phones[0])
@@ -786,16 +792,7 @@ class EarlyRefusalTests(LimitsCase):
             s.sendall(self.head(good, 2) + b"[]" +
                       b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" +
                       self.head(b"wrong", 1000) + b"x" * 500)
-            data = b""
-            deadline = time.monotonic() + 5
-            while data.count(b"HTTP/1.1 ") < 3 and \
-                    time.monotonic() < deadline:
-                r, _, _ = select.select([s], [], [], 0.5)
-                if r:
-                    chunk = s.recv(65536)
-                    if not chunk:
-                        break
-                    data += chunk
+            data = read_answers(s, 3, 5.0)
         codes = [int(c) for c in re.findall(rb"HTTP/1\.1 (\d{3}) ", data)]
         self.assertEqual(codes, [200, 200, 401], data)
 
