@@ -36,10 +36,16 @@ static int	fuzz_reset_txn(struct store_txn *, void *);
 static char			*fuzz_tmp;
 static struct unit_claims	*fuzz_fx;
 
-/* Report a failed property and abort (libFuzzer keeps the input). */
+/*
+ * Report a failed property and abort (libFuzzer keeps the input).  On
+ * stdout too: run-fuzz closes the target's stderr (close_fd_mask=2), and
+ * the run's log should say which property failed.
+ */
 void
 fuzz_fail(const char *file, int line, const char *what)
 {
+	printf("%s:%d: property failed: %s\n", file, line, what);
+	fflush(stdout);
 	fprintf(stderr, "%s:%d: property failed: %s\n", file, line, what);
 	fflush(stderr);
 	abort();
