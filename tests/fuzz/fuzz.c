@@ -6,6 +6,8 @@
  */
 #include "config.h"
 
+#include <sys/statvfs.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +22,8 @@
 /* The dead-letter file rotates at this size, so a long run stays small. */
 #define FUZZ_DEADLETTER_MAX	(256 * 1024)
 #define FUZZ_PRUNE_BATCH	100000
+/* A checkpoint after this many inputs removes the log files behind it. */
+#define FUZZ_CHECKPOINT_EVERY	2000
 
 /* The claims of the store, gathered to be checked and deleted. */
 struct fuzz_claims {
@@ -44,7 +48,14 @@ static struct unit_claims	*fuzz_fx;
 void
 fuzz_fail(const char *file, int line, const char *what)
 {
-	printf("%s:%d: property failed: %s\n", file, line, what);
+	struct statvfs	sv;
+	unsigned long long free_mb = 0;
+
+	/* A full disk fails the store: say so, it is not the input's fault. */
+	if (fuzz_tmp != NULL && statvfs(fuzz_tmp, &sv) == 0)
+		free_mb = (unsigned long long)sv.f_bavail * sv.f_frsize >> 20;
+	printf("%s:%d: property failed: %s (%llu MiB free in %s)\n", file,
+	    line, what, free_mb, fuzz_tmp != NULL ? fuzz_tmp : "?");
 	fflush(stdout);
 	fprintf(stderr, "%s:%d: property failed: %s\n", file, line, what);
 	fflush(stderr);
@@ -157,12 +168,19 @@ fuzz_reset_txn(struct store_txn *txn, void *arg)
 	return (store_seen_prune(txn, INT64_MAX, FUZZ_PRUNE_BATCH, &pruned));
 }
 
-/* Check the store after an input, then empty it for the next. */
+/*
+ * Check the store after an input, then empty it for the next; now and
+ * then a checkpoint, so that a long run does not fill the disk with log
+ * files (a full disk fails the store, and so a property).
+ */
 void
 fuzz_store_reset(int64_t now)
 {
 	static struct fuzz_claims	fc;
+	static unsigned long		runs;
 
 	fc.now = now;
 	FUZZ_CHECK(claims_run(fuzz_reset_txn, &fc) == STORE_OK);
+	if (++runs % FUZZ_CHECKPOINT_EVERY == 0)
+		FUZZ_CHECK(store_checkpoint(fuzz_fx->store) == STORE_OK);
 }
