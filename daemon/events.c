@@ -140,7 +140,8 @@ events_digits(const char **pp, int n, int min, int max, int *v)
 /*
  * An RFC 3339 date-time in milliseconds since the epoch: "T", "t" or a
  * space between date and time, any number of fraction digits (cut to
- * milliseconds), "Z", "z" or an offset.  0, or -1 if s is not one.
+ * milliseconds), "Z", "z" or an offset, not before 1970.  0, or -1 if s is
+ * not one.
  */
 int
 events_rfc3339(const char *s, int64_t *ms)
@@ -192,6 +193,13 @@ events_rfc3339(const char *s, int64_t *ms)
 	if ((t = timegm(&tm)) == (time_t)-1 || tm.tm_mday != d)
 		return (-1);
 	t -= sign * (oh * 3600 + om * 60);
+	/*
+	 * No Auth0 log is dated before 1970, and the store keeps dates as
+	 * milliseconds since then: an earlier date is not one (a claim
+	 * dated by it was refused, and failed its whole batch).
+	 */
+	if (t < 0)
+		return (-1);
 	*ms = (int64_t)t * 1000 + (sec == 60 ? 999 : frac);
 	return (0);
 }

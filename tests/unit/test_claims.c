@@ -810,6 +810,12 @@ test_order_rfc3339(void **state)
 	assert_int_equal(events_rfc3339("2020-01-01T24:00:00Z", &ms), -1);
 	assert_int_equal(events_rfc3339("2020-01-01T00:00:00Zjunk", &ms), -1);
 	assert_int_equal(events_rfc3339("1577836800", &ms), -1);
+	/* Before 1970 is no date (the store keeps ms since 1970). */
+	assert_int_equal(events_rfc3339("1970-01-01T00:00:00Z", &ms), 0);
+	assert_true(ms == 0);
+	assert_int_equal(events_rfc3339("1969-12-31T23:59:59.999Z", &ms), -1);
+	assert_int_equal(events_rfc3339("1970-01-01T00:30:00+01:00", &ms), -1);
+	assert_int_equal(events_rfc3339("1013-11-27T10:30:00.123Z", &ms), -1);
 }
 
 int
