@@ -93,8 +93,9 @@ static const struct conf_key conf_keys[] = {
 	  offsetof(struct conf, request_timeout), 1, 3600, "10", 0 },
 	{ "max_connections", CONF_NUMBER,
 	  offsetof(struct conf, max_connections), 1, 65536, "1024", 0 },
-	{ "threads", CONF_NUMBER, offsetof(struct conf, threads), 1,
-	  CONF_THREADS_MAX, NULL, 0 },
+	/* No default here: conf_finish counts the cores. */
+	{ "threads", CONF_NUMBER, offsetof(struct conf, threads), 1, 256,
+	  NULL, 0 },
 	{ "tls_cert_file", CONF_PATH, offsetof(struct conf, tls_cert_file), 0,
 	  0, NULL, 0 },
 	{ "tls_key_file", CONF_SECRET_PATH, offsetof(struct conf, tls_key_file),

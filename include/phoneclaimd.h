@@ -40,7 +40,7 @@ enum conf_mode {
 };
 
 #define CONF_PEERS_MAX	8
-#define CONF_THREADS_MAX 256	/* threads */
+#define CONF_THREADS_MAX 256	/* threads (the table in conf.c says 256) */
 
 /* A member of the replication group: its repmgr and API addresses. */
 struct conf_peer {
