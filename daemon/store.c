@@ -140,6 +140,8 @@
 #define STORE_LK_MAX_LOCKS	200000
 #define STORE_LK_MAX_OBJECTS	200000
 #define STORE_LK_MAX_LOCKERS	2000
+/* And per claim thread: its handles (one locker each), its transactions. */
+#define STORE_LK_THREAD_LOCKERS	64
 
 #define STORE_META_SCHEMA	"schema_version"
 #define STORE_META_COUNTS	"counts"
@@ -513,6 +515,8 @@ store_open_env(struct store *st, char **cause)
 	if ((ret = env->set_event_notify(env, store_event_cb)) != 0 ||
 	    (ret = repl_env_prepare(env, &flags)) != 0 ||
 	    (ret = store_env_config(env, store_cache_size)) != 0 ||
+	    (ret = env->set_lk_max_lockers(env, STORE_LK_MAX_LOCKERS +
+	    STORE_LK_THREAD_LOCKERS * store_threads)) != 0 ||
 	    (ret = env->open(env, st->dir, flags, STORE_FILE_MODE)) != 0) {
 		if (ret == DB_RUNRECOVERY)
 			xasprintf(cause, "recovery of the store in %s failed "
