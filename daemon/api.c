@@ -7,6 +7,14 @@
  * goes on when it comes back: the loop meanwhile serves other requests.
  * Requests of one connection stay in order, since evhttp reads the next
  * only after the answer.
+ *
+ * With threads > 1 (and no replication, whose commits wait for the
+ * group on the loop: repl.c) the whole claim goes to the workers: the
+ * number's parsing, its hash and the transaction, committed there without
+ * a flush.  The answer comes back to the loop and is queued with
+ * http_reply like any other, so it leaves only after the flush that
+ * follows its commit (I2), and the answers that come back together share
+ * that flush.  HTTP, JSON and the number cache stay on the loop.
  */
 #include "config.h"
 
@@ -35,14 +43,24 @@ struct api_request {
 	struct http_ctx	 ctx;
 	const char	*region;
 	int		 rv;
+	/* While a worker runs the whole claim (threads > 1). */
+	int		 cached;	/* the number was in the cache */
+	int		 claim_rv;	/* of claims_request */
+	struct claims_answer a;
 };
 
 static const char	*api_field(yajl_val, const char *, const char **);
 static int		 api_action(const char *);
 static void		 api_claim(struct http *, struct evhttp_request *,
 			    struct api_request *);
+static void		 api_answer(struct http *, struct evhttp_request *,
+			    struct api_request *, int);
 static void		 api_number_work(void *);
 static void		 api_number_done(void *, int);
+static int		 api_pool(struct http *, struct evhttp_request *,
+			    struct api_request *);
+static void		 api_claim_work(void *);
+static void		 api_claim_done(void *, int);
 
 /* Find a string member of an object; an error code if it is no string. */
 static const char *
@@ -140,6 +158,8 @@ api_claims_cb(struct evhttp_request *req, void *arg)
 		free(r);
 		return;
 	}
+	if (api_pool(h, req, r))
+		return;
 	if (!phone_lookup(r->b.phone, r->b.phone_len, region, r->e164, &rv)) {
 		if (r->b.error == NULL && http_worker(h) != NULL &&
 		    worker_queued(http_worker(h)) < API_WORKER_MAX) {
@@ -194,21 +214,93 @@ api_number_done(void *arg, int cancelled)
 	free(r);
 }
 
+/*
+ * With threads > 1, hand the whole claim to a worker and return 1; 0 to
+ * go on here (one thread, a group, or the workers' queue full).
+ */
+static int
+api_pool(struct http *h, struct evhttp_request *req, struct api_request *r)
+{
+	const char	*region = http_conf(h)->default_region;
+
+	if (http_conf(h)->threads < 2 || repl_enabled() ||
+	    http_worker(h) == NULL ||
+	    worker_queued(http_worker(h)) >= API_WORKER_MAX)
+		return (0);
+	if (!http_store_ok(h)) {
+		http_error(h, req, 503, "unavailable");
+		free(r);
+		return (1);
+	}
+	r->cached = phone_lookup(r->b.phone, r->b.phone_len, region, r->e164,
+	    &r->rv);
+	r->h = h;
+	r->region = region;
+	http_suspend(h, req, &r->ctx);
+	worker_submit(http_worker(h), api_claim_work, api_claim_done, r);
+	return (1);
+}
+
+/* On a worker: parse the number if need be, then the claim's transaction. */
+static void
+api_claim_work(void *arg)
+{
+	struct api_request	*r = arg;
+
+	if (!r->cached)
+		r->rv = phone_parse_uncached(r->b.phone, r->b.phone_len,
+		    r->region, r->e164);
+	if (r->rv == 0 && r->b.error == NULL)
+		r->claim_rv = claims_request(r->e164, r->b.user_id,
+		    r->b.action, claims_clock_ms(), &r->a);
+}
+
+/* Back on the loop: remember the number, queue the answer for the flush. */
+static void
+api_claim_done(void *arg, int cancelled)
+{
+	struct api_request	*r = arg;
+
+	if (!cancelled) {
+		if (!r->cached)
+			phone_remember(r->b.phone, r->b.phone_len, r->region,
+			    r->rv == 0 ? r->e164 : NULL);
+		http_resume(r->h, &r->ctx);
+		if (r->rv != 0)
+			http_error(r->h, r->ctx.req, 400,
+			    "invalid_phone_number");
+		else if (r->b.error != NULL)
+			http_error(r->h, r->ctx.req, 400, r->b.error);
+		else
+			api_answer(r->h, r->ctx.req, r, r->claim_rv);
+		http_resumed(r->h);
+	}
+	explicit_bzero(r->b.phone, sizeof r->b.phone);
+	free(r);
+}
+
 /* The claim itself, the request checked and its number normalised. */
 static void
 api_claim(struct http *h, struct evhttp_request *req, struct api_request *r)
 {
-	struct claims_answer	 a;
-	char			 body[128], retry[24];
-	char			 user[DEADLETTER_LOG_SIZE];
-	int			 rv, code = 200;
-
 	if (!http_store_ok(h)) {
 		http_error(h, req, 503, "unavailable");
 		return;
 	}
-	rv = claims_request(r->e164, r->b.user_id, r->b.action,
-	    claims_clock_ms(), &a);
+	api_answer(h, req, r, claims_request(r->e164, r->b.user_id,
+	    r->b.action, claims_clock_ms(), &r->a));
+}
+
+/* Answer a claim that came to rv (a store code) and r->a. */
+static void
+api_answer(struct http *h, struct evhttp_request *req, struct api_request *r,
+    int rv)
+{
+	struct claims_answer	 a = r->a;
+	char			 body[128], retry[24];
+	char			 user[DEADLETTER_LOG_SIZE];
+	int			 code = 200;
+
 	if (rv != STORE_OK) {
 		http_error(h, req, 503, "unavailable");
 		return;

@@ -37,6 +37,8 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -120,6 +122,7 @@ static void	claims_pick_id(const struct claim *, size_t,
 static int	claims_expire_txn(struct store_txn *, void *);
 static int	claims_limits_prune_txn(struct store_txn *, void *);
 static int	claims_key_cmp(const void *, const void *);
+static void	claims_exempt_set(unsigned char *, size_t);
 static void	claims_admin_op(struct claims_op *, const unsigned char *,
 		    const char *, const char *, struct claims_answer *);
 static int	claims_admin_release_txn(struct store_txn *, void *);
@@ -141,11 +144,18 @@ static int	claims_promote_one(struct store_txn *, struct conflict *,
 
 static struct store		*claims_store;
 static const struct conf	*claims_conf;
+/*
+ * With threads > 1, claim requests run on the API's worker threads too:
+ * the exempt list (replaced by a reload on the loop) is read under
+ * claims_exempt_lock, the counters are atomic, and the count of the
+ * transaction being run belongs to its thread.
+ */
+static pthread_rwlock_t		 claims_exempt_lock = PTHREAD_RWLOCK_INITIALIZER;
 static unsigned char		*claims_exempt;	/* sorted keys */
 static size_t			 claims_nexempt;
-static int			 claims_removals = 1;	/* may be waiting */
-static uint64_t			 claims_resolved;	/* since start */
-static uint64_t			 claims_resolved_txn;	/* this txn */
+static atomic_int		 claims_removals = 1;	/* may be waiting */
+static atomic_uint_fast64_t	 claims_resolved;	/* since start */
+static _Thread_local uint64_t	 claims_resolved_txn;	/* this txn */
 
 /* Start the claim logic on a store with a configuration. */
 void
@@ -159,9 +169,7 @@ claims_init(struct store *store, const struct conf *conf)
 void
 claims_free(void)
 {
-	free(claims_exempt);
-	claims_exempt = NULL;
-	claims_nexempt = 0;
+	claims_exempt_set(NULL, 0);
 	claims_store = NULL;
 	claims_conf = NULL;
 }
@@ -214,9 +222,7 @@ claims_exempt_load(const char *path, const char *region, int check_only,
 	int		 lineno = 0;
 
 	if (path == NULL) {
-		free(claims_exempt);
-		claims_exempt = NULL;
-		claims_nexempt = 0;
+		claims_exempt_set(NULL, 0);
 		return (0);
 	}
 	if ((f = fopen(path, "r")) == NULL) {
@@ -250,20 +256,35 @@ claims_exempt_load(const char *path, const char *region, int check_only,
 		return (0);
 	if (n > 0)
 		qsort(keys, n, NUMKEY_LEN, claims_key_cmp);
-	free(claims_exempt);
+	claims_exempt_set(keys, n);
+	return (0);
+}
+
+/* Replace the exempt list with n sorted keys (or none). */
+static void
+claims_exempt_set(unsigned char *keys, size_t n)
+{
+	unsigned char	*old;
+
+	pthread_rwlock_wrlock(&claims_exempt_lock);
+	old = claims_exempt;
 	claims_exempt = keys;
 	claims_nexempt = n;
-	return (0);
+	pthread_rwlock_unlock(&claims_exempt_lock);
+	free(old);
 }
 
 /* Return 1 if a number key is on the exempt list. */
 int
 claims_is_exempt(const unsigned char *numkey)
 {
-	if (claims_nexempt == 0)
-		return (0);
-	return (bsearch(numkey, claims_exempt, claims_nexempt, NUMKEY_LEN,
-	    claims_key_cmp) != NULL);
+	int	found;
+
+	pthread_rwlock_rdlock(&claims_exempt_lock);
+	found = claims_nexempt > 0 && bsearch(numkey, claims_exempt,
+	    claims_nexempt, NUMKEY_LEN, claims_key_cmp) != NULL;
+	pthread_rwlock_unlock(&claims_exempt_lock);
+	return (found);
 }
 
 /*

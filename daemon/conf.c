@@ -93,6 +93,9 @@ static const struct conf_key conf_keys[] = {
 	  offsetof(struct conf, request_timeout), 1, 3600, "10", 0 },
 	{ "max_connections", CONF_NUMBER,
 	  offsetof(struct conf, max_connections), 1, 65536, "1024", 0 },
+	/* No default here: conf_finish counts the cores. */
+	{ "threads", CONF_NUMBER, offsetof(struct conf, threads), 1, 256,
+	  NULL, 0 },
 	{ "tls_cert_file", CONF_PATH, offsetof(struct conf, tls_cert_file), 0,
 	  0, NULL, 0 },
 	{ "tls_key_file", CONF_SECRET_PATH, offsetof(struct conf, tls_key_file),
@@ -167,6 +170,7 @@ static int	conf_check_pair(const char *, const int *, const char *,
 static int	conf_check_auth0(struct conf *, const char *, const int *,
 		    char **);
 static int	conf_base_url_ok(const char *);
+static long long conf_cores(void);
 static int	conf_parse_date(const char *, int64_t *);
 
 /* Return the name of key i, or NULL past the end: for docs and tests. */
@@ -458,7 +462,20 @@ conf_finish(struct conf *c, const char *path, const int *seen, char **cause)
 		return (-1);
 	if (c->hash_key_file == NULL)
 		xasprintf(&c->hash_key_file, "%s/hash.key", c->state_dir);
+	if (seen[conf_find("threads") - conf_keys] == 0)
+		c->threads = conf_cores();
 	return (0);
+}
+
+/* The default of threads: the cores online, within the key's range. */
+static long long
+conf_cores(void)
+{
+	long	n = sysconf(_SC_NPROCESSORS_ONLN);
+
+	if (n < 1)
+		return (1);
+	return (n > CONF_THREADS_MAX ? CONF_THREADS_MAX : n);
 }
 
 /* Line of key name, 0 if it was not set. */

@@ -434,7 +434,9 @@ http_init(struct event_base *base, const struct conf *conf,
 		log_warnx("%s; flushing the log on the event loop", flusher);
 		free(flusher);
 	}
-	if ((h->worker = worker_start(base, &flusher)) == NULL) {
+	/* With threads > 1 the workers run whole claims (api.c). */
+	if ((h->worker = worker_start(base, (int)conf->threads, &flusher)) ==
+	    NULL) {
 		log_warnx("%s; parsing numbers on the event loop", flusher);
 		free(flusher);
 	}

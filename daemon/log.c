@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,7 +20,7 @@ static void	log_vwrite_errno(int, int, const char *, va_list)
 		    __attribute__((format(printf, 3, 0)));
 
 static int	log_foreground = 1;
-static int	log_level = LOG_LEVEL_INFO;
+static atomic_int log_level = LOG_LEVEL_INFO;	/* SIGHUP vs. worker threads */
 
 /* Start logging to stderr (foreground) or syslog at the given level. */
 void

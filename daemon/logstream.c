@@ -682,7 +682,7 @@ logstream_init(struct event_base *base)
 	if ((logstream_ev = evtimer_new(base, logstream_slice_cb, NULL)) ==
 	    NULL)
 		fatalx("evtimer_new");
-	if ((logstream_worker = worker_start(base, &cause)) == NULL) {
+	if ((logstream_worker = worker_start(base, 1, &cause)) == NULL) {
 		log_warnx("%s; parsing log-stream batches on the event loop",
 		    cause);
 		free(cause);

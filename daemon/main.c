@@ -624,6 +624,7 @@ main_start(struct main_state *m)
 
 	store_set_cache_size((uint64_t)m->conf->cache_size);
 	store_set_log_file_size((uint32_t)m->conf->log_file_size);
+	store_set_threads((int)m->conf->threads);
 	if (repl_init(m->base, m->conf, &cause) != 0)
 		main_die(EXIT_RUNTIME, cause);
 	/*

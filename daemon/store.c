@@ -140,6 +140,8 @@
 #define STORE_LK_MAX_LOCKS	200000
 #define STORE_LK_MAX_OBJECTS	200000
 #define STORE_LK_MAX_LOCKERS	2000
+/* And per claim thread: its handles (one locker each), its transactions. */
+#define STORE_LK_THREAD_LOCKERS	64
 
 #define STORE_META_SCHEMA	"schema_version"
 #define STORE_META_COUNTS	"counts"
@@ -210,6 +212,7 @@ static int	store_ack_mark(struct store *);
 static uint64_t	store_log_end(struct store *);
 static int	store_count_all(struct store *, struct store_txn *);
 static void	store_count_save(struct store *);
+static void	store_count_apply(struct store *, const struct store_txn *);
 
 /* The secondaries, associated with their primary in this order. */
 static const struct {
@@ -236,6 +239,7 @@ unsigned char		store_index_key[STORE_INDEX_KEY_LEN];
 
 static uint64_t	store_cache_size = STORE_CACHE_SIZE;
 static uint32_t	store_log_file_size = STORE_LOG_FILE_SIZE;
+static int	store_threads = 1;
 
 /*
  * The size of the cache of the stores opened from now on (cache_size): the
@@ -246,6 +250,18 @@ void
 store_set_cache_size(uint64_t bytes)
 {
 	store_cache_size = bytes;
+}
+
+/*
+ * How many threads run transactions in the stores opened from now on
+ * (threads): with more than one, the environment is free-threaded
+ * (DB_THREAD) and each thread but the loop has database handles of its
+ * own (store_thread.c).
+ */
+void
+store_set_threads(int n)
+{
+	store_threads = n;
 }
 
 /*
@@ -300,6 +316,8 @@ store_open(const char *dir, char **cause)
 	st = xcalloc(1, sizeof *st);
 	st->dir = xstrdup(dir);
 	st->lock_fd = -1;
+	st->loop = pthread_self();
+	pthread_mutex_init(&st->counts_mu, NULL);
 	st->db_create = DB_CREATE;
 	/* In a replication group the databases open once the role is known. */
 	if (store_lock(st, cause) != 0 ||
@@ -311,6 +329,7 @@ store_open(const char *dir, char **cause)
 		store_close_handles(st);
 		if (st->lock_fd != -1)
 			close(st->lock_fd);
+		pthread_mutex_destroy(&st->counts_mu);
 		free(st->dir);
 		free(st);
 		return (NULL);
@@ -490,9 +509,14 @@ store_open_env(struct store *st, char **cause)
 	env->set_errcall(env, store_errcall_cb);
 	flags = DB_CREATE | DB_INIT_TXN | DB_INIT_LOCK | DB_INIT_LOG |
 	    DB_INIT_MPOOL | DB_RECOVER;
+	/* Transactions on several threads (store_thread.c). */
+	if (store_threads > 1)
+		flags |= DB_THREAD;
 	if ((ret = env->set_event_notify(env, store_event_cb)) != 0 ||
 	    (ret = repl_env_prepare(env, &flags)) != 0 ||
 	    (ret = store_env_config(env, store_cache_size)) != 0 ||
+	    (ret = env->set_lk_max_lockers(env, STORE_LK_MAX_LOCKERS +
+	    STORE_LK_THREAD_LOCKERS * store_threads)) != 0 ||
 	    (ret = env->open(env, st->dir, flags, STORE_FILE_MODE)) != 0) {
 		if (ret == DB_RUNRECOVERY)
 			xasprintf(cause, "recovery of the store in %s failed "
@@ -676,6 +700,54 @@ failed:
 	return (-1);
 }
 
+/*
+ * Open a set of handles on the open databases for a thread other than
+ * the loop (store_thread.c): every database, each secondary associated
+ * with its primary, nothing created.  0 or a Berkeley DB error; on error
+ * the caller closes what was opened.
+ */
+int
+store_handles_open(struct store *st, DB **db, db_mutex_t *mu)
+{
+	size_t	i;
+	int	ret;
+
+	for (i = 0; i < STORE_DB_COUNT; i++) {
+		if ((ret = db_create(&db[i], st->env, 0)) != 0)
+			return (ret);
+		if (store_dbs[i].dupsort &&
+		    (ret = db[i]->set_flags(db[i], DB_DUPSORT)) != 0)
+			return (ret);
+		if ((ret = db[i]->open(db[i], NULL, store_dbs[i].file, NULL,
+		    DB_BTREE, DB_AUTO_COMMIT, STORE_FILE_MODE)) != 0)
+			return (ret);
+		mu[i] = store_unthread(db[i]);
+	}
+	for (i = 0; i < sizeof store_indexes / sizeof store_indexes[0]; i++) {
+		ret = db[store_indexes[i].primary]->associate(
+		    db[store_indexes[i].primary], NULL,
+		    db[store_indexes[i].secondary], store_indexes[i].key_cb, 0);
+		if (ret != 0)
+			return (ret);
+	}
+	return (0);
+}
+
+/* Close a set of handles of store_handles_open, secondaries first. */
+void
+store_handles_close(DB **db, db_mutex_t *mu)
+{
+	int	i;
+
+	for (i = STORE_DB_COUNT - 1; i >= 0; i--) {
+		if (db[i] == NULL)
+			continue;
+		store_rethread(db[i], mu[i]);
+		(void)db[i]->close(db[i], 0);
+		db[i] = NULL;
+	}
+}
+
 /* Create and open one database of the table. */
 static int
 store_open_db(struct store *st, DB_TXN *tid, enum store_db which)
@@ -698,9 +770,10 @@ store_open_db(struct store *st, DB_TXN *tid, enum store_db which)
 }
 
 /*
- * repmgr needs DB_THREAD on the environment, and Berkeley DB then opens
- * every database free-threaded, which demands allocated DBTs on every
- * read.  The store's handles stay on one thread as without replication:
+ * repmgr (and threads > 1) needs DB_THREAD on the environment, and
+ * Berkeley DB then opens every database free-threaded, which demands
+ * allocated DBTs on every read.  Each handle stays on one thread (the
+ * loop's, or a claim thread's set, store_thread.c):
  * their handle mutex is what makes them "threaded" (DB_IS_THREADED), so
  * keep it aside while they are open; store_rethread gives it back for
  * close to free.  Returns the mutex kept aside (0: none).
@@ -709,8 +782,10 @@ db_mutex_t
 store_unthread(DB *db)
 {
 	db_mutex_t	m;
+	u_int32_t	flags = 0;
 
-	if (!repl_enabled())
+	if (db->dbenv->get_open_flags(db->dbenv, &flags) != 0 ||
+	    (flags & DB_THREAD) == 0)
 		return (0);
 	m = db->mutex;
 	db->mutex = 0;
@@ -922,9 +997,11 @@ store_close(struct store *st)
 		return;
 	store_backup_stop(st);
 	store_flusher_stop(st);
+	store_threads_close(st);
 	store_close_handles(st);
 	if (st->lock_fd != -1)
 		close(st->lock_fd);
+	pthread_mutex_destroy(&st->counts_mu);
 	free(st->dir);
 	free(st);
 }
@@ -1124,6 +1201,8 @@ store_txn_begin(struct store *st, struct store_txn **txnp)
 	*txnp = NULL;
 	if (st->failed || !st->dbs_open)
 		return (STORE_ERROR);
+	if (store_thread_enter(st) != 0)
+		return (STORE_ERROR);
 	r = store_result(st, st->env->txn_begin(st->env, NULL, &tid, 0),
 	    "begin transaction");
 	if (r != STORE_OK)
@@ -1272,16 +1351,24 @@ store_txn_commit_acked(struct store_txn *txn, int need_ack)
 		log_warnx("store: commit not acknowledged by enough replicas");
 	if (r == STORE_OK)
 		st->unacked = !acked;
-	if (r == STORE_OK) {
-		st->counts.claims += (uint64_t)txn->d_claims;
-		st->counts.active += (uint64_t)txn->d_active;
-		st->counts.pending += (uint64_t)txn->d_pending;
-		st->counts.conflicts += (uint64_t)txn->d_conflicts;
-		st->counts.verify += (uint64_t)txn->d_verify;
-	}
+	if (r == STORE_OK)
+		store_count_apply(st, txn);
 	free(txn);
 	return (r == STORE_OK && (acked || !need_ack) ? STORE_OK :
 	    STORE_ERROR);
+}
+
+/* A transaction committed: its changes to the counts hold. */
+static void
+store_count_apply(struct store *st, const struct store_txn *txn)
+{
+	pthread_mutex_lock(&st->counts_mu);
+	st->counts.claims += (uint64_t)txn->d_claims;
+	st->counts.active += (uint64_t)txn->d_active;
+	st->counts.pending += (uint64_t)txn->d_pending;
+	st->counts.conflicts += (uint64_t)txn->d_conflicts;
+	st->counts.verify += (uint64_t)txn->d_verify;
+	pthread_mutex_unlock(&st->counts_mu);
 }
 
 /*
@@ -1531,7 +1618,7 @@ int
 store_meta_get(struct store_txn *txn, const char *name, char **valuep)
 {
 	struct store	*st = txn->st;
-	DB		*db = st->db[STORE_DB_META];
+	DB		*db = store_db(st, STORE_DB_META);
 	DBT		 key, data;
 	int		 r;
 
@@ -1556,7 +1643,7 @@ int
 store_meta_put(struct store_txn *txn, const char *name, const char *value)
 {
 	struct store	*st = txn->st;
-	DB		*db = st->db[STORE_DB_META];
+	DB		*db = store_db(st, STORE_DB_META);
 	DBT		 key, data;
 	int		 r;
 
@@ -1686,7 +1773,7 @@ int
 store_meta_del(struct store_txn *txn, const char *name)
 {
 	struct store	*st = txn->st;
-	DB		*db = st->db[STORE_DB_META];
+	DB		*db = store_db(st, STORE_DB_META);
 	DBT		 key;
 	int		 r;
 
@@ -1730,6 +1817,18 @@ store_probe(struct store *st)
 	return (st->failed ? STORE_ERROR : STORE_OK);
 }
 
+/* The committed verifications waiting, from any thread. */
+uint64_t
+store_count_verify(struct store *st)
+{
+	uint64_t	n;
+
+	pthread_mutex_lock(&st->counts_mu);
+	n = st->counts.verify;
+	pthread_mutex_unlock(&st->counts_mu);
+	return (n);
+}
+
 /* Return the counts of committed claims and conflicts. */
 int
 store_count(struct store *st, struct store_counts *counts)
@@ -1738,7 +1837,9 @@ store_count(struct store *st, struct store_counts *counts)
 		memset(counts, 0, sizeof *counts);
 		return (STORE_ERROR);
 	}
+	pthread_mutex_lock(&st->counts_mu);
 	*counts = st->counts;
+	pthread_mutex_unlock(&st->counts_mu);
 	return (STORE_OK);
 }
 

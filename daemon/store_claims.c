@@ -511,7 +511,7 @@ store_number_get(struct store_txn *txn, const unsigned char *numkey,
     struct store_claims *sc)
 {
 	struct store	*st = txn->st;
-	DB		*db = st->db[STORE_DB_NUMBERS];
+	DB		*db = store_db(st, STORE_DB_NUMBERS);
 	DBT		 key, data;
 	int		 r;
 
@@ -534,7 +534,7 @@ store_number_write(struct store_txn *txn, const unsigned char *numkey,
     struct store_claims *sc)
 {
 	struct store	*st = txn->st;
-	DB		*db = st->db[STORE_DB_NUMBERS];
+	DB		*db = store_db(st, STORE_DB_NUMBERS);
 	unsigned char	*rec;
 	size_t		 len;
 	DBT		 key, data;
@@ -587,7 +587,7 @@ store_claims_by_index(struct store_txn *txn, enum store_db which,
     const char *what, struct claim **arrp, size_t *np)
 {
 	struct store		*st = txn->st;
-	DB			*db = st->db[which];
+	DB			*db = store_db(st, which);
 	struct store_claims	 sc = { NULL, 0, 0 };
 	unsigned char		 h[INDEX_HASH_LEN];
 	DBC			*dbc;
@@ -738,7 +738,7 @@ store_claims_all(struct store_txn *txn, const struct claim *after,
     int (*cb)(const struct claim *, void *), void *arg)
 {
 	struct store		*st = txn->st;
-	DB			*db = st->db[STORE_DB_NUMBERS];
+	DB			*db = store_db(st, STORE_DB_NUMBERS);
 	struct store_claims	 sc = { NULL, 0, 0 };
 	struct store_filter	 f = { NULL, NULL, NULL, NULL };
 	DBC			*dbc;
@@ -783,7 +783,7 @@ store_claims_expired(struct store_txn *txn, int64_t after, int64_t now,
     size_t max, struct claim **arrp, size_t *np)
 {
 	struct store		*st = txn->st;
-	DB			*db = st->db[STORE_DB_NUMBERS_EXPIRY];
+	DB			*db = store_db(st, STORE_DB_NUMBERS_EXPIRY);
 	struct store_claims	 sc = { NULL, 0, 0 };
 	struct store_filter	 f = { NULL, NULL, NULL, NULL };
 	DBC			*dbc;
@@ -834,7 +834,7 @@ int
 store_claims_count(struct store *st, DB_TXN *tid, uint64_t *claims,
     uint64_t *pending)
 {
-	DB			*db = st->db[STORE_DB_NUMBERS];
+	DB			*db = store_db(st, STORE_DB_NUMBERS);
 	const unsigned char	*p, *end;
 	struct store_entry	 e;
 	DBC			*dbc;
@@ -1033,7 +1033,7 @@ int
 store_conflict_put(struct store_txn *txn, const struct conflict *cf)
 {
 	struct store	*st = txn->st;
-	DB		*db = st->db[STORE_DB_CONFLICTS];
+	DB		*db = store_db(st, STORE_DB_CONFLICTS);
 	unsigned char	 kbuf[CLAIM_KEY_MAX], *rec;
 	size_t		 klen, rlen;
 	DBT		 key, data;
@@ -1067,7 +1067,7 @@ store_conflict_get(struct store_txn *txn, const unsigned char *numkey,
     const char *user_id, struct conflict *cf)
 {
 	struct store	*st = txn->st;
-	DB		*db = st->db[STORE_DB_CONFLICTS];
+	DB		*db = store_db(st, STORE_DB_CONFLICTS);
 	unsigned char	 kbuf[CLAIM_KEY_MAX];
 	size_t		 klen;
 	DBT		 key, data;
@@ -1094,7 +1094,7 @@ int
 store_conflicts(struct store_txn *txn, struct conflict **arrp, size_t *np)
 {
 	struct store	*st = txn->st;
-	DB		*db = st->db[STORE_DB_CONFLICTS];
+	DB		*db = store_db(st, STORE_DB_CONFLICTS);
 	struct conflict	*v = NULL;
 	size_t		 n = 0, size = 0;
 	DBC		*dbc;
@@ -1139,7 +1139,7 @@ store_conflicts_by_number(struct store_txn *txn, const unsigned char *numkey,
     struct conflict **arrp, size_t *np)
 {
 	struct store	*st = txn->st;
-	DB		*db = st->db[STORE_DB_CONFLICTS];
+	DB		*db = store_db(st, STORE_DB_CONFLICTS);
 	struct conflict	*v = NULL;
 	size_t		 n = 0;
 	unsigned char	 kbuf[NUMKEY_LEN];

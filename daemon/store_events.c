@@ -52,7 +52,7 @@ int
 store_seen_add(struct store_txn *txn, const char *log_id, int64_t now)
 {
 	struct store	*st = txn->st;
-	DB		*db = st->db[STORE_DB_SEEN];
+	DB		*db = store_db(st, STORE_DB_SEEN);
 	unsigned char	 tbuf[STORE_TIME_LEN];
 	size_t		 len;
 	DBT		 key, data;
@@ -84,7 +84,7 @@ store_seen_prune(struct store_txn *txn, int64_t before, size_t max,
     size_t *prunedp)
 {
 	struct store	*st = txn->st;
-	DB		*db = st->db[STORE_DB_SEEN_DATE];
+	DB		*db = store_db(st, STORE_DB_SEEN_DATE);
 	DBC		*dbc;
 	DBT		 skey, data;
 	int		 ret = 0, r;
@@ -145,7 +145,7 @@ store_watermark_get(struct store_txn *txn, const char *user_id,
     const unsigned char *numkey, int64_t *datep)
 {
 	struct store	*st = txn->st;
-	DB		*db = st->db[STORE_DB_WATERMARKS];
+	DB		*db = store_db(st, STORE_DB_WATERMARKS);
 	unsigned char	 kbuf[WATERMARK_KEY_MAX];
 	size_t		 klen;
 	DBT		 key, data;
@@ -177,7 +177,7 @@ store_watermark_raise(struct store_txn *txn, const char *user_id,
     const unsigned char *numkey, int64_t date_ms)
 {
 	struct store	*st = txn->st;
-	DB		*db = st->db[STORE_DB_WATERMARKS];
+	DB		*db = store_db(st, STORE_DB_WATERMARKS);
 	unsigned char	 kbuf[WATERMARK_KEY_MAX], tbuf[STORE_TIME_LEN];
 	size_t		 klen;
 	int64_t		 cur;
@@ -213,7 +213,7 @@ store_verify_add(struct store_txn *txn, const char *user_id, int reasons,
     int64_t now, uint64_t max)
 {
 	struct store	*st = txn->st;
-	DB		*db = st->db[STORE_DB_VERIFY];
+	DB		*db = store_db(st, STORE_DB_VERIFY);
 	unsigned char	 rec[VERIFY_REC_LEN];
 	DBT		 key, data;
 	size_t		 len = strlen(user_id);
@@ -236,7 +236,7 @@ store_verify_add(struct store_txn *txn, const char *user_id, int reasons,
 		rec[1] |= (unsigned char)reasons;
 	} else if (ret == 0 || ret == DB_NOTFOUND) {
 		/* New, or an undecodable record to overwrite. */
-		if (ret == DB_NOTFOUND && st->counts.verify +
+		if (ret == DB_NOTFOUND && store_count_verify(st) +
 		    (uint64_t)txn->d_verify >= max)
 			return (STORE_FULL);
 		memset(rec, 0, sizeof rec);
@@ -305,7 +305,7 @@ store_verify_next(struct store_txn *txn, int64_t now, char *user_id,
     struct verify_req *r)
 {
 	struct store		*st = txn->st;
-	DB			*db = st->db[STORE_DB_VERIFY];
+	DB			*db = store_db(st, STORE_DB_VERIFY);
 	unsigned char		 rec[VERIFY_REC_LEN];
 	int64_t			 nb, best = -1;
 	DBC			*dbc;
@@ -359,7 +359,7 @@ store_verify_retry(struct store_txn *txn, const char *user_id, int tries,
     int64_t not_before)
 {
 	struct store	*st = txn->st;
-	DB		*db = st->db[STORE_DB_VERIFY];
+	DB		*db = store_db(st, STORE_DB_VERIFY);
 	unsigned char	 rec[VERIFY_REC_LEN];
 	DBT		 key, data;
 	size_t		 len = strlen(user_id);
@@ -390,7 +390,7 @@ int
 store_verify_del(struct store_txn *txn, const char *user_id)
 {
 	struct store	*st = txn->st;
-	DB		*db = st->db[STORE_DB_VERIFY];
+	DB		*db = store_db(st, STORE_DB_VERIFY);
 	DBT		 key;
 	size_t		 len = strlen(user_id);
 	int		 ret;
@@ -418,7 +418,7 @@ store_limit_get(struct store_txn *txn, const char *user_id, int64_t *start,
     uint32_t *count)
 {
 	struct store		*st = txn->st;
-	DB			*db = st->db[STORE_DB_LIMITS];
+	DB			*db = store_db(st, STORE_DB_LIMITS);
 	const unsigned char	*rec;
 	DBT			 key, data;
 	size_t			 len = strlen(user_id);
@@ -448,7 +448,7 @@ store_limit_put(struct store_txn *txn, const char *user_id, int64_t start,
     uint32_t count)
 {
 	struct store	*st = txn->st;
-	DB		*db = st->db[STORE_DB_LIMITS];
+	DB		*db = store_db(st, STORE_DB_LIMITS);
 	unsigned char	 rec[LIMIT_REC_LEN];
 	DBT		 key, data;
 	size_t		 len = strlen(user_id);
@@ -489,7 +489,7 @@ store_limits_prune(struct store_txn *txn, int64_t before, size_t max,
     size_t *prunedp, int *wrapped)
 {
 	struct store		*st = txn->st;
-	DB			*db = st->db[STORE_DB_LIMITS];
+	DB			*db = store_db(st, STORE_DB_LIMITS);
 	const unsigned char	*rec;
 	DBC			*dbc;
 	DBT			 key, data;

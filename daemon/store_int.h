@@ -7,6 +7,7 @@
 #ifndef STORE_INT_H
 #define STORE_INT_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 
 #define STORE_DIR_MODE		0700
@@ -96,8 +97,10 @@ struct store {
 	int		 counted;	/* counts are right: save them */
 	int		 dbs_open;	/* replica or master (repl.c) */
 	db_mutex_t	 db_mutex[STORE_DB_COUNT];	/* kept aside */
-	int		 unacked;	/* a commit lacks its acknowledgements */
+	atomic_int	 unacked;	/* a commit lacks its acknowledgements */
 	u_int32_t	 db_create;	/* DB_CREATE, 0 on a replica */
+	pthread_t	 loop;		/* the thread that opened it */
+	pthread_mutex_t	 counts_mu;	/* counts: commits on any thread */
 	char		 limits_next[USER_ID_MAX];	/* prune from here */
 	size_t		 limits_next_len;		/* 0: the start */
 };
@@ -119,6 +122,9 @@ int	store_env_config(DB_ENV *, uint64_t);
 int	store_file_exists(struct store *, const char *);
 int	store_end_key(DB *, DB_TXN *, u_int32_t, void *, size_t, size_t *);
 db_mutex_t store_unthread(DB *);
+uint64_t store_count_verify(struct store *);
+int	store_handles_open(struct store *, DB **, db_mutex_t *);
+void	store_handles_close(DB **, db_mutex_t *);
 void	store_rethread(DB *, db_mutex_t);
 int	store_result(struct store *, int, const char *);
 int	store_cursor_done(struct store *, DBC *, int, const char *);
@@ -139,6 +145,11 @@ int	store_number_pack(const struct claim *, size_t, unsigned char **,
 	    size_t *);
 int	store_number_repack(const DBT *, const DBT *, unsigned char **,
 	    size_t *);
+
+/* store_thread.c: each thread's handles on the databases. */
+DB	*store_db(struct store *, enum store_db);
+int	store_thread_enter(struct store *);
+void	store_threads_close(struct store *);
 
 /* store_events.c, store_backup.c, store_migrate.c */
 int	store_seen_key_cb(DB *, const DBT *, const DBT *, DBT *);

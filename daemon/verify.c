@@ -43,6 +43,7 @@
 #include "config.h"
 
 #include <stdio.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -79,7 +80,7 @@ struct verify_retry_op {
 };
 
 static int	verify_enabled;
-static uint64_t	verify_refused;
+static atomic_uint_fast64_t verify_refused;	/* any claim thread */
 
 static int	verify_settle_txn(struct store_txn *, void *);
 static int	verify_gone(struct store_txn *, struct verify_answer *);

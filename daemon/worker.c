@@ -1,9 +1,13 @@
 /*
- * A worker thread for CPU work that needs nothing of the event loop: the
- * loop hands over a job (work, done, arg), the thread runs work(arg), and
- * the loop runs done(arg, 0) when the thread is through.  It lets a second
- * core parse phone numbers (libphonenumber's ~20 microseconds each) while
- * the loop does HTTP and the store.
+ * Worker threads for CPU work that needs nothing of the event loop: the
+ * loop hands over a job (work, done, arg), a thread runs work(arg), and
+ * the loop runs done(arg, 0) when the thread is through.  With one thread
+ * (threads = 1) it lets a second core parse phone numbers
+ * (libphonenumber's ~20 microseconds each) while the loop does HTTP and
+ * the store; with more, each thread also runs the claim transactions
+ * (api.c), on store handles of its own (store_thread.c).  The threads
+ * take jobs from one queue, so the jobs of one connection, which evhttp
+ * hands over one at a time, still run in order.
  *
  * Jobs go in through a queue under a mutex and come back through another.
  * Both ways are batched, since waking a thread costs a system call: the
@@ -40,13 +44,15 @@ struct worker_job {
 TAILQ_HEAD(worker_jobs, worker_job);
 
 struct worker {
-	pthread_t		 thread;
+	pthread_t		*threads;
+	int			 nthreads;	/* started */
 	pthread_mutex_t		 mu;
 	pthread_cond_t		 cv;
 	struct worker_jobs	 in;		/* under mu */
 	struct worker_jobs	 out;		/* under mu */
 	int			 quit;		/* under mu */
 	struct worker_jobs	 local;		/* this iteration's, loop only */
+	size_t			 nlocal;
 	size_t			 queued;	/* submitted, not done */
 	int			 fds[2];
 	struct event		*ev;
@@ -57,6 +63,7 @@ static void	*worker_main(void *);
 static void	 worker_cb(evutil_socket_t, short, void *);
 static void	 worker_kick_cb(evutil_socket_t, short, void *);
 static void	 worker_free(struct worker *);
+static void	 worker_join(struct worker *);
 
 /*
  * Start a thread that takes no signal (they are the event loop's); an
@@ -75,14 +82,18 @@ worker_thread(pthread_t *thread, void *(*fn)(void *), void *arg)
 	return (ret);
 }
 
-/* Start a worker thread whose jobs finish on base. */
+/*
+ * Start n worker threads that take jobs from one queue; their jobs finish
+ * on base.
+ */
 struct worker *
-worker_start(struct event_base *base, char **cause)
+worker_start(struct event_base *base, int n, char **cause)
 {
 	struct worker	*w;
 	int		 ret;
 
 	w = xcalloc(1, sizeof *w);
+	w->threads = xcalloc((size_t)n, sizeof *w->threads);
 	TAILQ_INIT(&w->in);
 	TAILQ_INIT(&w->out);
 	TAILQ_INIT(&w->local);
@@ -97,8 +108,12 @@ worker_start(struct event_base *base, char **cause)
 		fatalx("worker: event_new");
 	pthread_mutex_init(&w->mu, NULL);
 	pthread_cond_init(&w->cv, NULL);
-	if ((ret = worker_thread(&w->thread, worker_main, w)) != 0) {
+	for (; w->nthreads < n; w->nthreads++) {
+		ret = worker_thread(&w->threads[w->nthreads], worker_main, w);
+		if (ret == 0)
+			continue;
 		xasprintf(cause, "worker: pthread_create: %s", strerror(ret));
+		worker_join(w);
 		worker_free(w);
 		return (NULL);
 	}
@@ -115,7 +130,22 @@ worker_free(struct worker *w)
 	close(w->fds[1]);
 	pthread_cond_destroy(&w->cv);
 	pthread_mutex_destroy(&w->mu);
+	free(w->threads);
 	free(w);
+}
+
+/* Stop the threads after the job each is running, and wait for them. */
+static void
+worker_join(struct worker *w)
+{
+	int	i;
+
+	pthread_mutex_lock(&w->mu);
+	w->quit = 1;
+	pthread_cond_broadcast(&w->cv);
+	pthread_mutex_unlock(&w->mu);
+	for (i = 0; i < w->nthreads; i++)
+		pthread_join(w->threads[i], NULL);
 }
 
 /*
@@ -129,11 +159,7 @@ worker_stop(struct worker *w)
 
 	if (w == NULL)
 		return;
-	pthread_mutex_lock(&w->mu);
-	w->quit = 1;
-	pthread_cond_signal(&w->cv);
-	pthread_mutex_unlock(&w->mu);
-	pthread_join(w->thread, NULL);
+	worker_join(w);
 	TAILQ_CONCAT(&w->out, &w->in, entry);
 	TAILQ_CONCAT(&w->out, &w->local, entry);
 	while ((j = TAILQ_FIRST(&w->out)) != NULL) {
@@ -159,6 +185,7 @@ worker_submit(struct worker *w, void (*work)(void *),
 	if (TAILQ_EMPTY(&w->local))
 		event_active(w->kick_ev, EV_TIMEOUT, 0);
 	TAILQ_INSERT_TAIL(&w->local, j, entry);
+	w->nlocal++;
 }
 
 /* The end of a loop iteration: hand its jobs over, with one signal. */
@@ -173,8 +200,13 @@ worker_kick_cb(evutil_socket_t fd, short events, void *arg)
 		return;
 	pthread_mutex_lock(&w->mu);
 	TAILQ_CONCAT(&w->in, &w->local, entry);
-	pthread_cond_signal(&w->cv);
+	/* One thread for one job; all of them for more. */
+	if (w->nlocal > 1 && w->nthreads > 1)
+		pthread_cond_broadcast(&w->cv);
+	else
+		pthread_cond_signal(&w->cv);
 	pthread_mutex_unlock(&w->mu);
+	w->nlocal = 0;
 }
 
 /* How many jobs are handed over and not done. */

@@ -40,6 +40,7 @@ enum conf_mode {
 };
 
 #define CONF_PEERS_MAX	8
+#define CONF_THREADS_MAX 256	/* threads (the table in conf.c says 256) */
 
 /* A member of the replication group: its repmgr and API addresses. */
 struct conf_peer {
@@ -71,6 +72,7 @@ struct conf {
 	int		 log_level;
 	long long	 request_timeout;
 	long long	 max_connections;
+	long long	 threads;		/* claim threads; 1: the loop */
 	char		*tls_cert_file;		/* NULL: plain HTTP */
 	char		*tls_key_file;
 	char		*auth0_domain;		/* NULL: no Management API */
@@ -232,6 +234,7 @@ struct store_backup_result {
 };
 
 void		 store_set_cache_size(uint64_t);
+void		 store_set_threads(int);
 void		 store_set_keys(const unsigned char *, const char *,
 		    const char *);
 void		 store_set_log_file_size(uint32_t);
@@ -656,7 +659,7 @@ int		 logstream_prune(int64_t, int64_t, size_t *);
 /* worker.c */
 struct worker;
 
-struct worker	*worker_start(struct event_base *, char **);
+struct worker	*worker_start(struct event_base *, int, char **);
 void		 worker_stop(struct worker *);
 void		 worker_submit(struct worker *, void (*)(void *),
 		     void (*)(void *, int), void *);

@@ -160,7 +160,7 @@ usage(void)
 {
 	fprintf(stderr, "usage: bench [--baseline] [--quick] [--keep] "
 	    "[--duration s] [--batches n] [--pool n]\n"
-	    "             [--record file]\n"
+	    "             [--record file] [--threads n]\n"
 	    "             [--daemon path | --target host:port "
 	    "--token-file file --log-token-file file]\n"
 	    "       bench --daemon path --scale n[,n...] [--loader path] "
@@ -172,7 +172,9 @@ usage(void)
 	    "keepalive_32 at each n;\n"
 	    "it skips the other levels, the baseline and the log stream.\n"
 	    "--record writes number,user_id of every reservation the daemon "
-	    "acknowledged.\n");
+	    "acknowledged.\n"
+	    "--threads sets the daemon's threads key (default: its own, the "
+	    "cores online).\n");
 	exit(1);
 }
 
@@ -473,7 +475,7 @@ int
 daemon_setup(struct bench *b)
 {
 	const char		*tmp;
-	char			*path, *conf, *text;
+	char			*path, *conf, *text, *threads = NULL;
 	char			 tok[33];
 	int			 fd;
 
@@ -524,6 +526,11 @@ daemon_setup(struct bench *b)
 	    "hash_key_file = %s/state/hash.key\n"
 	    "pending_ttl = 3600\n"
 	    "log_level = info\n", b->dir, b->dir, b->dir, b->dir, b->dir);
+	if (b->threads > 0) {
+		xasprintf(&threads, "%sthreads = %lld\n", text, b->threads);
+		free(text);
+		text = threads;
+	}
 	fd = write_private(conf, text);
 	free(conf);
 	free(text);
@@ -1567,6 +1574,7 @@ main(int argc, char *argv[])
 		{ "record", required_argument, NULL, 'r' },
 		{ "scale", required_argument, NULL, 's' },
 		{ "target", required_argument, NULL, 'T' },
+		{ "threads", required_argument, NULL, 'j' },
 		{ "token-file", required_argument, NULL, 'A' },
 		{ NULL, 0, NULL, 0 }
 	};
@@ -1625,6 +1633,11 @@ main(int argc, char *argv[])
 			break;
 		case 'T':
 			b->target_arg = optarg;
+			break;
+		case 'j':
+			b->threads = strtoll(optarg, &end, 10);
+			if (*end != '\0' || b->threads < 1 || b->threads > 256)
+				usage();
 			break;
 		case 'A':
 			b->token_file = optarg;

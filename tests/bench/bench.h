@@ -139,6 +139,7 @@ struct bench {
 	int			 keep;
 	FILE			*record;	/* --record: acknowledged claims */
 	int			 quick;
+	long long		 threads;	/* the daemon's; 0: its default */
 	double			 duration;	/* s */
 	double			 warmup;	/* s */
 	size_t			 batches;

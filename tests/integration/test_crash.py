@@ -44,7 +44,9 @@ and db5.3_verify checks every database.
 
 CRASH_ROUNDS (default 40) sets the number of rounds, CRASH_SEED the random
 seed (printed; the schedule, the numbers and the batches follow it, the
-moments the threads reach do not).  make check-faults runs many rounds.
+moments the threads reach do not), CRASH_THREADS the daemon's threads key
+(issue 19; by default the daemon's own, the cores online).  make
+check-faults runs many rounds.
 """
 
 import http.client
@@ -66,6 +68,8 @@ from harness import DaemonTestCase, fresh_user
 harness.require_daemon()
 
 ROUNDS = int(os.environ.get("CRASH_ROUNDS", "40"))
+# The daemon's threads key (issue 19); unset: its default, the cores.
+THREADS = os.environ.get("CRASH_THREADS") or None
 SEED = int(os.environ.get("CRASH_SEED") or random.SystemRandom().randrange(
     1, 2 ** 31))
 TTL = 86400		# no reservation expires during the test
@@ -585,11 +589,13 @@ class CrashTests(DaemonTestCase):
 
     def test_kill_9_under_mixed_load(self):
         report("seed %d (CRASH_SEED=%d replays it), %d rounds "
-               "(CRASH_ROUNDS)" % (SEED, SEED, ROUNDS))
+               "(CRASH_ROUNDS), threads %s (CRASH_THREADS)" %
+               (SEED, SEED, ROUNDS, THREADS or "default"))
         rng = random.Random(SEED)
         # The racers ask for far more than max_reservations_per_user
         # numbers an hour; the cap has its tests in test_claims_api.py.
-        d = self.own_daemon(pending_ttl=TTL, max_reservations_per_user=0)
+        d = self.own_daemon(pending_ttl=TTL, max_reservations_per_user=0,
+                            threads=THREADS)
         crash = Crash(self, d, rng)
         started = time.monotonic()
         for n in range(1, ROUNDS + 1):

@@ -54,7 +54,13 @@ class GroupCommitTests(DaemonTestCase):
             d.stop()
 
     def test_each_answer_waits_for_a_flush(self):
-        d = self.own_daemon(pending_ttl=3600)
+        # threads = 4: the claims commit on worker threads (issue 19).
+        for threads in (1, 4):
+            with self.subTest(threads=threads):
+                self.each_answer_waits_for_a_flush(threads)
+
+    def each_answer_waits_for_a_flush(self, threads):
+        d = self.own_daemon(pending_ttl=3600, threads=threads)
         with d.client() as c:
             # The first request opens the connection; count after it.
             self.assertReserved(c.claim(fresh_number(), fresh_user()), 3600)
@@ -68,35 +74,43 @@ class GroupCommitTests(DaemonTestCase):
         # expiry timer or a checkpoint may add a few more.
         self.assertGreaterEqual(after - before, n)
         self.assertLessEqual(after - before, n + 5)
+        d.stop()
 
     def test_concurrent_requests_share_flushes(self):
-        d = self.own_daemon(pending_ttl=3600)
+        for threads in (1, 4):
+            with self.subTest(threads=threads):
+                self.concurrent_requests_share_flushes(threads)
+
+    def concurrent_requests_share_flushes(self, threads):
+        d = self.own_daemon(pending_ttl=3600, threads=threads)
         before = log_flushes(d.state_dir)
-        threads, per_thread, errors = 16, 20, []
+        clients, per_client, errors = 16, 20, []
 
         def worker():
             try:
                 with d.client() as c:
-                    for _ in range(per_thread):
+                    for _ in range(per_client):
                         r = c.claim(fresh_number(), fresh_user())
                         if r.status != 200:
                             errors.append(str(r))
             except Exception as e:	# reported below
                 errors.append(repr(e))
 
-        ts = [threading.Thread(target=worker) for _ in range(threads)]
+        ts = [threading.Thread(target=worker) for _ in range(clients)]
         for t in ts:
             t.start()
         for t in ts:
             t.join(120)
         self.assertEqual(errors, [])
         flushes = log_flushes(d.state_dir) - before
-        total = threads * per_thread
+        total = clients * per_client
         # Never more than one flush per answer (plus timers); how many
         # answers share one depends on timing, so it is only reported.
         self.assertLessEqual(flushes, total + 5)
-        print("\n%d answers, %d log flushes (%.1f answers per flush)" %
-              (total, flushes, total / max(flushes, 1)), file=sys.stderr)
+        print("\nthreads = %d: %d answers, %d log flushes (%.1f answers "
+              "per flush)" % (threads, total, flushes,
+                              total / max(flushes, 1)), file=sys.stderr)
+        d.stop()
 
 
 class ExpiryTimerTests(DaemonTestCase):

@@ -4,6 +4,7 @@
  */
 #include "config.h"
 
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -818,6 +819,102 @@ test_order_rfc3339(void **state)
 	assert_int_equal(events_rfc3339("1013-11-27T10:30:00.123Z", &ms), -1);
 }
 
+/*
+ * Claims from several threads at once (threads > 1): the store is opened
+ * free-threaded and each thread uses handles of its own.  Every thread
+ * asks for every shared number, each time as a user of its own, and
+ * reserves numbers nobody else asks for: one user holds each shared
+ * number (I1), every fresh one is reserved, and the counts add up.
+ */
+#define MT_THREADS	4
+#define MT_SHARED	40
+#define MT_FRESH	40
+
+struct mt_arg {
+	int	t;
+	int	shared[MT_SHARED];	/* results */
+	int	fresh[MT_FRESH];
+	int	failed;
+};
+
+static void *
+mt_main(void *p)
+{
+	struct mt_arg		*m = p;
+	struct claims_answer	 a;
+	char			 num[32], user[64];
+	int			 i;
+
+	for (i = 0; i < MT_SHARED + MT_FRESH; i++) {
+		if (i < MT_SHARED)
+			snprintf(num, sizeof num, "+1201555%04d", i);
+		else
+			snprintf(num, sizeof num, "+1202555%d%03d", m->t, i);
+		snprintf(user, sizeof user, "auth0|t%d-%d", m->t, i);
+		if (claims_request(num, user, CLAIMS_ENROLL, (int64_t)NOW * 1000,
+		    &a) != STORE_OK)
+			m->failed++;
+		else if (i < MT_SHARED)
+			m->shared[i] = a.result;
+		else
+			m->fresh[i - MT_SHARED] = a.result;
+	}
+	return (NULL);
+}
+
+static int
+setup_threads(void **state)
+{
+	store_set_threads(MT_THREADS);
+	setup(state);
+	store_set_threads(1);
+	return (0);
+}
+
+static void
+test_threads_one_holder(void **state)
+{
+	struct mt_arg		 m[MT_THREADS];
+	pthread_t		 th[MT_THREADS];
+	struct store_counts	 c;
+	struct claim		*l;
+	char			 num[32], user[64];
+	int			 i, t, won;
+
+	(void)state;
+	memset(m, 0, sizeof m);
+	for (t = 0; t < MT_THREADS; t++) {
+		m[t].t = t;
+		assert_int_equal(pthread_create(&th[t], NULL, mt_main, &m[t]),
+		    0);
+	}
+	for (t = 0; t < MT_THREADS; t++)
+		assert_int_equal(pthread_join(th[t], NULL), 0);
+	for (t = 0; t < MT_THREADS; t++) {
+		assert_int_equal(m[t].failed, 0);
+		for (i = 0; i < MT_FRESH; i++)
+			assert_int_equal(m[t].fresh[i], CLAIMS_RESERVED);
+	}
+	for (i = 0; i < MT_SHARED; i++) {
+		snprintf(num, sizeof num, "+1201555%04d", i);
+		for (t = 0, won = -1; t < MT_THREADS; t++) {
+			if (m[t].shared[i] == CLAIMS_TAKEN)
+				continue;
+			assert_int_equal(m[t].shared[i], CLAIMS_RESERVED);
+			assert_int_equal(won, -1);
+			won = t;
+		}
+		assert_int_not_equal(won, -1);
+		assert_int_equal(holders(num, &l), 1);
+		snprintf(user, sizeof user, "auth0|t%d-%d", won, i);
+		assert_string_equal(l[0].user_id, user);
+		free(l);
+	}
+	assert_int_equal(store_count(fx->store, &c), STORE_OK);
+	assert_int_equal(c.pending, MT_SHARED + MT_THREADS * MT_FRESH);
+	assert_int_equal(c.claims, c.pending);
+}
+
 int
 main(void)
 {
@@ -847,6 +944,8 @@ main(void)
 		T(test_order_now),
 		T(test_order_untyped_id),
 		T(test_order_rfc3339),
+		cmocka_unit_test_setup_teardown(test_threads_one_holder,
+		    setup_threads, teardown),
 	};
 #undef T
 

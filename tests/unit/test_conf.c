@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -104,6 +105,10 @@ test_defaults(void **state)
 	assert_int_equal(c->log_level, 2);
 	assert_int_equal(c->request_timeout, 10);
 	assert_int_equal(c->max_connections, 1024);
+	/* threads: the cores online. */
+	assert_true(c->threads >= 1 && c->threads <= CONF_THREADS_MAX);
+	if (sysconf(_SC_NPROCESSORS_ONLN) <= CONF_THREADS_MAX)
+		assert_int_equal(c->threads, sysconf(_SC_NPROCESSORS_ONLN));
 	conf_free(c);
 	free(path);
 }
@@ -129,7 +134,8 @@ test_every_key(void **state)
 	    "dedup_retention = 3600\n"
 	    "log_level = debug\n"
 	    "request_timeout = 3\n"
-	    "\t max_connections\t=\t8 \n");
+	    "\t max_connections\t=\t8 \n"
+	    "threads = 3\n");
 	c = conf_load(path, &cause);
 	if (c == NULL)
 		fail_msg("%s", cause);
@@ -146,6 +152,7 @@ test_every_key(void **state)
 	assert_int_equal(c->log_level, 3);
 	assert_int_equal(c->request_timeout, 3);
 	assert_int_equal(c->max_connections, 8);
+	assert_int_equal(c->threads, 3);
 	conf_free(c);
 	free(path);
 }
@@ -180,6 +187,12 @@ test_errors_name_file_and_line(void **state)
 	expect_error(f, "max_users_per_number = 99999999999999999999\n",
 	    "test.conf:4: max_users_per_number: not a number");
 	expect_error(f, "mode = strict\n", "test.conf:4: mode: expected");
+	expect_error(f, "threads = 0\n", "test.conf:4: threads: 0 is out of "
+	    "range (1 to 256)");
+	expect_error(f, "threads = 257\n", "test.conf:4: threads: 257 is out "
+	    "of range (1 to 256)");
+	expect_error(f, "threads = auto\n", "test.conf:4: threads: not a "
+	    "number: auto");
 	expect_error(f, "log_level = loud\n", "test.conf:4: log_level:");
 	expect_error(f, "default_region = gb\n", "test.conf:4: "
 	    "default_region:");

@@ -52,19 +52,21 @@ done(void *arg, int cancelled)
 		event_base_loopbreak(base);
 }
 
-/* Every job runs on another thread and finishes here once. */
+/*
+ * Every job runs on another thread and finishes here once, with one
+ * thread or a pool of them.
+ */
 static void
-test_jobs(void **state)
+run_jobs(int nthreads)
 {
 	struct worker	*w;
 	struct job	*jobs;
 	char		*cause = NULL;
 	int		 i;
 
-	(void)state;
 	base = event_base_new();
 	assert_non_null(base);
-	w = worker_start(base, &cause);
+	w = worker_start(base, nthreads, &cause);
 	assert_non_null(w);
 	jobs = calloc(JOBS, sizeof *jobs);
 	finished = 0;
@@ -97,11 +99,26 @@ test_jobs(void **state)
 	event_base_free(base);
 }
 
+static void
+test_jobs(void **state)
+{
+	(void)state;
+	run_jobs(1);
+}
+
+static void
+test_jobs_pool(void **state)
+{
+	(void)state;
+	run_jobs(4);
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest	tests[] = {
 		cmocka_unit_test(test_jobs),
+		cmocka_unit_test(test_jobs_pool),
 	};
 
 	log_init(1, LOG_LEVEL_ERROR);

@@ -1,0 +1,133 @@
+/*
+ * Database handles for the threads that run claim transactions besides the
+ * event loop (threads > 1: the workers of api.c).
+ *
+ * The environment is then free-threaded (DB_THREAD), but a database
+ * handle opened in it would be free-threaded too, which makes every read
+ * need an allocated DBT; the store's reads use the handle's own memory.
+ * So, as under replication, each handle stays on one thread: the loop
+ * keeps st->db, and every other thread that begins a transaction opens a
+ * set of its own on first use (store_thread_enter), which store_db
+ * returns from then on.  Opening a set costs a few milliseconds, once per
+ * thread.  Berkeley DB's locks are shared by all handles of the
+ * environment, so transactions of different threads see each other as
+ * they would in one thread, and a deadlock between them is broken by the
+ * lock detector (set_lk_detect) and retried by claims_run.
+ *
+ * Sets are kept in a list so that store_close can close them once the
+ * threads are stopped (http_free stops them before the store closes).
+ */
+#include "config.h"
+
+#include <sys/types.h>
+#include <sys/queue.h>
+
+#include <db.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "phoneclaimd.h"
+#include "store_int.h"
+#include "xmalloc.h"
+
+struct store_thread {
+	struct store			*st;
+	DB				*db[STORE_DB_COUNT];
+	db_mutex_t			 mu[STORE_DB_COUNT];
+	LIST_ENTRY(store_thread)	 entry;
+};
+LIST_HEAD(store_threads, store_thread);
+
+static pthread_mutex_t		 store_thread_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct store_threads	 store_thread_list =
+				    LIST_HEAD_INITIALIZER(store_thread_list);
+/* Changed by every close: a set of an earlier generation is gone. */
+static atomic_ulong		 store_thread_gen;
+static _Thread_local struct store_thread *store_thread_self;
+static _Thread_local unsigned long store_thread_self_gen;
+
+static struct store_thread *store_thread_mine(struct store *);
+
+/* The calling thread's set on st, or NULL (the loop, or none yet). */
+static struct store_thread *
+store_thread_mine(struct store *st)
+{
+	struct store_thread	*t = store_thread_self;
+
+	/* The generation first: a set of an earlier one is freed. */
+	if (t != NULL && store_thread_self_gen != atomic_load(
+	    &store_thread_gen))
+		t = store_thread_self = NULL;
+	return (t != NULL && t->st == st ? t : NULL);
+}
+
+/* The handle of database which for the calling thread. */
+DB *
+store_db(struct store *st, enum store_db which)
+{
+	struct store_thread	*t = store_thread_self;
+
+	/*
+	 * Only this thread sets or clears its pointer, and each transaction
+	 * begins with store_thread_enter, which drops a stale one.
+	 */
+	if (t != NULL && t->st == st)
+		return (t->db[which]);
+	return (st->db[which]);
+}
+
+/*
+ * Before a transaction: on a thread other than the one that opened the
+ * store, make sure the thread has handles of its own.  0, or -1 (logged).
+ */
+int
+store_thread_enter(struct store *st)
+{
+	struct store_thread	*t;
+	int			 ret;
+
+	if (pthread_equal(pthread_self(), st->loop) ||
+	    store_thread_mine(st) != NULL)
+		return (0);
+	t = xcalloc(1, sizeof *t);
+	t->st = st;
+	if ((ret = store_handles_open(st, t->db, t->mu)) != 0) {
+		(void)store_result(st, ret, "open a thread's handles");
+		store_handles_close(t->db, t->mu);
+		free(t);
+		return (-1);
+	}
+	pthread_mutex_lock(&store_thread_mu);
+	LIST_INSERT_HEAD(&store_thread_list, t, entry);
+	store_thread_self_gen = atomic_load(&store_thread_gen);
+	pthread_mutex_unlock(&store_thread_mu);
+	store_thread_self = t;
+	log_debug("store: a claim thread opened its handles");
+	return (0);
+}
+
+/*
+ * Close every thread's set on st (its threads are stopped, or the store
+ * failed: then the handles are only forgotten, as store_close_dbs does).
+ */
+void
+store_threads_close(struct store *st)
+{
+	struct store_thread	*t, *next;
+
+	pthread_mutex_lock(&store_thread_mu);
+	atomic_fetch_add(&store_thread_gen, 1);
+	for (t = LIST_FIRST(&store_thread_list); t != NULL; t = next) {
+		next = LIST_NEXT(t, entry);
+		if (t->st != st)
+			continue;
+		LIST_REMOVE(t, entry);
+		if (!st->failed)
+			store_handles_close(t->db, t->mu);
+		free(t);
+	}
+	pthread_mutex_unlock(&store_thread_mu);
+}
