@@ -96,7 +96,6 @@ struct store {
 	int		 counted;	/* counts are right: save them */
 	int		 dbs_open;	/* replica or master (repl.c) */
 	db_mutex_t	 db_mutex[STORE_DB_COUNT];	/* kept aside */
-	int		 unacked;	/* a commit lacks its acknowledgements */
 	u_int32_t	 db_create;	/* DB_CREATE, 0 on a replica */
 	char		 limits_next[USER_ID_MAX];	/* prune from here */
 	size_t		 limits_next_len;		/* 0: the start */
