@@ -510,6 +510,7 @@ repl_peers_main(void *arg)
 	while (!r->peers_stop && !r->failed) {
 		pthread_mutex_unlock(&r->mu);
 		repl_peers_look();
+		repl_ack_nodelay();
 		repl_nudge();
 		pthread_mutex_lock(&r->mu);
 		if (r->peers_wake || r->peers_stop)

@@ -36,12 +36,24 @@
  * other members, rounded down, electable (with 2SITE_STRICT, as here: so
  * none in a group of two).  A wait that fails counts as a failed
  * acknowledgement (perm_failed), and its answers are 503.
+ *
+ * repmgr leaves Nagle's algorithm on its connections: a question sent
+ * right after a commit's records waited for the replica's delayed TCP
+ * acknowledgement of them, 40 ms (repmgr's own acknowledgements used to
+ * carry it back at once).  So the peers thread sets TCP_NODELAY on every
+ * TCP socket of this process whose own or remote port is a repl port of
+ * the group (repl_ack_nodelay): those are repmgr's connections.
  */
 #include "config.h"
 
 #include <sys/types.h>
+#include <sys/socket.h>
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 
 #include <db.h>
+#include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -74,6 +86,8 @@ struct repl_ack {
 	int			 policy;	/* 'a'll, 'o'ne, 'q'uorum */
 	size_t			 others;	/* members besides this one */
 	db_timeout_t		 timeout_ms;
+	u_int			 ports[CONF_PEERS_MAX + 1];	/* repl ports */
+	size_t			 nports;
 	pthread_mutex_t		 mu;
 	pthread_cond_t		 cond;
 	/* Under mu, the master's. */
@@ -113,6 +127,8 @@ static int	 repl_ack_needed(int *);
 static size_t	 repl_ack_count(uint32_t, uint64_t, int);
 static void	 repl_ack_deadline(struct timespec *, db_timeout_t);
 static uint64_t	 repl_ack_get64(const u_char *);
+static void	 repl_ack_port(const char *);
+static int	 repl_ack_is_port(const struct sockaddr_storage *);
 static uint32_t	 repl_ack_get32(const u_char *);
 
 /*
@@ -122,6 +138,7 @@ static uint32_t	 repl_ack_get32(const u_char *);
 int
 repl_ack_prepare(DB_ENV *env, const struct conf *c)
 {
+	size_t	i;
 	int	ret;
 
 	ra = xcalloc(1, sizeof *ra);
@@ -130,6 +147,9 @@ repl_ack_prepare(DB_ENV *env, const struct conf *c)
 	ra->policy = c->repl_ack_policy[0];
 	ra->others = c->repl_npeers;
 	ra->peer = c->repl_priority > 0;
+	repl_ack_port(c->repl_local);
+	for (i = 0; i < c->repl_npeers && i < CONF_PEERS_MAX; i++)
+		repl_ack_port(c->repl_peers[i].repl);
 	ra->timeout_ms = (db_timeout_t)c->repl_ack_timeout;
 	pthread_mutex_init(&ra->mu, NULL);
 	pthread_mutex_init(&ra->send_mu, NULL);
@@ -192,6 +212,69 @@ repl_ack_free(void)
 	ra = NULL;
 }
 
+/* Note the port of a repl address (host:port, [v6]:port). */
+static void
+repl_ack_port(const char *addr)
+{
+	const char	*colon = strrchr(addr, ':');
+
+	if (colon != NULL && ra->nports < CONF_PEERS_MAX + 1)
+		ra->ports[ra->nports++] = (u_int)strtoul(colon + 1, NULL, 10);
+}
+
+/*
+ * On the peers thread: TCP_NODELAY on repmgr's connections (setting it
+ * again on a socket that has it costs a system call).
+ */
+void
+repl_ack_nodelay(void)
+{
+	struct sockaddr_storage	 me, peer;
+	socklen_t		 len;
+	struct dirent		*e;
+	DIR			*d;
+	int			 fd, type, one = 1;
+
+	if (ra == NULL || (d = opendir("/proc/self/fd")) == NULL)
+		return;
+	while ((e = readdir(d)) != NULL) {
+		fd = atoi(e->d_name);
+		len = sizeof type;
+		if (e->d_name[0] == '.' || getsockopt(fd, SOL_SOCKET, SO_TYPE,
+		    &type, &len) != 0 || type != SOCK_STREAM)
+			continue;
+		len = sizeof me;
+		if (getsockname(fd, (struct sockaddr *)&me, &len) != 0)
+			continue;
+		len = sizeof peer;
+		if (getpeername(fd, (struct sockaddr *)&peer, &len) != 0)
+			continue;
+		if (repl_ack_is_port(&me) || repl_ack_is_port(&peer))
+			(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one,
+			    sizeof one);
+	}
+	closedir(d);
+}
+
+/* Return 1 if a TCP address has one of the group's repl ports. */
+static int
+repl_ack_is_port(const struct sockaddr_storage *ss)
+{
+	u_int	port;
+	size_t	i;
+
+	if (ss->ss_family == AF_INET)
+		port = ntohs(((const struct sockaddr_in *)ss)->sin_port);
+	else if (ss->ss_family == AF_INET6)
+		port = ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
+	else
+		return (0);
+	for (i = 0; i < ra->nports; i++)
+		if (ra->ports[i] == port)
+			return (1);
+	return (0);
+}
+
 /* Rounds of acknowledgements the master asked for (status, /metrics). */
 uint64_t
 repl_ack_waits(void)
@@ -229,47 +312,70 @@ repl_ack_committed(void)
 int
 repl_ack_wait(void)
 {
-	struct timespec	 until;
-	uint32_t	 gen;
-	uint64_t	 lsn, dirty;
-	size_t		 sent, peers, n = 0;
-	int		 needed, only_peers, ret = 0;
+	struct repl_ack_round	rd;
 
+	repl_ack_begin(&rd);
+	return (repl_ack_end(&rd));
+}
+
+/*
+ * The first half of repl_ack_wait: ask the replicas, so that the caller
+ * can flush its own log while they flush theirs.
+ */
+void
+repl_ack_begin(struct repl_ack_round *rd)
+{
+	size_t	sent, peers;
+
+	memset(rd, 0, sizeof *rd);
 	if (ra == NULL)
-		return (0);
+		return;
 	pthread_mutex_lock(&ra->mu);
-	dirty = ra->dirty;
-	if (dirty > 0 && !repl_writable())
+	rd->dirty = ra->dirty;
+	if (rd->dirty > 0 && !repl_writable())
 		ra->dirty = 0;
 	pthread_mutex_unlock(&ra->mu);
-	if (dirty == 0)
-		return (0);
-	if (!repl_writable() || repl_ack_state(&gen, &lsn) != 0)
-		return (-1);
-	if ((needed = repl_ack_needed(&only_peers)) == 0)
-		goto acked;
-	sent = repl_ack_send_all(gen, lsn, &peers);
-	if ((only_peers ? peers : sent) < (size_t)needed) {
+	if (rd->dirty == 0)
+		return;
+	rd->state = -1;
+	if (!repl_writable() || repl_ack_state(&rd->gen, &rd->lsn) != 0)
+		return;
+	rd->state = 1;
+	if ((rd->needed = repl_ack_needed(&rd->only_peers)) == 0)
+		return;
+	sent = repl_ack_send_all(rd->gen, rd->lsn, &peers);
+	if ((rd->only_peers ? peers : sent) < (size_t)rd->needed) {
 		repl_perm_failed();
-		return (-1);
+		rd->state = -1;
 	}
+}
+
+/* The second half: wait for the answers; 0 if enough came in time. */
+int
+repl_ack_end(struct repl_ack_round *rd)
+{
+	struct timespec	 until;
+	size_t		 n;
+	int		 ret = 0;
+
+	if (rd->state <= 0)
+		return (rd->state);
 	repl_commit_waits(1);
 	repl_ack_deadline(&until, ra->timeout_ms);
 	pthread_mutex_lock(&ra->mu);
-	ra->waits++;
-	while ((n = repl_ack_count(gen, lsn, only_peers)) < (size_t)needed &&
-	    ret == 0)
+	if (rd->needed > 0)
+		ra->waits++;
+	while ((n = repl_ack_count(rd->gen, rd->lsn, rd->only_peers)) <
+	    (size_t)rd->needed && ret == 0)
 		ret = pthread_cond_timedwait(&ra->cond, &ra->mu, &until);
+	if (n >= (size_t)rd->needed)
+		ra->dirty = ra->dirty > rd->dirty ? ra->dirty - rd->dirty : 0;
 	pthread_mutex_unlock(&ra->mu);
 	repl_commit_waits(0);
-	if (n < (size_t)needed) {
+	if (n < (size_t)rd->needed) {
 		repl_perm_failed();
 		return (-1);
 	}
-acked:
-	pthread_mutex_lock(&ra->mu);
-	ra->dirty = ra->dirty > dirty ? ra->dirty - dirty : 0;
-	pthread_mutex_unlock(&ra->mu);
 	return (0);
 }
 

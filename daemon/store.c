@@ -1350,6 +1350,7 @@ store_flusher_main(void *arg)
 {
 	struct store_flusher	*f = arg;
 	struct store_flushed	 res;
+	struct repl_ack_round	 rd;
 
 	pthread_mutex_lock(&f->mu);
 	for (;;) {
@@ -1359,8 +1360,9 @@ store_flusher_main(void *arg)
 			break;
 		f->asked = 0;
 		pthread_mutex_unlock(&f->mu);
+		repl_ack_begin(&rd);
 		res.ret = f->env->log_flush(f->env, NULL);
-		res.acked = res.ret == 0 && repl_ack_wait() == 0;
+		res.acked = repl_ack_end(&rd) == 0;
 		/* Far below PIPE_BUF: the write is whole. */
 		while (write(f->fds[1], &res, sizeof res) == -1 &&
 		    errno == EINTR)

@@ -879,13 +879,25 @@ int		 repl_env_usable(void);
 size_t		 repl_connected_eids(int *, size_t);
 
 /* repl_ack.c */
+/* One round of acknowledgements (repl_ack_begin, repl_ack_end). */
+struct repl_ack_round {
+	uint64_t	 dirty;		/* the commits it covers */
+	uint64_t	 lsn;		/* the last commit record sent */
+	uint32_t	 gen;
+	int		 needed;	/* answers */
+	int		 only_peers;	/* from electable members */
+	int		 state;		/* 1 to wait, 0 none, -1 failed */
+};
 int		 repl_ack_prepare(struct __db_env *, const struct conf *);
 int		 repl_ack_start(char **);
 void		 repl_ack_stop(int);
 void		 repl_ack_free(void);
 void		 repl_ack_committed(void);
 int		 repl_ack_wait(void);
+void		 repl_ack_begin(struct repl_ack_round *);
+int		 repl_ack_end(struct repl_ack_round *);
 uint64_t	 repl_ack_waits(void);
+void		 repl_ack_nodelay(void);
 
 /* repl_clock.c */
 void		 repl_clock_init(const struct conf *);
