@@ -334,7 +334,13 @@ api_answer(struct http *h, struct evhttp_request *req, struct api_request *r,
 	http_reply(h, req, code, body);
 }
 
-/* GET /healthz: 200 while the store accepts commits, else 503. */
+/*
+ * GET /healthz: 200 while the store accepts commits, else 503.  Alone,
+ * the answer waits for the next flush like a write's; in a group it goes
+ * at once: a flush there waits for the replicas' acknowledgements of the
+ * commits before it (repl_ack.c), and the other members read this
+ * member's clock from the answer (repl_clock.c).
+ */
 void
 api_healthz_cb(struct evhttp_request *req, void *arg)
 {
@@ -345,7 +351,10 @@ api_healthz_cb(struct evhttp_request *req, void *arg)
 	snprintf(now, sizeof now, "%lld", (long long)repl_clock_now_ms());
 	evhttp_add_header(evhttp_request_get_output_headers(req),
 	    REPL_CLOCK_HEADER, now);
-	if (http_store_ok(h))
+	if (http_store_ok(h) && repl_enabled())
+		http_reply_now(h, req, 200, "application/json",
+		    "{\"status\":\"ok\"}");
+	else if (http_store_ok(h))
 		http_reply(h, req, 200, "{\"status\":\"ok\"}");
 	else
 		http_error(h, req, 503, "unavailable");

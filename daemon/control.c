@@ -1123,6 +1123,7 @@ control_gen_repl(yajl_gen g)
 	snprintf(lsn, sizeof lsn, "%u/%u", ri.lsn_file, ri.lsn_offset);
 	control_gen_str(g, "lsn", lsn);
 	control_gen_int(g, "perm_failed", (long long)ri.perm_failed);
+	control_gen_int(g, "ack_waits", (long long)ri.ack_waits);
 	control_gen_int(g, "forwarded", (long long)ri.forwarded);
 	control_gen_str(g, "clock", repl_clock_name(ri.clock));
 	control_gen_key(g, "clock_skew_ms");

@@ -214,7 +214,7 @@ main_expire_cb(evutil_socket_t fd, short events, void *arg)
 			break;
 	}
 	if (total > 0) {
-		store_flush(m->store);
+		store_flush_local(m->store);
 		log_debug("released %zu lapsed reservation(s)", total);
 	}
 	mgmt_tick((int64_t)time(NULL));
@@ -593,7 +593,7 @@ main_hash_init(struct main_state *m, char **cause)
 			goto store;
 		}
 		if (store_txn_commit_local(txn) != STORE_OK ||
-		    store_flush(m->store) != STORE_OK)
+		    store_flush_local(m->store) != STORE_OK)
 			goto store;
 	} else
 		store_txn_abort(txn);

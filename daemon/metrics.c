@@ -291,6 +291,11 @@ metrics_text_repl(struct evbuffer *buf)
 	    "Commits too few replicas acknowledged (answered 503).");
 	evbuffer_add_printf(buf, "phoneclaimd_repl_perm_failed_total %llu\n",
 	    (unsigned long long)ri.perm_failed);
+	metrics_family(buf, "repl_ack_waits_total", "counter",
+	    "Rounds of acknowledgements the master waited for; each covers "
+	    "every commit before it.");
+	evbuffer_add_printf(buf, "phoneclaimd_repl_ack_waits_total %llu\n",
+	    (unsigned long long)ri.ack_waits);
 	metrics_family(buf, "repl_forwarded_total", "counter",
 	    "Writes forwarded to the master, by outcome.");
 	evbuffer_add_printf(buf,

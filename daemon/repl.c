@@ -176,7 +176,6 @@ static int64_t	repl_now_ms(void);
 static int	repl_site_connected(int, const char *);
 static void	repl_info_db(struct repl_info *, int);
 static int	repl_split(const char *, char *, size_t, u_int *);
-static int	repl_policy(const char *);
 static void	repl_pipe_cb(evutil_socket_t, short, void *);
 static void	repl_retry_cb(evutil_socket_t, short, void *);
 static void	repl_update(void);
@@ -260,6 +259,7 @@ repl_free(void)
 	if (r == NULL)
 		return;
 	repl_clock_free();
+	repl_ack_free();
 	while ((x = TAILQ_FIRST(&r->xfers)) != NULL)
 		repl_xfer_free(x);
 	curl_multi_cleanup(r->multi);
@@ -309,17 +309,6 @@ repl_split(const char *addr, char *host, size_t size, u_int *port)
 	return (0);
 }
 
-/* The repmgr acknowledgement policy named by repl_ack_policy. */
-static int
-repl_policy(const char *name)
-{
-	if (strcmp(name, "all") == 0)
-		return (DB_REPMGR_ACKS_ALL);
-	if (strcmp(name, "one") == 0)
-		return (DB_REPMGR_ACKS_ONE_PEER);
-	return (DB_REPMGR_ACKS_QUORUM);
-}
-
 /*
  * Before the environment opens: the flags replication needs, priority,
  * acknowledgements and timeouts (repmgr's are in microseconds).  The
@@ -347,8 +336,7 @@ repl_env_prepare(DB_ENV *env, u_int32_t *flags)
 	hb = (u_int32_t)c->repl_heartbeat * 1000;
 	if ((ret = env->rep_set_priority(env,
 	    (u_int32_t)c->repl_priority)) != 0 ||
-	    (ret = env->repmgr_set_ack_policy(env,
-	    repl_policy(c->repl_ack_policy))) != 0 ||
+	    (ret = repl_ack_prepare(env, c)) != 0 ||
 	    (ret = env->rep_set_timeout(env, DB_REP_ACK_TIMEOUT,
 	    (db_timeout_t)c->repl_ack_timeout * 1000)) != 0 ||
 	    (ret = env->rep_set_timeout(env, DB_REP_ELECTION_TIMEOUT,
@@ -417,6 +405,8 @@ repl_start(DB_ENV *env, char **cause)
 	if (ret != 0 && ret != DB_REP_IGNORE)
 		goto fail;
 	repl->started = 1;
+	if (repl_ack_start(cause) != 0)
+		return (-1);
 	if ((ret = pthread_create(&repl->peers_thread, NULL, repl_peers_main,
 	    repl)) != 0) {
 		xasprintf(cause, "replication: pthread_create: %s",
@@ -520,6 +510,7 @@ repl_peers_main(void *arg)
 	while (!r->peers_stop && !r->failed) {
 		pthread_mutex_unlock(&r->mu);
 		repl_peers_look();
+		repl_ack_nodelay();
 		repl_nudge();
 		pthread_mutex_lock(&r->mu);
 		if (r->peers_wake || r->peers_stop)
@@ -663,6 +654,8 @@ repl_stop(void)
 	struct repl	*r = repl;
 
 	repl_clock_stop();
+	if (r != NULL)
+		repl_ack_stop(repl_usable());
 	if (r == NULL || !r->peers_running)
 		return;
 	pthread_mutex_lock(&r->mu);
@@ -704,21 +697,46 @@ repl_store_failed(void)
 	pthread_mutex_unlock(&repl->mu);
 }
 
-/*
- * Return 1 if commits must be synchronous (repl_ack_durability = disk):
- * after a commit that wrote, the master commits a small marker flushed
- * (store_ack_mark), which carries Berkeley DB's flush flag to the
- * replicas: they flush their log, and with it every earlier commit,
- * before they acknowledge the marker, so that a 2xx is on the disks of a
- * quorum.  (The data itself is not committed flushed: a replica would
- * flush after each of its records.)  With "memory", commits leave the
- * master unflushed (its own flush comes once per batch) and a replica
- * acknowledges a record once it is in its log buffer.
- */
-int
-repl_sync_commits(void)
+/* A wait for acknowledgements failed (repl_ack.c). */
+void
+repl_perm_failed(void)
 {
-	return (repl != NULL && repl->sync_commits);
+	pthread_mutex_lock(&repl->mu);
+	repl->perm_failed++;
+	pthread_mutex_unlock(&repl->mu);
+}
+
+/* A condition variable on the monotonic clock (repl_ack.c). */
+void
+repl_cond_monotonic(pthread_cond_t *cond)
+{
+	repl_cond_init(cond);
+}
+
+/* Return 1 if Berkeley DB may be called (for repl_ack.c's threads). */
+int
+repl_env_usable(void)
+{
+	return (repl != NULL && repl_usable());
+}
+
+/*
+ * Fill eids with the sites the peers thread last saw connected; return
+ * how many.
+ */
+size_t
+repl_connected_eids(int *eids, size_t max)
+{
+	struct repl	*r = repl;
+	size_t		 n = 0;
+	u_int		 i;
+
+	pthread_mutex_lock(&r->mu);
+	for (i = 0; i < r->nsites && n < max; i++)
+		if (r->sites[i].connected)
+			eids[n++] = r->sites[i].eid;
+	pthread_mutex_unlock(&r->mu);
+	return (n);
 }
 
 /* Return 1 if this node may write: no replication, or the master. */
@@ -1000,6 +1018,7 @@ repl_info(struct repl_info *ri)
 	pthread_mutex_lock(&r->mu);
 	ri->perm_failed = r->perm_failed;
 	pthread_mutex_unlock(&r->mu);
+	ri->ack_waits = repl_ack_waits();
 	ri->forwarded = r->forwarded;
 	ri->forward_failed = r->forward_failed;
 	ri->resent = r->resent;

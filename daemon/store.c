@@ -145,8 +145,6 @@
 
 #define STORE_META_SCHEMA	"schema_version"
 #define STORE_META_COUNTS	"counts"
-#define STORE_META_ACKED	"repl_acked"	/* a write to wait for acks */
-#define STORE_MARK_TRIES	5	/* store_ack_mark, on deadlock */
 
 /* Opened in this order, closed in reverse: a secondary before its primary. */
 static const struct {
@@ -168,9 +166,17 @@ static const struct {
 
 /*
  * The flusher thread.  The loop asks (asked, under mu) and goes on; the
- * thread runs log_flush on its own environment handle and writes the
- * result, an int, to a pipe the loop watches.  One flush at a time.
+ * thread runs log_flush on its own environment handle, on a group's
+ * master waits for the replicas' acknowledgements of every commit so far
+ * (repl_ack_wait: one round trip for all the batches committed since the
+ * last), and writes the result to a pipe the loop watches.  One flush at
+ * a time.
  */
+struct store_flushed {
+	int		 ret;		/* of log_flush */
+	int		 acked;		/* the replicas acknowledged */
+};
+
 struct store_flusher {
 	DB_ENV		*env;
 	pthread_t	 thread;
@@ -207,9 +213,8 @@ static void	store_event_cb(DB_ENV *, u_int32_t, void *);
 static void	store_fail(struct store *, const char *);
 static int	store_count_db(DB *, DB_TXN *, uint64_t *);
 static int	store_count_init(struct store *, char **);
-static int	store_txn_commit_acked(struct store_txn *, int);
-static int	store_ack_mark(struct store *);
-static uint64_t	store_log_end(struct store *);
+static int	store_flush_log(struct store *);
+static int	store_txn_commit_to(struct store_txn *, int);
 static int	store_count_all(struct store *, struct store_txn *);
 static void	store_count_save(struct store *);
 static void	store_count_apply(struct store *, const struct store_txn *);
@@ -353,7 +358,6 @@ store_repl_open(struct store *st, int master, char **cause)
 	int			 r;
 
 	*cause = NULL;
-	st->unacked = 0;
 	st->db_create = master ? DB_CREATE : 0;
 	/*
 	 * A replica that becomes the master keeps its handles: only a
@@ -907,7 +911,7 @@ store_check_schema(struct store *st, char **cause)
 		goto fail;
 	}
 	if (store_txn_commit_local(txn) != STORE_OK ||
-	    store_flush(st) != STORE_OK)
+	    store_flush_log(st) != STORE_OK)
 		goto fail;
 	return (0);
 
@@ -1215,147 +1219,53 @@ store_txn_begin(struct store *st, struct store_txn **txnp)
 
 /*
  * Commit: the log records stay in the buffer, store_flush writes and syncs
- * them for the whole batch.  The handle is gone afterwards whatever the result, so a
- * failed commit is STORE_ERROR, never STORE_RETRY.  The counts take the
- * transaction's changes only once it has committed.
+ * them for the whole batch.  The handle is gone afterwards whatever the
+ * result, so a failed commit is STORE_ERROR, never STORE_RETRY.  The
+ * counts take the transaction's changes only once it has committed.
+ * In a replication group the commit waits for no acknowledgement (repmgr
+ * has none to wait for): the flush of the batch does (repl_ack.c).
  */
 int
 store_txn_commit(struct store_txn *txn)
 {
-	return (store_txn_commit_acked(txn, 1));
+	return (store_txn_commit_to(txn, 1));
 }
 
-/*
- * Commit the store's own bookkeeping (the schema and the counts at open,
- * the hash key's check value of a new store), which answers no request:
- * committed here is enough.  A new master must not give up its store
- * because a replica left as it took over, or is still being copied.  The
- * commit still waits up to repl_ack_timeout for acknowledgements (repmgr
- * has no per-transaction policy), and one that misses them makes the
- * next commits wait for new ones (st->unacked).
- */
-int
-store_txn_commit_local(struct store_txn *txn)
-{
-	return (store_txn_commit_acked(txn, 0));
-}
-
-/*
- * Make the commits so far durable on a quorum of the group: commit, with
- * DB_TXN_SYNC, a transaction that only writes the marker, and wait for its
- * acknowledgements.  Berkeley DB 5.3 sends a transaction's log records to
- * the replicas in one bulk message with the flags of its commit record,
- * and a replica applies a message's DB_TXN_SYNC flag to each record in
- * it: every record of a synchronous commit cost each replica a write and
- * an fdatasync (a log-stream batch of 1,000 events, some 12,000 records,
- * took longer than repl_ack_timeout, and was answered 503).  So the data
- * commits without it, and this small commit, the next message, carries
- * it: a replica that acknowledges the marker has flushed its log, which
- * holds every record before the marker.  Its own log is flushed too.
- * Run again on deadlock (another thread may write the marker).
- */
+/* Commit; with answered, a group's acknowledgements must cover it. */
 static int
-store_ack_mark(struct store *st)
-{
-	struct store_txn	*m;
-	DB_TXN			*tid;
-	int			 try, ret, r = STORE_RETRY;
-
-	for (try = 0; try < STORE_MARK_TRIES && r == STORE_RETRY; try++) {
-		if ((r = store_txn_begin(st, &m)) != STORE_OK)
-			break;
-		if ((r = store_meta_put(m, STORE_META_ACKED, "")) !=
-		    STORE_OK) {
-			store_txn_abort(m);
-			continue;
-		}
-		tid = m->tid;
-		free(m);
-		repl_commit_waits(1);
-		ret = tid->commit(tid, DB_TXN_SYNC);
-		repl_commit_waits(0);
-		r = store_result(st, ret, "commit");
-		if (r == STORE_RETRY)
-			r = STORE_ERROR;	/* the handle is gone */
-	}
-	return (r == STORE_OK ? STORE_OK : STORE_ERROR);
-}
-
-/* The end of the log as one number (file and offset), or 0 if unknown. */
-static uint64_t
-store_log_end(struct store *st)
-{
-	DB_LOG_STAT	*sp;
-	uint64_t	 end;
-
-	if (st->env->log_stat(st->env, &sp, 0) != 0)
-		return (0);
-	end = (uint64_t)sp->st_cur_file << 32 | sp->st_cur_offset;
-	free(sp);
-	return (end);
-}
-
-/* Commit; with need_ack, a commit too few replicas acknowledged fails. */
-static int
-store_txn_commit_acked(struct store_txn *txn, int need_ack)
+store_txn_commit_to(struct store_txn *txn, int answered)
 {
 	struct store	*st = txn->st;
 	DB_TXN		*tid = txn->tid;
-	unsigned long	 perm = repl_perm_failures();
-	uint64_t	 end;
-	int		 ret, r, acked, mark, marked = STORE_OK;
+	int		 r;
 
 	if (st->failed) {
 		free(txn);
 		(void)tid->abort(tid);
 		return (STORE_ERROR);
 	}
-	/*
-	 * After a commit that too few replicas acknowledged, a transaction
-	 * that writes nothing would be answered 2xx on data a failover may
-	 * lose (a log-stream batch redelivered after its 503 is all
-	 * duplicates).  Make it write, and so wait for the acknowledgements,
-	 * which cover every earlier commit, until one is acknowledged.
-	 */
-	if (st->unacked && store_meta_put(txn, STORE_META_ACKED, "") !=
-	    STORE_OK) {
-		free(txn);
-		(void)tid->abort(tid);
-		return (STORE_ERROR);
-	}
-	mark = repl_sync_commits() && repl_writable();
-	end = mark ? store_log_end(st) : 0;
-	repl_commit_waits(1);
-	ret = tid->commit(tid, DB_TXN_NOSYNC);
-	repl_commit_waits(0);
-	r = store_result(st, ret, "commit");
-	/*
-	 * In a group whose acknowledgements mean disk (repl_sync_commits),
-	 * the acknowledgements that count are those of the marker after a
-	 * commit that wrote (store_ack_mark), on the master; otherwise the
-	 * batch's flush comes later.  A transaction that wrote logs a
-	 * commit record, which moves the end of the log (a write of another
-	 * thread may move it too: then the marker is only not needed; an
-	 * end not known is taken as moved).
-	 */
-	if (r == STORE_OK && mark && (end == 0 || store_log_end(st) != end)) {
-		perm = repl_perm_failures();
-		marked = store_ack_mark(st);
-	}
-	/*
-	 * Committed here, but too few replicas acknowledged it (repl.c): it
-	 * may not survive a failover, so it must not be answered 2xx.
-	 */
-	acked = marked == STORE_OK && repl_perm_failures() == perm;
-	if (r == STORE_OK && !acked)
-		log_warnx("store: commit not acknowledged by enough replicas");
-	if (r == STORE_OK)
-		st->unacked = !acked;
-	if (r == STORE_OK)
+	r = store_result(st, tid->commit(tid, DB_TXN_NOSYNC), "commit");
+	if (r == STORE_OK) {
+		if (answered && repl_enabled() && repl_writable())
+			repl_ack_committed();
 		store_count_apply(st, txn);
+	}
 	free(txn);
-	return (r == STORE_OK && (acked || !need_ack) ? STORE_OK :
-	    STORE_ERROR);
+	return (r == STORE_OK ? STORE_OK : STORE_ERROR);
+}
+
+/*
+ * Commit the store's own bookkeeping (the schema and the counts at open,
+ * the hash key's check value of a new store), which answers no request:
+ * committed here is enough, and store_flush_local makes it durable.  A
+ * new master must not give up its store because a replica left as it
+ * took over, or is still being copied: the acknowledgements of the
+ * replicas do not need to cover it.
+ */
+int
+store_txn_commit_local(struct store_txn *txn)
+{
+	return (store_txn_commit_to(txn, 0));
 }
 
 /* A transaction committed: its changes to the counts hold. */
@@ -1388,9 +1298,34 @@ store_txn_abort(struct store_txn *txn)
 		(void)store_result(st, ret, "abort");
 }
 
-/* Make every commit so far durable: write and sync the log. */
+/*
+ * Make every commit so far durable: write and sync the log and, on a
+ * group's master, wait for the replicas' acknowledgements (on the
+ * caller's thread: the loop's callers are rare ones, the requests' answers
+ * wait on the flusher's thread, see store_flush_async).
+ */
 int
 store_flush(struct store *st)
+{
+	if (store_flush_log(st) != STORE_OK)
+		return (STORE_ERROR);
+	if (repl_ack_wait() != 0) {
+		log_warnx("store: commit not acknowledged by enough replicas");
+		return (STORE_ERROR);
+	}
+	return (STORE_OK);
+}
+
+/* Write and sync the log, without waiting for any acknowledgement. */
+int
+store_flush_local(struct store *st)
+{
+	return (store_flush_log(st));
+}
+
+/* Write and sync the log. */
+static int
+store_flush_log(struct store *st)
 {
 	int	r;
 
@@ -1502,7 +1437,8 @@ static void *
 store_flusher_main(void *arg)
 {
 	struct store_flusher	*f = arg;
-	int			 ret;
+	struct store_flushed	 res;
+	struct repl_ack_round	 rd;
 
 	pthread_mutex_lock(&f->mu);
 	for (;;) {
@@ -1512,9 +1448,11 @@ store_flusher_main(void *arg)
 			break;
 		f->asked = 0;
 		pthread_mutex_unlock(&f->mu);
-		ret = f->env->log_flush(f->env, NULL);
-		/* An int is far below PIPE_BUF: the write is whole. */
-		while (write(f->fds[1], &ret, sizeof ret) == -1 &&
+		repl_ack_begin(&rd);
+		res.ret = f->env->log_flush(f->env, NULL);
+		res.acked = repl_ack_end(&rd) == 0;
+		/* Far below PIPE_BUF: the write is whole. */
+		while (write(f->fds[1], &res, sizeof res) == -1 &&
 		    errno == EINTR)
 			/* again */;
 		pthread_mutex_lock(&f->mu);
@@ -1529,18 +1467,20 @@ store_flusher_cb(evutil_socket_t fd, short events, void *arg)
 {
 	struct store		*st = arg;
 	struct store_flusher	*f = st->flusher;
-	int			 ret;
+	struct store_flushed	 res;
 	ssize_t			 n;
 
 	(void)events;
-	while ((n = read(fd, &ret, sizeof ret)) == -1 && errno == EINTR)
+	while ((n = read(fd, &res, sizeof res)) == -1 && errno == EINTR)
 		/* again */;
-	if (n != sizeof ret)
+	if (n != sizeof res)
 		return;
 	f->busy = 0;
-	if (ret != 0)
-		(void)store_result(st, ret, "log flush");
-	f->done(ret == 0 && !st->failed, f->arg);
+	if (res.ret != 0)
+		(void)store_result(st, res.ret, "log flush");
+	else if (!res.acked)
+		log_warnx("store: commit not acknowledged by enough replicas");
+	f->done(res.ret == 0 && res.acked && !st->failed, f->arg);
 }
 
 /*
@@ -1710,7 +1650,7 @@ store_count_init(struct store *st, char **cause)
 		goto fail;
 	}
 	if (store_txn_commit_local(txn) != STORE_OK ||
-	    store_flush(st) != STORE_OK)
+	    store_flush_log(st) != STORE_OK)
 		goto fail;
 	c->active = c->claims - c->pending;
 	st->counted = 1;

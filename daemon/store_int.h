@@ -97,7 +97,6 @@ struct store {
 	int		 counted;	/* counts are right: save them */
 	int		 dbs_open;	/* replica or master (repl.c) */
 	db_mutex_t	 db_mutex[STORE_DB_COUNT];	/* kept aside */
-	atomic_int	 unacked;	/* a commit lacks its acknowledgements */
 	u_int32_t	 db_create;	/* DB_CREATE, 0 on a replica */
 	pthread_t	 loop;		/* the thread that opened it */
 	pthread_mutex_t	 counts_mu;	/* counts: commits on any thread */

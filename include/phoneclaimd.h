@@ -248,6 +248,7 @@ int		 store_txn_commit(struct store_txn *);
 int		 store_txn_commit_local(struct store_txn *);
 void		 store_txn_abort(struct store_txn *);
 int		 store_flush(struct store *);
+int		 store_flush_local(struct store *);
 int		 store_probe(struct store *);
 int		 store_flusher_start(struct store *, struct event_base *,
 		     void (*)(int, void *), void *, char **);
@@ -845,6 +846,7 @@ struct repl_info {
 	uint32_t	 lsn_file;	/* the next log record's LSN */
 	uint32_t	 lsn_offset;
 	uint64_t	 perm_failed;
+	uint64_t	 ack_waits;	/* rounds of acknowledgements */
 	uint64_t	 forwarded;
 	uint64_t	 forward_failed;
 	uint64_t	 unavailable;
@@ -856,7 +858,6 @@ struct repl_info {
 
 struct __db_env;
 int		 repl_enabled(void);
-int		 repl_sync_commits(void);
 int		 repl_init(struct event_base *, const struct conf *, char **);
 void		 repl_free(void);
 void		 repl_set_hook(void (*)(void *, int, int), void *);
@@ -875,6 +876,31 @@ void		 repl_info(struct repl_info *);
 const char	*repl_role_name(int);
 int		 repl_forward(struct http *, struct evhttp_request *, int);
 void		 repl_electable(int);
+void		 repl_perm_failed(void);
+void		 repl_cond_monotonic(pthread_cond_t *);
+int		 repl_env_usable(void);
+size_t		 repl_connected_eids(int *, size_t);
+
+/* repl_ack.c */
+/* One round of acknowledgements (repl_ack_begin, repl_ack_end). */
+struct repl_ack_round {
+	uint64_t	 dirty;		/* the commits it covers */
+	uint64_t	 lsn;		/* the last commit record sent */
+	uint32_t	 gen;
+	int		 needed;	/* answers */
+	int		 only_peers;	/* from electable members */
+	int		 state;		/* 1 to wait, 0 none, -1 failed */
+};
+int		 repl_ack_prepare(struct __db_env *, const struct conf *);
+int		 repl_ack_start(char **);
+void		 repl_ack_stop(int);
+void		 repl_ack_free(void);
+void		 repl_ack_committed(void);
+int		 repl_ack_wait(void);
+void		 repl_ack_begin(struct repl_ack_round *);
+int		 repl_ack_end(struct repl_ack_round *);
+uint64_t	 repl_ack_waits(void);
+void		 repl_ack_nodelay(void);
 
 /* repl_clock.c */
 void		 repl_clock_init(const struct conf *);
