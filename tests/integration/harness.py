@@ -71,16 +71,6 @@ def thread_sanitized():
     return _daemon_has(b"__tsan_init")
 
 
-def skip_under_tsan(why):
-    """Exit 77 (skip) with the reason when the daemon is built with
-    ThreadSanitizer: for the few suites that are too slow or too
-    timing-bound under it (docs/testing.md lists them)."""
-    if thread_sanitized():
-        print("daemon built with ThreadSanitizer: skipping: " + why,
-              file=sys.stderr)
-        sys.exit(77)
-
-
 def _tsan_suppressions():
     """Give a ThreadSanitizer daemon tests/tsan.supp and no deadlock
     detection when the test runs outside make check (which sets
