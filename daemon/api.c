@@ -335,10 +335,12 @@ api_answer(struct http *h, struct evhttp_request *req, struct api_request *r,
 		    claims_result_name(a.result));
 	if (a.result == CLAIMS_TAKEN && a.enforced)
 		code = 409;
-	log_debug("claim by %s on a number ending %s: %s",
-	    deadletter_log_value(r->b.user_id, user),
-	    r->e164 + strlen(r->e164) - LAST4_LEN,
-	    claims_result_name(a.result));
+	/* Its arguments cost more than the line: build them only if shown. */
+	if (log_get_level() >= LOG_LEVEL_DEBUG)
+		log_debug("claim by %s on a number ending %s: %s",
+		    deadletter_log_value(r->b.user_id, user),
+		    r->e164 + strlen(r->e164) - LAST4_LEN,
+		    claims_result_name(a.result));
 	http_reply(h, req, code, body);
 }
 

@@ -5,6 +5,7 @@
 
 #include <sys/stat.h>
 
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -134,6 +135,89 @@ test_key_load_and_check(void **state)
 	free(dir);
 }
 
+#define KEYED_INPUTS	300
+#define KEYED_THREADS	4
+
+static char		keyed_in[KEYED_INPUTS][KEYED_INPUTS + 2];
+static unsigned char	keyed_want[KEYED_INPUTS][32];
+
+/* Inputs of every length from 1 to KEYED_INPUTS, past one SHA-256 block. */
+static void
+keyed_expect(const unsigned char *key)
+{
+	unsigned int	len = 32;
+	size_t		i, j;
+
+	for (i = 0; i < KEYED_INPUTS; i++) {
+		keyed_in[i][0] = '+';
+		for (j = 1; j <= i; j++)
+			keyed_in[i][j] = (char)('0' + (i * 7 + j) % 10);
+		keyed_in[i][i + 1] = '\0';
+		HMAC(EVP_sha256(), key, 32, (const unsigned char *)keyed_in[i],
+		    i + 1, keyed_want[i], &len);
+	}
+}
+
+/* Hash every input, compare with HMAC(): the number of mismatches. */
+static void *
+keyed_check(void *arg)
+{
+	unsigned char	got[NUMKEY_LEN];
+	size_t		i, *bad = arg;
+
+	for (i = 0; i < KEYED_INPUTS; i++) {
+		hash_number(keyed_in[i], got);
+		if (memcmp(got, keyed_want[i], NUMKEY_LEN) != 0)
+			(*bad)++;
+	}
+	return (NULL);
+}
+
+/*
+ * The keyed inner and outer states give the digest of OpenSSL's one-shot
+ * HMAC() for inputs of any length, after a new key too, and from several
+ * threads at once (the claim workers).
+ */
+static void
+test_keyed_state_same_digest(void **state)
+{
+	char		*dir = unit_tmpdir(), *path, *cause = NULL;
+	unsigned char	 key[33];	/* 32 bytes, none of them 0, and a NUL */
+	pthread_t	 t[KEYED_THREADS];
+	size_t		 i, bad[KEYED_THREADS];
+
+	(void)state;
+	for (i = 0; i < 32; i++)
+		key[i] = (unsigned char)(i * 37 + 11);
+	key[32] = '\0';
+	path = unit_write(dir, "a.key", (const char *)key, 0600);
+	assert_int_equal(hash_load(path, &cause), 0);
+	keyed_expect(key);
+	memset(bad, 0, sizeof bad);
+	keyed_check(&bad[0]);
+	assert_int_equal(bad[0], 0);
+	for (i = 0; i < KEYED_THREADS; i++)
+		assert_int_equal(pthread_create(&t[i], NULL, keyed_check,
+		    &bad[i]), 0);
+	for (i = 0; i < KEYED_THREADS; i++) {
+		assert_int_equal(pthread_join(t[i], NULL), 0);
+		assert_int_equal(bad[i], 0);
+	}
+	free(path);
+	/* Another key: the states follow it. */
+	memset(key, 0xa5, 32);
+	path = unit_write(dir, "b.key", (const char *)key, 0600);
+	assert_int_equal(hash_load(path, &cause), 0);
+	keyed_expect(key);
+	bad[0] = 0;
+	keyed_check(&bad[0]);
+	assert_int_equal(bad[0], 0);
+	hash_free();
+	free(path);
+	unit_rmtree(dir);
+	free(dir);
+}
+
 static void
 test_digests(void **state)
 {
@@ -147,6 +231,11 @@ test_digests(void **state)
 	assert_false(hash_digest_equal(a, c));
 	hash_digest("token\n", 6, c);
 	assert_false(hash_digest_equal(a, c));
+	/* SHA-256 itself (FIPS 180-2's "abc"). */
+	hash_digest("abc", 3, a);
+	assert_memory_equal(a, "\xba\x78\x16\xbf\x8f\x01\xcf\xea"
+	    "\x41\x41\x40\xde\x5d\xae\x22\x23\xb0\x03\x61\xa3\x96\x17"
+	    "\x7a\x9c\xb4\x10\xff\x61\xf2\x00\x15\xad", 32);
 }
 
 int
@@ -157,6 +246,7 @@ main(void)
 		cmocka_unit_test(test_key_reused_and_hmac),
 		cmocka_unit_test(test_key_refused),
 		cmocka_unit_test(test_key_load_and_check),
+		cmocka_unit_test(test_keyed_state_same_digest),
 		cmocka_unit_test(test_digests),
 	};
 
