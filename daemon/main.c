@@ -688,7 +688,6 @@ main_repl_cb(void *arg, int role, int ready)
 {
 	struct main_state	*m = arg;
 	char			*cause;
-	unsigned int		 lockouts = store_lockouts(m->store);
 	int			 r;
 
 	if (!ready) {
@@ -707,15 +706,6 @@ main_repl_cb(void *arg, int role, int ready)
 	}
 	if (r == STORE_OK && main_hash_init(m, &cause) != 0)
 		r = STORE_ERROR;
-	/* repmgr still settles the role (DB_REP_CONF_NOWAIT): again. */
-	if (r != STORE_OK && store_lockouts(m->store) != lockouts) {
-		log_debug("replication: the store is locked out: %s",
-		    cause != NULL ? cause : "try again");
-		free(cause);
-		store_repl_close(m->store);
-		repl_retry();
-		return;
-	}
 	if (r != STORE_OK) {
 		log_warnx("replication: %s", cause != NULL ? cause :
 		    "cannot open the store");

@@ -65,7 +65,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
-#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -88,7 +87,6 @@
 #define REPL_BODY_MAX		(1024 * 1024)	/* of a master's answer */
 #define REPL_PEERS_MS		250	/* between two looks at the sites */
 #define REPL_NUDGE_MS		200	/* a commit's wait before a nudge */
-#define REPL_LOCKOUT_SLEEP_MS	10	/* for Berkeley DB's 5 s (repl_yield) */
 /*
  * Mutexes beyond Berkeley DB's estimate.  A demoted master's rollback
  * (replication undoing its unacknowledged commits) took some 40,000 of
@@ -199,7 +197,6 @@ static void	repl_xfer_target(struct repl_xfer *, const struct conf_peer *);
 static int	repl_xfer_resend(struct repl_xfer *);
 static void	repl_xfers_follow(void);
 static void	repl_xfer_free(struct repl_xfer *);
-static int	repl_yield(u_long, u_long);
 
 /* Return 1 if the configuration makes this node a member of a group. */
 int
@@ -216,16 +213,11 @@ int
 repl_init(struct event_base *base, const struct conf *conf, char **cause)
 {
 	struct repl	*r;
-	int		 ret;
 
 	if (conf->repl_local == NULL)
 		return (0);
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0) {
 		xasprintf(cause, "curl_global_init failed");
-		return (-1);
-	}
-	if ((ret = db_env_set_func_yield(repl_yield)) != 0) {
-		xasprintf(cause, "replication: %s", db_strerror(ret));
 		return (-1);
 	}
 	r = xcalloc(1, sizeof *r);
@@ -255,34 +247,6 @@ repl_init(struct event_base *base, const struct conf *conf, char **cause)
 	curl_multi_setopt(r->multi, CURLMOPT_TIMERFUNCTION, repl_timer_cb);
 	repl = r;
 	repl_clock_init(conf);
-	return (0);
-}
-
-/*
- * Berkeley DB's sleeps (db_env_set_func_yield), as its own but one.  A
- * database handle's call (DB->close, when a replica's store closes or a
- * new master's reopens) that meets repmgr's lockout sleeps 5 s before it
- * fails with DB_LOCK_DEADLOCK (__db_rep_enter), and the event loop with
- * it: that sleep is REPL_LOCKOUT_SLEEP_MS here.  It waits for nothing
- * (the call fails after it all the same), and no other sleep of Berkeley
- * DB 5.3 is of 5 s (that of __op_rep_enter's wait for a lockout, between
- * two looks, is never reached with DB_REP_CONF_NOWAIT).
- */
-static int
-repl_yield(u_long secs, u_long usecs)
-{
-	struct timespec	ts;
-
-	if (secs == 0 && usecs == 0)
-		return (sched_yield());
-	if (secs == 5 && usecs == 0) {
-		secs = 0;
-		usecs = REPL_LOCKOUT_SLEEP_MS * 1000;
-	}
-	ts.tv_sec = (time_t)(secs + usecs / 1000000);
-	ts.tv_nsec = (long)(usecs % 1000000) * 1000;
-	while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
-		;
 	return (0);
 }
 
@@ -365,13 +329,9 @@ repl_policy(const char *name)
  * checkpoint record arrives.  Bulk transfer sends a transaction's log
  * records as one message when it commits (without it, Nagle held the
  * commit record back for the replica's delayed ACK: 40 ms a commit).
- * DB_REP_CONF_NOWAIT: a call that meets repmgr's lockout (a role
- * changing, a replica synchronising) fails at once with DB_REP_LOCKOUT,
- * answered 503, instead of waiting: Berkeley DB 5.3 waits for a lockout
- * in sleeps of 5 s (1 s for some calls), and the event loop with it.  A
- * resumed master's loop began a transaction as repmgr demoted it and
- * answered nothing, status included, for 5 to 10 s.  The hook retries a
- * store open that met the lockout (store_lockouts).
+ * (DB_REP_CONF_NOWAIT, to fail reads at once while a replica
+ * synchronises, also failed the new master's first operations: a replica
+ * closes its store while it synchronises instead.)
  */
 int
 repl_env_prepare(DB_ENV *env, u_int32_t *flags)
@@ -404,7 +364,6 @@ repl_env_prepare(DB_ENV *env, u_int32_t *flags)
 	    (ret = env->rep_set_config(env, DB_REPMGR_CONF_2SITE_STRICT,
 	    1)) != 0 ||
 	    (ret = env->rep_set_config(env, DB_REP_CONF_BULK, 1)) != 0 ||
-	    (ret = env->rep_set_config(env, DB_REP_CONF_NOWAIT, 1)) != 0 ||
 	    (ret = env->mutex_set_increment(env, REPL_MUTEXES)) != 0)
 		return (ret);
 	return (0);

@@ -1027,11 +1027,6 @@ store_errcall_cb(const DB_ENV *env, const char *prefix, const char *msg)
 		log_debug("store: Berkeley DB: %s", msg);
 		return;
 	}
-	/* With DB_REP_CONF_NOWAIT, before each DB_REP_LOCKOUT (a 503). */
-	if (strstr(msg, "Operation locked out") != NULL) {
-		log_debug("store: Berkeley DB: %s", msg);
-		return;
-	}
 	log_warnx("store: Berkeley DB: %s", msg);
 }
 
@@ -1090,9 +1085,8 @@ store_result(struct store *st, int ret, const char *what)
 		store_fail(st, what);
 		return (STORE_ERROR);
 	case DB_REP_LOCKOUT:
-		/* repmgr changes the role or synchronises (repl.c). */
+		/* A replica synchronising with its master (repl.c). */
 		log_debug("store: %s: %s", what, db_strerror(ret));
-		atomic_fetch_add(&st->lockouts, 1);
 		return (STORE_ERROR);
 	case DB_REP_HANDLE_DEAD:
 		/* Replication rolled back under the handles: reopen them. */
@@ -1734,16 +1728,6 @@ store_probe(struct store *st)
 	} else
 		(void)store_result(st, ret, "begin transaction");
 	return (st->failed ? STORE_ERROR : STORE_OK);
-}
-
-/*
- * The replication lockouts met so far (DB_REP_LOCKOUT, repl.c): a store
- * open that failed while this number moved is tried again, not fatal.
- */
-unsigned int
-store_lockouts(struct store *st)
-{
-	return (atomic_load(&st->lockouts));
 }
 
 /* Return the counts of committed claims and conflicts. */

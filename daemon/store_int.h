@@ -97,7 +97,6 @@ struct store {
 	int		 dbs_open;	/* replica or master (repl.c) */
 	db_mutex_t	 db_mutex[STORE_DB_COUNT];	/* kept aside */
 	int		 unacked;	/* a commit lacks its acknowledgements */
-	atomic_uint	 lockouts;	/* DB_REP_LOCKOUTs met (store_lockouts) */
 	u_int32_t	 db_create;	/* DB_CREATE, 0 on a replica */
 	char		 limits_next[USER_ID_MAX];	/* prune from here */
 	size_t		 limits_next_len;		/* 0: the start */

@@ -246,7 +246,6 @@ int		 store_txn_commit_local(struct store_txn *);
 void		 store_txn_abort(struct store_txn *);
 int		 store_flush(struct store *);
 int		 store_probe(struct store *);
-unsigned int	 store_lockouts(struct store *);
 int		 store_flusher_start(struct store *, struct event_base *,
 		     void (*)(int, void *), void *, char **);
 void		 store_flusher_stop(struct store *);
