@@ -65,6 +65,7 @@ static void	main_notify_reloading(void);
 static void	main_run(struct main_state *);
 static void	main_stop(struct main_state *);
 static void	main_repl_cb(void *, int, int);
+static int	main_repl_open(struct main_state *, int, char **);
 
 static const struct option main_longopts[] = {
 	{ "check", no_argument, NULL, 'n' },
@@ -697,7 +698,7 @@ main_repl_cb(void *arg, int role, int ready)
 		    "is known", repl_role_name(role));
 		return;
 	}
-	r = store_repl_open(m->store, role == REPL_ROLE_MASTER, &cause);
+	r = main_repl_open(m, role == REPL_ROLE_MASTER, &cause);
 	if (r == STORE_NOTFOUND) {
 		log_debug("replication: store not ready yet: %s",
 		    cause != NULL ? cause : "try again");
@@ -705,8 +706,6 @@ main_repl_cb(void *arg, int role, int ready)
 		repl_retry();
 		return;
 	}
-	if (r == STORE_OK && main_hash_init(m, &cause) != 0)
-		r = STORE_ERROR;
 	if (r != STORE_OK) {
 		log_warnx("replication: %s", cause != NULL ? cause :
 		    "cannot open the store");
@@ -716,6 +715,29 @@ main_repl_cb(void *arg, int role, int ready)
 		return;
 	}
 	log_info("replication: %s, the store is open", repl_role_name(role));
+}
+
+/*
+ * Open the store for role and check the hash key.  A reopening that meets
+ * repmgr's lockout of the API, or a deadlock with repmgr's own work
+ * (store_lockout_begin), is STORE_NOTFOUND: try again shortly, the store
+ * has not failed.
+ */
+static int
+main_repl_open(struct main_state *m, int master, char **cause)
+{
+	int	r;
+
+	store_lockout_begin(m->store);
+	r = store_repl_open(m->store, master, cause);
+	if (r == STORE_OK && main_hash_init(m, cause) != 0)
+		r = STORE_ERROR;
+	if (store_lockout_end(m->store)) {
+		free(*cause);
+		xasprintf(cause, "replication is changing roles");
+		return (STORE_NOTFOUND);
+	}
+	return (r);
 }
 
 /* Run the loop with its signals and timers until told to stop. */

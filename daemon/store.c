@@ -191,6 +191,29 @@ struct store_flusher {
 	void		*arg;
 };
 
+/*
+ * The closer thread, in a group.  DB->close that meets repmgr's lockout of
+ * the API (a role change, a replica synchronising with a new master)
+ * sleeps 5 s in Berkeley DB 5.3, then closes anyway: on the loop, a role
+ * change stopped every answer, the status socket's too, that long.  The
+ * loop hands the handles over and goes on.
+ */
+struct store_closing {
+	DB			*db[STORE_DB_COUNT];
+	db_mutex_t		 mu[STORE_DB_COUNT];
+	struct store_closing	*next;
+};
+
+struct store_closer {
+	pthread_t		 thread;
+	pthread_mutex_t		 mu;
+	pthread_cond_t		 cv;
+	struct store_closing	*head;
+	struct store_closing	**tail;
+	int			 quit;
+	struct store		*st;
+};
+
 static int	store_mkdir(const char *, char **);
 static int	store_lock(struct store *, char **);
 static int	store_open_env(struct store *, char **);
@@ -206,6 +229,10 @@ static int	store_schema_ok(struct store *, const char *, long long *,
 static int	store_schema_write(struct store_txn *);
 static void	store_close_handles(struct store *);
 static void	store_close_dbs(struct store *);
+static int	store_closer_hand(struct store *);
+static void	*store_closer_main(void *);
+static void	store_closer_stop(struct store *);
+static void	store_lockout_met(struct store *);
 static void	*store_flusher_main(void *);
 static void	store_flusher_cb(evutil_socket_t, short, void *);
 static void	store_errcall_cb(const DB_ENV *, const char *, const char *);
@@ -1023,6 +1050,7 @@ store_close_handles(struct store *st)
 	if (st->env_open && !st->failed && st->counted && st->dbs_open &&
 	    repl_writable())
 		store_count_save(st);
+	store_closer_stop(st);
 	store_close_dbs(st);
 	if (st->env == NULL)
 		return;
@@ -1039,13 +1067,15 @@ store_close_handles(struct store *st)
 	st->env = NULL;
 }
 
-/* Close the databases, in reverse order. */
+/* Close the databases, in reverse order (in a group, on the closer). */
 static void
 store_close_dbs(struct store *st)
 {
 	int	i, ret;
 
 	st->dbs_open = 0;
+	if (repl_enabled() && store_closer_hand(st) == 0)
+		return;
 	for (i = STORE_DB_COUNT - 1; i >= 0; i--) {
 		if (st->db[i] == NULL)
 			continue;
@@ -1062,6 +1092,129 @@ store_close_dbs(struct store *st)
 			    db_strerror(ret));
 		st->db[i] = NULL;
 	}
+}
+
+/*
+ * Hand the open handles to the closer thread, started the first time;
+ * -1 if there is none (the caller closes them).
+ */
+static int
+store_closer_hand(struct store *st)
+{
+	struct store_closer	*c = st->closer;
+	struct store_closing	*h;
+	int			 i, any = 0;
+
+	if (st->failed)
+		return (-1);
+	if (c == NULL) {
+		c = xcalloc(1, sizeof *c);
+		c->st = st;
+		c->tail = &c->head;
+		pthread_mutex_init(&c->mu, NULL);
+		pthread_cond_init(&c->cv, NULL);
+		if (worker_thread(&c->thread, store_closer_main, c) != 0) {
+			pthread_cond_destroy(&c->cv);
+			pthread_mutex_destroy(&c->mu);
+			free(c);
+			return (-1);
+		}
+		st->closer = c;
+	}
+	h = xcalloc(1, sizeof *h);
+	for (i = 0; i < STORE_DB_COUNT; i++) {
+		h->db[i] = st->db[i];
+		h->mu[i] = st->db_mutex[i];
+		any |= st->db[i] != NULL;
+		st->db[i] = NULL;
+		st->db_mutex[i] = 0;
+	}
+	if (!any) {
+		free(h);
+		return (0);
+	}
+	pthread_mutex_lock(&c->mu);
+	*c->tail = h;
+	c->tail = &h->next;
+	pthread_cond_signal(&c->cv);
+	pthread_mutex_unlock(&c->mu);
+	return (0);
+}
+
+/* The closer thread: close what the loop handed over, until told to quit. */
+static void *
+store_closer_main(void *arg)
+{
+	struct store_closer	*c = arg;
+	struct store_closing	*h;
+
+	pthread_mutex_lock(&c->mu);
+	for (;;) {
+		while (c->head == NULL && !c->quit)
+			pthread_cond_wait(&c->cv, &c->mu);
+		if ((h = c->head) == NULL)
+			break;
+		if ((c->head = h->next) == NULL)
+			c->tail = &c->head;
+		pthread_mutex_unlock(&c->mu);
+		/* A panicked environment frees nothing. */
+		if (!c->st->failed)
+			store_handles_close(h->db, h->mu);
+		free(h);
+		pthread_mutex_lock(&c->mu);
+	}
+	pthread_mutex_unlock(&c->mu);
+	return (NULL);
+}
+
+/* Stop the closer thread once it has closed everything handed over. */
+static void
+store_closer_stop(struct store *st)
+{
+	struct store_closer	*c = st->closer;
+
+	if (c == NULL)
+		return;
+	pthread_mutex_lock(&c->mu);
+	c->quit = 1;
+	pthread_cond_signal(&c->cv);
+	pthread_mutex_unlock(&c->mu);
+	pthread_join(c->thread, NULL);
+	pthread_cond_destroy(&c->cv);
+	pthread_mutex_destroy(&c->mu);
+	free(c);
+	st->closer = NULL;
+}
+
+/*
+ * A group's role change reopens the store on the loop.  An open, or a
+ * read in a transaction, that meets repmgr's lockout of the API fails
+ * with DB_LOCK_DEADLOCK (and a lock deadlock with repmgr's own work the
+ * same way): between store_lockout_begin and store_lockout_end such a
+ * failure is no fault of the store, and the caller tries again later
+ * instead of giving the store up.
+ */
+void
+store_lockout_begin(struct store *st)
+{
+	st->lockout = 1;
+}
+
+/*
+ * The reopening is over: return 1 if it met the lockout (or a deadlock),
+ * after closing the databases again (the caller tries later), else 0.
+ */
+int
+store_lockout_end(struct store *st)
+{
+	int	met = st->lockout == 2;
+
+	if (met) {
+		st->counted = 0;
+		store_close_dbs(st);
+	}
+	st->lockout = 0;
+	return (met);
 }
 
 /* Register the function called once when the environment fails. */
@@ -1148,6 +1301,15 @@ store_fail(struct store *st, const char *what)
 		st->fail_cb(st->fail_arg);
 }
 
+/* A reopening (store_lockout_begin) met repmgr's lockout, or a deadlock. */
+static void
+store_lockout_met(struct store *st)
+{
+	int	reopening = 1;
+
+	(void)atomic_compare_exchange_strong(&st->lockout, &reopening, 2);
+}
+
 /* Turn a Berkeley DB return value into a STORE_* code. */
 int
 store_result(struct store *st, int ret, const char *what)
@@ -1160,13 +1322,15 @@ store_result(struct store *st, int ret, const char *what)
 		return (STORE_NOTFOUND);
 	case DB_LOCK_DEADLOCK:
 	case DB_LOCK_NOTGRANTED:
+		store_lockout_met(st);
 		log_debug("store: %s: %s", what, db_strerror(ret));
 		return (STORE_RETRY);
 	case DB_RUNRECOVERY:
 		store_fail(st, what);
 		return (STORE_ERROR);
 	case DB_REP_LOCKOUT:
-		/* A replica synchronising with its master (repl.c). */
+		/* A role change or a replica synchronising (repl.c). */
+		store_lockout_met(st);
 		log_debug("store: %s: %s", what, db_strerror(ret));
 		return (STORE_ERROR);
 	case DB_REP_HANDLE_DEAD:
@@ -1350,7 +1514,12 @@ store_flusher_start(struct store *st, struct event_base *base,
 	f->fds[0] = f->fds[1] = -1;
 	f->done = done;
 	f->arg = arg;
-	if ((ret = db_env_create(&f->env, 0)) != 0 ||
+	if ((ret = db_env_create(&f->env, 0)) == 0) {
+		/* Its messages go to the log, like the main handle's. */
+		f->env->app_private = st;
+		f->env->set_errcall(f->env, store_errcall_cb);
+	}
+	if (ret != 0 ||
 	    (ret = f->env->open(f->env, st->dir, DB_JOINENV, 0)) != 0) {
 		xasprintf(cause, "flusher: cannot join the environment: %s",
 		    db_strerror(ret));

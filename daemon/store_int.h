@@ -94,6 +94,8 @@ struct store {
 	struct store_counts counts;	/* of committed data */
 	struct store_flusher *flusher;	/* NULL: flushes are synchronous */
 	struct store_backup *backup;	/* NULL: no backup running */
+	struct store_closer *closer;	/* NULL: handles close here */
+	atomic_int	 lockout;	/* 1: reopening, 2: met a lockout */
 	int		 counted;	/* counts are right: save them */
 	int		 dbs_open;	/* replica or master (repl.c) */
 	db_mutex_t	 db_mutex[STORE_DB_COUNT];	/* kept aside */
