@@ -568,21 +568,20 @@ class ReplForwardTimeoutTests(ForwardCase):
         g.wait_master()
 
 
-@unittest.skip("issue 22, point 6 is open: fails 2 runs in 3 (docs/ha.md)")
 class ReplResumeTests(ForwardCase):
-    """A paused master resumed (issue 22, point 6).  A claim that waited
-    at the paused master runs as it resumes: its commit waits for
-    acknowledgements that never come, and meanwhile the master learns of
-    the new one and repmgr demotes it, locking Berkeley DB's API out
-    while it changes the role.  The event loop then began the
-    acknowledgement marker's transaction, and Berkeley DB 5.3 waits for a
-    lockout in sleeps of 5 s: the member answered neither its status
-    socket nor /healthz for 5 to 10 s.  Now a call that meets a lockout
-    fails at once (DB_REP_CONF_NOWAIT) and is answered 503, and every
-    member keeps answering.  What may still hold a loop is the wait of a
-    commit already under way for its acknowledgements (up to
-    repl_ack_timeout, twice with the marker: issue 19 moves it off the
-    loop), so the bound is that and a second more."""
+    """A paused master resumed (issue 22, point 6).  A claim waits at the
+    paused master and runs as it resumes; the master learns of the new
+    one and both step down (Berkeley DB's DUPMASTER rule), and a second
+    election follows.  Each role change locks Berkeley DB's API out for
+    a moment (repmgr), and the members close their store's databases and
+    open them again for the new role.  DB->close that meets the lockout
+    sleeps 5 s in Berkeley DB 5.3: a member's event loop, closing the
+    databases of a replica following the new master, answered neither
+    its status socket nor /healthz for 5 s (every run).  Now the
+    databases are closed on a thread of their own, and every member
+    keeps answering.  The bound leaves room for a commit of the resumed
+    master's claim (its flush waits for acknowledgements off the loop)
+    and a busy machine."""
 
     WATCH = 7.0		# seconds of probes after SIGCONT: past one 5 s sleep
     BOUND = 2 * repl_group.ACK_MS / 1000.0 + 1.0
