@@ -57,6 +57,7 @@ static void		 api_answer(struct http *, struct evhttp_request *,
 			    struct api_request *, int);
 static void		 api_number_work(void *);
 static void		 api_number_done(void *, int);
+static int		 api_number_back(struct api_request *, int);
 static int		 api_pool(struct http *, struct evhttp_request *,
 			    struct api_request *);
 static void		 api_claim_work(void *);
@@ -193,6 +194,24 @@ api_number_work(void *arg)
 	    r->e164);
 }
 
+/*
+ * A worker's answer is back on the loop: remember the number (if asked),
+ * resume the request, and answer 400 if the number was not one.  0 if the
+ * caller goes on with the request.
+ */
+static int
+api_number_back(struct api_request *r, int remember)
+{
+	if (remember)
+		phone_remember(r->b.phone, r->b.phone_len, r->region,
+		    r->rv == 0 ? r->e164 : NULL);
+	http_resume(r->h, &r->ctx);
+	if (r->rv == 0)
+		return (0);
+	http_error(r->h, r->ctx.req, 400, "invalid_phone_number");
+	return (-1);
+}
+
 /* Back on the loop: remember the number, then the claim goes on. */
 static void
 api_number_done(void *arg, int cancelled)
@@ -200,13 +219,7 @@ api_number_done(void *arg, int cancelled)
 	struct api_request	*r = arg;
 
 	if (!cancelled) {
-		phone_remember(r->b.phone, r->b.phone_len, r->region,
-		    r->rv == 0 ? r->e164 : NULL);
-		http_resume(r->h, &r->ctx);
-		if (r->rv != 0)
-			http_error(r->h, r->ctx.req, 400,
-			    "invalid_phone_number");
-		else
+		if (api_number_back(r, 1) == 0)
 			api_claim(r->h, r->ctx.req, r);
 		http_resumed(r->h);
 	}
@@ -262,13 +275,8 @@ api_claim_done(void *arg, int cancelled)
 	struct api_request	*r = arg;
 
 	if (!cancelled) {
-		if (!r->cached)
-			phone_remember(r->b.phone, r->b.phone_len, r->region,
-			    r->rv == 0 ? r->e164 : NULL);
-		http_resume(r->h, &r->ctx);
-		if (r->rv != 0)
-			http_error(r->h, r->ctx.req, 400,
-			    "invalid_phone_number");
+		if (api_number_back(r, !r->cached) != 0)
+			/* answered */;
 		else if (r->b.error != NULL)
 			http_error(r->h, r->ctx.req, 400, r->b.error);
 		else

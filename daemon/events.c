@@ -41,6 +41,7 @@ struct events_ctx {
 	char			 suffix[LAST4_LEN + 1];
 	char			 enrol[ENROL_ID_MAX + 1];
 	const char		*why;	/* a number is unreadable */
+	struct events_info	*info;	/* what the caller learns */
 };
 
 static yajl_val		 events_get(yajl_val, const char *, const char *,
@@ -55,6 +56,7 @@ static int		 events_number_string(struct events_ctx *,
 static int		 events_gd_number(struct events_ctx *, const char *,
 			     int *);
 static void		 events_enrol_id(struct events_ctx *, const char *);
+static void		 events_note_unreadable(struct events_ctx *, int, int);
 static int		 events_gd(struct store_txn *, struct events_ctx *,
 			     const char *, int *);
 static int		 events_sapi(struct store_txn *, struct events_ctx *,
@@ -467,6 +469,7 @@ events_gd(struct store_txn *txn, struct events_ctx *x, const char *type,
 	    strcmp(type, "gd_send_voice_failure") == 0)
 		return (claims_ev_failed(txn, &x->ev, outcome));
 	factor = events_gd_number(x, type, &kind);
+	events_note_unreadable(x, factor, kind);
 	/* Auth0 documents it as a push failure: a phone must show. */
 	if (strcmp(type, "gd_start_enroll_failed") == 0 && factor == 1)
 		return (claims_ev_failed(txn, &x->ev, outcome));
@@ -488,6 +491,25 @@ events_gd(struct store_txn *txn, struct events_ctx *x, const char *type,
 	if (strcmp(type, "gd_enrollment_complete") == 0)
 		return (claims_ev_enrolled(txn, &x->ev, outcome));
 	return (claims_ev_unenrolled(txn, &x->ev, outcome));
+}
+
+/*
+ * Tell the caller of events_apply_info that the number of a phone
+ * factor's event cannot be read, with the user as events_unreadable names
+ * it: the same reading, without a second one.
+ */
+static void
+events_note_unreadable(struct events_ctx *x, int factor, int kind)
+{
+	const char	*user;
+
+	if (x->info == NULL || factor == 0 || kind != EVENTS_NUMBER_UNREADABLE)
+		return;
+	x->info->unreadable = x->why;
+	user = events_string(x->data, "details", "enrollment", "user_id");
+	if (user == NULL || !claims_user_id_ok(user))
+		user = events_string(x->data, "user_id", NULL, NULL);
+	x->info->user = user;
 }
 
 /*
@@ -874,12 +896,26 @@ int
 events_apply(struct store_txn *txn, yajl_val data, const char *log_id,
     int64_t now_ms, int *outcome)
 {
+	return (events_apply_info(txn, data, log_id, now_ms, outcome, NULL));
+}
+
+/*
+ * events_apply, and fill info (if not NULL) with what was read on the
+ * way: the date, and why a number cannot be read.  The log stream needs
+ * them for every event; reading the tree again cost a second
+ * normalisation and HMAC of the number.
+ */
+int
+events_apply_info(struct store_txn *txn, yajl_val data, const char *log_id,
+    int64_t now_ms, int *outcome, struct events_info *info)
+{
 	struct events_ctx	 x;
 	const char		*type = events_type(data);
 	int			 rv = STORE_OK;
 
 	memset(&x, 0, sizeof x);
 	x.data = data;
+	x.info = info;
 	x.ev.log_id = log_id;
 	x.ev.now = now_ms / 1000;
 	x.ev.when.kind = CLAIMS_DATED;
@@ -887,6 +923,11 @@ events_apply(struct store_txn *txn, yajl_val data, const char *log_id,
 	    &x.ev.when.ms) != 0) {
 		x.ev.when.ms = now_ms;
 		x.ev.when.kind = CLAIMS_UNDATED;
+	}
+	if (info != NULL) {
+		memset(info, 0, sizeof *info);
+		info->undated = x.ev.when.kind == CLAIMS_UNDATED;
+		info->date_ms = info->undated ? 0 : x.ev.when.ms;
 	}
 	x.ev.source = CLAIM_SRC_LOGSTREAM;
 	*outcome = CLAIMS_IGNORED;

@@ -70,6 +70,7 @@ struct logstream_item {
 	int		 ignored;	/* changed nothing: count its type */
 	int		 undated;	/* applied, without a readable date */
 	const char	*unreadable;	/* why its number is unreadable */
+	const char	*user;		/* and whose it is */
 };
 
 /* A rejected item, kept until the request is committed. */
@@ -374,36 +375,38 @@ logstream_later(const char *a, const char *b)
 	return (strcmp(a, b) > 0);
 }
 
-/* Apply one checked item: seen before, or its effects. */
+/*
+ * Apply one checked item: seen before, or its effects.  The event is read
+ * once: events_apply_info hands back its date and its unreadable number.
+ */
 static int
 logstream_apply_one(struct store_txn *txn, struct logstream_batch *b,
     struct logstream_item *it)
 {
-	const char	*user;
-	int64_t		 date;
-	int		 rv, outcome;
+	struct events_info	 info;
+	int			 rv, outcome;
 
 	rv = store_seen_add(txn, it->log_id, b->now);
 	it->ignored = it->undated = 0;
-	it->unreadable = NULL;
+	it->unreadable = it->user = NULL;
 	if (rv == STORE_EXISTS) {
 		b->c.duplicates++;
 		return (STORE_OK);
 	}
 	if (rv != STORE_OK)
 		return (rv);
-	if ((rv = events_apply(txn, it->data, it->log_id, b->now_ms,
-	    &outcome)) != STORE_OK)
+	if ((rv = events_apply_info(txn, it->data, it->log_id, b->now_ms,
+	    &outcome, &info)) != STORE_OK)
 		return (rv);
-	it->undated = events_date(it->data, INT64_MIN) == INT64_MIN;
-	it->unreadable = events_unreadable(it->data, &user);
+	it->undated = info.undated;
+	it->unreadable = info.unreadable;
+	it->user = info.user;
 	if (it->unreadable != NULL)
 		b->c.unreadable++;
 	if (logstream_later(it->log_id, b->c.last))
 		snprintf(b->c.last, sizeof b->c.last, "%s", it->log_id);
 	/* The latest by date (at one date, the later id), an undated none. */
-	date = events_date(it->data, 0);
-	logstream_latest(&b->c, it->log_id, date);
+	logstream_latest(&b->c, it->log_id, info.date_ms);
 	switch (outcome) {
 	case CLAIMS_APPLIED:
 		b->c.applied++;
@@ -479,10 +482,7 @@ logstream_txn(struct store_txn *txn, void *arg)
 static void
 logstream_count_unreadable(const struct logstream_item *it)
 {
-	const char	*user, *why;
-
-	if ((why = events_unreadable(it->data, &user)) != NULL)
-		events_count_unreadable(it->log_id, user, why);
+	events_count_unreadable(it->log_id, it->user, it->unreadable);
 }
 
 /* Free a batch's trees and items; again, it does nothing. */

@@ -72,6 +72,15 @@
 #define REPL_ACK_EIDS		(CONF_PEERS_MAX + 8)
 
 /* What a replica last answered this master. */
+/* A message, decoded (repl_ack_pack says how it is laid out). */
+struct repl_ack_msg {
+	int		type;		/* REPL_ACK_ASK or REPL_ACK_HAVE */
+	int		flag;
+	uint32_t	gen;
+	int		eid;
+	uint64_t	lsn;
+};
+
 struct repl_ack_site {
 	int		 eid;
 	uint32_t	 gen;
@@ -130,6 +139,7 @@ static uint64_t	 repl_ack_get64(const u_char *);
 static void	 repl_ack_port(const char *);
 static int	 repl_ack_is_port(const struct sockaddr_storage *);
 static uint32_t	 repl_ack_get32(const u_char *);
+static int	 repl_ack_decode(const DBT *, struct repl_ack_msg *);
 
 /*
  * Before repmgr starts: no acknowledgements of repmgr's, ours through
@@ -484,20 +494,39 @@ static void
 repl_ack_cb(DB_ENV *env, DB_CHANNEL *ch, DBT *msgs, u_int32_t n,
     u_int32_t flags)
 {
-	const u_char	*p;
+	struct repl_ack_msg	m;
 
 	(void)env;
 	(void)ch;
 	(void)flags;
-	if (ra == NULL || n != 1 || msgs[0].size != REPL_ACK_MSG_LEN)
+	if (ra == NULL || n != 1 || repl_ack_decode(&msgs[0], &m) != 0)
 		return;
-	p = msgs[0].data;
-	if (p[0] == REPL_ACK_HAVE)
-		repl_ack_have(repl_ack_get32(p + 2), (int)repl_ack_get32(p + 6),
-		    repl_ack_get64(p + 10), p[1]);
-	else if (p[0] == REPL_ACK_ASK)
-		repl_ack_ask(repl_ack_get32(p + 2), (int)repl_ack_get32(p + 6),
-		    p[1], repl_ack_get64(p + 10));
+	if (m.type == REPL_ACK_HAVE)
+		repl_ack_have(m.gen, m.eid, m.lsn, m.flag);
+	else if (m.type == REPL_ACK_ASK)
+		repl_ack_ask(m.gen, m.eid, m.flag, m.lsn);
+}
+
+/*
+ * Read a message that repmgr hands to the callback: its bytes are
+ * repmgr's, read only here (tests/tsan.supp names this function: a
+ * message a member sends itself, as a replica that has just become the
+ * master may, is passed between repmgr's threads in a way the
+ * ThreadSanitizer runtime does not see).  -1 if it is not one of ours.
+ */
+static int
+repl_ack_decode(const DBT *dbt, struct repl_ack_msg *m)
+{
+	const u_char	*p = dbt->data;
+
+	if (dbt->size != REPL_ACK_MSG_LEN)
+		return (-1);
+	m->type = p[0];
+	m->flag = p[1];
+	m->gen = repl_ack_get32(p + 2);
+	m->eid = (int)repl_ack_get32(p + 6);
+	m->lsn = repl_ack_get64(p + 10);
+	return (0);
 }
 
 /* The master: a replica's log ends at end in generation gen. */
@@ -591,6 +620,9 @@ repl_ack_answer(uint32_t gen, int eid, int flush, uint64_t lsn)
 	memset(&dbt, 0, sizeof dbt);
 	dbt.data = msg;
 	dbt.size = sizeof msg;
+	/* Become the master meanwhile: the answer would come back here. */
+	if (repl_writable())
+		return;
 	if (ra->to_master == NULL && ra->env->repmgr_channel(ra->env,
 	    DB_EID_MASTER, &ra->to_master, 0) != 0)
 		ra->to_master = NULL;

@@ -59,6 +59,7 @@
 #define REPL_CLOCK_CONNECT_MS	1000	/* to connect to a peer */
 #define REPL_CLOCK_TIMEOUT_MS	2000	/* one probe at most */
 #define REPL_CLOCK_FRESH_MS	30000	/* a sample counts this long */
+#define REPL_CLOCK_STEP_MS	1000	/* a step of the clock, not a slew */
 
 /* What this member knows of one peer's clock. */
 struct repl_clock_peer {
@@ -82,6 +83,8 @@ struct repl_clock {
 	/* Under mu. */
 	int			 stop;
 	int			 state;		/* enum repl_clock_state */
+	int64_t			 base;		/* ms: clock minus monotonic */
+	int			 based;		/* base is known */
 	struct repl_clock_peer	 peers[CONF_PEERS_MAX];
 	size_t			 npeers;
 };
@@ -90,6 +93,8 @@ static struct repl_clock	*repl_clock;
 
 static void	*repl_clock_main(void *);
 static void	 repl_clock_round(struct repl_clock *);
+static void	 repl_clock_rebase(struct repl_clock *);
+static int64_t	 repl_clock_base(void);
 static int	 repl_clock_probe(struct repl_clock_peer *, int64_t *,
 		    int64_t *);
 static int	 repl_clock_verdict(struct repl_clock *, int64_t);
@@ -263,6 +268,7 @@ repl_clock_round(struct repl_clock *c)
 	size_t			 i;
 	int			 was, now;
 
+	repl_clock_rebase(c);
 	for (i = 0; i < c->npeers; i++) {
 		p = &c->peers[i];
 		if (repl_clock_probe(p, &skew, &error) != 0)
@@ -282,6 +288,41 @@ repl_clock_round(struct repl_clock *c)
 	if (now != was)
 		repl_clock_log(c, was, now);
 	repl_electable(now != REPL_CLOCK_OFF);
+}
+
+/* This member's clock minus its monotonic clock, in ms. */
+static int64_t
+repl_clock_base(void)
+{
+	return (repl_clock_now_ms() - repl_clock_mono_ms());
+}
+
+/*
+ * Before a round: if this member's clock stepped since the last one (an
+ * operator or NTP set it), the peers' samples measured the old clock:
+ * forget them, so that the verdict waits for new ones.  Until then
+ * repl_clock_trusted says no (a master an hour ahead would otherwise
+ * expire every reservation in the seconds before its next round).
+ */
+static void
+repl_clock_rebase(struct repl_clock *c)
+{
+	int64_t	base = repl_clock_base(), step;
+	size_t	i;
+
+	pthread_mutex_lock(&c->mu);
+	step = c->based ? base - c->base : 0;
+	if (step > REPL_CLOCK_STEP_MS || step < -REPL_CLOCK_STEP_MS) {
+		for (i = 0; i < c->npeers; i++)
+			c->peers[i].have = 0;
+	}
+	c->base = base;
+	c->based = 1;
+	pthread_mutex_unlock(&c->mu);
+	if (step > REPL_CLOCK_STEP_MS || step < -REPL_CLOCK_STEP_MS)
+		log_warnx("replication: this member's clock stepped by %"
+		    PRId64 " ms: it acts on it again once its peers' clocks "
+		    "are read", step);
 }
 
 /*
@@ -398,13 +439,20 @@ int
 repl_clock_trusted(void)
 {
 	struct repl_clock	*c = repl_clock;
-	int			 state;
+	int64_t			 base, step;
+	int			 state, based;
 
 	if (c == NULL)
 		return (1);
 	pthread_mutex_lock(&c->mu);
 	state = c->state;
+	base = c->base;
+	based = c->based;
 	pthread_mutex_unlock(&c->mu);
+	/* A step since the last round: the verdict is of the old clock. */
+	step = based ? repl_clock_base() - base : 0;
+	if (step > REPL_CLOCK_STEP_MS || step < -REPL_CLOCK_STEP_MS)
+		return (0);
 	return (state == REPL_CLOCK_OK);
 }
 

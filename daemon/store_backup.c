@@ -437,9 +437,16 @@ store_backup_cb(evutil_socket_t fd, short events, void *arg)
 	void				(*done)(const struct
 					    store_backup_result *, void *);
 	void				*done_arg;
+	char				 c;
 
-	(void)fd;
 	(void)events;
+	/*
+	 * Take the thread's byte before reading what it wrote: the read
+	 * is what orders its writes to b->res before ours (that the pipe
+	 * polled readable does not, for ThreadSanitizer).
+	 */
+	while (read(fd, &c, 1) == -1 && errno == EINTR)
+		/* again */;
 	res = b->res;
 	done = b->done;
 	done_arg = b->arg;

@@ -615,9 +615,19 @@ struct events_counts {
 	size_t	 stale;
 };
 
+/* What events_apply_info read in an event, beside its outcome. */
+struct events_info {
+	int		 undated;	/* no readable date: dated at arrival */
+	int64_t		 date_ms;	/* its date, 0 if undated */
+	const char	*unreadable;	/* why its number is unreadable */
+	const char	*user;		/* and the event's user (in the tree) */
+};
+
 struct yajl_val_s;
 int		 events_apply(struct store_txn *, struct yajl_val_s *,
 		     const char *, int64_t, int *);
+int		 events_apply_info(struct store_txn *, struct yajl_val_s *,
+		     const char *, int64_t, int *, struct events_info *);
 const char	*events_type(struct yajl_val_s *);
 const char	*events_refusal(struct yajl_val_s *);
 int64_t		 events_date(struct yajl_val_s *, int64_t);

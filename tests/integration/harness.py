@@ -41,7 +41,8 @@ LISTEN_RE = re.compile(
     r"phoneclaimd: info: listening on (127\.0\.0\.1|\[::1\]):(\d+)")
 SANITIZER_RE = re.compile(
     r"ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:|"
-    r"SUMMARY: (AddressSanitizer|UndefinedBehaviorSanitizer)")
+    r"SUMMARY: (AddressSanitizer|UndefinedBehaviorSanitizer)|"
+    r"(WARNING|FATAL|ERROR): ThreadSanitizer|ThreadSanitizer: reported")
 
 ABSENT = object()	# a JSON member left out of a request body
 
@@ -50,14 +51,40 @@ _all_daemons = []
 
 # Environment ---------------------------------------------------------------
 
-def sanitized():
-    """True when the daemon under test is built with AddressSanitizer
-    (configure --enable-asan), which makes it several times slower."""
+def _daemon_has(symbol):
     path = os.environ.get("PHONECLAIMD")
     if not path:
         return False
     with open(path, "rb") as f:
-        return b"__asan_init" in f.read()
+        return symbol in f.read()
+
+
+def sanitized():
+    """True when the daemon under test is built with AddressSanitizer
+    (configure --enable-asan) or ThreadSanitizer (--enable-tsan), which
+    make it several times slower."""
+    return _daemon_has(b"__asan_init") or thread_sanitized()
+
+
+def thread_sanitized():
+    """True when the daemon under test is built with ThreadSanitizer."""
+    return _daemon_has(b"__tsan_init")
+
+
+def _tsan_suppressions():
+    """Give a ThreadSanitizer daemon tests/tsan.supp and no deadlock
+    detection when the test runs outside make check (which sets
+    TSAN_OPTIONS itself; Makefile.am says why)."""
+    opts = os.environ.get("TSAN_OPTIONS", "")
+    top = os.environ.get("TOP_SRCDIR") or os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "..", "..")
+    if "suppressions=" not in opts:
+        os.environ["TSAN_OPTIONS"] = (
+            "suppressions=%s detect_deadlocks=0 %s" % (
+                os.path.join(top, "tests", "tsan.supp"), opts)).strip()
+
+
+_tsan_suppressions()
 
 
 def require_daemon():

@@ -821,6 +821,8 @@ class ValgrindTests(TlsCase):
                              capture_output=True, text=True)
         if "libasan" in ldd.stdout:
             self.skipTest("built with AddressSanitizer")
+        if "libtsan" in ldd.stdout:
+            self.skipTest("built with ThreadSanitizer")
 
     def test_tls_connections_and_reloads_under_valgrind(self):
         d = harness.ValgrindDaemon(request_timeout=REQUEST_TIMEOUT)

@@ -8,7 +8,7 @@ valgrind.supp holds the one report of Berkeley DB's own that is
 suppressed, with the reason.
 
 Skipped when valgrind is missing or the daemon was built with
-AddressSanitizer (the two do not mix).
+AddressSanitizer or ThreadSanitizer (valgrind does not mix with either).
 """
 
 import json
@@ -37,10 +37,12 @@ def valgrind_or_skip():
         sys.exit(77)
     daemon = harness.require_daemon()
     ldd = subprocess.run(["ldd", daemon], capture_output=True, text=True)
-    if "libasan" in ldd.stdout:
-        print("daemon built with AddressSanitizer: skipping valgrind",
-              file=sys.stderr)
-        sys.exit(77)
+    for lib, name in (("libasan", "AddressSanitizer"),
+                      ("libtsan", "ThreadSanitizer")):
+        if lib in ldd.stdout:
+            print("daemon built with %s: skipping valgrind (the two do "
+                  "not mix)" % name, file=sys.stderr)
+            sys.exit(77)
     return vg
 
 

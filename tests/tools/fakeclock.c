@@ -24,6 +24,12 @@
  * another clock (pthread_condattr_setclock, as Python's and libuv's are)
  * are remembered at pthread_cond_init and left alone.
  *
+ * In a ThreadSanitizer process (configure --enable-tsan) the condition
+ * variable calls go on to the runtime's interceptors, not straight to
+ * glibc: going round them would hide from it that a wait releases its
+ * mutex, and it would then report every later lock of that mutex as a
+ * double lock.
+ *
  * Built as tests/tools/fakeclock.so by a rule of its own in Makefile.am.
  */
 #define _GNU_SOURCE
@@ -35,6 +41,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <semaphore.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
@@ -59,6 +66,7 @@ static long	fakeclock_offset(void);
 static long	fakeclock_number(const char *);
 static int	fakeclock_real(clockid_t, struct timespec *);
 static int	fakeclock_other_find(pthread_cond_t *, pthread_cond_t *);
+static void	*fakeclock_next_cond(const char *);
 static struct timespec fakeclock_deadline(const struct timespec *);
 
 /* A decimal number of seconds, or 0 for anything else. */
@@ -183,6 +191,23 @@ fakeclock_other_find(pthread_cond_t *was, pthread_cond_t *now)
 	return (r);
 }
 
+/*
+ * The next pthread_cond_* function called name: a ThreadSanitizer
+ * runtime's interceptor if there is one, else glibc's current version
+ * (dlsym could give the old one of GLIBC_2.2.5).
+ */
+static void *
+fakeclock_next_cond(const char *name)
+{
+	char	 tsan[64];
+	void	*fn;
+
+	snprintf(tsan, sizeof tsan, "__interceptor_%s", name);
+	if ((fn = dlsym(RTLD_NEXT, tsan)) != NULL)
+		return (fn);
+	return (dlvsym(RTLD_NEXT, name, "GLIBC_2.3.2"));
+}
+
 /* An absolute deadline of the moved wall clock, on the real one. */
 static struct timespec
 fakeclock_deadline(const struct timespec *abstime)
@@ -201,8 +226,8 @@ pthread_cond_init(pthread_cond_t *cond, const pthread_condattr_t *attr)
 	int			r;
 
 	if (real == NULL)
-		real = (cond_init_fn)dlvsym(RTLD_NEXT, "pthread_cond_init",
-		    "GLIBC_2.3.2");
+		real = (cond_init_fn)fakeclock_next_cond(
+		    "pthread_cond_init");
 	if (real == NULL)
 		return (ENOSYS);
 	if ((r = real(cond, attr)) != 0)
@@ -222,8 +247,8 @@ pthread_cond_destroy(pthread_cond_t *cond)
 	static cond_destroy_fn	real;
 
 	if (real == NULL)
-		real = (cond_destroy_fn)dlvsym(RTLD_NEXT,
-		    "pthread_cond_destroy", "GLIBC_2.3.2");
+		real = (cond_destroy_fn)fakeclock_next_cond(
+		    "pthread_cond_destroy");
 	if (real == NULL)
 		return (ENOSYS);
 	while (fakeclock_other_find(cond, NULL) == 0)
@@ -240,8 +265,8 @@ pthread_cond_timedwait(pthread_cond_t *restrict cond,
 	int				saved = errno;
 
 	if (real == NULL)
-		real = (cond_timedwait_fn)dlvsym(RTLD_NEXT,
-		    "pthread_cond_timedwait", "GLIBC_2.3.2");
+		real = (cond_timedwait_fn)fakeclock_next_cond(
+		    "pthread_cond_timedwait");
 	if (real == NULL)
 		return (ENOSYS);
 	if (fakeclock_other_find(cond, cond) == 0) {

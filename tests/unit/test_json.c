@@ -20,6 +20,7 @@
 
 static int	parses_with(yajl_val (*)(const char *, size_t, char **),
 		    const char *, size_t);
+static void	same_tree(yajl_val, yajl_val, const char *);
 
 /* Parse text and return 1 on success. */
 static int
@@ -251,6 +252,88 @@ test_escapes_kept(void **state)
 	json_free(v);
 }
 
+/* Fail unless a and b are the same tree, from yajl_tree and json_parse. */
+static void
+same_tree(yajl_val a, yajl_val b, const char *text)
+{
+	size_t	i;
+
+	assert_non_null(a);
+	assert_non_null(b);
+	if (a->type != b->type)
+		fail_msg("types %d and %d in %s", a->type, b->type, text);
+	switch (a->type) {
+	case yajl_t_string:
+		assert_string_equal(a->u.string, b->u.string);
+		break;
+	case yajl_t_number:
+		assert_string_equal(a->u.number.r, b->u.number.r);
+		if (a->u.number.flags != b->u.number.flags ||
+		    a->u.number.i != b->u.number.i ||
+		    memcmp(&a->u.number.d, &b->u.number.d, sizeof (double)) != 0)
+			fail_msg("number %s: flags %d/%d, %lld/%lld in %s",
+			    a->u.number.r, a->u.number.flags,
+			    b->u.number.flags, a->u.number.i, b->u.number.i,
+			    text);
+		break;
+	case yajl_t_object:
+		assert_int_equal(a->u.object.len, b->u.object.len);
+		for (i = 0; i < a->u.object.len; i++) {
+			assert_string_equal(a->u.object.keys[i],
+			    b->u.object.keys[i]);
+			same_tree(a->u.object.values[i], b->u.object.values[i],
+			    text);
+		}
+		break;
+	case yajl_t_array:
+		assert_int_equal(a->u.array.len, b->u.array.len);
+		for (i = 0; i < a->u.array.len; i++)
+			same_tree(a->u.array.values[i], b->u.array.values[i],
+			    text);
+		break;
+	default:
+		break;
+	}
+}
+
+/*
+ * json_parse builds its own tree (one pass, in chunks): the same as
+ * yajl_tree_parse's, member for member, number for number.
+ */
+static void
+test_same_as_yajl_tree(void **state)
+{
+	static const char	*texts[] = {
+		"1", "-0", "\"s\"", "true", "false", "null", "[]", "{}",
+		"[1, 1.5, -3, 99999999999999999999, -9223372036854775808, "
+		"9223372036854775807, 9223372036854775808, 1e3, 0.0, 1E400, "
+		"-1e-400, 922337203685477581, 9223372036854775799, -12]",
+		"{\"a\":1,\"a\":2,\"b\":[],\"c\":{},\"d\":[[],[{}],{\"e\":"
+		"null}]}",
+		"[{\"log_id\":\"9001\",\"data\":{\"type\":\"gd_unenroll\","
+		"\"details\":{\"authenticator\":{\"phone_number\":"
+		"\"+1******0123\"}},\"user_id\":\"auth0|x\"}}, {\"x\":[1,"
+		"[2,[3,[4]]],\"\\n\\t\\\"\\/\\u00e9\\ud83d\\ude00\"]}]",
+		"  {\"k\" : [ true , false , null , \"\" ] }  ",
+	};
+	yajl_val		 a, b;
+	char			 err[256], *cause = NULL;
+	size_t			 i;
+
+	(void)state;
+	for (i = 0; i < sizeof texts / sizeof texts[0]; i++) {
+		a = yajl_tree_parse(texts[i], err, sizeof err);
+		if (a == NULL)
+			fail_msg("yajl: %s: %s", err, texts[i]);
+		b = json_parse(texts[i], strlen(texts[i]), &cause);
+		if (b == NULL)
+			fail_msg("json_parse: %s: %s", cause, texts[i]);
+		same_tree(a, b, texts[i]);
+		yajl_tree_free(a);
+		json_free(b);
+	}
+}
+
 int
 main(void)
 {
@@ -261,6 +344,7 @@ main(void)
 		cmocka_unit_test(test_item_bound),
 		cmocka_unit_test(test_utf8),
 		cmocka_unit_test(test_escapes_kept),
+		cmocka_unit_test(test_same_as_yajl_tree),
 	};
 
 	return (cmocka_run_group_tests(tests, NULL, NULL));
