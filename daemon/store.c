@@ -191,29 +191,6 @@ struct store_flusher {
 	void		*arg;
 };
 
-/*
- * The closer thread, in a group.  DB->close that meets repmgr's lockout of
- * the API (a role change, a replica synchronising with a new master)
- * sleeps 5 s in Berkeley DB 5.3, then closes anyway: on the loop, a role
- * change stopped every answer, the status socket's too, that long.  The
- * loop hands the handles over and goes on.
- */
-struct store_closing {
-	DB			*db[STORE_DB_COUNT];
-	db_mutex_t		 mu[STORE_DB_COUNT];
-	struct store_closing	*next;
-};
-
-struct store_closer {
-	pthread_t		 thread;
-	pthread_mutex_t		 mu;
-	pthread_cond_t		 cv;
-	struct store_closing	*head;
-	struct store_closing	**tail;
-	int			 quit;
-	struct store		*st;
-};
-
 static int	store_mkdir(const char *, char **);
 static int	store_lock(struct store *, char **);
 static int	store_open_env(struct store *, char **);
@@ -229,9 +206,6 @@ static int	store_schema_ok(struct store *, const char *, long long *,
 static int	store_schema_write(struct store_txn *);
 static void	store_close_handles(struct store *);
 static void	store_close_dbs(struct store *);
-static int	store_closer_hand(struct store *);
-static void	*store_closer_main(void *);
-static void	store_closer_stop(struct store *);
 static void	store_lockout_met(struct store *);
 static void	*store_flusher_main(void *);
 static void	store_flusher_cb(evutil_socket_t, short, void *);
@@ -242,7 +216,9 @@ static int	store_count_db(DB *, DB_TXN *, uint64_t *);
 static int	store_count_init(struct store *, char **);
 static int	store_flush_log(struct store *);
 static int	store_txn_commit_to(struct store_txn *, int);
-static int	store_count_all(struct store *, struct store_txn *);
+static int	store_count_all(struct store *, struct store_txn *,
+		    struct store_counts *);
+static void	store_count_set(struct store *, const struct store_counts *);
 static void	store_count_save(struct store *);
 static void	store_count_apply(struct store *, const struct store_txn *);
 
@@ -458,14 +434,18 @@ int
 store_recount(struct store *st)
 {
 	struct store_txn	*txn;
+	struct store_counts	 c;
 	int			 r;
 
 	if ((r = store_txn_begin(st, &txn)) != STORE_OK)
 		return (r);
-	memset(&st->counts, 0, sizeof st->counts);
-	r = store_count_all(st, txn);
+	memset(&c, 0, sizeof c);
+	r = store_count_all(st, txn, &c);
 	store_txn_abort(txn);
-	st->counts.active = st->counts.claims - st->counts.pending;
+	if (r == STORE_OK) {
+		c.active = c.claims - c.pending;
+		store_count_set(st, &c);
+	}
 	return (r);
 }
 
@@ -1047,11 +1027,13 @@ store_close_handles(struct store *st)
 {
 	int	ret;
 
+	/* An opening in flight ends first: then the handles are ours. */
+	store_opener_stop(st);
 	if (st->env_open && !st->failed && st->counted && st->dbs_open &&
 	    repl_writable())
 		store_count_save(st);
-	store_closer_stop(st);
 	store_close_dbs(st);
+	store_closer_stop(st);
 	if (st->env == NULL)
 		return;
 	if (st->env_open && !st->failed && repl_writable()) {
@@ -1095,104 +1077,12 @@ store_close_dbs(struct store *st)
 }
 
 /*
- * Hand the open handles to the closer thread, started the first time;
- * -1 if there is none (the caller closes them).
- */
-static int
-store_closer_hand(struct store *st)
-{
-	struct store_closer	*c = st->closer;
-	struct store_closing	*h;
-	int			 i, any = 0;
-
-	if (st->failed)
-		return (-1);
-	if (c == NULL) {
-		c = xcalloc(1, sizeof *c);
-		c->st = st;
-		c->tail = &c->head;
-		pthread_mutex_init(&c->mu, NULL);
-		pthread_cond_init(&c->cv, NULL);
-		if (worker_thread(&c->thread, store_closer_main, c) != 0) {
-			pthread_cond_destroy(&c->cv);
-			pthread_mutex_destroy(&c->mu);
-			free(c);
-			return (-1);
-		}
-		st->closer = c;
-	}
-	h = xcalloc(1, sizeof *h);
-	for (i = 0; i < STORE_DB_COUNT; i++) {
-		h->db[i] = st->db[i];
-		h->mu[i] = st->db_mutex[i];
-		any |= st->db[i] != NULL;
-		st->db[i] = NULL;
-		st->db_mutex[i] = 0;
-	}
-	if (!any) {
-		free(h);
-		return (0);
-	}
-	pthread_mutex_lock(&c->mu);
-	*c->tail = h;
-	c->tail = &h->next;
-	pthread_cond_signal(&c->cv);
-	pthread_mutex_unlock(&c->mu);
-	return (0);
-}
-
-/* The closer thread: close what the loop handed over, until told to quit. */
-static void *
-store_closer_main(void *arg)
-{
-	struct store_closer	*c = arg;
-	struct store_closing	*h;
-
-	pthread_mutex_lock(&c->mu);
-	for (;;) {
-		while (c->head == NULL && !c->quit)
-			pthread_cond_wait(&c->cv, &c->mu);
-		if ((h = c->head) == NULL)
-			break;
-		if ((c->head = h->next) == NULL)
-			c->tail = &c->head;
-		pthread_mutex_unlock(&c->mu);
-		/* A panicked environment frees nothing. */
-		if (!c->st->failed)
-			store_handles_close(h->db, h->mu);
-		free(h);
-		pthread_mutex_lock(&c->mu);
-	}
-	pthread_mutex_unlock(&c->mu);
-	return (NULL);
-}
-
-/* Stop the closer thread once it has closed everything handed over. */
-static void
-store_closer_stop(struct store *st)
-{
-	struct store_closer	*c = st->closer;
-
-	if (c == NULL)
-		return;
-	pthread_mutex_lock(&c->mu);
-	c->quit = 1;
-	pthread_cond_signal(&c->cv);
-	pthread_mutex_unlock(&c->mu);
-	pthread_join(c->thread, NULL);
-	pthread_cond_destroy(&c->cv);
-	pthread_mutex_destroy(&c->mu);
-	free(c);
-	st->closer = NULL;
-}
-
-/*
- * A group's role change reopens the store on the loop.  An open, or a
- * read in a transaction, that meets repmgr's lockout of the API fails
- * with DB_LOCK_DEADLOCK (and a lock deadlock with repmgr's own work the
- * same way): between store_lockout_begin and store_lockout_end such a
- * failure is no fault of the store, and the caller tries again later
- * instead of giving the store up.
+ * A group's role change reopens the store on the opener (store_role.c).
+ * An open, or a read in a transaction, that meets repmgr's lockout of the
+ * API fails with DB_LOCK_DEADLOCK (and a lock deadlock with repmgr's own
+ * work the same way; a dead handle too): between store_lockout_begin and
+ * store_lockout_end such a failure is no fault of the store, and the
+ * caller tries again later instead of giving the store up.
  */
 void
 store_lockout_begin(struct store *st)
@@ -1225,11 +1115,14 @@ store_set_fail_cb(struct store *st, void (*cb)(void *), void *arg)
 	st->fail_arg = arg;
 }
 
-/* Return 1 while the databases are open (always, without replication). */
+/*
+ * Return 1 while the databases are open (always, without replication)
+ * and not being opened on the opener (store_role.c).
+ */
 int
 store_ready(struct store *st)
 {
-	return (st->dbs_open);
+	return (store_dbs_mine(st) && st->dbs_open);
 }
 
 /* Return 1 once the environment has failed and needs recovery. */
@@ -1336,7 +1229,11 @@ store_result(struct store *st, int ret, const char *what)
 	case DB_REP_HANDLE_DEAD:
 		/* Replication rolled back under the handles: reopen them. */
 		log_info("store: %s: %s", what, db_strerror(ret));
-		repl_handles_dead();
+		/* The opener's opening is tried again (store_lockout_end). */
+		if (store_on_opener())
+			store_lockout_met(st);
+		else
+			repl_handles_dead();
 		return (STORE_ERROR);
 	default:
 		log_warnx("store: %s: %s", what, db_strerror(ret));
@@ -1367,7 +1264,7 @@ store_txn_begin(struct store *st, struct store_txn **txnp)
 	int	 r;
 
 	*txnp = NULL;
-	if (st->failed || !st->dbs_open)
+	if (st->failed || !store_ready(st))
 		return (STORE_ERROR);
 	if (store_thread_enter(st) != 0)
 		return (STORE_ERROR);
@@ -1796,12 +1693,14 @@ store_count_db(DB *db, DB_TXN *tid, uint64_t *np)
 static int
 store_count_init(struct store *st, char **cause)
 {
-	struct store_counts	*c = &st->counts;
+	struct store_counts	 counts, *c = &counts;
 	struct store_txn	*txn;
 	char			*saved = NULL;
 	int			 r;
 
+	/* Counted here, then published (a group's opener is no loop). */
 	memset(c, 0, sizeof *c);
+	store_count_set(st, c);
 	if ((r = store_txn_begin(st, &txn)) != STORE_OK)
 		goto fail;
 	r = store_meta_get(txn, STORE_META_COUNTS, &saved);
@@ -1811,7 +1710,7 @@ store_count_init(struct store *st, char **cause)
 		r = store_meta_del(txn, STORE_META_COUNTS);
 	else if (r == STORE_OK || r == STORE_NOTFOUND) {
 		memset(c, 0, sizeof *c);
-		r = store_count_all(st, txn);
+		r = store_count_all(st, txn, c);
 	}
 	free(saved);
 	if (r != STORE_OK) {
@@ -1822,6 +1721,7 @@ store_count_init(struct store *st, char **cause)
 	    store_flush_log(st) != STORE_OK)
 		goto fail;
 	c->active = c->claims - c->pending;
+	store_count_set(st, c);
 	st->counted = 1;
 	log_debug("store: %llu claim(s), %llu pending, %llu conflict(s)",
 	    (unsigned long long)c->claims, (unsigned long long)c->pending,
@@ -1833,11 +1733,11 @@ fail:
 	return (-1);
 }
 
-/* Count every claim, pending claim, conflict and verification. */
+/* Count every claim, pending claim, conflict and verification into c. */
 static int
-store_count_all(struct store *st, struct store_txn *txn)
+store_count_all(struct store *st, struct store_txn *txn,
+    struct store_counts *c)
 {
-	struct store_counts	*c = &st->counts;
 	DB_TXN			*tid = txn->tid;
 	time_t			 t0 = time(NULL);
 	int			 ret;
@@ -1857,15 +1757,27 @@ store_count_all(struct store *st, struct store_txn *txn)
 	return (store_result(st, ret, "count the records"));
 }
 
+/* Publish counts for store_count, on any thread. */
+static void
+store_count_set(struct store *st, const struct store_counts *c)
+{
+	pthread_mutex_lock(&st->counts_mu);
+	st->counts = *c;
+	pthread_mutex_unlock(&st->counts_mu);
+}
+
 /* Leave the counts for the next open (a clean close). */
 static void
 store_count_save(struct store *st)
 {
-	struct store_counts	*c = &st->counts;
+	struct store_counts	 counts, *c = &counts;
 	struct store_txn	*txn;
 	char			 value[128];
 	int			 r;
 
+	pthread_mutex_lock(&st->counts_mu);
+	counts = st->counts;
+	pthread_mutex_unlock(&st->counts_mu);
 	snprintf(value, sizeof value, "%" PRIu64 " %" PRIu64 " %" PRIu64
 	    " %" PRIu64, c->claims, c->pending, c->conflicts, c->verify);
 	if (store_txn_begin(st, &txn) != STORE_OK)
@@ -1903,14 +1815,15 @@ store_meta_del(struct store_txn *txn, const char *name)
 int
 store_probe(struct store *st)
 {
-	DB	*db = st->db[STORE_DB_META];
+	DB	*db;
 	DB_TXN	*tid;
 	DBT	 key, data;
 	int	 ret;
 
 	if (st->failed)
 		return (STORE_ERROR);
-	if (!st->dbs_open || db == NULL)
+	/* Not while the opener has the handles (store_role.c). */
+	if (!store_ready(st) || (db = st->db[STORE_DB_META]) == NULL)
 		return (STORE_OK);
 	if ((ret = st->env->txn_begin(st->env, NULL, &tid, 0)) == 0) {
 		store_dbt(&key, STORE_META_SCHEMA, strlen(STORE_META_SCHEMA));
