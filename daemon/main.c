@@ -699,13 +699,13 @@ main_start(struct main_state *m)
 		main_die(EXIT_CONFIG, cause);
 	reconcile_init(m->store, m->conf, m->conf->auth0_domain != NULL);
 	bootstrap_init(m->conf, m->conf->auth0_domain != NULL);
-	/* Last: a failed start must not leave a socket behind. */
-	if ((m->control = control_init(m->base, m->conf, m->store,
-	    &cause)) == NULL)
-		main_die(EXIT_RUNTIME, cause);
 	/* A group's role changes close and open the store off the loop. */
 	if (repl_enabled() && store_role_start(m->store, m->base,
 	    &cause) != 0)
+		main_die(EXIT_RUNTIME, cause);
+	/* Last: a failed start must not leave a socket behind. */
+	if ((m->control = control_init(m->base, m->conf, m->store,
+	    &cause)) == NULL)
 		main_die(EXIT_RUNTIME, cause);
 	repl_set_hook(main_repl_cb, m);
 }
