@@ -177,7 +177,7 @@ static const char *control_state_name(int);
 static void	control_gen_claim(yajl_gen, const struct claim *, int);
 static void	control_cmd_status(struct control_client *, int, char **);
 static void	control_gen_events(yajl_gen);
-static void	control_gen_repl(yajl_gen);
+static void	control_gen_repl(yajl_gen, struct store *);
 static void	control_cmd_lookup(struct control_client *, int, char **);
 static void	control_cmd_user(struct control_client *, int, char **);
 static void	control_cmd_conflicts(struct control_client *, int, char **);
@@ -1082,13 +1082,16 @@ control_cmd_status(struct control_client *c, int argc, char **argv)
 	yajl_gen_bool(g, ok);
 	control_gen_int(g, "claims", (long long)counts.claims);
 	yajl_gen_map_close(g);
-	control_gen_repl(g);
+	control_gen_repl(g, ctl->store);
 	control_send(c, g, 0);
 }
 
-/* The replication member of status (DESIGN section 5), if in a group. */
+/*
+ * The replication member of status (DESIGN section 5), if in a group.
+ * Ready: the store is open for the role (its opening runs off the loop).
+ */
 static void
-control_gen_repl(yajl_gen g)
+control_gen_repl(yajl_gen g, struct store *store)
 {
 	struct repl_info	ri;
 	char			lsn[32];
@@ -1102,7 +1105,7 @@ control_gen_repl(yajl_gen g)
 	control_gen_str(g, "role", repl_role_name(ri.role));
 	control_gen_str(g, "master", ri.master[0] != '\0' ? ri.master : NULL);
 	control_gen_key(g, "ready");
-	yajl_gen_bool(g, ri.ready);
+	yajl_gen_bool(g, ri.ready && store_ready(store));
 	control_gen_key(g, "peers");
 	yajl_gen_array_open(g);
 	for (i = 0; i < ri.npeers; i++) {

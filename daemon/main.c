@@ -31,6 +31,21 @@
 #define STOP_GRACE_MS		250	/* to finish answers in flight */
 #define FAIL_EXIT_S		10	/* a failed store's last resort */
 
+/*
+ * A group's reopening of the store for a role, on the store's opener
+ * (store_open_async): one at a time; a role change that comes meanwhile
+ * waits in next_role and next_ready until it is done.
+ */
+struct main_reopen {
+	int			 busy;		/* an opening in flight */
+	int			 role;		/* it opens for */
+	int			 r;		/* its result, */
+	char			*cause;		/* and why */
+	int			 again;		/* the role changed since */
+	int			 next_role;
+	int			 next_ready;
+};
+
 struct main_state {
 	struct event_base	*base;
 	struct conf		*conf;
@@ -38,6 +53,7 @@ struct main_state {
 	struct http		*http;
 	struct control		*control;
 	struct tls		*tls;		/* NULL: plain HTTP */
+	struct main_reopen	 reopen;	/* in a group */
 	int			 exit_status;
 };
 
@@ -65,6 +81,9 @@ static void	main_notify_reloading(void);
 static void	main_run(struct main_state *);
 static void	main_stop(struct main_state *);
 static void	main_repl_cb(void *, int, int);
+static void	main_repl_work(void *);
+static void	main_repl_done(void *);
+static int	main_repl_open(struct main_state *, int, char **);
 
 static const struct option main_longopts[] = {
 	{ "check", no_argument, NULL, 'n' },
@@ -559,6 +578,15 @@ main_hash_init(struct main_state *m, char **cause)
 		goto store;
 	}
 	missing = access(path, F_OK) != 0 && errno == ENOENT;
+	/*
+	 * A group's key is copied, never made here (main_start): and this
+	 * runs on the store's opener, beside the loop's hashing.
+	 */
+	if (missing && repl_enabled()) {
+		xasprintf(cause, "hash key %s is missing (in a replication "
+		    "group, copy the group's key to every member)", path);
+		goto fail;
+	}
 	if (missing && (stored != NULL ||
 	    (store_count(m->store, &counts) == STORE_OK &&
 	    counts.claims + counts.conflicts > 0))) {
@@ -671,6 +699,10 @@ main_start(struct main_state *m)
 		main_die(EXIT_CONFIG, cause);
 	reconcile_init(m->store, m->conf, m->conf->auth0_domain != NULL);
 	bootstrap_init(m->conf, m->conf->auth0_domain != NULL);
+	/* A group's role changes close and open the store off the loop. */
+	if (repl_enabled() && store_role_start(m->store, m->base,
+	    &cause) != 0)
+		main_die(EXIT_RUNTIME, cause);
 	/* Last: a failed start must not leave a socket behind. */
 	if ((m->control = control_init(m->base, m->conf, m->store,
 	    &cause)) == NULL)
@@ -682,32 +714,82 @@ main_start(struct main_state *m)
  * The replication role changed (repl.c): open the store's databases for
  * it once this node is the master or a replica that has caught up, else
  * close them (requests get 503 meanwhile).  The hash key must be the one
- * the group's store was made with.
+ * the group's store was made with.  The opening runs on the store's
+ * opener, off the loop (Berkeley DB may sleep 5 s in it, see
+ * store_role.c), and ends in main_repl_done; a role change that comes
+ * meanwhile is taken once it is done, never alongside.
  */
 static void
 main_repl_cb(void *arg, int role, int ready)
 {
 	struct main_state	*m = arg;
-	char			*cause;
-	int			 r;
+	struct main_reopen	*o = &m->reopen;
 
+	if (o->busy) {
+		log_debug("replication: %s: after the opening in flight",
+		    repl_role_name(role));
+		o->again = 1;
+		o->next_role = role;
+		o->next_ready = ready;
+		return;
+	}
 	if (!ready) {
 		store_repl_close(m->store);
 		log_info("replication: %s; the store is closed until a master "
 		    "is known", repl_role_name(role));
 		return;
 	}
-	r = store_repl_open(m->store, role == REPL_ROLE_MASTER, &cause);
-	if (r == STORE_NOTFOUND) {
+	o->role = role;
+	o->cause = NULL;
+	if (store_open_async(m->store, main_repl_work, main_repl_done,
+	    m) == 0) {
+		o->busy = 1;
+		return;
+	}
+	main_repl_work(m);
+	main_repl_done(m);
+}
+
+/* On the opener: open the store for the role asked. */
+static void
+main_repl_work(void *arg)
+{
+	struct main_state	*m = arg;
+	struct main_reopen	*o = &m->reopen;
+
+	o->r = main_repl_open(m, o->role == REPL_ROLE_MASTER, &o->cause);
+}
+
+/*
+ * On the loop, once the opening is done: take a role change that came
+ * meanwhile, or try again shortly (the files are not replicated yet, or
+ * the opening met repmgr's lockout), or give up (the store failed, or the
+ * hash key is not the group's).
+ */
+static void
+main_repl_done(void *arg)
+{
+	struct main_state	*m = arg;
+	struct main_reopen	*o = &m->reopen;
+	char			*cause = o->cause;
+
+	o->busy = 0;
+	o->cause = NULL;
+	if (o->again) {
+		/* The result no longer counts: the role it was for is gone. */
+		o->again = 0;
+		free(cause);
+		main_repl_cb(m, o->next_role, o->next_ready);
+		return;
+	}
+	if (o->r == STORE_NOTFOUND) {
 		log_debug("replication: store not ready yet: %s",
 		    cause != NULL ? cause : "try again");
 		free(cause);
 		repl_retry();
 		return;
 	}
-	if (r == STORE_OK && main_hash_init(m, &cause) != 0)
-		r = STORE_ERROR;
-	if (r != STORE_OK) {
+	if (o->r != STORE_OK) {
 		log_warnx("replication: %s", cause != NULL ? cause :
 		    "cannot open the store");
 		free(cause);
@@ -715,7 +797,32 @@ main_repl_cb(void *arg, int role, int ready)
 		event_base_loopexit(m->base, NULL);
 		return;
 	}
-	log_info("replication: %s, the store is open", repl_role_name(role));
+	free(cause);
+	log_info("replication: %s, the store is open",
+	    repl_role_name(o->role));
+}
+
+/*
+ * Open the store for role and check the hash key.  A reopening that meets
+ * repmgr's lockout of the API, or a deadlock with repmgr's own work
+ * (store_lockout_begin), is STORE_NOTFOUND: try again shortly, the store
+ * has not failed.
+ */
+static int
+main_repl_open(struct main_state *m, int master, char **cause)
+{
+	int	r;
+
+	store_lockout_begin(m->store);
+	r = store_repl_open(m->store, master, cause);
+	if (r == STORE_OK && main_hash_init(m, cause) != 0)
+		r = STORE_ERROR;
+	if (store_lockout_end(m->store)) {
+		free(*cause);
+		xasprintf(cause, "replication is changing roles");
+		return (STORE_NOTFOUND);
+	}
+	return (r);
 }
 
 /* Run the loop with its signals and timers until told to stop. */
@@ -780,6 +887,8 @@ main_stop(struct main_state *m)
 	events_free();
 	claims_free();
 	store_close(m->store);
+	/* An opening the stop ended before it was done. */
+	free(m->reopen.cause);
 	repl_free();
 	hash_free();
 	phone_cache_free();

@@ -1335,6 +1335,16 @@ repl_xfers_follow(void)
 	struct repl_xfer	*x, *next;
 
 	if (repl_role_now() != REPL_ROLE_MASTER) {
+		/*
+		 * Not before this replica has caught up with the new master:
+		 * in a group of three whose old master is gone, its
+		 * acknowledgement is the new master's quorum, and it gives
+		 * none before (the commit would be answered 503).  Its
+		 * STARTUPDONE event brings the loop back here.  A transfer
+		 * whose wait ended goes again at once (repl_done).
+		 */
+		if (!repl_caught_up())
+			return;
 		TAILQ_FOREACH(x, &repl->xfers, entry) {
 			if (!x->resent)
 				(void)repl_xfer_resend(x);

@@ -70,6 +70,14 @@
 #define REPL_ACK_MSG_LEN	19
 #define REPL_ACK_POLL_US	200	/* a replica's look at its log */
 #define REPL_ACK_EIDS		(CONF_PEERS_MAX + 8)
+#define REPL_ACK_JOIN_S		1	/* a stop's wait for a channel opener */
+
+/* A channel opener's state, by eid (under send_mu). */
+enum repl_ack_opener {
+	REPL_ACK_OPENER_NONE,
+	REPL_ACK_OPENER_RUNNING,
+	REPL_ACK_OPENER_DONE		/* to be joined */
+};
 
 /* What a replica last answered this master. */
 /* A message, decoded (repl_ack_pack says how it is laid out). */
@@ -113,9 +121,14 @@ struct repl_ack {
 	int			 quit;
 	pthread_t		 thread;
 	int			 running;
-	/* Under send_mu: channels to the replicas, by eid. */
+	/* Under send_mu: channels to the replicas, by eid, and openers. */
 	pthread_mutex_t		 send_mu;
+	pthread_cond_t		 send_cond;	/* an opener is done */
 	DB_CHANNEL		*chans[REPL_ACK_EIDS];
+	pthread_t		 openers[REPL_ACK_EIDS];
+	enum repl_ack_opener	 opener[REPL_ACK_EIDS];
+	int			 open_quit;
+	int			 left_behind;	/* an opener: keep ra */
 	DB_CHANNEL		*to_master;	/* the ack thread's */
 };
 
@@ -132,6 +145,10 @@ static int	 repl_ack_state(uint32_t *, uint64_t *);
 static uint64_t	 repl_ack_log_end(void);
 static size_t	 repl_ack_send_all(uint32_t, uint64_t, size_t *);
 static int	 repl_ack_send(int, const u_char *);
+static void	 repl_ack_chans_wait(const int *, size_t, int);
+static void	 repl_ack_chan_want(int);
+static void	*repl_ack_opener_main(void *);
+static void	 repl_ack_openers_stop(void);
 static int	 repl_ack_needed(int *);
 static size_t	 repl_ack_count(uint32_t, uint64_t, int);
 static void	 repl_ack_deadline(struct timespec *, db_timeout_t);
@@ -164,6 +181,7 @@ repl_ack_prepare(DB_ENV *env, const struct conf *c)
 	pthread_mutex_init(&ra->mu, NULL);
 	pthread_mutex_init(&ra->send_mu, NULL);
 	repl_cond_monotonic(&ra->cond);
+	repl_cond_monotonic(&ra->send_cond);
 	if ((ret = env->repmgr_set_ack_policy(env,
 	    DB_REPMGR_ACKS_NONE)) != 0 ||
 	    (ret = env->repmgr_msg_dispatch(env, repl_ack_cb, 0)) != 0)
@@ -202,6 +220,7 @@ repl_ack_stop(int usable)
 		pthread_join(ra->thread, NULL);
 		ra->running = 0;
 	}
+	repl_ack_openers_stop();
 	for (i = 0; usable && i < REPL_ACK_EIDS; i++)
 		if (ra->chans[i] != NULL)
 			(void)ra->chans[i]->close(ra->chans[i], 0);
@@ -215,7 +234,11 @@ repl_ack_free(void)
 {
 	if (ra == NULL)
 		return;
+	/* An opener left behind may still end, and write here: kept. */
+	if (ra->left_behind)
+		return;
 	pthread_cond_destroy(&ra->cond);
+	pthread_cond_destroy(&ra->send_cond);
 	pthread_mutex_destroy(&ra->send_mu);
 	pthread_mutex_destroy(&ra->mu);
 	free(ra);
@@ -444,10 +467,11 @@ repl_ack_send_all(uint32_t gen, uint64_t lsn, size_t *peers)
 	u_char	msg[REPL_ACK_MSG_LEN];
 	int	eids[REPL_ACK_EIDS];
 	size_t	n, i, j, sent = 0;
-	int	peer;
+	int	peer, only;
 
 	*peers = 0;
 	n = repl_connected_eids(eids, REPL_ACK_EIDS);
+	repl_ack_chans_wait(eids, n, repl_ack_needed(&only));
 	for (i = 0; i < n; i++) {
 		repl_ack_pack(msg, REPL_ACK_ASK, ra->flush, gen, eids[i], lsn);
 		if (repl_ack_send(eids[i], msg) != 0)
@@ -479,11 +503,121 @@ repl_ack_send(int eid, const u_char *msg)
 	dbt.size = REPL_ACK_MSG_LEN;
 	pthread_mutex_lock(&ra->send_mu);
 	ch = &ra->chans[eid];
-	if (*ch == NULL && ra->env->repmgr_channel(ra->env, eid, ch, 0) != 0)
-		*ch = NULL;
 	ret = *ch == NULL ? -1 : (*ch)->send_msg(*ch, &dbt, 1, 0);
 	pthread_mutex_unlock(&ra->send_mu);
 	return (ret == 0 ? 0 : -1);
+}
+
+/*
+ * Make sure a channel is being opened to each of the n members eids
+ * lacks one, and wait until `needed' of them have one, or no opening is
+ * left, or repl_ack_timeout has passed.  Opening a channel connects to
+ * the member and waits for its handshake, with no time limit: a member
+ * that is paused (SIGSTOP) accepts the connection and never answers.  On
+ * the flusher, that stopped a new master's every answer until the old
+ * master, paused, was resumed (issue 22, point 6); so each channel is
+ * opened on a thread of its own, and a round goes on without it.
+ */
+static void
+repl_ack_chans_wait(const int *eids, size_t n, int needed)
+{
+	struct timespec	until;
+	size_t		i, open, opening;
+
+	repl_ack_deadline(&until, ra->timeout_ms);
+	pthread_mutex_lock(&ra->send_mu);
+	for (i = 0; i < n; i++)
+		repl_ack_chan_want(eids[i]);
+	for (;;) {
+		open = opening = 0;
+		for (i = 0; i < n; i++) {
+			if (eids[i] < 0 || eids[i] >= REPL_ACK_EIDS)
+				continue;
+			open += ra->chans[eids[i]] != NULL;
+			opening += ra->opener[eids[i]] ==
+			    REPL_ACK_OPENER_RUNNING;
+		}
+		if (open >= (size_t)needed || opening == 0 ||
+		    pthread_cond_timedwait(&ra->send_cond, &ra->send_mu,
+		    &until) != 0)
+			break;
+	}
+	pthread_mutex_unlock(&ra->send_mu);
+}
+
+/* Under send_mu: start opening a channel to eid if it has none. */
+static void
+repl_ack_chan_want(int eid)
+{
+	if (eid < 0 || eid >= REPL_ACK_EIDS || ra->open_quit)
+		return;
+	if (ra->opener[eid] == REPL_ACK_OPENER_DONE) {
+		pthread_join(ra->openers[eid], NULL);
+		ra->opener[eid] = REPL_ACK_OPENER_NONE;
+	}
+	if (ra->chans[eid] != NULL ||
+	    ra->opener[eid] != REPL_ACK_OPENER_NONE)
+		return;
+	if (worker_thread(&ra->openers[eid], repl_ack_opener_main,
+	    (void *)(intptr_t)eid) == 0)
+		ra->opener[eid] = REPL_ACK_OPENER_RUNNING;
+}
+
+/* A channel opener: open one channel, hand it over, and end. */
+static void *
+repl_ack_opener_main(void *arg)
+{
+	DB_CHANNEL	*ch = NULL;
+	int		 eid = (int)(intptr_t)arg;
+
+	if (!repl_env_usable() ||
+	    ra->env->repmgr_channel(ra->env, eid, &ch, 0) != 0)
+		ch = NULL;
+	pthread_mutex_lock(&ra->send_mu);
+	if (ch != NULL && ra->chans[eid] == NULL && !ra->open_quit) {
+		ra->chans[eid] = ch;
+		ch = NULL;
+	}
+	ra->opener[eid] = REPL_ACK_OPENER_DONE;
+	pthread_cond_broadcast(&ra->send_cond);
+	pthread_mutex_unlock(&ra->send_mu);
+	if (ch != NULL && repl_env_usable())
+		(void)ch->close(ch, 0);
+	return (NULL);
+}
+
+/*
+ * Before the channels close: no new opener, and wait for those running.
+ * One still connecting to a paused member after REPL_ACK_JOIN_S is left
+ * behind (detached): the process is stopping, and it would wait for as
+ * long as the member stays paused.
+ */
+static void
+repl_ack_openers_stop(void)
+{
+	struct timespec	until;
+	int		started[REPL_ACK_EIDS];
+	size_t		i;
+
+	pthread_mutex_lock(&ra->send_mu);
+	ra->open_quit = 1;
+	for (i = 0; i < REPL_ACK_EIDS; i++)
+		started[i] = ra->opener[i] != REPL_ACK_OPENER_NONE;
+	pthread_mutex_unlock(&ra->send_mu);
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += REPL_ACK_JOIN_S;
+	for (i = 0; i < REPL_ACK_EIDS; i++) {
+		if (!started[i])
+			continue;
+		if (pthread_timedjoin_np(ra->openers[i], NULL, &until) == 0) {
+			ra->opener[i] = REPL_ACK_OPENER_NONE;
+			continue;
+		}
+		log_warnx("replication: a channel to a member is still "
+		    "connecting: not waited for");
+		(void)pthread_detach(ra->openers[i]);
+		ra->left_behind = 1;
+	}
 }
 
 /*

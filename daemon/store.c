@@ -206,6 +206,7 @@ static int	store_schema_ok(struct store *, const char *, long long *,
 static int	store_schema_write(struct store_txn *);
 static void	store_close_handles(struct store *);
 static void	store_close_dbs(struct store *);
+static void	store_lockout_met(struct store *);
 static void	*store_flusher_main(void *);
 static void	store_flusher_cb(evutil_socket_t, short, void *);
 static void	store_errcall_cb(const DB_ENV *, const char *, const char *);
@@ -215,7 +216,9 @@ static int	store_count_db(DB *, DB_TXN *, uint64_t *);
 static int	store_count_init(struct store *, char **);
 static int	store_flush_log(struct store *);
 static int	store_txn_commit_to(struct store_txn *, int);
-static int	store_count_all(struct store *, struct store_txn *);
+static int	store_count_all(struct store *, struct store_txn *,
+		    struct store_counts *);
+static void	store_count_set(struct store *, const struct store_counts *);
 static void	store_count_save(struct store *);
 static void	store_count_apply(struct store *, const struct store_txn *);
 
@@ -431,14 +434,18 @@ int
 store_recount(struct store *st)
 {
 	struct store_txn	*txn;
+	struct store_counts	 c;
 	int			 r;
 
 	if ((r = store_txn_begin(st, &txn)) != STORE_OK)
 		return (r);
-	memset(&st->counts, 0, sizeof st->counts);
-	r = store_count_all(st, txn);
+	memset(&c, 0, sizeof c);
+	r = store_count_all(st, txn, &c);
 	store_txn_abort(txn);
-	st->counts.active = st->counts.claims - st->counts.pending;
+	if (r == STORE_OK) {
+		c.active = c.claims - c.pending;
+		store_count_set(st, &c);
+	}
 	return (r);
 }
 
@@ -1020,10 +1027,13 @@ store_close_handles(struct store *st)
 {
 	int	ret;
 
+	/* An opening in flight ends first: then the handles are ours. */
+	store_opener_stop(st);
 	if (st->env_open && !st->failed && st->counted && st->dbs_open &&
 	    repl_writable())
 		store_count_save(st);
 	store_close_dbs(st);
+	store_closer_stop(st);
 	if (st->env == NULL)
 		return;
 	if (st->env_open && !st->failed && repl_writable()) {
@@ -1039,13 +1049,15 @@ store_close_handles(struct store *st)
 	st->env = NULL;
 }
 
-/* Close the databases, in reverse order. */
+/* Close the databases, in reverse order (in a group, on the closer). */
 static void
 store_close_dbs(struct store *st)
 {
 	int	i, ret;
 
 	st->dbs_open = 0;
+	if (repl_enabled() && store_closer_hand(st) == 0)
+		return;
 	for (i = STORE_DB_COUNT - 1; i >= 0; i--) {
 		if (st->db[i] == NULL)
 			continue;
@@ -1064,6 +1076,37 @@ store_close_dbs(struct store *st)
 	}
 }
 
+/*
+ * A group's role change reopens the store on the opener (store_role.c).
+ * An open, or a read in a transaction, that meets repmgr's lockout of the
+ * API fails with DB_LOCK_DEADLOCK (and a lock deadlock with repmgr's own
+ * work the same way; a dead handle too): between store_lockout_begin and
+ * store_lockout_end such a failure is no fault of the store, and the
+ * caller tries again later instead of giving the store up.
+ */
+void
+store_lockout_begin(struct store *st)
+{
+	st->lockout = 1;
+}
+
+/*
+ * The reopening is over: return 1 if it met the lockout (or a deadlock),
+ * after closing the databases again (the caller tries later), else 0.
+ */
+int
+store_lockout_end(struct store *st)
+{
+	int	met = st->lockout == 2;
+
+	if (met) {
+		st->counted = 0;
+		store_close_dbs(st);
+	}
+	st->lockout = 0;
+	return (met);
+}
+
 /* Register the function called once when the environment fails. */
 void
 store_set_fail_cb(struct store *st, void (*cb)(void *), void *arg)
@@ -1072,11 +1115,14 @@ store_set_fail_cb(struct store *st, void (*cb)(void *), void *arg)
 	st->fail_arg = arg;
 }
 
-/* Return 1 while the databases are open (always, without replication). */
+/*
+ * Return 1 while the databases are open (always, without replication)
+ * and not being opened on the opener (store_role.c).
+ */
 int
 store_ready(struct store *st)
 {
-	return (st->dbs_open);
+	return (store_dbs_mine(st) && st->dbs_open);
 }
 
 /* Return 1 once the environment has failed and needs recovery. */
@@ -1148,6 +1194,15 @@ store_fail(struct store *st, const char *what)
 		st->fail_cb(st->fail_arg);
 }
 
+/* A reopening (store_lockout_begin) met repmgr's lockout, or a deadlock. */
+static void
+store_lockout_met(struct store *st)
+{
+	int	reopening = 1;
+
+	(void)atomic_compare_exchange_strong(&st->lockout, &reopening, 2);
+}
+
 /* Turn a Berkeley DB return value into a STORE_* code. */
 int
 store_result(struct store *st, int ret, const char *what)
@@ -1160,19 +1215,25 @@ store_result(struct store *st, int ret, const char *what)
 		return (STORE_NOTFOUND);
 	case DB_LOCK_DEADLOCK:
 	case DB_LOCK_NOTGRANTED:
+		store_lockout_met(st);
 		log_debug("store: %s: %s", what, db_strerror(ret));
 		return (STORE_RETRY);
 	case DB_RUNRECOVERY:
 		store_fail(st, what);
 		return (STORE_ERROR);
 	case DB_REP_LOCKOUT:
-		/* A replica synchronising with its master (repl.c). */
+		/* A role change or a replica synchronising (repl.c). */
+		store_lockout_met(st);
 		log_debug("store: %s: %s", what, db_strerror(ret));
 		return (STORE_ERROR);
 	case DB_REP_HANDLE_DEAD:
 		/* Replication rolled back under the handles: reopen them. */
 		log_info("store: %s: %s", what, db_strerror(ret));
-		repl_handles_dead();
+		/* The opener's opening is tried again (store_lockout_end). */
+		if (store_on_opener())
+			store_lockout_met(st);
+		else
+			repl_handles_dead();
 		return (STORE_ERROR);
 	default:
 		log_warnx("store: %s: %s", what, db_strerror(ret));
@@ -1203,7 +1264,7 @@ store_txn_begin(struct store *st, struct store_txn **txnp)
 	int	 r;
 
 	*txnp = NULL;
-	if (st->failed || !st->dbs_open)
+	if (st->failed || !store_ready(st))
 		return (STORE_ERROR);
 	if (store_thread_enter(st) != 0)
 		return (STORE_ERROR);
@@ -1350,7 +1411,12 @@ store_flusher_start(struct store *st, struct event_base *base,
 	f->fds[0] = f->fds[1] = -1;
 	f->done = done;
 	f->arg = arg;
-	if ((ret = db_env_create(&f->env, 0)) != 0 ||
+	if ((ret = db_env_create(&f->env, 0)) == 0) {
+		/* Its messages go to the log, like the main handle's. */
+		f->env->app_private = st;
+		f->env->set_errcall(f->env, store_errcall_cb);
+	}
+	if (ret != 0 ||
 	    (ret = f->env->open(f->env, st->dir, DB_JOINENV, 0)) != 0) {
 		xasprintf(cause, "flusher: cannot join the environment: %s",
 		    db_strerror(ret));
@@ -1627,12 +1693,14 @@ store_count_db(DB *db, DB_TXN *tid, uint64_t *np)
 static int
 store_count_init(struct store *st, char **cause)
 {
-	struct store_counts	*c = &st->counts;
+	struct store_counts	 counts, *c = &counts;
 	struct store_txn	*txn;
 	char			*saved = NULL;
 	int			 r;
 
+	/* Counted here, then published (a group's opener is no loop). */
 	memset(c, 0, sizeof *c);
+	store_count_set(st, c);
 	if ((r = store_txn_begin(st, &txn)) != STORE_OK)
 		goto fail;
 	r = store_meta_get(txn, STORE_META_COUNTS, &saved);
@@ -1642,7 +1710,7 @@ store_count_init(struct store *st, char **cause)
 		r = store_meta_del(txn, STORE_META_COUNTS);
 	else if (r == STORE_OK || r == STORE_NOTFOUND) {
 		memset(c, 0, sizeof *c);
-		r = store_count_all(st, txn);
+		r = store_count_all(st, txn, c);
 	}
 	free(saved);
 	if (r != STORE_OK) {
@@ -1653,6 +1721,7 @@ store_count_init(struct store *st, char **cause)
 	    store_flush_log(st) != STORE_OK)
 		goto fail;
 	c->active = c->claims - c->pending;
+	store_count_set(st, c);
 	st->counted = 1;
 	log_debug("store: %llu claim(s), %llu pending, %llu conflict(s)",
 	    (unsigned long long)c->claims, (unsigned long long)c->pending,
@@ -1664,11 +1733,11 @@ fail:
 	return (-1);
 }
 
-/* Count every claim, pending claim, conflict and verification. */
+/* Count every claim, pending claim, conflict and verification into c. */
 static int
-store_count_all(struct store *st, struct store_txn *txn)
+store_count_all(struct store *st, struct store_txn *txn,
+    struct store_counts *c)
 {
-	struct store_counts	*c = &st->counts;
 	DB_TXN			*tid = txn->tid;
 	time_t			 t0 = time(NULL);
 	int			 ret;
@@ -1688,15 +1757,27 @@ store_count_all(struct store *st, struct store_txn *txn)
 	return (store_result(st, ret, "count the records"));
 }
 
+/* Publish counts for store_count, on any thread. */
+static void
+store_count_set(struct store *st, const struct store_counts *c)
+{
+	pthread_mutex_lock(&st->counts_mu);
+	st->counts = *c;
+	pthread_mutex_unlock(&st->counts_mu);
+}
+
 /* Leave the counts for the next open (a clean close). */
 static void
 store_count_save(struct store *st)
 {
-	struct store_counts	*c = &st->counts;
+	struct store_counts	 counts, *c = &counts;
 	struct store_txn	*txn;
 	char			 value[128];
 	int			 r;
 
+	pthread_mutex_lock(&st->counts_mu);
+	counts = st->counts;
+	pthread_mutex_unlock(&st->counts_mu);
 	snprintf(value, sizeof value, "%" PRIu64 " %" PRIu64 " %" PRIu64
 	    " %" PRIu64, c->claims, c->pending, c->conflicts, c->verify);
 	if (store_txn_begin(st, &txn) != STORE_OK)
@@ -1734,14 +1815,15 @@ store_meta_del(struct store_txn *txn, const char *name)
 int
 store_probe(struct store *st)
 {
-	DB	*db = st->db[STORE_DB_META];
+	DB	*db;
 	DB_TXN	*tid;
 	DBT	 key, data;
 	int	 ret;
 
 	if (st->failed)
 		return (STORE_ERROR);
-	if (!st->dbs_open || db == NULL)
+	/* Not while the opener has the handles (store_role.c). */
+	if (!store_ready(st) || (db = st->db[STORE_DB_META]) == NULL)
 		return (STORE_OK);
 	if ((ret = st->env->txn_begin(st->env, NULL, &tid, 0)) == 0) {
 		store_dbt(&key, STORE_META_SCHEMA, strlen(STORE_META_SCHEMA));

@@ -81,6 +81,8 @@ enum store_db {
 
 struct store_flusher;
 struct store_backup;
+struct store_closer;
+struct store_opener;
 
 struct store {
 	char		*dir;
@@ -94,6 +96,10 @@ struct store {
 	struct store_counts counts;	/* of committed data */
 	struct store_flusher *flusher;	/* NULL: flushes are synchronous */
 	struct store_backup *backup;	/* NULL: no backup running */
+	struct store_closer *closer;	/* NULL: handles close here */
+	struct store_opener *opener;	/* NULL: no group */
+	atomic_int	 opening;	/* the opener has the databases */
+	atomic_int	 lockout;	/* 1: reopening, 2: met a lockout */
 	int		 counted;	/* counts are right: save them */
 	int		 dbs_open;	/* replica or master (repl.c) */
 	db_mutex_t	 db_mutex[STORE_DB_COUNT];	/* kept aside */
@@ -149,6 +155,13 @@ int	store_number_repack(const DBT *, const DBT *, unsigned char **,
 DB	*store_db(struct store *, enum store_db);
 int	store_thread_enter(struct store *);
 void	store_threads_close(struct store *);
+
+/* store_role.c: a group's closes and openings, off the loop. */
+int	store_closer_hand(struct store *);
+void	store_closer_stop(struct store *);
+void	store_opener_stop(struct store *);
+int	store_dbs_mine(struct store *);
+int	store_on_opener(void);
 
 /* store_events.c, store_backup.c, store_migrate.c */
 int	store_seen_key_cb(DB *, const DBT *, const DBT *, DBT *);

@@ -89,7 +89,8 @@ store_thread_enter(struct store *st)
 	struct store_thread	*t;
 	int			 ret;
 
-	if (pthread_equal(pthread_self(), st->loop) ||
+	/* The opener opens the store's own handles (store_role.c). */
+	if (pthread_equal(pthread_self(), st->loop) || store_on_opener() ||
 	    store_thread_mine(st) != NULL)
 		return (0);
 	t = xcalloc(1, sizeof *t);

@@ -257,6 +257,11 @@ int		 store_flush_async(struct store *);
 int		 store_checkpoint(struct store *);
 int		 store_repl_open(struct store *, int, char **);
 void		 store_repl_close(struct store *);
+void		 store_lockout_begin(struct store *);
+int		 store_lockout_end(struct store *);
+int		 store_role_start(struct store *, struct event_base *, char **);
+int		 store_open_async(struct store *, void (*)(void *),
+		     void (*)(void *), void *);
 int		 store_recount(struct store *);
 int		 store_backup_start(struct store *, struct event_base *,
 		     const char *, const char *,

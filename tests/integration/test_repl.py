@@ -29,6 +29,7 @@ import unittest
 import harness
 from harness import (DaemonTestCase, Load, check_reservations, claim_body,
                      fresh_number, fresh_user)
+import repl_group
 from repl_group import Group, GroupTestCase, wait_holders
 
 harness.require_daemon()
@@ -565,6 +566,98 @@ class ReplForwardTimeoutTests(ForwardCase):
         m.send_signal(signal.SIGCONT)
         other.start()
         g.wait_master()
+
+
+class ReplResumeTests(ForwardCase):
+    """A paused master resumed (issue 22, point 6).  A claim waits at the
+    paused master and runs as it resumes; the master learns of the new
+    one and both step down (Berkeley DB's DUPMASTER rule), and a second
+    election follows.  Each role change locks Berkeley DB's API out for
+    a moment (repmgr), and the members close their store's databases and
+    open them again for the new role.  DB->close that meets the lockout
+    sleeps 5 s in Berkeley DB 5.3: a member's event loop, closing the
+    databases of a replica following the new master, answered neither
+    its status socket nor /healthz for 5 s (every run).  Now the
+    databases are closed on a thread of their own, and every member
+    keeps answering.  The bound leaves room for a commit of the resumed
+    master's claim (its flush waits for acknowledgements off the loop)
+    and a busy machine."""
+
+    WATCH = 7.0		# seconds of probes after SIGCONT: past one 5 s sleep
+    BOUND = 2 * repl_group.ACK_MS / 1000.0 + 1.0
+
+    def probe(self, d, what, times, stop):
+        """Ask d every 50 ms until stop is set; append (elapsed, answer)."""
+        while not stop.is_set():
+            t0 = time.monotonic()
+            try:
+                if what == "status":
+                    got = d.ask("status", timeout=30)["replication"]["role"]
+                else:
+                    with d.client(timeout=30) as c:
+                        got = c.request("GET", "/healthz").status
+            except (OSError, ValueError, KeyError) as e:
+                got = repr(e)
+            times.append((time.monotonic() - t0, got))
+            time.sleep(0.05)
+
+    def test_resumed_master_keeps_answering(self):
+        g, m = self.group, self.master
+        others = [d for d in g.nodes if d is not m]
+        self.wait_same_lsn()
+        self.pause(m)
+        new = g.wait_master(others)
+        # The group goes on without it (repmgr's generation moves on) ...
+        for _ in range(5):
+            self.assertEqual(self.claim_via(new, fresh_number(),
+                                            fresh_user()).status, 200)
+        time.sleep(1)
+        # ... and a claim sent to the paused master waits in its socket.
+        answer = []
+        sender = threading.Thread(target=lambda: answer.append(
+            self.claim_via(m, fresh_number(), fresh_user())))
+        sender.start()
+        time.sleep(0.3)
+        stop, probes, threads = threading.Event(), {}, []
+        for d in g.nodes:
+            for what in ("status", "healthz"):
+                probes[(d, what)] = times = []
+                threads.append(threading.Thread(
+                    target=self.probe, args=(d, what, times, stop)))
+        m.send_signal(signal.SIGCONT)
+        for t in threads:
+            t.start()
+        time.sleep(self.WATCH)
+        stop.set()
+        for t in threads:
+            t.join(60)
+        sender.join(60)
+        slow = {}
+        for (d, what), times in probes.items():
+            worst = max(times, key=lambda x: x[0])
+            print("resume: node %d %s: %d answers, worst %.2f s (%s)" % (
+                g.nodes.index(d), what, len(times), worst[0], worst[1]),
+                file=sys.stderr)
+            if worst[0] > self.BOUND:
+                slow["node %d %s" % (g.nodes.index(d), what)] = \
+                    round(worst[0], 2)
+        self.assertEqual(slow, {}, "answers slower than %.1f s after the "
+                         "master resumed" % self.BOUND)
+        # The waiting claim got one answer: 503 (not acknowledged) or,
+        # forwarded by the demoted master, the new master's.
+        self.assertEqual(len(answer), 1)
+        self.assertIn(answer[0].status, (200, 503), str(answer[0]))
+        # One master, and claims are taken again through every member.
+        g.wait_master()
+        for d in g.nodes:
+            deadline = time.monotonic() + 10
+            while True:
+                r = self.claim_via(d, fresh_number(), fresh_user())
+                if r.status == 200 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            self.assertEqual((r.status, r.get("result")), (200, "reserved"),
+                             str(r))
 
 
 class ReplClockSkewTests(GroupTestCase):
