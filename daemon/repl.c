@@ -352,6 +352,7 @@ repl_env_prepare(DB_ENV *env, u_int32_t *flags)
 	    (ret = env->rep_set_config(env, DB_REPMGR_CONF_2SITE_STRICT,
 	    1)) != 0 ||
 	    (ret = env->rep_set_config(env, DB_REP_CONF_BULK, 1)) != 0 ||
+	    (ret = env->set_flags(env, DB_TXN_NOSYNC, 1)) != 0 ||
 	    (ret = env->mutex_set_increment(env, REPL_MUTEXES)) != 0)
 		return (ret);
 	return (0);

@@ -691,7 +691,7 @@ store_open_dbs(struct store *st, char **cause)
 			goto fail;
 	}
 	what = "databases";
-	if ((ret = tid->commit(tid, 0)) != 0)
+	if ((ret = tid->commit(tid, DB_TXN_SYNC)) != 0)
 		goto failed;
 	st->dbs_open = 1;
 	return (0);
