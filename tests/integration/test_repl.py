@@ -894,6 +894,42 @@ class ReplGroupCommitTests(GroupTestCase):
                          str(r))
         self.assertGreater(m.ask("status")["replication"]["perm_failed"], 0)
 
+    def test_next_round_begins_while_one_waits(self):
+        """Rounds overlap: while a claim waits for acknowledgements that
+        do not come (the replicas stopped), a claim that arrives next has
+        its round begun, its commit flushed on the master, before the
+        first round ends; neither is answered 2xx.  (One round at a
+        time, the second waited for the end of the first, ACK_MS.)"""
+        if shutil.which("db5.3_stat") is None:
+            self.skipTest("db5.3_stat is not installed")
+        m = self.master
+        self.assertEqual(m.claim(fresh_number(), fresh_user()).status, 200)
+        self.stop_replicas()
+        answers = {}
+
+        def claim(name):
+            answers[name] = m.claim(fresh_number(), fresh_user())
+
+        first = threading.Thread(target=claim, args=("first",))
+        first.start()
+        time.sleep(0.3)		# committed, its round waits
+        flushes = log_flushes(m)
+        second = threading.Thread(target=claim, args=("second",))
+        second.start()
+        grew = False
+        while first.is_alive() and not grew:
+            grew = log_flushes(m) > flushes
+            time.sleep(0.05)
+        waited = first.is_alive()
+        first.join(self.ACK_MS / 1000 + 30)
+        second.join(2 * self.ACK_MS / 1000 + 30)
+        self.assertTrue(grew and waited,
+                        "the second round waited for the first to end")
+        for name in ("first", "second"):
+            r = answers[name]
+            self.assertEqual((r.status, r.json),
+                             (503, {"error": "unavailable"}), str(r))
+
     def test_concurrent_claims_share_acknowledgements(self):
         m = self.master
         n = 48
