@@ -777,7 +777,7 @@ class ReplAckDurabilityTests(unittest.TestCase):
             for _ in range(self.CLAIMS):
                 r = m.claim(harness.fresh_number(), harness.fresh_user())
                 self.assertEqual(r.status, 200, r)
-            return min(self.flushes(d) - b for d, b in zip(reps, before))
+            return [self.flushes(d) - b for d, b in zip(reps, before)]
         finally:
             g.stop()
             for d in g.nodes:
@@ -831,10 +831,12 @@ class ReplAckDurabilityTests(unittest.TestCase):
     def test_disk_flushes_the_replicas(self):
         if shutil.which("db5.3_stat") is None:
             self.skipTest("db5.3_stat is not installed")
-        # Every acknowledged commit was flushed by both replicas before
-        # they answered the master (repl_ack.c).
+        # Every acknowledged commit was flushed by the replica that
+        # answered the master for it (repl_ack.c; the quorum of a group
+        # of three is one replica).  The claims follow one another: each
+        # took a flush of its own on one replica at least.
         disk = self.replica_flushes("disk")
-        self.assertGreaterEqual(disk, self.CLAIMS)
+        self.assertGreaterEqual(sum(disk), self.CLAIMS, disk)
 
     def test_memory_does_not_flush_the_replicas(self):
         """With memory a replica answers from its log buffer: applying
@@ -844,7 +846,7 @@ class ReplAckDurabilityTests(unittest.TestCase):
         if shutil.which("db5.3_stat") is None:
             self.skipTest("db5.3_stat is not installed")
         memory = self.replica_flushes("memory")
-        self.assertLess(memory, self.CLAIMS // 2)
+        self.assertLess(max(memory), self.CLAIMS // 2, memory)
 
 
 class ReplGroupCommitTests(GroupTestCase):
