@@ -21,12 +21,16 @@
  *            replicas has answered that their log holds it (REPL_ACK_HAVE),
  *            flushed if repl_ack_durability is disk.  Every commit before
  *            that record is covered by the same answers: one round trip
- *            for all the batches committed since the last one.
+ *            for all the batches committed since the last one.  Rounds
+ *            may overlap (repl_ack_begin on the flusher, repl_ack_end on
+ *            its acker, store.c): a round covers the commits counted
+ *            (committed) when it began.
  *   replica  the dispatch callback (a repmgr thread) passes the question
  *            to the ack thread, which waits until its log reaches the
  *            record (replication applies it meanwhile), flushes the log
  *            once for every question so far, and answers with the end of
- *            its log and its priority.
+ *            its log and its priority.  Applying a commit does not flush
+ *            the log (DB_TXN_NOSYNC, repl.c): this flush is the only one.
  *
  * The log sequence numbers of a replica's log are those of its master's.
  * An answer counts only in the election generation it was given in: a
