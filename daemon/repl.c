@@ -320,7 +320,12 @@ repl_split(const char *addr, char *host, size_t size, u_int *port)
  * commit record back for the replica's delayed ACK: 40 ms a commit).
  * (DB_REP_CONF_NOWAIT, to fail reads at once while a replica
  * synchronises, also failed the new master's first operations: a replica
- * closes its store while it synchronises instead.)
+ * closes its store while it synchronises instead.)  DB_TXN_NOSYNC on the
+ * environment: a replica no longer flushes its log at each commit it
+ * applies (one fdatasync a commit, on the thread that applies them, and
+ * the round's question waited behind them); the ack thread's flush covers
+ * every commit before the question (repl_ack.c).  A master's commits name
+ * their flags themselves.
  */
 int
 repl_env_prepare(DB_ENV *env, u_int32_t *flags)
@@ -352,6 +357,7 @@ repl_env_prepare(DB_ENV *env, u_int32_t *flags)
 	    (ret = env->rep_set_config(env, DB_REPMGR_CONF_2SITE_STRICT,
 	    1)) != 0 ||
 	    (ret = env->rep_set_config(env, DB_REP_CONF_BULK, 1)) != 0 ||
+	    (ret = env->set_flags(env, DB_TXN_NOSYNC, 1)) != 0 ||
 	    (ret = env->mutex_set_increment(env, REPL_MUTEXES)) != 0)
 		return (ret);
 	return (0);
