@@ -839,6 +839,24 @@ def enrolment_item(log_id, user, phone):
                                       "phone_number": phone}}}}
 
 
+def claims_at_once(d, n):
+    """Send n claims of new numbers by new users to d at the same moment,
+    from n threads; return their statuses."""
+    barrier = threading.Barrier(n)
+    codes = []
+
+    def claim():
+        barrier.wait()
+        codes.append(d.claim(fresh_number(), fresh_user()).status)
+
+    threads = [threading.Thread(target=claim) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return codes
+
+
 def log_flushes(d):
     """A member's count of log flushes (db5.3_stat -l on its state)."""
     out = subprocess.run(["db5.3_stat", "-h", d.state_dir, "-l"],
@@ -1029,19 +1047,7 @@ class ReplGroupCommitTests(GroupTestCase):
         m = self.master
         n = 48
         before = m.ask("status")["replication"]["ack_waits"]
-        barrier = threading.Barrier(n)
-        codes = []
-
-        def claim():
-            barrier.wait()
-            codes.append(m.claim(fresh_number(), fresh_user()).status)
-
-        threads = [threading.Thread(target=claim) for _ in range(n)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-        self.assertEqual(codes, [200] * n)
+        self.assertEqual(claims_at_once(m, n), [200] * n)
         waits = m.ask("status")["replication"]["ack_waits"] - before
         self.assertGreater(waits, 0)
         self.assertLess(waits, n, "each commit waited for its own round")
@@ -1060,19 +1066,7 @@ class ReplGroupCommitTests(GroupTestCase):
         reps = self.group.replicas(m)
         n = 48
         before = [log_flushes(d) for d in reps]
-        barrier = threading.Barrier(n)
-        codes = []
-
-        def claim():
-            barrier.wait()
-            codes.append(m.claim(fresh_number(), fresh_user()).status)
-
-        threads = [threading.Thread(target=claim) for _ in range(n)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-        self.assertEqual(codes, [200] * n)
+        self.assertEqual(claims_at_once(m, n), [200] * n)
         flushes = [log_flushes(d) - b for d, b in zip(reps, before)]
         self.assertLess(max(flushes), n, flushes)
 
