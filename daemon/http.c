@@ -136,6 +136,7 @@ struct http_pending {
 	char			*body;
 	int			 endpoint;	/* enum metrics_endpoint */
 	int64_t			 start;		/* us, when it arrived */
+	uint64_t		 batch;		/* its flush, once asked */
 	TAILQ_ENTRY(http_pending) entry;
 };
 TAILQ_HEAD(http_pendings, http_pending);
@@ -169,8 +170,8 @@ struct http {
 	size_t				 unattached;
 	int				 freeing;
 	struct http_pendings		 pending;	/* no flush asked */
-	struct http_pendings		 flushing;	/* the one in flight */
-	int				 flush_busy;
+	struct http_pendings		 flushing;	/* flushes in flight */
+	uint64_t			 flush_batches;	/* flushes asked */
 	struct worker			*worker;	/* NULL: none */
 	struct tls			*tls;		/* NULL: plain HTTP */
 	struct evhttp_request		*cur_req;	/* in http_route_cb */
@@ -260,7 +261,7 @@ static int	 http_framing_ok(struct evhttp_request *);
 static void	 http_route_cb(struct evhttp_request *, void *);
 static void	 http_flush_cb(evutil_socket_t, short, void *);
 static void	 http_flushed_cb(int, void *);
-static void	 http_flushed(struct http *, int);
+static void	 http_flushed(struct http_pendings *, int);
 static void	 http_started(struct http *, struct evhttp_request *, int *,
 		     int64_t *);
 static void	 http_send(struct evhttp_request *, int, const char *,
@@ -460,7 +461,8 @@ http_free(struct http *h)
 		store_flusher_stop(h->store);
 		TAILQ_CONCAT(&h->flushing, &h->pending, entry);
 		if (!TAILQ_EMPTY(&h->flushing))
-			http_flushed(h, store_flush(h->store) == STORE_OK);
+			http_flushed(&h->flushing,
+			    store_flush(h->store) == STORE_OK);
 		event_free(h->flush_ev);
 	}
 	if (h->tick_ev != NULL)
@@ -1409,11 +1411,11 @@ http_reply(struct http *h, struct evhttp_request *req, int code,
 	http_started(h, req, &p->endpoint, &p->start);
 	TAILQ_INSERT_TAIL(&h->pending, p, entry);
 	/*
-	 * Activating an event that is already active does nothing; with a
-	 * flush in flight, its answer asks for the next.
+	 * Activating an event that is already active does nothing; with as
+	 * many flushes in flight as the flusher takes, the next answer asks
+	 * for the next.
 	 */
-	if (!h->flush_busy)
-		event_active(h->flush_ev, EV_TIMEOUT, 0);
+	event_active(h->flush_ev, EV_TIMEOUT, 0);
 }
 
 /*
@@ -1449,49 +1451,71 @@ http_error(struct http *h, struct evhttp_request *req, int code,
 }
 
 /*
- * The end of a batch: ask for a flush covering its answers, unless one is
- * in flight (its answer asks for the next).  Without the flusher thread,
- * flush here and answer.
+ * The end of a batch: ask for a flush covering its answers, unless the
+ * flusher has as many in flight as it takes (the next answer asks for
+ * the next).  Without the flusher thread, flush here and answer.
  */
 static void
 http_flush_cb(evutil_socket_t fd, short events, void *arg)
 {
-	struct http	*h = arg;
+	struct http		*h = arg;
+	struct http_pendings	 now;
+	struct http_pending	*p;
+	int			 r;
 
 	(void)fd;
 	(void)events;
-	if (h->flush_busy || TAILQ_EMPTY(&h->pending))
+	if (TAILQ_EMPTY(&h->pending) ||
+	    (r = store_flush_async(h->store)) == 1)
 		return;
-	TAILQ_CONCAT(&h->flushing, &h->pending, entry);
-	if (store_flush_async(h->store) == 0) {
-		h->flush_busy = 1;
+	if (r == 0) {
+		h->flush_batches++;
+		TAILQ_FOREACH(p, &h->pending, entry)
+			p->batch = h->flush_batches;
+		TAILQ_CONCAT(&h->flushing, &h->pending, entry);
 		return;
 	}
-	http_flushed(h, store_flush(h->store) == STORE_OK);
+	TAILQ_INIT(&now);
+	TAILQ_CONCAT(&now, &h->pending, entry);
+	http_flushed(&now, store_flush(h->store) == STORE_OK);
 }
 
-/* The flusher's answer: send the answers it covers, then ask again. */
+/*
+ * The flusher's answer, to the oldest flush in flight: send the answers
+ * it covers, then ask again.
+ */
 static void
 http_flushed_cb(int ok, void *arg)
 {
-	struct http	*h = arg;
+	struct http		*h = arg;
+	struct http_pendings	 done;
+	struct http_pending	*p;
+	uint64_t		 batch;
 
-	h->flush_busy = 0;
-	http_flushed(h, ok);
+	TAILQ_INIT(&done);
+	if ((p = TAILQ_FIRST(&h->flushing)) != NULL) {
+		batch = p->batch;
+		while ((p = TAILQ_FIRST(&h->flushing)) != NULL &&
+		    p->batch == batch) {
+			TAILQ_REMOVE(&h->flushing, p, entry);
+			TAILQ_INSERT_TAIL(&done, p, entry);
+		}
+	}
+	http_flushed(&done, ok);
 	if (!TAILQ_EMPTY(&h->pending))
 		event_active(h->flush_ev, EV_TIMEOUT, 0);
 }
 
 /* Send the answers of a flush that ended (503 if it failed). */
 static void
-http_flushed(struct http *h, int ok)
+http_flushed(struct http_pendings *list, int ok)
 {
 	struct http_pending	*p;
 
 	if (!ok)
 		log_warnx("log flush failed: answering 503");
-	while ((p = TAILQ_FIRST(&h->flushing)) != NULL) {
-		TAILQ_REMOVE(&h->flushing, p, entry);
+	while ((p = TAILQ_FIRST(list)) != NULL) {
+		TAILQ_REMOVE(list, p, entry);
 		if (ok)
 			http_send(p->req, p->code, "application/json",
 			    p->body, p->endpoint, p->start);

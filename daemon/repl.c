@@ -87,6 +87,8 @@
 #define REPL_BODY_MAX		(1024 * 1024)	/* of a master's answer */
 #define REPL_PEERS_MS		250	/* between two looks at the sites */
 #define REPL_NUDGE_MS		200	/* a commit's wait before a nudge */
+#define REPL_AGAIN_MS		250	/* a forward the master answered 503 */
+#define REPL_AGAIN_MAX		20	/* tries of one forward, at most */
 /*
  * Mutexes beyond Berkeley DB's estimate.  A demoted master's rollback
  * (replication undoing its unacknowledged commits) took some 40,000 of
@@ -113,6 +115,10 @@ struct repl_xfer {
 	char			*path;		/* and its URI */
 	int			 eid;		/* the master it went to */
 	int			 resent;	/* sent to a second master */
+	int			 tries;		/* sent again after a 503 */
+	int64_t			 deadline;	/* ms, the last answer's */
+	long			 timeout_ms;	/* a master's time to answer */
+	struct event		*again_ev;	/* the next try's */
 	struct evbuffer		*answer;
 	char			 ctype[128];
 	char			 retry_after[32];
@@ -193,6 +199,10 @@ static size_t	repl_write_cb(char *, size_t, size_t, void *);
 static size_t	repl_header_cb(char *, size_t, size_t, void *);
 static void	repl_done(struct repl_xfer *, CURLcode);
 static void	repl_xfer_target(struct repl_xfer *, const struct conf_peer *);
+static int	repl_xfer_later(struct repl_xfer *);
+static void	repl_xfer_again_cb(evutil_socket_t, short, void *);
+static void	repl_xfer_send(struct repl_xfer *, const struct conf_peer *,
+		    int);
 static int	repl_xfer_resend(struct repl_xfer *);
 static void	repl_xfers_follow(void);
 static void	repl_xfer_free(struct repl_xfer *);
@@ -320,7 +330,12 @@ repl_split(const char *addr, char *host, size_t size, u_int *port)
  * commit record back for the replica's delayed ACK: 40 ms a commit).
  * (DB_REP_CONF_NOWAIT, to fail reads at once while a replica
  * synchronises, also failed the new master's first operations: a replica
- * closes its store while it synchronises instead.)
+ * closes its store while it synchronises instead.)  DB_TXN_NOSYNC on the
+ * environment: a replica no longer flushes its log at each commit it
+ * applies (one fdatasync a commit, on the thread that applies them, and
+ * the round's question waited behind them); the ack thread's flush covers
+ * every commit before the question (repl_ack.c).  A master's commits name
+ * their flags themselves.
  */
 int
 repl_env_prepare(DB_ENV *env, u_int32_t *flags)
@@ -352,6 +367,7 @@ repl_env_prepare(DB_ENV *env, u_int32_t *flags)
 	    (ret = env->rep_set_config(env, DB_REPMGR_CONF_2SITE_STRICT,
 	    1)) != 0 ||
 	    (ret = env->rep_set_config(env, DB_REP_CONF_BULK, 1)) != 0 ||
+	    (ret = env->set_flags(env, DB_TXN_NOSYNC, 1)) != 0 ||
 	    (ret = env->mutex_set_increment(env, REPL_MUTEXES)) != 0)
 		return (ret);
 	return (0);
@@ -1171,6 +1187,8 @@ repl_forward(struct http *h, struct evhttp_request *req, int token)
 	if (ms > (long)r->conf->request_timeout * 1000)
 		ms = (long)r->conf->request_timeout * 1000;
 	curl_easy_setopt(x->easy, CURLOPT_TIMEOUT_MS, ms);
+	x->timeout_ms = ms;
+	x->deadline = repl_now_ms() + ms;
 	curl_easy_setopt(x->easy, CURLOPT_POST, 1L);
 	curl_easy_setopt(x->easy, CURLOPT_POSTFIELDS, x->body);
 	curl_easy_setopt(x->easy, CURLOPT_POSTFIELDSIZE_LARGE,
@@ -1254,6 +1272,8 @@ repl_done(struct repl_xfer *x, CURLcode rc)
 	if ((rc != CURLE_OK || code == 503) && repl_role_now() !=
 	    REPL_ROLE_MASTER && repl_xfer_resend(x))
 		return;
+	if (rc == CURLE_OK && code == 503 && repl_xfer_later(x))
+		return;
 	http_resume(x->http, &x->ctx);
 	if (rc != CURLE_OK || code < 200 || code > 599) {
 		r->forward_failed++;
@@ -1310,18 +1330,91 @@ repl_xfer_resend(struct repl_xfer *x)
 	    repl_site_address(eid, master, sizeof master) != 0 ||
 	    (p = repl_peer_by_repl(master)) == NULL)
 		return (0);
-	curl_multi_remove_handle(repl->multi, x->easy);
-	x->eid = eid;
 	x->resent = 1;
-	evbuffer_drain(x->answer, evbuffer_get_length(x->answer));
-	x->ctype[0] = x->retry_after[0] = x->error[0] = '\0';
-	repl_xfer_target(x, p);
+	/* The new master has the whole time to answer. */
+	x->deadline = repl_now_ms() + x->timeout_ms;
 	repl->resent++;
 	log_info("replication: the master changed while a request waited: "
 	    "sent again, to %s", master);
+	repl_xfer_send(x, p, eid);
+	return (1);
+}
+
+/*
+ * The master answered x 503: its store not open yet (a new master opens
+ * it off its loop), or its role changing again, or a commit it could not
+ * have acknowledged.  Send x again, to the master known then, in
+ * REPL_AGAIN_MS, while the forwarding's time lasts (return 1); a
+ * request's effect is the same when applied twice (a claim by the same
+ * user, a log event whose id is seen), and the client gets one answer,
+ * the last.  Return 0 to relay this answer.
+ */
+static int
+repl_xfer_later(struct repl_xfer *x)
+{
+	struct timeval	tv;
+
+	if (repl_role_now() == REPL_ROLE_MASTER ||
+	    x->tries >= REPL_AGAIN_MAX ||
+	    repl_now_ms() + REPL_AGAIN_MS >= x->deadline)
+		return (0);
+	if (x->again_ev == NULL &&
+	    (x->again_ev = evtimer_new(repl->base, repl_xfer_again_cb,
+	    x)) == NULL)
+		return (0);
+	curl_multi_remove_handle(repl->multi, x->easy);
+	x->tries++;
+	tv.tv_sec = 0;
+	tv.tv_usec = REPL_AGAIN_MS * 1000;
+	evtimer_add(x->again_ev, &tv);
+	log_debug("replication: the master answered 503: a forwarded request "
+	    "goes again in %d ms (try %d)", REPL_AGAIN_MS, x->tries + 1);
+	return (1);
+}
+
+/* The time to send x again: to the master known now, if there is one. */
+static void
+repl_xfer_again_cb(evutil_socket_t fd, short events, void *arg)
+{
+	struct repl_xfer	*x = arg;
+	const struct conf_peer	*p;
+	char			 master[300];
+	int			 eid;
+
+	(void)fd;
+	(void)events;
+	if (repl_role_now() == REPL_ROLE_MASTER ||
+	    (eid = repl_master_eid()) == DB_EID_INVALID ||
+	    repl_site_address(eid, master, sizeof master) != 0 ||
+	    (p = repl_peer_by_repl(master)) == NULL) {
+		/* Relay the 503 kept. */
+		x->tries = REPL_AGAIN_MAX;
+		repl_done(x, CURLE_OK);
+		return;
+	}
+	repl_xfer_send(x, p, eid);
+}
+
+/*
+ * Send x to peer p (eid), for the time the forwarding has left, with the
+ * previous answer forgotten.
+ */
+static void
+repl_xfer_send(struct repl_xfer *x, const struct conf_peer *p, int eid)
+{
+	int64_t	left = x->deadline - repl_now_ms();
+
+	if (x->again_ev != NULL)
+		evtimer_del(x->again_ev);
+	curl_multi_remove_handle(repl->multi, x->easy);
+	x->eid = eid;
+	evbuffer_drain(x->answer, evbuffer_get_length(x->answer));
+	x->ctype[0] = x->retry_after[0] = x->error[0] = '\0';
+	repl_xfer_target(x, p);
+	curl_easy_setopt(x->easy, CURLOPT_TIMEOUT_MS,
+	    (long)(left < 100 ? 100 : left));
 	if (curl_multi_add_handle(repl->multi, x->easy) != CURLM_OK)
 		fatalx("curl_multi_add_handle");
-	return (1);
 }
 
 /*
@@ -1366,6 +1459,8 @@ repl_xfer_free(struct repl_xfer *x)
 	curl_easy_cleanup(x->easy);
 	curl_slist_free_all(x->headers);
 	evbuffer_free(x->answer);
+	if (x->again_ev != NULL)
+		event_free(x->again_ev);
 	free(x->body);
 	free(x->path);
 	free(x);

@@ -21,12 +21,16 @@
  *            replicas has answered that their log holds it (REPL_ACK_HAVE),
  *            flushed if repl_ack_durability is disk.  Every commit before
  *            that record is covered by the same answers: one round trip
- *            for all the batches committed since the last one.
+ *            for all the batches committed since the last one.  Rounds
+ *            may overlap (repl_ack_begin on the flusher, repl_ack_end on
+ *            its acker, store.c): a round covers the commits counted
+ *            (committed) when it began.
  *   replica  the dispatch callback (a repmgr thread) passes the question
  *            to the ack thread, which waits until its log reaches the
  *            record (replication applies it meanwhile), flushes the log
  *            once for every question so far, and answers with the end of
- *            its log and its priority.
+ *            its log and its priority.  Applying a commit does not flush
+ *            the log (DB_TXN_NOSYNC, repl.c): this flush is the only one.
  *
  * The log sequence numbers of a replica's log are those of its master's.
  * An answer counts only in the election generation it was given in: a
@@ -111,7 +115,8 @@ struct repl_ack {
 	struct repl_ack_site	 sites[REPL_ACK_EIDS];
 	size_t			 nsites;
 	uint64_t		 waits;		/* rounds that asked */
-	uint64_t		 dirty;		/* commits not yet covered */
+	uint64_t		 committed;	/* commits so far */
+	uint64_t		 covered;	/* of them, acknowledged */
 	/* Under mu, the replica's question to answer. */
 	int			 asked;
 	uint32_t		 ask_gen;
@@ -329,7 +334,7 @@ repl_ack_committed(void)
 	if (ra == NULL)
 		return;
 	pthread_mutex_lock(&ra->mu);
-	ra->dirty++;
+	ra->committed++;
 	pthread_mutex_unlock(&ra->mu);
 }
 
@@ -353,22 +358,26 @@ repl_ack_wait(void)
 
 /*
  * The first half of repl_ack_wait: ask the replicas, so that the caller
- * can flush its own log while they flush theirs.
+ * can flush its own log while they flush theirs.  Rounds may overlap (the
+ * flusher asks again while the acknowledgements of the previous round are
+ * on their way): each covers the commits counted before it began.
  */
 void
 repl_ack_begin(struct repl_ack_round *rd)
 {
 	size_t	sent, peers;
+	int	dirty;
 
 	memset(rd, 0, sizeof *rd);
 	if (ra == NULL)
 		return;
 	pthread_mutex_lock(&ra->mu);
-	rd->dirty = ra->dirty;
-	if (rd->dirty > 0 && !repl_writable())
-		ra->dirty = 0;
+	rd->upto = ra->committed;
+	dirty = ra->covered < rd->upto;
+	if (dirty && !repl_writable())
+		ra->covered = rd->upto;
 	pthread_mutex_unlock(&ra->mu);
-	if (rd->dirty == 0)
+	if (!dirty)
 		return;
 	rd->state = -1;
 	if (!repl_writable() || repl_ack_state(&rd->gen, &rd->lsn) != 0)
@@ -401,8 +410,8 @@ repl_ack_end(struct repl_ack_round *rd)
 	while ((n = repl_ack_count(rd->gen, rd->lsn, rd->only_peers)) <
 	    (size_t)rd->needed && ret == 0)
 		ret = pthread_cond_timedwait(&ra->cond, &ra->mu, &until);
-	if (n >= (size_t)rd->needed)
-		ra->dirty = ra->dirty > rd->dirty ? ra->dirty - rd->dirty : 0;
+	if (n >= (size_t)rd->needed && ra->covered < rd->upto)
+		ra->covered = rd->upto;
 	pthread_mutex_unlock(&ra->mu);
 	repl_commit_waits(0);
 	if (n < (size_t)rd->needed) {

@@ -165,26 +165,47 @@ static const struct {
 };
 
 /*
- * The flusher thread.  The loop asks (asked, under mu) and goes on; the
+ * The flusher thread.  The loop asks (asks, under mu) and goes on; the
  * thread runs log_flush on its own environment handle, on a group's
- * master waits for the replicas' acknowledgements of every commit so far
- * (repl_ack_wait: one round trip for all the batches committed since the
- * last), and writes the result to a pipe the loop watches.  One flush at
- * a time.
+ * master asks the replicas for every commit so far first (repl_ack_begin:
+ * one round trip for all the batches committed since the last), and
+ * writes the result to a pipe the loop watches, one result for each ask,
+ * in order.  Alone, one flush at a time.  In a group the answers of the
+ * replicas are waited for by a second thread, the acker (repl_ack_end,
+ * the rounds in the order they began), while the flusher begins the next
+ * round: up to STORE_FLUSH_DEPTH rounds are in flight at once, so that a
+ * batch committed while a round waits does not wait for its end before
+ * its own round begins.
  */
+#define STORE_FLUSH_DEPTH	2
+
 struct store_flushed {
 	int		 ret;		/* of log_flush */
 	int		 acked;		/* the replicas acknowledged */
 };
 
+struct store_round {
+	struct repl_ack_round	 rd;
+	int			 ret;	/* of log_flush */
+};
+
 struct store_flusher {
 	DB_ENV		*env;
 	pthread_t	 thread;
+	pthread_t	 acker;
+	int		 group;		/* the acker runs */
 	pthread_mutex_t	 mu;
 	pthread_cond_t	 cv;
-	int		 asked;
+	pthread_cond_t	 ack_cv;
+	int		 asks;		/* asked, not yet begun */
 	int		 quit;
-	int		 busy;		/* asked and not yet answered */
+	/* Under mu: rounds begun, waiting for the acker, oldest first. */
+	struct store_round rounds[STORE_FLUSH_DEPTH];
+	int		 first;
+	int		 nrounds;
+	/* The loop's. */
+	int		 depth;		/* rounds in flight at most */
+	int		 inflight;	/* asked and not yet answered */
 	int		 fds[2];
 	struct event	*ev;
 	void		(*done)(int, void *);
@@ -208,6 +229,10 @@ static void	store_close_handles(struct store *);
 static void	store_close_dbs(struct store *);
 static void	store_lockout_met(struct store *);
 static void	*store_flusher_main(void *);
+static void	*store_flusher_acker(void *);
+static void	store_flusher_answer(struct store_flusher *,
+		    const struct store_flushed *);
+static int	store_flusher_threads(struct store_flusher *);
 static void	store_flusher_cb(evutil_socket_t, short, void *);
 static void	store_errcall_cb(const DB_ENV *, const char *, const char *);
 static void	store_event_cb(DB_ENV *, u_int32_t, void *);
@@ -698,7 +723,7 @@ store_open_dbs(struct store *st, char **cause)
 			goto fail;
 	}
 	what = "databases";
-	if ((ret = tid->commit(tid, 0)) != 0)
+	if ((ret = tid->commit(tid, DB_TXN_SYNC)) != 0)
 		goto failed;
 	st->dbs_open = 1;
 	return (0);
@@ -1433,7 +1458,9 @@ store_flusher_start(struct store *st, struct event_base *base,
 	}
 	pthread_mutex_init(&f->mu, NULL);
 	pthread_cond_init(&f->cv, NULL);
-	if ((ret = worker_thread(&f->thread, store_flusher_main, f)) != 0) {
+	pthread_cond_init(&f->ack_cv, NULL);
+	if ((ret = store_flusher_threads(f)) != 0) {
+		pthread_cond_destroy(&f->ack_cv);
 		pthread_cond_destroy(&f->cv);
 		pthread_mutex_destroy(&f->mu);
 		xasprintf(cause, "flusher: pthread_create: %s", strerror(ret));
@@ -1455,7 +1482,31 @@ fail:
 	return (-1);
 }
 
-/* Stop the flusher thread (after its flush in flight) and free it. */
+/*
+ * The flusher thread, and in a group the acker (the rounds overlap); an
+ * error of pthread_create, with no thread left running.
+ */
+static int
+store_flusher_threads(struct store_flusher *f)
+{
+	int	ret;
+
+	f->group = repl_enabled();
+	f->depth = f->group ? STORE_FLUSH_DEPTH : 1;
+	if ((ret = worker_thread(&f->thread, store_flusher_main, f)) != 0)
+		return (ret);
+	if (!f->group ||
+	    (ret = worker_thread(&f->acker, store_flusher_acker, f)) == 0)
+		return (0);
+	pthread_mutex_lock(&f->mu);
+	f->quit = 1;
+	pthread_cond_signal(&f->cv);
+	pthread_mutex_unlock(&f->mu);
+	pthread_join(f->thread, NULL);
+	return (ret);
+}
+
+/* Stop the flusher's threads (after their flush in flight) and free it. */
 void
 store_flusher_stop(struct store *st)
 {
@@ -1466,8 +1517,12 @@ store_flusher_stop(struct store *st)
 	pthread_mutex_lock(&f->mu);
 	f->quit = 1;
 	pthread_cond_signal(&f->cv);
+	pthread_cond_signal(&f->ack_cv);
 	pthread_mutex_unlock(&f->mu);
 	pthread_join(f->thread, NULL);
+	if (f->group)
+		pthread_join(f->acker, NULL);
+	pthread_cond_destroy(&f->ack_cv);
 	pthread_cond_destroy(&f->cv);
 	pthread_mutex_destroy(&f->mu);
 	event_free(f->ev);
@@ -1480,51 +1535,100 @@ store_flusher_stop(struct store *st)
 
 /*
  * Ask the flusher to make every commit so far durable; its answer comes
- * through the done callback.  -1 if there is no flusher, or a flush is
- * already in flight (the caller waits for its answer and asks again).
+ * through the done callback, the answers in the order of the asks.  0 if
+ * asked, 1 if as many flushes as the flusher takes are in flight (the
+ * caller waits for an answer and asks again), -1 if there is no flusher.
  */
 int
 store_flush_async(struct store *st)
 {
 	struct store_flusher	*f = st->flusher;
 
-	if (f == NULL || f->busy || st->failed)
+	if (f == NULL || st->failed)
 		return (-1);
-	f->busy = 1;
+	if (f->inflight >= f->depth)
+		return (1);
+	f->inflight++;
 	pthread_mutex_lock(&f->mu);
-	f->asked = 1;
+	f->asks++;
 	pthread_cond_signal(&f->cv);
 	pthread_mutex_unlock(&f->mu);
 	return (0);
 }
 
-/* The thread: flush when asked, answer through the pipe. */
+/*
+ * The thread: when asked, ask the replicas and flush; answer through the
+ * pipe, or in a group hand the round to the acker.
+ */
 static void *
 store_flusher_main(void *arg)
 {
 	struct store_flusher	*f = arg;
 	struct store_flushed	 res;
-	struct repl_ack_round	 rd;
+	struct store_round	 r;
 
 	pthread_mutex_lock(&f->mu);
 	for (;;) {
-		while (!f->asked && !f->quit)
+		while (f->asks == 0 && !f->quit)
 			pthread_cond_wait(&f->cv, &f->mu);
 		if (f->quit)
 			break;
-		f->asked = 0;
+		f->asks--;
 		pthread_mutex_unlock(&f->mu);
-		repl_ack_begin(&rd);
-		res.ret = f->env->log_flush(f->env, NULL);
-		res.acked = repl_ack_end(&rd) == 0;
-		/* Far below PIPE_BUF: the write is whole. */
-		while (write(f->fds[1], &res, sizeof res) == -1 &&
-		    errno == EINTR)
-			/* again */;
+		repl_ack_begin(&r.rd);
+		r.ret = f->env->log_flush(f->env, NULL);
+		if (!f->group) {
+			res.ret = r.ret;
+			res.acked = repl_ack_end(&r.rd) == 0;
+			store_flusher_answer(f, &res);
+		}
+		pthread_mutex_lock(&f->mu);
+		if (f->group) {
+			/* No more rounds than asks in flight: there is room. */
+			f->rounds[(f->first + f->nrounds) % STORE_FLUSH_DEPTH] =
+			    r;
+			f->nrounds++;
+			pthread_cond_signal(&f->ack_cv);
+		}
+	}
+	pthread_mutex_unlock(&f->mu);
+	return (NULL);
+}
+
+/* The acker: wait for each round's acknowledgements, answer in order. */
+static void *
+store_flusher_acker(void *arg)
+{
+	struct store_flusher	*f = arg;
+	struct store_flushed	 res;
+	struct store_round	 r;
+
+	pthread_mutex_lock(&f->mu);
+	for (;;) {
+		while (f->nrounds == 0 && !f->quit)
+			pthread_cond_wait(&f->ack_cv, &f->mu);
+		if (f->quit)
+			break;
+		r = f->rounds[f->first];
+		f->first = (f->first + 1) % STORE_FLUSH_DEPTH;
+		f->nrounds--;
+		pthread_mutex_unlock(&f->mu);
+		res.ret = r.ret;
+		res.acked = repl_ack_end(&r.rd) == 0;
+		store_flusher_answer(f, &res);
 		pthread_mutex_lock(&f->mu);
 	}
 	pthread_mutex_unlock(&f->mu);
 	return (NULL);
+}
+
+/* Send a flush's result to the loop. */
+static void
+store_flusher_answer(struct store_flusher *f, const struct store_flushed *res)
+{
+	/* Far below PIPE_BUF: the write is whole. */
+	while (write(f->fds[1], res, sizeof *res) == -1 && errno == EINTR)
+		/* again */;
 }
 
 /* The flusher answered: report failures here, on the loop, then done. */
@@ -1541,7 +1645,7 @@ store_flusher_cb(evutil_socket_t fd, short events, void *arg)
 		/* again */;
 	if (n != sizeof res)
 		return;
-	f->busy = 0;
+	f->inflight--;
 	if (res.ret != 0)
 		(void)store_result(st, res.ret, "log flush");
 	else if (!res.acked)

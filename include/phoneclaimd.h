@@ -899,7 +899,7 @@ size_t		 repl_connected_eids(int *, size_t);
 /* repl_ack.c */
 /* One round of acknowledgements (repl_ack_begin, repl_ack_end). */
 struct repl_ack_round {
-	uint64_t	 dirty;		/* the commits it covers */
+	uint64_t	 upto;		/* the commits it covers (a count) */
 	uint64_t	 lsn;		/* the last commit record sent */
 	uint32_t	 gen;
 	int		 needed;	/* answers */
