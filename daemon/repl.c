@@ -200,6 +200,7 @@ static size_t	repl_header_cb(char *, size_t, size_t, void *);
 static void	repl_done(struct repl_xfer *, CURLcode);
 static void	repl_xfer_target(struct repl_xfer *, const struct conf_peer *);
 static int	repl_xfer_later(struct repl_xfer *);
+static const struct conf_peer *repl_master_peer(int *, char *, size_t);
 static void	repl_xfer_again_cb(evutil_socket_t, short, void *);
 static void	repl_xfer_send(struct repl_xfer *, const struct conf_peer *,
 		    int);
@@ -1143,9 +1144,7 @@ repl_forward(struct http *h, struct evhttp_request *req, int token)
 	}
 	in = evhttp_request_get_input_headers(req);
 	if (evhttp_find_header(in, REPL_FORWARD_HEADER) != NULL ||
-	    (eid = repl_master_eid()) == DB_EID_INVALID ||
-	    repl_site_address(eid, master, sizeof master) != 0 ||
-	    (p = repl_peer_by_repl(master)) == NULL) {
+	    (p = repl_master_peer(&eid, master, sizeof master)) == NULL) {
 		r->unavailable++;
 		evhttp_add_header(evhttp_request_get_output_headers(req),
 		    "Retry-After", "1");
@@ -1301,6 +1300,19 @@ repl_done(struct repl_xfer *x, CURLcode rc)
 	repl_xfer_free(x);
 }
 
+/*
+ * The peer that is master now, its eid and its replication address (in
+ * addr); NULL if no master is known or it is not a configured peer.
+ */
+static const struct conf_peer *
+repl_master_peer(int *eid, char *addr, size_t size)
+{
+	if ((*eid = repl_master_eid()) == DB_EID_INVALID ||
+	    repl_site_address(*eid, addr, size) != 0)
+		return (NULL);
+	return (repl_peer_by_repl(addr));
+}
+
 /* Point a transfer at peer p's API. */
 static void
 repl_xfer_target(struct repl_xfer *x, const struct conf_peer *p)
@@ -1325,10 +1337,9 @@ repl_xfer_resend(struct repl_xfer *x)
 	char			 master[300];
 	int			 eid;
 
-	if (x->resent || (eid = repl_master_eid()) == DB_EID_INVALID ||
-	    eid == x->eid ||
-	    repl_site_address(eid, master, sizeof master) != 0 ||
-	    (p = repl_peer_by_repl(master)) == NULL)
+	if (x->resent ||
+	    (p = repl_master_peer(&eid, master, sizeof master)) == NULL ||
+	    eid == x->eid)
 		return (0);
 	x->resent = 1;
 	/* The new master has the whole time to answer. */
@@ -1384,9 +1395,7 @@ repl_xfer_again_cb(evutil_socket_t fd, short events, void *arg)
 	(void)fd;
 	(void)events;
 	if (repl_role_now() == REPL_ROLE_MASTER ||
-	    (eid = repl_master_eid()) == DB_EID_INVALID ||
-	    repl_site_address(eid, master, sizeof master) != 0 ||
-	    (p = repl_peer_by_repl(master)) == NULL) {
+	    (p = repl_master_peer(&eid, master, sizeof master)) == NULL) {
 		/* Relay the 503 kept. */
 		x->tries = REPL_AGAIN_MAX;
 		repl_done(x, CURLE_OK);
