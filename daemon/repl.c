@@ -255,6 +255,16 @@ repl_init(struct event_base *base, const struct conf *conf, char **cause)
 		fatalx("curl_multi_init");
 	curl_multi_setopt(r->multi, CURLMOPT_SOCKETFUNCTION, repl_socket_cb);
 	curl_multi_setopt(r->multi, CURLMOPT_TIMERFUNCTION, repl_timer_cb);
+	/*
+	 * Keep the connections to the master open between forwards.  By
+	 * default the cache holds four per transfer in flight, and a forward
+	 * ends with its transfer: when few are in flight the cache shrinks
+	 * and closes the rest, so under a steady load most forwards opened a
+	 * new connection (thousands in TIME-WAIT).  One per connection the
+	 * clients may hold here is enough.
+	 */
+	curl_multi_setopt(r->multi, CURLMOPT_MAXCONNECTS,
+	    (long)conf->max_connections);
 	repl = r;
 	repl_clock_init(conf);
 	return (0);
