@@ -1501,6 +1501,12 @@ http_flushed_cb(int ok, void *arg)
 			TAILQ_INSERT_TAIL(&done, p, entry);
 		}
 	}
+	/*
+	 * Ask for the next flush before sending these answers: the answers
+	 * queued meanwhile are committed, and the disk need not wait while
+	 * the loop writes a batch of answers.
+	 */
+	http_flush_cb(-1, 0, h);
 	http_flushed(&done, ok);
 	if (!TAILQ_EMPTY(&h->pending))
 		event_active(h->flush_ev, EV_TIMEOUT, 0);
