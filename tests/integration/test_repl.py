@@ -414,6 +414,55 @@ class ReplFirstMasterTests(GroupTestCase):
         self.assertIn(r.get("result"), ("reserved", "owned"), str(r))
 
 
+class ReplTwoQuorumTests(GroupTestCase):
+    """A group of two (docs/ha.md, phoneclaimd.conf(5) repl_ack_policy):
+    the quorum of the other member is none, so with the replica paused
+    the master still answers 2xx; the replica cannot become master alone
+    (2SITE_STRICT), so no acknowledged commit can be lost to an election.
+    With "all" (ReplTwoAllTests) the same claim is 503 until the
+    replica's disk holds it, as a PostgreSQL primary with one synchronous
+    standby waits for it (the shape of bench-group's BENCH_GROUP_SIZE=2)."""
+
+    POLICY = "quorum"
+    PAUSED = (200, "reserved")
+
+    def make_group(self):
+        return Group(2, pending_ttl=3600, repl_ack_policy=self.POLICY,
+                     repl_ack_timeout=1000)
+
+    def test_claim_with_the_replica_paused(self):
+        m = self.master
+        replica = self.group.replicas(m)[0]
+        r = m.claim(fresh_number(), fresh_user())
+        self.assertEqual((r.status, r.get("result")), (200, "reserved"),
+                         str(r))
+        replica.send_signal(signal.SIGSTOP)
+        self.addCleanup(lambda: replica.running() and
+                        replica.send_signal(signal.SIGCONT))
+        phone, user = fresh_number(), fresh_user()
+        r = m.claim(phone, user)
+        self.assertEqual((r.status, r.get("result") or r.get("error")),
+                         self.PAUSED, str(r))
+        replica.send_signal(signal.SIGCONT)
+        # Resumed: once the replica is back in touch (it may first have
+        # called an election that it cannot win alone), the claim tried
+        # again is 2xx (made now, or made before and owned), and the
+        # replica holds it.
+        deadline = time.monotonic() + 20
+        while True:
+            r = m.claim(phone, user)
+            if r.status == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        self.assertEqual(r.status, 200, str(r))
+        self.assertEqual(wait_holders(replica, phone, [user]), [user])
+
+
+class ReplTwoAllTests(ReplTwoQuorumTests):
+    POLICY = "all"
+    PAUSED = (503, "unavailable")
+
+
 class ReplStoreFailureTests(GroupTestCase):
     """A member whose Berkeley DB environment panics (issue 22, point 1)
     exits 1, so that its supervisor restarts it and recovery runs, even
