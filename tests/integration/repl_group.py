@@ -40,7 +40,37 @@ def wait_holders(d, phone, want, timeout=10.0):
 
 
 def free_ports(n):
-    """Return n distinct TCP ports free on 127.0.0.1 right now."""
+    """Return n distinct TCP ports free on 127.0.0.1 right now, below the
+    kernel's ephemeral range.  A port the kernel hands out for port 0 is
+    an ephemeral one, and any outgoing connection on the machine (a
+    forward, repmgr, the bench) may take it as its local port before the
+    member binds it: a CI run lost a group that way ("Address already in
+    use").  Ports below the range are never taken so; one that cannot be
+    bound now (listening, or in TIME-WAIT) is skipped."""
+    low = 32768
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    first, last = 10000, low - 1
+    rng = secrets.SystemRandom()
+    ports = []
+    for _ in range(1000 * n if last - first >= 100 else 0):
+        p = rng.randint(first, last)
+        if p in ports:
+            continue
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        finally:
+            s.close()
+        ports.append(p)
+        if len(ports) == n:
+            return ports
+    # No room below the range: the kernel's choice, as before.
     socks, ports = [], []
     for _ in range(n):
         s = socket.socket()
