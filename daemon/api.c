@@ -18,12 +18,15 @@
  */
 #include "config.h"
 
+#include <sys/queue.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include <event2/buffer.h>
+#include <event2/event.h>
 #include <event2/http.h>
 #include <yajl/yajl_tree.h>
 
@@ -34,6 +37,8 @@
 
 /* Numbers waiting for the worker at most; more are parsed in place. */
 #define API_WORKER_MAX	1024
+/* A group's claims in one transaction at most (see api_turn_cb). */
+#define API_TURN_MAX	128
 
 struct api_request {
 	struct api_body	 b;		/* the request's body, parsed */
@@ -47,12 +52,22 @@ struct api_request {
 	int		 cached;	/* the number was in the cache */
 	int		 claim_rv;	/* of claims_request */
 	struct claims_answer a;
+	/* While it waits for the turn's transaction (a group). */
+	TAILQ_ENTRY(api_request) entry;
 };
+
+TAILQ_HEAD(api_requests, api_request);
+
+/* A group's claims of this turn of the loop (api_turn_cb). */
+static struct api_requests	 api_turn = TAILQ_HEAD_INITIALIZER(api_turn);
+static size_t			 api_nturn;
+static struct event		*api_turn_ev;
 
 static const char	*api_field(yajl_val, const char *, const char **);
 static int		 api_action(const char *);
-static void		 api_claim(struct http *, struct evhttp_request *,
+static int		 api_claim(struct http *, struct evhttp_request *,
 			    struct api_request *);
+static void		 api_turn_cb(evutil_socket_t, short, void *);
 static void		 api_answer(struct http *, struct evhttp_request *,
 			    struct api_request *, int);
 static void		 api_number_work(void *);
@@ -178,8 +193,8 @@ api_claims_cb(struct evhttp_request *req, void *arg)
 		http_error(h, req, 400, "invalid_phone_number");
 	else if (r->b.error != NULL)
 		http_error(h, req, 400, r->b.error);
-	else
-		api_claim(h, req, r);
+	else if (api_claim(h, req, r))
+		return;
 	explicit_bzero(r->b.phone, sizeof r->b.phone);
 	free(r);
 }
@@ -219,8 +234,11 @@ api_number_done(void *arg, int cancelled)
 	struct api_request	*r = arg;
 
 	if (!cancelled) {
-		if (api_number_back(r, 1) == 0)
-			api_claim(r->h, r->ctx.req, r);
+		if (api_number_back(r, 1) == 0 &&
+		    api_claim(r->h, r->ctx.req, r)) {
+			http_resumed(r->h);
+			return;
+		}
 		http_resumed(r->h);
 	}
 	explicit_bzero(r->b.phone, sizeof r->b.phone);
@@ -287,16 +305,91 @@ api_claim_done(void *arg, int cancelled)
 	free(r);
 }
 
-/* The claim itself, the request checked and its number normalised. */
-static void
+/*
+ * The claim itself, the request checked and its number normalised.  In a
+ * group it waits for the end of this turn of the loop, and 1 says that r
+ * is kept for it; else 0, answered.
+ */
+static int
 api_claim(struct http *h, struct evhttp_request *req, struct api_request *r)
 {
 	if (!http_store_ok(h)) {
 		http_error(h, req, 503, "unavailable");
-		return;
+		return (0);
 	}
-	api_answer(h, req, r, claims_request(r->e164, r->b.user_id,
-	    r->b.action, claims_clock_ms(), &r->a));
+	if (!repl_enabled()) {
+		api_answer(h, req, r, claims_request(r->e164, r->b.user_id,
+		    r->b.action, claims_clock_ms(), &r->a));
+		return (0);
+	}
+	if (api_turn_ev == NULL && (api_turn_ev = event_new(http_base(h), -1,
+	    0, api_turn_cb, h)) == NULL)
+		fatalx("event_new");
+	r->h = h;
+	http_suspend(h, req, &r->ctx);
+	TAILQ_INSERT_TAIL(&api_turn, r, entry);
+	if (api_nturn++ == 0)
+		event_active(api_turn_ev, EV_TIMEOUT, 0);
+	return (1);
+}
+
+/*
+ * A group's claims of one turn of the loop: the claims that came in
+ * while the loop went through its ready sockets, in one transaction (a
+ * child each, claims_request_many), so that the group sends, applies and
+ * acknowledges one commit for all of them instead of one each.  libevent
+ * runs this once the callbacks already active have run, so the turn is
+ * every request that came with them.  Each answer is queued like any
+ * other and waits for the flush that follows the commit (I2).  At most
+ * API_TURN_MAX claims a transaction: the rest take the next.
+ */
+static void
+api_turn_cb(evutil_socket_t fd, short events, void *arg)
+{
+	struct claims_req	 reqs[API_TURN_MAX];
+	struct api_request	*r, *batch[API_TURN_MAX];
+	struct http		*h = arg;
+	int64_t			 now_ms = claims_clock_ms();
+	size_t			 i, n;
+
+	(void)fd;
+	(void)events;
+	while (!TAILQ_EMPTY(&api_turn)) {
+		n = 0;
+		while (n < API_TURN_MAX && (r = TAILQ_FIRST(&api_turn)) !=
+		    NULL) {
+			TAILQ_REMOVE(&api_turn, r, entry);
+			api_nturn--;
+			memset(&reqs[n], 0, sizeof reqs[n]);
+			reqs[n].e164 = r->e164;
+			reqs[n].user_id = r->b.user_id;
+			reqs[n].action = r->b.action;
+			reqs[n].now_ms = now_ms;
+			reqs[n].answer = &r->a;
+			batch[n++] = r;
+		}
+		claims_request_many(reqs, n);
+		for (i = 0; i < n; i++) {
+			r = batch[i];
+			http_resume(h, &r->ctx);
+			api_answer(h, r->ctx.req, r, reqs[i].rv);
+			http_resumed(h);
+			explicit_bzero(r->b.phone, sizeof r->b.phone);
+			free(r);
+		}
+	}
+}
+
+/* Answer the claims still waiting for their turn, and free its event. */
+void
+api_free(void)
+{
+	if (api_turn_ev == NULL)
+		return;
+	if (!TAILQ_EMPTY(&api_turn))
+		api_turn_cb(-1, 0, TAILQ_FIRST(&api_turn)->h);
+	event_free(api_turn_ev);
+	api_turn_ev = NULL;
 }
 
 /* Answer a claim that came to rv (a store code) and r->a. */

@@ -594,6 +594,38 @@ out:
 }
 
 /*
+ * Make the operation of a claim request for the E.164 number e164 by
+ * user_id at now_ms (milliseconds), its key in numkey: 1 if the number is
+ * exempt (the answer says so, there is nothing to store), else 0.
+ */
+static int
+claims_request_op(const char *e164, const char *user_id, int action,
+    int64_t now_ms, struct claims_answer *answer, unsigned char *numkey,
+    struct claims_op *op)
+{
+	size_t	len = strlen(e164);
+
+	memset(answer, 0, sizeof *answer);
+	answer->enforced = 1;
+	hash_number(e164, numkey);
+	if (claims_is_exempt(numkey)) {
+		answer->result = CLAIMS_EXEMPT;
+		return (1);
+	}
+	memset(op, 0, sizeof *op);
+	op->numkey = numkey;
+	op->user_id = user_id;
+	op->last4 = len > LAST4_LEN ? e164 + len - LAST4_LEN : e164 + 1;
+	op->action = action;
+	op->now = now_ms / 1000;
+	op->when.ms = now_ms;
+	op->when.kind = CLAIMS_NOW;
+	op->when.tie_ok = 0;
+	op->answer = answer;
+	return (0);
+}
+
+/*
  * Apply a claim request for the E.164 number e164 by user_id at now_ms
  * (milliseconds).  Returns STORE_OK with the answer filled in, or a store
  * error.
@@ -604,27 +636,96 @@ claims_request(const char *e164, const char *user_id, int action,
 {
 	unsigned char		numkey[NUMKEY_LEN];
 	struct claims_op	op;
-	size_t			len = strlen(e164);
 
-	memset(answer, 0, sizeof *answer);
-	answer->enforced = 1;
-	hash_number(e164, numkey);
-	if (claims_is_exempt(numkey)) {
-		answer->result = CLAIMS_EXEMPT;
+	if (claims_request_op(e164, user_id, action, now_ms, answer, numkey,
+	    &op))
 		return (STORE_OK);
+	return (claims_run(action == CLAIMS_CHALLENGE ? claims_challenge :
+	    claims_enroll, &op));
+}
+
+/*
+ * Commit the transaction of claims_request_many that holds reqs[from] to
+ * reqs[to - 1]; if that fails, so does each of them that it held.
+ */
+static void
+claims_many_commit(struct store_txn **top, struct claims_req *reqs,
+    size_t from, size_t to, uint64_t *resolved)
+{
+	size_t	i;
+
+	if (*top == NULL)
+		return;
+	if (store_txn_commit(*top) == STORE_OK)
+		claims_resolved += *resolved;
+	else {
+		for (i = from; i < to; i++)
+			if (reqs[i].held)
+				reqs[i].rv = STORE_ERROR;
 	}
-	op.numkey = numkey;
-	op.user_id = user_id;
-	op.last4 = len > LAST4_LEN ? e164 + len - LAST4_LEN : e164 + 1;
-	op.action = action;
-	op.now = now_ms / 1000;
-	op.when.ms = now_ms;
-	op.when.kind = CLAIMS_NOW;
-	op.when.tie_ok = 0;
-	op.answer = answer;
-	if (action == CLAIMS_CHALLENGE)
-		return (claims_run(claims_challenge, &op));
-	return (claims_run(claims_enroll, &op));
+	*top = NULL;
+	*resolved = 0;
+}
+
+/*
+ * Apply n claim requests in one transaction, each in a child of its own:
+ * a replication group sends and acknowledges one commit for all of them
+ * instead of one each.  Each request's rv and answer are what
+ * claims_request would have given it, in this order; a child that fails
+ * takes back its own changes only.  The commit of the whole decides: if
+ * it fails, so does every request it held.  A child that deadlocks (it
+ * cannot wait for its parent's locks, but another thread might wait for
+ * them) has the requests before it committed, and is tried again in a
+ * new transaction.
+ */
+void
+claims_request_many(struct claims_req *reqs, size_t n)
+{
+	struct store_txn	*top = NULL, *txn;
+	struct claims_op	 op;
+	size_t			 i, first = 0;
+	uint64_t		 resolved = 0;
+	int			 try, rv;
+
+	for (i = 0; i < n; i++) {
+		reqs[i].held = 0;
+		reqs[i].rv = STORE_OK;
+		if (claims_request_op(reqs[i].e164, reqs[i].user_id,
+		    reqs[i].action, reqs[i].now_ms, reqs[i].answer,
+		    reqs[i].numkey, &op))
+			continue;
+		for (try = 0; try < CLAIMS_RETRIES; try++) {
+			if (top == NULL &&
+			    (rv = store_txn_begin(claims_store, &top)) !=
+			    STORE_OK)
+				break;
+			if ((rv = store_txn_begin_child(top, &txn)) !=
+			    STORE_OK)
+				break;
+			claims_resolved_txn = 0;
+			rv = op.action == CLAIMS_CHALLENGE ?
+			    claims_challenge(txn, &op) :
+			    claims_enroll(txn, &op);
+			if (rv == STORE_OK) {
+				if ((rv = store_txn_commit(txn)) ==
+				    STORE_OK) {
+					resolved += claims_resolved_txn;
+					reqs[i].held = 1;
+				}
+				break;
+			}
+			store_txn_abort(txn);
+			if (rv != STORE_RETRY)
+				break;
+			claims_many_commit(&top, reqs, first, i, &resolved);
+			first = i;
+		}
+		if (try == CLAIMS_RETRIES)
+			log_warnx("transaction deadlocked %d times: giving up",
+			    CLAIMS_RETRIES);
+		reqs[i].rv = rv;
+	}
+	claims_many_commit(&top, reqs, first, n, &resolved);
 }
 
 /* Delete up to op->max lapsed reservations. */

@@ -453,6 +453,8 @@ http_free(struct http *h)
 
 	if (h == NULL)
 		return;
+	/* A group's claims waiting for their turn are answered. */
+	api_free();
 	/* Jobs in flight are dropped: evhttp_free frees their requests. */
 	worker_stop(h->worker);
 	h->worker = NULL;
@@ -1324,6 +1326,13 @@ struct worker *
 http_worker(struct http *h)
 {
 	return (h->worker);
+}
+
+/* The event loop of the server. */
+struct event_base *
+http_base(struct http *h)
+{
+	return (h->base);
 }
 
 /*

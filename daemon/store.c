@@ -1304,6 +1304,35 @@ store_txn_begin(struct store *st, struct store_txn **txnp)
 }
 
 /*
+ * Begin a child of parent, on the parent's thread.  Its changes become
+ * the parent's when it commits, and nobody else's until the parent does:
+ * the counts take them, and the group is asked to acknowledge them, at
+ * the parent's commit only.  Aborted, it takes back its own changes and
+ * leaves the parent's.  Children see the changes of the children
+ * committed before them, and never wait for the parent's locks.
+ */
+int
+store_txn_begin_child(struct store_txn *parent, struct store_txn **txnp)
+{
+	struct store	*st = parent->st;
+	DB_TXN		*tid;
+	int		 r;
+
+	*txnp = NULL;
+	if (st->failed)
+		return (STORE_ERROR);
+	r = store_result(st, st->env->txn_begin(st->env, parent->tid, &tid,
+	    0), "begin a child transaction");
+	if (r != STORE_OK)
+		return (r == STORE_NOTFOUND ? STORE_ERROR : r);
+	*txnp = xcalloc(1, sizeof **txnp);
+	(*txnp)->st = st;
+	(*txnp)->tid = tid;
+	(*txnp)->parent = parent;
+	return (STORE_OK);
+}
+
+/*
  * Commit: the log records stay in the buffer, store_flush writes and syncs
  * them for the whole batch.  The handle is gone afterwards whatever the
  * result, so a failed commit is STORE_ERROR, never STORE_RETRY.  The
@@ -1329,6 +1358,18 @@ store_txn_commit_to(struct store_txn *txn, int answered)
 		free(txn);
 		(void)tid->abort(tid);
 		return (STORE_ERROR);
+	}
+	if (txn->parent != NULL) {
+		r = store_result(st, tid->commit(tid, 0), "commit a child");
+		if (r == STORE_OK) {
+			txn->parent->d_claims += txn->d_claims;
+			txn->parent->d_active += txn->d_active;
+			txn->parent->d_pending += txn->d_pending;
+			txn->parent->d_conflicts += txn->d_conflicts;
+			txn->parent->d_verify += txn->d_verify;
+		}
+		free(txn);
+		return (r == STORE_OK ? STORE_OK : STORE_ERROR);
 	}
 	r = store_result(st, tid->commit(tid, DB_TXN_NOSYNC), "commit");
 	if (r == STORE_OK) {

@@ -114,6 +114,7 @@ struct store {
 struct store_txn {
 	struct store	*st;
 	DB_TXN		*tid;
+	struct store_txn *parent;	/* a child's, else NULL */
 	int64_t		 d_claims;
 	int64_t		 d_active;
 	int64_t		 d_pending;

@@ -244,6 +244,7 @@ void		 store_set_fail_cb(struct store *, void (*)(void *), void *);
 int		 store_failed(struct store *);
 int		 store_ready(struct store *);
 int		 store_txn_begin(struct store *, struct store_txn **);
+int		 store_txn_begin_child(struct store_txn *, struct store_txn **);
 int		 store_txn_commit(struct store_txn *);
 int		 store_txn_commit_local(struct store_txn *);
 void		 store_txn_abort(struct store_txn *);
@@ -404,6 +405,19 @@ enum claims_outcome {
 	CLAIMS_STALE
 };
 
+/* One of the requests of claims_request_many. */
+struct claims_req {
+	const char		*e164;
+	const char		*user_id;
+	int			 action;
+	int64_t			 now_ms;
+	struct claims_answer	*answer;
+	int			 rv;	/* out: as claims_request's */
+	/* Its own. */
+	int			 held;	/* in the transaction being made */
+	unsigned char		 numkey[NUMKEY_LEN];
+};
+
 /* How a change is dated, for the rule of time and order (claims.c). */
 enum claims_date_kind {
 	CLAIMS_DATED = 0,	/* an event's own date, or when an answer was
@@ -440,6 +454,7 @@ int		 claims_exempt_load(const char *, const char *, int, char **);
 int		 claims_is_exempt(const unsigned char *);
 int		 claims_request(const char *, const char *, int, int64_t,
 		     struct claims_answer *);
+void		 claims_request_many(struct claims_req *, size_t);
 int		 claims_expire(int64_t, size_t, size_t *);
 int		 claims_limits_prune(int64_t, size_t, size_t *, int *);
 const char	*claims_result_name(int);
@@ -711,6 +726,7 @@ int		 http_authorised(struct http *, struct evhttp_request *, int);
 const char	*http_bound_address(struct http *);
 void		 http_set_tls(struct http *, struct tls *);
 struct worker	*http_worker(struct http *);
+struct event_base *http_base(struct http *);
 void		 http_suspend(struct http *, struct evhttp_request *,
 		     struct http_ctx *);
 void		 http_resume(struct http *, const struct http_ctx *);
@@ -941,5 +957,6 @@ struct api_body {
 const char	*api_parse(const char *, size_t, struct api_body *);
 void		 api_claims_cb(struct evhttp_request *, void *);
 void		 api_healthz_cb(struct evhttp_request *, void *);
+void		 api_free(void);
 
 #endif

@@ -906,17 +906,20 @@ def enrolment_item(log_id, user, phone):
                                       "phone_number": phone}}}}
 
 
-def claims_at_once(d, n):
-    """Send n claims of new numbers by new users to d at the same moment,
-    from n threads; return their statuses."""
+def claims_at_once(d, n, phones=None, users=None):
+    """Send n claims to d at the same moment, from n threads: of phones by
+    users, or of new numbers by new users; return their statuses."""
     barrier = threading.Barrier(n)
     codes = []
+    phones = phones or [fresh_number() for _ in range(n)]
+    users = users or [fresh_user() for _ in range(n)]
 
-    def claim():
+    def claim(phone, user):
         barrier.wait()
-        codes.append(d.claim(fresh_number(), fresh_user()).status)
+        codes.append(d.claim(phone, user).status)
 
-    threads = [threading.Thread(target=claim) for _ in range(n)]
+    threads = [threading.Thread(target=claim, args=(phones[i], users[i]))
+               for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
@@ -941,6 +944,17 @@ def closed_connections(port):
             if fields[3] == "06" and port in ports:
                 n += 1
     return n
+
+
+def txns_applied(d):
+    """A replica's count of the master's transactions it applied
+    (db5.3_stat -r on its state)."""
+    out = subprocess.run(["db5.3_stat", "-h", d.state_dir, "-r"],
+                         capture_output=True, text=True, timeout=30)
+    for line in out.stdout.splitlines():
+        if line.endswith("Number of transactions applied"):
+            return int(line.split()[0])
+    raise AssertionError("db5.3_stat -r: %s" % out.stdout[-300:])
 
 
 def log_flushes(d):
@@ -1155,6 +1169,38 @@ class ReplGroupCommitTests(GroupTestCase):
         self.assertEqual(claims_at_once(m, n), [200] * n)
         flushes = [log_flushes(d) - b for d, b in zip(reps, before)]
         self.assertLess(max(flushes), n, flushes)
+
+    def test_concurrent_claims_share_a_commit(self):
+        """Claims that arrive on the master in one turn of its loop are
+        one transaction, a child each (api.c, claims_request_many): a
+        replica applies fewer transactions than there were claims (it
+        applied one a claim), and holds every claim."""
+        if shutil.which("db5.3_stat") is None:
+            self.skipTest("db5.3_stat is not installed")
+        m = self.master
+        reps = self.group.replicas(m)
+        n = 48
+        before = [txns_applied(d) for d in reps]
+        phones = [fresh_number() for _ in range(n)]
+        users = [fresh_user() for _ in range(n)]
+        self.assertEqual(claims_at_once(m, n, phones, users), [200] * n)
+        applied = [txns_applied(d) - b for d, b in zip(reps, before)]
+        self.assertGreater(min(applied), 0, applied)
+        self.assertLess(max(applied), n, applied)
+        for d in reps:
+            for phone, user in zip(phones, users):
+                self.assertEqual(wait_holders(d, phone, [user]), [user])
+
+    def test_claims_of_one_number_at_once(self):
+        """Sixteen users claim one number at the same moment: the claims
+        of one transaction see those before them, so exactly one is
+        reserved and the others are told it is taken."""
+        m = self.master
+        n = 16
+        phone = fresh_number()
+        codes = claims_at_once(m, n, [phone] * n,
+                               [fresh_user() for _ in range(n)])
+        self.assertEqual(sorted(codes), [200] + [409] * (n - 1))
 
 
 class ReplTlsTests(GroupTestCase):
