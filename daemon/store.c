@@ -177,7 +177,7 @@ static const struct {
  * batch committed while a round waits does not wait for its end before
  * its own round begins.
  */
-#define STORE_FLUSH_DEPTH	2
+#define STORE_FLUSH_DEPTH	4
 
 struct store_flushed {
 	int		 ret;		/* of log_flush */
