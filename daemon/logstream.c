@@ -30,6 +30,7 @@
 #include <sys/queue.h>
 
 #include <ctype.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +42,7 @@
 #include <yajl/yajl_tree.h>
 
 #include "log.h"
+#include "phone.h"
 #include "phoneclaimd.h"
 #include "xmalloc.h"
 
@@ -62,6 +64,28 @@
  * with batches in sequence, the loop would only wait for the worker.
  */
 #define LOGSTREAM_PARSE_HERE	(1024 * 1024)
+/*
+ * The worker reads a request's phone numbers ahead of the loop (see
+ * logstream_warm_work): at most this many an item, this deep in its tree,
+ * for requests of at least LOGSTREAM_WARM_MIN items.
+ */
+#define LOGSTREAM_HINTS		2
+#define LOGSTREAM_WARM_DEPTH	8
+#define LOGSTREAM_WARM_MIN	16
+
+/* A phone number of an item, parsed by the worker. */
+struct logstream_hint {
+	const char	*text;		/* a string of the item's tree */
+	size_t		 len;
+	int		 rv;		/* of phone_parse_uncached */
+	char		 e164[PHONE_E164_SIZE];
+};
+
+/* The numbers of one item, parsed by the worker. */
+struct logstream_warm {
+	struct logstream_hint	 hint[LOGSTREAM_HINTS];
+	int			 n;
+};
 
 struct logstream_item {
 	yajl_val	 root;		/* tree to free, or NULL if shared */
@@ -109,6 +133,10 @@ struct logstream_batch {
 	size_t			 to;		/* transaction, to excluded */
 	struct logstream_counts	 c;	/* by the transaction */
 	struct logstream_counts	 done;	/* by those committed */
+	/* The worker's reading ahead, or NULL (logstream_warm_work). */
+	struct logstream_warm	*warm;
+	atomic_size_t		 warmed;	/* items read so far */
+	atomic_int		 warm_stop;	/* the loop is done */
 };
 
 /* A webhook request: parsed on the worker, then applied in slices. */
@@ -166,6 +194,9 @@ static void	logstream_slice_cb(evutil_socket_t, short, void *);
 static void	logstream_answer(struct logstream_job *, int, const char *);
 static void	logstream_job_end(struct logstream_job *);
 static void	logstream_job_free(struct logstream_job *);
+static void	logstream_warm_value(yajl_val, struct logstream_warm *, int);
+static void	logstream_warm_work(void *);
+static void	logstream_warm_done(void *, int);
 static void	logstream_free_work(void *);
 static void	logstream_free_done(void *, int);
 
@@ -379,6 +410,26 @@ logstream_later(const char *a, const char *b)
  * Apply one checked item: seen before, or its effects.  The event is read
  * once: events_apply_info hands back its date and its unreadable number.
  */
+/*
+ * Give the number cache what the worker parsed of this item, if it got
+ * there (logstream_warm_work), so that events.c finds it there.
+ */
+static void
+logstream_learn(struct logstream_batch *b, const struct logstream_item *it)
+{
+	const struct logstream_warm	*w;
+	size_t				 i = (size_t)(it - b->items);
+	int				 k;
+
+	if (b->warm == NULL ||
+	    i >= atomic_load_explicit(&b->warmed, memory_order_acquire))
+		return;
+	w = &b->warm[i];
+	for (k = 0; k < w->n; k++)
+		phone_learn(w->hint[k].text, w->hint[k].len, NULL,
+		    w->hint[k].rv, w->hint[k].e164);
+}
+
 static int
 logstream_apply_one(struct store_txn *txn, struct logstream_batch *b,
     struct logstream_item *it)
@@ -395,6 +446,7 @@ logstream_apply_one(struct store_txn *txn, struct logstream_batch *b,
 	}
 	if (rv != STORE_OK)
 		return (rv);
+	logstream_learn(b, it);
 	if ((rv = events_apply_info(txn, it->data, it->log_id, b->now_ms,
 	    &outcome, &info)) != STORE_OK)
 		return (rv);
@@ -500,9 +552,12 @@ logstream_batch_free(struct logstream_batch *b)
 		free(b->rejects[i].text);
 	}
 	free(b->rejects);
+	free(b->warm);
 	b->items = NULL;
 	b->whole = NULL;
 	b->rejects = NULL;
+	b->warm = NULL;
+	atomic_store(&b->warmed, 0);
 	b->nitems = b->itemsize = b->rejected = b->rejectsize = 0;
 }
 
@@ -786,6 +841,12 @@ logstream_parse_done(void *arg, int cancelled)
 	else if (!http_store_ok(j->h))
 		logstream_answer(j, 503, "unavailable");
 	else {
+		if (logstream_worker != NULL &&
+		    j->b.nitems >= LOGSTREAM_WARM_MIN) {
+			j->b.warm = xcalloc(j->b.nitems, sizeof *j->b.warm);
+			worker_submit(logstream_worker, logstream_warm_work,
+			    logstream_warm_done, j);
+		}
 		evtimer_add(logstream_ev, &logstream_now);
 		return;
 	}
@@ -864,6 +925,7 @@ logstream_job_end(struct logstream_job *j)
 	struct logstream_job	*next;
 
 	TAILQ_REMOVE(&logstream_jobs, j, entry);
+	atomic_store(&j->b.warm_stop, 1);
 	if (logstream_worker != NULL)
 		worker_submit(logstream_worker, logstream_free_work,
 		    logstream_free_done, j);
@@ -871,6 +933,79 @@ logstream_job_end(struct logstream_job *j)
 		logstream_free_done(j, 0);
 	if ((next = TAILQ_FIRST(&logstream_jobs)) != NULL)
 		logstream_start(next);
+}
+
+/*
+ * On the worker, while the loop applies the request: parse the phone
+ * numbers of its enrolments, unenrolments and Management API events
+ * ahead of the loop, which gives each item's to the number cache before
+ * applying it (logstream_learn), so that libphonenumber's share of an
+ * event (a number the cache does not know) runs on the worker's core.
+ * Items are read in order and published one by one (warmed); the trees
+ * are only read, here and on the loop, and are freed after this job ends
+ * (the worker runs the jobs of the queue one after the other).
+ */
+static void
+logstream_warm_work(void *arg)
+{
+	struct logstream_job	*j = arg;
+	struct logstream_batch	*b = &j->b;
+	const char		*type;
+	size_t			 i;
+
+	for (i = 0; i < b->nitems; i++) {
+		if (atomic_load_explicit(&b->warm_stop, memory_order_relaxed))
+			break;
+		type = events_type(b->items[i].data);
+		if (type != NULL && (strcmp(type, "gd_enrollment_complete") ==
+		    0 || strcmp(type, "gd_unenroll") == 0 ||
+		    strcmp(type, "sapi") == 0))
+			logstream_warm_value(b->items[i].data, &b->warm[i], 0);
+		atomic_store_explicit(&b->warmed, i + 1, memory_order_release);
+	}
+}
+
+/*
+ * Parse the strings of a tree that events.c would read as a full number
+ * ('+' first, none of the masks' characters), the first LOGSTREAM_HINTS.
+ */
+static void
+logstream_warm_value(yajl_val v, struct logstream_warm *w, int depth)
+{
+	struct logstream_hint	*h;
+	const char		*s;
+	size_t			 i, len;
+
+	if (v == NULL || w->n == LOGSTREAM_HINTS ||
+	    depth > LOGSTREAM_WARM_DEPTH)
+		return;
+	if (YAJL_IS_OBJECT(v)) {
+		for (i = 0; i < v->u.object.len; i++)
+			logstream_warm_value(v->u.object.values[i], w,
+			    depth + 1);
+	} else if (YAJL_IS_ARRAY(v)) {
+		for (i = 0; i < v->u.array.len; i++)
+			logstream_warm_value(v->u.array.values[i], w,
+			    depth + 1);
+	} else if (YAJL_IS_STRING(v)) {
+		s = YAJL_GET_STRING(v);
+		len = strlen(s);
+		if (len == 0 || len > PHONE_INPUT_MAX ||
+		    s[strspn(s, " ")] != '+' || strpbrk(s, "*Xx") != NULL)
+			return;
+		h = &w->hint[w->n++];
+		h->text = s;
+		h->len = len;
+		h->rv = phone_parse_uncached(s, len, NULL, h->e164);
+	}
+}
+
+/* Back on the loop: nothing to do (the request may be done already). */
+static void
+logstream_warm_done(void *arg, int cancelled)
+{
+	(void)arg;
+	(void)cancelled;
 }
 
 /* On the worker: free a request's trees and items. */

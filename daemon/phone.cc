@@ -319,6 +319,37 @@ phone_remember(const char *in, size_t len, const char *region,
 	    "");
 }
 
+/*
+ * Take the answer libphonenumber gave another thread for the len bytes at
+ * in (rv and e164, as phone_parse_uncached returned them): remembered,
+ * and counted as one of libphonenumber's, unless the cache knows them
+ * already.  Loop thread only.
+ */
+void
+phone_learn(const char *in, size_t len, const char *region, int rv,
+    const char *e164)
+{
+	struct phone_slot	*slot;
+	std::string		 text;
+	uint64_t		 hash;
+
+	if (in == NULL ||
+	    (region != NULL && strlen(region) >= PHONE_REGION_MAX))
+		return;
+	try {
+		if (phone_filter(in, len, text) != 0)
+			return;
+		hash = phone_hash(text, region);
+		if ((slot = phone_cached(text, region, hash)) == NULL ||
+		    slot->hash == hash)
+			return;
+	} catch (...) {
+		return;
+	}
+	phone_misses++;
+	phone_remember(in, len, region, rv == 0 ? e164 : NULL);
+}
+
 /* Normalise the len bytes at in to E.164 in out (through the cache). */
 int
 phone_normalise(const char *in, size_t len, const char *region, char *out)

@@ -35,6 +35,13 @@ int	phone_parse_uncached(const char *in, size_t len, const char *region,
 	    char *out);
 void	phone_remember(const char *in, size_t len, const char *region,
 	    const char *e164);
+/*
+ * Take an answer of phone_parse_uncached made on another thread (rv,
+ * e164): remembered and counted as libphonenumber's unless the cache
+ * knows the text already.  Loop only.
+ */
+void	phone_learn(const char *in, size_t len, const char *region, int rv,
+	    const char *e164);
 /* Return 1 if region is a region libphonenumber knows, else 0. */
 int	phone_region_known(const char *region);
 /* Answers given by the cache and by libphonenumber since the start. */

@@ -1291,6 +1291,41 @@ class EnrolmentTests(LogStreamCase):
         self.deliver([enrolled(user, as_int(phone), "sms")], applied=1)
         self.assertActive(phone, user)
 
+    def test_a_batch_of_numbers_the_cache_never_saw(self):
+        """Forty enrolments in one request, their numbers written in
+        forms the number cache has not seen (the worker parses them ahead
+        of the loop: logstream.c, logstream_warm_work), some as JSON
+        numbers, some only in details.enrollment, between masked
+        unenrolments that change nothing: each claim is its own user's
+        and every number was parsed once."""
+        def spaced(p):
+            return "%s %s-%s-%s" % (p[:2], p[2:5], p[5:8], p[8:])
+
+        def misses():
+            text = self.d.request("GET", "/metrics").raw.decode()
+            for line in text.splitlines():
+                if line.startswith(
+                        'phoneclaimd_phone_cache_total{result="miss"} '):
+                    return int(line.split()[1])
+            self.fail("no phone cache misses in /metrics")
+
+        claims = [self.reserve() for _ in range(40)]
+        before = misses()
+        items = []
+        for i, (phone, user) in enumerate(claims):
+            sent = spaced(phone) if i % 3 else as_int(phone)
+            items.append(enrolled(user, sent,
+                                  where="both" if i % 4 == 1 else
+                                  "enrollment" if i % 4 == 2 else
+                                  "authenticator"))
+            if i % 5 == 0:
+                items.append(unenrolled(fresh_user(), masked(number())))
+        self.deliver(items, applied=40, settled=len(items) - 40)
+        self.assertEqual(misses() - before,
+                         sum(1 for i in range(40) if i % 3))
+        for phone, user in claims:
+            self.assertActive(phone, user)
+
     def test_number_only_in_the_enrollment_object(self):
         phone, user = number(), fresh_user()
         self.deliver([enrolled(user, phone, where="enrollment")], applied=1)

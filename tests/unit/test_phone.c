@@ -426,6 +426,45 @@ test_cache(void **state)
 	phone_cache_free();
 }
 
+/*
+ * phone_learn: an answer parsed on another thread fills the cache and
+ * counts as libphonenumber's once; one the cache has is left alone.
+ */
+static void
+test_learn(void **state)
+{
+	uint64_t	hits, misses;
+	char		out[PHONE_E164_SIZE], e164[PHONE_E164_SIZE];
+	const char	*text = "+1 415 555 2671", *bad = "+999 1";
+	int		rv;
+
+	(void)state;
+	phone_cache_free();
+	assert_int_equal(phone_parse_uncached(text, strlen(text), NULL, e164),
+	    0);
+	phone_learn(text, strlen(text), NULL, 0, e164);
+	phone_cache_stats(&hits, &misses);
+	assert_true(hits == 0 && misses == 1);
+	assert_int_equal(phone_lookup(text, strlen(text), NULL, out, &rv), 1);
+	assert_int_equal(rv, 0);
+	assert_string_equal(out, "+14155552671");
+	/* Known: nothing changes, not even with another answer. */
+	phone_learn(text, strlen(text), NULL, -1, NULL);
+	phone_cache_stats(&hits, &misses);
+	assert_true(hits == 1 && misses == 1);
+	assert_int_equal(phone_normalise(text, strlen(text), NULL, out), 0);
+	assert_string_equal(out, "+14155552671");
+	/* "Not a number" is an answer the cache keeps as well. */
+	assert_int_equal(phone_parse_uncached(bad, strlen(bad), NULL, e164),
+	    -1);
+	phone_learn(bad, strlen(bad), NULL, -1, e164);
+	assert_int_equal(phone_lookup(bad, strlen(bad), NULL, out, &rv), 1);
+	assert_int_equal(rv, -1);
+	phone_cache_stats(&hits, &misses);
+	assert_true(hits == 3 && misses == 2);
+	phone_cache_free();
+}
+
 /* '+' may only be the first character after leading spaces. */
 static void
 test_plus(void **state)
@@ -490,6 +529,7 @@ main(void)
 		cmocka_unit_test(test_not_terminated),
 		cmocka_unit_test(test_plus),
 		cmocka_unit_test(test_cache),
+		cmocka_unit_test(test_learn),
 		cmocka_unit_test(test_region_known),
 	};
 
