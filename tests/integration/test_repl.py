@@ -946,25 +946,25 @@ def closed_connections(port):
     return n
 
 
-def txns_applied(d):
-    """A replica's count of the master's transactions it applied
-    (db5.3_stat -r on its state)."""
-    out = subprocess.run(["db5.3_stat", "-h", d.state_dir, "-r"],
+def db_stat(d, flag, name):
+    """One count of db5.3_stat on a member's state: flag picks the
+    subsystem (-l the log, -r replication), name ends the line."""
+    out = subprocess.run(["db5.3_stat", "-h", d.state_dir, flag],
                          capture_output=True, text=True, timeout=30)
     for line in out.stdout.splitlines():
-        if line.endswith("Number of transactions applied"):
+        if line.endswith(name):
             return int(line.split()[0])
-    raise AssertionError("db5.3_stat -r: %s" % out.stdout[-300:])
+    raise AssertionError("db5.3_stat %s: %s" % (flag, out.stdout[-300:]))
+
+
+def txns_applied(d):
+    """A replica's count of the master's transactions it applied."""
+    return db_stat(d, "-r", "Number of transactions applied")
 
 
 def log_flushes(d):
-    """A member's count of log flushes (db5.3_stat -l on its state)."""
-    out = subprocess.run(["db5.3_stat", "-h", d.state_dir, "-l"],
-                         capture_output=True, text=True, timeout=30)
-    for line in out.stdout.splitlines():
-        if line.endswith("Total log file flushes"):
-            return int(line.split()[0])
-    raise AssertionError("db5.3_stat -l: %s" % out.stdout[-300:])
+    """A member's count of log flushes."""
+    return db_stat(d, "-l", "Total log file flushes")
 
 
 class ReplAckDurabilityTests(unittest.TestCase):
