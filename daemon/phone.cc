@@ -218,6 +218,29 @@ phone_cached(const std::string &text, const char *region, uint64_t hash)
 }
 
 /*
+ * The cache's slot for the len bytes at in, as *slot (NULL without a
+ * cache), with their key in text and its hash: 0, or -1 for text that the
+ * filter refuses (or a region too long, or a failure).
+ */
+static int
+phone_slot_for(const char *in, size_t len, const char *region,
+    std::string &text, uint64_t *hash, struct phone_slot **slot)
+{
+	if (in == NULL ||
+	    (region != NULL && strlen(region) >= PHONE_REGION_MAX))
+		return (-1);
+	try {
+		if (phone_filter(in, len, text) != 0)
+			return (-1);
+		*hash = phone_hash(text, region);
+		*slot = phone_cached(text, region, *hash);
+	} catch (...) {
+		return (-1);
+	}
+	return (0);
+}
+
+/*
  * Look the len bytes at in up in the cache: 1 if it knows them (*rv is
  * what phone_normalise returns, out is filled), else 0.  Text the filter
  * refuses is known at once.  Loop thread only.
@@ -234,17 +257,8 @@ phone_lookup(const char *in, size_t len, const char *region, char *out,
 	if (out == NULL)
 		return (1);
 	out[0] = '\0';
-	if (in == NULL ||
-	    (region != NULL && strlen(region) >= PHONE_REGION_MAX))
+	if (phone_slot_for(in, len, region, text, &hash, &slot) != 0)
 		return (1);
-	try {
-		if (phone_filter(in, len, text) != 0)
-			return (1);
-		hash = phone_hash(text, region);
-		slot = phone_cached(text, region, hash);
-	} catch (...) {
-		return (1);
-	}
 	if (slot == NULL || slot->hash != hash) {
 		phone_misses++;
 		return (0);
@@ -298,19 +312,10 @@ phone_remember(const char *in, size_t len, const char *region,
 	std::string		 text;
 	uint64_t		 hash;
 
-	if (in == NULL ||
-	    (region != NULL && strlen(region) >= PHONE_REGION_MAX) ||
-	    (e164 != NULL && strlen(e164) >= PHONE_E164_SIZE))
+	if ((e164 != NULL && strlen(e164) >= PHONE_E164_SIZE) ||
+	    phone_slot_for(in, len, region, text, &hash, &slot) != 0 ||
+	    slot == NULL)
 		return;
-	try {
-		if (phone_filter(in, len, text) != 0)
-			return;
-		hash = phone_hash(text, region);
-		if ((slot = phone_cached(text, region, hash)) == NULL)
-			return;
-	} catch (...) {
-		return;
-	}
 	slot->hash = hash;
 	snprintf(slot->region, sizeof slot->region, "%s",
 	    region != NULL ? region : "");
@@ -333,19 +338,9 @@ phone_learn(const char *in, size_t len, const char *region, int rv,
 	std::string		 text;
 	uint64_t		 hash;
 
-	if (in == NULL ||
-	    (region != NULL && strlen(region) >= PHONE_REGION_MAX))
+	if (phone_slot_for(in, len, region, text, &hash, &slot) != 0 ||
+	    slot == NULL || slot->hash == hash)
 		return;
-	try {
-		if (phone_filter(in, len, text) != 0)
-			return;
-		hash = phone_hash(text, region);
-		if ((slot = phone_cached(text, region, hash)) == NULL ||
-		    slot->hash == hash)
-			return;
-	} catch (...) {
-		return;
-	}
 	phone_misses++;
 	phone_remember(in, len, region, rv == 0 ? e164 : NULL);
 }

@@ -1154,20 +1154,28 @@ class ReplGroupCommitTests(GroupTestCase):
         text = m.request("GET", "/metrics").raw.decode()
         self.assertIn("phoneclaimd_repl_ack_waits_total ", text)
 
+    def across_claims_at_once(self, count, phones, users):
+        """Send the claims of phones by users to the master at once (each
+        must be 200); return how much count(replica) grew on each
+        replica, and the replicas."""
+        if shutil.which("db5.3_stat") is None:
+            self.skipTest("db5.3_stat is not installed")
+        reps = self.group.replicas(self.master)
+        before = [count(d) for d in reps]
+        self.assertEqual(claims_at_once(self.master, len(phones), phones,
+                                        users), [200] * len(phones))
+        return [count(d) - b for d, b in zip(reps, before)], reps
+
     def test_concurrent_claims_share_a_replica_flush(self):
         """A replica flushes its log once for the question of a round,
         not once for each commit it applies: commits sent at once cost
         it fewer flushes than there are commits (it made one a commit,
         as many flushes as the master's answers, and the round's
         question waited behind them)."""
-        if shutil.which("db5.3_stat") is None:
-            self.skipTest("db5.3_stat is not installed")
-        m = self.master
-        reps = self.group.replicas(m)
         n = 48
-        before = [log_flushes(d) for d in reps]
-        self.assertEqual(claims_at_once(m, n), [200] * n)
-        flushes = [log_flushes(d) - b for d, b in zip(reps, before)]
+        flushes, _ = self.across_claims_at_once(
+            log_flushes, [fresh_number() for _ in range(n)],
+            [fresh_user() for _ in range(n)])
         self.assertLess(max(flushes), n, flushes)
 
     def test_concurrent_claims_share_a_commit(self):
@@ -1175,16 +1183,11 @@ class ReplGroupCommitTests(GroupTestCase):
         one transaction, a child each (api.c, claims_request_many): a
         replica applies fewer transactions than there were claims (it
         applied one a claim), and holds every claim."""
-        if shutil.which("db5.3_stat") is None:
-            self.skipTest("db5.3_stat is not installed")
-        m = self.master
-        reps = self.group.replicas(m)
         n = 48
-        before = [txns_applied(d) for d in reps]
         phones = [fresh_number() for _ in range(n)]
         users = [fresh_user() for _ in range(n)]
-        self.assertEqual(claims_at_once(m, n, phones, users), [200] * n)
-        applied = [txns_applied(d) - b for d, b in zip(reps, before)]
+        applied, reps = self.across_claims_at_once(txns_applied, phones,
+                                                   users)
         self.assertGreater(min(applied), 0, applied)
         self.assertLess(max(applied), n, applied)
         for d in reps:
