@@ -232,14 +232,14 @@ static void
 api_number_done(void *arg, int cancelled)
 {
 	struct api_request	*r = arg;
+	int			 kept;
 
 	if (!cancelled) {
-		if (api_number_back(r, 1) == 0 &&
-		    api_claim(r->h, r->ctx.req, r)) {
-			http_resumed(r->h);
-			return;
-		}
+		kept = api_number_back(r, 1) == 0 &&
+		    api_claim(r->h, r->ctx.req, r);
 		http_resumed(r->h);
+		if (kept)
+			return;
 	}
 	explicit_bzero(r->b.phone, sizeof r->b.phone);
 	free(r);

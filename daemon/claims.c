@@ -625,6 +625,13 @@ claims_request_op(const char *e164, const char *user_id, int action,
 	return (0);
 }
 
+/* The transaction of a claim request's action. */
+static int
+(*claims_request_fn(int action))(struct store_txn *, void *)
+{
+	return (action == CLAIMS_CHALLENGE ? claims_challenge : claims_enroll);
+}
+
 /*
  * Apply a claim request for the E.164 number e164 by user_id at now_ms
  * (milliseconds).  Returns STORE_OK with the answer filled in, or a store
@@ -640,8 +647,7 @@ claims_request(const char *e164, const char *user_id, int action,
 	if (claims_request_op(e164, user_id, action, now_ms, answer, numkey,
 	    &op))
 		return (STORE_OK);
-	return (claims_run(action == CLAIMS_CHALLENGE ? claims_challenge :
-	    claims_enroll, &op));
+	return (claims_run(claims_request_fn(action), &op));
 }
 
 /*
@@ -703,9 +709,7 @@ claims_request_many(struct claims_req *reqs, size_t n)
 			    STORE_OK)
 				break;
 			claims_resolved_txn = 0;
-			rv = op.action == CLAIMS_CHALLENGE ?
-			    claims_challenge(txn, &op) :
-			    claims_enroll(txn, &op);
+			rv = claims_request_fn(op.action)(txn, &op);
 			if (rv == STORE_OK) {
 				if ((rv = store_txn_commit(txn)) ==
 				    STORE_OK) {

@@ -407,10 +407,6 @@ logstream_later(const char *a, const char *b)
 }
 
 /*
- * Apply one checked item: seen before, or its effects.  The event is read
- * once: events_apply_info hands back its date and its unreadable number.
- */
-/*
  * Give the number cache what the worker parsed of this item, if it got
  * there (logstream_warm_work), so that events.c finds it there.
  */
@@ -430,6 +426,10 @@ logstream_learn(struct logstream_batch *b, const struct logstream_item *it)
 		    w->hint[k].rv, w->hint[k].e164);
 }
 
+/*
+ * Apply one checked item: seen before, or its effects.  The event is read
+ * once: events_apply_info hands back its date and its unreadable number.
+ */
 static int
 logstream_apply_one(struct store_txn *txn, struct logstream_batch *b,
     struct logstream_item *it)

@@ -241,6 +241,24 @@ phone_slot_for(const char *in, size_t len, const char *region,
 }
 
 /*
+ * Make slot the answer for the key text (of hash) and region: e164, or
+ * NULL for "not a number".  An E.164 too long is not kept.
+ */
+static void
+phone_slot_fill(struct phone_slot *slot, uint64_t hash,
+    const std::string &text, const char *region, const char *e164)
+{
+	if (e164 != NULL && strlen(e164) >= PHONE_E164_SIZE)
+		return;
+	slot->hash = hash;
+	snprintf(slot->region, sizeof slot->region, "%s",
+	    region != NULL ? region : "");
+	memcpy(slot->text, text.c_str(), text.size() + 1);
+	snprintf(slot->e164, sizeof slot->e164, "%s", e164 != NULL ? e164 :
+	    "");
+}
+
+/*
  * Look the len bytes at in up in the cache: 1 if it knows them (*rv is
  * what phone_normalise returns, out is filled), else 0.  Text the filter
  * refuses is known at once.  Loop thread only.
@@ -312,16 +330,10 @@ phone_remember(const char *in, size_t len, const char *region,
 	std::string		 text;
 	uint64_t		 hash;
 
-	if ((e164 != NULL && strlen(e164) >= PHONE_E164_SIZE) ||
-	    phone_slot_for(in, len, region, text, &hash, &slot) != 0 ||
+	if (phone_slot_for(in, len, region, text, &hash, &slot) != 0 ||
 	    slot == NULL)
 		return;
-	slot->hash = hash;
-	snprintf(slot->region, sizeof slot->region, "%s",
-	    region != NULL ? region : "");
-	memcpy(slot->text, text.c_str(), text.size() + 1);
-	snprintf(slot->e164, sizeof slot->e164, "%s", e164 != NULL ? e164 :
-	    "");
+	phone_slot_fill(slot, hash, text, region, e164);
 }
 
 /*
@@ -342,7 +354,7 @@ phone_learn(const char *in, size_t len, const char *region, int rv,
 	    slot == NULL || slot->hash == hash)
 		return;
 	phone_misses++;
-	phone_remember(in, len, region, rv == 0 ? e164 : NULL);
+	phone_slot_fill(slot, hash, text, region, rv == 0 ? e164 : NULL);
 }
 
 /* Normalise the len bytes at in to E.164 in out (through the cache). */
