@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include <event2/buffer.h>
@@ -54,6 +55,22 @@ struct api_request {
 	struct claims_answer a;
 	/* While it waits for the turn's transaction (a group). */
 	TAILQ_ENTRY(api_request) entry;
+	/* A claim of a batch (api_batch_cb), its place there; else NULL. */
+	struct api_batch *batch;
+	size_t		 idx;
+};
+
+/*
+ * A batch of claims a replica forwarded (batch.c): the request, kept
+ * until every claim of it has its answer, and the answers.
+ */
+struct api_batch {
+	struct http		*h;
+	struct http_ctx		 ctx;
+	size_t			 n;
+	size_t			 left;		/* claims not answered */
+	struct batch_item	 items[BATCH_MAX];
+	char			 bodies[BATCH_MAX][128];
 };
 
 TAILQ_HEAD(api_requests, api_request);
@@ -70,6 +87,13 @@ static int		 api_claim(struct http *, struct evhttp_request *,
 static void		 api_turn_cb(evutil_socket_t, short, void *);
 static void		 api_answer(struct http *, struct evhttp_request *,
 			    struct api_request *, int);
+static int		 api_answer_text(struct api_request *, int, char *,
+			    size_t, long long *);
+static void		 api_batch_cb(struct http *, struct evhttp_request *);
+static int		 api_batch_claim(struct http *, struct api_batch *,
+			    size_t, struct api_request *);
+static void		 api_batch_set(struct api_batch *, size_t, int,
+			    long long, const char *);
 static void		 api_number_work(void *);
 static void		 api_number_done(void *, int);
 static int		 api_number_back(struct api_request *, int);
@@ -158,10 +182,16 @@ api_claims_cb(struct evhttp_request *req, void *arg)
 	struct api_request	*r;
 	struct evbuffer		*buf = evhttp_request_get_input_buffer(req);
 	const char		*error, *region = http_conf(h)->default_region;
+	const char		*ctype;
 	int			 rv;
 
 	if (!http_authorised(h, req, HTTP_TOKEN_API)) {
 		http_error(h, req, 401, "unauthorized");
+		return;
+	}
+	if ((ctype = evhttp_find_header(evhttp_request_get_input_headers(req),
+	    "Content-Type")) != NULL && strcasecmp(ctype, BATCH_TYPE) == 0) {
+		api_batch_cb(h, req);
 		return;
 	}
 	r = xcalloc(1, sizeof *r);
@@ -308,7 +338,8 @@ api_claim_done(void *arg, int cancelled)
 /*
  * The claim itself, the request checked and its number normalised.  In a
  * group it waits for the end of this turn of the loop, and 1 says that r
- * is kept for it; else 0, answered.
+ * is kept for it; else 0, answered.  req is NULL for a batch's claim
+ * (the store checked by the caller).
  */
 static int
 api_claim(struct http *h, struct evhttp_request *req, struct api_request *r)
@@ -326,7 +357,8 @@ api_claim(struct http *h, struct evhttp_request *req, struct api_request *r)
 	    0, api_turn_cb, h)) == NULL)
 		fatalx("event_new");
 	r->h = h;
-	http_suspend(h, req, &r->ctx);
+	if (req != NULL)
+		http_suspend(h, req, &r->ctx);
 	TAILQ_INSERT_TAIL(&api_turn, r, entry);
 	if (api_nturn++ == 0)
 		event_active(api_turn_ev, EV_TIMEOUT, 0);
@@ -371,9 +403,13 @@ api_turn_cb(evutil_socket_t fd, short events, void *arg)
 		claims_request_many(reqs, n);
 		for (i = 0; i < n; i++) {
 			r = batch[i];
-			http_resume(h, &r->ctx);
-			api_answer(h, r->ctx.req, r, reqs[i].rv);
-			http_resumed(h);
+			if (r->batch != NULL)
+				api_answer(h, NULL, r, reqs[i].rv);
+			else {
+				http_resume(h, &r->ctx);
+				api_answer(h, r->ctx.req, r, reqs[i].rv);
+				http_resumed(h);
+			}
 			explicit_bzero(r->b.phone, sizeof r->b.phone);
 			free(r);
 		}
@@ -392,39 +428,40 @@ api_free(void)
 	api_turn_ev = NULL;
 }
 
-/* Answer a claim that came to rv (a store code) and r->a. */
-static void
-api_answer(struct http *h, struct evhttp_request *req, struct api_request *r,
-    int rv)
+/*
+ * The answer to a claim that came to rv (a store code) and r->a: its
+ * status, its body (size bytes at most) and its Retry-After (0: none).
+ */
+static int
+api_answer_text(struct api_request *r, int rv, char *body, size_t size,
+    long long *retry)
 {
 	struct claims_answer	 a = r->a;
-	char			 body[128], retry[24];
 	char			 user[DEADLETTER_LOG_SIZE];
 	int			 code = 200;
 
+	*retry = 0;
 	if (rv != STORE_OK) {
-		http_error(h, req, 503, "unavailable");
-		return;
+		snprintf(body, size, "{\"error\":\"unavailable\"}");
+		return (503);
 	}
 	if (a.result == CLAIMS_RESERVED)
-		snprintf(body, sizeof body,
+		snprintf(body, size,
 		    "{\"result\":\"reserved\",\"expires_in\":%lld}",
 		    (long long)a.expires_in);
 	else if ((a.result == CLAIMS_TAKEN || a.result == CLAIMS_LIMITED) &&
 	    !a.enforced)
-		snprintf(body, sizeof body,
+		snprintf(body, size,
 		    "{\"result\":\"%s\",\"enforced\":false}",
 		    claims_result_name(a.result));
 	else if (a.result == CLAIMS_LIMITED) {
-		snprintf(body, sizeof body,
+		snprintf(body, size,
 		    "{\"result\":\"limited\",\"retry_after\":%lld}",
 		    (long long)a.retry_after);
-		snprintf(retry, sizeof retry, "%lld", (long long)a.retry_after);
-		evhttp_add_header(evhttp_request_get_output_headers(req),
-		    "Retry-After", retry);
+		*retry = (long long)a.retry_after;
 		code = 429;
 	} else
-		snprintf(body, sizeof body, "{\"result\":\"%s\"}",
+		snprintf(body, size, "{\"result\":\"%s\"}",
 		    claims_result_name(a.result));
 	if (a.result == CLAIMS_TAKEN && a.enforced)
 		code = 409;
@@ -434,7 +471,155 @@ api_answer(struct http *h, struct evhttp_request *req, struct api_request *r,
 		    deadletter_log_value(r->b.user_id, user),
 		    r->e164 + strlen(r->e164) - LAST4_LEN,
 		    claims_result_name(a.result));
+	return (code);
+}
+
+/*
+ * Answer a claim that came to rv (a store code) and r->a: on req, or in
+ * its batch (req NULL).
+ */
+static void
+api_answer(struct http *h, struct evhttp_request *req, struct api_request *r,
+    int rv)
+{
+	char		 body[128], retry_s[24];
+	long long	 retry;
+	int		 code;
+
+	code = api_answer_text(r, rv, body, sizeof body, &retry);
+	if (r->batch != NULL) {
+		api_batch_set(r->batch, r->idx, code, retry, body);
+		return;
+	}
+	if (code == 503) {
+		http_error(h, req, 503, "unavailable");
+		return;
+	}
+	if (retry != 0) {
+		snprintf(retry_s, sizeof retry_s, "%lld", retry);
+		evhttp_add_header(evhttp_request_get_output_headers(req),
+		    "Retry-After", retry_s);
+	}
 	http_reply(h, req, code, body);
+}
+
+/*
+ * POST /v1/claims with Content-Type BATCH_TYPE: the claims of a turn of a
+ * replica's loop, forwarded in one request (repl.c).  Each is checked and
+ * claimed as if it came alone, but on the loop (no worker: its number is
+ * parsed here if the cache does not know it) and, in a group, in this
+ * turn's transaction.  The answers go back together, once the last is
+ * known, queued for the flush (I2) like any claim's; a body that is not
+ * exactly a batch is 400 "invalid_request" and claims nothing, and the
+ * whole batch is 503 while the store is not open.
+ */
+static void
+api_batch_cb(struct http *h, struct evhttp_request *req)
+{
+	struct evbuffer		*buf = evhttp_request_get_input_buffer(req);
+	struct api_batch	*b;
+	struct api_request	*r;
+	const char		*body;
+	size_t			 i;
+	int			 n;
+
+	b = xcalloc(1, sizeof *b);
+	body = (const char *)evbuffer_pullup(buf, -1);
+	if ((n = batch_split(body, evbuffer_get_length(buf), b->items,
+	    BATCH_MAX)) < 0) {
+		http_error(h, req, 400, "invalid_request");
+		free(b);
+		return;
+	}
+	if (!http_store_ok(h)) {
+		/* The whole batch goes again (repl.c), as a claim would. */
+		http_error(h, req, 503, "unavailable");
+		free(b);
+		return;
+	}
+	b->h = h;
+	b->n = b->left = (size_t)n;
+	http_suspend(h, req, &b->ctx);
+	/* One more than the claims: none may answer the batch before the end. */
+	b->left++;
+	for (i = 0; i < b->n; i++) {
+		r = xcalloc(1, sizeof *r);
+		r->batch = b;
+		r->idx = i;
+		if (api_batch_claim(h, b, i, r))
+			continue;
+		explicit_bzero(r->b.phone, sizeof r->b.phone);
+		free(r);
+	}
+	api_batch_set(b, BATCH_MAX, 0, 0, NULL);
+}
+
+/*
+ * Claim b's item i as api_claims_cb would (r, for it, is kept if this
+ * returns 1: it waits for the turn), or answer it.
+ */
+static int
+api_batch_claim(struct http *h, struct api_batch *b, size_t i,
+    struct api_request *r)
+{
+	const char	*error, *region = http_conf(h)->default_region;
+	char		 body[96];
+	int		 code = 400;
+
+	error = api_parse(b->items[i].p, b->items[i].len, &r->b);
+	if (error == NULL && !r->b.phone_ok)
+		error = "invalid_phone_number";
+	if (error == NULL && phone_normalise(r->b.phone, r->b.phone_len,
+	    region, r->e164) != 0)
+		error = "invalid_phone_number";
+	if (error == NULL)
+		error = r->b.error;
+	if (error == NULL && !http_store_ok(h)) {
+		/* Failed since the batch came: this claim goes again alone. */
+		error = "unavailable";
+		code = 503;
+	}
+	if (error != NULL) {
+		snprintf(body, sizeof body, "{\"error\":\"%s\"}", error);
+		api_batch_set(b, i, code, 0, body);
+		return (0);
+	}
+	if (!repl_enabled()) {
+		api_answer(h, NULL, r, claims_request(r->e164, r->b.user_id,
+		    r->b.action, claims_clock_ms(), &r->a));
+		return (0);
+	}
+	return (api_claim(h, NULL, r));
+}
+
+/*
+ * Item i of batch b has its answer: code, retry and body; i BATCH_MAX
+ * says that the batch has been read.  Once both, and every item, are
+ * done, queue the batch's answer for the flush and free the batch.
+ */
+static void
+api_batch_set(struct api_batch *b, size_t i, int code, long long retry,
+    const char *body)
+{
+	struct http	*h = b->h;
+	char		*text;
+	size_t		 len;
+
+	if (i < b->n) {
+		snprintf(b->bodies[i], sizeof b->bodies[i], "%s", body);
+		b->items[i].p = b->bodies[i];
+		b->items[i].len = strlen(b->bodies[i]);
+		b->items[i].code = code;
+		b->items[i].retry = retry;
+	}
+	if (--b->left > 0)
+		return;
+	text = batch_encode(b->items, b->n, 1, &len);
+	http_resume(h, &b->ctx);
+	http_reply_type(h, b->ctx.req, 200, BATCH_TYPE, text);
+	http_resumed(h);
+	free(text);
+	free(b);
 }
 
 /*

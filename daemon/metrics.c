@@ -71,6 +71,8 @@ static int	metrics_later(const char *, const char *);
 static void	metrics_family(struct evbuffer *, const char *, const char *,
 		    const char *);
 static void	metrics_label(struct evbuffer *, const char *);
+static void	metrics_one(struct evbuffer *, const char *, const char *,
+		    const char *, unsigned long long);
 static int	metrics_type_shown(const char *);
 static void	metrics_text_process(struct evbuffer *);
 static void	metrics_text_backfill(struct evbuffer *);
@@ -182,6 +184,15 @@ metrics_family(struct evbuffer *buf, const char *name, const char *type,
 	    "# TYPE phoneclaimd_%s %s\n", name, help, name, type);
 }
 
+/* A family of one sample without labels: phoneclaimd_<name> v. */
+static void
+metrics_one(struct evbuffer *buf, const char *name, const char *type,
+    const char *help, unsigned long long v)
+{
+	metrics_family(buf, name, type, help);
+	evbuffer_add_printf(buf, "phoneclaimd_%s %llu\n", name, v);
+}
+
 /* Write a label value escaped as the format wants: \\, \" and \n. */
 static void
 metrics_label(struct evbuffer *buf, const char *s)
@@ -276,26 +287,21 @@ metrics_text_repl(struct evbuffer *buf)
 		metrics_label(buf, ri.peers[i].repl);
 		evbuffer_add_printf(buf, "\"} %d\n", ri.peers[i].connected);
 	}
-	metrics_family(buf, "repl_lag_records", "gauge",
-	    "Log records received and waiting to be applied (a replica).");
-	evbuffer_add_printf(buf, "phoneclaimd_repl_lag_records %llu\n",
-	    (unsigned long long)ri.lag);
-	metrics_family(buf, "repl_lsn_file", "gauge",
-	    "The log file of this node's next log record: compare nodes.");
-	evbuffer_add_printf(buf, "phoneclaimd_repl_lsn_file %u\n", ri.lsn_file);
-	metrics_family(buf, "repl_lsn_offset", "gauge",
-	    "The offset of this node's next log record in its log file.");
-	evbuffer_add_printf(buf, "phoneclaimd_repl_lsn_offset %u\n",
+	metrics_one(buf, "repl_lag_records", "gauge",
+	    "Log records received and waiting to be applied (a replica).",
+	    ri.lag);
+	metrics_one(buf, "repl_lsn_file", "gauge",
+	    "The log file of this node's next log record: compare nodes.",
+	    ri.lsn_file);
+	metrics_one(buf, "repl_lsn_offset", "gauge",
+	    "The offset of this node's next log record in its log file.",
 	    ri.lsn_offset);
-	metrics_family(buf, "repl_perm_failed_total", "counter",
-	    "Commits too few replicas acknowledged (answered 503).");
-	evbuffer_add_printf(buf, "phoneclaimd_repl_perm_failed_total %llu\n",
-	    (unsigned long long)ri.perm_failed);
-	metrics_family(buf, "repl_ack_waits_total", "counter",
+	metrics_one(buf, "repl_perm_failed_total", "counter",
+	    "Commits too few replicas acknowledged (answered 503).",
+	    ri.perm_failed);
+	metrics_one(buf, "repl_ack_waits_total", "counter",
 	    "Rounds of acknowledgements the master waited for; each covers "
-	    "every commit before it.");
-	evbuffer_add_printf(buf, "phoneclaimd_repl_ack_waits_total %llu\n",
-	    (unsigned long long)ri.ack_waits);
+	    "every commit before it.", ri.ack_waits);
 	metrics_family(buf, "repl_forwarded_total", "counter",
 	    "Writes forwarded to the master, by outcome.");
 	evbuffer_add_printf(buf,
@@ -305,10 +311,14 @@ metrics_text_repl(struct evbuffer *buf)
 	    (unsigned long long)ri.forwarded,
 	    (unsigned long long)ri.forward_failed,
 	    (unsigned long long)ri.unavailable);
-	metrics_family(buf, "repl_forward_resent_total", "counter",
-	    "Forwarded writes sent again, to a newly elected master.");
-	evbuffer_add_printf(buf, "phoneclaimd_repl_forward_resent_total %llu\n",
-	    (unsigned long long)ri.resent);
+	metrics_one(buf, "repl_forward_resent_total", "counter",
+	    "Forwarded writes sent again, to a newly elected master.",
+	    ri.resent);
+	metrics_one(buf, "repl_forward_batches_total", "counter",
+	    "Batches of claims forwarded to the master in one request.",
+	    ri.batches);
+	metrics_one(buf, "repl_forward_batched_total", "counter",
+	    "Claims forwarded in those batches.", ri.batched);
 	metrics_text_clock(buf, &ri);
 }
 

@@ -113,6 +113,10 @@ struct repl_xfer {
 	char			*body;		/* the request's */
 	size_t			 len;
 	char			*path;		/* and its URI */
+	char			*auth;		/* its Authorization, or NULL */
+	char			*req_ctype;	/* its Content-Type, or NULL */
+	struct repl_xfer	**items;	/* a batch's requests */
+	size_t			 nitems;
 	int			 eid;		/* the master it went to */
 	int			 resent;	/* sent to a second master */
 	int			 tries;		/* sent again after a 503 */
@@ -160,11 +164,15 @@ struct repl {
 	int			 dead;		/* handles to reopen */
 	CURLM			*multi;
 	struct event		*curl_ev;
-	struct repl_xfers	 xfers;
+	struct repl_xfers	 xfers;		/* sent */
+	struct repl_xfers	 queued;	/* claims for the next batch */
+	struct event		*batch_ev;
 	uint64_t		 forwarded;
 	uint64_t		 forward_failed;
 	uint64_t		 unavailable;
 	uint64_t		 resent;
+	uint64_t		 batches;
+	uint64_t		 batched;
 	struct repl_info	 known;		/* the last repl_info */
 	int			 electable;	/* the clock thread's */
 };
@@ -207,6 +215,14 @@ static void	repl_xfer_send(struct repl_xfer *, const struct conf_peer *,
 static int	repl_xfer_resend(struct repl_xfer *);
 static void	repl_xfers_follow(void);
 static void	repl_xfer_free(struct repl_xfer *);
+static void	repl_xfer_start(struct repl_xfer *, const struct conf_peer *,
+		    int);
+static void	repl_xfer_alone(struct repl_xfer *);
+static void	repl_batch_cb(evutil_socket_t, short, void *);
+static void	repl_batch_done(struct repl_xfer *, CURLcode, long);
+static void	repl_relay(struct repl_xfer *, long, const char *,
+		    const char *, const char *, size_t);
+static int	repl_same(const char *, const char *);
 
 /* Return 1 if the configuration makes this node a member of a group. */
 int
@@ -237,6 +253,7 @@ repl_init(struct event_base *base, const struct conf *conf, char **cause)
 	r->role = r->loop_role = REPL_ROLE_NONE;
 	r->electable = 1;
 	TAILQ_INIT(&r->xfers);
+	TAILQ_INIT(&r->queued);
 	pthread_mutex_init(&r->mu, NULL);
 	repl_cond_init(&r->peers_cond);
 	if (pipe2(r->fds, O_CLOEXEC | O_NONBLOCK) != 0) {
@@ -248,8 +265,9 @@ repl_init(struct event_base *base, const struct conf *conf, char **cause)
 	    repl_pipe_cb, r);
 	r->retry_ev = evtimer_new(base, repl_retry_cb, r);
 	r->curl_ev = evtimer_new(base, repl_curl_timeout_cb, r);
+	r->batch_ev = event_new(base, -1, 0, repl_batch_cb, r);
 	if (r->pipe_ev == NULL || r->retry_ev == NULL || r->curl_ev == NULL ||
-	    event_add(r->pipe_ev, NULL) != 0)
+	    r->batch_ev == NULL || event_add(r->pipe_ev, NULL) != 0)
 		fatalx("replication: event_new");
 	if ((r->multi = curl_multi_init()) == NULL)
 		fatalx("curl_multi_init");
@@ -281,9 +299,14 @@ repl_free(void)
 		return;
 	repl_clock_free();
 	repl_ack_free();
+	while ((x = TAILQ_FIRST(&r->queued)) != NULL) {
+		TAILQ_REMOVE(&r->queued, x, entry);
+		repl_xfer_free(x);
+	}
 	while ((x = TAILQ_FIRST(&r->xfers)) != NULL)
 		repl_xfer_free(x);
 	curl_multi_cleanup(r->multi);
+	event_free(r->batch_ev);
 	event_free(r->pipe_ev);
 	event_free(r->retry_ev);
 	event_free(r->curl_ev);
@@ -1049,6 +1072,8 @@ repl_info(struct repl_info *ri)
 	ri->forwarded = r->forwarded;
 	ri->forward_failed = r->forward_failed;
 	ri->resent = r->resent;
+	ri->batches = r->batches;
+	ri->batched = r->batched;
 	ri->unavailable = r->unavailable;
 	if (role == REPL_ROLE_MASTER)
 		snprintf(ri->master, sizeof ri->master, "%s",
@@ -1137,7 +1162,7 @@ repl_forward(struct http *h, struct evhttp_request *req, int token)
 	struct evkeyvalq	*in;
 	struct evbuffer		*buf;
 	const char		*v;
-	char			 master[300], *hdr;
+	char			 master[300];
 	long			 ms;
 	int			 role, eid;
 
@@ -1163,26 +1188,58 @@ repl_forward(struct http *h, struct evhttp_request *req, int token)
 	}
 	x = xcalloc(1, sizeof *x);
 	x->http = h;
-	x->eid = eid;
-	if ((x->easy = curl_easy_init()) == NULL ||
-	    (x->answer = evbuffer_new()) == NULL)
-		fatalx("replication: cannot make a transfer");
 	buf = evhttp_request_get_input_buffer(req);
 	x->len = evbuffer_get_length(buf);
 	x->body = xmalloc(x->len + 1);
 	evbuffer_copyout(buf, x->body, x->len);
 	x->body[x->len] = '\0';
 	x->path = xstrdup(evhttp_request_get_uri(req));
+	if ((v = evhttp_find_header(in, "Authorization")) != NULL)
+		x->auth = xstrdup(v);
+	if ((v = evhttp_find_header(in, "Content-Type")) != NULL)
+		x->req_ctype = xstrdup(v);
+	ms = (long)r->conf->repl_forward_timeout;
+	if (ms > (long)r->conf->request_timeout * 1000)
+		ms = (long)r->conf->request_timeout * 1000;
+	x->timeout_ms = ms;
+	x->deadline = repl_now_ms() + ms;
+	http_suspend(h, req, &x->ctx);
+	/* A claim waits for the others of this turn (repl_batch_cb). */
+	if (strcmp(x->path, "/v1/claims") == 0 && (x->req_ctype == NULL ||
+	    strcasecmp(x->req_ctype, BATCH_TYPE) != 0)) {
+		if (TAILQ_EMPTY(&r->queued))
+			event_active(r->batch_ev, EV_TIMEOUT, 0);
+		TAILQ_INSERT_TAIL(&r->queued, x, entry);
+		return (1);
+	}
+	repl_xfer_start(x, p, eid);
+	return (1);
+}
+
+/*
+ * Send x to peer p (eid), the master, for the time x has left: its own
+ * request, or a batch's.
+ */
+static void
+repl_xfer_start(struct repl_xfer *x, const struct conf_peer *p, int eid)
+{
+	struct repl	*r = repl;
+	char		*hdr;
+	int64_t		 left = x->deadline - repl_now_ms();
+
+	x->eid = eid;
+	if ((x->easy = curl_easy_init()) == NULL ||
+	    (x->answer = evbuffer_new()) == NULL)
+		fatalx("replication: cannot make a transfer");
 	repl_xfer_target(x, p);
-	if ((v = evhttp_find_header(in, "Authorization")) != NULL) {
-		xasprintf(&hdr, "Authorization: %s", v);
+	if (x->auth != NULL) {
+		xasprintf(&hdr, "Authorization: %s", x->auth);
 		x->headers = curl_slist_append(x->headers, hdr);
 		explicit_bzero(hdr, strlen(hdr));
 		free(hdr);
 	}
-	v = evhttp_find_header(in, "Content-Type");
-	xasprintf(&hdr, "Content-Type: %s", v != NULL ? v :
-	    "application/json");
+	xasprintf(&hdr, "Content-Type: %s", x->req_ctype != NULL ?
+	    x->req_ctype : "application/json");
 	x->headers = curl_slist_append(x->headers, hdr);
 	free(hdr);
 	xasprintf(&hdr, "%s: %s", REPL_FORWARD_HEADER, r->conf->repl_local);
@@ -1192,12 +1249,8 @@ repl_forward(struct http *h, struct evhttp_request *req, int token)
 	x->headers = curl_slist_append(x->headers, "Expect:");
 	curl_easy_setopt(x->easy, CURLOPT_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(x->easy, CURLOPT_NOSIGNAL, 1L);
-	ms = (long)r->conf->repl_forward_timeout;
-	if (ms > (long)r->conf->request_timeout * 1000)
-		ms = (long)r->conf->request_timeout * 1000;
-	curl_easy_setopt(x->easy, CURLOPT_TIMEOUT_MS, ms);
-	x->timeout_ms = ms;
-	x->deadline = repl_now_ms() + ms;
+	curl_easy_setopt(x->easy, CURLOPT_TIMEOUT_MS,
+	    (long)(left < 100 ? 100 : left));
 	curl_easy_setopt(x->easy, CURLOPT_POST, 1L);
 	curl_easy_setopt(x->easy, CURLOPT_POSTFIELDS, x->body);
 	curl_easy_setopt(x->easy, CURLOPT_POSTFIELDSIZE_LARGE,
@@ -1214,11 +1267,83 @@ repl_forward(struct http *h, struct evhttp_request *req, int token)
 	curl_easy_setopt(x->easy, CURLOPT_HEADERFUNCTION, repl_header_cb);
 	curl_easy_setopt(x->easy, CURLOPT_HEADERDATA, x);
 	curl_easy_setopt(x->easy, CURLOPT_PRIVATE, x);
-	http_suspend(h, req, &x->ctx);
 	TAILQ_INSERT_TAIL(&r->xfers, x, entry);
 	if (curl_multi_add_handle(r->multi, x->easy) != CURLM_OK)
 		fatalx("curl_multi_add_handle");
-	return (1);
+}
+
+/* Two Authorization headers alike (either may be absent). */
+static int
+repl_same(const char *a, const char *b)
+{
+	if (a == NULL || b == NULL)
+		return (a == b);
+	return (strcmp(a, b) == 0);
+}
+
+/*
+ * The claims a replica forwarded in one turn of its loop go to the master
+ * in one request (batch.c), instead of one transfer each: its parsing,
+ * connection and libcurl's work are shared, and the master claims them in
+ * one transaction (api.c).  Claims with different Authorization headers
+ * go in different batches (the master checks the one it gets); a claim
+ * alone goes as it came.  libevent runs this once the callbacks already
+ * active have run, so the batch is every claim of the turn.
+ */
+static void
+repl_batch_cb(evutil_socket_t fd, short events, void *arg)
+{
+	struct repl		*r = arg;
+	struct repl_xfer	*x, *next, *b, *first;
+	struct batch_item	 items[BATCH_MAX];
+	const struct conf_peer	*p;
+	char			 master[300];
+	size_t			 n, i;
+	int			 eid;
+
+	(void)fd;
+	(void)events;
+	while ((first = TAILQ_FIRST(&r->queued)) != NULL) {
+		if (repl_role_now() == REPL_ROLE_MASTER ||
+		    (p = repl_master_peer(&eid, master, sizeof master)) ==
+		    NULL) {
+			TAILQ_REMOVE(&r->queued, first, entry);
+			repl_xfer_alone(first);
+			continue;
+		}
+		b = xcalloc(1, sizeof *b);
+		b->items = xcalloc(BATCH_MAX, sizeof *b->items);
+		for (x = first, n = 0; x != NULL && n < BATCH_MAX; x = next) {
+			next = TAILQ_NEXT(x, entry);
+			if (!repl_same(x->auth, first->auth))
+				continue;
+			TAILQ_REMOVE(&r->queued, x, entry);
+			b->items[n++] = x;
+		}
+		if (n == 1) {
+			free(b->items);
+			free(b);
+			repl_xfer_start(first, p, eid);
+			continue;
+		}
+		for (i = 0; i < n; i++) {
+			memset(&items[i], 0, sizeof items[i]);
+			items[i].p = b->items[i]->body;
+			items[i].len = b->items[i]->len;
+		}
+		b->nitems = n;
+		r->batches++;
+		r->batched += n;
+		b->http = first->http;
+		b->body = batch_encode(items, n, 0, &b->len);
+		b->path = xstrdup(first->path);
+		if (first->auth != NULL)
+			b->auth = xstrdup(first->auth);
+		b->req_ctype = xstrdup(BATCH_TYPE);
+		b->timeout_ms = first->timeout_ms;
+		b->deadline = first->deadline;
+		repl_xfer_start(b, p, eid);
+	}
 }
 
 /* Keep the master's answer, up to a bound. */
@@ -1270,12 +1395,9 @@ repl_header_cb(char *p, size_t size, size_t n, void *arg)
 static void
 repl_done(struct repl_xfer *x, CURLcode rc)
 {
-	struct repl		*r = repl;
-	struct evhttp_request	*req = x->ctx.req;
-	struct evkeyvalq	*out = evhttp_request_get_output_headers(req);
-	long			 code = 0;
-	char			*body;
-	size_t			 len;
+	long	 code = 0;
+	char	*body;
+	size_t	 len;
 
 	curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
 	if ((rc != CURLE_OK || code == 503) && repl_role_now() !=
@@ -1283,31 +1405,123 @@ repl_done(struct repl_xfer *x, CURLcode rc)
 		return;
 	if (rc == CURLE_OK && code == 503 && repl_xfer_later(x))
 		return;
-	http_resume(x->http, &x->ctx);
+	if (x->nitems > 0) {
+		repl_batch_done(x, rc, code);
+		return;
+	}
 	if (rc != CURLE_OK || code < 200 || code > 599) {
-		r->forward_failed++;
+		repl->forward_failed++;
 		log_warnx("replication: forwarding to the master failed: %s",
 		    rc == CURLE_ABORTED_BY_CALLBACK ? "this node is the "
 		    "master now" : rc != CURLE_OK ? (x->error[0] != '\0' ?
 		    x->error : curl_easy_strerror(rc)) : "no HTTP answer");
+		repl_relay(x, 0, NULL, NULL, NULL, 0);
+		return;
+	}
+	len = evbuffer_get_length(x->answer);
+	body = (char *)evbuffer_pullup(x->answer, -1);
+	repl_relay(x, code, x->ctype[0] != '\0' ? x->ctype : NULL,
+	    x->retry_after, body, len);
+}
+
+/*
+ * Answer x's client with code (0: 503 "unavailable", counted by the
+ * caller), the body
+ * of len bytes, its Content-Type (NULL: JSON) and Retry-After (NULL or
+ * empty: none), and forget x.
+ */
+static void
+repl_relay(struct repl_xfer *x, long code, const char *ctype,
+    const char *retry_after, const char *body, size_t len)
+{
+	struct repl		*r = repl;
+	struct evhttp_request	*req = x->ctx.req;
+	struct evkeyvalq	*out = evhttp_request_get_output_headers(req);
+	char			*text;
+
+	http_resume(x->http, &x->ctx);
+	if (code == 0) {
 		evhttp_add_header(out, "Retry-After", "1");
 		http_error(x->http, req, 503, "unavailable");
 	} else {
 		r->forwarded++;
-		if (x->retry_after[0] != '\0')
-			evhttp_add_header(out, "Retry-After", x->retry_after);
+		if (retry_after != NULL && retry_after[0] != '\0')
+			evhttp_add_header(out, "Retry-After", retry_after);
 		if (code == 401)
 			evhttp_add_header(out, "WWW-Authenticate", "Bearer");
-		len = evbuffer_get_length(x->answer);
-		body = xmalloc(len + 1);
-		evbuffer_remove(x->answer, body, len);
-		body[len] = '\0';
-		http_reply_now(x->http, req, (int)code, x->ctype[0] != '\0' ?
-		    x->ctype : "application/json", body);
-		free(body);
+		text = xmalloc(len + 1);
+		memcpy(text, body, len);
+		text[len] = '\0';
+		http_reply_now(x->http, req, (int)code, ctype != NULL ?
+		    ctype : "application/json", text);
+		free(text);
 	}
 	http_resumed(x->http);
 	repl_xfer_free(x);
+}
+
+/*
+ * A batch's answer came (or none could): relay each claim's.  A claim the
+ * master answered 503, and every claim of a batch that failed as a whole
+ * (no answer, a master that does not take batches, a token it refused),
+ * goes again alone, as it came, and gets that request's answer.
+ */
+static void
+repl_batch_done(struct repl_xfer *b, CURLcode rc, long code)
+{
+	struct batch_item	 ans[BATCH_MAX];
+	struct repl_xfer	*x;
+	char			 retry[24];
+	size_t			 i, n = b->nitems;
+	int			 ok;
+
+	ok = rc == CURLE_OK && code == 200 &&
+	    strcasecmp(b->ctype, BATCH_TYPE) == 0 &&
+	    batch_answers((const char *)evbuffer_pullup(b->answer, -1),
+	    evbuffer_get_length(b->answer), ans, n) == 0;
+	if (!ok && rc != CURLE_OK)
+		log_info("replication: a batch of %zu claims failed (%s): "
+		    "each goes again alone", n, curl_easy_strerror(rc));
+	else if (!ok)
+		log_info("replication: a batch of %zu claims failed (HTTP %ld, "
+		    "no batch answer): each goes again alone", n, code);
+	/* The batch's answer stays readable until it is freed, below. */
+	b->nitems = 0;
+	for (i = 0; i < n; i++) {
+		x = b->items[i];
+		if (!ok || ans[i].code == 503) {
+			repl_xfer_alone(x);
+			continue;
+		}
+		retry[0] = '\0';
+		if (ans[i].retry > 0)
+			snprintf(retry, sizeof retry, "%lld", ans[i].retry);
+		repl_relay(x, ans[i].code, NULL, retry, ans[i].p, ans[i].len);
+	}
+	repl_xfer_free(b);
+}
+
+/*
+ * Send x on its own to the master known now, for the time it has left;
+ * with none, or none left, or this node the master, answer 503.
+ */
+static void
+repl_xfer_alone(struct repl_xfer *x)
+{
+	const struct conf_peer	*p;
+	char			 master[300];
+	int			 eid;
+
+	if (repl_role_now() == REPL_ROLE_MASTER ||
+	    (p = repl_master_peer(&eid, master, sizeof master)) == NULL) {
+		repl->unavailable++;
+		repl_relay(x, 0, NULL, NULL, NULL, 0);
+	} else if (x->deadline - repl_now_ms() < 100) {
+		/* Its batch took the forwarding's time. */
+		repl->forward_failed++;
+		repl_relay(x, 0, NULL, NULL, NULL, 0);
+	} else
+		repl_xfer_start(x, p, eid);
 }
 
 /*
@@ -1469,19 +1683,34 @@ repl_xfers_follow(void)
 	}
 }
 
-/* Forget a transfer. */
+/*
+ * Forget a transfer (with the requests of a batch not yet answered); one
+ * never sent is in no list.
+ */
 static void
 repl_xfer_free(struct repl_xfer *x)
 {
-	TAILQ_REMOVE(&repl->xfers, x, entry);
-	curl_multi_remove_handle(repl->multi, x->easy);
-	curl_easy_cleanup(x->easy);
+	size_t	i;
+
+	if (x->easy != NULL) {
+		TAILQ_REMOVE(&repl->xfers, x, entry);
+		curl_multi_remove_handle(repl->multi, x->easy);
+		curl_easy_cleanup(x->easy);
+	}
+	for (i = 0; i < x->nitems; i++)
+		repl_xfer_free(x->items[i]);
+	free(x->items);
 	curl_slist_free_all(x->headers);
-	evbuffer_free(x->answer);
+	if (x->answer != NULL)
+		evbuffer_free(x->answer);
 	if (x->again_ev != NULL)
 		event_free(x->again_ev);
 	free(x->body);
 	free(x->path);
+	if (x->auth != NULL)
+		explicit_bzero(x->auth, strlen(x->auth));
+	free(x->auth);
+	free(x->req_ctype);
 	free(x);
 }
 

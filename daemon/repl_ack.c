@@ -109,6 +109,7 @@ struct repl_ack {
 	db_timeout_t		 timeout_ms;
 	u_int			 ports[CONF_PEERS_MAX + 1];	/* repl ports */
 	size_t			 nports;
+	DIR			*fds;		/* /proc/self/fd, or NULL */
 	pthread_mutex_t		 mu;
 	pthread_cond_t		 cond;
 	/* Under mu, the master's. */
@@ -182,6 +183,13 @@ repl_ack_prepare(DB_ENV *env, const struct conf *c)
 	repl_ack_port(c->repl_local);
 	for (i = 0; i < c->repl_npeers && i < CONF_PEERS_MAX; i++)
 		repl_ack_port(c->repl_peers[i].repl);
+	/*
+	 * Opened once, before the peers thread that reads it: a descriptor
+	 * that thread opened and closed at each look could take the number
+	 * of a socket the loop had just closed while libevent still held
+	 * it (ThreadSanitizer reported that race).
+	 */
+	ra->fds = opendir("/proc/self/fd");
 	ra->timeout_ms = (db_timeout_t)c->repl_ack_timeout;
 	pthread_mutex_init(&ra->mu, NULL);
 	pthread_mutex_init(&ra->send_mu, NULL);
@@ -242,6 +250,8 @@ repl_ack_free(void)
 	/* An opener left behind may still end, and write here: kept. */
 	if (ra->left_behind)
 		return;
+	if (ra->fds != NULL)
+		closedir(ra->fds);
 	pthread_cond_destroy(&ra->cond);
 	pthread_cond_destroy(&ra->send_cond);
 	pthread_mutex_destroy(&ra->send_mu);
@@ -270,12 +280,12 @@ repl_ack_nodelay(void)
 	struct sockaddr_storage	 me, peer;
 	socklen_t		 len;
 	struct dirent		*e;
-	DIR			*d;
 	int			 fd, type, one = 1;
 
-	if (ra == NULL || (d = opendir("/proc/self/fd")) == NULL)
+	if (ra == NULL || ra->fds == NULL)
 		return;
-	while ((e = readdir(d)) != NULL) {
+	rewinddir(ra->fds);
+	while ((e = readdir(ra->fds)) != NULL) {
 		fd = atoi(e->d_name);
 		len = sizeof type;
 		if (e->d_name[0] == '.' || getsockopt(fd, SOL_SOCKET, SO_TYPE,
@@ -291,7 +301,6 @@ repl_ack_nodelay(void)
 			(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one,
 			    sizeof one);
 	}
-	closedir(d);
 }
 
 /* Return 1 if a TCP address has one of the group's repl ports. */

@@ -40,12 +40,16 @@
  * key's length minus 16.  A watermark key needs the NUL separator: without
  * it, user "a" with a number key K would be the user-wide key of the user
  * "a" K.  With it, the first NUL ends the user id, so no user's per-number
- * key is another user's user-wide key.  Every secondary is maintained by BDB
- * itself (DB->associate), from the record alone, so they can never disagree
- * with their primary.  A secondary missing at open is created and filled
- * from its primary in the opening transaction.  A secondary that exists is
- * trusted: a release that does not know an index must never write to a
- * store that has it, which is what the schema version in meta.db is for.
+ * key is another user's user-wide key.  Every index of numbers.db is
+ * maintained by BDB itself (DB->associate), from the record alone, so they
+ * can never disagree with their primary.  seen_date.db, the date index of
+ * seen.db, is written by hand beside it in the same transaction: a seen id
+ * is only ever added or pruned, and an associated index cost each add a
+ * third search (store_events.c).  An index missing at open is created and
+ * filled from its primary in the opening transaction.  A secondary that
+ * exists is trusted: a release that does not know an index must never
+ * write to a store that has it, which is what the schema version in
+ * meta.db is for.
  *
  * Records are packed by hand, never struct images.  Integers are big-endian
  * so the files are portable between machines and so that the 8-byte expiry
@@ -255,8 +259,7 @@ static const struct {
 } store_indexes[] = {
 	{ STORE_DB_NUMBERS, STORE_DB_NUMBERS_USER, store_user_key_cb },
 	{ STORE_DB_NUMBERS, STORE_DB_NUMBERS_EXPIRY, store_expiry_key_cb },
-	{ STORE_DB_NUMBERS, STORE_DB_NUMBERS_ENROL, store_enrol_key_cb },
-	{ STORE_DB_SEEN, STORE_DB_SEEN_DATE, store_seen_key_cb }
+	{ STORE_DB_NUMBERS, STORE_DB_NUMBERS_ENROL, store_enrol_key_cb }
 };
 
 /* The keys of the stores opened from now on: see store_set_keys. */
@@ -666,8 +669,9 @@ store_env_config(DB_ENV *env, uint64_t cache)
 
 /*
  * Open every database and associate the secondaries, in one transaction.
- * DB_CREATE on associate fills an empty secondary from its primary: that is
- * how an index added by a later release is built on an older store.
+ * DB_CREATE on associate fills an empty secondary from its primary (and
+ * store_seen_index_build the seen index): that is how an index added by a
+ * later release, or lost, is built on an older store.
  */
 static int
 store_open_dbs(struct store *st, char **cause)
@@ -722,6 +726,9 @@ store_open_dbs(struct store *st, char **cause)
 		if (ret != 0)
 			goto fail;
 	}
+	what = store_dbs[STORE_DB_SEEN_DATE].file;
+	if (st->db_create && (ret = store_seen_index_build(st, tid)) != 0)
+		goto fail;
 	what = "databases";
 	if ((ret = tid->commit(tid, DB_TXN_SYNC)) != 0)
 		goto failed;

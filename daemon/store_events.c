@@ -35,16 +35,54 @@ static int	store_watermark_key(const char *, const unsigned char *,
 		    unsigned char *, size_t *);
 static int	store_verify_decode(const DBT *, unsigned char *);
 
-/* Secondary key of seen_date.db: the time the log id was seen. */
+/*
+ * seen_date.db indexes seen.db by date (time -> log id, sorted duplicates),
+ * for the prune.  Unlike the claim indexes it is kept by hand, in the same
+ * transaction as seen.db: an associated secondary costs a put a third
+ * search (Berkeley DB reads the primary record first, to find the index
+ * keys to replace), and a seen log id is never rewritten, only added and
+ * pruned.  The files are the same as when Berkeley DB kept the index
+ * (schema 1 to 5 associated it): a release that still associates it reads
+ * and writes the same records.
+ *
+ * Build the index from seen.db if it is empty and seen.db is not: that is
+ * what associate's DB_CREATE did for a store whose seen_date.db had been
+ * lost.  In the opening transaction.
+ */
 int
-store_seen_key_cb(DB *sdb, const DBT *pkey, const DBT *pdata, DBT *skey)
+store_seen_index_build(struct store *st, DB_TXN *tid)
 {
-	(void)sdb;
-	(void)pkey;
-	if (pdata->size != STORE_TIME_LEN)
-		return (STORE_CORRUPT);
-	store_dbt(skey, pdata->data, STORE_TIME_LEN);
-	return (0);
+	DB	*seen = st->db[STORE_DB_SEEN];
+	DB	*idx = st->db[STORE_DB_SEEN_DATE];
+	DBC	*dbc;
+	DBT	 key, data;
+	int	 ret, cret;
+
+	if ((ret = idx->cursor(idx, tid, &dbc, 0)) != 0)
+		return (ret);
+	memset(&key, 0, sizeof key);
+	memset(&data, 0, sizeof data);
+	ret = dbc->get(dbc, &key, &data, DB_FIRST);
+	cret = dbc->close(dbc);
+	if (ret != DB_NOTFOUND)
+		return (ret != 0 ? ret : cret);
+	if (cret != 0)
+		return (cret);
+	if ((ret = seen->cursor(seen, tid, &dbc, 0)) != 0)
+		return (ret);
+	while ((ret = dbc->get(dbc, &key, &data, DB_NEXT)) == 0) {
+		if (data.size != STORE_TIME_LEN) {
+			ret = DB_VERIFY_BAD;
+			break;
+		}
+		if ((ret = idx->put(idx, tid, &data, &key, 0)) != 0 &&
+		    ret != DB_KEYEXIST)
+			break;
+	}
+	if (ret == DB_NOTFOUND || ret == DB_KEYEXIST)
+		ret = 0;
+	cret = dbc->close(dbc);
+	return (ret != 0 ? ret : cret);
 }
 
 /* Remember a log id seen at now; STORE_EXISTS if it was seen before. */
@@ -53,6 +91,7 @@ store_seen_add(struct store_txn *txn, const char *log_id, int64_t now)
 {
 	struct store	*st = txn->st;
 	DB		*db = store_db(st, STORE_DB_SEEN);
+	DB		*idx = store_db(st, STORE_DB_SEEN_DATE);
 	unsigned char	 tbuf[STORE_TIME_LEN];
 	size_t		 len;
 	DBT		 key, data;
@@ -71,20 +110,23 @@ store_seen_add(struct store_txn *txn, const char *log_id, int64_t now)
 	ret = db->put(db, txn->tid, &key, &data, DB_NOOVERWRITE);
 	if (ret == DB_KEYEXIST)
 		return (STORE_EXISTS);
+	if (ret == 0)
+		ret = idx->put(idx, txn->tid, &data, &key, 0);
 	r = store_result(st, ret, "write seen log id");
 	return (r == STORE_NOTFOUND ? STORE_ERROR : r);
 }
 
 /*
- * Forget up to max log ids seen before the given time, oldest first.  A
- * delete through the secondary cursor deletes the seen.db record too.
+ * Forget up to max log ids seen before the given time, oldest first: each
+ * from seen.db, then from the index, through the index's cursor.
  */
 int
 store_seen_prune(struct store_txn *txn, int64_t before, size_t max,
     size_t *prunedp)
 {
 	struct store	*st = txn->st;
-	DB		*db = store_db(st, STORE_DB_SEEN_DATE);
+	DB		*db = store_db(st, STORE_DB_SEEN);
+	DB		*idx = store_db(st, STORE_DB_SEEN_DATE);
 	DBC		*dbc;
 	DBT		 skey, data;
 	int		 ret = 0, r;
@@ -92,11 +134,10 @@ store_seen_prune(struct store_txn *txn, int64_t before, size_t max,
 	*prunedp = 0;
 	if (st->failed)
 		return (STORE_ERROR);
-	if ((ret = db->cursor(db, txn->tid, &dbc, 0)) != 0)
+	if ((ret = idx->cursor(idx, txn->tid, &dbc, 0)) != 0)
 		return (store_result(st, ret, "open seen index cursor"));
 	memset(&skey, 0, sizeof skey);
 	memset(&data, 0, sizeof data);
-	data.flags = DB_DBT_PARTIAL;	/* dlen 0: do not copy the data */
 	while (*prunedp < max) {
 		if ((ret = dbc->get(dbc, &skey, &data, DB_NEXT | DB_RMW)) != 0)
 			break;
@@ -105,6 +146,10 @@ store_seen_prune(struct store_txn *txn, int64_t before, size_t max,
 			break;
 		}
 		if (store_get_i64(skey.data) >= before)
+			break;
+		/* An index entry without its log id only goes. */
+		if ((ret = db->del(db, txn->tid, &data, 0)) != 0 &&
+		    ret != DB_NOTFOUND)
 			break;
 		if ((ret = dbc->del(dbc, 0)) != 0)
 			break;

@@ -165,7 +165,7 @@ int	store_dbs_mine(struct store *);
 int	store_on_opener(void);
 
 /* store_events.c, store_backup.c, store_migrate.c */
-int	store_seen_key_cb(DB *, const DBT *, const DBT *, DBT *);
+int	store_seen_index_build(struct store *, DB_TXN *);
 void	store_backup_stop(struct store *);
 int	store_migrate(struct store *, long long, char **);
 

@@ -716,6 +716,8 @@ void		 http_set_tokens(struct http *, const char *, size_t,
 		     const char *, size_t);
 void		 http_reply(struct http *, struct evhttp_request *, int,
 		     const char *);
+void		 http_reply_type(struct http *, struct evhttp_request *, int,
+		     const char *, const char *);
 void		 http_reply_now(struct http *, struct evhttp_request *, int,
 		     const char *, const char *);
 void		 http_error(struct http *, struct evhttp_request *, int,
@@ -882,6 +884,8 @@ struct repl_info {
 	uint64_t	 forward_failed;
 	uint64_t	 unavailable;
 	uint64_t	 resent;	/* to a new master */
+	uint64_t	 batches;	/* of claims, sent to the master */
+	uint64_t	 batched;	/* claims sent in them */
 	int		 clock;		/* enum repl_clock_state */
 	int		 skew_known;
 	int64_t		 skew;		/* the worst peer's, ms */
@@ -953,6 +957,24 @@ struct api_body {
 	int		 action;	/* enum claims_action */
 	const char	*error;		/* of the other fields, or NULL */
 };
+
+/* batch.c: a replica's claims forwarded in one request (repl.c, api.c) */
+#define BATCH_TYPE	"application/x-phoneclaimd-batch"
+#define BATCH_MAX	128		/* claims in a batch, at most */
+
+struct batch_item {
+	const char	*p;		/* a body, not terminated */
+	size_t		 len;
+	int		 code;		/* an answer's status */
+	long long	 retry;		/* its Retry-After, 0: none */
+};
+
+int		 batch_split(const char *, size_t, struct batch_item *,
+		     size_t);
+int		 batch_answers(const char *, size_t, struct batch_item *,
+		     size_t);
+char		*batch_encode(const struct batch_item *, size_t, int,
+		     size_t *);
 
 const char	*api_parse(const char *, size_t, struct api_body *);
 void		 api_claims_cb(struct evhttp_request *, void *);

@@ -555,6 +555,19 @@ daemon_spawn(struct bench *b)
 
 	xasprintf(&conf, "%s/phoneclaimd.conf", b->dir);
 	xasprintf(&path, "%s/daemon.log", b->dir);
+	/*
+	 * Empty the log before the fork, not in the child: a child slow to
+	 * run (a sanitizer build) left the last start's log in place, whose
+	 * "listening on" line, with the last start's port, the loop below
+	 * read (a restart "in 8 ms", then the connection refused).
+	 */
+	if ((fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600)) == -1) {
+		fprintf(stderr, "bench: %s: %s\n", path, strerror(errno));
+		free(path);
+		free(conf);
+		return (-1);
+	}
+	close(fd);
 	fflush(stdout);
 	fflush(stderr);
 	t0 = now_ns();
@@ -565,7 +578,7 @@ daemon_spawn(struct bench *b)
 		free(conf);
 		return (-1);
 	case 0:
-		fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+		fd = open(path, O_WRONLY | O_APPEND);
 		if (fd == -1 || dup2(fd, STDOUT_FILENO) == -1 ||
 		    dup2(fd, STDERR_FILENO) == -1)
 			_exit(127);

@@ -5,11 +5,14 @@
  * rules on a real store, as the daemon would run it.  The caller then
  * owns the number, asking again or at a login; a second user asking for
  * it finds it taken, or is recorded as a conflict (I1).  The store is
- * then checked and emptied.
+ * then checked and emptied.  The same bytes are also read as a batch of
+ * claims (batch.c), whose items must lie in order inside the input and
+ * come back alike once framed again.
  */
 #include "config.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -22,6 +25,34 @@
 #define FUZZ_CLAIM_OTHER2	"auth0|fuzz-other-user-2"
 
 static void	fuzz_claim_check_body(const struct api_body *);
+static void	fuzz_claim_batch(const char *, size_t);
+
+/* The input as a batch: split, framed again, split alike. */
+static void
+fuzz_claim_batch(const char *data, size_t size)
+{
+	struct batch_item	 in[BATCH_MAX], out[BATCH_MAX];
+	const char		*at = data;
+	char			*text;
+	size_t			 len;
+	int			 i, n;
+
+	if ((n = batch_split(data, size, in, BATCH_MAX)) < 0)
+		return;
+	FUZZ_CHECK(n >= 1 && n <= BATCH_MAX);
+	for (i = 0; i < n; i++) {
+		FUZZ_CHECK(in[i].p >= at && in[i].p + in[i].len <= data + size);
+		at = in[i].p + in[i].len;
+	}
+	FUZZ_CHECK(at == data + size);
+	text = batch_encode(in, (size_t)n, 0, &len);
+	FUZZ_CHECK(len <= size);
+	FUZZ_CHECK(batch_split(text, len, out, BATCH_MAX) == n);
+	for (i = 0; i < n; i++)
+		FUZZ_CHECK(out[i].len == in[i].len &&
+		    memcmp(out[i].p, in[i].p, in[i].len) == 0);
+	free(text);
+}
 
 /* What api_parse promises api_claims_cb. */
 static void
@@ -50,6 +81,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	char			 e164[PHONE_E164_SIZE];
 	int64_t			 now = (int64_t)time(NULL);
 
+	fuzz_claim_batch((const char *)data, size);
 	fuzz_store();
 	error = api_parse((const char *)data, size, &b);
 	if (error != NULL) {

@@ -39,6 +39,20 @@ def wait_holders(d, phone, want, timeout=10.0):
         time.sleep(0.05)
 
 
+def claim_settled(d, phone, user, timeout=20.0):
+    """d's answer to a claim, asked again while it is 503 with
+    Retry-After, as the Action does: just after an election, a heal or a
+    member's restart, a group may answer 503 for a while (the master's
+    first commit may miss repl_ack_timeout; a replica may not know its
+    master yet), never a wrong answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = d.claim(phone, user)
+        if r.status != 503 or time.monotonic() > deadline:
+            return r
+        time.sleep(float(r.headers.get("Retry-After") or 1))
+
+
 def free_ports(n):
     """Return n distinct TCP ports free on 127.0.0.1 right now, below the
     kernel's ephemeral range.  A port the kernel hands out for port 0 is

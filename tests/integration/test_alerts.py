@@ -40,7 +40,7 @@ def read(path):
 
 def families():
     """The metric families the daemon exports, with their prefix."""
-    names = re.findall(r'metrics_family\(\s*\w+\s*,\s*"(\w+)"',
+    names = re.findall(r'metrics_(?:family|one)\(\s*\w+\s*,\s*"(\w+)"',
                        read(METRICS_C))
     return {"phoneclaimd_" + n for n in names}
 

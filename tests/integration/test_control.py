@@ -46,6 +46,9 @@ STATUS_KEYS = ["backfill", "claims", "conflicts", "conflicts_resolved",
 EVENT_KEYS = ["ambiguous", "applied", "duplicates", "ignored", "rejected",
               "stale", "unmatched", "unreadable"]
 ISO_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3})?Z$")
+# A number as it may be written: digits joined by the separators people and
+# libraries put between them.
+PHONE_SPAN = re.compile(r"\+?[0-9](?:[0-9 ().\-/]*[0-9])?")
 
 _log_counter = itertools.count(1)
 
@@ -211,12 +214,18 @@ class ControlCase(DaemonTestCase):
         self.assertRegex(value, ISO_RE)
 
     def assertNoFullNumbers(self, text, numbers=None):
-        """No digits of a full number (national part) in text."""
+        """No digits of a full number (national part) in text, however it is
+        spelt: each run of digits with the separators a number is written
+        with (spaces, hyphens, dots, brackets, slashes) is read on its own.
+        Digits are not joined across other characters, so a timestamp such
+        as 20:15:55 next to a user id's digits is not a number."""
+        spans = [digits(m.group(0)) for m in PHONE_SPAN.finditer(text)]
         for phone in numbers if numbers is not None else \
                 SENT + self.d.sent_numbers:
             national = digits(phone)[-10:]
-            self.assertNotIn(national, digits(text),
-                             "a full number in: %r" % text[:300])
+            for span in spans:
+                self.assertNotIn(national, span,
+                                 "a full number in: %r" % text[:300])
 
     def status(self, d=None):
         return self.ask("status", d)
@@ -557,6 +566,19 @@ class CommandTests(ControlCase):
             raw += c.read_line() + b"\n"
         self.assertNoFullNumbers(raw.decode("utf-8"))
         self.assertNoFullNumbers(self.d.log_text())
+
+    def test_full_number_check_reads_numbers_not_neighbours(self):
+        """The check above finds a number however it is spelt, and does not
+        join the digits of a timestamp to the next user id's: an export
+        written at 20:15:55 once "held" 2015550004 that way."""
+        sent = ["+12015550004"]
+        self.assertNoFullNumbers(
+            "auth0|a1,0004,active,2026-12-07T20:15:55Z\n"
+            "auth0|exp0041,0041,active,2026-12-07T20:15:55Z\n", sent)
+        for spelt in ("+12015550004", "+1 (201) 555-0004", "201.555.0004",
+                      "ending 2015550004,"):
+            with self.assertRaises(AssertionError, msg=spelt):
+                self.assertNoFullNumbers("x " + spelt + " y", sent)
 
 
 class SocketTests(ControlCase):

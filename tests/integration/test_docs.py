@@ -364,7 +364,7 @@ class PageTests(unittest.TestCase):
 
     def test_every_metric_is_in_phoneclaimd_page(self):
         metrics = read_src("daemon/metrics.c")
-        families = re.findall(r'metrics_family\(\s*\w+\s*,\s*"(\w+)"',
+        families = re.findall(r'metrics_(?:family|one)\(\s*\w+\s*,\s*"(\w+)"',
                               metrics)
         if not families:
             self.skipTest("no metrics_family() calls in daemon/metrics.c")

@@ -19,7 +19,7 @@ import unittest
 
 import harness
 from harness import fresh_number, fresh_user
-from repl_group import Group, GroupTestCase
+from repl_group import Group, GroupTestCase, claim_settled
 
 harness.require_daemon()
 
@@ -80,9 +80,7 @@ class PartitionTests(GroupTestCase):
         for d in g.nodes:
             self.wait("node %d to agree" % g.nodes.index(d), lambda:
                       self.holders(d, phone) == [winner])
-            r = self.wait("node %d to answer" % g.nodes.index(d), lambda:
-                          (lambda r: r if r.status != 503 else None)(
-                              d.claim(phone, loser)))
+            r = claim_settled(d, phone, loser)
             self.assertEqual((r.status, r.json), (409, {"result": "taken"}))
 
     def test_replica_cut_off(self):
@@ -104,9 +102,7 @@ class PartitionTests(GroupTestCase):
         self.assertIs(g.wait_master(), m)
         self.wait("the replica to catch up", lambda:
                   self.holders(cut, phone) == [user])
-        r = self.wait("the healed replica to forward", lambda:
-                      (lambda r: r if r.status != 503 else None)(
-                          cut.claim(fresh_number(), fresh_user())))
+        r = claim_settled(cut, fresh_number(), fresh_user())
         self.assertEqual((r.status, r.get("result")), (200, "reserved"))
 
 

@@ -30,7 +30,7 @@ import harness
 from harness import (DaemonTestCase, Load, check_reservations, claim_body,
                      fresh_number, fresh_user)
 import repl_group
-from repl_group import Group, GroupTestCase, wait_holders
+from repl_group import Group, GroupTestCase, claim_settled, wait_holders
 
 harness.require_daemon()
 
@@ -549,6 +549,60 @@ class ReplStoreFailureTests(GroupTestCase):
         self.assertEqual((r.status, r.get("result")), (200, "reserved"))
 
 
+BATCH_TYPE = "application/x-phoneclaimd-batch"
+
+
+def batch_body(bodies):
+    """Frame claim bodies as a replica's batch (daemon/batch.c)."""
+    out = b"%d\n" % len(bodies)
+    for b in bodies:
+        out += b"%d\n" % len(b) + b
+    return out
+
+
+def batch_answers(raw):
+    """Read a batch's answers: [(status, retry_after, body bytes)]."""
+    answers = []
+    while raw not in (b"", b"\n"):
+        head, raw = raw.split(b"\n", 1)
+        code, retry, length = (int(v) for v in head.split(b" "))
+        answers.append((code, retry, raw[:length]))
+        raw = raw[length:]
+    return answers
+
+
+def claims_together(d, bodies, timeout=harness.HTTP_TIMEOUT):
+    """POST each body to d at the same moment, each on a connection opened
+    before (so that they reach d in one turn of its loop); return the
+    Replies in the order of bodies."""
+    clients = [d.client(timeout=timeout) for _ in bodies]
+    barrier = threading.Barrier(len(bodies))
+    answers = [None] * len(bodies)
+
+    def send(i):
+        barrier.wait()
+        answers[i] = clients[i].request(
+            "POST", "/v1/claims", bodies[i],
+            {"Authorization": "Bearer " + d.api_token})
+
+    threads = [threading.Thread(target=send, args=(i,))
+               for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout + 30)
+    for c in clients:
+        c.close()
+    return answers
+
+
+def metric(d, name):
+    """The sum of a metric's samples on d's /metrics (0 if none)."""
+    text = d.request("GET", "/metrics").raw.decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name))
+
+
 class ForwardCase(GroupTestCase):
     """A replica forwarding to a master that stopped answering (issue 22,
     point 5) once kept the client waiting request_timeout (10 s) although
@@ -606,11 +660,58 @@ class ReplForwardTests(ForwardCase):
         text = a.request("GET", "/metrics").raw.decode()
         self.assertIn("phoneclaimd_repl_forward_resent_total 1", text)
         # The old master resumes and rejoins: one holder, everywhere.
+        # Which member is master afterwards is the elections' business:
+        # two masters meeting both step down, and with every log alike
+        # the old one's priority may win the next election.
         m.send_signal(signal.SIGCONT)
-        new = g.wait_master()
-        self.assertIsNot(new, m)
+        g.wait_master()
         for d in g.nodes:
             self.assertEqual(wait_holders(d, phone, [user]), [user], d.dir)
+
+    def test_a_batch_sent_again_to_the_new_master(self):
+        """Claims forwarded together (one batch) while the master is
+        paused go again, together, to the new master: each is answered
+        reserved and held everywhere."""
+        g, m = self.group, self.master
+        a = g.nodes[1]
+        self.assertEqual(self.claim_via(a, fresh_number(),
+                                        fresh_user()).status, 200)
+        pairs = [(fresh_number(), fresh_user()) for _ in range(12)]
+        self.wait_same_lsn()
+        self.pause(m)
+        r = claims_together(a, [claim_body(p, u) for p, u in pairs],
+                            self.CLIENT_TIMEOUT)
+        # Each claim is answered reserved, or 503 when the new master's
+        # first commit missed repl_ack_timeout right after its election
+        # (a CI run saw it): the Action asks again then (below).
+        again = []
+        for (phone, user), x in zip(pairs, r):
+            if x.status == 503:
+                again.append((phone, user))
+                continue
+            self.assertEqual((x.status, x.get("result")), (200, "reserved"),
+                             str(x))
+        self.assertGreaterEqual(metric(
+            a, "phoneclaimd_repl_forward_resent_total"), 1)
+        # The member elected while the master was paused (the third: with
+        # every log alike, node 1's priority loses) answered the batch
+        # once (503 while its store was not open yet: the batch went
+        # again).
+        b = [d for d in g.nodes if d is not m and d is not a][0]
+        sent = sum(metric(b, 'phoneclaimd_requests_total{endpoint="claims",'
+                          'code="%d"}' % code) for code in (200, 503))
+        self.assertGreater(sent, 0, "the elected member answered no claim")
+        for phone, user in again:
+            x = claim_settled(a, phone, user)
+            self.assertEqual(x.status, 200, str(x))
+            self.assertIn(x.get("result"), ("reserved", "owned"), str(x))
+        m.send_signal(signal.SIGCONT)
+        g.wait_master()
+        self.assertLess(sent, len(pairs), "each claim went alone")
+        for d in g.nodes:
+            for phone, user in pairs:
+                self.assertEqual(wait_holders(d, phone, [user]), [user],
+                                 d.dir)
 
 
 class ReplForwardTimeoutTests(ForwardCase):
@@ -821,7 +922,7 @@ class ReplClockSkewTests(GroupTestCase):
                        time.monotonic()))
         self.assertEqual(g.wait_master(), new)
         for d in (s, g.nodes[2]):
-            r = d.claim(phone, fresh_user())
+            r = claim_settled(d, phone, fresh_user())
             self.assertEqual((r.status, r.json), (409, {"result": "taken"}),
                              str(r))
         for d in g.nodes[1:]:
@@ -837,8 +938,9 @@ class ReplClockSkewTests(GroupTestCase):
         self.assertIs(g.wait_master(), s)
         new.start()
         g.wait_master()
-        r = s.claim(phone, fresh_user())
-        self.assertEqual((r.status, r.json), (409, {"result": "taken"}))
+        r = claim_settled(s, phone, fresh_user())
+        self.assertEqual((r.status, r.json), (409, {"result": "taken"}),
+                         str(r))
         for d in g.nodes:
             self.assertEqual(wait_holders(d, phone, [user]), [user], d.dir)
 
@@ -1204,6 +1306,133 @@ class ReplGroupCommitTests(GroupTestCase):
         codes = claims_at_once(m, n, [phone] * n,
                                [fresh_user() for _ in range(n)])
         self.assertEqual(sorted(codes), [200] + [409] * (n - 1))
+
+
+class ReplBatchTests(GroupTestCase):
+    """A replica forwards the claims of one turn of its loop to the master
+    in one request (daemon/batch.c), and relays each claim's answer to
+    its own client."""
+
+    def test_claims_of_a_turn_go_as_one_request(self):
+        """Claims sent to a replica at once reach the master in fewer
+        requests than there are claims (one each before), and each client
+        gets its own claim's answer: new numbers reserved, one of the
+        users who claim the same number reserved and the others told it
+        is taken, a user over max_reservations_per_user limited (with
+        Retry-After), and bad bodies 400 for what is wrong with each (a
+        body of two objects stays one claim)."""
+        m = self.master
+        rep = self.group.replicas(m)[0]
+        greedy = fresh_user()
+        for _ in range(10):
+            self.assertEqual(rep.claim(fresh_number(), greedy).status, 200)
+        shared = fresh_number()
+        fresh = [(fresh_number(), fresh_user()) for _ in range(20)]
+        bodies = [claim_body(p, u) for p, u in fresh]
+        bodies += [claim_body(shared, fresh_user()) for _ in range(8)]
+        bodies += [claim_body(fresh_number(), greedy), b"{",
+                   claim_body(fresh_number(), fresh_user()) + b"," +
+                   claim_body(fresh_number(), fresh_user()),
+                   claim_body("12", fresh_user())]
+        before = metric(m, 'phoneclaimd_requests_total{endpoint="claims"')
+        forwarded = rep.ask("status")["replication"]["forwarded"]
+        r = claims_together(rep, bodies)
+        for i in range(20):
+            self.assertEqual((r[i].status, r[i].json),
+                             (200, {"result": "reserved",
+                                    "expires_in": 3600}), str(r[i]))
+        same = sorted(x.status for x in r[20:28])
+        self.assertEqual(same, [200] + [409] * 7)
+        self.assertEqual(r[28].status, 429, str(r[28]))
+        self.assertEqual(r[28].json["result"], "limited")
+        self.assertEqual(r[28].headers.get("Retry-After"),
+                         str(r[28].json["retry_after"]))
+        self.assertEqual((r[29].status, r[29].json),
+                         (400, {"error": "invalid_json"}))
+        self.assertEqual((r[30].status, r[30].json),
+                         (400, {"error": "invalid_json"}))
+        self.assertEqual((r[31].status, r[31].json),
+                         (400, {"error": "invalid_phone_number"}))
+        for x in r:
+            self.assertEqual(x.headers.get("Content-Type"),
+                             "application/json")
+        self.assertEqual(rep.ask("status")["replication"]["forwarded"] -
+                         forwarded, len(bodies))
+        batches = metric(rep, "phoneclaimd_repl_forward_batches_total")
+        batched = metric(rep, "phoneclaimd_repl_forward_batched_total")
+        self.assertGreaterEqual(batches, 1)
+        self.assertGreaterEqual(batched, 2 * batches)
+        self.assertLessEqual(batched, len(bodies))
+        sent = metric(m, 'phoneclaimd_requests_total{endpoint="claims"') - \
+            before
+        self.assertGreater(sent, 0)
+        self.assertLess(sent, len(bodies), "each claim came alone")
+        for phone, user in fresh:
+            self.assertEqual(wait_holders(m, phone, [user]), [user])
+
+    def test_a_batch_the_master_refuses_goes_again_alone(self):
+        """A batch the master does not answer as a batch (here a token
+        it no longer takes: 401) is sent again claim by claim, and each
+        client gets the answer its own claim gets alone."""
+        m = self.master
+        rep = self.group.replicas(m)[0]
+        since = m.log_size()
+        harness.write_secret(m.api_token_file, "api-rotated\n")
+        m.send_signal(signal.SIGHUP)
+        self.assertTrue(m.wait_for_log(r"reloaded", since, timeout=5))
+        before = metric(m, 'phoneclaimd_requests_total{endpoint="claims",'
+                        'code="401"}')
+        rsince = rep.log_size()
+        pairs = [(fresh_number(), fresh_user()) for _ in range(12)]
+        r = claims_together(rep, [claim_body(p, u) for p, u in pairs])
+        for x in r:
+            self.assertEqual((x.status, x.json),
+                             (401, {"error": "unauthorized"}), str(x))
+            self.assertEqual(x.headers.get("WWW-Authenticate"), "Bearer")
+        self.assertTrue(rep.wait_for_log(r"a batch of \d+ claims failed",
+                                         rsince, timeout=2),
+                        "no batch was sent")
+        refused = metric(m, 'phoneclaimd_requests_total{endpoint="claims",'
+                         'code="401"}') - before
+        # Each claim alone, and the batches before them.
+        self.assertGreater(refused, len(pairs))
+
+    def test_a_batch_sent_to_the_master(self):
+        """The master answers a batch with each claim's status, Retry-After
+        and body, in order; a body that is not exactly a batch is 400 and
+        claims nothing; the token is checked as for any claim."""
+        m = self.master
+        phone, other = fresh_number(), fresh_number()
+        u1, u2 = fresh_user(), fresh_user()
+        body = batch_body([claim_body(phone, u1), claim_body(phone, u2),
+                           b"{", claim_body(phone, u1) + b"," +
+                           claim_body(other, u2),
+                           claim_body(other, u1, "vote")])
+        r = m.post_claims(body, {"Content-Type": BATCH_TYPE})
+        self.assertEqual(r.status, 200, str(r))
+        self.assertEqual(r.headers.get("Content-Type"), BATCH_TYPE)
+        got = [(c, ra, json.loads(b)) for c, ra, b in batch_answers(r.raw)]
+        self.assertEqual(got, [
+            (200, 0, {"result": "reserved", "expires_in": 3600}),
+            (409, 0, {"result": "taken"}),
+            (400, 0, {"error": "invalid_json"}),
+            (400, 0, {"error": "invalid_json"}),
+            (400, 0, {"error": "invalid_action"})])
+        third = fresh_number()
+        one = claim_body(third, fresh_user())
+        for bad in (b"", b"0\n", b"2\n%d\n" % len(one) + one,
+                    b"1\n%d\n" % (len(one) + 1) + one,
+                    b"1\n%d\n" % len(one) + one + b"\n",
+                    b"1\n+%d\n" % len(one) + one,
+                    b"129\n" + (b"%d\n" % len(one) + one) * 129):
+            r = m.post_claims(bad, {"Content-Type": BATCH_TYPE})
+            self.assertEqual((r.status, r.json),
+                             (400, {"error": "invalid_request"}), bad)
+        self.assertEqual(m.claim(third, fresh_user()).status, 200)
+        r = m.post_claims(batch_body([claim_body(fresh_number(),
+                                                 fresh_user())]),
+                          {"Content-Type": BATCH_TYPE}, token="wrong")
+        self.assertEqual(r.status, 401)
 
 
 class ReplTlsTests(GroupTestCase):

@@ -162,6 +162,87 @@ test_split(void **state)
 	}
 }
 
+/* A batch of claims (batch.c): split, answered, framed and back. */
+static void
+test_batch_split(void **state)
+{
+	static const char	 two[] = "2\n3\nabc0\n";
+	struct batch_item	 it[4];
+	static const char	*bad[] = {
+		"",			/* no count */
+		"0\n",			/* no claim */
+		"5\n1\na1\nb1\nc1\nd1\ne",	/* more than max */
+		"2\n3\nabc\n",		/* one missing */
+		"1\n4\nabc",		/* shorter than said */
+		"1\n2\nabc",		/* bytes after the last */
+		"1\n+3\nabc",		/* a sign */
+		"1\n 3\nabc",		/* a space */
+		"1\n3 \nabc",
+		"1\n0x3\nabc",
+		"1\n3\rabc",
+		"1\n9999999999\nabc",	/* too many digits */
+		"01\n",			/* no body line */
+	};
+	size_t			 i;
+
+	(void)state;
+	assert_int_equal(batch_split(two, sizeof two - 1, it, 4), 2);
+	assert_int_equal(it[0].len, 3);
+	assert_memory_equal(it[0].p, "abc", 3);
+	assert_int_equal(it[1].len, 0);
+	for (i = 0; i < sizeof bad / sizeof bad[0]; i++)
+		if (batch_split(bad[i], strlen(bad[i]), it, 4) != -1)
+			fail_msg("batch %zu passed", i);
+	/* Leading zeros are digits like others. */
+	assert_int_equal(batch_split("01\n03\nabc", 9, it, 4), 1);
+}
+
+static void
+test_batch_answers(void **state)
+{
+	struct batch_item	 in[3], out[3];
+	const char		*bodies[3] = { "{\"result\":\"reserved\"}",
+				    "{\"result\":\"limited\"}", "" };
+	char			*text;
+	size_t			 i, len;
+
+	(void)state;
+	for (i = 0; i < 3; i++) {
+		memset(&in[i], 0, sizeof in[i]);
+		in[i].p = bodies[i];
+		in[i].len = strlen(bodies[i]);
+		in[i].code = i == 1 ? 429 : 200;
+		in[i].retry = i == 1 ? 30 : 0;
+	}
+	text = batch_encode(in, 3, 1, &len);
+	assert_int_equal(len, strlen(text));
+	assert_int_equal(batch_answers(text, len, out, 3), 0);
+	for (i = 0; i < 3; i++) {
+		assert_int_equal(out[i].code, in[i].code);
+		assert_int_equal(out[i].retry, in[i].retry);
+		assert_int_equal(out[i].len, in[i].len);
+		assert_memory_equal(out[i].p, bodies[i], in[i].len);
+	}
+	/* The last LF http.c adds is allowed; anything else is not. */
+	assert_int_equal(batch_answers("200 0 2\n{}\n", 11, out, 1), 0);
+	assert_int_equal(batch_answers("200 0 2\n{}\n\n", 12, out, 1), -1);
+	assert_int_equal(batch_answers(text, len, out, 2), -1);
+	assert_int_equal(batch_answers(text, len - 1, out, 3), -1);
+	assert_int_equal(batch_answers("99 0 2\n{}", 9, out, 1), -1);
+	assert_int_equal(batch_answers("600 0 2\n{}", 10, out, 1), -1);
+	assert_int_equal(batch_answers("200 -1 2\n{}", 11, out, 1), -1);
+	assert_int_equal(batch_answers("200 0 3\n{}", 10, out, 1), -1);
+	free(text);
+	/* A request, framed: what batch_split reads back. */
+	text = batch_encode(in, 3, 0, &len);
+	assert_int_equal(batch_split(text, len, out, 3), 3);
+	for (i = 0; i < 3; i++) {
+		assert_int_equal(out[i].len, in[i].len);
+		assert_memory_equal(out[i].p, bodies[i], in[i].len);
+	}
+	free(text);
+}
+
 int
 main(void)
 {
@@ -169,6 +250,8 @@ main(void)
 		cmocka_unit_test(test_head),
 		cmocka_unit_test(test_chunk),
 		cmocka_unit_test(test_split),
+		cmocka_unit_test(test_batch_split),
+		cmocka_unit_test(test_batch_answers),
 	};
 
 	return (cmocka_run_group_tests(tests, NULL, NULL));

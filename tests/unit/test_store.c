@@ -1640,6 +1640,61 @@ test_seen_prune(void **state)
 	assert_int_equal(raw_count(f->dir, "seen_date.db"), 0);
 }
 
+/*
+ * seen_date.db, kept by hand since schema 5's second release, holds what
+ * Berkeley DB's association kept: one (time, log id) per seen.db record,
+ * nothing else, after adds, redeliveries, an aborted transaction and
+ * prunes; a release that associates the index reads the same files.
+ */
+static void
+test_seen_index_agrees(void **state)
+{
+	struct fixture		*f = *state;
+	struct store_txn	*txn;
+	DB_ENV			*env, *ienv;
+	DB			*db, *idx;
+	DBC			*dbc;
+	DBT			 key, data, ikey, idata;
+	char			 id[32];
+	size_t			 i, n = 0;
+
+	st_open(f);
+	for (i = 0; i < 60; i++) {
+		snprintf(id, sizeof id, "9002026%03zu", (i * 37) % 60);
+		assert_int_equal(seen_add(f->st, id, (int64_t)(i % 7)),
+		    STORE_OK);
+	}
+	assert_int_equal(seen_add(f->st, "9002026000", 9), STORE_EXISTS);
+	assert_int_equal(store_txn_begin(f->st, &txn), STORE_OK);
+	assert_int_equal(store_seen_add(txn, "aborted", 3), STORE_OK);
+	store_txn_abort(txn);
+	assert_int_equal(seen_prune(f->st, 2, 5), 5);
+	store_close(f->st);
+	f->st = NULL;
+
+	assert_int_equal(raw_count(f->dir, "seen.db"), 55);
+	assert_int_equal(raw_count(f->dir, "seen_date.db"), 55);
+	assert_int_equal(raw_open(f->dir, "seen.db", &env, &db), 0);
+	assert_int_equal(raw_open(f->dir, "seen_date.db", &ienv, &idx), 0);
+	assert_int_equal(idx->cursor(idx, NULL, &dbc, 0), 0);
+	memset(&ikey, 0, sizeof ikey);
+	memset(&idata, 0, sizeof idata);
+	while (dbc->get(dbc, &ikey, &idata, DB_NEXT) == 0) {
+		memset(&data, 0, sizeof data);
+		key = idata;
+		assert_int_equal(db->get(db, NULL, &key, &data, 0), 0);
+		assert_int_equal(ikey.size, data.size);
+		assert_memory_equal(ikey.data, data.data, data.size);
+		n++;
+	}
+	assert_int_equal(n, 55);
+	dbc->close(dbc);
+	idx->close(idx, 0);
+	ienv->close(ienv, 0);
+	db->close(db, 0);
+	env->close(env, 0);
+}
+
 /* Read a watermark in a transaction of its own. */
 static int
 wm_get(struct store *st, const char *user, const unsigned char *k,
@@ -2670,6 +2725,7 @@ main(void)
 		T(test_delete_active),
 		T(test_seen_add),
 		T(test_seen_prune),
+		T(test_seen_index_agrees),
 		T(test_watermarks),
 		T(test_watermark_limits),
 		T(test_watermark_keys),
