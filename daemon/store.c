@@ -292,7 +292,7 @@ store_set_cache_size(uint64_t bytes)
  * How many threads run transactions in the stores opened from now on
  * (threads): with more than one, the environment is free-threaded
  * (DB_THREAD) and each thread but the loop has database handles of its
- * own (store_thread.c).
+ * own, opened with the store (store_thread.c): as many sets as threads.
  */
 void
 store_set_threads(int n)
@@ -361,7 +361,10 @@ store_open(const char *dir, char **cause)
 	    (repl_enabled() ? repl_start(st->env, cause) != 0 :
 	    store_open_dbs(st, cause) != 0 ||
 	    store_check_schema(st, cause) != 0 ||
-	    store_count_init(st, cause) != 0)) {
+	    store_count_init(st, cause) != 0 ||
+	    (store_threads > 1 &&
+	    store_threads_prepare(st, store_threads, cause) != 0))) {
+		store_threads_close(st);
 		store_close_handles(st);
 		if (st->lock_fd != -1)
 			close(st->lock_fd);

@@ -155,6 +155,7 @@ int	store_number_repack(const DBT *, const DBT *, unsigned char **,
 /* store_thread.c: each thread's handles on the databases. */
 DB	*store_db(struct store *, enum store_db);
 int	store_thread_enter(struct store *);
+int	store_threads_prepare(struct store *, int, char **);
 void	store_threads_close(struct store *);
 
 /* store_role.c: a group's closes and openings, off the loop. */

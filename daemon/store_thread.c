@@ -6,13 +6,27 @@
  * handle opened in it would be free-threaded too, which makes every read
  * need an allocated DBT; the store's reads use the handle's own memory.
  * So, as under replication, each handle stays on one thread: the loop
- * keeps st->db, and every other thread that begins a transaction opens a
+ * keeps st->db, and every other thread that begins a transaction takes a
  * set of its own on first use (store_thread_enter), which store_db
- * returns from then on.  Opening a set costs a few milliseconds, once per
- * thread.  Berkeley DB's locks are shared by all handles of the
- * environment, so transactions of different threads see each other as
+ * returns from then on.  Berkeley DB's locks are shared by all handles of
+ * the environment, so transactions of different threads see each other as
  * they would in one thread, and a deadlock between them is broken by the
  * lock detector (set_lk_detect) and retried by claims_run.
+ *
+ * The sets are opened when the store opens, before any other thread runs
+ * a transaction (store_threads_prepare), never while one does.  A handle
+ * is made single-threaded by taking its mutex away (store_unthread) just
+ * after DB->open returns, but DB->open has already put the handle on the
+ * environment's list of handles, and a write on another thread walks the
+ * cursors of every handle of the same file, locking and then unlocking
+ * each handle's mutex.  A walk that locked the mutex just before it was
+ * taken away found none to unlock: the mutex stayed locked by that
+ * thread, and it is also the mutex of the handle's log file name, which
+ * the handle's thread locks to commit.  That commit then waited forever,
+ * holding its page locks, and every other claim waited on those (no lock
+ * cycle for the detector to see).  Opening the sets while no other
+ * thread can write closes that window: a handle's mutex changes only
+ * when its set is opened and when it is closed, with the threads stopped.
  *
  * Sets are kept in a list so that store_close can close them once the
  * threads are stopped (http_free stops them before the store closes).
@@ -37,6 +51,7 @@ struct store_thread {
 	struct store			*st;
 	DB				*db[STORE_DB_COUNT];
 	db_mutex_t			 mu[STORE_DB_COUNT];
+	int				 taken;	/* by a thread */
 	LIST_ENTRY(store_thread)	 entry;
 };
 LIST_HEAD(store_threads, store_thread);
@@ -80,33 +95,66 @@ store_db(struct store *st, enum store_db which)
 }
 
 /*
+ * When the store opens, before any thread but the opening one can begin
+ * a transaction: open n sets of handles for the threads to come.  0, or
+ * -1 and *cause.
+ */
+int
+store_threads_prepare(struct store *st, int n, char **cause)
+{
+	struct store_thread	*t;
+	int			 i, ret;
+
+	for (i = 0; i < n; i++) {
+		t = xcalloc(1, sizeof *t);
+		t->st = st;
+		if ((ret = store_handles_open(st, t->db, t->mu)) != 0) {
+			xasprintf(cause, "cannot open the handles of claim "
+			    "thread %d in %s: %s", i + 1, st->dir,
+			    db_strerror(ret));
+			store_handles_close(t->db, t->mu);
+			free(t);
+			return (-1);
+		}
+		pthread_mutex_lock(&store_thread_mu);
+		LIST_INSERT_HEAD(&store_thread_list, t, entry);
+		pthread_mutex_unlock(&store_thread_mu);
+	}
+	log_debug("store: %d sets of handles for the claim threads", n);
+	return (0);
+}
+
+/*
  * Before a transaction: on a thread other than the one that opened the
- * store, make sure the thread has handles of its own.  0, or -1 (logged).
+ * store, make sure the thread has handles of its own, taking one of the
+ * sets opened with the store.  0, or -1 (logged) if none is left: more
+ * threads than the store was opened for.
  */
 int
 store_thread_enter(struct store *st)
 {
 	struct store_thread	*t;
-	int			 ret;
 
 	/* The opener opens the store's own handles (store_role.c). */
 	if (pthread_equal(pthread_self(), st->loop) || store_on_opener() ||
 	    store_thread_mine(st) != NULL)
 		return (0);
-	t = xcalloc(1, sizeof *t);
-	t->st = st;
-	if ((ret = store_handles_open(st, t->db, t->mu)) != 0) {
-		(void)store_result(st, ret, "open a thread's handles");
-		store_handles_close(t->db, t->mu);
-		free(t);
+	pthread_mutex_lock(&store_thread_mu);
+	LIST_FOREACH(t, &store_thread_list, entry)
+		if (t->st == st && !t->taken)
+			break;
+	if (t != NULL) {
+		t->taken = 1;
+		store_thread_self_gen = atomic_load(&store_thread_gen);
+	}
+	pthread_mutex_unlock(&store_thread_mu);
+	if (t == NULL) {
+		log_warnx("store: no database handles left for another "
+		    "thread (more threads than the store was opened for)");
 		return (-1);
 	}
-	pthread_mutex_lock(&store_thread_mu);
-	LIST_INSERT_HEAD(&store_thread_list, t, entry);
-	store_thread_self_gen = atomic_load(&store_thread_gen);
-	pthread_mutex_unlock(&store_thread_mu);
 	store_thread_self = t;
-	log_debug("store: a claim thread opened its handles");
+	log_debug("store: a claim thread took its handles");
 	return (0);
 }
 

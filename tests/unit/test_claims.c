@@ -915,6 +915,64 @@ test_threads_one_holder(void **state)
 	assert_int_equal(c.claims, c.pending);
 }
 
+/*
+ * The claim threads' handles are opened with the store, one set per
+ * thread (store_threads_prepare), never by a thread while others write:
+ * a set opened then could leave a mutex locked and hang a commit
+ * (store_thread.c).  Each of MT_THREADS threads takes a set and claims;
+ * one more thread finds none left and fails its claim, at once.
+ */
+struct one_arg {
+	const char	*num, *user;
+	int		 rv, result;
+};
+
+static void *
+one_main(void *p)
+{
+	struct one_arg		*o = p;
+	struct claims_answer	 a;
+
+	memset(&a, 0, sizeof a);
+	o->rv = claims_request(o->num, o->user, CLAIMS_ENROLL,
+	    (int64_t)NOW * 1000, &a);
+	o->result = a.result;
+	return (NULL);
+}
+
+static void
+test_threads_take_sets_opened_with_store(void **state)
+{
+	struct one_arg	 o[MT_THREADS + 1];
+	struct claim	*l;
+	pthread_t	 th;
+	char		 num[MT_THREADS + 1][32], user[MT_THREADS + 1][64];
+	int		 t;
+
+	(void)state;
+	for (t = 0; t <= MT_THREADS; t++) {
+		snprintf(num[t], sizeof num[t], "+1203555%04d", t);
+		snprintf(user[t], sizeof user[t], "auth0|set%d", t);
+		o[t].num = num[t];
+		o[t].user = user[t];
+		o[t].rv = -100;
+		/* One after the other: each thread keeps its set. */
+		assert_int_equal(pthread_create(&th, NULL, one_main, &o[t]),
+		    0);
+		assert_int_equal(pthread_join(th, NULL), 0);
+	}
+	for (t = 0; t < MT_THREADS; t++) {
+		assert_int_equal(o[t].rv, STORE_OK);
+		assert_int_equal(o[t].result, CLAIMS_RESERVED);
+	}
+	assert_int_equal(o[MT_THREADS].rv, STORE_ERROR);
+	assert_int_equal(holders(num[MT_THREADS], &l), 0);
+	free(l);
+	/* The loop's own handles are not a thread's set. */
+	assert_int_equal(req(num[MT_THREADS], user[MT_THREADS], CLAIMS_ENROLL,
+	    NOW, NULL), CLAIMS_RESERVED);
+}
+
 int
 main(void)
 {
@@ -946,6 +1004,9 @@ main(void)
 		T(test_order_rfc3339),
 		cmocka_unit_test_setup_teardown(test_threads_one_holder,
 		    setup_threads, teardown),
+		cmocka_unit_test_setup_teardown(
+		    test_threads_take_sets_opened_with_store, setup_threads,
+		    teardown),
 	};
 #undef T
 
