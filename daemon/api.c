@@ -584,11 +584,6 @@ api_batch_claim(struct http *h, struct api_batch *b, size_t i,
 		api_batch_set(b, i, code, 0, body);
 		return (0);
 	}
-	if (!repl_enabled()) {
-		api_answer(h, NULL, r, claims_request(r->e164, r->b.user_id,
-		    r->b.action, claims_clock_ms(), &r->a));
-		return (0);
-	}
 	return (api_claim(h, NULL, r));
 }
 

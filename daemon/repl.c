@@ -1426,9 +1426,8 @@ repl_done(struct repl_xfer *x, CURLcode rc)
 
 /*
  * Answer x's client with code (0: 503 "unavailable", counted by the
- * caller), the body
- * of len bytes, its Content-Type (NULL: JSON) and Retry-After (NULL or
- * empty: none), and forget x.
+ * caller), the body of len bytes, its Content-Type (NULL: JSON) and
+ * Retry-After (NULL or empty: none), and forget x.
  */
 static void
 repl_relay(struct repl_xfer *x, long code, const char *ctype,
