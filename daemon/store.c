@@ -1602,8 +1602,14 @@ store_flush_async(struct store *st)
 	f->inflight++;
 	pthread_mutex_lock(&f->mu);
 	f->asks++;
-	pthread_cond_signal(&f->cv);
 	pthread_mutex_unlock(&f->mu);
+	/*
+	 * Signalled after the unlock: a flusher woken under the lock would
+	 * wake only to wait for the mutex, and the unlock would need a
+	 * second system call to wake it again.  The ask is counted under the
+	 * lock, so the flusher cannot miss it.
+	 */
+	pthread_cond_signal(&f->cv);
 	return (0);
 }
 

@@ -200,12 +200,16 @@ worker_kick_cb(evutil_socket_t fd, short events, void *arg)
 		return;
 	pthread_mutex_lock(&w->mu);
 	TAILQ_CONCAT(&w->in, &w->local, entry);
-	/* One thread for one job; all of them for more. */
+	pthread_mutex_unlock(&w->mu);
+	/*
+	 * One thread for one job; all of them for more.  After the unlock,
+	 * so that a woken thread finds the mutex free (the jobs are queued
+	 * under it: no thread misses them).
+	 */
 	if (w->nlocal > 1 && w->nthreads > 1)
 		pthread_cond_broadcast(&w->cv);
 	else
 		pthread_cond_signal(&w->cv);
-	pthread_mutex_unlock(&w->mu);
 	w->nlocal = 0;
 }
 
