@@ -75,7 +75,6 @@ static int	main_hash_init(struct main_state *, char **);
 static void	main_start(struct main_state *);
 static void	main_die(int, char *) __attribute__((noreturn));
 static void	main_detach(void);
-static struct event_base *main_base_new(void);
 static void	main_ready(struct main_state *);
 static void	main_notify_ready(struct main_state *, const char *);
 static void	main_notify_reloading(void);
@@ -428,30 +427,6 @@ main_die(int status, char *cause)
 	}
 	free(cause);
 	exit(status);
-}
-
-/*
- * The event loop.  With epoll, changes to a descriptor's events wait for
- * the end of the loop's iteration and go to the kernel as one epoll_ctl:
- * evhttp turns a connection's reading off and its writing on for every
- * request, and back after the answer: an answer's writing turned off and
- * the next read armed in one iteration are one call, not two (under the
- * claim bench, 3.0 epoll_ctl per answer against 4.0).  The daemon never
- * dup()s a descriptor it watches, the case where the change list is
- * unsafe.
- */
-static struct event_base *
-main_base_new(void)
-{
-	struct event_config	*cfg;
-	struct event_base	*base;
-
-	if ((cfg = event_config_new()) == NULL)
-		return (NULL);
-	(void)event_config_set_flag(cfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
-	base = event_base_new_with_config(cfg);
-	event_config_free(cfg);
-	return (base);
 }
 
 /*
@@ -982,7 +957,7 @@ main(int argc, char **argv)
 	log_init(foreground, m.conf->log_level);
 	notify_init();
 	signal(SIGPIPE, SIG_IGN);
-	if ((m.base = main_base_new()) == NULL)
+	if ((m.base = event_base_new()) == NULL)
 		fatalx("event_base_new");
 	main_start(&m);
 	main_run(&m);
